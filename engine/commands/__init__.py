@@ -1,0 +1,1 @@
+"""CLI subcommands. Each module here exposes ``register(subparsers)``; the CLI finds them all."""
