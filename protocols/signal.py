@@ -92,3 +92,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     account: str | None = None  # account inside the data block, when given
     time: str | None = None  # SIA ti modifier (event time as sent)
     classification: Classification
+
+
+class XData(msgspec.Struct, frozen=True, kw_only=True):
+    """One DC-09 extended-data block ``[<id><value>]`` (PROTOCOLS.md §1.8)."""
+
+    id: str  # one upper-case letter
+    value: str

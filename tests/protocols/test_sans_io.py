@@ -9,7 +9,12 @@ import pytest
 
 PROTOCOLS = Path(__file__).resolve().parents[2] / "protocols"
 FORBIDDEN_MODULES = {"asyncio", "socket", "selectors", "threading", "time", "uvloop", "ssl"}
-FORBIDDEN_CALLS = {("datetime", "now"), ("datetime", "utcnow"), ("date", "today"), ("datetime", "today")}
+FORBIDDEN_CALLS = {
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("date", "today"),
+    ("datetime", "today"),
+}
 
 
 def _sources() -> list[Path]:
@@ -28,9 +33,13 @@ class TestSansIO:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = {alias.name.split(".")[0] for alias in node.names}
-                assert not names & FORBIDDEN_MODULES, f"{path.name} imports {names & FORBIDDEN_MODULES}"
+                assert not names & FORBIDDEN_MODULES, (
+                    f"{path.name} imports {names & FORBIDDEN_MODULES}"
+                )
             elif isinstance(node, ast.ImportFrom) and node.module:
-                assert node.module.split(".")[0] not in FORBIDDEN_MODULES, f"{path.name}: {node.module}"
+                assert node.module.split(".")[0] not in FORBIDDEN_MODULES, (
+                    f"{path.name}: {node.module}"
+                )
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 assert (node.value.id, node.attr) not in FORBIDDEN_CALLS, (
                     f"{path.name} reads the clock: {node.value.id}.{node.attr}"
