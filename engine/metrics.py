@@ -1,0 +1,70 @@
+"""Prometheus metrics of the engine, all named ``alarmrelay_*``.
+
+Labels are bounded sets (transport, family, result, reason, receiver name); never an account or a
+serial (cardinality). Modules import the metric they update from here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SIGNALS_RECEIVED = Counter(
+    "alarmrelay_signals_received_total",
+    "Signals received from modules, by transport, payload family and result.",
+    ["transport", "family", "result"],
+)
+FRAMES_REJECTED = Counter(
+    "alarmrelay_dc09_frames_rejected_total",
+    "DC-09 frames not accepted, by the reply sent (none, nak, duh).",
+    ["transport", "reply"],
+)
+ACK_LATENCY = Histogram(
+    "alarmrelay_ack_latency_seconds",
+    "Time from receiving a signal to acknowledging it (after the commit).",
+    ["transport"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+COMMIT_BATCH_SIZE = Histogram(
+    "alarmrelay_commit_batch_size",
+    "Signals committed per group-commit transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+COMMIT_DURATION = Histogram(
+    "alarmrelay_commit_duration_seconds",
+    "Duration of one group-commit transaction.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+COMMIT_FAILURES = Counter(
+    "alarmrelay_commit_failures_total",
+    "Group commits that failed (signals not acknowledged; modules retry).",
+)
+SIGNALS_SHED = Counter(
+    "alarmrelay_signals_shed_total",
+    "Signals not accepted because of load or an unavailable database (no ACK sent).",
+    ["transport", "reason"],
+)
+PENDING_COMMITS = Gauge(
+    "alarmrelay_pending_commits",
+    "Signals waiting for the group-commit writer.",
+)
+ACTIVE_CONNECTIONS = Gauge(
+    "alarmrelay_active_connections",
+    "Open DC-09 TCP connections from modules.",
+)
+CONNECTIONS_REFUSED = Counter(
+    "alarmrelay_connections_refused_total",
+    "DC-09 TCP connections closed at once because the maximum was reached.",
+)
+CONNECTIONS_CLOSED = Counter(
+    "alarmrelay_connections_closed_total",
+    "DC-09 TCP connections closed by the engine, by reason.",
+    ["reason"],
+)
+READ_PAUSES = Counter(
+    "alarmrelay_read_pauses_total",
+    "Times a DC-09 connection stopped reading because the write path was saturated.",
+)
+DB_POOL_SIZE = Gauge("alarmrelay_db_pool_connections", "Connections in the database pool.")
+DB_POOL_IDLE = Gauge("alarmrelay_db_pool_idle_connections", "Idle connections in the pool.")
+DATABASE_UP = Gauge("alarmrelay_database_up", "1 while the last database operation succeeded.")
+ACCOUNTS_LOADED = Gauge("alarmrelay_accounts_loaded", "Accounts in the in-memory directory.")

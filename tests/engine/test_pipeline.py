@@ -1,0 +1,177 @@
+"""Group-commit pipeline behaviour (batching, shedding, database loss) with in-test batch writers.
+
+The writers here are our own BatchWriter interface; the PostgreSQL-backed writer is exercised in
+test_ingest_e2e.py against the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from engine.ingest_types import (
+    InboundSignal,
+    IngestResult,
+    IngestUnavailable,
+    SignalKind,
+    Transport,
+)
+from engine.pipeline import IngestPipeline
+
+
+def _signal(n: int) -> InboundSignal:
+    return InboundSignal(
+        account=f"{n:04d}",
+        transport=Transport.TCP,
+        kind=SignalKind.EVENT,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        seq=f"{n % 10000:04d}",
+    )
+
+
+class RecordingWriter:
+    def __init__(self, *, gate: asyncio.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = gate
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.batches.append([s.account for s in signals])
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestGroupCommit:
+    async def test_concurrent_signals_share_a_commit(self) -> None:
+        """Signals submitted while a commit runs are committed together, in submission order."""
+        gate = asyncio.Event()
+        writer = RecordingWriter(gate=gate)
+        pipeline = IngestPipeline(writer, batch_max=64, window_s=0)
+        pipeline.start()
+        tasks = [asyncio.create_task(pipeline.submit(_signal(i))) for i in range(50)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        await pipeline.close()
+        assert results == [IngestResult.ACCEPTED] * 50
+        flat = [acct for batch in writer.batches for acct in batch]
+        assert flat == [f"{i:04d}" for i in range(50)]
+        assert len(writer.batches) <= 2
+
+    async def test_batches_respect_the_size_bound(self) -> None:
+        """No batch is larger than batch_max."""
+        gate = asyncio.Event()
+        writer = RecordingWriter(gate=gate)
+        pipeline = IngestPipeline(writer, batch_max=8, window_s=0)
+        pipeline.start()
+        tasks = [asyncio.create_task(pipeline.submit(_signal(i))) for i in range(30)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(*tasks)
+        await pipeline.close()
+        assert max(len(b) for b in writer.batches) == 8
+        assert sum(len(b) for b in writer.batches) == 30
+
+    async def test_result_arrives_only_after_the_writer_returns(self) -> None:
+        """submit() does not return before the batch writer (the commit) has finished."""
+        gate = asyncio.Event()
+        pipeline = IngestPipeline(RecordingWriter(gate=gate), window_s=0)
+        pipeline.start()
+        task = asyncio.create_task(pipeline.submit(_signal(1)))
+        await asyncio.sleep(0.02)
+        assert not task.done()
+        gate.set()
+        assert await task is IngestResult.ACCEPTED
+        await pipeline.close()
+
+
+class TestShedding:
+    async def test_overflow_is_refused_not_queued(self) -> None:
+        """Past max_pending, submit raises IngestUnavailable at once (no unbounded queue)."""
+        gate = asyncio.Event()
+        pipeline = IngestPipeline(
+            RecordingWriter(gate=gate), batch_max=1, window_s=0, max_pending=4
+        )
+        pipeline.start()
+        tasks = [asyncio.create_task(pipeline.submit(_signal(i))) for i in range(10)]
+        await asyncio.sleep(0.01)
+        refused = [t for t in tasks if t.done() and isinstance(t.exception(), IngestUnavailable)]
+        assert len(refused) >= 5
+        assert pipeline.saturated
+        gate.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pipeline.close()
+
+    async def test_resume_callback_fires_after_draining(self) -> None:
+        """Listeners paused at the high-water mark are told to resume once the queue drains."""
+        gate = asyncio.Event()
+        pipeline = IngestPipeline(
+            RecordingWriter(gate=gate), batch_max=2, window_s=0, max_pending=10
+        )
+        resumed = asyncio.Event()
+        pipeline.on_resume(resumed.set)
+        pipeline.start()
+        tasks = [asyncio.create_task(pipeline.submit(_signal(i))) for i in range(10)]
+        await asyncio.sleep(0.01)
+        assert pipeline.saturated
+        gate.set()
+        await asyncio.wait_for(resumed.wait(), 2)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pipeline.close()
+
+
+class FlakyWriter:
+    def __init__(self) -> None:
+        self.down = True
+        self.committed: list[str] = []
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        if self.down:
+            raise ConnectionRefusedError("connection refused")
+        self.committed.extend(s.account for s in signals)
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestDatabaseLoss:
+    async def test_no_result_while_down_and_recovery_after_probe(self) -> None:
+        """While the database is down submit raises; once the probe succeeds signals commit again."""
+        writer = FlakyWriter()
+
+        async def probe() -> None:
+            if writer.down:
+                raise ConnectionRefusedError("still down")
+
+        pipeline = IngestPipeline(writer, window_s=0, probe=probe, probe_interval_s=0.01)
+        pipeline.start()
+        with pytest.raises(IngestUnavailable):
+            await pipeline.submit(_signal(1))
+        with pytest.raises(IngestUnavailable):
+            await pipeline.submit(_signal(2))  # fails fast while known down
+        assert writer.committed == []
+        writer.down = False
+        for _ in range(200):
+            if pipeline.available:
+                break
+            await asyncio.sleep(0.01)
+        assert await pipeline.submit(_signal(3)) is IngestResult.ACCEPTED
+        await pipeline.close()
+        assert writer.committed == ["0003"]
+
+    async def test_close_commits_what_is_queued(self) -> None:
+        """Graceful shutdown finishes in-flight commits before stopping; later submits are refused."""
+        gate = asyncio.Event()
+        writer = RecordingWriter(gate=gate)
+        pipeline = IngestPipeline(writer, window_s=0)
+        pipeline.start()
+        tasks = [asyncio.create_task(pipeline.submit(_signal(i))) for i in range(5)]
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(pipeline.close())
+        await asyncio.sleep(0.01)
+        gate.set()
+        await closing
+        assert [t.result() for t in tasks] == [IngestResult.ACCEPTED] * 5
+        with pytest.raises(IngestUnavailable):
+            await pipeline.submit(_signal(9))
