@@ -1,0 +1,133 @@
+"""DC-09 AES-CBC with a zero IV and the random front pad (PROTOCOLS.md §1.12).
+
+A key is built once (:class:`AesKey`) and reused for every frame of its account.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+_ZERO_IV = bytes(16)
+_KEY_SIZES = (16, 24, 32)
+_HEX = frozenset(string.hexdigits)
+# Pad bytes may be anything but '|', '[' and ']' (§1.12).
+_PAD_FORBIDDEN = frozenset(b"|[]")
+
+
+class AesKey:
+    """An AES-128/192/256 key with its cipher built once. ``repr`` never shows the key."""
+
+    __slots__ = ("_cipher", "bits")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) not in _KEY_SIZES:
+            raise ValueError(f"AES key must be 16, 24 or 32 bytes, got {len(key)}")
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(_ZERO_IV))
+        self.bits = len(key) * 8
+
+    @classmethod
+    def from_hex(cls, text: str) -> AesKey:
+        """A key written as 32, 48 or 64 hex characters (the spec's form)."""
+        text = text.strip()
+        if len(text) not in (32, 48, 64) or not set(text) <= _HEX:
+            raise ValueError(
+                f"hex key must be 32, 48 or 64 hex characters (AES-128/192/256), got {len(text)} characters"
+            )
+        return cls(bytes.fromhex(text))
+
+    @classmethod
+    def from_ascii(cls, text: str) -> AesKey:
+        """A key given as the ASCII bytes of a 16, 24 or 32 character string (Ajax, pysiaalarm)."""
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("ASCII key must contain only ASCII characters") from None
+        if len(raw) not in _KEY_SIZES:
+            raise ValueError(f"ASCII key must be 16, 24 or 32 characters, got {len(raw)}")
+        return cls(raw)
+
+    @classmethod
+    def parse(cls, text: str, key_format: str) -> AesKey:
+        """A key in ``key_format`` "hex" or "ascii"."""
+        if key_format == "hex":
+            return cls.from_hex(text)
+        if key_format == "ascii":
+            return cls.from_ascii(text)
+        raise ValueError(f"key format must be 'hex' or 'ascii', got {key_format!r}")
+
+    def __repr__(self) -> str:
+        return f"AesKey(<{self.bits}-bit, hidden>)"
+
+    def encrypt(self, plain: bytes) -> bytes:
+        """Encrypt whole blocks (``len(plain)`` must be a multiple of 16)."""
+        encryptor = self._cipher.encryptor()
+        return encryptor.update(plain) + encryptor.finalize()
+
+    def decrypt(self, cipher_bytes: bytes) -> bytes:
+        """Decrypt whole blocks."""
+        decryptor = self._cipher.decryptor()
+        return decryptor.update(cipher_bytes) + decryptor.finalize()
+
+    def encrypt_region(
+        self,
+        content: bytes,
+        *,
+        pad: bytes | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> str:
+        """Encrypt ``content`` (data, x-data, timestamp) with the front pad and '|'; upper-case hex.
+
+        The pad makes the region a multiple of 16, 1..16 bytes; when already aligned 16 are added.
+        """
+        needed = 16 - (len(content) + 1) % 16
+        if needed == 0:
+            needed = 16
+        if pad is None:
+            pad = random_pad(needed, random_bytes)
+        elif len(pad) != needed:
+            pad = (pad * (needed // max(1, len(pad)) + 1))[:needed]
+        return self.encrypt(pad + b"|" + content).hex().upper()
+
+    def decrypt_region(self, hex_text: str) -> bytes:
+        """Decrypt the ciphertext hex and drop the pad; returns ``data]xdata…_timestamp``.
+
+        Raises ValueError on bad hex or length.
+        """
+        if len(hex_text) % 32 != 0 or len(hex_text) == 0:
+            raise ValueError(
+                f"ciphertext length {len(hex_text)} is not a multiple of 32 hex characters"
+            )
+        try:
+            cipher_bytes = bytes.fromhex(hex_text)
+        except ValueError:
+            raise ValueError("ciphertext is not hex") from None
+        return strip_pad(self.decrypt(cipher_bytes))
+
+
+def random_pad(length: int, random_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
+    """``length`` random pad bytes, avoiding '|', '[' and ']'."""
+    out = bytearray()
+    while len(out) < length:
+        out.extend(b for b in random_bytes(length * 2) if b not in _PAD_FORBIDDEN)
+    return bytes(out[:length])
+
+
+def strip_pad(plain: bytes) -> bytes:
+    """Drop the pad: up to and including the first '|' when it comes before the first ']'.
+
+    Tolerated deviations (§1.12): no '|' at all (Hikvision ``*NULL``, fioletoven with empty data,
+    pysiaalarm's '0' pad, ioBroker's NUL pad): then strip leading bytes up to the first ']',
+    '#' or 'N'.
+    """
+    bar = plain.find(b"|")
+    close = plain.find(b"]")
+    if bar != -1 and (close == -1 or bar < close):
+        return plain[bar + 1 :]
+    for index, byte in enumerate(plain):
+        if byte in (0x5D, 0x23, 0x4E):  # ']', '#', 'N'
+            return plain[index:]
+    return plain

@@ -1,0 +1,351 @@
+"""SIA DC-09 frames: decode (tolerant of the vendor deviations of PROTOCOLS.md §1.15) and encode (strict).
+
+Layout (§1.1): ``<LF> CCCC 0LLL "<id>" <seq> [R<rcvr>] L<pref> #<acct> [<data>] [<x>]… [_<ts>] <CR>``.
+CRC and length cover the opening quote of the ID token through the last timestamp character.
+
+Decoding happens in two steps so a receiver can look up the account's key in between:
+:func:`decode_header` (framing, CRC, length, ID token, seq, R, L, account) and :func:`decode_body`
+(decrypt, data block, x-data, timestamp). Both raise only :class:`RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+from protocols.crc import crc16_arc
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_timestamp import TIMESTAMP_LENGTH, format_timestamp, parse_timestamp
+from protocols.errors import RemoteProtocolError, Reply
+from protocols.signal import XData
+
+MAX_FRAME_BYTES = 4096  # the length field tops out at 0xFFF plus framing
+LF, CR = 0x0A, 0x0D
+
+# Header after the CRC and length: "id" seq [R..] [L..] [#acct] [A..] then '['.
+# R and L take 0-6 hex digits (bare letters are a vendor quirk, ioBroker.sia#11/#19); the account
+# is 1-16 alphanumerics (test plans use "0", Dahua sends "B12345"). A is the NAK's "A0" field.
+_HEADER = re.compile(
+    rb'"(\*?)([A-Za-z0-9\-]{1,16})"(\d{4})'
+    rb"(?:R([0-9A-Fa-f]{0,6}?))?"
+    rb"(?:L([0-9A-Fa-f]{0,6}?))?"
+    rb"(?:#([0-9A-Za-z]{1,16}))?"
+    rb"(?:A([0-9A-Fa-f]{0,6}))?"
+    rb"\["
+)
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+
+
+class CrcStyle(StrEnum):
+    """How the CRC was written."""
+
+    HEX = "hex"  # 4 ASCII hex characters (the standard)
+    BINARY = "binary"  # 2 raw bytes, big-endian (Lupusec, Jablotron, Trikdis "DC-09_2012")
+
+
+class FrameHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """A frame whose framing, CRC, length and header fields are valid; the body is not yet read."""
+
+    token: str
+    encrypted: bool
+    seq: str
+    receiver: str | None
+    line: str | None
+    account: str | None
+    crc_style: CrcStyle
+    crc_includes_cr: bool
+    body: bytes  # from '[' (exclusive) to the end of the CRC region
+    raw: bytes
+
+
+class Frame(msgspec.Struct, frozen=True, kw_only=True):
+    """A fully decoded DC-09 frame."""
+
+    token: str
+    encrypted: bool
+    seq: str
+    receiver: str | None
+    line: str | None
+    account: str | None
+    data: str
+    xdata: tuple[XData, ...]
+    timestamp: datetime | None
+    crc_style: CrcStyle
+    crc_includes_cr: bool
+    raw: bytes
+
+
+class FrameInspection(msgspec.Struct, kw_only=True):
+    """Everything that could be read from a frame, valid or not (for ``alarmrelay frame decode``)."""
+
+    crc_ok: bool = False
+    length_ok: bool = False
+    id: str | None = None
+    encrypted: bool | None = None
+    seq: str | None = None
+    receiver: str | None = None
+    line: str | None = None
+    account: str | None = None
+    timestamp: datetime | None = None
+    xdata: tuple[XData, ...] = ()
+    error: str | None = None
+    frame: Frame | None = None
+
+
+def _none(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reply=Reply.NONE)
+
+
+def _duh(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reply=Reply.DUH)
+
+
+def _split_envelope(raw: bytes) -> tuple[bytes, bytes, CrcStyle, int]:
+    """Return (crc_field, region, style, declared_length) from one frame's bytes."""
+    if len(raw) > MAX_FRAME_BYTES:
+        raise _none(f"frame of {len(raw)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    text = raw.rstrip(b"\x00")  # trailing NULs (ioBroker.sia#11)
+    if text[:1] == b"\n":
+        text = text[1:]
+    if text[-1:] == b"\r":
+        text = text[:-1]
+    if (
+        len(text) >= 9
+        and text[8:9] == b'"'
+        and text[4:5] == b"0"
+        and all(b in _HEX_DIGITS for b in text[:4])
+    ):
+        crc_field, length_field, region, style = text[:4], text[4:8], text[8:], CrcStyle.HEX
+    elif len(text) >= 7 and text[6:7] == b'"' and text[2:3] == b"0":
+        # Binary CRC: detected the ioBroker.sia way, '0' of the length at [2] and '"' at [6].
+        crc_field, length_field, region, style = text[:2], text[2:6], text[6:], CrcStyle.BINARY
+    else:
+        raise _none("not a DC-09 frame: expected CRC, 0LLL length and a quoted ID token")
+    if not all(b in _HEX_DIGITS for b in length_field[1:]):
+        raise _none(f"bad length field {length_field!r}")
+    return crc_field, region, style, int(length_field[1:], 16)
+
+
+def _crc_value(crc_field: bytes, style: CrcStyle) -> int:
+    return int(crc_field, 16) if style is CrcStyle.HEX else int.from_bytes(crc_field, "big")
+
+
+def _verify(raw: bytes) -> tuple[bytes, CrcStyle, bool]:
+    """Check CRC and length; return (region, style, crc_includes_cr)."""
+    crc_field, region, style, declared = _split_envelope(raw)
+    expected = _crc_value(crc_field, style)
+    computed = crc16_arc(region)
+    if computed == expected and declared == len(region):
+        return region, style, False
+    # Eldes counts the trailing CR in both CRC and length (pysiaalarm#17, sia-ha#3).
+    if crc16_arc(region + b"\r") == expected and declared == len(region) + 1:
+        return region, style, True
+    if computed != expected:
+        raise _none(f"CRC mismatch: frame says {expected:04X}, computed {computed:04X} (no reply)")
+    raise _none(f"length mismatch: frame says {declared:03X}, counted {len(region):03X} (no reply)")
+
+
+def _ascii(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("ascii").upper()
+
+
+def decode_header(raw: bytes) -> FrameHeader:
+    """Framing, CRC, length and header fields of one frame (LF/CR optional)."""
+    region, style, includes_cr = _verify(raw)
+    match = _HEADER.match(region)
+    if match is None:
+        raise _duh('unparsable header: expected "id"seq[R..][L..]#acct[')
+    star, token, seq, receiver, line, account, _a = match.groups()
+    return FrameHeader(
+        token=token.decode("ascii").upper(),
+        encrypted=bool(star),
+        seq=seq.decode("ascii"),
+        receiver=_ascii(receiver),
+        line=_ascii(line),
+        account=_ascii(account),
+        crc_style=style,
+        crc_includes_cr=includes_cr,
+        body=region[match.end() :],
+        raw=raw.rstrip(b"\x00"),
+    )
+
+
+def _text(data: bytes) -> str:
+    # DC-09 2017+ text fields may be Windows-1252 (ioBroker.sia#63); undefined bytes map 1:1.
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _parse_tail(tail: bytes) -> tuple[str, tuple[XData, ...], datetime | None]:
+    """Parse ``data]`` + ``[x…]``* + optional ``_timestamp`` (the part after the opening '[')."""
+    close = tail.find(b"]")
+    if close == -1:
+        raise _duh("data block is not closed with ']'")
+    data = _text(tail[:close])
+    rest = tail[close + 1 :]
+    xdata: list[XData] = []
+    while rest[:1] == b"[":
+        end = rest.find(b"]")
+        if end == -1:
+            raise _duh("x-data block is not closed with ']'")
+        block = rest[1:end]
+        if not block or not (0x41 <= block[0] <= 0x5A or 0x61 <= block[0] <= 0x7A):
+            raise _duh(f"x-data block {_text(block)!r} does not start with an identifier letter")
+        xdata.append(XData(id=chr(block[0]).upper(), value=_text(block[1:])))
+        rest = rest[end + 1 :]
+        if len(xdata) > 32:
+            raise _duh("too many x-data blocks")
+    timestamp: datetime | None = None
+    if rest:
+        if rest[:1] != b"_" or len(rest) != TIMESTAMP_LENGTH:
+            raise _duh(f"unexpected bytes after the data: {_text(rest[:40])!r}")
+        try:
+            timestamp = parse_timestamp(rest.decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _duh(str(exc)) from None
+    return data, tuple(xdata), timestamp
+
+
+def decode_body(header: FrameHeader, key: AesKey | None) -> Frame:
+    """Decrypt (when ``*``) and parse the data block, x-data and timestamp."""
+    if header.encrypted:
+        if key is None:
+            raise _duh("encrypted frame but no key is configured for this account")
+        try:
+            tail = key.decrypt_region(header.body.decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _duh(f"decrypt failed: {exc}") from None
+        try:
+            data, xdata, timestamp = _parse_tail(tail)
+        except RemoteProtocolError as exc:
+            raise _duh(
+                f"decrypt failed: wrong key or key format (hex vs ascii)? ({exc.message})"
+            ) from None
+    else:
+        data, xdata, timestamp = _parse_tail(header.body)
+    return Frame(
+        token=header.token,
+        encrypted=header.encrypted,
+        seq=header.seq,
+        receiver=header.receiver,
+        line=header.line,
+        account=header.account,
+        data=data,
+        xdata=xdata,
+        timestamp=timestamp,
+        crc_style=header.crc_style,
+        crc_includes_cr=header.crc_includes_cr,
+        raw=header.raw,
+    )
+
+
+def decode_frame(raw: bytes, *, key: AesKey | None = None) -> Frame:
+    """Decode one frame completely. Raises only RemoteProtocolError."""
+    return decode_body(decode_header(raw), key)
+
+
+def inspect_frame(raw: bytes, *, key: AesKey | None = None) -> FrameInspection:
+    """Report what can be read from ``raw`` without raising (the field-support view)."""
+    out = FrameInspection()
+    try:
+        crc_field, region, style, declared = _split_envelope(raw)
+    except RemoteProtocolError as exc:
+        out.error = exc.message
+        return out
+    expected = _crc_value(crc_field, style)
+    out.crc_ok = crc16_arc(region) == expected or crc16_arc(region + b"\r") == expected
+    out.length_ok = declared in (len(region), len(region) + 1)
+    match = _HEADER.match(region)
+    if match is not None:
+        star, token, seq, receiver, line, account, _a = match.groups()
+        out.id = token.decode("ascii").upper()
+        out.encrypted = bool(star)
+        out.seq = seq.decode("ascii")
+        out.receiver = _ascii(receiver)
+        out.line = _ascii(line)
+        out.account = _ascii(account)
+    try:
+        frame = decode_frame(raw, key=key)
+    except RemoteProtocolError as exc:
+        out.error = exc.message
+        return out
+    out.timestamp = frame.timestamp
+    out.xdata = frame.xdata
+    out.frame = frame
+    return out
+
+
+def _check_field(name: str, value: str | None, *, max_len: int, allowed: frozenset[str]) -> None:
+    if value is None:
+        return
+    if len(value) > max_len or not set(value) <= allowed:
+        raise ValueError(
+            f"{name} {value!r} must be up to {max_len} characters from {''.join(sorted(allowed))}"
+        )
+
+
+_HEX_CHARS = frozenset("0123456789ABCDEF")
+_ACCOUNT_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def encode_frame(
+    *,
+    token: str,
+    seq: str,
+    account: str | None,
+    data: str,
+    receiver: str | None = None,
+    line: str | None = "0",
+    xdata: Sequence[XData] = (),
+    timestamp: datetime | None = None,
+    key: AesKey | None = None,
+    pad: bytes | None = None,
+    extra_fields: str = "",
+    crc_style: CrcStyle = CrcStyle.HEX,
+) -> bytes:
+    """Build one frame (LF … CR) in the standard form. Raises ValueError on bad arguments.
+
+    With ``key`` the frame is encrypted (``*`` token) and must carry a timestamp (§1.9).
+    ``crc_style`` BINARY exists only to answer a binary-CRC sender in its own style.
+    """
+    if len(seq) != 4 or not seq.isdigit():
+        raise ValueError(f"seq must be 4 digits, got {seq!r}")
+    if not token or not set(token) <= frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"):
+        raise ValueError(f"bad ID token {token!r}")
+    _check_field("receiver", receiver, max_len=6, allowed=_HEX_CHARS)
+    _check_field("line", line, max_len=6, allowed=_HEX_CHARS)
+    if account is not None and not (1 <= len(account) <= 16 and set(account) <= _ACCOUNT_CHARS):
+        raise ValueError(f"account {account!r} must be 1-16 characters 0-9, A-Z")
+    header = f'"{"*" if key is not None else ""}{token}"{seq}'
+    if receiver is not None:
+        header += f"R{receiver}"
+    if line is not None:
+        header += f"L{line}"
+    if account is not None:
+        header += f"#{account}"
+    header += extra_fields
+    tail = "".join(f"[{x.id}{x.value}]" for x in xdata)
+    stamp = format_timestamp(timestamp) if timestamp is not None else ""
+    if key is not None:
+        if timestamp is None:
+            raise ValueError("an encrypted frame needs a timestamp")
+        content = f"{data}]{tail}{stamp}".encode("cp1252")
+        region = (header + "[").encode("ascii") + key.encrypt_region(content, pad=pad).encode(
+            "ascii"
+        )
+    else:
+        region = f"{header}[{data}]{tail}{stamp}".encode("cp1252")
+    if len(region) > 0xFFF:
+        raise ValueError(f"frame content of {len(region)} bytes exceeds the 0xFFF length limit")
+    crc = crc16_arc(region)
+    if crc_style is CrcStyle.BINARY:
+        crc_field = crc.to_bytes(2, "big")
+    else:
+        crc_field = f"{crc:04X}".encode("ascii")
+    return b"\n" + crc_field + f"0{len(region):03X}".encode("ascii") + region + b"\r"
