@@ -1,0 +1,255 @@
+"""The receiver role of DC-09, sans-I/O: bytes and ``now`` in, events and reply bytes out.
+
+One :class:`Dc09ReceiverConnection` per TCP connection (or one for a UDP socket). Feed it what the
+socket read; it returns :class:`FrameReceived` for each accepted frame (build the ACK with
+:meth:`~Dc09ReceiverConnection.ack` once the signal is safe) and :class:`FrameRejected` carrying
+the reply to send at once (NAK, DUH) or nothing (bad CRC or length: silence, §1.10).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import Protocol
+
+import msgspec
+
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import (
+    CrcStyle,
+    Frame,
+    FrameHeader,
+    decode_body,
+    decode_header,
+    encode_frame,
+)
+from protocols.dc09_payload import parse_payload
+from protocols.dc09_timestamp import TimestampWindow, as_local_time
+from protocols.errors import RemoteProtocolError, Reply
+from protocols.signal import Event
+
+_EVENT_TOKENS = frozenset({"SIA-DCS", "ADM-CID", "NULL"})
+
+
+class AccountCrypto(msgspec.Struct, frozen=True, kw_only=True):
+    """What the receiver needs to know about one account."""
+
+    key: AesKey | None = None
+    window: TimestampWindow | None = None  # None: the receiver's default
+    local_time_zone: tzinfo | None = None  # the panel writes local time in this zone
+
+
+class AccountDirectory(Protocol):
+    """Account lookup; None means the account is unknown."""
+
+    def lookup(self, account: str) -> AccountCrypto | None: ...
+
+
+class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Receiver-wide rules."""
+
+    window: TimestampWindow = TimestampWindow()
+    check_plain_timestamps: bool = True  # plain frames that carry a timestamp are checked too
+    unknown_account_reply: Reply = Reply.DUH  # or Reply.NONE (silent)
+    max_frame_bytes: int = 4096
+    max_buffer_bytes: int = 65_536
+
+
+class FrameReceived(msgspec.Struct, frozen=True, kw_only=True):
+    """An accepted frame and the events it carries (empty for NULL)."""
+
+    frame: Frame
+    events: tuple[Event, ...]
+
+
+class FrameRejected(msgspec.Struct, frozen=True, kw_only=True):
+    """A frame (or garbage) not accepted; ``error.reply_bytes`` is the reply to send."""
+
+    error: RemoteProtocolError
+    header: FrameHeader | None = None
+
+
+ReceiverEvent = FrameReceived | FrameRejected
+
+
+class Dc09ReceiverConnection:
+    """Receiver-side DC-09 state for one connection: stream buffer and reply builders."""
+
+    def __init__(self, config: ReceiverConfig, directory: AccountDirectory) -> None:
+        self.config = config
+        self.directory = directory
+        self._buffer = bytearray()
+        self._discarding = False  # skipping an oversized frame until its CR
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, *, now: datetime) -> list[ReceiverEvent]:
+        """Feed bytes read from a TCP stream; frames may be split or several per read."""
+        self._buffer += data
+        events: list[ReceiverEvent] = []
+        buffer = self._buffer
+        while True:
+            start = buffer.find(b"\n")
+            if start == -1:
+                # No frame start at all: keep nothing but what could begin one.
+                if buffer:
+                    garbage = bytes(buffer).strip(b"\x00\r\n ")
+                    buffer.clear()
+                    if garbage and not self._discarding:
+                        events.append(_rejected_none("bytes outside a frame (no LF)"))
+                self._discarding = False
+                break
+            if start > 0:
+                garbage = bytes(buffer[:start]).strip(b"\x00\r ")
+                del buffer[:start]
+                if garbage and not self._discarding:
+                    events.append(_rejected_none("bytes outside a frame before LF"))
+                self._discarding = False
+            end = self._frame_end(buffer)
+            if end == -1:
+                if len(buffer) > self.config.max_frame_bytes:
+                    events.append(
+                        _rejected_none(f"frame exceeds {self.config.max_frame_bytes} bytes")
+                    )
+                    buffer.clear()
+                    self._discarding = True
+                break
+            raw = bytes(buffer[: end + 1])
+            del buffer[: end + 1]
+            events.append(self._handle(raw, now))
+        return events
+
+    def receive_datagram(self, data: bytes, *, now: datetime) -> list[ReceiverEvent]:
+        """Feed one UDP datagram (one frame; LF and CR optional)."""
+        if len(data) > self.config.max_frame_bytes:
+            return [_rejected_none(f"datagram exceeds {self.config.max_frame_bytes} bytes")]
+        raw = data.strip(b"\x00")
+        if not raw:
+            return []
+        return [self._handle(raw, now)]
+
+    def _frame_end(self, buffer: bytearray) -> int:
+        """Index of the CR that ends the frame starting at buffer[0] (LF), or -1."""
+        # A binary CRC may itself contain 0x0D; a CR inside the first 3 bytes is not the end.
+        return buffer.find(b"\r", 3)
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _handle(self, raw: bytes, now: datetime) -> ReceiverEvent:
+        try:
+            header = decode_header(raw)
+        except RemoteProtocolError as exc:
+            if exc.reply is Reply.NONE:
+                return FrameRejected(error=exc)
+            return FrameRejected(error=exc.with_reply_bytes(self._duh_bare()))
+        try:
+            return self._accept(header, now)
+        except RemoteProtocolError as exc:
+            return FrameRejected(error=self._with_reply(exc, header, now), header=header)
+
+    def _accept(self, header: FrameHeader, now: datetime) -> FrameReceived:
+        if header.token not in _EVENT_TOKENS:
+            raise RemoteProtocolError(f"unsupported ID token {header.token!r}", reply=Reply.DUH)
+        if not header.account:
+            raise RemoteProtocolError("frame has no #account", reply=Reply.DUH)
+        crypto = self.directory.lookup(header.account)
+        if crypto is None:
+            raise RemoteProtocolError(
+                f"unknown account {header.account}", reply=self.config.unknown_account_reply
+            )
+        if crypto.key is not None and not header.encrypted:
+            raise RemoteProtocolError(
+                "encryption required for this account: plain frame refused", reply=Reply.DUH
+            )
+        if header.encrypted and crypto.key is None:
+            raise RemoteProtocolError("encrypted frame but the account has no key", reply=Reply.DUH)
+        frame = decode_body(header, crypto.key)
+        self._check_time(frame, crypto, now)
+        events = parse_payload(frame.token, frame.data)
+        return FrameReceived(frame=frame, events=events)
+
+    def _check_time(self, frame: Frame, crypto: AccountCrypto, now: datetime) -> None:
+        if frame.timestamp is None:
+            if frame.encrypted:
+                # §1.9: every encrypted message carries a timestamp.
+                raise RemoteProtocolError("encrypted frame without timestamp", reply=Reply.NAK)
+            return
+        if not frame.encrypted and not self.config.check_plain_timestamps:
+            return
+        stamp = frame.timestamp
+        if crypto.local_time_zone is not None:
+            stamp = as_local_time(stamp, crypto.local_time_zone)
+        window = crypto.window or self.config.window
+        if not window.check(stamp, now):
+            raise RemoteProtocolError(
+                f"timestamp {stamp.isoformat()} outside the window -{window.past_s}/+{window.future_s} s",
+                reply=Reply.NAK,
+            )
+
+    def _with_reply(
+        self, exc: RemoteProtocolError, header: FrameHeader, now: datetime
+    ) -> RemoteProtocolError:
+        if exc.reply is Reply.NAK:
+            return exc.with_reply_bytes(self.nak(now=now, style=header.crc_style))
+        if exc.reply is Reply.DUH:
+            return exc.with_reply_bytes(self.duh(header))
+        return exc
+
+    # -- replies ------------------------------------------------------------------------------
+
+    def ack(self, frame: Frame, *, now: datetime) -> bytes:
+        """ACK (or ``*ACK`` for an encrypted frame) echoing seq, R (only if sent), L and account."""
+        key = None
+        if frame.encrypted and frame.account:
+            crypto = self.directory.lookup(frame.account)
+            key = crypto.key if crypto is not None else None
+        return encode_frame(
+            token="ACK",
+            seq=frame.seq,
+            account=frame.account,
+            data="",
+            receiver=frame.receiver,
+            line=_echo_line(frame.line),
+            timestamp=now if key is not None else None,
+            key=key,
+            crc_style=frame.crc_style,
+        )
+
+    def nak(self, *, now: datetime, style: CrcStyle = CrcStyle.HEX) -> bytes:
+        """NAK with our UTC time, never encrypted: ``"NAK"0000R0L0A0[]_HH:MM:SS,MM-DD-YYYY``."""
+        return encode_frame(
+            token="NAK",
+            seq="0000",
+            account=None,
+            data="",
+            receiver="0",
+            line="0",
+            extra_fields="A0",
+            timestamp=now,
+            crc_style=style,
+        )
+
+    def duh(self, header: FrameHeader | Frame) -> bytes:
+        """DUH echoing seq, R, L and account; never encrypted."""
+        return encode_frame(
+            token="DUH",
+            seq=header.seq,
+            account=header.account,
+            data="",
+            receiver=header.receiver,
+            line=_echo_line(header.line),
+            crc_style=header.crc_style,
+        )
+
+    def _duh_bare(self) -> bytes:
+        return encode_frame(token="DUH", seq="0000", account=None, data="", line="0")
+
+
+def _echo_line(line: str | None) -> str | None:
+    # A bare "L" is accepted but never emitted (§1.15): answer it with L0.
+    if line == "":
+        return "0"
+    return line
+
+
+def _rejected_none(message: str) -> FrameRejected:
+    return FrameRejected(error=RemoteProtocolError(message, reply=Reply.NONE))

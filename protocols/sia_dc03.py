@@ -1,0 +1,227 @@
+"""SIA DC-03 event blocks as carried in DC-09 ``SIA-DCS`` frames (PROTOCOLS.md §3.1).
+
+``[#acct|]N<modifiers><CC><addr>[^text^][/<more>…][|A<text>]``: modifiers ``ri`` (area),
+``id`` (user), ``ti`` (time) apply to the codes after them in the block; several codes per block;
+tolerates the Scantronic ``Nti19:44/id1/RP`` order (pysiaalarm#8) and AlphaVision's extra field
+``#0001|0|NRP`` (pysiaalarm#68).
+"""
+
+from __future__ import annotations
+
+from protocols.categories import classify
+from protocols.errors import RemoteProtocolError, Reply
+from protocols.signal import Event, Family
+
+# Which address follows a code (dc09_spt's dc03 table as summarised in §3.1): user or area; else zone.
+USER_ADDRESS_CODES = frozenset(
+    [
+        "BC",
+        "CE",
+        "CF",
+        "CJ",
+        "CK",
+        "CL",
+        "CP",
+        "CQ",
+        "CR",
+        "DA",
+        "DB",
+        "EE",
+        "JD",
+        "JH",
+        "JK",
+        "JP",
+        "JS",
+        "JT",
+        "JV",
+        "JX",
+        "JY",
+        "JZ",
+        "OC",
+        "OH",
+        "OJ",
+        "OK",
+        "OL",
+        "OP",
+        "OQ",
+        "OR",
+        "OT",
+        "RX",
+    ]
+)
+AREA_ADDRESS_CODES = frozenset(
+    [
+        "BV",
+        "CA",
+        "CD",
+        "CG",
+        "CI",
+        "CT",
+        "CW",
+        "FI",
+        "FK",
+        "JA",
+        "JR",
+        "NF",
+        "NL",
+        "NM",
+        "OA",
+        "OG",
+        "OI",
+    ]
+)
+
+MAX_EVENTS_PER_BLOCK = 32
+MAX_ADDRESS_DIGITS = 6
+
+
+def _duh(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, reply=Reply.DUH)
+
+
+def _split_account(data: str) -> tuple[str | None, list[str]]:
+    account: str | None = None
+    rest = data
+    if rest.startswith("#"):
+        bar = rest.find("|")
+        if bar == -1:
+            raise _duh("SIA block: account without '|'")
+        account = rest[1:bar].upper() or None
+        rest = rest[bar + 1 :]
+    elif rest.startswith("|"):
+        rest = rest[1:]
+    return account, rest.split("|")
+
+
+def _digits(text: str, start: int, limit: int) -> tuple[str, int]:
+    end = start
+    while end < len(text) and text[end].isdigit() and text[end].isascii():
+        end += 1
+    if end - start > limit:
+        raise _duh(f"SIA block: number too long at {text[start:end]!r}")
+    return text[start:end], end
+
+
+def parse_sia_block(data: str) -> tuple[Event, ...]:
+    """Parse the data of a ``SIA-DCS`` frame into events (one per code)."""
+    if len(data) > 1024:
+        raise _duh("SIA block too long")
+    account, segments = _split_account(data)
+    block: str | None = None
+    free_text: str | None = None
+    for segment in segments:
+        if block is None and segment.startswith("N"):
+            block = segment[1:]
+        elif segment.startswith("A") and block is not None:
+            free_text = segment[1:]
+    if block is None:
+        raise _duh(f"SIA block: no 'N' event block in {data[:64]!r}")
+
+    events: list[dict[str, object]] = []
+    area: int | None = None
+    user: int | None = None
+    time: str | None = None
+    i = 0
+    n = len(block)
+    while i < n:
+        ch = block[i]
+        if ch == "/":
+            i += 1
+            continue
+        if ch == "^":
+            end = block.find("^", i + 1)
+            if end == -1:
+                raise _duh("SIA block: unterminated ^text^")
+            if not events:
+                raise _duh("SIA block: ^text^ before any event code")
+            events[-1]["text"] = block[i + 1 : end]
+            i = end + 1
+            continue
+        pair = block[i : i + 2]
+        if len(pair) == 2 and pair.isascii() and pair.isalpha() and pair.islower():
+            if pair == "ti":
+                end = i + 2
+                while end < n and (block[end].isdigit() or block[end] == ":") and end - i < 12:
+                    end += 1
+                time = block[i + 2 : end] or None
+                i = end
+            else:
+                value, i = _digits(block, i + 2, MAX_ADDRESS_DIGITS)
+                if pair == "ri":
+                    area = int(value) if value else None
+                elif pair == "id":
+                    user = int(value) if value else None
+                # other modifiers (da, pi, …) are accepted and ignored
+            continue
+        if len(pair) == 2 and pair.isascii() and pair.isalpha() and pair.isupper():
+            address, i = _digits(block, i + 2, MAX_ADDRESS_DIGITS)
+            number = int(address) if address else None
+            if len(events) >= MAX_EVENTS_PER_BLOCK:
+                raise _duh("SIA block: too many event codes")
+            zone: int | None = None
+            event_user = user
+            partition = area
+            if pair in USER_ADDRESS_CODES:
+                event_user = number if number is not None else user
+            elif pair in AREA_ADDRESS_CODES:
+                partition = number if number is not None else area
+            else:
+                zone = number
+            events.append(
+                {
+                    "code": pair,
+                    "zone": zone,
+                    "user": event_user,
+                    "partition": partition,
+                    "time": time,
+                    "text": None,
+                }
+            )
+            continue
+        raise _duh(f"SIA block: unexpected {block[i : i + 8]!r}")
+    if not events:
+        raise _duh(f"SIA block: no event code in {data[:64]!r}")
+    out = []
+    for item in events:
+        code = str(item["code"])
+        text = item["text"] if item["text"] is not None else free_text
+        out.append(
+            Event(
+                family=Family.SIA,
+                code=code,
+                zone=item["zone"],  # type: ignore[arg-type]  # built above with int | None
+                partition=item["partition"],  # type: ignore[arg-type]
+                user=item["user"],  # type: ignore[arg-type]
+                time=item["time"],  # type: ignore[arg-type]
+                text=text,  # type: ignore[arg-type]
+                account=account,
+                classification=classify(Family.SIA, code),
+            )
+        )
+    return tuple(out)
+
+
+def format_sia_block(event: Event, account: str) -> str:
+    """The ``SIA-DCS`` data for one event: ``#acct|N[ri<area>/][id<user>/]<CC><addr>[^text^]``."""
+    if event.family is not Family.SIA:
+        raise ValueError("format_sia_block needs a SIA event")
+    parts = []
+    if event.code in USER_ADDRESS_CODES:
+        if event.partition is not None:
+            parts.append(f"ri{event.partition}/")
+        address = event.user
+    elif event.code in AREA_ADDRESS_CODES:
+        if event.user is not None:
+            parts.append(f"id{event.user}/")
+        address = event.partition
+    else:
+        if event.partition is not None:
+            parts.append(f"ri{event.partition}/")
+        if event.user is not None:
+            parts.append(f"id{event.user}/")
+        address = event.zone
+    body = "".join(parts) + event.code + (f"{address:03d}" if address is not None else "")
+    if event.text:
+        clean = event.text.replace("^", " ").replace("|", " ").replace("]", " ").replace("[", " ")
+        body += f"^{clean}^"
+    return f"#{account}|N{body}"
