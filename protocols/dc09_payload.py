@@ -13,6 +13,9 @@ def parse_payload(token: str, data: str) -> tuple[Event, ...]:
 
     Raises RemoteProtocolError(reply=DUH) for data that cannot be parsed or an unsupported token.
     """
+    if token in ("SIA-DCS", "ADM-CID") and not data.strip():
+        # An empty data block ("SIA-DCS"…[]) carries no event: treated like a link test.
+        return ()
     if token == "SIA-DCS":
         return parse_sia_block(data)
     if token == "ADM-CID":

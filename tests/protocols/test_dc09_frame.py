@@ -1,0 +1,240 @@
+"""DC-09 frame decoding and encoding against the public vectors and the vendor quirks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from protocols.crc import crc16_arc
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import (
+    CrcStyle,
+    decode_frame,
+    decode_header,
+    encode_frame,
+    inspect_frame,
+)
+from protocols.dc09_timestamp import parse_timestamp
+from protocols.errors import RemoteProtocolError, Reply
+from protocols.signal import XData
+from tests.vectors import encrypted_vectors, frame_vectors, load_vectors
+
+
+class TestCrc:
+    def test_check_value(self) -> None:
+        """CRC-16/ARC of "123456789" is 0xBB3D."""
+        assert crc16_arc(b"123456789") == 0xBB3D
+
+    def test_empty(self) -> None:
+        """The CRC of nothing is the initial value 0."""
+        assert crc16_arc(b"") == 0
+
+
+@pytest.mark.parametrize("vector", frame_vectors(), ids=lambda v: v["frame"][:24])
+class TestPublicVectors:
+    def test_fields(self, vector: dict[str, Any]) -> None:
+        """Each public frame decodes with the expected CRC/length verdicts and header fields."""
+        result = inspect_frame(vector["frame"].encode("latin-1"))
+        assert result.crc_ok is vector["crc_ok"]
+        assert result.length_ok is vector["length_ok"]
+        assert result.id == vector["id"]
+        assert result.seq == vector["seq"]
+        assert result.receiver == vector["receiver"]
+        assert result.line == vector["line"]
+        assert result.account == vector["account"]
+        assert result.error is None
+        expected_ts = parse_timestamp(vector["timestamp"]) if vector["timestamp"] else None
+        assert result.timestamp == expected_ts
+
+    def test_reencode_is_byte_identical(self, vector: dict[str, Any]) -> None:
+        """Our encoder rebuilds each frame byte for byte (bare L and the NAK's A0 made explicit)."""
+        frame = decode_frame(vector["frame"].encode("latin-1"))
+        expected = vector["frame"].encode("latin-1")
+        if frame.line == "":  # accepted, but we never emit a bare L: it is rebuilt as L0
+            expected = expected.replace(b"L#", b"L0#", 1)
+            region = expected[8:]
+            expected = f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region
+        rebuilt = encode_frame(
+            token=frame.token,
+            seq=frame.seq,
+            account=frame.account,
+            data=frame.data,
+            receiver=frame.receiver,
+            line="0" if frame.line == "" else frame.line,
+            xdata=frame.xdata,
+            timestamp=frame.timestamp,
+            extra_fields="A0" if frame.token == "NAK" else "",
+        )
+        assert rebuilt == b"\n" + expected + b"\r"
+
+
+@pytest.mark.parametrize("vector", encrypted_vectors(), ids=lambda v: v["frame"][:24])
+class TestEncryptedVectors:
+    def test_decrypts_to_plaintext(self, vector: dict[str, Any]) -> None:
+        """Encrypted vectors decrypt with their key to the published plaintext."""
+        key = AesKey.from_hex(vector["key_hex"])
+        frame = decode_frame(vector["frame"].encode(), key=key)
+        pad, _, rest = vector["plaintext"].partition("|")
+        data, _, stamp = rest.partition("]")
+        assert frame.encrypted
+        assert frame.data == data
+        assert frame.timestamp == parse_timestamp(stamp)
+
+    def test_round_trip_with_the_same_pad(self, vector: dict[str, Any]) -> None:
+        """Re-encrypting with the published pad gives the published frame."""
+        key = AesKey.from_hex(vector["key_hex"])
+        frame = decode_frame(vector["frame"].encode(), key=key)
+        pad = vector["plaintext"].partition("|")[0].encode()
+        rebuilt = encode_frame(
+            token=frame.token,
+            seq=frame.seq,
+            account=frame.account,
+            data=frame.data,
+            receiver=frame.receiver,
+            line=frame.line,
+            timestamp=frame.timestamp,
+            key=key,
+            pad=pad,
+        )
+        assert rebuilt[1:-1].decode() == vector["frame"]
+
+    def test_wrong_key_is_a_clear_duh(self, vector: dict[str, Any]) -> None:
+        """A wrong key gives DUH with 'decrypt failed', not a parse error."""
+        wrong = AesKey.from_ascii("1234567890123456")
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(vector["frame"].encode(), key=wrong)
+        assert info.value.reply is Reply.DUH
+        assert "decrypt failed" in info.value.message
+
+
+class TestNegativeVectors:
+    def test_wrong_crc_is_silent(self) -> None:
+        """ioBroker.sia#111's frame has CRC ADFF where F956 is right: no reply."""
+        raw = b'ADFF0040"SIA-DCS"0049L0#AFFE[#AFFE|Nri1CL0001^user^]_14:06:21,05-17-2026'
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw)
+        assert info.value.reply is Reply.NONE
+        assert "F956" in info.value.message
+        assert decode_frame(b"F956" + raw[4:]).account == "AFFE"
+
+    def test_wrong_length_is_silent(self) -> None:
+        """A valid CRC with a wrong length field gets no reply."""
+        good = encode_frame(token="SIA-DCS", seq="0001", account="1234", data="#1234|NBA01")
+        bad = good[:5] + b"0FF" + good[8:]
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(bad)
+        assert info.value.reply is Reply.NONE
+
+    def test_pysiaalarm_none_ack_is_recognisable(self) -> None:
+        """pysiaalarm's ACK with the literal None (core#180511) is not a valid header for us."""
+        with pytest.raises(RemoteProtocolError):
+            decode_frame(b'24CC0016"ACK"0000NoneL0#1409[]')
+
+
+def _eldes(frame: bytes) -> bytes:
+    """Rewrite a standard frame the Eldes way: CRC and length include the trailing CR."""
+    region = frame[9:-1]
+    crc = crc16_arc(region + b"\r")
+    return b"\n" + f"{crc:04X}0{len(region) + 1:03X}".encode() + region + b"\r"
+
+
+class TestVendorQuirks:
+    def test_binary_crc(self) -> None:
+        """A 2-byte binary CRC (Lupusec, Jablotron, Trikdis) is accepted and remembered."""
+        raw = encode_frame(
+            token="SIA-DCS",
+            seq="0001",
+            account="1234",
+            data="#1234|NBA01",
+            crc_style=CrcStyle.BINARY,
+        )
+        frame = decode_frame(raw)
+        assert frame.crc_style is CrcStyle.BINARY
+        assert frame.data == "#1234|NBA01"
+
+    def test_eldes_crc_includes_cr(self) -> None:
+        """Eldes frames that count the CR in CRC and length are accepted."""
+        frame = decode_frame(
+            _eldes(
+                encode_frame(token="ADM-CID", seq="0002", account="1234", data="#1234|1130 01 001")
+            )
+        )
+        assert frame.crc_includes_cr
+        assert frame.seq == "0002"
+
+    def test_trailing_nuls(self) -> None:
+        """NUL bytes after the CR are ignored."""
+        raw = encode_frame(token="NULL", seq="0000", account="1409", data="") + b"\x00\x00"
+        assert decode_frame(raw).token == "NULL"
+
+    def test_six_digit_line(self) -> None:
+        """L000000 (pysiaalarm#64) is a valid line prefix."""
+        raw = encode_frame(token="NULL", seq="0000", account="1409", data="", line="000000")
+        assert decode_frame(raw).line == "000000"
+
+    def test_windows_1252_xdata(self) -> None:
+        """Windows-1252 text in x-data: CRC over raw bytes, text decoded (ioBroker.sia#63)."""
+        raw = encode_frame(
+            token="ADM-CID",
+            seq="0003",
+            account="1234",
+            data="#1234|1130 01 001",
+            xdata=[XData(id="I", value="Küche €")],
+        )
+        assert "\x80".encode("latin-1") in raw  # the euro sign is one cp1252 byte
+        assert decode_frame(raw).xdata == (XData(id="I", value="Küche €"),)
+
+    def test_hikvision_null_without_bar(self) -> None:
+        """An encrypted NULL whose pad has no '|' (Hikvision) decrypts to empty data."""
+        key = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
+        region_plain = b"ppppppppppp]_18:24:52,07-05-2020"
+        header = b'"*NULL"0000L0#1234['
+        region = header + key.encrypt(region_plain).hex().upper().encode()
+        raw = b"\n" + f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region + b"\r"
+        frame = decode_frame(raw, key=key)
+        assert frame.data == ""
+        assert frame.timestamp == datetime(2020, 7, 5, 18, 24, 52, tzinfo=UTC)
+
+    def test_several_xdata_blocks(self) -> None:
+        """Several x-data blocks are all kept, in order (pysiaalarm#54)."""
+        raw = encode_frame(
+            token="ADM-CID",
+            seq="0056",
+            account="123456",
+            data="#123456|1406 01 000",
+            xdata=[XData(id="R", value="LivingRoom"), XData(id="I", value="userName")],
+        )
+        assert [x.id for x in decode_frame(raw).xdata] == ["R", "I"]
+
+    def test_header_only_decode_keeps_body_encrypted(self) -> None:
+        """decode_header validates CRC/length without needing the key."""
+        vectors = load_vectors()["encrypted"]
+        header = decode_header(vectors[0]["frame"].encode())
+        assert header.encrypted
+        assert header.account == "1234"
+
+
+class TestEncodeArguments:
+    def test_encrypted_needs_timestamp(self) -> None:
+        """Encrypting without a timestamp is refused (§1.9)."""
+        with pytest.raises(ValueError, match="timestamp"):
+            encode_frame(
+                token="SIA-DCS",
+                seq="0001",
+                account="1234",
+                data="",
+                key=AesKey.from_ascii("1234567890123456"),
+            )
+
+    def test_bad_seq(self) -> None:
+        """The sequence number must be 4 digits."""
+        with pytest.raises(ValueError, match="seq"):
+            encode_frame(token="SIA-DCS", seq="12", account="1234", data="")
+
+    def test_never_writes_none(self) -> None:
+        """An absent receiver is omitted, never written as 'None'."""
+        raw = encode_frame(token="ACK", seq="0000", account="1409", data="", receiver=None)
+        assert b"None" not in raw
+        assert raw == b'\n59890012"ACK"0000L0#1409[]\r'

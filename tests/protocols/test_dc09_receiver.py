@@ -1,0 +1,334 @@
+"""The sans-I/O DC-09 receiver: stream splitting, inbound rules and the replies it builds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import CrcStyle, decode_frame, encode_frame
+from protocols.dc09_receiver import (
+    AccountCrypto,
+    Dc09ReceiverConnection,
+    FrameReceived,
+    FrameRejected,
+    ReceiverConfig,
+    ReceiverEvent,
+)
+from protocols.dc09_timestamp import TimestampWindow
+from protocols.errors import Reply
+from protocols.signal import Category
+from tests.vectors import frame_vectors
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+KEY = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
+
+
+class Directory:
+    def __init__(
+        self, accounts: dict[str, AccountCrypto] | None = None, *, accept_all: bool = False
+    ) -> None:
+        self.accounts = accounts or {}
+        self.accept_all = accept_all
+
+    def lookup(self, account: str) -> AccountCrypto | None:
+        if account in self.accounts:
+            return self.accounts[account]
+        return AccountCrypto() if self.accept_all else None
+
+
+def connection(
+    config: ReceiverConfig | None = None, **accounts: AccountCrypto
+) -> Dc09ReceiverConnection:
+    return Dc09ReceiverConnection(
+        config or ReceiverConfig(check_plain_timestamps=False), Directory(accounts)
+    )
+
+
+def feed_whole(conn: Dc09ReceiverConnection, data: bytes) -> list[ReceiverEvent]:
+    return conn.receive_data(data, now=NOW)
+
+
+def feed_bytewise(conn: Dc09ReceiverConnection, data: bytes) -> list[ReceiverEvent]:
+    out: list[ReceiverEvent] = []
+    for i in range(len(data)):
+        out += conn.receive_data(data[i : i + 1], now=NOW)
+    return out
+
+
+def feed_with_trailing(conn: Dc09ReceiverConnection, data: bytes) -> list[ReceiverEvent]:
+    # Trailing bytes that begin the next frame must not produce anything yet.
+    return conn.receive_data(data + b"\n1234", now=NOW)
+
+
+FEEDERS: list[Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]] = [
+    feed_whole,
+    feed_bytewise,
+    feed_with_trailing,
+]
+
+
+def summary(events: list[ReceiverEvent]) -> list[tuple[str, str, tuple[str, ...]]]:
+    out = []
+    for e in events:
+        if isinstance(e, FrameReceived):
+            out.append(("ok", e.frame.seq, tuple(ev.code for ev in e.events)))
+        else:
+            out.append(("rejected", e.error.reply.value, (e.error.message,)))
+    return out
+
+
+@pytest.mark.parametrize("feed", FEEDERS, ids=lambda f: f.__name__)
+class TestStreamSplitting:
+    def test_every_public_event_frame(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """All public SIA-DCS/ADM-CID/NULL vectors are accepted identically however they are fed."""
+        frames = [
+            v["frame"].encode("latin-1")
+            for v in frame_vectors()
+            if v["id"] in {"SIA-DCS", "ADM-CID", "NULL"}
+        ]
+        assert frames, "vectors.json has event frames"
+        stream = b"".join(b"\n" + f + b"\r" for f in frames)
+        reference = summary(
+            feed_whole(
+                Dc09ReceiverConnection(
+                    ReceiverConfig(check_plain_timestamps=False), Directory(accept_all=True)
+                ),
+                stream,
+            )
+        )
+        assert [r[0] for r in reference] == ["ok"] * len(frames)
+        conn = Dc09ReceiverConnection(
+            ReceiverConfig(check_plain_timestamps=False), Directory(accept_all=True)
+        )
+        assert summary(feed(conn, stream)) == reference
+
+    def test_several_frames_in_one_read(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """Dahua-style: several frames in one segment all come out, in order (pysiaalarm#54)."""
+        conn = connection(**{"1234": AccountCrypto()})
+        data = b"".join(
+            encode_frame(
+                token="ADM-CID", seq=f"{n:04d}", account="1234", data=f"#1234|1130 01 00{n}"
+            )
+            for n in range(1, 4)
+        )
+        assert summary(feed(conn, data)) == [
+            ("ok", "0001", ("130",)),
+            ("ok", "0002", ("130",)),
+            ("ok", "0003", ("130",)),
+        ]
+
+    def test_bad_crc_then_good_frame(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """A bad frame is rejected silently and the next frame on the connection still works."""
+        conn = connection(**{"1234": AccountCrypto()})
+        good = encode_frame(token="SIA-DCS", seq="0002", account="1234", data="#1234|NBA01")
+        bad = b"\n0000" + good[5:]
+        events = feed(conn, bad + good)
+        assert [s[0:2] for s in summary(events)] == [("rejected", "none"), ("ok", "0002")]
+        assert isinstance(events[0], FrameRejected) and events[0].error.reply_bytes == b""
+
+
+class TestInboundRules:
+    def test_unknown_account_gets_duh_echo(self) -> None:
+        """An unknown account is answered DUH echoing seq, L and account."""
+        conn = connection()
+        [event] = conn.receive_data(
+            encode_frame(token="SIA-DCS", seq="0007", account="9999", data="#9999|NBA01"), now=NOW
+        )
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        assert event.error.reply_bytes == encode_frame(
+            token="DUH", seq="0007", account="9999", data=""
+        )
+
+    def test_unknown_account_can_be_silent(self) -> None:
+        """With unknown_account_reply=NONE an unknown account gets no reply."""
+        conn = connection(ReceiverConfig(unknown_account_reply=Reply.NONE))
+        [event] = conn.receive_data(
+            encode_frame(token="NULL", seq="0000", account="9999", data=""), now=NOW
+        )
+        assert isinstance(event, FrameRejected) and event.error.reply_bytes == b""
+
+    def test_plain_frame_for_keyed_account_is_refused(self) -> None:
+        """A keyed account's plain frame gets DUH: encryption is required."""
+        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        [event] = conn.receive_data(
+            encode_frame(token="SIA-DCS", seq="0001", account="1234", data="#1234|NBA01"), now=NOW
+        )
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        assert "encryption required" in event.error.message
+
+    def test_encrypted_frame_accepted_and_acked_encrypted(self) -> None:
+        """An encrypted frame in the window is accepted; the *ACK decrypts with the key and carries our time."""
+        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        raw = encode_frame(
+            token="SIA-DCS",
+            seq="0001",
+            account="1234",
+            data="#1234|Nri1/BA01",
+            timestamp=NOW,
+            key=KEY,
+        )
+        [event] = conn.receive_data(raw, now=NOW + timedelta(seconds=3))
+        assert isinstance(event, FrameReceived)
+        assert event.events[0].code == "BA"
+        assert event.events[0].classification.category is Category.ALARMS
+        ack = decode_frame(conn.ack(event.frame, now=NOW + timedelta(seconds=3)), key=KEY)
+        assert (ack.token, ack.encrypted, ack.seq, ack.account) == ("ACK", True, "0001", "1234")
+        assert ack.timestamp == NOW + timedelta(seconds=3)
+
+    @pytest.mark.parametrize(
+        ("offset_s", "accepted"), [(-40, True), (-41, False), (20, True), (21, False)]
+    )
+    def test_timestamp_window_edges(self, offset_s: int, accepted: bool) -> None:
+        """Default window -40/+20 s: inside is accepted, outside is NAKed with our UTC time."""
+        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        raw = encode_frame(
+            token="ADM-CID",
+            seq="0001",
+            account="1234",
+            data="#1234|1130 01 001",
+            timestamp=NOW + timedelta(seconds=offset_s),
+            key=KEY,
+        )
+        [event] = conn.receive_data(raw, now=NOW)
+        if accepted:
+            assert isinstance(event, FrameReceived)
+        else:
+            assert isinstance(event, FrameRejected) and event.error.reply is Reply.NAK
+            assert (
+                event.error.reply_bytes == b'\n23A50025"NAK"0000R0L0A0[]_12:00:00,11-22-2026\r'
+                or (decode_frame(event.error.reply_bytes).timestamp == NOW)
+            )
+
+    def test_nak_bytes_match_the_published_form(self) -> None:
+        """The NAK is exactly the published vector for the same time."""
+        conn = connection()
+        nak = conn.nak(now=datetime(2025, 9, 24, 16, 20, 1, tzinfo=UTC))
+        assert nak == b'\nE4410025"NAK"0000R0L0A0[]_16:20:01,09-24-2025\r'
+
+    def test_per_account_window_override(self) -> None:
+        """An account's own window replaces the default."""
+        conn = connection(
+            **{"1234": AccountCrypto(key=KEY, window=TimestampWindow(past_s=600, future_s=20))}
+        )
+        raw = encode_frame(
+            token="NULL",
+            seq="0000",
+            account="1234",
+            data="",
+            timestamp=NOW - timedelta(seconds=300),
+            key=KEY,
+        )
+        assert isinstance(conn.receive_data(raw, now=NOW)[0], FrameReceived)
+
+    def test_local_time_panel(self) -> None:
+        """A panel that sends local time (Trikdis) is accepted with its zone configured."""
+        zone = ZoneInfo("Europe/Vilnius")
+        local = NOW.astimezone(zone).replace(tzinfo=UTC)  # wall-clock time written as if UTC
+        raw = encode_frame(
+            token="NULL", seq="0000", account="9413", data="", timestamp=local, key=KEY
+        )
+        assert isinstance(
+            connection(**{"9413": AccountCrypto(key=KEY)}).receive_data(raw, now=NOW)[0],
+            FrameRejected,
+        )
+        conn = connection(**{"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
+        assert isinstance(conn.receive_data(raw, now=NOW)[0], FrameReceived)
+
+    def test_plain_timestamp_checked_when_configured(self) -> None:
+        """Plain frames with an old timestamp are NAKed when check_plain_timestamps is on."""
+        conn = connection(ReceiverConfig(check_plain_timestamps=True), **{"1409": AccountCrypto()})
+        raw = encode_frame(
+            token="NULL", seq="0000", account="1409", data="", timestamp=NOW - timedelta(hours=1)
+        )
+        [event] = conn.receive_data(raw, now=NOW)
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.NAK
+
+    def test_unsupported_token_gets_duh(self) -> None:
+        """A CRC-valid frame with a token we do not process gets DUH."""
+        conn = connection(**{"1234": AccountCrypto()})
+        [event] = conn.receive_data(
+            encode_frame(token="ACR-SF", seq="0001", account="1234", data="x"), now=NOW
+        )
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+
+    def test_unparsable_payload_gets_duh(self) -> None:
+        """Valid framing with an unparsable Contact ID block gets DUH."""
+        conn = connection(**{"1234": AccountCrypto()})
+        [event] = conn.receive_data(
+            encode_frame(token="ADM-CID", seq="0001", account="1234", data="#1234|nonsense"),
+            now=NOW,
+        )
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        assert (
+            event.error.reply_bytes.startswith(b"\n")
+            and b'"DUH"0001L0#1234[]' in event.error.reply_bytes
+        )
+
+    def test_oversized_frame_is_dropped_and_stream_recovers(self) -> None:
+        """A frame over the size limit is rejected without buffering it all; the next frame works."""
+        conn = connection(
+            ReceiverConfig(max_frame_bytes=256, check_plain_timestamps=False),
+            **{"1234": AccountCrypto()},
+        )
+        events = conn.receive_data(b"\n" + b"A" * 1000, now=NOW)
+        events += conn.receive_data(b"B" * 1000 + b"\r", now=NOW)
+        events += conn.receive_data(
+            encode_frame(token="NULL", seq="0000", account="1234", data=""), now=NOW
+        )
+        assert [type(e).__name__ for e in events][-1] == "FrameReceived"
+        assert any(isinstance(e, FrameRejected) for e in events)
+
+
+class TestReplies:
+    def test_ack_echoes_header_without_none(self) -> None:
+        """The ACK for the Pyronix NULL is exactly NiftyDC09's reply (core#180511)."""
+        conn = connection(**{"1409": AccountCrypto()})
+        [event] = conn.receive_data(
+            b'\nEA740027"NULL"0000L0#1409[]_20:38:07,08-27-2026\r',
+            now=datetime(2026, 8, 27, 20, 38, 10, tzinfo=UTC),
+        )
+        assert isinstance(event, FrameReceived)
+        assert conn.ack(event.frame, now=NOW) == b'\n59890012"ACK"0000L0#1409[]\r'
+
+    def test_ack_echoes_receiver_when_sent(self) -> None:
+        """R is echoed only when the frame carried it."""
+        conn = connection(**{"1234": AccountCrypto()})
+        [event] = conn.receive_data(
+            b'\nE5690029"ADM-CID"0003R1L1#1234[#1234|1130 01 001]\r', now=NOW
+        )
+        assert isinstance(event, FrameReceived)
+        assert b'"ACK"0003R1L1#1234[]' in conn.ack(event.frame, now=NOW)
+
+    def test_binary_crc_sender_gets_binary_crc_reply(self) -> None:
+        """A binary-CRC sender is answered in its own style (§1.15)."""
+        conn = connection(**{"1234": AccountCrypto()})
+        raw = encode_frame(
+            token="SIA-DCS",
+            seq="0001",
+            account="1234",
+            data="#1234|NBA01",
+            crc_style=CrcStyle.BINARY,
+        )
+        [event] = conn.receive_datagram(raw, now=NOW)
+        assert isinstance(event, FrameReceived)
+        ack = conn.ack(event.frame, now=NOW)
+        assert decode_frame(ack).crc_style is CrcStyle.BINARY
+
+    def test_bare_line_is_answered_with_l0(self) -> None:
+        """A bare L is accepted but never emitted: the ACK says L0."""
+        conn = connection(**{"7303658550": AccountCrypto()})
+        [event] = conn.receive_data(
+            b'\nBB86002C"NULL"0001L#7303658550[]_15:39:38,06-07-2019\r', now=NOW
+        )
+        assert isinstance(event, FrameReceived)
+        assert b'"ACK"0001L0#7303658550[]' in conn.ack(event.frame, now=NOW)

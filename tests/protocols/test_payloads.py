@@ -1,0 +1,179 @@
+"""Contact ID and SIA DC-03 parsing into the canonical event model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.categories import classify
+from protocols.contact_id import (
+    contact_id_checksum,
+    format_cid_block,
+    format_dtmf,
+    parse_cid_block,
+    parse_dtmf,
+)
+from protocols.dc09_payload import parse_payload
+from protocols.errors import RemoteProtocolError, Reply
+from protocols.sia_dc03 import format_sia_block, parse_sia_block
+from protocols.signal import Category, Event, Family
+
+
+class TestContactIdBlocks:
+    def test_burglary(self) -> None:
+        """#1234|1130 02 001: burglary, partition 2, zone 1."""
+        [e] = parse_cid_block("#1234|1130 02 001")
+        assert (e.family, e.code, e.qualifier, e.partition, e.zone, e.user, e.account) == (
+            Family.CID,
+            "130",
+            "1",
+            2,
+            1,
+            None,
+            "1234",
+        )
+        assert e.classification.category is Category.ALARMS
+
+    def test_closing_by_user(self) -> None:
+        """3401 02 005: closing by user 5 (CCC is a user for open/close)."""
+        [e] = parse_cid_block("#1234|3401 02 005")
+        assert (e.user, e.zone, e.classification.category) == (5, None, Category.ARMING)
+
+    def test_dahua_account(self) -> None:
+        """Non-decimal account B12345 (pysiaalarm#54) and group 00 = no partition."""
+        [e] = parse_cid_block("#B12345|1602 00 000")
+        assert (e.account, e.partition, e.zone) == ("B12345", None, None)
+        assert e.classification.category is Category.PHONE_TESTS
+
+    @pytest.mark.parametrize(
+        "data", ["#1234|1130 1 001", "#1234|2130 01 001", "#1234|1130 01 0011", "garbage", ""]
+    )
+    def test_malformed(self, data: str) -> None:
+        """Malformed Contact ID data is a DUH error."""
+        with pytest.raises(RemoteProtocolError) as info:
+            parse_cid_block(data)
+        assert info.value.reply is Reply.DUH
+
+
+class TestDtmf:
+    @pytest.mark.parametrize(
+        ("fifteen", "full"),
+        [
+            ("123418113101015", "1234181131010158"),
+            ("123418160200000", "1234181602000002"),
+            ("123418340101003", "1234183401010034"),
+        ],
+    )
+    def test_checksum_examples(self, fifteen: str, full: str) -> None:
+        """The §2.4 checksum examples."""
+        assert fifteen + contact_id_checksum(fifteen) == full
+        assert parse_dtmf(full).code == fifteen[7:10]
+
+    def test_bad_checksum(self) -> None:
+        """A wrong checksum digit is rejected with a clear message."""
+        with pytest.raises(RemoteProtocolError, match="checksum"):
+            parse_dtmf("1234181131010159")
+
+    def test_format_dtmf(self) -> None:
+        """format_dtmf builds the checksummed 16 digits."""
+        [e] = parse_cid_block("#1234|1131 01 015")
+        assert format_dtmf(e, "1234") == "1234181131010158"
+
+
+class TestSiaBlocks:
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            ("#1234|NRR|Atest", [("RR", None, None, None, "test", None)]),
+            ("#0123|Nti20:50:26RP99", [("RP", 99, None, None, None, "20:50:26")]),
+            ("#0000|Nri0/RP0000", [("RP", 0, 0, None, None, None)]),
+            (
+                "#000110|Nri0RP2^SL 1807110200065423^",
+                [("RP", 2, 0, None, "SL 1807110200065423", None)],
+            ),
+            ("#3080|Nti19:44/id1/RP", [("RP", None, None, 1, None, "19:44")]),
+            ("#22334455|NCQ1", [("CQ", None, None, 1, None, None)]),
+            ("#7303658550|NBA4", [("BA", 4, None, None, None, None)]),
+            ("#0001|0|NRP", [("RP", None, None, None, None, None)]),
+            ("#1234|Nri1/BA01", [("BA", 1, 1, None, None, None)]),
+            ("|Nri1/CL501", [("CL", None, 1, 501, None, None)]),
+            ("Nri1/WA000", [("WA", 0, 1, None, None, None)]),
+            ("#123456|Nri1CL0^VX FRONTE ^", [("CL", None, 1, 0, "VX FRONTE ", None)]),
+            ("Nri04/OP001NM", [("OP", None, 4, 1, None, None), ("NM", None, 4, None, None, None)]),
+            (
+                "#1234|Nri1/BA01/BA02",
+                [("BA", 1, 1, None, None, None), ("BA", 2, 1, None, None, None)],
+            ),
+        ],
+    )
+    def test_documented_blocks(self, data: str, expected: list[tuple[object, ...]]) -> None:
+        """Every SIA block quoted in PROTOCOLS.md §1.7/§3.1/§5 parses to the expected fields."""
+        events = parse_sia_block(data)
+        assert [(e.code, e.zone, e.partition, e.user, e.text, e.time) for e in events] == expected
+
+    @pytest.mark.parametrize(
+        "data", ["#1234|", "#1234|X", "#1234|Nri1/ba01", "#1234|N^x^", "#1234|NBA^unterminated"]
+    )
+    def test_malformed(self, data: str) -> None:
+        """Malformed SIA blocks are DUH errors."""
+        with pytest.raises(RemoteProtocolError) as info:
+            parse_sia_block(data)
+        assert info.value.reply is Reply.DUH
+
+
+class TestDispatch:
+    def test_null_with_cid_body(self) -> None:
+        """Hikvision's NULL with a CID-style body carries no event."""
+        assert parse_payload("NULL", "#0000|0000 00 000") == ()
+
+    def test_unsupported_token(self) -> None:
+        """Other tokens are DUH."""
+        with pytest.raises(RemoteProtocolError, match="unsupported"):
+            parse_payload("ACR-SF", "x")
+
+
+cid_events = st.builds(
+    lambda q, code, part, num: Event(
+        family=Family.CID,
+        code=code,
+        qualifier=q,
+        zone=num or None,
+        partition=part or None,
+        classification=classify(Family.CID, code, q),
+    ),
+    st.sampled_from("136"),
+    st.sampled_from(["130", "110", "602", "301", "137", "570", "999"]),
+    st.integers(0, 99),
+    st.integers(0, 999),
+)
+sia_events = st.builds(
+    lambda code, part, zone: Event(
+        family=Family.SIA,
+        code=code,
+        zone=zone,
+        partition=part,
+        classification=classify(Family.SIA, code),
+    ),
+    st.sampled_from(["BA", "FA", "RP", "AT", "TA", "BB", "YC"]),
+    st.one_of(st.none(), st.integers(0, 99)),
+    st.one_of(st.none(), st.integers(0, 999)),
+)
+
+
+class TestFormatRoundTrip:
+    @given(cid_events)
+    @settings(max_examples=100)
+    def test_cid(self, event: Event) -> None:
+        """format_cid_block then parse gives the same event (with the block's account)."""
+        [back] = parse_cid_block(format_cid_block(event, "1234"))
+        assert back == Event(
+            **{**{f: getattr(event, f) for f in event.__struct_fields__}, "account": "1234"}
+        )
+
+    @given(sia_events)
+    @settings(max_examples=100)
+    def test_sia(self, event: Event) -> None:
+        """format_sia_block then parse gives the same code, zone and partition."""
+        [back] = parse_sia_block(format_sia_block(event, "1234"))
+        assert (back.code, back.zone, back.partition) == (event.code, event.zone, event.partition)
