@@ -48,6 +48,7 @@ class InboundSignal(msgspec.Struct, frozen=True, kw_only=True):
     sent_at: datetime | None = None  # the module's own timestamp, when given
     dedupe_key: str | None = None  # same key within the duplicate window → stored once, flagged
     reject_reason: str | None = None  # for SignalKind.REJECTED
+    dialer_failed: bool = False  # the panel's own dialer could not deliver this (MQTT flag)
 
 
 class IngestResult(StrEnum):

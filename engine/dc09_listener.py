@@ -1,0 +1,480 @@
+"""DC-09 listeners: thin asyncio adapters over :class:`protocols.dc09_receiver.Dc09ReceiverConnection`.
+
+TCP and UDP share one port. Each accepted frame becomes an :class:`InboundSignal` handed to the
+ingest sink; the ACK is written only when the sink says the signal is committed. Rejected frames
+get the reply the protocol layer built (NAK, DUH) or silence. No parsing happens here.
+
+Flow control: when the sink is saturated a TCP connection stops reading (``pause_reading``) until
+the pipeline drains; a per-connection token bucket bounds a runaway module; every signal not
+accepted is counted and gets no ACK, so the module retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import structlog
+
+from engine import metrics
+from engine.ingest_types import (
+    InboundSignal,
+    IngestResult,
+    IngestSink,
+    IngestUnavailable,
+    SignalKind,
+    Transport,
+)
+from protocols.dc09_frame import Frame
+from protocols.dc09_receiver import (
+    AccountDirectory,
+    Dc09ReceiverConnection,
+    FrameReceived,
+    FrameRejected,
+    ReceiverConfig,
+)
+from protocols.errors import Reply
+
+log = structlog.get_logger("engine.dc09")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The runtime's clock (the protocol layer never reads it)."""
+    return datetime.now(UTC)
+
+
+class TokenBucket:
+    """Per-connection rate limit: ``rate`` frames per second with a burst of ``burst``."""
+
+    __slots__ = ("_last", "_rate", "_tokens", "burst")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        """Take one token; False when the bucket is empty."""
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def dedupe_key(frame: Frame) -> str:
+    """Same account + receiver + line + seq + content (not the timestamp, not the AES pad)."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(frame.token.encode())
+    digest.update(b"\x00")
+    digest.update(frame.data.encode("utf-8", "surrogateescape"))
+    for x in frame.xdata:
+        digest.update(b"\x00" + x.id.encode() + x.value.encode("utf-8", "surrogateescape"))
+    return f"dc09:{frame.account}:{frame.receiver or ''}:{frame.line or ''}:{frame.seq}:{digest.hexdigest()}"
+
+
+def signal_from_frame(
+    received: FrameReceived, *, transport: Transport, peer: str, now: datetime
+) -> InboundSignal:
+    """The InboundSignal for an accepted frame."""
+    frame = received.frame
+    is_null = not received.events  # NULL, or an event token with an empty data block
+    return InboundSignal(
+        account=(frame.account or "").upper(),
+        transport=transport,
+        kind=SignalKind.LINK_TEST if is_null else SignalKind.EVENT,
+        received_at=now,
+        peer=peer,
+        events=received.events,
+        raw=frame.raw,
+        token=frame.token,
+        encrypted=frame.encrypted,
+        seq=frame.seq,
+        receiver=frame.receiver,
+        line=frame.line,
+        xdata=frame.xdata,
+        sent_at=frame.timestamp,
+        dedupe_key=None if is_null else dedupe_key(frame),
+    )
+
+
+class Dc09Handler:
+    """What both transports share: rejection replies, submit, ACK after commit, metrics."""
+
+    def __init__(
+        self,
+        *,
+        sink: IngestSink,
+        directory: AccountDirectory,
+        config: ReceiverConfig,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.sink = sink
+        self.directory = directory
+        self.config = config
+        self.clock = clock
+
+    def new_connection(self) -> Dc09ReceiverConnection:
+        """A protocol connection object for one TCP connection (or the UDP socket)."""
+        return Dc09ReceiverConnection(self.config, self.directory)
+
+    async def accept(
+        self,
+        conn: Dc09ReceiverConnection,
+        received: FrameReceived,
+        *,
+        transport: Transport,
+        peer: str,
+        received_at: datetime,
+        started: float,
+    ) -> bytes | None:
+        """Commit one frame's signal; return the ACK to send, or None (not committed: no ACK)."""
+        signal = signal_from_frame(received, transport=transport, peer=peer, now=received_at)
+        family = _family_label(received)
+        try:
+            result = await self.sink.submit(signal)
+        except IngestUnavailable as exc:
+            metrics.SIGNALS_RECEIVED.labels(transport.value, family, "not_committed").inc()
+            log.warning(
+                "signal_not_committed",
+                account=signal.account,
+                seq=signal.seq,
+                transport=transport.value,
+                reason=str(exc),
+            )
+            return None
+        metrics.SIGNALS_RECEIVED.labels(transport.value, family, result.value).inc()
+        ack = conn.ack(received.frame, now=self.clock())
+        metrics.ACK_LATENCY.labels(transport.value).observe(time.perf_counter() - started)
+        if result is IngestResult.DUPLICATE:
+            log.info(
+                "duplicate_acked", account=signal.account, seq=signal.seq, transport=transport.value
+            )
+        return ack
+
+    def rejected(self, event: FrameRejected, *, transport: Transport, peer: str) -> bytes:
+        """Count and log a rejected frame; return the reply bytes (empty: stay silent)."""
+        reply = event.error.reply
+        metrics.FRAMES_REJECTED.labels(transport.value, reply.value).inc()
+        metrics.SIGNALS_RECEIVED.labels(transport.value, "none", f"rejected_{reply.value}").inc()
+        header = event.header
+        log.info(
+            "frame_rejected",
+            transport=transport.value,
+            peer=peer,
+            reply=reply.value,
+            error=event.error.message,
+            account=getattr(header, "account", None),
+            seq=getattr(header, "seq", None),
+        )
+        return event.error.reply_bytes if reply is not Reply.NONE else b""
+
+
+def _family_label(received: FrameReceived) -> str:
+    token = received.frame.token
+    if token == "SIA-DCS":
+        return "sia"
+    if token == "ADM-CID":
+        return "cid"
+    return "null"
+
+
+class Dc09StreamProtocol(asyncio.Protocol):
+    """One TCP connection from a module. Kept open; the module may send many frames."""
+
+    def __init__(self, server: Dc09Server) -> None:
+        self._server = server
+        self._handler = server.handler
+        self._conn = self._handler.new_connection()
+        self._transport: asyncio.Transport | None = None
+        self._peer = "?"
+        self._bucket = TokenBucket(server.rate_limit_per_s, server.rate_limit_burst)
+        self._paused = False
+        self._remove_resume: Callable[[], None] | None = None
+        self.last_activity = time.monotonic()
+        self._tail: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        peername = transport.get_extra_info("peername")
+        self._peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        if not self._server.admit(self):
+            metrics.CONNECTIONS_REFUSED.inc()
+            log.warning("connection_refused", peer=self._peer, reason="max_connections")
+            self._transport.abort()
+            return
+        metrics.ACTIVE_CONNECTIONS.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._server.release(self):
+            metrics.ACTIVE_CONNECTIONS.dec()
+        if self._remove_resume is not None:
+            self._remove_resume()
+            self._remove_resume = None
+
+    def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
+        self.last_activity = time.monotonic()
+        now = self._handler.clock()
+        for event in self._conn.receive_data(data, now=now):
+            if isinstance(event, FrameRejected):
+                reply = self._handler.rejected(event, transport=Transport.TCP, peer=self._peer)
+                if reply:
+                    self._write_in_order(reply)
+                continue
+            if not self._bucket.take(self.last_activity):
+                metrics.SIGNALS_SHED.labels("tcp", "rate_limited").inc()
+                log.warning(
+                    "rate_limited",
+                    peer=self._peer,
+                    account=event.frame.account,
+                    seq=event.frame.seq,
+                )
+                continue
+            self._submit(event, now, started)
+        if self._handler.sink.saturated and not self._paused and self._transport is not None:
+            self._pause()
+
+    # internals ----------------------------------------------------------------------------------
+
+    def _submit(self, event: FrameReceived, now: datetime, started: float) -> None:
+        """Commit in the background; ACKs are written in the order the frames arrived."""
+        previous = self._tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = done
+
+        async def run() -> None:
+            try:
+                ack = await self._handler.accept(
+                    self._conn,
+                    event,
+                    transport=Transport.TCP,
+                    peer=self._peer,
+                    received_at=now,
+                    started=started,
+                )
+                if previous is not None:
+                    await previous
+                if (
+                    ack is not None
+                    and self._transport is not None
+                    and not self._transport.is_closing()
+                ):
+                    self._transport.write(ack)
+            finally:
+                done.set_result(None)
+
+        self._server.track(asyncio.create_task(run(), name=f"dc09-submit-{self._peer}"))
+
+    def _write_in_order(self, reply: bytes) -> None:
+        previous = self._tail
+        if previous is None or previous.done():
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(reply)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = done
+
+        async def run() -> None:
+            try:
+                await previous
+                if self._transport is not None and not self._transport.is_closing():
+                    self._transport.write(reply)
+            finally:
+                done.set_result(None)
+
+        self._server.track(asyncio.create_task(run(), name=f"dc09-reply-{self._peer}"))
+
+    def _pause(self) -> None:
+        assert self._transport is not None
+        self._paused = True
+        metrics.READ_PAUSES.inc()
+        self._transport.pause_reading()
+        self._remove_resume = self._handler_resume_hook()
+
+    def _handler_resume_hook(self) -> Callable[[], None] | None:
+        on_resume = getattr(self._handler.sink, "on_resume", None)
+        if on_resume is None:
+            return None
+        remover: Callable[[], None] = on_resume(self._resume)
+        return remover
+
+    def _resume(self) -> None:
+        if self._remove_resume is not None:
+            self._remove_resume()
+            self._remove_resume = None
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._paused = False
+            self._transport.resume_reading()
+
+    def close_idle(self) -> None:
+        """Close this connection because it was idle too long."""
+        metrics.CONNECTIONS_CLOSED.labels("idle").inc()
+        if self._transport is not None:
+            self._transport.close()
+
+    def close(self) -> None:
+        """Close at shutdown."""
+        if self._transport is not None:
+            self._transport.close()
+
+
+class Dc09DatagramProtocol(asyncio.DatagramProtocol):
+    """The UDP side of the DC-09 port: one frame per datagram, reply to the sender."""
+
+    def __init__(self, server: Dc09Server) -> None:
+        self._server = server
+        self._handler = server.handler
+        self._conn = self._handler.new_connection()
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's UDPTransport is not a subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        started = time.perf_counter()
+        now = self._handler.clock()
+        peer = f"{addr[0]}:{addr[1]}"
+        for event in self._conn.receive_datagram(data, now=now):
+            if isinstance(event, FrameRejected):
+                reply = self._handler.rejected(event, transport=Transport.UDP, peer=peer)
+                if reply and self._transport is not None:
+                    self._transport.sendto(reply, addr)
+                continue
+            if self._handler.sink.saturated:
+                # UDP has no flow control: shed now (counted), the module resends.
+                metrics.SIGNALS_SHED.labels("udp", "overloaded").inc()
+                continue
+            self._server.track(
+                asyncio.create_task(
+                    self._accept(event, addr, peer, now, started), name=f"dc09-udp-{peer}"
+                )
+            )
+
+    async def _accept(
+        self,
+        event: FrameReceived,
+        addr: tuple[str | object, int],
+        peer: str,
+        now: datetime,
+        started: float,
+    ) -> None:
+        ack = await self._handler.accept(
+            self._conn, event, transport=Transport.UDP, peer=peer, received_at=now, started=started
+        )
+        if ack is not None and self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(ack, addr)
+
+
+class Dc09Server:
+    """TCP + UDP listeners on one port, with connection tracking, idle sweep and shutdown."""
+
+    def __init__(
+        self,
+        handler: Dc09Handler,
+        *,
+        host: str,
+        port: int,
+        max_connections: int = 10_000,
+        idle_timeout_s: float = 300.0,
+        rate_limit_per_s: float = 50.0,
+        rate_limit_burst: float | None = None,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.rate_limit_per_s = rate_limit_per_s
+        self.rate_limit_burst = (
+            rate_limit_burst if rate_limit_burst is not None else max(1.0, rate_limit_per_s * 2)
+        )
+        self._connections: set[Dc09StreamProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return self.port
+
+    @property
+    def listening(self) -> bool:
+        """True while both sockets are open."""
+        return self._tcp is not None and self._tcp.is_serving() and self._udp is not None
+
+    async def start(self) -> None:
+        """Bind TCP first (port 0 picks one), then UDP on the same number."""
+        loop = asyncio.get_running_loop()
+        self._tcp = await loop.create_server(
+            lambda: Dc09StreamProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
+        )
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
+        )
+        self._udp = udp
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="dc09-idle-sweep")
+        log.info("dc09_listening", host=self.host, port=self.port, transports="tcp+udp")
+
+    def admit(self, conn: Dc09StreamProtocol) -> bool:
+        if len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(conn)
+        return True
+
+    def release(self, conn: Dc09StreamProtocol) -> bool:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            return True
+        return False
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Own a per-signal task until it finishes."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_idle(self) -> None:
+        interval = max(0.5, min(5.0, self.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - self.idle_timeout_s
+            for conn in [c for c in self._connections if c.last_activity < cutoff]:
+                log.info("connection_idle_closed", idle_timeout_s=self.idle_timeout_s)
+                conn.close_idle()
+
+    async def stop_accepting(self) -> None:
+        """Stop taking new connections and datagrams (existing connections stay for draining)."""
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait for in-flight commits and ACKs, then close every connection."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self._connections):
+            conn.close()
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 2.0)

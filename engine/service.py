@@ -1,0 +1,165 @@
+"""The running engine: wires settings, database, listeners, pipeline and HTTP, and shuts down in order.
+
+Start: database (embedded or URL) and migrations → account directory → group-commit pipeline →
+DC-09 TCP/UDP listeners → MQTT subscriber → HTTP (/metrics, /healthz, /readyz, admin API).
+Stop (SIGINT/SIGTERM): stop accepting → stop MQTT → drain in-flight commits and ACKs → close the
+pipeline → stop HTTP → close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import structlog
+
+from engine import metrics
+from engine.account_directory import AccountDirectory
+from engine.account_listener import AccountChangeListener
+from engine.database import open_database
+from engine.dc09_listener import Dc09Handler, Dc09Server
+from engine.http_server import HttpServer, build_app
+from engine.ingest_writer import IngestWriter
+from engine.pipeline import IngestPipeline
+from engine.settings import Settings
+from engine.store.accounts import AccountStore
+from protocols.dc09_receiver import ReceiverConfig
+from protocols.dc09_timestamp import TimestampWindow
+from protocols.errors import Reply
+
+log = structlog.get_logger("engine.service")
+
+
+class Engine:
+    """One engine process. ``run`` returns after a clean shutdown once ``stop`` is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.dc09: Dc09Server | None = None
+        self.http: HttpServer | None = None
+        self.pipeline: IngestPipeline | None = None
+        self.directory = AccountDirectory()
+        self._mqtt_task: asyncio.Task[None] | None = None
+        self._mqtt: Any = None
+
+    async def run(self) -> None:
+        """Run until ``stop`` is set, then shut down in order."""
+        settings = self.settings
+        async with open_database(settings) as database:
+            pool: asyncpg.Pool = database.pool
+            await self._load_accounts(pool)
+            accounts_listener = AccountChangeListener(pool, self.directory)
+            await accounts_listener.start()
+
+            writer = IngestWriter(pool, duplicate_window_s=settings.dc09.duplicate_window_s)
+            self.pipeline = IngestPipeline(
+                writer,
+                batch_max=settings.database.commit_batch_max,
+                window_s=settings.database.commit_window_ms / 1000.0,
+                max_pending=settings.dc09.max_pending_commits,
+                probe=lambda: pool.fetchval("SELECT 1"),
+            )
+            self.pipeline.start()
+
+            self.dc09 = Dc09Server(
+                Dc09Handler(
+                    sink=self.pipeline, directory=self.directory, config=self._receiver_config()
+                ),
+                host=settings.dc09.host,
+                port=settings.dc09.port,
+                max_connections=settings.dc09.max_connections,
+                idle_timeout_s=settings.dc09.idle_timeout_s,
+                rate_limit_per_s=settings.dc09.rate_limit_per_s,
+            )
+            await self.dc09.start()
+            await self._start_mqtt()
+
+            app = build_app(self._readiness)
+            self.http = HttpServer(app, host=settings.http.host, port=settings.http.port)
+            await self.http.start()
+            metrics.DATABASE_UP.set(1)
+            log.info(
+                "engine_ready",
+                dc09_port=self.dc09.port,
+                http_port=self.http.port,
+                mqtt=settings.mqtt.enabled,
+                accounts=len(self.directory),
+                database="url" if settings.database.url else "embedded",
+            )
+            self.ready.set()
+            pool_task = asyncio.create_task(self._pool_metrics(pool), name="pool-metrics")
+            try:
+                await self.stop.wait()
+            finally:
+                log.info("engine_stopping")
+                pool_task.cancel()
+                await self._shutdown()
+                await accounts_listener.stop()
+        log.info("engine_stopped")
+
+    async def _shutdown(self) -> None:
+        if self.dc09 is not None:
+            await self.dc09.stop_accepting()
+        await self._stop_mqtt()
+        if self.dc09 is not None:
+            await self.dc09.drain()
+        if self.pipeline is not None:
+            await self.pipeline.close()
+        if self.http is not None:
+            await self.http.stop()
+
+    def _receiver_config(self) -> ReceiverConfig:
+        dc09 = self.settings.dc09
+        window = TimestampWindow(past_s=dc09.timestamp_past_s, future_s=dc09.timestamp_future_s)
+        self.directory.set_default_window(window)
+        return ReceiverConfig(
+            window=window,
+            check_plain_timestamps=dc09.check_plain_timestamps,
+            unknown_account_reply=Reply.NONE if dc09.unknown_account == "silent" else Reply.DUH,
+            max_frame_bytes=dc09.max_frame_bytes,
+        )
+
+    async def _load_accounts(self, pool: asyncpg.Pool) -> None:
+        store = AccountStore(pool)
+        self.directory.load(await store.all())
+        log.info("accounts_loaded", count=len(self.directory))
+
+    async def _readiness(self) -> dict[str, bool]:
+        checks = {
+            "dc09": self.dc09 is not None and self.dc09.listening,
+            "database": self.pipeline is not None and self.pipeline.available,
+        }
+        if self.settings.mqtt.enabled:
+            checks["mqtt"] = bool(getattr(self._mqtt, "connected", False))
+        return checks
+
+    async def _start_mqtt(self) -> None:
+        mqtt = self.settings.mqtt
+        if not mqtt.enabled or self.pipeline is None:
+            return
+        from engine.mqtt_listener import MqttListener  # noqa: PLC0415 - only when MQTT is on
+
+        self._mqtt = MqttListener.from_settings(
+            mqtt, sink=self.pipeline, resolver=self.directory.account_for_serial
+        )
+        self._mqtt_task = asyncio.create_task(self._mqtt.run(), name="mqtt-listener")
+
+    async def _stop_mqtt(self) -> None:
+        if self._mqtt_task is None:
+            return
+        stop = getattr(self._mqtt, "stop", None)
+        if stop is not None:
+            await stop()
+        self._mqtt_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._mqtt_task
+
+    async def _pool_metrics(self, pool: asyncpg.Pool) -> None:
+        while True:
+            metrics.DB_POOL_SIZE.set(pool.get_size())
+            metrics.DB_POOL_IDLE.set(pool.get_idle_size())
+            await asyncio.sleep(5)

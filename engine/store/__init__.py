@@ -1,0 +1,1 @@
+"""PostgreSQL access (asyncpg): one module per table family."""

@@ -1,0 +1,213 @@
+"""MQTT topics and payloads between modules and the engine (version 1, JSON via msgspec).
+
+module → engine: ``{prefix}/modules/{serial}/checkin`` and ``…/events``
+engine → module: ``{prefix}/modules/{serial}/ack`` and ``…/commands``
+Every payload carries ``"v": 1``. Decoding raises only :class:`MqttPayloadError`, whose message is
+the reason sent back in a ``rejected`` ack.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+import msgspec
+
+from protocols.categories import classify
+from protocols.signal import Event, Family
+
+VERSION = 1
+MAX_EVENTS_PER_MESSAGE = 32
+MAX_TEXT = 256
+
+
+class MqttPayloadError(Exception):
+    """A module's payload cannot be accepted; ``str(error)`` is the reason for the ack."""
+
+
+class TopicKind(StrEnum):
+    CHECKIN = "checkin"
+    EVENTS = "events"
+    ACK = "ack"
+    COMMANDS = "commands"
+
+
+class _Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class MqttEvent(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One alarm event as a module sends it."""
+
+    family: Literal["cid", "sia"]
+    code: str
+    qualifier: Literal["1", "3", "6"] | None = None  # Contact ID only
+    zone: int | None = None
+    partition: int | None = None
+    user: int | None = None
+    text: str | None = None
+
+
+class EntryDelayStart(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Armed system, entry door opened: the entry delay runs (used for Crash & Smash)."""
+
+    partition: int = 1
+    zone: int | None = None
+    entry_delay_s: int = 30
+
+
+class CheckinV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Periodic check-in (supervision)."""
+
+    v: Literal[1]
+    msg_id: str | None = None
+    sent_at: datetime | None = None
+
+
+class EventsV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One or more events; ``dialer_failed`` says the panel's own dialer could not deliver them."""
+
+    v: Literal[1]
+    msg_id: str
+    sent_at: datetime | None = None
+    events: tuple[MqttEvent, ...] = ()
+    entry_delay: EntryDelayStart | None = None
+    dialer_failed: bool = False
+
+
+class AckStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class AckV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Engine → module, sent only after the signal is committed (or rejected)."""
+
+    v: Literal[1] = 1
+    msg_id: str | None
+    status: AckStatus
+    reason: str | None = None
+
+
+class StartVoiceSessionV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Engine → module: open a two-way-voice session, siren off so the call can be heard."""
+
+    v: Literal[1] = 1
+    command: Literal["start_voice_session"] = "start_voice_session"
+    siren_off: bool = True
+    signal_id: int | None = None
+
+
+_checkin_decoder = msgspec.json.Decoder(CheckinV1)
+_events_decoder = msgspec.json.Decoder(EventsV1)
+_encoder = msgspec.json.Encoder()
+
+
+def parse_topic(topic: str, prefix: str) -> tuple[str, TopicKind]:
+    """(serial, kind) of ``{prefix}/modules/{serial}/{kind}``; MqttPayloadError otherwise."""
+    head = prefix.rstrip("/") + "/modules/"
+    if not topic.startswith(head):
+        raise MqttPayloadError(f"topic {topic!r} is not under {head}")
+    rest = topic[len(head) :].split("/")
+    if len(rest) != 2 or not rest[0]:
+        raise MqttPayloadError(f"topic {topic!r}: expected {head}<serial>/<kind>")
+    try:
+        return rest[0], TopicKind(rest[1])
+    except ValueError:
+        raise MqttPayloadError(f"topic {topic!r}: unknown kind {rest[1]!r}") from None
+
+
+def topic(prefix: str, serial: str, kind: TopicKind) -> str:
+    """The topic for ``serial`` and ``kind``."""
+    return f"{prefix.rstrip('/')}/modules/{serial}/{kind.value}"
+
+
+def _decode(
+    decoder: msgspec.json.Decoder[CheckinV1] | msgspec.json.Decoder[EventsV1],
+    data: bytes,
+    max_bytes: int,
+) -> object:
+    if len(data) > max_bytes:
+        raise MqttPayloadError(f"payload of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MqttPayloadError(f"invalid payload: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MqttPayloadError(f"malformed JSON: {exc}") from None
+
+
+def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
+    """A check-in payload (an empty payload is accepted as a bare check-in)."""
+    if not data.strip():
+        return CheckinV1(v=1)
+    result = _decode(_checkin_decoder, data, max_bytes)
+    assert isinstance(result, CheckinV1)
+    return result
+
+
+def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
+    """An events payload, validated (codes, counts, sizes)."""
+    result = _decode(_events_decoder, data, max_bytes)
+    assert isinstance(result, EventsV1)
+    if not result.events and result.entry_delay is None:
+        raise MqttPayloadError("events payload has no events and no entry_delay")
+    if len(result.events) > MAX_EVENTS_PER_MESSAGE:
+        raise MqttPayloadError(f"too many events ({len(result.events)} > {MAX_EVENTS_PER_MESSAGE})")
+    if not 1 <= len(result.msg_id) <= 64:
+        raise MqttPayloadError("msg_id must be 1-64 characters")
+    for index, event in enumerate(result.events):
+        problem = _check_event(event)
+        if problem:
+            raise MqttPayloadError(f"events[{index}]: {problem}")
+    return result
+
+
+def _check_event(event: MqttEvent) -> str | None:
+    if event.family == "cid":
+        if len(event.code) != 3 or not event.code.isdigit():
+            return f"Contact ID code must be 3 digits, got {event.code!r}"
+    elif (
+        len(event.code) != 2
+        or not event.code.isalpha()
+        or not event.code.isupper()
+        or not event.code.isascii()
+    ):
+        return f"SIA code must be 2 upper-case letters, got {event.code!r}"
+    if event.family == "sia" and event.qualifier is not None:
+        return "qualifier applies to Contact ID only"
+    for name in ("zone", "partition", "user"):
+        value = getattr(event, name)
+        if value is not None and not 0 <= value <= 999_999:
+            return f"{name} out of range"
+    if event.text is not None and len(event.text) > MAX_TEXT:
+        return f"text longer than {MAX_TEXT} characters"
+    return None
+
+
+def to_events(payload: EventsV1) -> tuple[Event, ...]:
+    """The canonical, classified events of a payload."""
+    out = []
+    for item in payload.events:
+        family = Family(item.family)
+        qualifier = (item.qualifier or "1") if family is Family.CID else None
+        out.append(
+            Event(
+                family=family,
+                code=item.code,
+                qualifier=qualifier,
+                zone=item.zone,
+                partition=item.partition,
+                user=item.user,
+                text=item.text,
+                classification=classify(family, item.code, qualifier),
+            )
+        )
+    return tuple(out)
+
+
+def encode(payload: AckV1 | StartVoiceSessionV1) -> bytes:
+    """JSON bytes of an engine → module payload."""
+    return _encoder.encode(payload)

@@ -1,0 +1,87 @@
+"""A simulated premises module for tests: sends DC-09 frames and waits for each reply."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import Frame, decode_frame, encode_frame
+
+
+class Dc09TcpModule:
+    """Stop-and-wait over one kept-open TCP connection, like a panel."""
+
+    def __init__(self, host: str, port: int, *, account: str, key: AesKey | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.account = account
+        self.key = key
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.seq = 0
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    def next_seq(self) -> str:
+        self.seq = self.seq % 9999 + 1
+        return f"{self.seq:04d}"
+
+    def frame(
+        self, token: str, data: str, *, seq: str | None = None, now: datetime | None = None
+    ) -> bytes:
+        return encode_frame(
+            token=token,
+            seq=seq or self.next_seq(),
+            account=self.account,
+            data=data,
+            timestamp=now or datetime.now(UTC),
+            key=self.key,
+        )
+
+    async def send_raw(self, raw: bytes, *, timeout: float = 2.0) -> bytes | None:
+        """Send bytes; return the reply frame (LF..CR) or None when nothing came within timeout."""
+        assert self._writer is not None and self._reader is not None
+        self._writer.write(raw)
+        await self._writer.drain()
+        try:
+            return await asyncio.wait_for(self._reader.readuntil(b"\r"), timeout)
+        except TimeoutError:
+            return None
+
+    async def send(
+        self, token: str, data: str, *, seq: str | None = None, timeout: float = 2.0
+    ) -> bytes | None:
+        return await self.send_raw(self.frame(token, data, seq=seq), timeout=timeout)
+
+    def decode_reply(self, reply: bytes) -> Frame:
+        return decode_frame(reply.lstrip(b"\x00"), key=self.key)
+
+
+async def send_udp(host: str, port: int, raw: bytes, *, timeout: float = 2.0) -> bytes | None:
+    """Send one datagram and wait for one reply datagram."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[bytes] = loop.create_future()
+
+    class _Proto(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:  # type: ignore[override]
+            if not received.done():
+                received.set_result(data)
+
+    transport, _ = await loop.create_datagram_endpoint(_Proto, remote_addr=(host, port))
+    try:
+        transport.sendto(raw)
+        return await asyncio.wait_for(received, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        transport.close()
