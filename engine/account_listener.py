@@ -76,10 +76,12 @@ class AccountChangeListener:
                 continue
             get = asyncio.create_task(self._pending.get())
             reload = asyncio.create_task(self._reload.wait())
-            done, _ = await asyncio.wait({get, reload}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (get, reload):
-                if task not in done:
-                    task.cancel()
+            try:
+                done, _ = await asyncio.wait({get, reload}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (get, reload):
+                    if not task.done():
+                        task.cancel()
             if get in done:
                 await self._apply(get.result())
 

@@ -176,7 +176,7 @@ class MqttListener:
                 done, _ = await asyncio.wait({nxt, reconnect}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
                     nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError):
                         await nxt
                     break
                 message = nxt.result()
