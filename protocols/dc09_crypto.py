@@ -14,8 +14,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 _ZERO_IV = bytes(16)
 _KEY_SIZES = (16, 24, 32)
 _HEX = frozenset(string.hexdigits)
-# Pad bytes may be anything but '|', '[' and ']' (§1.12).
-_PAD_FORBIDDEN = frozenset(b"|[]")
+# The spec allows any pad byte but '|', '[' and ']' (§1.12). We draw from printable ASCII only:
+# several receivers decode the plaintext as text (pysiaalarm "ascii"/ignore, dc09_spt utf-8), and
+# printable pad bytes can never upset them.
+PAD_ALPHABET = bytes(b for b in range(0x21, 0x7F) if b not in b"|[]")
 
 
 class AesKey:
@@ -24,8 +26,11 @@ class AesKey:
     __slots__ = ("_cipher", "bits")
 
     def __init__(self, key: bytes) -> None:
+        """Wrap raw key bytes (16, 24 or 32); prefer :meth:`from_hex` / :meth:`from_ascii`."""
         if len(key) not in _KEY_SIZES:
-            raise ValueError(f"AES key must be 16, 24 or 32 bytes, got {len(key)}")
+            raise ValueError(
+                f"AES key must be 16, 24 or 32 bytes (AES-128/192/256), got {len(key)} bytes"
+            )
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(_ZERO_IV))
         self.bits = len(key) * 8
 
@@ -88,8 +93,11 @@ class AesKey:
             needed = 16
         if pad is None:
             pad = random_pad(needed, random_bytes)
-        elif len(pad) != needed:
-            pad = (pad * (needed // max(1, len(pad)) + 1))[:needed]
+        else:
+            if not pad or any(b in b"|[]" for b in pad):
+                raise ValueError("pad must be non-empty and contain no '|', '[' or ']'")
+            # A fixed pad (tests, vectors) is repeated or cut to the length the region needs.
+            pad = (pad * (needed // len(pad) + 1))[:needed]
         return self.encrypt(pad + b"|" + content).hex().upper()
 
     def decrypt_region(self, hex_text: str) -> bytes:
@@ -101,19 +109,16 @@ class AesKey:
             raise ValueError(
                 f"ciphertext length {len(hex_text)} is not a multiple of 32 hex characters"
             )
-        try:
-            cipher_bytes = bytes.fromhex(hex_text)
-        except ValueError:
-            raise ValueError("ciphertext is not hex") from None
+        if not set(hex_text) <= _HEX:  # bytes.fromhex would skip spaces
+            raise ValueError("ciphertext is not hex")
+        cipher_bytes = bytes.fromhex(hex_text)
         return strip_pad(self.decrypt(cipher_bytes))
 
 
 def random_pad(length: int, random_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
-    """``length`` random pad bytes, avoiding '|', '[' and ']'."""
-    out = bytearray()
-    while len(out) < length:
-        out.extend(b for b in random_bytes(length * 2) if b not in _PAD_FORBIDDEN)
-    return bytes(out[:length])
+    """``length`` random pad bytes from :data:`PAD_ALPHABET` (never '|', '[' or ']')."""
+    size = len(PAD_ALPHABET)
+    return bytes(PAD_ALPHABET[b % size] for b in random_bytes(length))
 
 
 def strip_pad(plain: bytes) -> bytes:

@@ -65,18 +65,18 @@ class FrameHeader(msgspec.Struct, frozen=True, kw_only=True):
 class Frame(msgspec.Struct, frozen=True, kw_only=True):
     """A fully decoded DC-09 frame."""
 
-    token: str
+    token: str  # ID without quotes and '*', as sent ("SIA-DCS", "NULL", "ACK", …)
     encrypted: bool
-    seq: str
-    receiver: str | None
-    line: str | None
-    account: str | None
-    data: str
+    seq: str  # 4 digits as sent
+    receiver: str | None  # None: no R field; "": a bare R
+    line: str | None  # None: no L field; "": a bare L (§1.15)
+    account: str | None  # None: no #acct (NAK)
+    data: str  # inside the data brackets, pad and '|' removed; "" for []
     xdata: tuple[XData, ...]
-    timestamp: datetime | None
+    timestamp: datetime | None  # aware UTC, exactly as written (local-time panels: see receiver)
     crc_style: CrcStyle
-    crc_includes_cr: bool
-    raw: bytes
+    crc_includes_cr: bool  # Eldes: CRC and length count the trailing CR
+    raw: bytes  # LF … CR as received, trailing NULs removed
 
 
 class FrameInspection(msgspec.Struct, kw_only=True):
@@ -150,6 +150,7 @@ def _verify(raw: bytes) -> tuple[bytes, CrcStyle, bool]:
 
 
 def _ascii(value: bytes | None) -> str | None:
+    # R, L and the account are hex: upper-cased so lookups and echoes use one spelling.
     return None if value is None else value.decode("ascii").upper()
 
 
@@ -161,7 +162,7 @@ def decode_header(raw: bytes) -> FrameHeader:
         raise _duh('unparsable header: expected "id"seq[R..][L..]#acct[')
     star, token, seq, receiver, line, account, _a = match.groups()
     return FrameHeader(
-        token=token.decode("ascii").upper(),
+        token=token.decode("ascii"),
         encrypted=bool(star),
         seq=seq.decode("ascii"),
         receiver=_ascii(receiver),
@@ -250,7 +251,7 @@ def decode_frame(raw: bytes, *, key: AesKey | None = None) -> Frame:
     return decode_body(decode_header(raw), key)
 
 
-def inspect_frame(raw: bytes, *, key: AesKey | None = None) -> FrameInspection:
+def inspect_frame(raw: bytes, key: AesKey | None = None) -> FrameInspection:
     """Report what can be read from ``raw`` without raising (the field-support view)."""
     out = FrameInspection()
     try:
@@ -264,7 +265,7 @@ def inspect_frame(raw: bytes, *, key: AesKey | None = None) -> FrameInspection:
     match = _HEADER.match(region)
     if match is not None:
         star, token, seq, receiver, line, account, _a = match.groups()
-        out.id = token.decode("ascii").upper()
+        out.id = token.decode("ascii")
         out.encrypted = bool(star)
         out.seq = seq.decode("ascii")
         out.receiver = _ascii(receiver)
@@ -292,6 +293,7 @@ def _check_field(name: str, value: str | None, *, max_len: int, allowed: frozens
 
 _HEX_CHARS = frozenset("0123456789ABCDEF")
 _ACCOUNT_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def encode_frame(
@@ -316,8 +318,15 @@ def encode_frame(
     """
     if len(seq) != 4 or not seq.isdigit():
         raise ValueError(f"seq must be 4 digits, got {seq!r}")
-    if not token or not set(token) <= frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"):
+    if not 1 <= len(token) <= 16 or not set(token) <= _TOKEN_CHARS:
         raise ValueError(f"bad ID token {token!r}")
+    if "[" in data or "]" in data:
+        raise ValueError("data must not contain '[' or ']'")
+    for block in xdata:
+        if len(block.id) != 1 or not block.id.isascii() or not block.id.isalpha():
+            raise ValueError(f"x-data id {block.id!r} must be one letter")
+        if "[" in block.value or "]" in block.value:
+            raise ValueError(f"x-data {block.id} value must not contain '[' or ']'")
     _check_field("receiver", receiver, max_len=6, allowed=_HEX_CHARS)
     _check_field("line", line, max_len=6, allowed=_HEX_CHARS)
     if account is not None and not (1 <= len(account) <= 16 and set(account) <= _ACCOUNT_CHARS):

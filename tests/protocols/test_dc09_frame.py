@@ -22,16 +22,6 @@ from protocols.signal import XData
 from tests.vectors import encrypted_vectors, frame_vectors, load_vectors
 
 
-class TestCrc:
-    def test_check_value(self) -> None:
-        """CRC-16/ARC of "123456789" is 0xBB3D."""
-        assert crc16_arc(b"123456789") == 0xBB3D
-
-    def test_empty(self) -> None:
-        """The CRC of nothing is the initial value 0."""
-        assert crc16_arc(b"") == 0
-
-
 @pytest.mark.parametrize("vector", frame_vectors(), ids=lambda v: v["frame"][:24])
 class TestPublicVectors:
     def test_fields(self, vector: dict[str, Any]) -> None:
@@ -70,7 +60,15 @@ class TestPublicVectors:
         assert rebuilt == b"\n" + expected + b"\r"
 
 
-@pytest.mark.parametrize("vector", encrypted_vectors(), ids=lambda v: v["frame"][:24])
+# G2 of PROTOCOLS.md §5.3 (AES-256) is in the document but not in vectors.json.
+G2 = {
+    "frame": 'C4710078"*ADM-CID"0002R1L1#1234[9C6569F5A4D117CD38906A5761C64B9323910771204E78936E475142530D669036F71AAC1531273B422236EC012D7F8F',
+    "key_hex": bytes(range(32)).hex().upper(),
+    "plaintext": "PPPPPPPPP|#1234|1130 01 001]_12:00:00,01-01-2024",
+}
+
+
+@pytest.mark.parametrize("vector", [*encrypted_vectors(), G2], ids=lambda v: v["frame"][:24])
 class TestEncryptedVectors:
     def test_decrypts_to_plaintext(self, vector: dict[str, Any]) -> None:
         """Encrypted vectors decrypt with their key to the published plaintext."""
@@ -238,3 +236,132 @@ class TestEncodeArguments:
         raw = encode_frame(token="ACK", seq="0000", account="1409", data="", receiver=None)
         assert b"None" not in raw
         assert raw == b'\n59890012"ACK"0000L0#1409[]\r'
+
+
+class TestInspect:
+    def test_bad_crc_still_reports_the_header(self) -> None:
+        """inspect_frame on a wrong CRC says crc_ok False, length_ok True and shows the fields."""
+        raw = b'ADFF0040"SIA-DCS"0049L0#AFFE[#AFFE|Nri1CL0001^user^]_14:06:21,05-17-2026'
+        result = inspect_frame(raw)
+        assert (result.crc_ok, result.length_ok) == (False, True)
+        assert (result.id, result.seq, result.line, result.account) == (
+            "SIA-DCS",
+            "0049",
+            "0",
+            "AFFE",
+        )
+        assert result.error is not None and "CRC" in result.error
+        assert result.frame is None
+
+    def test_valid_frame_carries_the_decoded_frame(self) -> None:
+        """A valid frame's inspection holds the decoded Frame, x-data and timestamp."""
+        raw = (
+            b'2DE1004C"ADM-CID"0056L0#123456[#123456|1406 01 000][RLivingRoom]_17:22:02,09-18-2023'
+        )
+        result = inspect_frame(raw)
+        assert result.error is None and result.frame is not None
+        assert result.xdata == (XData(id="R", value="LivingRoom"),)
+        assert result.frame.data == "#123456|1406 01 000"
+
+    def test_encrypted_without_key_explains(self) -> None:
+        """An encrypted frame inspected without a key reports the header and why the body is unread."""
+        raw = load_vectors()["encrypted"][0]["frame"].encode()
+        result = inspect_frame(raw)
+        assert result.crc_ok and result.length_ok and result.encrypted
+        assert result.error is not None and "key" in result.error
+
+    def test_garbage(self) -> None:
+        """Garbage yields an inspection with an error, never an exception."""
+        result = inspect_frame(b"hello")
+        assert not result.crc_ok and result.error is not None
+
+
+class TestMoreQuirks:
+    def test_lower_case_hex_crc(self) -> None:
+        """A lower-case hex CRC field is accepted (pysiaalarm's regex allows it)."""
+        frame = decode_frame(b'\nd3440015"NULL"0000L0#008312[]\r')
+        assert frame.account == "008312"
+
+    def test_binary_crc_with_six_digit_line(self) -> None:
+        """pysiaalarm#64: binary CRC and L000000 together."""
+        raw = encode_frame(
+            token="NULL",
+            seq="0000",
+            account="1234",
+            data="",
+            line="000000",
+            crc_style=CrcStyle.BINARY,
+        )
+        frame = decode_frame(raw)
+        assert (frame.crc_style, frame.line) == (CrcStyle.BINARY, "000000")
+
+    def test_binary_crc_containing_cr_and_lf_bytes(self) -> None:
+        """A binary CRC whose bytes are CR or LF still decodes (only the last CR ends the frame)."""
+        region = b'"NULL"0000L0#1409[]'
+        raw = b"\n\x0d\x0a" + f"0{len(region):03X}".encode() + region + b"\r"
+        crc = crc16_arc(region)
+        raw = b"\n" + crc.to_bytes(2, "big") + raw[3:]
+        assert decode_frame(raw).account == "1409"
+
+    def test_cid_style_null_body_is_kept(self) -> None:
+        """Hikvision's NULL with a CID-like body decodes with that body as data (sia#17)."""
+        raw = encode_frame(token="NULL", seq="0000", account="0000", data="#0000|0000 00 000")
+        assert decode_frame(raw).data == "#0000|0000 00 000"
+
+    def test_no_line_and_bare_line(self) -> None:
+        """No L field gives line None; a bare L gives line ""."""
+        assert decode_frame(b'AEF00011"NULL"0002#1234[]').line is None
+        assert decode_frame(b'BB86002C"NULL"0001L#7303658550[]_15:39:38,06-07-2019').line == ""
+
+    def test_standard_frame_is_not_flagged_eldes(self) -> None:
+        """crc_includes_cr is False for a standard frame."""
+        assert not decode_frame(b'59890012"ACK"0000L0#1409[]').crc_includes_cr
+
+    def test_oversized_frame_is_refused_before_parsing(self) -> None:
+        """A frame above the size limit is refused silently."""
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(b"\n" + b"A" * 5000 + b"\r")
+        assert info.value.reply is Reply.NONE
+
+    def test_token_kept_as_sent(self) -> None:
+        """Any token is reported as sent, without the '*'."""
+        raw = encode_frame(token="ACR-SF", seq="0001", account="1234", data="x")
+        assert decode_frame(raw).token == "ACR-SF"
+
+    def test_unparsable_header_with_valid_crc_is_duh(self) -> None:
+        """A CRC-valid frame whose header cannot be read gets DUH."""
+        region = b'"SIA-DCS"12L0#1234[]'
+        raw = f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw)
+        assert info.value.reply is Reply.DUH
+
+    def test_bad_timestamp_is_duh(self) -> None:
+        """A CRC-valid frame with an impossible timestamp gets DUH."""
+        region = b'"NULL"0000L0#1234[]_25:00:00,01-01-2024'
+        raw = f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw)
+        assert info.value.reply is Reply.DUH
+
+
+class TestEncodeValidation:
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"data": "a]b"},
+            {"xdata": [XData(id="I", value="x]")]},
+            {"xdata": [XData(id="II", value="x")]},
+            {"receiver": "G1"},
+            {"line": "1234567"},
+            {"account": "12#4"},
+            {"token": 'SIA"DCS'},
+        ],
+        ids=str,
+    )
+    def test_refuses_what_would_break_the_frame(self, kwargs: dict[str, Any]) -> None:
+        """Arguments that would produce a malformed frame raise ValueError."""
+        args: dict[str, Any] = {"token": "SIA-DCS", "seq": "0001", "account": "1234", "data": ""}
+        args.update(kwargs)
+        with pytest.raises(ValueError):
+            encode_frame(**args)

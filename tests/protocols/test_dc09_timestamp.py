@@ -1,0 +1,80 @@
+"""DC-09 timestamps and the acceptance window (PROTOCOLS.md §1.9)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from protocols.dc09_timestamp import (
+    TimestampWindow,
+    as_local_time,
+    format_timestamp,
+    parse_timestamp,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+
+
+class TestParseFormat:
+    def test_parse(self) -> None:
+        """_HH:MM:SS,MM-DD-YYYY parses as an aware UTC datetime."""
+        assert parse_timestamp("_16:20:01,09-24-2025") == datetime(
+            2025, 9, 24, 16, 20, 1, tzinfo=UTC
+        )
+
+    def test_underscore_optional_on_parse(self) -> None:
+        """The vectors file writes timestamps without the underscore; both forms parse."""
+        assert parse_timestamp("16:20:01,09-24-2025") == parse_timestamp("_16:20:01,09-24-2025")
+
+    def test_format_converts_to_utc(self) -> None:
+        """Formatting writes UTC whatever the zone of the datetime."""
+        local = datetime(2025, 9, 24, 18, 20, 1, tzinfo=ZoneInfo("Europe/Berlin"))
+        assert format_timestamp(local) == "_16:20:01,09-24-2025"
+
+    def test_round_trip(self) -> None:
+        """format then parse gives the same instant."""
+        assert parse_timestamp(format_timestamp(NOW)) == NOW
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "_16:20:01,09-24-25",
+            "_16-20-01,09-24-2025",
+            "_25:00:00,01-01-2024",
+            "_12:00:00,02-30-2024",
+            "_1a:00:00,01-01-2024",
+            "_١٢:00:00,01-01-2024",
+            "",
+        ],
+    )
+    def test_bad_timestamps_raise_value_error(self, text: str) -> None:
+        """Malformed or impossible timestamps raise ValueError naming the expected form."""
+        with pytest.raises(ValueError, match="timestamp"):
+            parse_timestamp(text)
+
+
+class TestWindow:
+    @pytest.mark.parametrize(
+        ("offset_s", "inside"),
+        [(-41, False), (-40, True), (0, True), (20, True), (21, False)],
+    )
+    def test_default_edges(self, offset_s: int, inside: bool) -> None:
+        """The default window accepts 40 s before to 20 s after now, edges included."""
+        assert TimestampWindow().check(NOW + timedelta(seconds=offset_s), NOW) is inside
+
+    def test_custom_window(self) -> None:
+        """past_s and future_s move the edges."""
+        window = TimestampWindow(past_s=600, future_s=0)
+        assert window.check(NOW - timedelta(seconds=600), NOW)
+        assert not window.check(NOW + timedelta(seconds=1), NOW)
+
+
+class TestLocalTime:
+    def test_local_wall_clock_becomes_utc(self) -> None:
+        """A wall-clock time written as if UTC is reinterpreted in the panel's zone."""
+        written = datetime(2023, 9, 7, 18, 1, 50, tzinfo=UTC)  # Vilnius is UTC+3 in September
+        assert as_local_time(written, ZoneInfo("Europe/Vilnius")) == datetime(
+            2023, 9, 7, 15, 1, 50, tzinfo=UTC
+        )
