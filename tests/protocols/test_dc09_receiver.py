@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from protocols.crc import crc16_arc
 from protocols.dc09_crypto import AesKey
 from protocols.dc09_frame import CrcStyle, decode_frame, encode_frame
 from protocols.dc09_receiver import (
@@ -20,7 +21,7 @@ from protocols.dc09_receiver import (
 )
 from protocols.dc09_timestamp import TimestampWindow
 from protocols.errors import Reply
-from protocols.signal import Category
+from protocols.signal import Category, XData
 from tests.vectors import frame_vectors
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -41,7 +42,7 @@ class Directory:
 
 
 def connection(
-    config: ReceiverConfig | None = None, **accounts: AccountCrypto
+    config: ReceiverConfig | None = None, accounts: dict[str, AccountCrypto] | None = None
 ) -> Dc09ReceiverConnection:
     return Dc09ReceiverConnection(
         config or ReceiverConfig(check_plain_timestamps=False), Directory(accounts)
@@ -112,7 +113,7 @@ class TestStreamSplitting:
         self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
     ) -> None:
         """Dahua-style: several frames in one segment all come out, in order (pysiaalarm#54)."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         data = b"".join(
             encode_frame(
                 token="ADM-CID", seq=f"{n:04d}", account="1234", data=f"#1234|1130 01 00{n}"
@@ -129,7 +130,7 @@ class TestStreamSplitting:
         self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
     ) -> None:
         """A bad frame is rejected silently and the next frame on the connection still works."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         good = encode_frame(token="SIA-DCS", seq="0002", account="1234", data="#1234|NBA01")
         bad = b"\n0000" + good[5:]
         events = feed(conn, bad + good)
@@ -159,7 +160,7 @@ class TestInboundRules:
 
     def test_plain_frame_for_keyed_account_is_refused(self) -> None:
         """A keyed account's plain frame gets DUH: encryption is required."""
-        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        conn = connection(accounts={"1234": AccountCrypto(key=KEY)})
         [event] = conn.receive_data(
             encode_frame(token="SIA-DCS", seq="0001", account="1234", data="#1234|NBA01"), now=NOW
         )
@@ -168,7 +169,7 @@ class TestInboundRules:
 
     def test_encrypted_frame_accepted_and_acked_encrypted(self) -> None:
         """An encrypted frame in the window is accepted; the *ACK decrypts with the key and carries our time."""
-        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        conn = connection(accounts={"1234": AccountCrypto(key=KEY)})
         raw = encode_frame(
             token="SIA-DCS",
             seq="0001",
@@ -190,7 +191,7 @@ class TestInboundRules:
     )
     def test_timestamp_window_edges(self, offset_s: int, accepted: bool) -> None:
         """Default window -40/+20 s: inside is accepted, outside is NAKed with our UTC time."""
-        conn = connection(**{"1234": AccountCrypto(key=KEY)})
+        conn = connection(accounts={"1234": AccountCrypto(key=KEY)})
         raw = encode_frame(
             token="ADM-CID",
             seq="0001",
@@ -204,10 +205,8 @@ class TestInboundRules:
             assert isinstance(event, FrameReceived)
         else:
             assert isinstance(event, FrameRejected) and event.error.reply is Reply.NAK
-            assert (
-                event.error.reply_bytes == b'\n23A50025"NAK"0000R0L0A0[]_12:00:00,11-22-2026\r'
-                or (decode_frame(event.error.reply_bytes).timestamp == NOW)
-            )
+            nak = decode_frame(event.error.reply_bytes)
+            assert (nak.token, nak.seq, nak.encrypted, nak.timestamp) == ("NAK", "0000", False, NOW)
 
     def test_nak_bytes_match_the_published_form(self) -> None:
         """The NAK is exactly the published vector for the same time."""
@@ -218,7 +217,9 @@ class TestInboundRules:
     def test_per_account_window_override(self) -> None:
         """An account's own window replaces the default."""
         conn = connection(
-            **{"1234": AccountCrypto(key=KEY, window=TimestampWindow(past_s=600, future_s=20))}
+            accounts={
+                "1234": AccountCrypto(key=KEY, window=TimestampWindow(past_s=600, future_s=20))
+            }
         )
         raw = encode_frame(
             token="NULL",
@@ -238,15 +239,17 @@ class TestInboundRules:
             token="NULL", seq="0000", account="9413", data="", timestamp=local, key=KEY
         )
         assert isinstance(
-            connection(**{"9413": AccountCrypto(key=KEY)}).receive_data(raw, now=NOW)[0],
+            connection(accounts={"9413": AccountCrypto(key=KEY)}).receive_data(raw, now=NOW)[0],
             FrameRejected,
         )
-        conn = connection(**{"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
+        conn = connection(accounts={"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
         assert isinstance(conn.receive_data(raw, now=NOW)[0], FrameReceived)
 
     def test_plain_timestamp_checked_when_configured(self) -> None:
         """Plain frames with an old timestamp are NAKed when check_plain_timestamps is on."""
-        conn = connection(ReceiverConfig(check_plain_timestamps=True), **{"1409": AccountCrypto()})
+        conn = connection(
+            ReceiverConfig(check_plain_timestamps=True), accounts={"1409": AccountCrypto()}
+        )
         raw = encode_frame(
             token="NULL", seq="0000", account="1409", data="", timestamp=NOW - timedelta(hours=1)
         )
@@ -255,7 +258,7 @@ class TestInboundRules:
 
     def test_unsupported_token_gets_duh(self) -> None:
         """A CRC-valid frame with a token we do not process gets DUH."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         [event] = conn.receive_data(
             encode_frame(token="ACR-SF", seq="0001", account="1234", data="x"), now=NOW
         )
@@ -263,7 +266,7 @@ class TestInboundRules:
 
     def test_unparsable_payload_gets_duh(self) -> None:
         """Valid framing with an unparsable Contact ID block gets DUH."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         [event] = conn.receive_data(
             encode_frame(token="ADM-CID", seq="0001", account="1234", data="#1234|nonsense"),
             now=NOW,
@@ -278,7 +281,7 @@ class TestInboundRules:
         """A frame over the size limit is rejected without buffering it all; the next frame works."""
         conn = connection(
             ReceiverConfig(max_frame_bytes=256, check_plain_timestamps=False),
-            **{"1234": AccountCrypto()},
+            accounts={"1234": AccountCrypto()},
         )
         events = conn.receive_data(b"\n" + b"A" * 1000, now=NOW)
         events += conn.receive_data(b"B" * 1000 + b"\r", now=NOW)
@@ -292,7 +295,7 @@ class TestInboundRules:
 class TestReplies:
     def test_ack_echoes_header_without_none(self) -> None:
         """The ACK for the Pyronix NULL is exactly NiftyDC09's reply (core#180511)."""
-        conn = connection(**{"1409": AccountCrypto()})
+        conn = connection(accounts={"1409": AccountCrypto()})
         [event] = conn.receive_data(
             b'\nEA740027"NULL"0000L0#1409[]_20:38:07,08-27-2026\r',
             now=datetime(2026, 8, 27, 20, 38, 10, tzinfo=UTC),
@@ -302,7 +305,7 @@ class TestReplies:
 
     def test_ack_echoes_receiver_when_sent(self) -> None:
         """R is echoed only when the frame carried it."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         [event] = conn.receive_data(
             b'\nE5690029"ADM-CID"0003R1L1#1234[#1234|1130 01 001]\r', now=NOW
         )
@@ -311,7 +314,7 @@ class TestReplies:
 
     def test_binary_crc_sender_gets_binary_crc_reply(self) -> None:
         """A binary-CRC sender is answered in its own style (§1.15)."""
-        conn = connection(**{"1234": AccountCrypto()})
+        conn = connection(accounts={"1234": AccountCrypto()})
         raw = encode_frame(
             token="SIA-DCS",
             seq="0001",
@@ -326,9 +329,282 @@ class TestReplies:
 
     def test_bare_line_is_answered_with_l0(self) -> None:
         """A bare L is accepted but never emitted: the ACK says L0."""
-        conn = connection(**{"7303658550": AccountCrypto()})
+        conn = connection(accounts={"7303658550": AccountCrypto()})
         [event] = conn.receive_data(
             b'\nBB86002C"NULL"0001L#7303658550[]_15:39:38,06-07-2019\r', now=NOW
         )
         assert isinstance(event, FrameReceived)
         assert b'"ACK"0001L0#7303658550[]' in conn.ack(event.frame, now=NOW)
+
+
+def _with_crc(region: bytes, *, eldes: bool = False, binary: bool = False) -> bytes:
+    """Frame ``region`` with a CRC and length, optionally in a vendor style."""
+    counted = region + b"\r" if eldes else region
+    crc = crc16_arc(counted)
+    crc_field = crc.to_bytes(2, "big") if binary else f"{crc:04X}".encode()
+    return b"\n" + crc_field + f"0{len(counted):03X}".encode() + region + b"\r"
+
+
+def _hikvision_null() -> bytes:
+    """An encrypted NULL whose plaintext has no '|' after the pad (Hikvision)."""
+    plain = b"ppppppppppp]" + f"_{NOW:%H:%M:%S,%m-%d-%Y}".encode()
+    return _with_crc(b'"*NULL"0000L0#1234[' + KEY.encrypt(plain).hex().upper().encode())
+
+
+QUIRK_STREAMS: dict[str, tuple[bytes, dict[str, AccountCrypto]]] = {
+    "binary_crc": (
+        _with_crc(b'"SIA-DCS"0001L0#1234[#1234|NBA01]', binary=True),
+        {"1234": AccountCrypto()},
+    ),
+    "binary_crc_with_cr_byte": (
+        # Region chosen so the CRC's low byte is 0x0D: only the final CR may end the frame.
+        next(
+            f
+            for n in range(10_000)
+            if (f := _with_crc(f'"NULL"{n:04d}L0#1234[]'.encode(), binary=True))[2] == 0x0D
+        ),
+        {"1234": AccountCrypto()},
+    ),
+    "eldes_cr_in_crc_and_length": (
+        _with_crc(b'"ADM-CID"0002L0#1234[#1234|1130 01 001]', eldes=True),
+        {"1234": AccountCrypto()},
+    ),
+    "bare_l": (
+        b'\n78FC003B"SIA-DCS"0001L#22334455[#22334455|NCQ1]_14:33:53,02-09-2020\r',
+        {"22334455": AccountCrypto()},
+    ),
+    "no_l": (b'\nAEF00011"NULL"0002#1234[]\r', {"1234": AccountCrypto()}),
+    "trailing_nuls": (
+        b'\nD3440015"NULL"0000L0#008312[]\r\x00\x00\x00',
+        {"008312": AccountCrypto()},
+    ),
+    "several_frames_one_read": (
+        b'\nDABA003F"ADM-CID"0062L0#B12345[#B12345|1602 00 000]_17:23:51,09-18-2023\r'
+        b'\n2DE1004C"ADM-CID"0056L0#123456[#123456|1406 01 000][RLivingRoom]_17:22:02,09-18-2023\r',
+        {"B12345": AccountCrypto(), "123456": AccountCrypto()},
+    ),
+    "cp1252_xdata": (
+        encode_frame(
+            token="ADM-CID",
+            seq="0004",
+            account="1234",
+            data="#1234|1130 01 001",
+            xdata=[XData(id="L", value="Büro € Säule")],
+        ),
+        {"1234": AccountCrypto()},
+    ),
+    "hikvision_null_without_bar": (_hikvision_null(), {"1234": AccountCrypto(key=KEY)}),
+    "alphavision_extra_field": (
+        b'\n12FA0021"SIA-DCS"0014L0#0001[#0001|0|NRP]\r',
+        {"0001": AccountCrypto()},
+    ),
+    "six_digit_line": (
+        encode_frame(token="NULL", seq="0000", account="1234", data="", line="000000"),
+        {"1234": AccountCrypto()},
+    ),
+}
+
+
+def detail(events: list[ReceiverEvent]) -> list[tuple[object, ...]]:
+    """Everything a caller sees in the events, for whole-vs-chunked comparison."""
+    out: list[tuple[object, ...]] = []
+    for e in events:
+        if isinstance(e, FrameReceived):
+            out.append((e.frame, e.events))
+        else:
+            out.append((e.error.reply, e.error.message, e.error.reply_bytes, e.header))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(QUIRK_STREAMS))
+class TestQuirksThroughTheStream:
+    def test_accepted_identically_however_fed(self, name: str) -> None:
+        """Each vendor quirk is accepted, with identical events whole, byte by byte and with trailing bytes."""
+        stream, accounts = QUIRK_STREAMS[name]
+        results = [
+            detail(feed(connection(ReceiverConfig(check_plain_timestamps=False), accounts), stream))
+            for feed in FEEDERS
+        ]
+        assert results[0], "the stream produced events"
+        assert all(len(r) == 2 for r in results[0]), results[0]  # all FrameReceived
+        assert results[0] == results[1] == results[2]
+
+    def test_ack_is_a_valid_standard_reply(self, name: str) -> None:
+        """The ACK for each quirk frame decodes and echoes seq and account."""
+        stream, accounts = QUIRK_STREAMS[name]
+        conn = connection(ReceiverConfig(check_plain_timestamps=False), accounts)
+        for event in conn.receive_data(stream, now=NOW):
+            assert isinstance(event, FrameReceived)
+            crypto = accounts[event.frame.account or ""]
+            ack = decode_frame(conn.ack(event.frame, now=NOW), key=crypto.key)
+            assert (ack.token, ack.seq, ack.account) == (
+                "ACK",
+                event.frame.seq,
+                event.frame.account,
+            )
+            assert ack.encrypted is event.frame.encrypted
+            assert ack.crc_style is event.frame.crc_style
+
+
+class TestQuirkDetails:
+    def test_cp1252_text_survives(self) -> None:
+        """Windows-1252 x-data text is decoded as such after a CRC over the raw bytes."""
+        stream, accounts = QUIRK_STREAMS["cp1252_xdata"]
+        [event] = connection(None, accounts).receive_data(stream, now=NOW)
+        assert isinstance(event, FrameReceived)
+        assert event.frame.xdata == (XData(id="L", value="Büro € Säule"),)
+
+    def test_hikvision_null_has_no_events(self) -> None:
+        """The Hikvision *NULL decrypts to empty data and yields no events."""
+        stream, accounts = QUIRK_STREAMS["hikvision_null_without_bar"]
+        [event] = connection(None, accounts).receive_data(stream, now=NOW)
+        assert isinstance(event, FrameReceived)
+        assert (event.frame.data, event.events) == ("", ())
+
+    def test_eldes_flag(self) -> None:
+        """The Eldes frame is flagged crc_includes_cr."""
+        stream, accounts = QUIRK_STREAMS["eldes_cr_in_crc_and_length"]
+        [event] = connection(None, accounts).receive_data(stream, now=NOW)
+        assert isinstance(event, FrameReceived) and event.frame.crc_includes_cr
+
+
+GOOD = encode_frame(token="SIA-DCS", seq="0002", account="1234", data="#1234|NBA01")
+
+
+@pytest.mark.parametrize("feed", FEEDERS, ids=lambda f: f.__name__)
+class TestResync:
+    def test_garbage_before_a_frame_is_reported_once(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """Bytes outside a frame give one silent rejection, then the frame is accepted."""
+        events = feed(connection(None, {"1234": AccountCrypto()}), b"GET / HTTP/1.1" + GOOD)
+        kinds = summary(events)
+        assert [k[0:2] for k in kinds] == [("rejected", "none"), ("ok", "0002")]
+
+    @pytest.mark.parametrize("noise", [b"\r\n", b"\n\r\n", b"\r\n\n", b"\n\x00\n", b"\x00\r"])
+    def test_blank_line_noise_is_silent(
+        self,
+        feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]],
+        noise: bytes,
+    ) -> None:
+        """Stray CR/LF/NUL between frames produce no event and do not swallow the next frame."""
+        events = feed(connection(None, {"1234": AccountCrypto()}), noise + GOOD + noise + GOOD)
+        assert [k[0:2] for k in summary(events)] == [("ok", "0002"), ("ok", "0002")]
+
+    def test_truncated_frame_resyncs_at_next_lf(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """A frame cut short by a new LF is rejected silently; the next frame is accepted."""
+        events = feed(connection(None, {"1234": AccountCrypto()}), GOOD[:20] + GOOD)
+        assert [k[0:2] for k in summary(events)] == [("rejected", "none"), ("ok", "0002")]
+
+    def test_oversized_frame_is_reported_once(
+        self, feed: Callable[[Dc09ReceiverConnection, bytes], list[ReceiverEvent]]
+    ) -> None:
+        """An oversized frame is one silent rejection whatever the chunking; the buffer stays bounded."""
+        conn = connection(
+            ReceiverConfig(max_frame_bytes=64, check_plain_timestamps=False),
+            {"1234": AccountCrypto()},
+        )
+        events = feed(conn, b"\n" + b"A" * 300 + b"\r\x00junk" + GOOD)
+        assert [k[0:2] for k in summary(events)] == [("rejected", "none"), ("ok", "0002")]
+        assert len(conn._buffer) <= 64
+
+
+class TestMoreRules:
+    def test_null_frame_has_no_events(self) -> None:
+        """A NULL poll is accepted with events=()."""
+        [event] = connection(None, {"1409": AccountCrypto()}).receive_data(
+            b'\nEA740027"NULL"0000L0#1409[]_20:38:07,08-27-2026\r',
+            now=datetime(2026, 8, 27, 20, 38, 7, tzinfo=UTC),
+        )
+        assert isinstance(event, FrameReceived) and event.events == ()
+
+    def test_encrypted_frame_for_account_without_key(self) -> None:
+        """An encrypted frame for an account with no key gets DUH."""
+        raw = encode_frame(
+            token="NULL", seq="0000", account="1234", data="", timestamp=NOW, key=KEY
+        )
+        [event] = connection(None, {"1234": AccountCrypto()}).receive_data(raw, now=NOW)
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        assert (
+            event.error.reply_bytes
+            == b"\n" + encode_frame(token="DUH", seq="0000", account="1234", data="")[1:]
+        )
+
+    def test_wrong_key_is_a_clear_duh(self) -> None:
+        """A frame encrypted with another key gets DUH saying the decrypt failed."""
+        raw = encode_frame(
+            token="NULL",
+            seq="0000",
+            account="1234",
+            data="",
+            timestamp=NOW,
+            key=AesKey.from_ascii("1234567890123456"),
+        )
+        [event] = connection(None, {"1234": AccountCrypto(key=KEY)}).receive_data(raw, now=NOW)
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        assert "decrypt failed" in event.error.message
+        assert "hex vs ascii" in event.error.message
+
+    def test_duh_echo_exact_bytes(self) -> None:
+        """DUH echoes seq, R, L and account and nothing else."""
+        [event] = connection(None, {"1234": AccountCrypto()}).receive_data(
+            encode_frame(token="ACR-SF", seq="0042", account="1234", data="x", receiver="12"),
+            now=NOW,
+        )
+        assert isinstance(event, FrameRejected)
+        region = b'"DUH"0042R12L0#1234[]'
+        assert event.error.reply_bytes == _with_crc(region)
+
+    def test_plain_frame_without_timestamp_passes_the_check(self) -> None:
+        """With check_plain_timestamps on, a plain frame without timestamp is still accepted."""
+        conn = connection(ReceiverConfig(check_plain_timestamps=True), {"1234": AccountCrypto()})
+        assert isinstance(conn.receive_data(GOOD, now=NOW)[0], FrameReceived)
+
+    @pytest.mark.parametrize(
+        ("offset_s", "accepted"), [(-600, True), (-601, False), (5, True), (6, False)]
+    )
+    def test_per_account_window_edges(self, offset_s: int, accepted: bool) -> None:
+        """A per-account window's edges are inclusive and replace the default."""
+        crypto = AccountCrypto(key=KEY, window=TimestampWindow(past_s=600, future_s=5))
+        raw = encode_frame(
+            token="NULL",
+            seq="0000",
+            account="1234",
+            data="",
+            timestamp=NOW + timedelta(seconds=offset_s),
+            key=KEY,
+        )
+        [event] = connection(None, {"1234": crypto}).receive_data(raw, now=NOW)
+        assert isinstance(event, FrameReceived) is accepted
+
+    def test_star_ack_carries_our_time_and_decrypts(self) -> None:
+        """The *ACK decrypts with the account key, echoes the header and carries our timestamp."""
+        conn = connection(None, {"1234": AccountCrypto(key=KEY)})
+        raw = encode_frame(
+            token="ADM-CID",
+            seq="0077",
+            account="1234",
+            data="#1234|1130 01 001",
+            receiver="5",
+            timestamp=NOW,
+            key=KEY,
+        )
+        [event] = conn.receive_data(raw, now=NOW)
+        assert isinstance(event, FrameReceived)
+        later = NOW + timedelta(seconds=1)
+        ack_raw = conn.ack(event.frame, now=later)
+        assert ack_raw.startswith(b"\n") and b'"*ACK"0077R5L0#1234[' in ack_raw
+        ack = decode_frame(ack_raw, key=KEY)
+        assert (ack.data, ack.timestamp) == ("", later)
+
+    def test_datagram_without_lf_cr(self) -> None:
+        """A UDP datagram without LF/CR is one frame."""
+        [event] = connection(None, {"1234": AccountCrypto()}).receive_datagram(GOOD[1:-1], now=NOW)
+        assert isinstance(event, FrameReceived) and event.frame.seq == "0002"
+
+    def test_oversized_datagram_is_silent(self) -> None:
+        """A datagram over the frame limit is rejected with no reply."""
+        [event] = connection(ReceiverConfig(max_frame_bytes=32)).receive_datagram(GOOD, now=NOW)
+        assert isinstance(event, FrameRejected) and event.error.reply_bytes == b""
