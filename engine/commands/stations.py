@@ -1,0 +1,94 @@
+"""``alarmrelay stations import FILE`` / ``stations export``: monitoring stations and receivers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.errors import UserFacingError
+from engine.station_model import PHONE_WARNING, Station, receiver_problem
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "stations", help="import or export monitoring stations and receivers (JSON)"
+    )
+    sub = parser.add_subparsers(dest="stations_command", metavar="ACTION", required=True)
+    imp = sub.add_parser("import", help="insert or update stations and their receivers")
+    imp.add_argument("file", type=Path, help="JSON list of stations")
+    imp.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    imp.set_defaults(func=run_import)
+    exp = sub.add_parser("export", help="write all stations and receivers as JSON")
+    exp.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    exp.set_defaults(func=run_export)
+
+
+def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
+    """Validated stations and the warnings to show (phone receivers)."""
+    try:
+        stations = msgspec.json.decode(data, type=list[Station])
+    except msgspec.ValidationError as exc:
+        raise UserFacingError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
+    warnings: list[str] = []
+    names: set[str] = set()
+    for station in stations:
+        for receiver in station.receivers:
+            problem = receiver_problem(receiver)
+            if problem:
+                raise UserFacingError(
+                    f"{source}: station {station.name!r}, receiver {receiver.name!r}: {problem}"
+                )
+            if receiver.name in names:
+                raise UserFacingError(f"{source}: receiver name {receiver.name!r} appears twice")
+            names.add(receiver.name)
+            if receiver.kind == "phone":
+                warnings.append(PHONE_WARNING.format(name=receiver.name))
+    return stations, warnings
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from engine.database import open_database  # noqa: PLC0415
+    from engine.settings import load_settings  # noqa: PLC0415
+    from engine.store.stations import StationStore  # noqa: PLC0415
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise UserFacingError(f"cannot read {args.file}: {exc.strerror}") from None
+    stations, warnings = parse_stations(data, str(args.file))
+    settings = load_settings(args.config, os.environ)
+
+    async def main() -> int:
+        async with open_database(settings) as db:
+            return await StationStore(db.pool).upsert(stations)
+
+    count = asyncio.run(main())
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"imported {count} stations")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from engine.database import open_database  # noqa: PLC0415
+    from engine.settings import load_settings  # noqa: PLC0415
+    from engine.store.stations import StationStore  # noqa: PLC0415
+
+    settings = load_settings(args.config, os.environ)
+
+    async def main() -> list[Station]:
+        async with open_database(settings) as db:
+            return await StationStore(db.pool).all()
+
+    sys.stdout.buffer.write(
+        msgspec.json.format(msgspec.json.encode(asyncio.run(main())), indent=2) + b"\n"
+    )
+    return 0

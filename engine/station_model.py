@@ -1,0 +1,70 @@
+"""Monitoring stations and their receivers, as imported, exported and stored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One receiver of a station: an IP receiver (DC-09) or a phone receiver (stored only)."""
+
+    name: str
+    kind: Literal["ip", "phone"] = "ip"
+    host: str | None = None
+    port: int | None = None
+    protocol: Literal["tcp", "udp"] = "tcp"
+    receiver_number: str | None = None  # DC-09 R, 1-6 hex digits
+    line_prefix: str | None = None  # DC-09 L, 1-6 hex digits
+    key: str | None = None  # never logged
+    key_format: Literal["hex", "ascii"] = "hex"
+    families: Literal["cid", "sia", "both"] = "both"
+    two_way_voice: bool = False
+    null_poll_interval_s: float = 60.0
+    ack_timeout_s: float = 5.0
+    phone_number: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ReceiverConfig(name={self.name!r}, kind={self.kind!r}, host={self.host!r}, port={self.port})"
+
+
+class Station(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A monitoring station with its receivers."""
+
+    name: str
+    own: bool = False  # the provider's own station
+    receivers: tuple[ReceiverConfig, ...] = ()
+
+
+def receiver_problem(receiver: ReceiverConfig) -> str | None:
+    """Why a receiver cannot be stored as given, or None."""
+    hexdigits = set("0123456789ABCDEFabcdef")
+    if receiver.kind == "phone":
+        if not receiver.phone_number:
+            return "a phone receiver needs phone_number"
+        return None
+    if not receiver.host or receiver.port is None:
+        return "an IP receiver needs host and port"
+    if not 1 <= receiver.port <= 65535:
+        return "port must be 1-65535"
+    for field in ("receiver_number", "line_prefix"):
+        value = getattr(receiver, field)
+        if value is not None and not (1 <= len(value) <= 6 and set(value) <= hexdigits):
+            return f"{field} must be 1-6 hex digits"
+    if receiver.key is not None:
+        from protocols.dc09_crypto import AesKey  # noqa: PLC0415
+
+        try:
+            AesKey.parse(receiver.key, receiver.key_format)
+        except ValueError as exc:
+            return f"key: {exc}"
+    if receiver.ack_timeout_s <= 0 or receiver.null_poll_interval_s <= 0:
+        return "ack_timeout_s and null_poll_interval_s must be positive"
+    return None
+
+
+PHONE_WARNING = (
+    "receiver {name!r} is a phone receiver: it is stored and listed, but alarmrelay cannot deliver "
+    "to it without a telephony gateway; accounts that use it will not be forwarded"
+)

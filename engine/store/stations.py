@@ -1,0 +1,101 @@
+"""The ``stations`` and ``receivers`` tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from engine.station_model import ReceiverConfig, Station
+
+_RECEIVER_COLUMNS = (
+    "name, kind, host, port, protocol, receiver_number, line_prefix, key, key_format, families, "
+    "two_way_voice, null_poll_interval_s, ack_timeout_s, phone_number"
+)
+
+
+def receiver_from_row(row: Any) -> ReceiverConfig:
+    return ReceiverConfig(
+        name=row["name"],
+        kind=row["kind"],
+        host=row["host"],
+        port=row["port"],
+        protocol=row["protocol"],
+        receiver_number=row["receiver_number"],
+        line_prefix=row["line_prefix"],
+        key=row["key"],
+        key_format=row["key_format"],
+        families=row["families"],
+        two_way_voice=row["two_way_voice"],
+        null_poll_interval_s=float(row["null_poll_interval_s"]),
+        ack_timeout_s=float(row["ack_timeout_s"]),
+        phone_number=row["phone_number"],
+    )
+
+
+class StationStore:
+    """Stations and receivers in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def upsert(self, stations: Sequence[Station]) -> int:
+        """Insert or replace stations and their receivers (one transaction)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            for station in stations:
+                await conn.execute(
+                    "INSERT INTO stations (name, own) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET own = EXCLUDED.own",
+                    station.name,
+                    station.own,
+                )
+                for r in station.receivers:
+                    await conn.execute(
+                        f"""
+                        INSERT INTO receivers (station, {_RECEIVER_COLUMNS})
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                        ON CONFLICT (name) DO UPDATE SET station = EXCLUDED.station, kind = EXCLUDED.kind,
+                            host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol,
+                            receiver_number = EXCLUDED.receiver_number, line_prefix = EXCLUDED.line_prefix,
+                            key = EXCLUDED.key, key_format = EXCLUDED.key_format, families = EXCLUDED.families,
+                            two_way_voice = EXCLUDED.two_way_voice,
+                            null_poll_interval_s = EXCLUDED.null_poll_interval_s,
+                            ack_timeout_s = EXCLUDED.ack_timeout_s, phone_number = EXCLUDED.phone_number,
+                            updated_at = now()
+                        """,
+                        station.name,
+                        r.name,
+                        r.kind,
+                        r.host,
+                        r.port,
+                        r.protocol,
+                        r.receiver_number,
+                        r.line_prefix,
+                        r.key,
+                        r.key_format,
+                        r.families,
+                        r.two_way_voice,
+                        r.null_poll_interval_s,
+                        r.ack_timeout_s,
+                        r.phone_number,
+                    )
+        return len(stations)
+
+    async def all(self) -> list[Station]:
+        stations = await self._pool.fetch("SELECT name, own FROM stations ORDER BY name")
+        receivers = await self._pool.fetch(
+            f"SELECT station, {_RECEIVER_COLUMNS} FROM receivers ORDER BY name"
+        )
+        by_station: dict[str, list[ReceiverConfig]] = {}
+        for row in receivers:
+            by_station.setdefault(row["station"], []).append(receiver_from_row(row))
+        return [
+            Station(name=s["name"], own=s["own"], receivers=tuple(by_station.get(s["name"], ())))
+            for s in stations
+        ]
+
+    async def ip_receivers(self) -> list[ReceiverConfig]:
+        rows = await self._pool.fetch(
+            f"SELECT {_RECEIVER_COLUMNS} FROM receivers WHERE kind = 'ip' ORDER BY name"
+        )
+        return [receiver_from_row(r) for r in rows]
