@@ -38,6 +38,7 @@ _HEADER = re.compile(
     rb"\["
 )
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+_BLANK = b"\x00\r\n "  # bytes between frames that are noise, not garbage
 
 
 class CrcStyle(StrEnum):
@@ -155,7 +156,26 @@ def _ascii(value: bytes | None) -> str | None:
 
 
 def decode_header(raw: bytes) -> FrameHeader:
-    """Framing, CRC, length and header fields of one frame (LF/CR optional)."""
+    """Framing, CRC, length and header fields of one frame (LF/CR optional).
+
+    Blank bytes (CR, LF, NUL, space) right after the LF are dropped when the frame fails as it
+    stands ("\\n\\r\\n…" from chatty senders); not before, because a binary CRC may start with
+    any of them (§1.15).
+    """
+    try:
+        return _decode_header_strict(raw)
+    except RemoteProtocolError as exc:
+        body = raw[1:] if raw[:1] == b"\n" else raw
+        stripped = body.lstrip(_BLANK)
+        if exc.reply is not Reply.NONE or stripped == body or not stripped:
+            raise
+        try:
+            return _decode_header_strict(b"\n" + stripped)
+        except RemoteProtocolError:
+            raise exc from None
+
+
+def _decode_header_strict(raw: bytes) -> FrameHeader:
     region, style, includes_cr = _verify(raw)
     match = _HEADER.match(region)
     if match is None:
@@ -280,6 +300,91 @@ def inspect_frame(raw: bytes, key: AesKey | None = None) -> FrameInspection:
     out.xdata = frame.xdata
     out.frame = frame
     return out
+
+
+class FrameSplitter:
+    """Cut a TCP byte stream into frames (LF … CR), independent of how the stream was split.
+
+    :meth:`feed` returns, in order, each complete frame's bytes and a
+    :class:`RemoteProtocolError` (reply NONE) for each run of garbage between frames, each frame
+    cut short by a new LF and each frame over ``max_frame_bytes``; an oversized frame is skipped
+    up to the next LF. Blank bytes between frames (CR, LF, NUL, space) are ignored. The buffer
+    never holds more than ``max_frame_bytes`` between calls (one recv() is not one frame: Dahua
+    sends several per segment, pysiaalarm#54).
+    """
+
+    def __init__(self, *, max_frame_bytes: int = MAX_FRAME_BYTES, max_buffer_bytes: int = 65_536):
+        """Limits: the largest frame accepted and the most bytes appended before parsing."""
+        self.max_frame_bytes = max_frame_bytes
+        self.max_buffer_bytes = max(1, max_buffer_bytes)
+        self._buffer = bytearray()  # starts with LF while inside a frame, else empty
+        self._in_frame = False
+        self._skip_reported = False  # the current run of bytes outside a frame was reported
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes | RemoteProtocolError]:
+        """Add stream bytes; return complete frames and framing errors in stream order."""
+        out: list[bytes | RemoteProtocolError] = []
+        step = self.max_buffer_bytes
+        for offset in range(0, len(data), step):
+            self._buffer += data[offset : offset + step]
+            self._drain(out)
+        return out
+
+    def _drain(self, out: list[bytes | RemoteProtocolError]) -> None:
+        buffer = self._buffer
+        limit = self.max_frame_bytes
+        pos = 0  # consumed prefix; deleted once at the end (no quadratic front deletes)
+        while pos < len(buffer):
+            if not self._in_frame:
+                start = buffer.find(b"\n", pos)
+                stop = len(buffer) if start == -1 else start
+                if not self._skip_reported and buffer[pos:stop].strip(_BLANK):
+                    out.append(_none("bytes outside a frame (expected LF)"))
+                    self._skip_reported = True
+                if start == -1:
+                    pos = len(buffer)
+                    break
+                pos = start
+                self._in_frame = True
+                self._skip_reported = False
+            # Inside a frame: buffer[pos] is its LF. Bytes 1-2 may be a binary CRC holding CR or
+            # LF, so the search for the end starts at 3 (§1.15).
+            cr = buffer.find(b"\r", pos + 3)
+            lf = buffer.find(b"\n", pos + 3)
+            if lf != -1 and (cr == -1 or lf < cr):
+                if lf - pos > limit:
+                    pos = self._oversized(out, pos)
+                    continue
+                # A new LF before this frame's CR: the frame was cut short; resync there. Stray
+                # line ends or NULs between frames ("\r\n" keep-alives) are not worth a report.
+                if buffer[pos + 1 : lf].strip(_BLANK):
+                    out.append(_none("truncated frame: a new LF came before its CR"))
+                pos = lf
+                continue
+            if cr == -1:
+                if len(buffer) - pos > limit:
+                    pos = self._oversized(out, pos)
+                    continue
+                break  # wait for more bytes
+            if cr + 1 - pos > limit:
+                pos = self._oversized(out, pos)
+                continue
+            out.append(bytes(buffer[pos : cr + 1]))
+            pos = cr + 1
+            self._in_frame = False
+        del buffer[:pos]
+
+    def _oversized(self, out: list[bytes | RemoteProtocolError], pos: int) -> int:
+        """Report a frame over the size limit; the rest of it is skipped up to the next LF."""
+        out.append(_none(f"frame exceeds {self.max_frame_bytes} bytes"))
+        self._in_frame = False
+        self._skip_reported = True
+        return pos + 1
 
 
 def _check_field(name: str, value: str | None, *, max_len: int, allowed: frozenset[str]) -> None:

@@ -18,6 +18,7 @@ from protocols.dc09_frame import (
     CrcStyle,
     Frame,
     FrameHeader,
+    FrameSplitter,
     decode_body,
     decode_header,
     encode_frame,
@@ -28,7 +29,6 @@ from protocols.errors import RemoteProtocolError, Reply
 from protocols.signal import Event
 
 _EVENT_TOKENS = frozenset({"SIA-DCS", "ADM-CID", "NULL"})
-_BLANK = b"\x00\r\n "  # bytes between frames that are noise, not garbage
 
 
 class AccountCrypto(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,9 +79,9 @@ class Dc09ReceiverConnection:
         """One connection's state; ``directory`` gives each account's key and window."""
         self.config = config
         self.directory = directory
-        self._buffer = bytearray()  # starts with LF while inside a frame, else empty
-        self._in_frame = False
-        self._skip_reported = False  # the current run of bytes outside a frame was reported
+        self._splitter = FrameSplitter(
+            max_frame_bytes=config.max_frame_bytes, max_buffer_bytes=config.max_buffer_bytes
+        )
         self._keys: dict[str, AesKey] = {}  # keys that decrypted a frame here, for the *ACK
 
     # -- input --------------------------------------------------------------------------------
@@ -89,71 +89,16 @@ class Dc09ReceiverConnection:
     def receive_data(self, data: bytes, *, now: datetime) -> list[ReceiverEvent]:
         """Feed bytes read from a TCP stream; frames may be split or several per read.
 
-        The result does not depend on how the stream was cut: garbage between frames is reported
-        once per run, an oversized or truncated frame once, and the buffer never holds more than
-        ``max_frame_bytes``.
+        The result does not depend on how the stream was cut (see :class:`FrameSplitter`):
+        garbage, truncated and oversized frames become silent :class:`FrameRejected` events.
         """
         events: list[ReceiverEvent] = []
-        step = max(1, self.config.max_buffer_bytes)
-        for offset in range(0, len(data), step):
-            self._buffer += data[offset : offset + step]
-            self._drain(events, now)
+        for item in self._splitter.feed(data):
+            if isinstance(item, RemoteProtocolError):
+                events.append(FrameRejected(error=item))
+            else:
+                events.append(self._handle(item, now))
         return events
-
-    def _drain(self, events: list[ReceiverEvent], now: datetime) -> None:
-        buffer = self._buffer
-        limit = self.config.max_frame_bytes
-        pos = 0  # consumed prefix; deleted once at the end (no quadratic front deletes)
-        while pos < len(buffer):
-            if not self._in_frame:
-                start = buffer.find(b"\n", pos)
-                stop = len(buffer) if start == -1 else start
-                if not self._skip_reported and buffer[pos:stop].strip(_BLANK):
-                    events.append(_rejected_none("bytes outside a frame (expected LF)"))
-                    self._skip_reported = True
-                if start == -1:
-                    pos = len(buffer)
-                    break
-                pos = start
-                self._in_frame = True
-                self._skip_reported = False
-            # Inside a frame: buffer[pos] is its LF. Bytes 1-2 may be a binary CRC holding CR or
-            # LF, so the search for the end starts at 3 (§1.15).
-            cr = buffer.find(b"\r", pos + 3)
-            lf = buffer.find(b"\n", pos + 3)
-            if lf != -1 and (cr == -1 or lf < cr):
-                if lf - pos > limit:
-                    self._oversized(events)
-                    pos += 1
-                    continue
-                # A new LF before this frame's CR: the frame was cut short; resync there. Stray
-                # line ends or NULs between frames ("\r\n" keep-alives) are not worth a report.
-                if buffer[pos + 1 : lf].strip(_BLANK):
-                    events.append(_rejected_none("truncated frame: a new LF came before its CR"))
-                pos = lf
-                continue
-            if cr == -1:
-                if len(buffer) - pos > limit:
-                    self._oversized(events)
-                    pos += 1
-                    continue
-                break  # wait for more bytes
-            if cr + 1 - pos > limit:
-                self._oversized(events)
-                pos += 1
-                continue
-            raw = bytes(buffer[pos : cr + 1])
-            pos = cr + 1
-            self._in_frame = False
-            # NULs after the CR are normal (ioBroker.sia#11) and are not reported.
-            events.append(self._handle(raw, now))
-        del buffer[:pos]
-
-    def _oversized(self, events: list[ReceiverEvent]) -> None:
-        """Report a frame over the size limit and skip the rest of it up to the next LF."""
-        events.append(_rejected_none(f"frame exceeds {self.config.max_frame_bytes} bytes"))
-        self._in_frame = False
-        self._skip_reported = True
 
     def receive_datagram(self, data: bytes, *, now: datetime) -> list[ReceiverEvent]:
         """Feed one UDP datagram (one frame; LF and CR optional, NULs around it ignored)."""
@@ -168,7 +113,7 @@ class Dc09ReceiverConnection:
 
     def _handle(self, raw: bytes, now: datetime) -> ReceiverEvent:
         try:
-            header = _decode_header_tolerant(raw)
+            header = decode_header(raw)
         except RemoteProtocolError as exc:
             if exc.reply is Reply.NONE:
                 return FrameRejected(error=exc)
@@ -290,25 +235,6 @@ def _echo_line(line: str | None) -> str | None:
     if line == "":
         return "0"
     return line
-
-
-def _decode_header_tolerant(raw: bytes) -> FrameHeader:
-    """decode_header, retried without blank bytes after the LF ("\n\r\n…" from chatty senders).
-
-    The blank bytes are only dropped when the frame fails as it stands, because a binary CRC
-    may legitimately start with 0x0A, 0x0D, 0x00 or 0x20 (§1.15).
-    """
-    try:
-        return decode_header(raw)
-    except RemoteProtocolError as exc:
-        body = raw[1:] if raw[:1] == b"\n" else raw
-        stripped = body.lstrip(_BLANK)
-        if exc.reply is not Reply.NONE or stripped == body or not stripped:
-            raise
-        try:
-            return decode_header(b"\n" + stripped)
-        except RemoteProtocolError:
-            raise exc from None
 
 
 def _rejected_none(message: str) -> FrameRejected:

@@ -508,7 +508,7 @@ class TestResync:
         )
         events = feed(conn, b"\n" + b"A" * 300 + b"\r\x00junk" + GOOD)
         assert [k[0:2] for k in summary(events)] == [("rejected", "none"), ("ok", "0002")]
-        assert len(conn._buffer) <= 64
+        assert conn._splitter.buffered <= 64
 
 
 class TestMoreRules:
