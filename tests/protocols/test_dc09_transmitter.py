@@ -1,0 +1,240 @@
+"""The sans-I/O DC-09 transmitter: sequence numbers, reply matching and NAK clock correction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import decode_frame, encode_frame
+from protocols.dc09_receiver import (
+    AccountCrypto,
+    Dc09ReceiverConnection,
+    FrameReceived,
+    FrameRejected,
+    ReceiverConfig,
+)
+from protocols.dc09_transmitter import (
+    Acked,
+    Dc09Transmitter,
+    Duhed,
+    Mismatch,
+    Naked,
+    OutgoingFrame,
+    ReplyEvent,
+    ReplyReceived,
+    ReplyRejected,
+    RspReceived,
+)
+from protocols.errors import Reply
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+KEY = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
+
+
+class Directory:
+    def __init__(self, accounts: dict[str, AccountCrypto]) -> None:
+        self.accounts = accounts
+
+    def lookup(self, account: str) -> AccountCrypto | None:
+        return self.accounts.get(account)
+
+
+def only_frame(events: list[ReplyEvent]) -> ReplyReceived:
+    [event] = events
+    assert isinstance(event, ReplyReceived), event
+    return event
+
+
+class TestSequence:
+    def test_starts_at_0001_and_increments(self) -> None:
+        """Sequence numbers start at 0001 and count up."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        assert [tx.next_seq() for _ in range(3)] == ["0001", "0002", "0003"]
+
+    def test_wraps_9999_to_0001(self) -> None:
+        """After 9999 comes 0001, never 0000 (2007 test plan)."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        seqs = [tx.next_seq() for _ in range(10_001)]
+        assert seqs[9997:10_001] == ["9998", "9999", "0001", "0002"]
+        assert "0000" not in seqs
+
+    def test_build_uses_next_seq_and_retransmission_reuses(self) -> None:
+        """build takes the next seq; a retransmission built with seq= keeps it."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        first = tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", now=NOW)
+        again = tx.build(
+            token="SIA-DCS", account="1234", data="#1234|NBA01", seq=first.seq, now=NOW
+        )
+        assert first.seq == again.seq == "0001"
+        assert tx.next_seq() == "0002"
+
+
+class TestBuild:
+    def test_plain_frame_fields(self) -> None:
+        """A plain frame carries R, L, account, data and always a timestamp."""
+        tx = Dc09Transmitter(receiver="12", line="3")
+        out = tx.build(token="ADM-CID", account="1234", data="#1234|1130 01 001", now=NOW)
+        frame = decode_frame(out.bytes)
+        assert (frame.token, frame.receiver, frame.line, frame.account, frame.seq) == (
+            "ADM-CID",
+            "12",
+            "3",
+            "1234",
+            out.seq,
+        )
+        assert frame.timestamp == NOW == out.timestamp
+        assert not frame.encrypted and not out.encrypted
+
+    def test_encrypted_frame(self) -> None:
+        """With a key the frame is encrypted and decrypts with it."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        out = tx.build_null(account="1234", now=NOW)
+        frame = decode_frame(out.bytes, key=KEY)
+        assert (frame.token, frame.encrypted, frame.data, frame.timestamp) == (
+            "NULL",
+            True,
+            "",
+            NOW,
+        )
+
+    def test_no_none_for_absent_fields(self) -> None:
+        """Absent R and L are omitted, never written as None."""
+        out = Dc09Transmitter(receiver=None, line=None).build_null(account="1234", now=NOW)
+        assert b"None" not in out.bytes
+        assert b'"NULL"0001#1234[]' in out.bytes
+
+
+def sent_frame(tx: Dc09Transmitter) -> OutgoingFrame:
+    return tx.build(token="SIA-DCS", account="1234", data="#1234|Nri1/BA01", now=NOW)
+
+
+class TestMatch:
+    def test_plain_ack(self) -> None:
+        """An ACK echoing seq and account is Acked."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        reply = encode_frame(token="ACK", seq=sent.seq, account="1234", data="")
+        frame = only_frame(tx.receive_data(reply)).frame
+        assert isinstance(tx.match(frame, sent, now=NOW), Acked)
+
+    def test_star_ack_vector_is_decrypted(self) -> None:
+        """The published *ACK (G3) decrypts with the key and acknowledges seq 0001 of #1234."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        sent = sent_frame(tx)
+        reply = b'\nE5670052"*ACK"0001L0#1234[799640F7C17762A5018A56E2DB1A4C39A27AB1EDA88769758B17009D1A45F4EC\r'
+        frame = only_frame(tx.receive_data(reply)).frame
+        assert frame.encrypted and frame.timestamp == datetime(2024, 1, 1, 12, 0, 5, tzinfo=UTC)
+        assert isinstance(tx.match(frame, sent, now=NOW), Acked)
+
+    def test_star_ack_with_wrong_key_is_rejected(self) -> None:
+        """A *ACK that does not decrypt with our key is a rejected reply, not an ACK."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=AesKey.from_ascii("1234567890123456"))
+        reply = b'\nE5670052"*ACK"0001L0#1234[799640F7C17762A5018A56E2DB1A4C39A27AB1EDA88769758B17009D1A45F4EC\r'
+        [event] = tx.receive_data(reply)
+        assert isinstance(event, ReplyRejected) and "decrypt failed" in event.error.message
+
+    def test_plain_ack_to_encrypted_frame_is_a_mismatch(self) -> None:
+        """An encrypted frame answered by a plain ACK is not acknowledged."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        sent = sent_frame(tx)
+        frame = decode_frame(encode_frame(token="ACK", seq=sent.seq, account="1234", data=""))
+        outcome = tx.match(frame, sent, now=NOW)
+        assert isinstance(outcome, Mismatch) and "plain ACK" in outcome.reason
+
+    def test_wrong_seq_is_a_mismatch(self) -> None:
+        """An ACK for another sequence number is reported as a mismatch."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        frame = decode_frame(encode_frame(token="ACK", seq="0099", account="1234", data=""))
+        outcome = tx.match(frame, sent, now=NOW)
+        assert isinstance(outcome, Mismatch) and "seq" in outcome.reason
+
+    def test_wrong_account_is_a_mismatch(self) -> None:
+        """An ACK for another account is reported as a mismatch."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        frame = decode_frame(encode_frame(token="ACK", seq=sent.seq, account="4321", data=""))
+        outcome = tx.match(frame, sent, now=NOW)
+        assert isinstance(outcome, Mismatch) and "account" in outcome.reason
+
+    def test_duh_and_rsp(self) -> None:
+        """DUH and RSP echoing the seq are reported as such."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        duh = decode_frame(encode_frame(token="DUH", seq=sent.seq, account="1234", data=""))
+        rsp = decode_frame(encode_frame(token="RSP", seq=sent.seq, account="1234", data="x"))
+        assert isinstance(tx.match(duh, sent, now=NOW), Duhed)
+        assert isinstance(tx.match(rsp, sent, now=NOW), RspReceived)
+
+    def test_unexpected_token_is_a_mismatch(self) -> None:
+        """A frame that is no reply (e.g. an event frame) is a mismatch."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        frame = decode_frame(encode_frame(token="NULL", seq=sent.seq, account="1234", data=""))
+        assert isinstance(tx.match(frame, sent, now=NOW), Mismatch)
+
+
+class TestNak:
+    def test_nak_offset_is_adopted(self) -> None:
+        """A NAK's time sets the clock offset and later frames carry the corrected time."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        nak = b'\nE4410025"NAK"0000R0L0A0[]_16:20:01,09-24-2025\r'
+        arrived = datetime(2025, 9, 24, 16, 0, 1, tzinfo=UTC)
+        outcome = tx.match(only_frame(tx.receive_data(nak)).frame, sent, now=arrived)
+        assert isinstance(outcome, Naked)
+        assert outcome.receiver_time == datetime(2025, 9, 24, 16, 20, 1, tzinfo=UTC)
+        assert outcome.offset == timedelta(minutes=20) == tx.clock_offset
+        again = tx.build(
+            token="SIA-DCS", account="1234", data="#1234|Nri1/BA01", seq=sent.seq, now=arrived
+        )
+        assert again.seq == sent.seq
+        assert decode_frame(again.bytes).timestamp == datetime(2025, 9, 24, 16, 20, 1, tzinfo=UTC)
+
+    def test_nak_resync_against_our_receiver(self) -> None:
+        """A transmitter 2 h behind is NAKed by our receiver, adopts its time and is then accepted."""
+        receiver_now = NOW
+        local_now = NOW - timedelta(hours=2)
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        rx = Dc09ReceiverConnection(ReceiverConfig(), Directory({"1234": AccountCrypto(key=KEY)}))
+        sent = tx.build(token="ADM-CID", account="1234", data="#1234|1130 01 001", now=local_now)
+        [rejected] = rx.receive_data(sent.bytes, now=receiver_now)
+        assert isinstance(rejected, FrameRejected) and rejected.error.reply is Reply.NAK
+        nak = only_frame(tx.receive_data(rejected.error.reply_bytes)).frame
+        assert isinstance(tx.match(nak, sent, now=local_now), Naked)
+        resent = tx.build(
+            token="ADM-CID", account="1234", data="#1234|1130 01 001", seq=sent.seq, now=local_now
+        )
+        [accepted] = rx.receive_data(resent.bytes, now=receiver_now)
+        assert isinstance(accepted, FrameReceived)
+        ack = only_frame(tx.receive_data(rx.ack(accepted.frame, now=receiver_now))).frame
+        assert isinstance(tx.match(ack, resent, now=local_now), Acked)
+
+
+class TestReplyStream:
+    @pytest.mark.parametrize("chunk", [1, 3, 1000])
+    def test_several_replies_however_split(self, chunk: int) -> None:
+        """Replies split across reads or several per read come out whole and in order."""
+        stream = b"".join(
+            encode_frame(token="ACK", seq=f"{n:04d}", account="1234", data="") for n in (1, 2, 3)
+        )
+        tx = Dc09Transmitter(receiver=None, line="0")
+        events: list[ReplyEvent] = []
+        for i in range(0, len(stream), chunk):
+            events += tx.receive_data(stream[i : i + chunk])
+        seqs = [e.frame.seq for e in events if isinstance(e, ReplyReceived)]
+        assert seqs == ["0001", "0002", "0003"]
+
+    def test_bad_crc_reply_is_rejected(self) -> None:
+        """A reply with a wrong CRC is a ReplyRejected."""
+        reply = b"\n0000" + encode_frame(token="ACK", seq="0001", account="1234", data="")[5:]
+        [event] = Dc09Transmitter(receiver=None, line="0").receive_data(reply)
+        assert isinstance(event, ReplyRejected) and event.error.reply is Reply.NONE
+
+    def test_datagram_reply(self) -> None:
+        """A UDP reply without LF/CR decodes."""
+        reply = encode_frame(token="ACK", seq="0001", account="1234", data="")[1:-1]
+        event = only_frame(Dc09Transmitter(receiver=None, line="0").receive_datagram(reply))
+        assert event.frame.token == "ACK"
