@@ -16,6 +16,7 @@ import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import msgspec
 import uvloop
@@ -153,9 +154,7 @@ async def tcp_module(
         writer.close()
 
 
-def _utcnow() -> object:
-    from datetime import UTC, datetime
-
+def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -188,7 +187,7 @@ async def udp_module(
     replies: asyncio.Queue[bytes] = asyncio.Queue()
 
     class Proto(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:  # type: ignore[override]
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
             replies.put_nowait(data)
 
     transport, _ = await loop.create_datagram_endpoint(Proto, remote_addr=(host, port))
@@ -246,7 +245,7 @@ async def mqtt_module_fleet(
 
         async def reader() -> None:
             async for message in client.messages:
-                ack = msgspec.json.decode(message.payload)  # type: ignore[arg-type]
+                ack = msgspec.json.decode(message.payload)
                 sent = pending.pop(ack.get("msg_id") or "", None)
                 if sent is None:
                     continue
