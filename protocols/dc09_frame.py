@@ -280,8 +280,11 @@ def inspect_frame(raw: bytes, key: AesKey | None = None) -> FrameInspection:
         out.error = exc.message
         return out
     expected = _crc_value(crc_field, style)
-    out.crc_ok = crc16_arc(region) == expected or crc16_arc(region + b"\r") == expected
-    out.length_ok = declared in (len(region), len(region) + 1)
+    standard = crc16_arc(region) == expected
+    eldes = not standard and crc16_arc(region + b"\r") == expected
+    out.crc_ok = standard or eldes
+    # With the Eldes CRC the length counts the CR too; otherwise it must be exact.
+    out.length_ok = declared == len(region) + (1 if eldes else 0)
     match = _HEADER.match(region)
     if match is not None:
         star, token, seq, receiver, line, account, _a = match.groups()

@@ -126,6 +126,8 @@ class Dc09Transmitter:
         The timestamp is always written: it is required when encrypted and lets the receiver
         NAK a drifting clock otherwise. Raises ValueError on arguments that make no valid frame.
         """
+        if now.tzinfo is None:
+            raise ValueError("now must be an aware datetime (DC-09 timestamps are UTC)")
         seq = self.next_seq() if seq is None else seq
         timestamp = (now + self._clock_offset).replace(microsecond=0)
         raw = encode_frame(

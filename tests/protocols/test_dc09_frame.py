@@ -125,6 +125,16 @@ class TestNegativeVectors:
             decode_frame(bad)
         assert info.value.reply is Reply.NONE
 
+    def test_valid_crc_wrong_length_is_silent(self) -> None:
+        """pysiaalarm's case_code_jc has a valid CRC but length 0078 for 0x33 bytes: no reply."""
+        raw = b'97F90078"SIA-DCS"6002L0#AAA[|Nri2/JC12]_12:58:23,09-15-2021'
+        result = inspect_frame(raw)
+        assert (result.crc_ok, result.length_ok) == (True, False)
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw)
+        assert info.value.reply is Reply.NONE
+        assert "length" in info.value.message
+
     def test_pysiaalarm_none_ack_is_recognisable(self) -> None:
         """pysiaalarm's ACK with the literal None (core#180511) is not a valid header for us."""
         with pytest.raises(RemoteProtocolError):
@@ -151,6 +161,15 @@ class TestVendorQuirks:
         frame = decode_frame(raw)
         assert frame.crc_style is CrcStyle.BINARY
         assert frame.data == "#1234|NBA01"
+
+    def test_eldes_inspection(self) -> None:
+        """inspect_frame calls an Eldes frame's CRC and length ok, and a +1 length alone not ok."""
+        eldes = _eldes(encode_frame(token="NULL", seq="0000", account="1234", data=""))
+        result = inspect_frame(eldes)
+        assert (result.crc_ok, result.length_ok) == (True, True)
+        standard = encode_frame(token="NULL", seq="0000", account="1234", data="")
+        plus_one = standard[:5] + f"{int(standard[5:8], 16) + 1:03X}".encode() + standard[8:]
+        assert (inspect_frame(plus_one).crc_ok, inspect_frame(plus_one).length_ok) == (True, False)
 
     def test_eldes_crc_includes_cr(self) -> None:
         """Eldes frames that count the CR in CRC and length are accepted."""

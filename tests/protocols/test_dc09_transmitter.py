@@ -99,6 +99,13 @@ class TestBuild:
             NOW,
         )
 
+    def test_naive_now_is_refused(self) -> None:
+        """A naive datetime cannot be written as a UTC timestamp."""
+        with pytest.raises(ValueError, match="aware"):
+            Dc09Transmitter(receiver=None, line="0").build_null(
+                account="1234", now=NOW.replace(tzinfo=None)
+            )
+
     def test_no_none_for_absent_fields(self) -> None:
         """Absent R and L are omitted, never written as None."""
         out = Dc09Transmitter(receiver=None, line=None).build_null(account="1234", now=NOW)
