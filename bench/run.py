@@ -1,0 +1,455 @@
+"""Side-by-side benchmark: alarmrelay against its peers, in the same run, on this machine.
+
+Scenarios (each run ``--repeats`` times; the table reports the median run by throughput):
+- ``ingest``: DC-09 TCP plain, N stop-and-wait modules; alarmrelay (durable ACK after commit)
+  vs pysiaalarm's asyncio receiver vs the minimal uvloop receiver (bench/peer_minimal.py).
+- ``ingest-aes``: the same with AES-128 (pysiaalarm with the same ASCII key).
+- ``mqtt``: MQTT ingest through Mosquitto, durable ack published.
+- ``accounts``: alarmrelay with 1,000 vs 1,000,000 provisioned accounts (RSS and throughput).
+
+Run: ``python -m bench.run --scenario ingest --duration 10 --repeats 3`` (prints progress; appends
+nothing by itself: ``--write`` replaces the matching section of bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+
+from bench.load import BENCH_KEY_ASCII, Result, account_name, mqtt_module_fleet, run_tcp
+from protocols.dc09_crypto import AesKey
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get(
+    "ALARMRELAY_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass
+class Measured:
+    name: str
+    summary: dict[str, float]
+    cpu_s: dict[str, float]
+    peak_rss_mb: float
+
+
+class ProcessWatch:
+    """CPU seconds and peak RSS of a process tree (and of the PostgreSQL server processes)."""
+
+    def __init__(self, pid: int, *, include_postgres: bool) -> None:
+        self.proc = psutil.Process(pid)
+        self.include_postgres = include_postgres
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._start_cpu: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _cpu(self) -> dict[str, float]:
+        def total(p: psutil.Process) -> float:
+            try:
+                t = p.cpu_times()
+                return float(t.user + t.system)
+            except psutil.Error:
+                return 0.0
+
+        out = {
+            "target": total(self.proc) + sum(total(c) for c in self.proc.children(recursive=True))
+        }
+        if self.include_postgres:
+            out["postgres"] = sum(
+                total(p)
+                for p in psutil.process_iter(["name"])
+                if (p.info["name"] or "").startswith("postgres")
+            )
+        out["loadgen"] = total(psutil.Process(os.getpid()))
+        return out
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+                self.peak_rss = max(self.peak_rss, rss)
+            except psutil.Error:
+                return
+            self._stop.wait(0.2)
+
+    def start(self) -> None:
+        self._start_cpu = self._cpu()
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        end = self._cpu()
+        return {k: end[k] - self._start_cpu.get(k, 0.0) for k in end}
+
+
+@contextmanager
+def child(
+    cmd: list[str], *, ready_word: str = "READY", env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Start a child and wait until it prints a line containing ``ready_word``; yield (proc, line)."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+    line = ""
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def reader() -> None:
+        nonlocal line
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            text = raw.decode("utf-8", "replace")
+            lines.append(text)
+            if ready_word in text and not ready.is_set():
+                line = text
+                ready.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    if not ready.wait(120):
+        proc.kill()
+        raise RuntimeError(f"{cmd[:4]} did not start:\n{''.join(lines[-20:])}")
+    try:
+        yield proc, line
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _create_database() -> str:
+    import asyncpg
+
+    name = f"alarmrelay_bench_{secrets.token_hex(3)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_database(url: str) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def _provision(url: str, count: int, *, key: str | None) -> None:
+    """Bulk-load ``count`` accounts straight into the table (COPY; the CLI import is for people)."""
+    import asyncpg
+
+    from engine.migrate import apply_migrations
+
+    async def load() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await apply_migrations(conn)
+            records = [(account_name(i), key, "ascii" if key else "hex") for i in range(count)]
+            await conn.copy_records_to_table(
+                "accounts", records=records, columns=["account", "key", "key_format"]
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(load())
+
+
+def _engine_config(folder: Path, url: str, *, mqtt_prefix: str | None) -> Path:
+    config = folder / "engine.toml"
+    mqtt = (
+        f'[mqtt]\nenabled = true\ntopic_prefix = "{mqtt_prefix}"\nclient_id = "bench-{secrets.token_hex(3)}"\n'
+        if mqtt_prefix
+        else "[mqtt]\nenabled = false\n"
+    )
+    config.write_text(
+        f'data_dir = "{folder / "var"}"\n[database]\nurl = "{url}"\npool_max = 8\n'
+        f"[dc09]\nport = 0\nrate_limit_per_s = 1000000.0\nmax_pending_commits = 50000\n[http]\nport = 0\n"
+        f'[logging]\nlevel = "info"\n{mqtt}',
+        encoding="utf-8",
+    )
+    return config
+
+
+def _ports(line: str) -> tuple[int, int]:
+    record = json.loads(line)
+    return int(record["dc09_port"]), int(record["http_port"])
+
+
+def measure(name: str, proc: subprocess.Popen[bytes], run: Any, *, postgres: bool) -> Measured:
+    watch = ProcessWatch(proc.pid, include_postgres=postgres)
+    watch.start()
+    result: Result = run()
+    cpu = watch.stop()
+    return Measured(name, result.summary(), cpu, watch.peak_rss / 2**20)
+
+
+def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -> list[Measured]:
+    key = AesKey.from_ascii(BENCH_KEY_ASCII) if aes else None
+    out: list[Measured] = []
+
+    def load(port: int) -> Result:
+        return uvloop.run(run_tcp("127.0.0.1", port, modules, duration, key=key))
+
+    for rep in range(repeats):
+        print(
+            f"[ingest{'-aes' if aes else ''}] run {rep + 1}/{repeats}", file=sys.stderr, flush=True
+        )
+        if not aes:
+            with child([sys.executable, "-m", "bench.peer_minimal", "--port", "0"]) as (proc, line):
+                port = int(line.split()[1])
+                out.append(
+                    measure(
+                        "minimal uvloop receiver (CRC + ACK only)",
+                        proc,
+                        lambda: load(port),
+                        postgres=False,
+                    )
+                )
+        pys = [
+            sys.executable,
+            "-m",
+            "bench.peer_pysiaalarm",
+            "--port",
+            "0",
+            "--accounts",
+            str(modules),
+        ]
+        if aes:
+            pys += ["--key", BENCH_KEY_ASCII]
+        with child(pys) as (proc, line):
+            port = int(line.split()[1])
+            out.append(
+                measure(
+                    "pysiaalarm 3.2 asyncio receiver (receive + ACK)",
+                    proc,
+                    lambda: load(port),
+                    postgres=False,
+                )
+            )
+        url = _create_database()
+        try:
+            _provision(url, modules, key=BENCH_KEY_ASCII if aes else None)
+            with tempfile.TemporaryDirectory() as tmp:
+                config = _engine_config(Path(tmp), url, mqtt_prefix=None)
+                with child(
+                    [sys.executable, "-m", "engine", "serve", "--config", str(config)],
+                    ready_word="engine_ready",
+                ) as (proc, line):
+                    port, _ = _ports(line)
+                    out.append(
+                        measure(
+                            "alarmrelay (durable ACK after commit)",
+                            proc,
+                            lambda: load(port),
+                            postgres=True,
+                        )
+                    )
+        finally:
+            _drop_database(url)
+        for m in out[-3:]:
+            print(
+                f"    {m.name}: {m.summary['signals_per_s']:.0f}/s p99 {m.summary['p99_ms']:.1f} ms",
+                file=sys.stderr,
+            )
+    return out
+
+
+def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]:
+    out: list[Measured] = []
+    for rep in range(repeats):
+        print(f"[mqtt] run {rep + 1}/{repeats}", file=sys.stderr, flush=True)
+        url = _create_database()
+        prefix = f"bench-{secrets.token_hex(3)}/v1"
+        try:
+            import asyncpg
+
+            async def serials() -> None:
+                conn = await asyncpg.connect(url)
+                try:
+                    from engine.migrate import apply_migrations
+
+                    await apply_migrations(conn)
+                    await conn.copy_records_to_table(
+                        "accounts",
+                        records=[(account_name(i), f"BENCH-{i:06d}") for i in range(modules)],
+                        columns=["account", "module_serial"],
+                    )
+                finally:
+                    await conn.close()
+
+            asyncio.run(serials())
+            with tempfile.TemporaryDirectory() as tmp:
+                config = _engine_config(Path(tmp), url, mqtt_prefix=prefix)
+                with child(
+                    [sys.executable, "-m", "engine", "serve", "--config", str(config)],
+                    ready_word="engine_ready",
+                ) as (proc, _):
+                    time.sleep(1.0)  # the shared subscription is in place shortly after ready
+
+                    def load() -> Result:
+                        result = Result(started=time.perf_counter())
+                        uvloop.run(
+                            mqtt_module_fleet(
+                                "127.0.0.1",
+                                1883,
+                                modules,
+                                prefix=prefix,
+                                duration=duration,
+                                result=result,
+                                inflight=512,
+                            )
+                        )
+                        result.ended = time.perf_counter()
+                        return result
+
+                    out.append(
+                        measure(
+                            "alarmrelay MQTT ingest (QoS 1, ack after commit)",
+                            proc,
+                            load,
+                            postgres=True,
+                        )
+                    )
+        finally:
+            _drop_database(url)
+        print(f"    {out[-1].summary['signals_per_s']:.0f}/s", file=sys.stderr)
+    return out
+
+
+def scenario_accounts(
+    modules: int, duration: float, repeats: int, sizes: list[int]
+) -> list[Measured]:
+    out: list[Measured] = []
+    for size in sizes:
+        url = _create_database()
+        try:
+            print(f"[accounts] provisioning {size} accounts", file=sys.stderr, flush=True)
+            _provision(url, size, key=None)
+            for rep in range(repeats):
+                print(
+                    f"[accounts] {size} accounts, run {rep + 1}/{repeats}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with tempfile.TemporaryDirectory() as tmp:
+                    config = _engine_config(Path(tmp), url, mqtt_prefix=None)
+                    with child(
+                        [sys.executable, "-m", "engine", "serve", "--config", str(config)],
+                        ready_word="engine_ready",
+                    ) as (proc, line):
+                        port, _ = _ports(line)
+                        out.append(
+                            measure(
+                                f"alarmrelay, {size:,} accounts",
+                                proc,
+                                lambda: uvloop.run(run_tcp("127.0.0.1", port, modules, duration)),
+                                postgres=True,
+                            )
+                        )
+                print(
+                    f"    {out[-1].summary['signals_per_s']:.0f}/s, peak RSS {out[-1].peak_rss_mb:.0f} MiB",
+                    file=sys.stderr,
+                )
+        finally:
+            _drop_database(url)
+    return out
+
+
+def table(results: list[Measured]) -> str:
+    """Median run (by throughput) per target as a Markdown table."""
+    by_name: dict[str, list[Measured]] = {}
+    for m in results:
+        by_name.setdefault(m.name, []).append(m)
+    lines = [
+        "| target | runs | signals/s (median) | p50 ms | p90 ms | p99 ms | max ms | timeouts | CPU s target | CPU s postgres | CPU s load gen | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in by_name.items():
+        ordered = sorted(runs, key=lambda m: m.summary["signals_per_s"])
+        med = ordered[len(ordered) // 2]
+        s = med.summary
+        each = ", ".join(f"{r.summary['signals_per_s']:.0f}" for r in runs)
+        lines.append(
+            f"| {name} | {len(runs)} ({each}) | **{s['signals_per_s']:.0f}** | "
+            f"{s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} | {int(s['timeouts'])} | "
+            f"{med.cpu_s.get('target', 0):.1f} | {med.cpu_s.get('postgres', 0):.1f} | {med.cpu_s.get('loadgen', 0):.1f} | {med.peak_rss_mb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def medians(results: list[Measured]) -> dict[str, float]:
+    by_name: dict[str, list[float]] = {}
+    for m in results:
+        by_name.setdefault(m.name, []).append(m.summary["signals_per_s"])
+    return {k: statistics.median(v) for k, v in by_name.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--scenario", choices=["ingest", "ingest-aes", "mqtt", "accounts"], required=True
+    )
+    parser.add_argument("--modules", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--sizes", default="1000,1000000", help="account counts for --scenario accounts"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
+    args = parser.parse_args()
+    if args.scenario in ("ingest", "ingest-aes"):
+        results = scenario_ingest(
+            args.modules, args.duration, args.repeats, aes=args.scenario == "ingest-aes"
+        )
+    elif args.scenario == "mqtt":
+        results = scenario_mqtt(args.modules, args.duration, args.repeats)
+    else:
+        results = scenario_accounts(
+            args.modules, args.duration, args.repeats, [int(x) for x in args.sizes.split(",")]
+        )
+    print(table(results))
+    print()
+    print(json.dumps(medians(results), indent=2))
+    if args.json:
+        args.json.write_text(json.dumps([m.__dict__ for m in results], indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
