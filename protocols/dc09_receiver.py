@@ -51,8 +51,9 @@ class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True):
     window: TimestampWindow = TimestampWindow()
     check_plain_timestamps: bool = True  # plain frames that carry a timestamp are checked too
     unknown_account_reply: Reply = Reply.DUH  # or Reply.NONE (silent)
-    max_frame_bytes: int = 4096
-    max_buffer_bytes: int = 65_536
+    max_frame_bytes: int = 4096  # LF … CR; larger frames are dropped silently (length ≤ 0xFFF)
+    max_buffer_bytes: int = 65_536  # one read is parsed in slices of this size; the retained
+    # buffer between reads never exceeds max_frame_bytes
 
 
 class FrameReceived(msgspec.Struct, frozen=True, kw_only=True):
