@@ -1,8 +1,11 @@
-"""One typed settings object: TOML file, then ``ALARMRELAY_*`` environment variables.
+"""One typed settings object: defaults, then a TOML file, then ``ALARMRELAY_*`` environment variables.
 
-Every section is a frozen msgspec struct that rejects unknown keys. Environment variables map to
-keys with ``__`` between section and key (``ALARMRELAY_DC09__PORT=10009``); top-level keys and the
-common shortcut ``ALARMRELAY_DATABASE_URL`` work too. Errors name the key and the file.
+Every section is a frozen msgspec struct that rejects unknown keys, decoded once at the entry point
+and passed explicitly (STYLE.md #7). Environment variables name a key with ``__`` between section
+and key (``ALARMRELAY_DC09__PORT=10009`` → ``dc09.port``), top-level keys directly
+(``ALARMRELAY_DATA_DIR``), and ``ALARMRELAY_DATABASE_URL`` is the usual shortcut for
+``database.url``. Every problem becomes a :class:`UserFacingError` naming the file or the variable
+and the key. Reference: docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -10,85 +13,121 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from engine.errors import UserFacingError
 
 ENV_PREFIX = "ALARMRELAY_"
+# The one shortcut without "__": the most common override in containers and CI.
+ENV_DATABASE_URL = "ALARMRELAY_DATABASE_URL"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: an ephemeral port (tests)
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """A settings table whose secret fields never show in repr (logs, tracebacks)."""
+
+    _secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def _shown(self) -> Iterator[tuple[str, Any]]:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in self._secret_fields and value is not None:
+                value = "<hidden>"
+            elif name == "url" and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._shown())
+        return f"{type(self).__name__}({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return list(self._shown())
 
 
 class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    url: str | None = None  # None: start the embedded PostgreSQL under data_dir
-    pool_min: int = 2
-    pool_max: int = 10
-    commit_batch_max: int = 256  # signals per group-commit transaction
-    commit_window_ms: float = 1.0  # wait this long for stragglers before committing a small batch
-    command_timeout_s: float = 10.0
-    connect_timeout_s: float = 5.0
+    """``[database]``: the PostgreSQL server and the group-commit writer."""
 
-    def __repr__(self) -> str:
-        return f"DatabaseSettings(url={redact_url(self.url)!r}, pool_max={self.pool_max})"
+    url: str | None = None  # None: start the embedded PostgreSQL under data_dir
+    pool_min: NonNegative = 2
+    pool_max: Positive = 10
+    commit_batch_max: Positive = 256  # signals per group-commit transaction
+    # Wait this long for more signals before committing a small batch.
+    commit_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    command_timeout_s: PositiveFloat = 10.0
+    connect_timeout_s: PositiveFloat = 5.0
 
 
 class Dc09Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[dc09]``: the inbound SIA DC-09 listener (TCP and UDP on the same port)."""
+
     host: str = "127.0.0.1"
-    port: int = 10009  # TCP and UDP on the same port
-    timestamp_past_s: int = 40
-    timestamp_future_s: int = 20
-    check_plain_timestamps: bool = True
+    port: Port = 10009
+    timestamp_past_s: NonNegative = 40  # PROTOCOLS.md §1: accept −40 s …
+    timestamp_future_s: NonNegative = 20  # … +20 s, else NAK with our time
+    check_plain_timestamps: bool = True  # also check unencrypted frames that carry a timestamp
     unknown_account: Literal["duh", "silent"] = "duh"
-    duplicate_window_s: int = 600
-    idle_timeout_s: float = 300.0
-    max_connections: int = 10_000
-    rate_limit_per_s: float = 50.0
-    max_frame_bytes: int = 4096
-    max_pending_commits: int = 10_000
+    duplicate_window_s: NonNegative = 600  # same account + seq + data within it: stored once
+    idle_timeout_s: PositiveFloat = 300.0
+    max_connections: Positive = 10_000
+    rate_limit_per_s: PositiveFloat = 50.0  # frames per second per connection (also the burst)
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=64)] = 4096
+    max_pending_commits: Positive = 10_000  # signals waiting for a commit before reads pause
 
 
 class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[mqtt]``: the broker the modules publish to."""
+
+    _secret_fields: ClassVar[frozenset[str]] = frozenset({"password"})
+
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: Port = 1883
     username: str | None = None
-    password: str | None = None
-    client_id: str = "alarmrelay-engine"
-    shared_group: str = "alarmrelay"
+    password: str | None = None  # never shown in repr or logs
+    client_id: str = "alarmrelay-engine"  # one per engine process: the broker keeps its session
+    shared_group: str = "alarmrelay"  # $share/<group>/… so several engines split the load
     topic_prefix: str = "alarmrelay/v1"
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    max_inflight: int = 1000
-    max_payload_bytes: int = 16_384
-
-    def __repr__(self) -> str:
-        secret = "<hidden>" if self.password else None
-        return f"MqttSettings(host={self.host!r}, port={self.port}, username={self.username!r}, password={secret})"
+    reconnect_min_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 30.0
+    max_inflight: Positive = 1000  # unacknowledged QoS 1 messages being committed
+    max_payload_bytes: Positive = 16_384
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[http]``: /metrics, /healthz, /readyz and the admin API."""
+
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
 
 
 class LoggingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[logging]``: structlog output."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
 
 
 class RetentionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    signals_days: int = 90
-    partitions_ahead_days: int = 3
+    """``[retention]``: how long signals are kept, and the partition maintenance job."""
+
+    signals_days: Positive = 90  # whole daily partitions older than this are dropped
+    partitions_ahead_days: Positive = 3  # daily partitions created ahead of time
+    maintenance_interval_s: PositiveFloat = 3600.0  # partitions, retention, dedupe cleanup
 
 
 class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    data_dir: str = "./var"
+    """Everything the engine is configured with."""
+
+    data_dir: str = "./var"  # embedded PostgreSQL lives in <data_dir>/postgres
     database: DatabaseSettings = DatabaseSettings()
     dc09: Dc09Settings = Dc09Settings()
     mqtt: MqttSettings = MqttSettings()
@@ -96,42 +135,67 @@ class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     logging: LoggingSettings = LoggingSettings()
     retention: RetentionSettings = RetentionSettings()
 
+    @property
+    def data_path(self) -> Path:
+        """``data_dir`` as a path."""
+        return Path(self.data_dir)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: type(getattr(Settings(), name))
+    for name in Settings.__struct_fields__
+    if isinstance(getattr(Settings(), name), _Section)
+}
+
 
 def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced (for logs and errors)."""
+    """The URL with any password replaced by ``***`` (for logs and errors)."""
     if url is None:
         return None
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def _sections() -> dict[str, type[_Section]]:
-    return {
-        "database": DatabaseSettings,
-        "dc09": Dc09Settings,
-        "mqtt": MqttSettings,
-        "http": HttpSettings,
-        "logging": LoggingSettings,
-        "retention": RetentionSettings,
-    }
+def env_name(path: str) -> str:
+    """The environment variable for a dotted key: ``dc09.port`` → ``ALARMRELAY_DC09__PORT``."""
+    return ENV_PREFIX + path.replace(".", "__").upper()
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(nested overrides, dotted key → variable name) from ``ALARMRELAY_*`` variables."""
     out: dict[str, Any] = {}
-    sections = _sections()
-    for name, value in environ.items():
+    origin: dict[str, str] = {}
+    for name, text in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key == "database_url":
-            out.setdefault("database", {})["url"] = value
-        elif "__" in key:
-            section, field = key.split("__", 1)
-            if section not in sections:
-                raise UserFacingError(f"environment variable {name}: unknown section {section!r}")
-            out.setdefault(section, {})[field] = value
+        # An empty variable means "not set" for optional keys (ALARMRELAY_DATABASE_URL= → embedded).
+        value: str | None = text if text != "" else None
+        if name == ENV_DATABASE_URL:
+            section, key = "database", "url"
         else:
+            parts = name[len(ENV_PREFIX) :].lower().split("__")
+            if len(parts) == 1:
+                section, key = "", parts[0]
+            elif len(parts) == 2:
+                section, key = parts
+            else:
+                raise UserFacingError(
+                    f"environment variable {name}: too many '__' (use SECTION__KEY)"
+                )
+            if section and section not in SECTIONS:
+                raise UserFacingError(
+                    f"environment variable {name}: unknown section {section!r}{_suggest(section, SECTIONS)}"
+                )
+        if section:
+            out.setdefault(section, {})[key] = value
+            origin[f"{section}.{key}"] = name
+        else:
+            if key in SECTIONS:
+                raise UserFacingError(
+                    f"environment variable {name}: {key!r} is a section; set its keys as {name}__KEY"
+                )
             out[key] = value
-    return out
+            origin[key] = name
+    return out, origin
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -144,36 +208,74 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _suggest(path: str) -> str:
-    *parents, leaf = path.split(".")
-    fields: tuple[str, ...]
-    if not parents:
-        fields = Settings.__struct_fields__
-    else:
-        section = _sections().get(parents[0])
-        fields = section.__struct_fields__ if section else ()
-    close = difflib.get_close_matches(leaf, fields, n=1)
+def _suggest(word: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _describe(error: msgspec.ValidationError, source: str) -> str:
+def _fields_at(parent: str) -> tuple[str, ...]:
+    if not parent:
+        return Settings.__struct_fields__
+    section = SECTIONS.get(parent)
+    return section.__struct_fields__ if section is not None else ()
+
+
+def _choices(path: str) -> tuple[Any, ...]:
+    """Allowed values of a Literal-typed key, for the error message."""
+    info: Any = msgspec.inspect.type_info(Settings)
+    for part in path.split("."):
+        if not isinstance(info, msgspec.inspect.StructType):
+            return ()
+        field = next((f for f in info.fields if f.name == part), None)
+        if field is None:
+            return ()
+        info = field.type
+    return tuple(info.values) if isinstance(info, msgspec.inspect.LiteralType) else ()
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?$")
+_LOCATED = re.compile(r"(.*) - at `\$\.?([^`]*)`$")
+
+
+def validation_problem(error: msgspec.ValidationError) -> tuple[str, str]:
+    """(dotted path, message) from a msgspec validation error, in plain words.
+
+    ``Expected `int`, got `str` - at `$.dc09.port``` → ``("dc09.port", "expected int, got str")``;
+    an unknown field → ``("dc09.prot", "unknown key")``. List indexes stay as ``[3]``.
+    """
     message = str(error)
-    unknown = re.match(r"Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?", message)
+    unknown = _UNKNOWN.match(message)
     if unknown:
         field, where = unknown.group(1), unknown.group(2) or ""
-        path = f"{where}.{field}" if where else field
-        return f"{source}: unknown key {path!r}{_suggest(path)}"
-    located = re.match(r"(.*) - at `\$\.?([^`]*)`", message)
-    if located:
-        return f"{source}: {located.group(2)}: {located.group(1)}"
-    return f"{source}: {message}"
+        return (f"{where}.{field}" if where else field), "unknown key"
+    located = _LOCATED.match(message)
+    path, text = (located.group(2), located.group(1)) if located else ("", message)
+    text = text.replace("`", "")
+    text = text[:1].lower() + text[1:]
+    return path, text
 
 
-def load_settings(path: Path | None, environ: Mapping[str, str] = os.environ) -> Settings:
-    """Read ``path`` (optional) and the environment into :class:`Settings`.
+def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, str]) -> str:
+    path, text = validation_problem(error)
+    where = origin.get(path, source)
+    if where != source:
+        where = f"environment variable {where}"
+    if text == "unknown key":
+        parent, _, leaf = path.rpartition(".")
+        return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
+    choices = _choices(path)
+    if choices and text.startswith("invalid enum value"):
+        text += " (choose one of " + ", ".join(repr(c) for c in choices) + ")"
+    return f"{where}: {path}: {text}" if path else f"{where}: {text}"
 
-    Raises UserFacingError with a message naming the key and the file on any problem.
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (optional), then the environment (``os.environ`` when None), into Settings.
+
+    Raises UserFacingError with a message naming the file or variable and the key on any problem.
     """
+    if environ is None:
+        environ = os.environ
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -183,19 +285,17 @@ def load_settings(path: Path | None, environ: Mapping[str, str] = os.environ) ->
         except OSError as exc:
             raise UserFacingError(f"cannot read config file {path}: {exc.strerror}") from None
         try:
-            decoded = msgspec.toml.decode(text)
+            raw = msgspec.toml.decode(text)
         except msgspec.DecodeError as exc:
             raise UserFacingError(f"{path}: invalid TOML: {exc}") from None
-        if not isinstance(decoded, dict):
-            raise UserFacingError(f"{path}: expected a TOML table at the top")
-        raw = decoded
-    env = _env_overrides(environ)
+        try:
+            # Validate the file alone first, strictly, so its mistakes are reported against it.
+            msgspec.convert(raw, Settings)
+        except msgspec.ValidationError as exc:
+            raise UserFacingError(_describe(exc, source, {})) from None
+    env, origin = _env_overrides(environ)
     try:
-        # Validate the file alone first so its errors name the file, then with the environment.
-        msgspec.convert(raw, Settings)
-    except msgspec.ValidationError as exc:
-        raise UserFacingError(_describe(exc, source)) from None
-    try:
+        # Environment values are strings: strict=False lets "10009" become an int, "false" a bool.
         return msgspec.convert(_merge(raw, env), Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise UserFacingError(_describe(exc, "environment (ALARMRELAY_*)")) from None
+        raise UserFacingError(_describe(exc, source, origin)) from None

@@ -1,0 +1,227 @@
+"""engine/settings.py: TOML file + ALARMRELAY_* environment into one typed Settings object."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserFacingError
+from engine.settings import SECTIONS, Settings, env_name, load_settings, redact_url
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "alarmrelay.example.toml"
+REFERENCE = ROOT / "docs" / "configuration.md"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of Settings."""
+    keys: list[str] = []
+    for name in Settings.__struct_fields__:
+        section = SECTIONS.get(name)
+        if section is None:
+            keys.append(name)
+        else:
+            keys.extend(f"{name}.{field}" for field in section.__struct_fields__)
+    return keys
+
+
+def error_of(path: Path | None, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(UserFacingError) as info:
+        load_settings(path, environ or {})
+    return str(info.value)
+
+
+class TestDefaults:
+    def test_no_file_no_environment_gives_embedded_loopback_defaults(self) -> None:
+        """Without a file or variables: embedded database, loopback listeners, documented ports."""
+        settings = load_settings(None, {})
+        assert settings.database.url is None
+        assert settings.data_dir == "./var"
+        assert (settings.dc09.host, settings.dc09.port) == ("127.0.0.1", 10009)
+        assert (settings.mqtt.host, settings.mqtt.port) == ("127.0.0.1", 1883)
+        assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
+        assert settings.dc09.unknown_account == "duh"
+
+    def test_settings_are_frozen(self) -> None:
+        """A loaded Settings cannot be changed after the fact."""
+        settings = load_settings(None, {})
+        with pytest.raises(AttributeError):
+            settings.data_dir = "/elsewhere"  # type: ignore[misc]
+
+
+class TestFile:
+    def test_values_from_the_file_are_used(self, tmp_path: Path) -> None:
+        """Keys in the TOML file override the defaults, section by section."""
+        path = write(
+            tmp_path,
+            'data_dir = "/srv/ar"\n[dc09]\nport = 11000\nunknown_account = "silent"\n'
+            '[database]\nurl = "postgresql://u@db:5432/ar"\n',
+        )
+        settings = load_settings(path, {})
+        assert settings.data_dir == "/srv/ar"
+        assert settings.dc09.port == 11000
+        assert settings.dc09.unknown_account == "silent"
+        assert settings.dc09.timestamp_past_s == 40
+        assert settings.database.url == "postgresql://u@db:5432/ar"
+
+    def test_unknown_key_names_file_key_and_suggestion(self, tmp_path: Path) -> None:
+        """A misspelt key is refused with the file, the dotted key and the closest real key."""
+        path = write(tmp_path, "[dc09]\nprot = 1\n")
+        assert error_of(path) == f"{path}: unknown key 'dc09.prot' (did you mean 'port'?)"
+
+    def test_unknown_section_is_refused(self, tmp_path: Path) -> None:
+        """A table that is not a section is an unknown top-level key."""
+        path = write(tmp_path, "[dc9]\nport = 1\n")
+        assert error_of(path) == f"{path}: unknown key 'dc9' (did you mean 'dc09'?)"
+
+    def test_wrong_type_names_key_and_types(self, tmp_path: Path) -> None:
+        """A string where an int belongs is refused with the key and both types."""
+        path = write(tmp_path, '[dc09]\nport = "10009"\n')
+        assert error_of(path) == f"{path}: dc09.port: expected int, got str"
+
+    def test_out_of_range_port_is_refused(self, tmp_path: Path) -> None:
+        """Ports above 65535 are refused with the bound."""
+        path = write(tmp_path, "[http]\nport = 70000\n")
+        assert error_of(path) == f"{path}: http.port: expected int <= 65535"
+
+    def test_bad_choice_lists_the_choices(self, tmp_path: Path) -> None:
+        """A value outside a fixed set of choices names the allowed ones."""
+        path = write(tmp_path, '[dc09]\nunknown_account = "nak"\n')
+        message = error_of(path)
+        assert message.startswith(f"{path}: dc09.unknown_account: invalid enum value 'nak'")
+        assert "'duh'" in message
+        assert "'silent'" in message
+
+    def test_broken_toml_reports_the_line(self, tmp_path: Path) -> None:
+        """A TOML syntax error is reported with the file and the line."""
+        path = write(tmp_path, 'data_dir = "./var"\n[dc09\nport = 1\n')
+        message = error_of(path)
+        assert message.startswith(f"{path}: invalid TOML:")
+        assert "line 2" in message
+
+    def test_missing_file_is_a_clear_error(self, tmp_path: Path) -> None:
+        """A config path that does not exist is named in the error."""
+        path = tmp_path / "absent.toml"
+        assert error_of(path).startswith(f"cannot read config file {path}")
+
+
+class TestEnvironment:
+    def test_nested_variable_overrides_file(self, tmp_path: Path) -> None:
+        """ALARMRELAY_SECTION__KEY wins over the file and is converted to the key's type."""
+        path = write(tmp_path, "[dc09]\nport = 11000\n")
+        settings = load_settings(path, {"ALARMRELAY_DC09__PORT": "12000"})
+        assert settings.dc09.port == 12000
+
+    def test_database_url_shortcut(self) -> None:
+        """ALARMRELAY_DATABASE_URL sets database.url."""
+        settings = load_settings(None, {"ALARMRELAY_DATABASE_URL": "postgresql://u@h/db"})
+        assert settings.database.url == "postgresql://u@h/db"
+
+    def test_empty_database_url_means_embedded(self) -> None:
+        """An empty ALARMRELAY_DATABASE_URL leaves the embedded default."""
+        assert load_settings(None, {"ALARMRELAY_DATABASE_URL": ""}).database.url is None
+
+    def test_top_level_and_boolean_variables(self) -> None:
+        """Top-level keys take ALARMRELAY_KEY; booleans accept true/false."""
+        settings = load_settings(
+            None, {"ALARMRELAY_DATA_DIR": "/data", "ALARMRELAY_MQTT__ENABLED": "false"}
+        )
+        assert settings.data_dir == "/data"
+        assert settings.mqtt.enabled is False
+
+    def test_other_variables_are_ignored(self) -> None:
+        """Variables without the ALARMRELAY_ prefix play no part."""
+        assert load_settings(None, {"DC09__PORT": "1", "PATH": "/bin"}) == load_settings(None, {})
+
+    def test_bad_value_names_the_variable(self) -> None:
+        """A value of the wrong type is reported against the variable that set it."""
+        message = error_of(None, {"ALARMRELAY_DC09__PORT": "ten"})
+        assert (
+            message
+            == "environment variable ALARMRELAY_DC09__PORT: dc09.port: expected int, got str"
+        )
+
+    def test_unknown_key_names_the_variable(self) -> None:
+        """A misspelt variable is refused with a suggestion."""
+        message = error_of(None, {"ALARMRELAY_DC09__PROT": "1"})
+        assert message == (
+            "environment variable ALARMRELAY_DC09__PROT: unknown key 'dc09.prot' (did you mean 'port'?)"
+        )
+
+    def test_unknown_section_names_the_variable(self) -> None:
+        """A variable for a section that does not exist is refused."""
+        message = error_of(None, {"ALARMRELAY_MQQT__HOST": "h"})
+        assert message == (
+            "environment variable ALARMRELAY_MQQT__HOST: unknown section 'mqqt' (did you mean 'mqtt'?)"
+        )
+
+    def test_file_errors_still_name_the_file(self, tmp_path: Path) -> None:
+        """With variables set, a mistake in the file is still reported against the file."""
+        path = write(tmp_path, "[dc09]\nprot = 1\n")
+        assert error_of(path, {"ALARMRELAY_DC09__PORT": "1"}).startswith(f"{path}: unknown key")
+
+    def test_env_name_maps_dotted_keys(self) -> None:
+        """The documented mapping: section.key → ALARMRELAY_SECTION__KEY."""
+        assert env_name("dc09.port") == "ALARMRELAY_DC09__PORT"
+        assert env_name("data_dir") == "ALARMRELAY_DATA_DIR"
+
+
+class TestSecrets:
+    def test_password_is_not_in_repr(self) -> None:
+        """The MQTT password never shows in repr (logs, tracebacks)."""
+        settings = load_settings(None, {"ALARMRELAY_MQTT__PASSWORD": "hunter2"})
+        assert settings.mqtt.password == "hunter2"
+        assert "hunter2" not in repr(settings)
+        assert "hunter2" not in repr(settings.mqtt)
+        assert "<hidden>" in repr(settings.mqtt)
+
+    def test_database_url_password_is_not_in_repr(self) -> None:
+        """A password inside database.url is masked in repr."""
+        settings = load_settings(
+            None, {"ALARMRELAY_DATABASE_URL": "postgresql://ar:s3cr3t@db:5432/ar"}
+        )
+        assert "s3cr3t" not in repr(settings)
+        assert "postgresql://ar:***@db:5432/ar" in repr(settings)
+
+    def test_redact_url_leaves_urls_without_password(self) -> None:
+        """URLs without a password come back unchanged."""
+        assert redact_url("postgresql://ar@db/ar") == "postgresql://ar@db/ar"
+        assert redact_url(None) is None
+
+
+class TestExampleAndReference:
+    def test_example_file_loads_to_the_defaults(self) -> None:
+        """config/alarmrelay.example.toml is valid and states exactly the default values."""
+        assert load_settings(EXAMPLE, {}) == Settings()
+
+    def test_example_file_mentions_every_key(self) -> None:
+        """Every setting appears in the example file (set, or commented out when optional)."""
+        text = EXAMPLE.read_text(encoding="utf-8")
+        sections = dict.fromkeys(SECTIONS, "")
+        current = ""
+        for line in text.splitlines():
+            header = re.match(r"\[(\w+)\]", line)
+            if header:
+                current = header.group(1)
+            elif current:
+                sections[current] += line + "\n"
+        top = text.split("[", 1)[0]
+        for key in all_keys():
+            section, _, leaf = key.rpartition(".")
+            body = sections[section] if section else top
+            assert re.search(rf"^#? ?{leaf} = ", body, re.MULTILINE), key
+
+    def test_reference_documents_every_key_and_variable(self) -> None:
+        """docs/configuration.md names every key and its environment variable."""
+        text = REFERENCE.read_text(encoding="utf-8")
+        for key in all_keys():
+            assert f"`{key}`" in text, key
+            assert env_name(key) in text, key
