@@ -1,9 +1,11 @@
 """Durable ingest with group commit: a signal is acknowledged only after its transaction commits.
 
-Listeners call :meth:`IngestPipeline.submit`; one writer task drains the pending queue in batches
-(bounded by ``batch_max`` and a short ``window``) and commits each batch in one transaction, then
-resolves every waiter. While a commit runs, new signals accumulate, so under load batches grow
-and the cost of a commit is shared; when idle a signal waits at most ``window``.
+Listeners call :meth:`IngestPipeline.submit`; ``writers`` writer tasks drain the pending queues in
+batches (bounded by ``batch_max`` and a short ``window``) and commit each batch in one transaction,
+then resolve every waiter. While a commit runs, new signals accumulate, so under load batches grow
+and the cost of a commit is shared; when idle a signal waits at most ``window``. Signals are
+sharded to writers by account, so one account's signals are committed in arrival order while
+several transactions (and their WAL flushes) overlap.
 
 Nothing is unbounded: past ``max_pending`` new signals are shed (counted, not acknowledged, the
 module retries). When the database is unreachable every waiter gets :class:`IngestUnavailable`
@@ -59,6 +61,7 @@ class IngestPipeline:
         max_pending: int = 10_000,
         probe: Callable[[], Awaitable[Any]] | None = None,
         probe_interval_s: float = 1.0,
+        writers: int = 1,
     ) -> None:
         self._writer = writer
         self._batch_max = batch_max
@@ -68,11 +71,12 @@ class IngestPipeline:
         self._low_water = max(0, int(max_pending * 0.5))
         self._probe = probe
         self._probe_interval_s = probe_interval_s
-        self._queue: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
+        self._queues: list[deque[_Pending]] = [deque() for _ in range(max(1, writers))]
+        self._wakeups = [asyncio.Event() for _ in self._queues]
+        self._pending = 0
         self._available = True
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._probe_task: asyncio.Task[None] | None = None
         self._resume_callbacks: set[Callable[[], None]] = set()
         self._was_saturated = False
@@ -83,7 +87,7 @@ class IngestPipeline:
     @property
     def saturated(self) -> bool:
         """True while the queue is above the high-water mark (listeners pause reading)."""
-        return len(self._queue) >= self._high_water
+        return self._pending >= self._high_water
 
     @property
     def available(self) -> bool:
@@ -98,15 +102,17 @@ class IngestPipeline:
         if not self._available:
             metrics.SIGNALS_SHED.labels(signal.transport.value, "database_unavailable").inc()
             raise IngestUnavailable("database unavailable")
-        if len(self._queue) >= self._max_pending:
+        if self._pending >= self._max_pending:
             metrics.SIGNALS_SHED.labels(signal.transport.value, "overloaded").inc()
             raise IngestUnavailable("too many signals waiting for commit")
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(signal, future))
-        metrics.PENDING_COMMITS.set(len(self._queue))
-        if len(self._queue) >= self._high_water:
+        shard = hash(signal.account) % len(self._queues) if len(self._queues) > 1 else 0
+        self._queues[shard].append(_Pending(signal, future))
+        self._pending += 1
+        metrics.PENDING_COMMITS.set(self._pending)
+        if self._pending >= self._high_water:
             self._was_saturated = True
-        self._wakeup.set()
+        self._wakeups[shard].set()
         return await future
 
     def on_resume(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -117,20 +123,22 @@ class IngestPipeline:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer task."""
-        self._task = asyncio.create_task(self._run(), name="ingest-writer")
+        """Start the writer tasks."""
+        self._tasks = [
+            asyncio.create_task(self._run(shard), name=f"ingest-writer-{shard}") for shard in range(len(self._queues))
+        ]
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new signals, commit what is queued (up to ``timeout_s``), stop the writer."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                self._task.cancel()
+        for wakeup in self._wakeups:
+            wakeup.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in late:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                    await task
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -139,19 +147,21 @@ class IngestPipeline:
 
     # -- the writer ---------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, shard: int) -> None:
+        queue, wakeup = self._queues[shard], self._wakeups[shard]
         while True:
-            if not self._queue:
+            if not queue:
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
                 continue
-            if len(self._queue) < self._batch_max and self._window_s > 0 and not self._closing:
+            if len(queue) < self._batch_max and self._window_s > 0 and not self._closing:
                 # Short window for stragglers so a burst shares one commit.
                 await asyncio.sleep(self._window_s)
-            batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-            metrics.PENDING_COMMITS.set(len(self._queue))
+            batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
+            self._pending -= len(batch)
+            metrics.PENDING_COMMITS.set(self._pending)
             await self._commit(batch)
             self._maybe_resume()
 
@@ -190,13 +200,15 @@ class IngestPipeline:
                 pending.future.exception()
 
     def _fail_all(self, error: IngestUnavailable) -> None:
-        batch = list(self._queue)
-        self._queue.clear()
+        batch = [pending for queue in self._queues for pending in queue]
+        for queue in self._queues:
+            queue.clear()
+        self._pending = 0
         metrics.PENDING_COMMITS.set(0)
         self._fail(batch, error)
 
     def _maybe_resume(self) -> None:
-        if self._was_saturated and len(self._queue) <= self._low_water:
+        if self._was_saturated and self._pending <= self._low_water:
             self._was_saturated = False
             for callback in list(self._resume_callbacks):
                 callback()

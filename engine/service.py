@@ -62,6 +62,7 @@ class Engine:
                 window_s=settings.database.commit_window_ms / 1000.0,
                 max_pending=settings.dc09.max_pending_commits,
                 probe=lambda: pool.fetchval("SELECT 1"),
+                writers=settings.database.commit_writers,
             )
             self.pipeline.start()
 

@@ -62,6 +62,8 @@ class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_field
     commit_batch_max: Positive = 256  # signals per group-commit transaction
     # Wait this long for more signals before committing a small batch.
     commit_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # Concurrent group-commit writers (signals sharded by account, so per-account order holds).
+    commit_writers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
     command_timeout_s: PositiveFloat = 10.0
     connect_timeout_s: PositiveFloat = 5.0
 
