@@ -68,3 +68,30 @@ DB_POOL_SIZE = Gauge("alarmrelay_db_pool_connections", "Connections in the datab
 DB_POOL_IDLE = Gauge("alarmrelay_db_pool_idle_connections", "Idle connections in the pool.")
 DATABASE_UP = Gauge("alarmrelay_database_up", "1 while the last database operation succeeded.")
 ACCOUNTS_LOADED = Gauge("alarmrelay_accounts_loaded", "Accounts in the in-memory directory.")
+
+# -- forwarding and delivery ---------------------------------------------------------------------
+DECISIONS = Counter(
+    "alarmrelay_decisions_total",
+    "Forwarding decisions per event, by outcome and reason.",
+    ["forward", "reason"],
+)
+DELIVERIES = Counter(
+    "alarmrelay_deliveries_total",
+    "Delivery attempts to station receivers, by receiver and outcome (acked, duh, failed).",
+    ["receiver", "outcome"],
+)
+DEAD_LETTERED = Counter(
+    "alarmrelay_deliveries_dead_lettered_total",
+    "Deliveries given up (the receiver answered DUH).",
+    ["receiver"],
+)
+DELIVERY_LATENCY = Histogram(
+    "alarmrelay_delivery_latency_seconds",
+    "From receiving a signal to the station receiver's ACK.",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+OUTBOX_DEPTH = Gauge("alarmrelay_outbox_depth", "Deliveries waiting in the outbox.")
+OUTBOX_OLDEST_AGE = Gauge(
+    "alarmrelay_outbox_oldest_age_seconds", "Age of the oldest delivery waiting in the outbox."
+)
+DELIVERIES_IN_FLIGHT = Gauge("alarmrelay_deliveries_in_flight", "Deliveries being sent right now.")
