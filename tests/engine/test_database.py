@@ -1,0 +1,211 @@
+"""engine/database.py and engine/migrate.py: server bootstrap, migrations, partition maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import psutil
+import pytest
+
+from engine.database import describe_server, maintain_signals, open_database
+from engine.errors import UserFacingError
+from engine.migrate import apply_migrations, migration_files
+from engine.settings import load_settings
+
+
+def url_for(database_url: str, name: str) -> str:
+    head, sep, query = database_url.partition("?")
+    return f"{head.rsplit('/', 1)[0]}/{name}{sep}{query}"
+
+
+@pytest.fixture
+async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+    """A new database with no tables at all, dropped afterwards."""
+    name = f"alarmrelay_empty_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(url_for(database_url, "postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url_for(database_url, name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+class TestMigrations:
+    async def test_applies_every_file_once_in_order(self, empty_database_url: str) -> None:
+        """A fresh database gets every migration in name order; a second run applies nothing."""
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            names = [name for name, _ in migration_files()]
+            assert names == sorted(names)
+            assert names[0] == "0001_core.sql"
+            assert await apply_migrations(conn) == names
+            assert await apply_migrations(conn) == []
+            recorded = await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")
+            assert [r["name"] for r in recorded] == names
+        finally:
+            await conn.close()
+
+    async def test_concurrent_engines_do_not_race(self, empty_database_url: str) -> None:
+        """Two engines migrating one database at once: each migration is applied exactly once."""
+        conns = [await asyncpg.connect(empty_database_url) for _ in range(2)]
+        try:
+            first, second = await asyncio.gather(*(apply_migrations(c) for c in conns))
+            assert sorted(first + second) == sorted(name for name, _ in migration_files())
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    async def test_changed_migration_is_refused(self, empty_database_url: str) -> None:
+        """A migration whose text changed after it was applied stops the start with a clear error."""
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            await apply_migrations(conn)
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = 'old' WHERE name = '0001_core.sql'"
+            )
+            with pytest.raises(UserFacingError, match=r"migration 0001_core\.sql differs"):
+                await apply_migrations(conn)
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", 0x616C61726D)
+        finally:
+            await conn.close()
+
+    async def test_core_schema_is_present(self, db_pool: asyncpg.Pool) -> None:
+        """0001 creates accounts, the partitioned signals table, its default partition and dedupe."""
+        kinds = {
+            r["relname"]: r["relkind"]
+            for r in await db_pool.fetch(
+                "SELECT relname, relkind::text AS relkind FROM pg_class WHERE relname = ANY($1::text[])",
+                ["accounts", "signals", "signals_default", "signal_dedupe"],
+            )
+        }
+        assert kinds == {
+            "accounts": "r",
+            "signals": "p",
+            "signals_default": "r",
+            "signal_dedupe": "r",
+        }
+
+
+class TestOpenDatabase:
+    async def test_with_url_connects_and_migrates(self, database_url: str, tmp_path: Path) -> None:
+        """With database.url set, the pool reaches that server and the schema is there."""
+        settings = load_settings(
+            None, {"ALARMRELAY_DATABASE_URL": database_url, "ALARMRELAY_DATA_DIR": str(tmp_path)}
+        )
+        async with open_database(settings) as db:
+            assert db.embedded is None
+            assert await db.pool.fetchval("SELECT count(*) FROM schema_migrations") >= 1
+        assert not (tmp_path / "postgres").exists()
+
+    async def test_unreachable_server_is_a_clear_error_without_password(self) -> None:
+        """A server that does not answer gives one line with host:port and no password."""
+        settings = load_settings(
+            None,
+            {
+                "ALARMRELAY_DATABASE_URL": "postgresql://ar:topsecret@127.0.0.1:1/ar",
+                "ALARMRELAY_DATABASE__CONNECT_TIMEOUT_S": "2",
+            },
+        )
+        with pytest.raises(UserFacingError) as info:
+            async with open_database(settings):
+                pass
+        message = str(info.value)
+        assert message.startswith("cannot reach PostgreSQL at 127.0.0.1:1: ")
+        assert "topsecret" not in message
+
+    async def test_embedded_server_starts_and_stops(self, tmp_path: Path) -> None:
+        """With no URL, PostgreSQL runs under <data_dir>/postgres while open and stops on exit."""
+        settings = load_settings(None, {"ALARMRELAY_DATA_DIR": str(tmp_path)})
+        async with open_database(settings) as db:
+            assert db.embedded is not None
+            pid = db.embedded.get_pid()
+            assert await db.pool.fetchval("SELECT current_database()") == "alarmrelay"
+            assert await db.pool.fetchval("SELECT count(*) FROM accounts") == 0
+        assert (tmp_path / "postgres" / "PG_VERSION").exists()
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    async def test_embedded_server_stops_despite_a_killed_predecessor(self, tmp_path: Path) -> None:
+        """A pid left behind by a process killed with -9 does not keep the server running."""
+        settings = load_settings(None, {"ALARMRELAY_DATA_DIR": str(tmp_path)})
+        async with open_database(settings):
+            pass
+        dead = psutil.Popen(["true"])
+        dead.wait()
+        (tmp_path / "postgres" / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+        async with open_database(settings) as db:
+            assert db.embedded is not None
+            pid = db.embedded.get_pid()
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    def test_describe_server_hides_credentials(self) -> None:
+        """Errors name host:port (or the socket directory), never user or password."""
+        assert describe_server("postgresql://u:pw@db.example:6543/x") == "db.example:6543"
+        assert describe_server("postgresql://u:pw@db.example/x") == "db.example:5432"
+        assert describe_server("postgresql://postgres:@/ar?host=/run/pg") == "/run/pg"
+
+
+class TestPartitions:
+    async def test_partitions_exist_around_today(self, db_pool: asyncpg.Pool) -> None:
+        """Daily partitions cover yesterday to three days ahead (UTC)."""
+        today = datetime.now(UTC).date()
+        names = {
+            r["relname"]
+            for r in await db_pool.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'signals'::regclass"
+            )
+        }
+        for offset in range(-1, 4):
+            day = today + timedelta(days=offset)
+            assert f"signals_{day:%Y%m%d}" in names
+
+    async def test_rows_outside_partitions_land_in_default(self, db_pool: asyncpg.Pool) -> None:
+        """A signal far from today is kept (default partition), and ensuring partitions still works."""
+        old = datetime(2001, 2, 3, 4, 5, tzinfo=UTC)
+        await db_pool.execute(
+            "INSERT INTO signals (received_at, account, transport, kind) VALUES ($1, 'A1', 'tcp', 'event')",
+            old,
+        )
+        where = await db_pool.fetchval(
+            "SELECT tableoid::regclass::text FROM signals WHERE received_at = $1", old
+        )
+        assert where == "signals_default"
+        assert await db_pool.fetchval("SELECT ensure_signal_partitions(5)") >= 0
+
+    async def test_retention_drops_old_partitions_and_default_rows(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Partitions and default-partition rows older than the retention are removed."""
+        await db_pool.execute(
+            "CREATE TABLE IF NOT EXISTS signals_20000101 PARTITION OF signals "
+            "FOR VALUES FROM ('2000-01-01 00:00+00') TO ('2000-01-02 00:00+00')"
+        )
+        await db_pool.execute(
+            "INSERT INTO signals (received_at, account, transport, kind) VALUES "
+            "('2000-01-01 12:00+00', 'A1', 'tcp', 'event'), ('2001-01-01 12:00+00', 'A1', 'tcp', 'event'), "
+            "(now(), 'A1', 'tcp', 'event')"
+        )
+        dropped = await db_pool.fetchval("SELECT drop_signal_partitions_before(90)")
+        assert dropped >= 1
+        assert await db_pool.fetchval("SELECT to_regclass('signals_20000101')") is None
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
+
+    async def test_maintenance_forgets_expired_dedupe_keys(self, db_pool: asyncpg.Pool) -> None:
+        """The maintenance run deletes dedupe keys whose window is over, and keeps live ones."""
+        await db_pool.execute(
+            "INSERT INTO signal_dedupe VALUES ('old', 1, now() - interval '2 hours', now() - interval '1 hour'), "
+            "('live', 2, now(), now() + interval '1 hour')"
+        )
+        async with db_pool.acquire() as conn:
+            await maintain_signals(conn, load_settings(None, {}))
+        keys = [
+            r["dedupe_key"] for r in await db_pool.fetch("SELECT dedupe_key FROM signal_dedupe")
+        ]
+        assert keys == ["live"]
