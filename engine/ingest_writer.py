@@ -1,27 +1,44 @@
 """The pipeline's batch writer: one PostgreSQL transaction per batch.
 
-Inside the transaction: the signals are inserted (duplicates detected, last contact updated), and
-then each later stage that must commit atomically with the signal (forwarding decisions and the
-delivery outbox) runs on the same connection. The pipeline acknowledges only after this returns.
+Inside the transaction: the signals are inserted (duplicates detected, last contact updated), then
+every new event gets its forwarding decision and, when forwarded, its outbox row. The pipeline
+acknowledges only after this returns, so an ACKed signal always has its decision and its place in
+the delivery queue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult
-from engine.store.signals import insert_signals
+from engine.store.signals import insert_signals_returning
 
 
 class IngestWriter:
-    """Commits a batch of signals in one transaction."""
+    """Commits a batch of signals (and their decisions and outbox rows) in one transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, *, duplicate_window_s: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        duplicate_window_s: int,
+        forwarding: ForwardingStage | None = None,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._duplicate_window_s = duplicate_window_s
+        self._forwarding = forwarding
+        self._on_enqueued = on_enqueued
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
+        enqueued = 0
         async with self._pool.acquire() as conn, conn.transaction():
-            return await insert_signals(conn, signals, duplicate_window_s=self._duplicate_window_s)
+            stored = await insert_signals_returning(conn, signals, duplicate_window_s=self._duplicate_window_s)
+            if self._forwarding is not None:
+                enqueued = await self._forwarding(conn, signals, stored)
+        if enqueued and self._on_enqueued is not None:
+            self._on_enqueued()  # wake the local dispatcher right after the commit
+        return [s.result for s in stored]
