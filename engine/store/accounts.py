@@ -1,8 +1,13 @@
-"""The ``accounts`` table: bulk upsert (import), lookups, streaming load for the directory."""
+"""The ``accounts`` table: bulk upsert (import), lookups, streaming load, last contact.
+
+Rows map one-to-one to :class:`engine.account_model.Account`; ``forwarding`` is a jsonb document
+with exactly the fields of ``ForwardingSettings`` (as msgspec encodes it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -14,12 +19,34 @@ _COLUMNS = (
     "account, module_serial, name, key, key_format, timestamp_past_s, timestamp_future_s, "
     "local_time_zone, supervision_interval_s, two_way_voice_capable, virtual, forwarding"
 )
-_forwarding_encoder = msgspec.json.Encoder()
+# One set-based statement per batch: arrays in, unnest, upsert.
+_UPSERT = f"""
+INSERT INTO accounts ({_COLUMNS})
+SELECT a, s, n, k, kf, tp, tf, tz, si, tw, v, f::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+            $8::text[], $9::int[], $10::bool[], $11::bool[], $12::text[])
+     AS t(a, s, n, k, kf, tp, tf, tz, si, tw, v, f)
+ON CONFLICT (account) DO UPDATE SET
+    module_serial = EXCLUDED.module_serial, name = EXCLUDED.name, key = EXCLUDED.key,
+    key_format = EXCLUDED.key_format, timestamp_past_s = EXCLUDED.timestamp_past_s,
+    timestamp_future_s = EXCLUDED.timestamp_future_s, local_time_zone = EXCLUDED.local_time_zone,
+    supervision_interval_s = EXCLUDED.supervision_interval_s,
+    two_way_voice_capable = EXCLUDED.two_way_voice_capable, virtual = EXCLUDED.virtual,
+    forwarding = EXCLUDED.forwarding, updated_at = now()
+"""
+_TOUCH = """
+UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.at),
+                      first_contact_at = COALESCE(a.first_contact_at, t.at)
+FROM unnest($1::text[], $2::timestamptz[]) AS t(account, at)
+WHERE a.account = t.account
+"""
+_encoder = msgspec.json.Encoder()
 _forwarding_decoder = msgspec.json.Decoder(ForwardingSettings)
+_DEFAULT_FORWARDING = ForwardingSettings()
 
 
-def account_from_row(row: Any) -> Account:
-    """An Account from a row with the columns of ``_COLUMNS``."""
+def account_from_row(row: Mapping[str, Any]) -> Account:
+    """An Account from a row with the columns of ``_COLUMNS`` (forwarding as json text)."""
     forwarding = row["forwarding"]
     return Account(
         account=row["account"],
@@ -34,81 +61,107 @@ def account_from_row(row: Any) -> Account:
         two_way_voice_capable=row["two_way_voice_capable"],
         virtual=row["virtual"],
         forwarding=_forwarding_decoder.decode(forwarding)
-        if forwarding and forwarding != "{}"
-        else ForwardingSettings(),
+        if forwarding not in (None, "{}")
+        else _DEFAULT_FORWARDING,
     )
 
 
-def _row(account: Account) -> tuple[Any, ...]:
-    return (
-        account.account.upper(),
-        account.module_serial,
-        account.name,
-        account.key,
-        account.key_format.value,
-        account.timestamp_past_s,
-        account.timestamp_future_s,
-        account.local_time_zone,
-        account.supervision_interval_s,
-        account.two_way_voice_capable,
-        account.virtual,
-        _forwarding_encoder.encode(account.forwarding).decode(),
-    )
+def _columns(accounts: Sequence[Account]) -> list[list[Any]]:
+    """The twelve column arrays of ``_UPSERT`` for a batch."""
+    return [
+        [a.account.upper() for a in accounts],
+        [a.module_serial for a in accounts],
+        [a.name for a in accounts],
+        [a.key for a in accounts],
+        [a.key_format.value for a in accounts],
+        [a.timestamp_past_s for a in accounts],
+        [a.timestamp_future_s for a in accounts],
+        [a.local_time_zone for a in accounts],
+        [a.supervision_interval_s for a in accounts],
+        [a.two_way_voice_capable for a in accounts],
+        [a.virtual for a in accounts],
+        [_encoder.encode(a.forwarding).decode() for a in accounts],
+    ]
+
+
+async def touch_contact(conn: asyncpg.Connection, contacts: Mapping[str, datetime]) -> None:
+    """Record last contact (and first contact when unset) for ``{account: time}`` in one statement.
+
+    Times only move forward. Accounts are updated in sorted order so that concurrent engines
+    lock rows in the same order and cannot deadlock. Unknown accounts are ignored.
+    """
+    if not contacts:
+        return
+    accounts = sorted(contacts)
+    await conn.execute(_TOUCH, accounts, [contacts[a] for a in accounts])
 
 
 class AccountStore:
-    """Accounts in PostgreSQL."""
+    """Accounts in PostgreSQL (through a pool)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def upsert_many(self, accounts: Sequence[Account], *, batch: int = 5000) -> int:
-        """Insert or update accounts (by account number) in batches; returns the count."""
-        sql = (
-            f"INSERT INTO accounts ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb) "
-            "ON CONFLICT (account) DO UPDATE SET module_serial = EXCLUDED.module_serial, name = EXCLUDED.name, "
-            "key = EXCLUDED.key, key_format = EXCLUDED.key_format, timestamp_past_s = EXCLUDED.timestamp_past_s, "
-            "timestamp_future_s = EXCLUDED.timestamp_future_s, local_time_zone = EXCLUDED.local_time_zone, "
-            "supervision_interval_s = EXCLUDED.supervision_interval_s, "
-            "two_way_voice_capable = EXCLUDED.two_way_voice_capable, virtual = EXCLUDED.virtual, "
-            "forwarding = EXCLUDED.forwarding, updated_at = now()"
-        )
+        """Insert or update accounts by account number, ``batch`` per transaction; returns the count.
+
+        An account number given twice counts once (the last one wins). Raises ``asyncpg.UniqueViolationError`` when a module serial already belongs to another
+        account.
+        """
+        accounts = list({a.account.upper(): a for a in accounts}.values())
         async with self._pool.acquire() as conn:
             for start in range(0, len(accounts), batch):
                 async with conn.transaction():
-                    await conn.executemany(sql, [_row(a) for a in accounts[start : start + batch]])
+                    await conn.execute(_UPSERT, *_columns(accounts[start : start + batch]))
         return len(accounts)
 
     async def get(self, account: str) -> Account | None:
+        """The account with this DC-09 account number (any case), or None."""
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM accounts WHERE account = $1", account.upper()
         )
         return account_from_row(row) if row is not None else None
 
     async def get_by_serial(self, serial: str) -> Account | None:
+        """The account whose module has this serial / IMEI, or None."""
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM accounts WHERE module_serial = $1", serial
         )
         return account_from_row(row) if row is not None else None
 
-    async def all(self) -> list[Account]:
-        """Every account, streamed with a cursor (a million rows do not sit in one result)."""
-        out: list[Account] = []
-        async with self._pool.acquire() as conn, conn.transaction():
+    async def iter_all(self, *, prefetch: int = 5000) -> AsyncIterator[Account]:
+        """Every account in account order, streamed with a server-side cursor.
+
+        Holds one connection and a read-only transaction (one snapshot) while iterating.
+        """
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
             async for row in conn.cursor(
-                f"SELECT {_COLUMNS} FROM accounts ORDER BY account", prefetch=5000
+                f"SELECT {_COLUMNS} FROM accounts ORDER BY account", prefetch=prefetch
             ):
-                out.append(account_from_row(row))
-        return out
+                yield account_from_row(row)
+
+    async def all(self) -> list[Account]:
+        """Every account (streamed from the server; a million accounts take a few seconds)."""
+        return [account async for account in self.iter_all()]
+
+    async def count(self) -> int:
+        """How many accounts there are."""
+        return int(await self._pool.fetchval("SELECT count(*) FROM accounts"))
 
     async def delete(self, account: str) -> bool:
+        """Delete one account; True when it existed."""
         result = await self._pool.execute(
             "DELETE FROM accounts WHERE account = $1", account.upper()
         )
-        return bool(result.endswith(" 1"))
+        return bool(result == "DELETE 1")
 
-    async def contact_times(self, account: str) -> tuple[Any, Any] | None:
-        """(first_contact_at, last_contact_at) of one account."""
+    async def touch_contact(self, contacts: Mapping[str, datetime]) -> None:
+        """Record last/first contact for ``{account: time}`` (see :func:`touch_contact`)."""
+        async with self._pool.acquire() as conn:
+            await touch_contact(conn, {a.upper(): t for a, t in contacts.items()})
+
+    async def contact_times(self, account: str) -> tuple[datetime | None, datetime | None] | None:
+        """(first_contact_at, last_contact_at) of one account, or None when it does not exist."""
         row = await self._pool.fetchrow(
             "SELECT first_contact_at, last_contact_at FROM accounts WHERE account = $1",
             account.upper(),

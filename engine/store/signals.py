@@ -1,9 +1,23 @@
-"""Writing signals: one batch per group commit, inside the caller's transaction.
+"""Writing signals: one batch per group commit, in ONE statement, inside the caller's transaction.
 
-Per batch: claim dedupe keys (a duplicate inside the window is ACKed again but not stored twice;
-the original's ``duplicates`` counter is raised), insert the new signals, and record the modules'
-last contact. Link tests and check-ins only touch last contact. A handful of round trips per
-batch, whatever its size.
+What a batch does, all in one round trip (data-modifying CTEs over ``unnest`` arrays):
+
+* every ``EVENT`` and ``REJECTED`` signal gets an id from ``signals_id_seq``;
+* an ``EVENT`` with a ``dedupe_key`` claims the key in ``signal_dedupe`` for
+  ``duplicate_window_s``. **Duplicates are stored once**: when the key is already held by an
+  unexpired earlier signal, the copy is not inserted, the original's ``duplicates`` counter goes
+  up, and the copy's result is ``IngestResult.DUPLICATE`` (the listener ACKs it again; it is never
+  forwarded twice). Copies inside one batch are folded in Python before the statement;
+* the remaining signals are inserted into the partitioned ``signals`` table;
+* ``LINK_TEST`` and ``CHECKIN`` are not stored as signals: with every other valid signal
+  (duplicates included, rejected payloads excluded) they move the account's ``last_contact_at``
+  forward (and set ``first_contact_at`` once). Account rows are locked in account order so that
+  several engine processes committing at once cannot deadlock.
+
+Results come back in input order. ``REJECTED`` signals are stored for audit with their reason.
+Rare race: when two engines commit the same dedupe key at the same moment, the second reports
+DUPLICATE correctly but its copy may not be counted in ``duplicates`` (the statement's snapshot
+predates the other commit).
 """
 
 from __future__ import annotations
@@ -15,174 +29,170 @@ import asyncpg
 import msgspec
 
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind
-from protocols.signal import Event, XData
 
-_events_encoder = msgspec.json.Encoder()
-_CONTACT_ONLY = (SignalKind.LINK_TEST, SignalKind.CHECKIN)
+_encoder = msgspec.json.Encoder()
+_CONTACT_ONLY = frozenset({SignalKind.LINK_TEST, SignalKind.CHECKIN})
+
+_INSERT_BATCH = """
+WITH input AS MATERIALIZED (
+    SELECT nextval('signals_id_seq') AS id, t.*
+    FROM unnest($1::int[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::bytea[],
+                $13::text[], $14::text[], $15::text[], $16::timestamptz[], $17::bool[],
+                $18::text[], $19::text[], $20::int[])
+         AS t(ord, received_at, account, transport, kind, peer, token, encrypted, seq, receiver,
+              line, raw, events, categories, xdata, sent_at, dialer_failed, dedupe_key,
+              reject_reason, copies)
+),
+claim AS (
+    -- Claim each key, or take it over when the holder's window has expired. The no-op update of
+    -- a live key returns the holder, so a duplicate learns its original's primary key.
+    INSERT INTO signal_dedupe AS d (dedupe_key, signal_id, received_at, expires_at)
+    SELECT dedupe_key, id, received_at, received_at + $21::interval
+    FROM input WHERE dedupe_key IS NOT NULL AND kind = 'event'
+    ON CONFLICT (dedupe_key) DO UPDATE SET
+        signal_id = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.signal_id ELSE d.signal_id END,
+        received_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.received_at ELSE d.received_at END,
+        expires_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.expires_at ELSE d.expires_at END
+    RETURNING d.dedupe_key, d.signal_id, d.received_at
+),
+dup AS (
+    -- Keys held by an earlier signal: the claim returned a holder that is not one of ours.
+    SELECT c.dedupe_key, c.signal_id, c.received_at
+    FROM claim c WHERE c.signal_id <> ALL (ARRAY(SELECT id FROM input))
+),
+inserted AS (
+    INSERT INTO signals (id, received_at, account, transport, kind, peer, token, encrypted, seq,
+                         receiver, line, raw, events, categories, xdata, sent_at, dialer_failed,
+                         dedupe_key, reject_reason, duplicates)
+    SELECT id, received_at, account, transport, kind, peer, token, encrypted, seq, receiver, line,
+           raw, events::jsonb, string_to_array(categories, ','), xdata::jsonb, sent_at,
+           dialer_failed, dedupe_key, reject_reason, copies
+    FROM input i
+    WHERE i.kind <> 'event' OR i.dedupe_key IS NULL
+       OR NOT EXISTS (SELECT 1 FROM dup WHERE dup.dedupe_key = i.dedupe_key)
+),
+bumped AS (
+    UPDATE signals s SET duplicates = s.duplicates + 1 + i.copies
+    FROM dup JOIN input i ON i.dedupe_key = dup.dedupe_key AND i.kind = 'event'
+    WHERE s.id = dup.signal_id AND s.received_at = dup.received_at
+),
+locked AS (
+    SELECT a.account FROM accounts a WHERE a.account = ANY($22::text[])
+    ORDER BY a.account FOR NO KEY UPDATE
+),
+touched AS (
+    UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.last_at),
+                          first_contact_at = COALESCE(a.first_contact_at, t.first_at)
+    FROM unnest($22::text[], $23::timestamptz[], $24::timestamptz[]) AS t(account, first_at, last_at)
+    WHERE a.account = t.account AND a.account IN (SELECT account FROM locked)
+)
+-- Two row shapes, no join: (ord, id) per row sent, (dedupe_key, original id) per duplicate.
+SELECT ord, id, NULL::text AS dup_key FROM input
+UNION ALL
+SELECT NULL, signal_id, dedupe_key FROM dup
+"""
 
 
 class StoredSignal(msgspec.Struct, frozen=True, kw_only=True):
-    """What the batch writer knows about one input signal after the insert."""
+    """What became of one input signal of a batch."""
 
     result: IngestResult
-    signal_id: int | None  # None for link tests/check-ins (not stored) and duplicates
+    signal_id: int | None  # the stored row (the original's id for a duplicate); None: not stored
     received_at: datetime
 
 
-def _events_json(events: tuple[Event, ...]) -> str:
-    return _events_encoder.encode(events).decode()
-
-
-def _xdata_json(xdata: tuple[XData, ...]) -> str | None:
-    return _events_encoder.encode(xdata).decode() if xdata else None
+def _json_or_none(value: object) -> str | None:
+    return _encoder.encode(value).decode() if value else None
 
 
 async def insert_signals(
     conn: asyncpg.Connection, signals: Sequence[InboundSignal], *, duplicate_window_s: int
 ) -> list[IngestResult]:
-    """Store a batch; results in input order. Call inside a transaction."""
-    return [
-        s.result
-        for s in await insert_signals_returning(
-            conn, signals, duplicate_window_s=duplicate_window_s
-        )
-    ]
+    """Store a batch; one IngestResult per signal, in input order. Call inside a transaction."""
+    stored = await insert_signals_returning(conn, signals, duplicate_window_s=duplicate_window_s)
+    return [s.result for s in stored]
 
 
 async def insert_signals_returning(
     conn: asyncpg.Connection, signals: Sequence[InboundSignal], *, duplicate_window_s: int
 ) -> list[StoredSignal]:
-    """Store a batch and return each signal's result and id. Call inside a transaction."""
-    stored_idx = [i for i, s in enumerate(signals) if s.kind not in _CONTACT_ONLY]
-    ids: list[int] = []
-    if stored_idx:
-        ids = await conn.fetchval(
-            "SELECT array_agg(nextval('signals_id_seq')) FROM generate_series(1, $1)",
-            len(stored_idx),
-        )
-    id_of = dict(zip(stored_idx, ids, strict=True))
-
-    duplicate: set[int] = set()
-    keyed = [i for i in stored_idx if signals[i].dedupe_key and signals[i].kind is SignalKind.EVENT]
-    if keyed:
-        # First occurrence in the batch claims the key; later copies in the same batch are duplicates.
-        first: dict[str, int] = {}
-        for i in keyed:
-            key = signals[i].dedupe_key
-            assert key is not None
-            if key in first:
-                duplicate.add(i)
-            else:
-                first[key] = i
-        keys = list(first)
-        window = timedelta(seconds=duplicate_window_s)
-        claimed = await conn.fetch(
-            """
-            INSERT INTO signal_dedupe (dedupe_key, signal_id, received_at, expires_at)
-            SELECT k, id, at, at + $4::interval FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS t(k, id, at)
-            ON CONFLICT (dedupe_key) DO UPDATE
-                SET signal_id = EXCLUDED.signal_id, received_at = EXCLUDED.received_at, expires_at = EXCLUDED.expires_at
-                WHERE signal_dedupe.expires_at <= EXCLUDED.received_at
-            RETURNING dedupe_key
-            """,
-            keys,
-            [id_of[first[k]] for k in keys],
-            [signals[first[k]].received_at for k in keys],
-            window,
-        )
-        owned = {row["dedupe_key"] for row in claimed}
-        duplicate.update(first[k] for k in keys if k not in owned)
-        if duplicate:
-            await conn.execute(
-                """
-                UPDATE signals s SET duplicates = s.duplicates + d.n
-                FROM (SELECT d.signal_id, d.received_at, count(*) AS n
-                      FROM unnest($1::text[]) AS k JOIN signal_dedupe d ON d.dedupe_key = k
-                      GROUP BY d.signal_id, d.received_at) d
-                WHERE s.id = d.signal_id AND s.received_at = d.received_at
-                """,
-                [signals[i].dedupe_key for i in duplicate],
-            )
-
-    new = [i for i in stored_idx if i not in duplicate]
-    if new:
-        rows = [signals[i] for i in new]
-        await conn.execute(
-            """
-            INSERT INTO signals (id, received_at, account, transport, kind, peer, token, encrypted, seq, receiver,
-                                 line, raw, events, categories, xdata, sent_at, dedupe_key, reject_reason)
-            SELECT id, received_at, account, transport, kind, peer, token, encrypted, seq, receiver, line, raw,
-                   events::jsonb, string_to_array(categories, ','), xdata::jsonb, sent_at, dedupe_key, reject_reason
-            FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                        $8::boolean[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[],
-                        $15::text[], $16::timestamptz[], $17::text[], $18::text[])
-                 AS t(id, received_at, account, transport, kind, peer, token, encrypted, seq, receiver, line, raw,
-                      events, categories, xdata, sent_at, dedupe_key, reject_reason)
-            """,
-            [id_of[i] for i in new],
-            [s.received_at for s in rows],
-            [s.account for s in rows],
-            [s.transport.value for s in rows],
-            [s.kind.value for s in rows],
-            [s.peer for s in rows],
-            [s.token for s in rows],
-            [s.encrypted for s in rows],
-            [s.seq for s in rows],
-            [s.receiver for s in rows],
-            [s.line for s in rows],
-            [s.raw for s in rows],
-            [_events_json(s.events) for s in rows],
-            [",".join(e.classification.category.value for e in s.events) for s in rows],
-            [_xdata_json(s.xdata) for s in rows],
-            [s.sent_at for s in rows],
-            [s.dedupe_key for s in rows],
-            [s.reject_reason for s in rows],
-        )
-
-    # Last contact: any valid signal, link test or check-in (not rejected payloads).
-    latest: dict[str, datetime] = {}
-    for s in signals:
-        if s.kind is SignalKind.REJECTED:
+    """Store a batch and return each signal's result and row id. Call inside a transaction."""
+    if not signals:
+        return []
+    # Fold copies inside the batch: the first occurrence of a key goes to the database and
+    # carries how many copies followed it; the copies share its fate (new → DUPLICATE of it).
+    first_of: dict[str, int] = {}
+    copy_of: dict[int, int] = {}
+    copies: dict[int, int] = {}
+    rows: list[int] = []
+    contacts: dict[str, tuple[datetime, datetime]] = {}  # account → (earliest, latest)
+    for i, s in enumerate(signals):
+        if s.kind is not SignalKind.REJECTED:
+            seen = contacts.get(s.account)
+            at = s.received_at
+            contacts[s.account] = (at, at) if seen is None else (min(seen[0], at), max(seen[1], at))
+        if s.kind in _CONTACT_ONLY:
             continue
-        if s.account not in latest or s.received_at > latest[s.account]:
-            latest[s.account] = s.received_at
-    if latest:
-        accounts = sorted(latest)  # stable lock order between engine processes
-        await conn.execute(
-            """
-            UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.at),
-                                  first_contact_at = COALESCE(a.first_contact_at, t.at)
-            FROM unnest($1::text[], $2::timestamptz[]) AS t(account, at)
-            WHERE a.account = t.account
-            """,
-            accounts,
-            [latest[a] for a in accounts],
-        )
+        key = s.dedupe_key if s.kind is SignalKind.EVENT else None
+        if key is not None:
+            if key in first_of:
+                copy_of[i] = first_of[key]
+                copies[first_of[key]] += 1
+                continue
+            first_of[key] = i
+            copies[i] = 0
+        rows.append(i)
 
+    batch = [signals[i] for i in rows]
+    accounts = sorted(contacts)
+    records = await conn.fetch(
+        _INSERT_BATCH,
+        rows,
+        [s.received_at for s in batch],
+        [s.account for s in batch],
+        [s.transport.value for s in batch],
+        [s.kind.value for s in batch],
+        [s.peer for s in batch],
+        [s.token for s in batch],
+        [s.encrypted for s in batch],
+        [s.seq for s in batch],
+        [s.receiver for s in batch],
+        [s.line for s in batch],
+        [s.raw for s in batch],
+        [_encoder.encode(s.events).decode() for s in batch],
+        [",".join(e.classification.category.value for e in s.events) for s in batch],
+        [_json_or_none(s.xdata) for s in batch],
+        [s.sent_at for s in batch],
+        [s.dialer_failed for s in batch],
+        [s.dedupe_key for s in batch],
+        [s.reject_reason for s in batch],
+        [copies.get(i, 0) for i in rows],
+        timedelta(seconds=duplicate_window_s),
+        accounts,
+        [contacts[a][0] for a in accounts],
+        [contacts[a][1] for a in accounts],
+    )
+
+    outcome: dict[int, tuple[IngestResult, int]] = {}
+    duplicates: list[tuple[int, int]] = []
+    for record in records:
+        if record["dup_key"] is not None:
+            duplicates.append((first_of[record["dup_key"]], record["id"]))
+        elif signals[record["ord"]].kind is SignalKind.REJECTED:
+            outcome[record["ord"]] = (IngestResult.REJECTED, record["id"])
+        else:
+            outcome[record["ord"]] = (IngestResult.ACCEPTED, record["id"])
+    for i, original_id in duplicates:
+        outcome[i] = (IngestResult.DUPLICATE, original_id)
     out: list[StoredSignal] = []
     for i, s in enumerate(signals):
         if s.kind in _CONTACT_ONLY:
-            out.append(
-                StoredSignal(
-                    result=IngestResult.ACCEPTED, signal_id=None, received_at=s.received_at
-                )
-            )
-        elif i in duplicate:
-            out.append(
-                StoredSignal(
-                    result=IngestResult.DUPLICATE, signal_id=None, received_at=s.received_at
-                )
-            )
-        elif s.kind is SignalKind.REJECTED:
-            out.append(
-                StoredSignal(
-                    result=IngestResult.REJECTED, signal_id=id_of[i], received_at=s.received_at
-                )
-            )
+            result, signal_id = IngestResult.ACCEPTED, None
+        elif i in copy_of:
+            _, signal_id = outcome[copy_of[i]]
+            result = IngestResult.DUPLICATE
         else:
-            out.append(
-                StoredSignal(
-                    result=IngestResult.ACCEPTED, signal_id=id_of[i], received_at=s.received_at
-                )
-            )
+            result, signal_id = outcome[i]
+        out.append(StoredSignal(result=result, signal_id=signal_id, received_at=s.received_at))
     return out
