@@ -1,0 +1,273 @@
+"""``alarmrelay frame decode`` / ``frame encode``: the field-support view of one DC-09 frame."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from engine.errors import UserFacingError
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import FrameInspection, encode_frame, inspect_frame
+from protocols.dc09_payload import parse_payload
+from protocols.dc09_timestamp import TimestampWindow, as_local_time
+from protocols.errors import RemoteProtocolError
+from protocols.signal import XData
+
+
+_REPLY_TOKENS = frozenset({"ACK", "NAK", "DUH", "RSP"})
+
+
+class EventOut(msgspec.Struct, kw_only=True):
+    family: str
+    code: str
+    qualifier: str | None
+    zone: int | None
+    partition: int | None
+    user: int | None
+    text: str | None
+    category: str
+    fire: bool
+    co: bool
+    restore: bool
+    status: bool
+
+
+class DecodeOut(msgspec.Struct, kw_only=True):
+    crc_ok: bool
+    length_ok: bool
+    id: str | None
+    encrypted: bool | None
+    seq: str | None
+    receiver: str | None
+    line: str | None
+    account: str | None
+    timestamp: str | None
+    timestamp_ok: bool | None
+    xdata: list[XData]
+    events: list[EventOut]
+    error: str | None
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("frame", help="decode or build one DC-09 frame")
+    sub = parser.add_subparsers(dest="frame_command", metavar="ACTION", required=True)
+
+    dec = sub.add_parser(
+        "decode",
+        help="decode a captured frame and print one JSON object",
+        description="FRAME is the text between LF and CR; \\r, \\n and \\xNN escapes are accepted. Exit 0 if valid, 1 if not.",
+    )
+    dec.add_argument("frame", help="the frame text (escapes allowed)")
+    keys = dec.add_mutually_exclusive_group()
+    keys.add_argument("--key-hex", help="AES key as 32/48/64 hex characters")
+    keys.add_argument("--key-ascii", help="AES key as a 16/24/32-character string")
+    dec.add_argument("--now", help="check the timestamp window against this time (ISO 8601)")
+    dec.add_argument("--past", type=int, default=40, help="window seconds before now (default 40)")
+    dec.add_argument("--future", type=int, default=20, help="window seconds after now (default 20)")
+    dec.add_argument("--local-time-zone", help="the panel writes local time in this IANA zone")
+    dec.set_defaults(func=run_decode)
+
+    enc = sub.add_parser("encode", help="build a frame and print it (escaped) or write it raw")
+    enc.add_argument(
+        "--token", default="SIA-DCS", help="ID token: SIA-DCS, ADM-CID, NULL, ACK, DUH, …"
+    )
+    enc.add_argument("--account", required=True, help="the #account (1-16 characters 0-9 A-Z)")
+    enc.add_argument("--data", default="", help="the data block content, e.g. '#1234|Nri1/BA01'")
+    enc.add_argument("--seq", default="0001")
+    enc.add_argument("--receiver", default=None, help="R field (hex); omitted when not given")
+    enc.add_argument("--line", default="0", help="L field (hex; default 0)")
+    enc.add_argument(
+        "--xdata",
+        action="append",
+        default=[],
+        metavar="IDVALUE",
+        help="x-data block, e.g. M0026B9E4268B",
+    )
+    enc.add_argument("--timestamp", help="timestamp to write (ISO 8601); required with a key")
+    enc.add_argument("--now", action="store_true", help="write the current UTC time as timestamp")
+    ekeys = enc.add_mutually_exclusive_group()
+    ekeys.add_argument("--key-hex")
+    ekeys.add_argument("--key-ascii")
+    enc.add_argument(
+        "--raw", action="store_true", help="write the bytes with LF and CR instead of escaped text"
+    )
+    enc.set_defaults(func=run_encode)
+
+
+def unescape(text: str) -> bytes:
+    """The bytes of a frame typed on a command line: \\r, \\n, \\t, \\\\ and \\xNN escapes."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "x" and i + 3 < len(text) + 0 and _is_hex(text[i + 2 : i + 4]):
+                out.append(int(text[i + 2 : i + 4], 16))
+                i += 4
+                continue
+            simple = {"r": 13, "n": 10, "t": 9, "0": 0, "\\": 92}
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+        out += ch.encode("cp1252", errors="strict") if ord(ch) < 256 else ch.encode("utf-8")
+        i += 1
+    return bytes(out)
+
+
+def escape(raw: bytes) -> str:
+    """Printable form of a frame: the text between LF and CR, other bytes as \\xNN."""
+    body = raw[1:-1] if raw.startswith(b"\n") and raw.endswith(b"\r") else raw
+    return "".join(
+        chr(b) if 0x20 <= b < 0x7F and b != 0x5C else ("\\\\" if b == 0x5C else f"\\x{b:02X}")
+        for b in body
+    )
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _key(key_hex: str | None, key_ascii: str | None) -> AesKey | None:
+    try:
+        if key_hex is not None:
+            return AesKey.from_hex(key_hex)
+        if key_ascii is not None:
+            return AesKey.from_ascii(key_ascii)
+    except ValueError as exc:
+        raise UserFacingError(f"bad key: {exc}") from None
+    return None
+
+
+def _time(text: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserFacingError(f"{option}: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _event_out(inspection: FrameInspection) -> tuple[list[EventOut], str | None]:
+    frame = inspection.frame
+    if frame is None or frame.token.upper() in _REPLY_TOKENS:
+        return [], None  # replies (ACK/NAK/DUH/RSP) carry no events
+    try:
+        events = parse_payload(frame.token.upper(), frame.data)
+    except RemoteProtocolError as exc:
+        return [], exc.message
+    return [
+        EventOut(
+            family=e.family.value,
+            code=e.code,
+            qualifier=e.qualifier,
+            zone=e.zone,
+            partition=e.partition,
+            user=e.user,
+            text=e.text,
+            category=e.classification.category.value,
+            fire=e.classification.fire,
+            co=e.classification.co,
+            restore=e.classification.restore,
+            status=e.classification.status,
+        )
+        for e in events
+    ], None
+
+
+def decode(
+    raw: bytes, *, key: AesKey | None, now: datetime | None, window: TimestampWindow, zone: Any
+) -> DecodeOut:
+    """The JSON view of one frame."""
+    inspection = inspect_frame(raw, key=key)
+    events, payload_error = _event_out(inspection)
+    error = inspection.error or payload_error
+    timestamp_ok: bool | None = None
+    stamp = inspection.timestamp
+    if stamp is not None and zone is not None:
+        stamp = as_local_time(stamp, zone)
+    if now is not None and inspection.frame is not None:
+        timestamp_ok = None if stamp is None else window.check(stamp, now)
+        if timestamp_ok is False and error is None:
+            error = f"timestamp {stamp.isoformat() if stamp else ''} outside the window -{window.past_s}/+{window.future_s} s (NAK)"
+    if error is None and not inspection.crc_ok:
+        error = "CRC mismatch (no reply)"
+    return DecodeOut(
+        crc_ok=inspection.crc_ok,
+        length_ok=inspection.length_ok,
+        id=inspection.id,
+        encrypted=inspection.encrypted,
+        seq=inspection.seq,
+        receiver=inspection.receiver,
+        line=inspection.line,
+        account=inspection.account,
+        timestamp=inspection.timestamp.isoformat() if inspection.timestamp else None,
+        timestamp_ok=timestamp_ok,
+        xdata=list(inspection.xdata),
+        events=events,
+        error=error,
+    )
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    key = _key(args.key_hex, args.key_ascii)
+    now = _time(args.now, "--now") if args.now else None
+    zone = None
+    if args.local_time_zone:
+        try:
+            zone = ZoneInfo(args.local_time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise UserFacingError(
+                f"--local-time-zone: unknown time zone {args.local_time_zone!r}"
+            ) from None
+    try:
+        raw = unescape(args.frame)
+    except UnicodeEncodeError:
+        raise UserFacingError("FRAME: characters outside Windows-1252; use \\xNN escapes") from None
+    out = decode(
+        raw,
+        key=key,
+        now=now,
+        window=TimestampWindow(past_s=args.past, future_s=args.future),
+        zone=zone,
+    )
+    sys.stdout.buffer.write(msgspec.json.encode(out) + b"\n")
+    return 0 if out.error is None else 1
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    key = _key(args.key_hex, args.key_ascii)
+    timestamp = datetime.now(UTC).replace(microsecond=0) if args.now else None
+    if args.timestamp:
+        timestamp = _time(args.timestamp, "--timestamp")
+    xdata = []
+    for item in args.xdata:
+        if len(item) < 1:
+            raise UserFacingError(
+                "--xdata needs an identifier letter and a value, e.g. M0026B9E4268B"
+            )
+        xdata.append(XData(id=item[0].upper(), value=item[1:]))
+    try:
+        raw = encode_frame(
+            token=args.token,
+            seq=args.seq,
+            account=args.account.upper(),
+            data=args.data,
+            receiver=args.receiver,
+            line=args.line,
+            xdata=xdata,
+            timestamp=timestamp,
+            key=key,
+        )
+    except ValueError as exc:
+        raise UserFacingError(str(exc)) from None
+    if args.raw:
+        sys.stdout.buffer.write(raw)
+    else:
+        print(escape(raw))
+    return 0
