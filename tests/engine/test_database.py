@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -209,3 +211,46 @@ class TestPartitions:
             r["dedupe_key"] for r in await db_pool.fetch("SELECT dedupe_key FROM signal_dedupe")
         ]
         assert keys == ["live"]
+
+
+class TestMigrateCommand:
+    async def test_migrate_reports_applied_then_up_to_date(self, empty_database_url: str) -> None:
+        """`alarmrelay migrate` applies the migrations to a new database, then has nothing to do."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+        env["ALARMRELAY_DATABASE_URL"] = empty_database_url
+        outputs = []
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "engine",
+                "migrate",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            outputs.append(out.decode().strip())
+        assert outputs[0].startswith(f"applied {len(migration_files())} migrations: 0001_core.sql")
+        assert outputs[1] == "database schema is up to date"
+
+    async def test_migrate_with_unreachable_server_fails_in_one_line(self) -> None:
+        """An unreachable server: exit status 2 and one line on stderr, no traceback."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+        env["ALARMRELAY_DATABASE_URL"] = "postgresql://ar:pw@127.0.0.1:1/ar"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine",
+            "migrate",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 2
+        assert err.decode().startswith(
+            "alarmrelay: error: cannot reach PostgreSQL at 127.0.0.1:1: "
+        )
+        assert "Traceback" not in err.decode()

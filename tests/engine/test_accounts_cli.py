@@ -1,0 +1,226 @@
+"""engine/commands/accounts.py: ``alarmrelay accounts import/export`` (real processes, real PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from engine.account_model import Account, ForwardingMode, ForwardingSettings, KeyFormat
+from engine.commands.accounts import account_problem, parse_accounts
+from engine.errors import UserFacingError
+from engine.store.accounts import AccountStore
+from protocols.signal import Category
+
+ACCOUNTS = [
+    Account(
+        account="1234",
+        module_serial="356938035643809",
+        name="Smith residence",
+        key="000102030405060708090A0B0C0D0E0F",
+        forwarding=ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account="C1234", primary_receiver="rx-1"
+        ),
+    ),
+    Account(account="B12345", key="0123456789abcdef", key_format=KeyFormat.ASCII),
+]
+
+
+async def cli(database_url: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run ``python -m engine <args>`` against the test database; (status, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+    env["ALARMRELAY_DATABASE_URL"] = database_url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def problem_of(document: object) -> str:
+    with pytest.raises(UserFacingError) as info:
+        parse_accounts(msgspec.json.encode(document), "accounts.json")
+    return str(info.value)
+
+
+class TestImportExportCommands:
+    async def test_import_then_export_round_trips(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """Imported accounts are stored as given, and export prints exactly them as JSON."""
+        source = tmp_path / "accounts.json"
+        source.write_bytes(msgspec.json.encode(ACCOUNTS))
+        status, out, err = await cli(database_url, "accounts", "import", str(source))
+        assert (status, out.strip()) == (0, "imported 2 accounts"), err
+        assert await AccountStore(db_pool).all() == ACCOUNTS
+
+        status, out, err = await cli(database_url, "accounts", "export")
+        assert status == 0, err
+        assert msgspec.json.decode(out, type=list[Account]) == ACCOUNTS
+
+    async def test_export_to_a_file(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """--output writes the JSON list to the file and says so on stderr."""
+        await AccountStore(db_pool).upsert_many(ACCOUNTS)
+        target = tmp_path / "out.json"
+        status, out, err = await cli(database_url, "accounts", "export", "--output", str(target))
+        assert (status, out) == (0, "")
+        assert f"exported 2 accounts to {target}" in err
+        assert msgspec.json.decode(target.read_bytes(), type=list[Account]) == ACCOUNTS
+
+    async def test_export_of_no_accounts_is_an_empty_list(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """With no accounts, export prints []."""
+        status, out, _ = await cli(database_url, "accounts", "export")
+        assert status == 0
+        assert msgspec.json.decode(out) == []
+
+    async def test_import_from_stdin_updates_existing(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """'-' reads standard input; an existing account number is updated, not duplicated."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234", name="old")])
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", stdin=msgspec.json.encode(ACCOUNTS[:1])
+        )
+        assert (status, out.strip()) == (0, "imported 1 accounts"), err
+        assert await AccountStore(db_pool).all() == ACCOUNTS[:1]
+
+    async def test_invalid_file_writes_nothing(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """A bad entry anywhere stops the import before any account is written (exit 2)."""
+        source = tmp_path / "accounts.json"
+        document = [
+            msgspec.to_builtins(ACCOUNTS[0]),
+            {"account": "99", "supervision_interval_s": "1h"},
+        ]
+        source.write_bytes(msgspec.json.encode(document))
+        status, out, err = await cli(database_url, "accounts", "import", str(source))
+        assert status == 2
+        assert out == ""
+        assert err.strip() == (
+            f"alarmrelay: error: {source}: entry 1: supervision_interval_s: expected int, got str"
+        )
+        assert await AccountStore(db_pool).count() == 0
+
+    async def test_serial_of_another_account_is_a_clear_error(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """A module serial already held by a different account is refused in one line."""
+        await AccountStore(db_pool).upsert_many(
+            [Account(account="777", module_serial="356938035643809")]
+        )
+        source = tmp_path / "accounts.json"
+        source.write_bytes(msgspec.json.encode(ACCOUNTS[:1]))
+        status, _, err = await cli(database_url, "accounts", "import", str(source))
+        assert status == 2
+        assert err.startswith("alarmrelay: error: a module serial in the file already belongs")
+        assert "Traceback" not in err
+
+    async def test_missing_file(self, database_url: str, tmp_path: Path) -> None:
+        """A file that does not exist is named in the error."""
+        status, _, err = await cli(database_url, "accounts", "import", str(tmp_path / "nope.json"))
+        assert status == 2
+        assert f"cannot read {tmp_path / 'nope.json'}" in err
+
+
+class TestParseAccounts:
+    def test_valid_document(self) -> None:
+        """A JSON list of account objects decodes to Accounts."""
+        assert parse_accounts(msgspec.json.encode(ACCOUNTS), "a.json") == ACCOUNTS
+
+    def test_not_json(self) -> None:
+        """Broken JSON is reported with the source."""
+        with pytest.raises(UserFacingError, match=r"^a\.json: invalid JSON: "):
+            parse_accounts(b"[{", "a.json")
+
+    def test_not_a_list(self) -> None:
+        """The document must be a list."""
+        assert problem_of({"account": "1"}) == "accounts.json: expected a JSON list of accounts"
+
+    def test_unknown_field_names_entry_and_field(self) -> None:
+        """A misspelt field is refused with the entry index."""
+        assert problem_of([{"account": "1"}, {"account": "2", "nmae": "x"}]) == (
+            "accounts.json: entry 1: nmae: unknown field"
+        )
+
+    def test_missing_account_number(self) -> None:
+        """``account`` is the one required field."""
+        assert problem_of([{"name": "x"}]) == (
+            "accounts.json: entry 0: object missing required field account"
+        )
+
+    def test_nested_field_error_has_its_path(self) -> None:
+        """Errors inside forwarding name the nested field."""
+        message = problem_of([{"account": "1", "forwarding": {"mode": "sometimes"}}])
+        assert message.startswith("accounts.json: entry 0: forwarding.mode: invalid enum value")
+
+    def test_repeated_account_number(self) -> None:
+        """The same account twice (any case) is refused, naming both entries."""
+        assert problem_of([{"account": "ab"}, {"account": "AB"}]) == (
+            "accounts.json: entry 1: account AB is also entry 0"
+        )
+
+    def test_repeated_serial(self) -> None:
+        """Two accounts with one module serial are refused."""
+        document = [{"account": "1", "module_serial": "S"}, {"account": "2", "module_serial": "S"}]
+        assert problem_of(document) == "accounts.json: entry 1: module_serial S is also entry 0"
+
+
+class TestAccountProblem:
+    def test_good_account_has_no_problem(self) -> None:
+        """The example accounts pass."""
+        assert [account_problem(a) for a in ACCOUNTS] == [None, None]
+
+    @pytest.mark.parametrize(
+        ("account", "problem"),
+        [
+            (Account(account="12G4"), "account: must be 1-16 hex characters"),
+            (Account(account="1" * 17), "account: must be 1-16 hex characters"),
+            (Account(account="1", key="00FF"), "key: hex key must be 32, 48 or 64"),
+            (Account(account="1", key="short", key_format=KeyFormat.ASCII), "key: "),
+            (
+                Account(account="1", supervision_interval_s=60),
+                "supervision_interval_s: must be at least 200",
+            ),
+            (Account(account="1", timestamp_past_s=-1), "timestamp_past_s: must not be negative"),
+            (
+                Account(account="1", local_time_zone="Mars/Olympus"),
+                "local_time_zone: unknown time zone",
+            ),
+            (
+                Account(
+                    account="1",
+                    forwarding=ForwardingSettings(
+                        ul_listed=True, categories=frozenset({Category.PANICS})
+                    ),
+                ),
+                "forwarding.categories: a UL-listed account must forward alarms, panel_not_responding",
+            ),
+            (
+                Account(account="1", forwarding=ForwardingSettings(two_way_voice=True)),
+                "forwarding.two_way_voice: the module is not two-way-voice capable",
+            ),
+        ],
+    )
+    def test_problems_name_the_field(self, account: Account, problem: str) -> None:
+        """Each rule's failure names the field it concerns."""
+        found = account_problem(account)
+        assert found is not None
+        assert found.startswith(problem)
