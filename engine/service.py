@@ -20,9 +20,12 @@ from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
 from engine.database import open_database
 from engine.dc09_listener import Dc09Handler, Dc09Server
+from engine.delivery import Dispatcher
+from engine.forwarding_stage import ForwardingStage
 from engine.http_server import HttpServer, build_app
 from engine.ingest_writer import IngestWriter
 from engine.pipeline import IngestPipeline
+from engine.receiver_directory import ReceiverDirectory
 from engine.settings import Settings
 from engine.store.accounts import AccountStore
 from protocols.dc09_receiver import ReceiverConfig
@@ -42,6 +45,7 @@ class Engine:
         self.dc09: Dc09Server | None = None
         self.http: HttpServer | None = None
         self.pipeline: IngestPipeline | None = None
+        self.dispatcher: Dispatcher | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
         self._mqtt: Any = None
@@ -55,7 +59,15 @@ class Engine:
             accounts_listener = AccountChangeListener(pool, self.directory)
             await accounts_listener.start()
 
-            writer = IngestWriter(pool, duplicate_window_s=settings.dc09.duplicate_window_s)
+            receivers = ReceiverDirectory(pool)
+            await receivers.start()
+            self.dispatcher = Dispatcher(pool, receivers.current)
+            writer = IngestWriter(
+                pool,
+                duplicate_window_s=settings.dc09.duplicate_window_s,
+                forwarding=ForwardingStage(self.directory),
+                on_enqueued=self.dispatcher.wake,
+            )
             self.pipeline = IngestPipeline(
                 writer,
                 batch_max=settings.database.commit_batch_max,
@@ -65,6 +77,7 @@ class Engine:
                 writers=settings.database.commit_writers,
             )
             self.pipeline.start()
+            self.dispatcher.start()
 
             self.dc09 = Dc09Server(
                 Dc09Handler(
@@ -99,6 +112,9 @@ class Engine:
                 log.info("engine_stopping")
                 pool_task.cancel()
                 await self._shutdown()
+                if self.dispatcher is not None:
+                    await self.dispatcher.stop()
+                await receivers.stop()
                 await accounts_listener.stop()
         log.info("engine_stopped")
 

@@ -1,0 +1,69 @@
+"""``alarmrelay station-sim``: a DC-09 monitoring-station receiver simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from typing import Any
+
+from engine.errors import UserFacingError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "station-sim",
+        help="run a DC-09 station receiver simulator (TCP+UDP) that ACKs, or NAKs/DUHs/delays/drops on command",
+        description="Prints every frame received as one JSON line on stdout.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=10010)
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--key-hex", help="AES key (hex) the station expects")
+    keys.add_argument("--key-ascii", help="AES key (ASCII) the station expects")
+    parser.add_argument("--mode", choices=["ack", "nak", "duh", "drop"], default="ack")
+    parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before answering")
+    parser.add_argument(
+        "--clock-skew-s", type=float, default=0.0, help="the station's clock is off by this much"
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=None,
+        help="line-based control: mode X | delay MS | skew S | stats",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.station_sim import StationSimulator, run_cli  # noqa: PLC0415
+    from protocols.dc09_crypto import AesKey  # noqa: PLC0415
+
+    try:
+        key = (
+            AesKey.from_hex(args.key_hex)
+            if args.key_hex
+            else AesKey.from_ascii(args.key_ascii)
+            if args.key_ascii
+            else None
+        )
+    except ValueError as exc:
+        raise UserFacingError(f"bad key: {exc}") from None
+    sim = StationSimulator(
+        host=args.host,
+        port=args.port,
+        key=key,
+        mode=args.mode,
+        delay_ms=args.delay_ms,
+        clock_skew_s=args.clock_skew_s,
+        log=sys.stdout,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(run_cli(sim, args.control_port))
+        except OSError as exc:
+            raise UserFacingError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror}"
+            ) from None
+    return 0

@@ -1,0 +1,77 @@
+"""The live receiver registry: built from the ``receivers`` table, rebuilt when it changes.
+
+A trigger (migration 0100) sends ``NOTIFY alarmrelay_receivers`` on any change; the registry is
+then rebuilt (new connections, same names) so the dispatcher always delivers with the current
+configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import structlog
+
+from engine.store.stations import StationStore
+from receivers.registry import ReceiverRegistry
+
+log = structlog.get_logger("engine.receivers")
+
+CHANNEL = "alarmrelay_receivers"
+
+
+class ReceiverDirectory:
+    """Holds the current :class:`ReceiverRegistry`."""
+
+    def __init__(self, pool: asyncpg.Pool, *, failover_after: int = 3) -> None:
+        self._pool = pool
+        self._failover_after = failover_after
+        self.registry = ReceiverRegistry([], failover_after=failover_after)
+        self._conn: Any = None
+        self._reload = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def current(self) -> ReceiverRegistry:
+        return self.registry
+
+    async def start(self) -> None:
+        await self._load()
+        self._conn = await self._pool.acquire()
+        await self._conn.add_listener(CHANNEL, self._on_notify)
+        self._task = asyncio.create_task(self._run(), name="receiver-directory")
+
+    def _on_notify(self, *_: object) -> None:
+        self._reload.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.remove_listener(CHANNEL, self._on_notify)
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._conn)
+        await self.registry.close()
+
+    async def _load(self) -> None:
+        receivers = await StationStore(self._pool).ip_receivers()
+        old = self.registry
+        self.registry = ReceiverRegistry(receivers, failover_after=self._failover_after)
+        self.registry.start()
+        await old.close()
+        log.info("receivers_loaded", receivers=self.registry.names)
+
+    async def _run(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            try:
+                await self._load()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("receivers_reload_failed", error=repr(exc))
+                await asyncio.sleep(1)
+                self._reload.set()

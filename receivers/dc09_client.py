@@ -1,0 +1,284 @@
+"""A DC-09 transmitter to one monitoring-station receiver: a thin asyncio adapter over
+:class:`protocols.dc09_transmitter.Dc09Transmitter`.
+
+One persistent TCP connection (or a UDP socket), stop-and-wait: one frame outstanding, replies
+paired by seq. ACK → acked; NAK → the receiver's clock offset is adopted and the frame resent once
+with the same seq; DUH → refused (the caller dead-letters); no answer → failed (the caller retries
+with the same seq). NULL polls keep the link supervised and drive the link-state metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+
+from engine.station_model import ReceiverConfig
+from protocols.cid_sia_conversion import ConversionError, to_cid, to_sia
+from protocols.contact_id import format_cid_block
+from protocols.dc09_crypto import AesKey
+from protocols.dc09_transmitter import (
+    Acked,
+    Dc09Transmitter,
+    Duhed,
+    Mismatch,
+    Naked,
+    OutgoingFrame,
+    ReplyReceived,
+    ReplyRejected,
+    RspReceived,
+)
+from protocols.sia_dc03 import format_sia_block
+from protocols.signal import Event, Family
+from receivers import metrics
+
+log = structlog.get_logger("receivers.dc09")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to one frame sent to a receiver."""
+
+    outcome: str  # "acked" | "duh" | "failed"
+    receiver: str
+    seq: str
+    sent_at: datetime | None = None
+    acked_at: datetime | None = None
+    error: str | None = None
+    family_sent: str | None = None
+
+
+class Dc09ReceiverClient:
+    """Sends frames to one receiver; callers are serialised (stop-and-wait)."""
+
+    def __init__(self, config: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+        if config.kind != "ip" or not config.host or config.port is None:
+            raise ValueError(f"receiver {config.name!r} is not an IP receiver with host and port")
+        self.config = config
+        self.name = config.name
+        self._clock = clock
+        key = AesKey.parse(config.key, config.key_format) if config.key else None
+        self._tx = Dc09Transmitter(
+            receiver=config.receiver_number, line=config.line_prefix, key=key
+        )
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._udp_replies: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+        self._poller: asyncio.Task[None] | None = None
+        self._last_exchange = 0.0
+        self.link_up = False
+        metrics.LINK_UP.labels(self.name).set(0)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start NULL link polls."""
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_loop(), name=f"receiver-poll-{self.name}")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        self._disconnect()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _encode_event(self, event: Event, account: str) -> tuple[str, str, str]:
+        """(token, data, family) for ``event`` in the family this receiver accepts."""
+        families = self.config.families
+        if families == "cid" and event.family is Family.SIA:
+            with contextlib.suppress(ConversionError):
+                event = to_cid(event)
+        elif families == "sia" and event.family is Family.CID:
+            with contextlib.suppress(ConversionError):
+                event = to_sia(event)
+        if event.family is Family.CID:
+            return "ADM-CID", format_cid_block(event, account), "cid"
+        return "SIA-DCS", format_sia_block(event, account), "sia"
+
+    async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
+        """Send one event for ``account`` (the station's account number)."""
+        token, data, family = self._encode_event(event, account)
+        async with self._lock:
+            attempt = await self._send_frame(token=token, account=account, data=data, seq=seq)
+        return msgspec.structs.replace(attempt, family_sent=family)
+
+    async def poll(self) -> bool:
+        """Send one NULL link test now; True when the receiver ACKed."""
+        async with self._lock:
+            attempt = await self._send_frame(token="NULL", account="0000", data="", seq="0000")
+        ok = attempt.outcome == "acked"
+        metrics.POLLS.labels(self.name, "ok" if ok else "failed").inc()
+        return ok
+
+    async def _send_frame(
+        self, *, token: str, account: str, data: str, seq: str | None
+    ) -> DeliveryAttempt:
+        sent_at: datetime | None = None
+        frame_seq = seq or self._tx.next_seq()
+        for _ in range(2):  # the second round only after a NAK (clock corrected)
+            out = self._tx.build(
+                token=token, account=account, data=data, seq=frame_seq, now=self._clock()
+            )
+            sent_at = sent_at or self._clock()
+            try:
+                outcome = await self._exchange(out)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                self._set_link(False)
+                self._disconnect()
+                return DeliveryAttempt(
+                    outcome="failed",
+                    receiver=self.name,
+                    seq=frame_seq,
+                    sent_at=sent_at,
+                    error=_describe(exc),
+                )
+            self._set_link(True)
+            if isinstance(outcome, Acked | RspReceived):
+                return DeliveryAttempt(
+                    outcome="acked",
+                    receiver=self.name,
+                    seq=frame_seq,
+                    sent_at=sent_at,
+                    acked_at=self._clock(),
+                )
+            if isinstance(outcome, Duhed):
+                return DeliveryAttempt(
+                    outcome="duh", receiver=self.name, seq=frame_seq, sent_at=sent_at, error="DUH"
+                )
+            if isinstance(outcome, Naked):
+                log.info(
+                    "receiver_nak_clock_adopted",
+                    receiver=self.name,
+                    offset_s=self._tx.clock_offset.total_seconds(),
+                    seq=frame_seq,
+                )
+                continue
+            return DeliveryAttempt(
+                outcome="failed",
+                receiver=self.name,
+                seq=frame_seq,
+                sent_at=sent_at,
+                error=outcome.reason,
+            )
+        return DeliveryAttempt(
+            outcome="failed",
+            receiver=self.name,
+            seq=frame_seq,
+            sent_at=sent_at,
+            error="NAK after clock correction",
+        )
+
+    async def _exchange(self, out: OutgoingFrame) -> Acked | Naked | Duhed | RspReceived | Mismatch:
+        timeout = self.config.ack_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.config.protocol == "udp":
+            await self._ensure_udp()
+            assert self._udp is not None
+            while not self._udp_replies.empty():  # drop late replies to earlier frames
+                self._udp_replies.get_nowait()
+            self._udp.sendto(out.bytes)
+            while True:
+                raw = await asyncio.wait_for(
+                    self._udp_replies.get(), max(0.0, deadline - loop.time())
+                )
+                for event in self._tx.receive_datagram(raw):
+                    outcome = self._match(event, out)
+                    if outcome is not None:
+                        return outcome
+        await self._ensure_tcp(timeout)
+        assert self._writer is not None
+        assert self._reader is not None
+        self._writer.write(out.bytes)
+        await self._writer.drain()
+        while True:
+            chunk = await asyncio.wait_for(
+                self._reader.read(4096), max(0.0, deadline - loop.time())
+            )
+            if not chunk:
+                raise ConnectionError("receiver closed the connection")
+            for event in self._tx.receive_data(chunk):
+                outcome = self._match(event, out)
+                if outcome is not None:
+                    return outcome
+
+    def _match(
+        self, event: ReplyReceived | ReplyRejected, out: OutgoingFrame
+    ) -> Acked | Naked | Duhed | RspReceived | Mismatch | None:
+        if isinstance(event, ReplyRejected):
+            log.warning("receiver_bad_reply", receiver=self.name, error=event.error.message)
+            return None
+        outcome = self._tx.match(event.frame, out, now=self._clock())
+        if isinstance(outcome, Mismatch) and event.frame.seq != out.seq:
+            return None  # a late reply to an earlier frame: keep waiting for ours
+        return outcome
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _ensure_tcp(self, connect_timeout_s: float) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            return
+        assert self.config.host is not None
+        assert self.config.port is not None
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.config.host, self.config.port), connect_timeout_s
+        )
+
+    async def _ensure_udp(self) -> None:
+        if self._udp is not None and not self._udp.is_closing():
+            return
+        queue = self._udp_replies
+
+        class _Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(data)
+
+        assert self.config.host is not None
+        assert self.config.port is not None
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            _Proto, remote_addr=(self.config.host, self.config.port)
+        )
+        self._udp = transport
+
+    def _disconnect(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+        self._reader = self._writer = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+    def _set_link(self, up: bool) -> None:
+        if up != self.link_up:
+            log.info("receiver_link", receiver=self.name, up=up)
+        self.link_up = up
+        metrics.LINK_UP.labels(self.name).set(1 if up else 0)
+
+    async def _poll_loop(self) -> None:
+        interval = self.config.null_poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if self._lock.locked():
+                continue  # traffic is flowing: that supervises the link
+            with contextlib.suppress(Exception):
+                await self.poll()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the ACK timeout"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

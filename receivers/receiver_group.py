@@ -1,0 +1,57 @@
+"""A primary receiver with an optional backup: fail over after N consecutive failures, fail back
+when the primary's link is healthy again (a successful NULL poll)."""
+
+from __future__ import annotations
+
+import structlog
+
+from protocols.signal import Event
+from receivers import metrics
+from receivers.dc09_client import Dc09ReceiverClient, DeliveryAttempt
+
+log = structlog.get_logger("receivers.group")
+
+
+class ReceiverGroup:
+    """Delivers through the primary, or the backup while the primary is failed over."""
+
+    def __init__(
+        self,
+        primary: Dc09ReceiverClient,
+        backup: Dc09ReceiverClient | None,
+        *,
+        failover_after: int = 3,
+    ) -> None:
+        self.primary = primary
+        self.backup = backup
+        self.failover_after = failover_after
+        self._failures = 0
+        self.failed_over = False
+
+    async def deliver(
+        self, *, account: str, event: Event, seq: str | None = None
+    ) -> DeliveryAttempt:
+        """Send ``event`` to the active receiver (and to the backup at once when failing over)."""
+        if self.failed_over and self.primary.link_up:
+            self.failed_over = False
+            self._failures = 0
+            metrics.FAILBACKS.labels(self.primary.name).inc()
+            log.info("receiver_failback", primary=self.primary.name)
+        if self.failed_over and self.backup is not None:
+            return await self.backup.send(account=account, event=event, seq=seq)
+        attempt = await self.primary.send(account=account, event=event, seq=seq)
+        if attempt.outcome != "failed":
+            self._failures = 0
+            return attempt
+        self._failures += 1
+        if self.backup is not None and self._failures >= self.failover_after:
+            self.failed_over = True
+            metrics.FAILOVERS.labels(self.primary.name).inc()
+            log.warning(
+                "receiver_failover",
+                primary=self.primary.name,
+                backup=self.backup.name,
+                failures=self._failures,
+            )
+            return await self.backup.send(account=account, event=event, seq=seq)
+        return attempt
