@@ -206,7 +206,9 @@ class Dc09StreamProtocol(asyncio.Protocol):
     # asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        self._transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's TCPTransport is not a subclass
         peername = transport.get_extra_info("peername")
         self._peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         if not self._server.admit(self):
@@ -340,7 +342,9 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's UDPTransport is not a subclass
+        self._transport = cast(
+            asyncio.DatagramTransport, transport
+        )  # uvloop's UDPTransport is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         started = time.perf_counter()

@@ -68,7 +68,14 @@ class HttpServer:
 
     def __init__(self, app: Litestar, *, host: str, port: int) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, lifespan="on", log_config=None, access_log=False, loop="none", log_level="warning"
+            app,
+            host=host,
+            port=port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            loop="none",
+            log_level="warning",
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None

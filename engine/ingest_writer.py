@@ -36,7 +36,9 @@ class IngestWriter:
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
         enqueued = 0
         async with self._pool.acquire() as conn, conn.transaction():
-            stored = await insert_signals_returning(conn, signals, duplicate_window_s=self._duplicate_window_s)
+            stored = await insert_signals_returning(
+                conn, signals, duplicate_window_s=self._duplicate_window_s
+            )
             if self._forwarding is not None:
                 enqueued = await self._forwarding(conn, signals, stored)
         if enqueued and self._on_enqueued is not None:

@@ -88,7 +88,23 @@ DEAD_LETTERED = Counter(
 DELIVERY_LATENCY = Histogram(
     "alarmrelay_delivery_latency_seconds",
     "From receiving a signal to the station receiver's ACK.",
-    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    buckets=(
+        0.002,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        300.0,
+    ),
 )
 OUTBOX_DEPTH = Gauge("alarmrelay_outbox_depth", "Deliveries waiting in the outbox.")
 OUTBOX_OLDEST_AGE = Gauge(

@@ -176,7 +176,9 @@ class MqttListener:
                 done, _ = await asyncio.wait({nxt, reconnect}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
                     nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError):
+                    with contextlib.suppress(
+                        asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError
+                    ):
                         await nxt
                     break
                 message = nxt.result()

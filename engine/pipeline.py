@@ -125,7 +125,8 @@ class IngestPipeline:
     def start(self) -> None:
         """Start the writer tasks."""
         self._tasks = [
-            asyncio.create_task(self._run(shard), name=f"ingest-writer-{shard}") for shard in range(len(self._queues))
+            asyncio.create_task(self._run(shard), name=f"ingest-writer-{shard}")
+            for shard in range(len(self._queues))
         ]
 
     async def close(self, timeout_s: float = 10.0) -> None:

@@ -18,7 +18,6 @@ from protocols.dc09_timestamp import TimestampWindow, as_local_time
 from protocols.errors import RemoteProtocolError
 from protocols.signal import XData
 
-
 _REPLY_TOKENS = frozenset({"ACK", "NAK", "DUH", "RSP"})
 
 
