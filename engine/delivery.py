@@ -75,7 +75,7 @@ class Dispatcher:
         *,
         owner: str | None = None,
         max_in_flight: int = 256,
-        lease_s: float = 30.0,
+        lease_s: float = 6.0,
         poll_s: float = 1.0,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
@@ -90,8 +90,11 @@ class Dispatcher:
         self._retry_max_s = retry_max_s
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight_ids: set[int] = set()
+        self._lease_s = lease_s
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
 
@@ -102,12 +105,13 @@ class Dispatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="delivery-dispatcher")
         self._gauges = asyncio.create_task(self._outbox_gauges(), name="outbox-gauges")
+        self._renewer = asyncio.create_task(self._renew_leases(), name="outbox-lease-renewal")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop claiming; wait for sends in flight (their leases expire if they do not finish)."""
         self._stopping = True
         self._wake.set()
-        for task in (self._task, self._gauges):
+        for task in (self._task, self._gauges, self._renewer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -135,6 +139,7 @@ class Dispatcher:
                     await asyncio.sleep(self._poll_s)
                     continue
             for row in claimed:
+                self._in_flight_ids.add(row["id"])
                 task = asyncio.create_task(self._deliver(row), name=f"deliver-{row['id']}")
                 self._in_flight.add(task)
                 task.add_done_callback(self._done)
@@ -150,6 +155,30 @@ class Dispatcher:
         self._wake.set()  # the lane's next row may now be a head
 
     async def _deliver(self, row: Any) -> None:
+        try:
+            await self._deliver_one(row)
+        finally:
+            self._in_flight_ids.discard(row["id"])
+
+    async def _renew_leases(self) -> None:
+        """Keep leases of rows still being sent alive, so a short lease only lapses for a dead engine."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            ids = list(self._in_flight_ids)
+            if not ids:
+                continue
+            with contextlib.suppress(
+                OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError
+            ):
+                await self._pool.execute(
+                    "UPDATE deliveries SET lease_until = now() + $3::interval "
+                    "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'",
+                    ids,
+                    self.owner,
+                    self._lease,
+                )
+
+    async def _deliver_one(self, row: Any) -> None:
         bound = log.bind(
             delivery=row["id"],
             account=row["account"],
