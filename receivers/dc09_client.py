@@ -65,8 +65,9 @@ class Dc09ReceiverClient:
         self.name = config.name
         self._clock = clock
         key = AesKey.parse(config.key, config.key_format) if config.key else None
+        # L is required since DC-09 2013 (North Latitude); L0 is the common default.
         self._tx = Dc09Transmitter(
-            receiver=config.receiver_number, line=config.line_prefix, key=key
+            receiver=config.receiver_number, line=config.line_prefix or "0", key=key
         )
         self._lock = asyncio.Lock()
         self._reader: asyncio.StreamReader | None = None
