@@ -6,6 +6,7 @@ with exactly the fields of ``ForwardingSettings`` (as msgspec encodes it).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,7 @@ WHERE a.account = t.account
 _encoder = msgspec.json.Encoder()
 _forwarding_decoder = msgspec.json.Decoder(ForwardingSettings)
 _DEFAULT_FORWARDING = ForwardingSettings()
+_KEY_FORMATS = {f.value: f for f in KeyFormat}
 
 
 def account_from_row(row: Mapping[str, Any]) -> Account:
@@ -53,7 +55,7 @@ def account_from_row(row: Mapping[str, Any]) -> Account:
         module_serial=row["module_serial"],
         name=row["name"],
         key=row["key"],
-        key_format=KeyFormat(row["key_format"]),
+        key_format=_KEY_FORMATS[row["key_format"]],
         timestamp_past_s=row["timestamp_past_s"],
         timestamp_future_s=row["timestamp_future_s"],
         local_time_zone=row["local_time_zone"],
@@ -141,8 +143,18 @@ class AccountStore:
                 yield account_from_row(row)
 
     async def all(self) -> list[Account]:
-        """Every account (streamed from the server; a million accounts take a few seconds)."""
-        return [account async for account in self.iter_all()]
+        """Every account, streamed from the server (the engine's directory load at start).
+
+        The cyclic garbage collector is paused meanwhile: a million new long-lived structs would
+        otherwise trigger repeated full traversals and double the load time.
+        """
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return [account async for account in self.iter_all()]
+        finally:
+            if was_enabled:
+                gc.enable()
 
     async def count(self) -> int:
         """How many accounts there are."""
