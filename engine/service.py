@@ -46,6 +46,7 @@ class Engine:
         self.http: HttpServer | None = None
         self.pipeline: IngestPipeline | None = None
         self.dispatcher: Dispatcher | None = None
+        self.pool: asyncpg.Pool | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
         self._mqtt: Any = None
@@ -55,6 +56,7 @@ class Engine:
         settings = self.settings
         async with open_database(settings) as database:
             pool: asyncpg.Pool = database.pool
+            self.pool = pool
             await self._load_accounts(pool)
             accounts_listener = AccountChangeListener(pool, self.directory)
             await accounts_listener.start()
