@@ -1,6 +1,7 @@
 """Writing signals: one batch per group commit, in ONE statement, inside the caller's transaction.
 
-What a batch does, all in one round trip (data-modifying CTEs over ``unnest`` arrays):
+What a batch does, in one round trip (data-modifying CTEs over ``unnest`` arrays), plus a second
+one only when the batch holds resent copies of earlier signals:
 
 * every ``EVENT`` and ``REJECTED`` signal gets an id from ``signals_id_seq``;
 * an ``EVENT`` with a ``dedupe_key`` claims the key in ``signal_dedupe`` for
@@ -15,9 +16,8 @@ What a batch does, all in one round trip (data-modifying CTEs over ``unnest`` ar
   several engine processes committing at once cannot deadlock.
 
 Results come back in input order. ``REJECTED`` signals are stored for audit with their reason.
-Rare race: when two engines commit the same dedupe key at the same moment, the second reports
-DUPLICATE correctly but its copy may not be counted in ``duplicates`` (the statement's snapshot
-predates the other commit).
+When two engines commit the same dedupe key at once, the second waits on the key's row lock and
+then reports DUPLICATE of the first.
 """
 
 from __future__ import annotations
@@ -72,11 +72,6 @@ inserted AS (
     WHERE i.kind <> 'event' OR i.dedupe_key IS NULL
        OR NOT EXISTS (SELECT 1 FROM dup WHERE dup.dedupe_key = i.dedupe_key)
 ),
-bumped AS (
-    UPDATE signals s SET duplicates = s.duplicates + 1 + i.copies
-    FROM dup JOIN input i ON i.dedupe_key = dup.dedupe_key AND i.kind = 'event'
-    WHERE s.id = dup.signal_id AND s.received_at = dup.received_at
-),
 locked AS (
     SELECT a.account FROM accounts a WHERE a.account = ANY($22::text[])
     ORDER BY a.account FOR NO KEY UPDATE
@@ -87,10 +82,17 @@ touched AS (
     FROM unnest($22::text[], $23::timestamptz[], $24::timestamptz[]) AS t(account, first_at, last_at)
     WHERE a.account = t.account AND a.account IN (SELECT account FROM locked)
 )
--- Two row shapes, no join: (ord, id) per row sent, (dedupe_key, original id) per duplicate.
-SELECT ord, id, NULL::text AS dup_key FROM input
+-- Two row shapes, no join: (ord, id) per row sent; (original id, dedupe_key, original
+-- received_at) per duplicate.
+SELECT ord, id, NULL::text AS dup_key, NULL::timestamptz AS dup_at FROM input
 UNION ALL
-SELECT NULL, signal_id, dedupe_key FROM dup
+SELECT NULL, signal_id, dedupe_key, received_at FROM dup
+"""
+
+_COUNT_DUPLICATES = """
+UPDATE signals s SET duplicates = s.duplicates + t.n
+FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS t(id, received_at, n)
+WHERE s.id = t.id AND s.received_at = t.received_at
 """
 
 
@@ -176,15 +178,27 @@ async def insert_signals_returning(
 
     outcome: dict[int, tuple[IngestResult, int]] = {}
     duplicates: list[tuple[int, int]] = []
+    bumps: list[tuple[int, datetime, int]] = []  # (original id, its received_at, copies seen)
     for record in records:
         if record["dup_key"] is not None:
-            duplicates.append((first_of[record["dup_key"]], record["id"]))
+            first = first_of[record["dup_key"]]
+            duplicates.append((first, record["id"]))
+            bumps.append((record["id"], record["dup_at"], 1 + copies[first]))
         elif signals[record["ord"]].kind is SignalKind.REJECTED:
             outcome[record["ord"]] = (IngestResult.REJECTED, record["id"])
         else:
             outcome[record["ord"]] = (IngestResult.ACCEPTED, record["id"])
     for i, original_id in duplicates:
         outcome[i] = (IngestResult.DUPLICATE, original_id)
+    if bumps:
+        # A second statement, only when a batch resends earlier signals (rare): its fresh snapshot
+        # also sees an original that another engine committed while the first statement waited.
+        await conn.execute(
+            _COUNT_DUPLICATES,
+            [b[0] for b in bumps],
+            [b[1] for b in bumps],
+            [b[2] for b in bumps],
+        )
     out: list[StoredSignal] = []
     for i, s in enumerate(signals):
         if s.kind in _CONTACT_ONLY:

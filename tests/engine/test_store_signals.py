@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -234,6 +235,36 @@ class TestDuplicates:
         results = await store(pool, [event(key=None), event(key=None)])
         assert [r.result for r in results] == [IngestResult.ACCEPTED, IngestResult.ACCEPTED]
         assert await pool.fetchval("SELECT count(*) FROM signals") == 2
+
+
+class TestConcurrentEngines:
+    async def test_same_frame_committed_by_two_engines_is_stored_once(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """Two transactions inserting one dedupe key: the later waits, then is counted as DUPLICATE."""
+        async with pool.acquire() as first, pool.acquire() as second:
+            first_tx = first.transaction()
+            await first_tx.start()
+            [mine] = await insert_signals_returning(first, [event()], duplicate_window_s=WINDOW_S)
+
+            async def other_engine() -> list[StoredSignal]:
+                async with second.transaction():
+                    return await insert_signals_returning(
+                        second, [event(at=T0 + timedelta(seconds=1))], duplicate_window_s=WINDOW_S
+                    )
+
+            task = asyncio.create_task(other_engine())
+            while not await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ):
+                await asyncio.sleep(0.01)
+            await first_tx.commit()
+            [theirs] = await task
+        assert mine.result is IngestResult.ACCEPTED
+        assert theirs.result is IngestResult.DUPLICATE
+        assert theirs.signal_id == mine.signal_id
+        assert await pool.fetchval("SELECT count(*) FROM signals") == 1
+        assert await pool.fetchval("SELECT duplicates FROM signals") == 1
 
 
 class TestContact:
