@@ -1,4 +1,4 @@
-"""Writing signals: one batch per group commit, in ONE statement, inside the caller's transaction.
+"""Writing signals: one batch per group commit, inside the caller's transaction.
 
 What a batch does, in one round trip (data-modifying CTEs over ``unnest`` arrays), plus a second
 one only when the batch holds resent copies of earlier signals:
