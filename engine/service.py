@@ -18,7 +18,7 @@ import structlog
 from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
-from engine.database import open_database
+from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
 from engine.delivery import Dispatcher
 from engine.forwarding_stage import ForwardingStage
@@ -108,11 +108,13 @@ class Engine:
             )
             self.ready.set()
             pool_task = asyncio.create_task(self._pool_metrics(pool), name="pool-metrics")
+            maintenance = asyncio.create_task(run_maintenance(pool, settings), name="signal-maintenance")
             try:
                 await self.stop.wait()
             finally:
                 log.info("engine_stopping")
                 pool_task.cancel()
+                maintenance.cancel()
                 await self._shutdown()
                 if self.dispatcher is not None:
                     await self.dispatcher.stop()

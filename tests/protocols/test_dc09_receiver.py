@@ -22,7 +22,7 @@ from protocols.dc09_receiver import (
 from protocols.dc09_timestamp import TimestampWindow
 from protocols.errors import Reply
 from protocols.signal import Category, XData
-from tests.vectors import frame_vectors
+from tests.vectors import load_vectors
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 KEY = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
@@ -90,7 +90,7 @@ class TestStreamSplitting:
         """All public SIA-DCS/ADM-CID/NULL vectors are accepted identically however they are fed."""
         frames = [
             v["frame"].encode("latin-1")
-            for v in frame_vectors()
+            for v in load_vectors()["frames"]
             if v["id"] in {"SIA-DCS", "ADM-CID", "NULL"}
         ]
         assert frames, "vectors.json has event frames"
