@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, tzinfo
 
 import msgspec
@@ -24,25 +25,18 @@ class TimestampWindow(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+_TIMESTAMP = re.compile(r"_?([0-9]{2}):([0-9]{2}):([0-9]{2}),([0-9]{2})-([0-9]{2})-([0-9]{4})")
+
+
 def parse_timestamp(text: str) -> datetime:
     """Parse ``_HH:MM:SS,MM-DD-YYYY`` (underscore optional) as an aware UTC datetime.
 
     Raises ValueError with a clear message on anything else.
     """
-    body = text[1:] if text.startswith("_") else text
-    if (
-        len(body) != 19
-        or body[2] != ":"
-        or body[5] != ":"
-        or body[8] != ","
-        or body[11] != "-"
-        or body[14] != "-"
-    ):
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
         raise ValueError(f"bad timestamp {text!r}: expected _HH:MM:SS,MM-DD-YYYY")
-    parts = (body[0:2], body[3:5], body[6:8], body[9:11], body[12:14], body[15:19])
-    if not all(p.isascii() and p.isdigit() for p in parts):
-        raise ValueError(f"bad timestamp {text!r}: non-digit field")
-    hour, minute, second, month, day, year = (int(p) for p in parts)
+    hour, minute, second, month, day, year = map(int, match.groups())
     try:
         return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as exc:

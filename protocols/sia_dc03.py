@@ -8,6 +8,8 @@ tolerates the Scantronic ``Nti19:44/id1/RP`` order (pysiaalarm#8) and AlphaVisio
 
 from __future__ import annotations
 
+import re
+
 from protocols.categories import classify
 from protocols.errors import RemoteProtocolError, Reply
 from protocols.signal import Event, Family
@@ -102,8 +104,41 @@ def _digits(text: str, start: int, limit: int) -> tuple[str, int]:
     return text[start:end], end
 
 
+# The form nearly every panel sends: optional account, optional area, one code, optional address.
+_COMMON = re.compile(r"(?:#([0-9A-Za-z]{1,16})\|)?N(?:ri([0-9]{1,6})/?)?([A-Z]{2})([0-9]{0,6})")
+
+
 def parse_sia_block(data: str) -> tuple[Event, ...]:
     """Parse the data of a ``SIA-DCS`` frame into events (one per code)."""
+    match = _COMMON.fullmatch(data)
+    if match is not None:
+        return (_common_event(*match.groups()),)
+    return parse_sia_block_general(data)
+
+
+def _common_event(account: str | None, area: str | None, code: str, address: str) -> Event:
+    number = int(address) if address else None
+    partition = int(area) if area else None
+    zone = user = None
+    if code in USER_ADDRESS_CODES:
+        user = number
+    elif code in AREA_ADDRESS_CODES:
+        partition = number if number is not None else partition
+    else:
+        zone = number
+    return Event(
+        family=Family.SIA,
+        code=code,
+        zone=zone,
+        partition=partition,
+        user=user,
+        account=account.upper() if account else None,
+        classification=classify(Family.SIA, code),
+    )
+
+
+def parse_sia_block_general(data: str) -> tuple[Event, ...]:
+    """The full DC-03 block parser (modifiers, several codes, ^text^, |A text, extra fields)."""
     if len(data) > 1024:
         raise _duh("SIA block too long")
     account, segments = _split_account(data)

@@ -177,3 +177,25 @@ class TestFormatRoundTrip:
         """format_sia_block then parse gives the same code, zone and partition."""
         [back] = parse_sia_block(format_sia_block(event, "1234"))
         assert (back.code, back.zone, back.partition) == (event.code, event.zone, event.partition)
+
+
+class TestSiaFastPath:
+    @given(
+        account=st.one_of(st.none(), st.text("0123456789ABCDEF", min_size=1, max_size=16)),
+        area=st.one_of(st.none(), st.integers(0, 99)),
+        slash=st.booleans(),
+        code=st.sampled_from(["BA", "CL", "OP", "CG", "RP", "FA", "AT", "QQ", "NL"]),
+        address=st.one_of(st.none(), st.integers(0, 99999)),
+    )
+    @settings(max_examples=300)
+    def test_fast_path_equals_general_parser(
+        self, account: str | None, area: int | None, slash: bool, code: str, address: int | None
+    ) -> None:
+        """The common-form fast path gives exactly what the full DC-03 parser gives."""
+        from protocols.sia_dc03 import parse_sia_block_general
+
+        block = (f"#{account}|" if account else "") + "N"
+        if area is not None:
+            block += f"ri{area}" + ("/" if slash else "")
+        block += code + (f"{address:03d}" if address is not None else "")
+        assert parse_sia_block(block) == parse_sia_block_general(block)
