@@ -20,6 +20,13 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     panel_not_responding: bool = False
 
 
+def changes_state(event: Event) -> bool:
+    """True when ``event`` can change an account's state (so its state row must be locked)."""
+    if event.family is Family.CID:
+        return event.code in _CID_LINE_FAULTS
+    return event.code in _SIA_LINE_FAULT_SET or event.code in _SIA_LINE_FAULT_CLEAR
+
+
 def apply_event(state: AccountState, event: Event) -> AccountState:
     """The state after ``event`` (returns ``state`` itself when nothing changes)."""
     failed: bool | None = None

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -161,6 +162,47 @@ class Dc09Handler:
             )
         return ack
 
+    def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
+        """Hand ``signal`` to the sink; the future resolves after the commit."""
+        enqueue = getattr(self.sink, "enqueue", None)
+        if enqueue is not None:
+            future: asyncio.Future[IngestResult] = enqueue(signal)
+            return future
+        return asyncio.ensure_future(self.sink.submit(signal))
+
+    def finish(
+        self,
+        conn: Dc09ReceiverConnection,
+        received: FrameReceived,
+        signal: InboundSignal,
+        future: asyncio.Future[IngestResult],
+        *,
+        transport: Transport,
+        started: float,
+    ) -> bytes | None:
+        """After the commit: count, log, and build the ACK (None: not committed, no ACK)."""
+        family = _family_label(received)
+        error = future.exception()
+        if error is not None:
+            metrics.SIGNALS_RECEIVED.labels(transport.value, family, "not_committed").inc()
+            log.warning(
+                "signal_not_committed",
+                account=signal.account,
+                seq=signal.seq,
+                transport=transport.value,
+                reason=str(error),
+            )
+            return None
+        result = future.result()
+        metrics.SIGNALS_RECEIVED.labels(transport.value, family, result.value).inc()
+        ack = conn.ack(received.frame, now=self.clock())
+        metrics.ACK_LATENCY.labels(transport.value).observe(time.perf_counter() - started)
+        if result is IngestResult.DUPLICATE:
+            log.info(
+                "duplicate_acked", account=signal.account, seq=signal.seq, transport=transport.value
+            )
+        return ack
+
     def rejected(self, event: FrameRejected, *, transport: Transport, peer: str) -> bytes:
         """Count and log a rejected frame; return the reply bytes (empty: stay silent)."""
         reply = event.error.reply
@@ -188,6 +230,27 @@ def _family_label(received: FrameReceived) -> str:
     return "null"
 
 
+class _Reply:
+    """One reply owed to the module: ready bytes, or an ACK waiting for its commit."""
+
+    __slots__ = ("data", "future", "received", "signal", "started")
+
+    def __init__(
+        self,
+        *,
+        data: bytes | None = None,
+        received: FrameReceived | None = None,
+        signal: InboundSignal | None = None,
+        future: asyncio.Future[IngestResult] | None = None,
+        started: float = 0.0,
+    ) -> None:
+        self.data = data
+        self.received = received
+        self.signal = signal
+        self.future = future
+        self.started = started
+
+
 class Dc09StreamProtocol(asyncio.Protocol):
     """One TCP connection from a module. Kept open; the module may send many frames."""
 
@@ -201,7 +264,7 @@ class Dc09StreamProtocol(asyncio.Protocol):
         self._paused = False
         self._remove_resume: Callable[[], None] | None = None
         self.last_activity = time.monotonic()
-        self._tail: asyncio.Future[None] | None = None
+        self._outbox: deque[_Reply] = deque()
 
     # asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -251,52 +314,48 @@ class Dc09StreamProtocol(asyncio.Protocol):
     # internals ----------------------------------------------------------------------------------
 
     def _submit(self, event: FrameReceived, now: datetime, started: float) -> None:
-        """Commit in the background; ACKs are written in the order the frames arrived."""
-        previous = self._tail
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tail = done
-
-        async def run() -> None:
-            try:
-                ack = await self._handler.accept(
-                    self._conn,
-                    event,
-                    transport=Transport.TCP,
-                    peer=self._peer,
-                    received_at=now,
-                    started=started,
-                )
-                if previous is not None:
-                    await previous
-                if (
-                    ack is not None
-                    and self._transport is not None
-                    and not self._transport.is_closing()
-                ):
-                    self._transport.write(ack)
-            finally:
-                done.set_result(None)
-
-        self._server.track(asyncio.create_task(run(), name=f"dc09-submit-{self._peer}"))
+        """Queue the signal for commit; its ACK is written, in arrival order, once committed."""
+        signal = signal_from_frame(event, transport=Transport.TCP, peer=self._peer, now=now)
+        try:
+            future = self._handler.enqueue(signal)
+        except IngestUnavailable as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        self._outbox.append(_Reply(received=event, signal=signal, future=future, started=started))
+        future.add_done_callback(self._flush)
 
     def _write_in_order(self, reply: bytes) -> None:
-        previous = self._tail
-        if previous is None or previous.done():
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(reply)
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tail = done
+        self._outbox.append(_Reply(data=reply))
+        self._flush()
 
-        async def run() -> None:
-            try:
-                await previous
-                if self._transport is not None and not self._transport.is_closing():
-                    self._transport.write(reply)
-            finally:
-                done.set_result(None)
+    def _flush(self, _: object = None) -> None:
+        """Write every reply at the head of the queue whose commit has finished."""
+        outbox = self._outbox
+        while outbox:
+            head = outbox[0]
+            if head.future is not None:
+                if not head.future.done():
+                    return
+                assert head.received is not None
+                assert head.signal is not None
+                data = self._handler.finish(
+                    self._conn,
+                    head.received,
+                    head.signal,
+                    head.future,
+                    transport=Transport.TCP,
+                    started=head.started,
+                )
+            else:
+                data = head.data
+            outbox.popleft()
+            if data and self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
 
-        self._server.track(asyncio.create_task(run(), name=f"dc09-reply-{self._peer}"))
+    @property
+    def pending_replies(self) -> int:
+        """Replies still waiting for their commit."""
+        return len(self._outbox)
 
     def _pause(self) -> None:
         assert self._transport is not None
@@ -473,8 +532,16 @@ class Dc09Server:
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for in-flight commits and ACKs, then close every connection."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (  # noqa: ASYNC110 - a bounded shutdown poll over many connections
+            any(c.pending_replies for c in self._connections)
+            and asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.02)
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            await asyncio.wait(
+                set(self._tasks), timeout=max(0.1, deadline - asyncio.get_running_loop().time())
+            )
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self._connections):

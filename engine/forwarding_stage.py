@@ -16,13 +16,22 @@ import msgspec
 
 from engine import metrics
 from engine.account_directory import AccountDirectory
-from engine.account_state import AccountState, apply_event
+from engine.account_model import ForwardingMode
+from engine.account_state import AccountState, apply_event, changes_state
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.policy import Decision, decide
 from engine.store.signals import StoredSignal
 from protocols.signal import Category, Event
 
 _encoder = msgspec.json.Encoder()
+_DEFAULT_STATE = AccountState()
+
+
+def _mode(directory: AccountDirectory, account: str) -> ForwardingMode | None:
+    row = directory.get(account)
+    return row.forwarding.mode if row is not None else None
+
+
 _URGENT = frozenset(
     {Category.ALARMS, Category.PANICS, Category.CRASH_SMASH, Category.PANEL_NOT_RESPONDING}
 )
@@ -65,24 +74,35 @@ class ForwardingStage:
         ]
         if not work:
             return 0
-        accounts = sorted({signal.account for signal, _ in work})
-        # Make sure every account has a state row to lock, so two engines serialise on it.
-        await conn.execute(
-            "INSERT INTO account_state (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-            accounts,
+        # The state row is needed (and locked) only where it can matter: accounts in "only if the
+        # phone line fails" mode, and accounts whose batch carries a phone-line event.
+        accounts = sorted(
+            {
+                signal.account
+                for signal, _ in work
+                if _mode(self._directory, signal.account) is ForwardingMode.PHONE_LINE_FAILURE
+                or any(changes_state(event) for event in signal.events)
+            }
         )
-        rows = await conn.fetch(
-            "SELECT account, phone_line_failed, panel_not_responding FROM account_state "
-            "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
-            accounts,
-        )
-        states = {
-            r["account"]: AccountState(
-                phone_line_failed=r["phone_line_failed"],
-                panel_not_responding=r["panel_not_responding"],
+        states: dict[str, AccountState] = {}
+        if accounts:
+            # Make sure every account has a state row to lock, so two engines serialise on it.
+            await conn.execute(
+                "INSERT INTO account_state (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                accounts,
             )
-            for r in rows
-        }
+            rows = await conn.fetch(
+                "SELECT account, phone_line_failed, panel_not_responding FROM account_state "
+                "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
+                accounts,
+            )
+            states = {
+                r["account"]: AccountState(
+                    phone_line_failed=r["phone_line_failed"],
+                    panel_not_responding=r["panel_not_responding"],
+                )
+                for r in rows
+            }
         before = dict(states)
 
         d_ids: list[int] = []
@@ -96,7 +116,7 @@ class ForwardingStage:
         outbox: list[tuple[InboundSignal, StoredSignal, int, Event, Decision]] = []
         for signal, row in work:
             account = self._directory.get(signal.account)
-            state = states.get(signal.account, AccountState())
+            state = states.get(signal.account, _DEFAULT_STATE)
             for index, event in enumerate(signal.events):
                 state = apply_event(state, event)
                 if account is None:
@@ -120,7 +140,8 @@ class ForwardingStage:
                 metrics.DECISIONS.labels(str(decision.forward).lower(), decision.reason.value).inc()
                 if decision.forward:
                     outbox.append((signal, row, index, event, decision))
-            states[signal.account] = state
+            if signal.account in states:
+                states[signal.account] = state
 
         if d_ids:
             await conn.execute(

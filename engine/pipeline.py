@@ -96,6 +96,13 @@ class IngestPipeline:
 
     async def submit(self, signal: InboundSignal) -> IngestResult:
         """Queue ``signal`` and return once it is committed (or raise IngestUnavailable)."""
+        return await self.enqueue(signal)
+
+    def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
+        """Queue ``signal``; the future resolves after its commit (no task per signal).
+
+        Raises IngestUnavailable at once when the signal cannot be taken (shed, database down).
+        """
         if self._closing:
             metrics.SIGNALS_SHED.labels(signal.transport.value, "shutting_down").inc()
             raise IngestUnavailable("engine is shutting down")
@@ -113,7 +120,7 @@ class IngestPipeline:
         if self._pending >= self._high_water:
             self._was_saturated = True
         self._wakeups[shard].set()
-        return await future
+        return future
 
     def on_resume(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` once the queue drains below the low-water mark; returns a remover."""
