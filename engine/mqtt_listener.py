@@ -89,6 +89,7 @@ class MqttListener:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._inflight = asyncio.Semaphore(max_inflight)
+        self._max_inflight = max_inflight
         self._max_payload = max_payload_bytes
         self._session_expiry_s = session_expiry_s
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +122,9 @@ class MqttListener:
     def _client(self) -> aiomqtt.Client:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
         properties.SessionExpiryInterval = self._session_expiry_s
+        # The broker may have this many QoS 1 messages unacknowledged with us (we PUBACK only
+        # after the commit); without it Mosquitto keeps 20 in flight and caps throughput.
+        properties.ReceiveMaximum = min(65535, self._max_inflight)
         return aiomqtt.Client(
             self._host,
             self._port,
