@@ -135,6 +135,7 @@ class MqttListener:
             clean_start=False,  # resume the session: unacknowledged messages are redelivered
             properties=properties,
             max_queued_incoming_messages=0,
+            max_inflight_messages=self._max_inflight,  # our acks in flight (paho defaults to 20)
         )
 
     async def run(self) -> None:
