@@ -30,7 +30,7 @@ log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
 
-_CLAIM = """
+CLAIM_SQL = """
 WITH heads AS (
     SELECT DISTINCT ON (lane) id FROM deliveries WHERE state = 'pending' ORDER BY lane, id
 ), ready AS (
@@ -128,7 +128,7 @@ class Dispatcher:
             claimed: list[Any] = []
             if room > 0:
                 try:
-                    claimed = await self._pool.fetch(_CLAIM, room, self.owner, self._lease)
+                    claimed = await self._pool.fetch(CLAIM_SQL, room, self.owner, self._lease)
                 except (
                     OSError,
                     asyncpg.PostgresError,
