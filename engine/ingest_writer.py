@@ -14,7 +14,8 @@ import asyncpg
 
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult
-from engine.store.signals import insert_signals_returning
+from engine.store.signals import StoredSignal, insert_signals_returning
+from engine.supervision import SupervisionStage
 
 
 class IngestWriter:
@@ -26,11 +27,13 @@ class IngestWriter:
         *,
         duplicate_window_s: int,
         forwarding: ForwardingStage | None = None,
+        supervision: SupervisionStage | None = None,
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._duplicate_window_s = duplicate_window_s
         self._forwarding = forwarding
+        self._supervision = supervision
         self._on_enqueued = on_enqueued
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
@@ -39,8 +42,19 @@ class IngestWriter:
             stored = await insert_signals_returning(
                 conn, signals, duplicate_window_s=self._duplicate_window_s
             )
+            all_signals: Sequence[InboundSignal] = signals
+            all_stored: Sequence[StoredSignal] = stored
+            if self._supervision is not None:
+                # A contact from an account in a Panel Not Responding miss commits its restore too.
+                restores = await self._supervision(conn, signals, stored)
+                if restores:
+                    restored = await insert_signals_returning(
+                        conn, restores, duplicate_window_s=self._duplicate_window_s
+                    )
+                    all_signals = [*signals, *restores]
+                    all_stored = [*stored, *restored]
             if self._forwarding is not None:
-                enqueued = await self._forwarding(conn, signals, stored)
+                enqueued = await self._forwarding(conn, all_signals, all_stored)
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()  # wake the local dispatcher right after the commit
         return [s.result for s in stored]

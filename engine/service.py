@@ -28,6 +28,7 @@ from engine.pipeline import IngestPipeline
 from engine.receiver_directory import ReceiverDirectory
 from engine.settings import Settings
 from engine.store.accounts import AccountStore
+from engine.supervision import SupervisionStage, SupervisionTimer
 from protocols.dc09_receiver import ReceiverConfig
 from protocols.dc09_timestamp import TimestampWindow
 from protocols.errors import Reply
@@ -46,6 +47,7 @@ class Engine:
         self.http: HttpServer | None = None
         self.pipeline: IngestPipeline | None = None
         self.dispatcher: Dispatcher | None = None
+        self.supervision_timer: SupervisionTimer | None = None
         self.pool: asyncpg.Pool | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
@@ -64,10 +66,22 @@ class Engine:
             receivers = ReceiverDirectory(pool)
             await receivers.start()
             self.dispatcher = Dispatcher(pool, receivers.current)
+            forwarding = ForwardingStage(self.directory)
+            supervising = settings.supervision.enabled
             writer = IngestWriter(
                 pool,
                 duplicate_window_s=settings.dc09.duplicate_window_s,
-                forwarding=ForwardingStage(self.directory),
+                forwarding=forwarding,
+                supervision=SupervisionStage(self.directory, grace_s=settings.supervision.grace_s)
+                if supervising
+                else None,
+                on_enqueued=self.dispatcher.wake,
+            )
+            self.supervision_timer = SupervisionTimer(
+                pool,
+                forwarding,
+                duplicate_window_s=settings.dc09.duplicate_window_s,
+                max_sleep_s=settings.supervision.max_sleep_s,
                 on_enqueued=self.dispatcher.wake,
             )
             self.pipeline = IngestPipeline(
@@ -80,6 +94,8 @@ class Engine:
             )
             self.pipeline.start()
             self.dispatcher.start()
+            if supervising:
+                self.supervision_timer.start()
 
             self.dc09 = Dc09Server(
                 Dc09Handler(
@@ -108,7 +124,9 @@ class Engine:
             )
             self.ready.set()
             pool_task = asyncio.create_task(self._pool_metrics(pool), name="pool-metrics")
-            maintenance = asyncio.create_task(run_maintenance(pool, settings), name="signal-maintenance")
+            maintenance = asyncio.create_task(
+                run_maintenance(pool, settings), name="signal-maintenance"
+            )
             try:
                 await self.stop.wait()
             finally:
@@ -116,6 +134,8 @@ class Engine:
                 pool_task.cancel()
                 maintenance.cancel()
                 await self._shutdown()
+                if self.supervision_timer is not None:
+                    await self.supervision_timer.stop()
                 if self.dispatcher is not None:
                     await self.dispatcher.stop()
                 await receivers.stop()

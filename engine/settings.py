@@ -126,6 +126,14 @@ class RetentionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     maintenance_interval_s: PositiveFloat = 3600.0  # partitions, retention, dedupe cleanup
 
 
+class SupervisionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[supervision]``: Panel Not Responding when a module stays silent."""
+
+    enabled: bool = True
+    grace_s: NonNegative = 120  # added to each account's supervision interval
+    max_sleep_s: PositiveFloat = 5.0  # the timer sleeps until the next deadline, at most this long
+
+
 class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the engine is configured with."""
 
@@ -136,6 +144,7 @@ class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     retention: RetentionSettings = RetentionSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
 
     @property
     def data_path(self) -> Path:

@@ -1,0 +1,214 @@
+"""Supervision: Panel Not Responding when a module is silent, and its restore on the next contact.
+
+Deadlines live in PostgreSQL (``supervision``). Every committed contact (event, NULL link test,
+MQTT check-in) moves its account's deadline to contact + interval + grace inside the ingest
+transaction; if the account was in a miss, a server-generated restore is committed with it.
+:class:`SupervisionTimer` wakes for the earliest deadline only (an index on due rows, no scans),
+and in one transaction marks the row missed and commits the Panel Not Responding signal with its
+decision and outbox row. ``FOR UPDATE SKIP LOCKED`` and the persisted ``missed`` flag make each miss
+fire exactly once across engine processes and restarts.
+
+Upstream the signal is Contact ID 356 (loss of central polling), Q=1 for the miss and Q=3 for the
+restore; it carries its own category (Panel Not Responding) and is not re-classified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from engine.account_directory import AccountDirectory
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
+from engine.store.signals import StoredSignal, insert_signals_returning
+from protocols.signal import Category, Classification, Event, Family
+
+log = structlog.get_logger("engine.supervision")
+
+MISSES = Counter(
+    "alarmrelay_supervision_misses_total", "Panel Not Responding raised (a module stayed silent)."
+)
+RESTORES = Counter(
+    "alarmrelay_supervision_restores_total", "Panel Not Responding restored by a contact."
+)
+TIMER_LAG = Histogram(
+    "alarmrelay_timer_lag_seconds",
+    "From a timer's deadline to its firing.",
+    ["timer"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+SUPERVISED = Gauge("alarmrelay_supervised_modules", "Modules with a supervision deadline.")
+
+PNR_CODE = "356"
+
+
+def panel_not_responding(account: str, now: datetime, *, restore: bool) -> InboundSignal:
+    """The server-generated Panel Not Responding signal (or its restore) for ``account``."""
+    event = Event(
+        family=Family.CID,
+        code=PNR_CODE,
+        qualifier="3" if restore else "1",
+        text="Panel Not Responding restored" if restore else "Panel Not Responding",
+        classification=Classification(category=Category.PANEL_NOT_RESPONDING, restore=restore),
+    )
+    return InboundSignal(
+        account=account,
+        transport=Transport.SERVER,
+        kind=SignalKind.EVENT,
+        received_at=now,
+        events=(event,),
+        token="SERVER",
+    )
+
+
+class SupervisionStage:
+    """Inside the ingest transaction: push deadlines; return restore signals for missed accounts."""
+
+    def __init__(self, directory: AccountDirectory, *, grace_s: int) -> None:
+        self._directory = directory
+        self._grace = timedelta(seconds=grace_s)
+
+    async def __call__(
+        self,
+        conn: asyncpg.Connection,
+        signals: Sequence[InboundSignal],
+        stored: Sequence[StoredSignal],
+    ) -> list[InboundSignal]:
+        latest: dict[str, datetime] = {}
+        for signal, row in zip(signals, stored, strict=True):
+            if signal.transport is Transport.SERVER or row.result is IngestResult.REJECTED:
+                continue
+            if signal.kind is SignalKind.REJECTED:
+                continue
+            if signal.account not in latest or signal.received_at > latest[signal.account]:
+                latest[signal.account] = signal.received_at
+        accounts = sorted(a for a in latest if self._directory.get(a) is not None)
+        if not accounts:
+            return []
+        deadlines = []
+        for account in accounts:
+            account_row = self._directory.get(account)
+            assert account_row is not None
+            deadlines.append(
+                latest[account]
+                + timedelta(seconds=account_row.supervision_interval_s)
+                + self._grace
+            )
+        restored = await conn.fetch(
+            """
+            WITH old AS (
+                SELECT account, missed FROM supervision WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE
+            ), up AS (
+                INSERT INTO supervision AS s (account, deadline)
+                SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                ON CONFLICT (account) DO UPDATE
+                    SET deadline = GREATEST(s.deadline, EXCLUDED.deadline), missed = false, missed_at = NULL, updated_at = now()
+            )
+            SELECT account FROM old WHERE missed
+            """,
+            accounts,
+            deadlines,
+        )
+        now = max(latest.values())
+        out = [panel_not_responding(r["account"], now, restore=True) for r in restored]
+        if out:
+            RESTORES.inc(len(out))
+            for signal in out:
+                log.info("supervision_restored", account=signal.account)
+        return out
+
+
+class SupervisionTimer:
+    """Fires due supervision deadlines, each exactly once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        forwarding: ForwardingStage,
+        *,
+        duplicate_window_s: int,
+        max_sleep_s: float = 5.0,
+        on_enqueued: Callable[[], None] | None = None,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._forwarding = forwarding
+        self._duplicate_window_s = duplicate_window_s
+        self._max_sleep_s = max_sleep_s
+        self._on_enqueued = on_enqueued
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self.fired = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="supervision-timer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                fired = await self.fire_due()
+                if fired:
+                    continue
+                wait = await self._seconds_to_next()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("supervision_timer_failed", error=repr(exc))
+                wait = self._max_sleep_s
+            await asyncio.sleep(min(self._max_sleep_s, max(0.01, wait)))
+
+    async def _seconds_to_next(self) -> float:
+        row = await self._pool.fetchrow(
+            "SELECT min(deadline) AS next, count(*) AS n FROM supervision WHERE NOT missed"
+        )
+        SUPERVISED.set(row["n"] if row else 0)
+        if row is None or row["next"] is None:
+            return self._max_sleep_s
+        return float((row["next"] - datetime.now(UTC)).total_seconds())
+
+    async def fire_due(self) -> int:
+        """Raise Panel Not Responding for every due deadline (one transaction per batch)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(
+                """
+                SELECT account, deadline FROM supervision
+                WHERE NOT missed AND deadline <= now()
+                ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+                """,
+                self._batch,
+            )
+            if not due:
+                return 0
+            accounts = [r["account"] for r in due]
+            await conn.execute(
+                "UPDATE supervision SET missed = true, missed_at = now(), updated_at = now() WHERE account = ANY($1::text[])",
+                accounts,
+            )
+            now = datetime.now(UTC)
+            signals = [panel_not_responding(a, now, restore=False) for a in accounts]
+            stored = await insert_signals_returning(
+                conn, signals, duplicate_window_s=self._duplicate_window_s
+            )
+            enqueued = await self._forwarding(conn, signals, stored)
+        for row in due:
+            TIMER_LAG.labels("supervision").observe(
+                max(0.0, (now - row["deadline"]).total_seconds())
+            )
+            log.warning(
+                "panel_not_responding", account=row["account"], deadline=row["deadline"].isoformat()
+            )
+        MISSES.inc(len(due))
+        self.fired += len(due)
+        if enqueued and self._on_enqueued is not None:
+            self._on_enqueued()
+        return len(due)
