@@ -29,6 +29,14 @@ class SignalKind(StrEnum):
     REJECTED = "rejected"  # malformed MQTT payload, stored for audit, never forwarded
 
 
+class EntryDelay(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry delay started: the panel must be disarmed (or alarm) before it runs out."""
+
+    partition: int = 1
+    zone: int | None = None
+    entry_delay_s: int = 30
+
+
 class InboundSignal(msgspec.Struct, frozen=True, kw_only=True):
     """One message from a module, validated and parsed, ready to be committed."""
 
@@ -49,6 +57,7 @@ class InboundSignal(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_key: str | None = None  # same key within the duplicate window → stored once, flagged
     reject_reason: str | None = None  # for SignalKind.REJECTED
     dialer_failed: bool = False  # the panel's own dialer could not deliver this (MQTT flag)
+    entry_delay: EntryDelay | None = None  # armed system, entry door opened (Crash & Smash)
 
 
 class IngestResult(StrEnum):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from engine.crash_smash import CrashSmashStage
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult
 from engine.store.signals import StoredSignal, insert_signals_returning
@@ -28,12 +29,14 @@ class IngestWriter:
         duplicate_window_s: int,
         forwarding: ForwardingStage | None = None,
         supervision: SupervisionStage | None = None,
+        crash_smash: CrashSmashStage | None = None,
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._duplicate_window_s = duplicate_window_s
         self._forwarding = forwarding
         self._supervision = supervision
+        self._crash_smash = crash_smash
         self._on_enqueued = on_enqueued
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
@@ -53,6 +56,8 @@ class IngestWriter:
                     )
                     all_signals = [*signals, *restores]
                     all_stored = [*stored, *restored]
+            if self._crash_smash is not None:
+                await self._crash_smash(conn, signals, stored)
             if self._forwarding is not None:
                 enqueued = await self._forwarding(conn, all_signals, all_stored)
         if enqueued and self._on_enqueued is not None:

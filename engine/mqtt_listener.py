@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter
 
 from engine.ingest_types import (
+    EntryDelay,
     InboundSignal,
     IngestResult,
     IngestSink,
@@ -281,6 +282,13 @@ class MqttListener:
                 seq=payload.msg_id,
                 dedupe_key=f"mqtt:{serial}:{payload.msg_id}",
                 dialer_failed=payload.dialer_failed,
+                entry_delay=EntryDelay(
+                    partition=payload.entry_delay.partition,
+                    zone=payload.entry_delay.zone,
+                    entry_delay_s=payload.entry_delay.entry_delay_s,
+                )
+                if payload.entry_delay is not None
+                else None,
                 **common,
             ),
             payload.msg_id,

@@ -18,6 +18,7 @@ import structlog
 from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
+from engine.crash_smash import CrashSmashStage, CrashSmashTimer
 from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
 from engine.delivery import Dispatcher
@@ -48,6 +49,7 @@ class Engine:
         self.pipeline: IngestPipeline | None = None
         self.dispatcher: Dispatcher | None = None
         self.supervision_timer: SupervisionTimer | None = None
+        self.crash_smash_timer: CrashSmashTimer | None = None
         self.pool: asyncpg.Pool | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
@@ -75,6 +77,19 @@ class Engine:
                 supervision=SupervisionStage(self.directory, grace_s=settings.supervision.grace_s)
                 if supervising
                 else None,
+                crash_smash=CrashSmashStage(
+                    dialer_delay_s=settings.crash_smash.dialer_delay_s,
+                    grace_s=settings.crash_smash.grace_s,
+                    entry_codes=frozenset(settings.crash_smash.entry_codes),
+                )
+                if settings.crash_smash.enabled
+                else None,
+                on_enqueued=self.dispatcher.wake,
+            )
+            self.crash_smash_timer = CrashSmashTimer(
+                pool,
+                forwarding,
+                duplicate_window_s=settings.dc09.duplicate_window_s,
                 on_enqueued=self.dispatcher.wake,
             )
             self.supervision_timer = SupervisionTimer(
@@ -96,6 +111,8 @@ class Engine:
             self.dispatcher.start()
             if supervising:
                 self.supervision_timer.start()
+            if settings.crash_smash.enabled:
+                self.crash_smash_timer.start()
 
             self.dc09 = Dc09Server(
                 Dc09Handler(
@@ -136,6 +153,8 @@ class Engine:
                 await self._shutdown()
                 if self.supervision_timer is not None:
                     await self.supervision_timer.stop()
+                if self.crash_smash_timer is not None:
+                    await self.crash_smash_timer.stop()
                 if self.dispatcher is not None:
                     await self.dispatcher.stop()
                 await receivers.stop()

@@ -134,6 +134,15 @@ class SupervisionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fi
     max_sleep_s: PositiveFloat = 5.0  # the timer sleeps until the next deadline, at most this long
 
 
+class CrashSmashSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[crash_smash]``: entry delays that are neither disarmed nor alarmed become alarms."""
+
+    enabled: bool = True
+    dialer_delay_s: NonNegative = 30  # the panel's dialer delay, added to the entry delay
+    grace_s: NonNegative = 30  # transmission latency margin
+    entry_codes: tuple[str, ...] = ()  # DC-09 codes meaning "entry delay started", e.g. "cid:134"
+
+
 class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the engine is configured with."""
 
@@ -145,6 +154,7 @@ class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     logging: LoggingSettings = LoggingSettings()
     retention: RetentionSettings = RetentionSettings()
     supervision: SupervisionSettings = SupervisionSettings()
+    crash_smash: CrashSmashSettings = CrashSmashSettings()
 
     @property
     def data_path(self) -> Path:

@@ -1,0 +1,252 @@
+"""Crash & Smash: an entry delay that is neither disarmed nor alarmed becomes an alarm.
+
+An entry-delay start (the MQTT ``entry_delay`` field, or a configured DC-09 code) opens a pending
+timer per account and partition, due at entry delay + dialer delay + grace. A disarm (opening) or
+any alarm from that partition closes it (the entry is only logged). When it runs out the engine
+commits a server-generated Crash & Smash alarm: a burglary alarm (Contact ID 130) on the entry
+zone with the text "Crash & Smash", category Crash & Smash, through the normal policy and delivery.
+Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, persisted state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Gauge
+
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
+from engine.store.signals import StoredSignal, insert_signals_returning
+from engine.supervision import TIMER_LAG
+from protocols.signal import Category, Classification, Event, Family
+
+log = structlog.get_logger("engine.crash_smash")
+
+OPENED = Counter(
+    "alarmrelay_crash_smash_opened_total", "Entry delays that opened a Crash & Smash timer."
+)
+CLOSED = Counter(
+    "alarmrelay_crash_smash_closed_total",
+    "Crash & Smash timers closed in time, by reason.",
+    ["reason"],
+)
+FIRED = Counter("alarmrelay_crash_smash_fired_total", "Crash & Smash alarms raised.")
+PENDING = Gauge("alarmrelay_crash_smash_pending", "Crash & Smash timers waiting.")
+
+# A disarm closes the timer: Contact ID 4xx openings (Q=1) and SIA opening codes.
+_SIA_OPENINGS = frozenset({"OP", "OA", "OG", "OQ", "OS", "OK", "OJ", "OR"})
+
+
+def crash_smash_alarm(
+    account: str, partition: int, zone: int | None, now: datetime
+) -> InboundSignal:
+    """The server-generated Crash & Smash alarm for one partition."""
+    event = Event(
+        family=Family.CID,
+        code="130",
+        qualifier="1",
+        zone=zone,
+        partition=partition,
+        text="Crash & Smash",
+        classification=Classification(category=Category.CRASH_SMASH),
+    )
+    return InboundSignal(
+        account=account,
+        transport=Transport.SERVER,
+        kind=SignalKind.EVENT,
+        received_at=now,
+        events=(event,),
+        token="SERVER",
+    )
+
+
+def closes_entry(event: Event) -> str | None:
+    """Why ``event`` closes a pending entry ("disarm" or "alarm"), or None."""
+    cls = event.classification
+    if cls.category in (Category.ALARMS, Category.PANICS) and not cls.restore:
+        return "alarm"
+    if (
+        event.family is Family.CID
+        and event.code.startswith("4")
+        and cls.category is Category.ARMING
+        and event.qualifier == "1"
+    ):
+        return "disarm"
+    if event.family is Family.SIA and event.code in _SIA_OPENINGS:
+        return "disarm"
+    return None
+
+
+class CrashSmashStage:
+    """Inside the ingest transaction: open timers on entry delays, close them on disarm or alarm."""
+
+    def __init__(
+        self, *, dialer_delay_s: int, grace_s: int, entry_codes: frozenset[str] = frozenset()
+    ) -> None:
+        self._extra = timedelta(seconds=dialer_delay_s + grace_s)
+        self._entry_codes = (
+            entry_codes  # "cid:XYZ" / "sia:XX" codes that mean "entry delay started"
+        )
+        self._default_entry_s = 30
+
+    def _entry_from_event(self, event: Event) -> bool:
+        return f"{event.family.value}:{event.code}" in self._entry_codes
+
+    async def __call__(
+        self,
+        conn: asyncpg.Connection,
+        signals: Sequence[InboundSignal],
+        stored: Sequence[StoredSignal],
+    ) -> None:
+        opens: dict[tuple[str, int], tuple[int | None, datetime]] = {}
+        closes: dict[tuple[str, int | None], str] = {}
+        for signal, row in zip(signals, stored, strict=True):
+            if signal.transport is Transport.SERVER or row.result is not IngestResult.ACCEPTED:
+                continue
+            if signal.entry_delay is not None:
+                entry = signal.entry_delay
+                due = signal.received_at + timedelta(seconds=entry.entry_delay_s) + self._extra
+                opens[(signal.account, entry.partition)] = (entry.zone, due)
+            for event in signal.events:
+                if self._entry_codes and self._entry_from_event(event):
+                    partition = event.partition or 1
+                    due = (
+                        signal.received_at + timedelta(seconds=self._default_entry_s) + self._extra
+                    )
+                    opens[(signal.account, partition)] = (event.zone, due)
+                    continue
+                reason = closes_entry(event)
+                if reason is not None:
+                    closes[(signal.account, event.partition)] = reason
+                    # an event after the entry in the same batch supersedes it
+                    for key in [
+                        k
+                        for k in opens
+                        if k[0] == signal.account
+                        and (event.partition is None or k[1] == event.partition)
+                    ]:
+                        del opens[key]
+        if opens:
+            keys = sorted(opens)
+            await conn.execute(
+                """
+                INSERT INTO pending_entries (account, partition, zone, deadline, state, opened_at)
+                SELECT a, p, z, d, 'pending', now() FROM unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[]) AS t(a, p, z, d)
+                ON CONFLICT (account, partition) DO UPDATE SET zone = EXCLUDED.zone, deadline = EXCLUDED.deadline,
+                    state = 'pending', opened_at = now(), closed_reason = NULL
+                """,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [opens[k][0] for k in keys],
+                [opens[k][1] for k in keys],
+            )
+            OPENED.inc(len(keys))
+        if closes:
+            keys2 = sorted(closes, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+            closed = await conn.fetch(
+                """
+                UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
+                FROM unnest($1::text[], $2::int[], $3::text[]) AS t(a, p, r)
+                WHERE e.account = t.a AND (t.p IS NULL OR e.partition = t.p) AND e.state = 'pending'
+                RETURNING e.account, e.partition, t.r AS reason
+                """,
+                [k[0] for k in keys2],
+                [k[1] for k in keys2],
+                [closes[k] for k in keys2],
+            )
+            for row2 in closed:
+                CLOSED.labels(row2["reason"]).inc()
+                log.info(
+                    "crash_smash_closed",
+                    account=row2["account"],
+                    partition=row2["partition"],
+                    reason=row2["reason"],
+                )
+
+
+class CrashSmashTimer:
+    """Fires expired entry delays as Crash & Smash alarms, each once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        forwarding: ForwardingStage,
+        *,
+        duplicate_window_s: int,
+        max_sleep_s: float = 1.0,
+        on_enqueued: Callable[[], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._forwarding = forwarding
+        self._duplicate_window_s = duplicate_window_s
+        self._max_sleep_s = max_sleep_s
+        self._on_enqueued = on_enqueued
+        self._task: asyncio.Task[None] | None = None
+        self.fired = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="crash-smash-timer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            wait = self._max_sleep_s
+            try:
+                if await self.fire_due():
+                    continue
+                row = await self._pool.fetchrow(
+                    "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries WHERE state = 'pending'"
+                )
+                if row is not None:
+                    PENDING.set(row["n"])
+                    if row["next"] is not None:
+                        wait = (row["next"] - datetime.now(UTC)).total_seconds()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("crash_smash_timer_failed", error=repr(exc))
+            await asyncio.sleep(min(self._max_sleep_s, max(0.01, wait)))
+
+    async def fire_due(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(
+                """
+                SELECT account, partition, zone, deadline FROM pending_entries
+                WHERE state = 'pending' AND deadline <= now()
+                ORDER BY deadline LIMIT 200 FOR UPDATE SKIP LOCKED
+                """
+            )
+            if not due:
+                return 0
+            await conn.execute(
+                """
+                UPDATE pending_entries e SET state = 'fired', closed_at = now()
+                FROM unnest($1::text[], $2::int[]) AS t(a, p) WHERE e.account = t.a AND e.partition = t.p
+                """,
+                [r["account"] for r in due],
+                [r["partition"] for r in due],
+            )
+            now = datetime.now(UTC)
+            signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
+            stored = await insert_signals_returning(
+                conn, signals, duplicate_window_s=self._duplicate_window_s
+            )
+            enqueued = await self._forwarding(conn, signals, stored)
+        for r in due:
+            TIMER_LAG.labels("crash_smash").observe(max(0.0, (now - r["deadline"]).total_seconds()))
+            log.warning(
+                "crash_smash_alarm", account=r["account"], partition=r["partition"], zone=r["zone"]
+            )
+        FIRED.inc(len(due))
+        self.fired += len(due)
+        if enqueued and self._on_enqueued is not None:
+            self._on_enqueued()
+        return len(due)
