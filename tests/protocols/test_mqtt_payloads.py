@@ -1,0 +1,145 @@
+"""MQTT payloads: versioned structs, validation with a reason, topics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.mqtt_payloads import (
+    AckStatus,
+    AckV1,
+    MqttPayloadError,
+    StartVoiceSessionV1,
+    TopicKind,
+    decode_checkin,
+    decode_events,
+    encode,
+    parse_topic,
+    to_events,
+    topic,
+)
+from protocols.signal import Category, Family
+
+
+def events_payload(**extra: object) -> bytes:
+    body = {
+        "v": 1,
+        "msg_id": "m-1",
+        "events": [{"family": "cid", "code": "130", "qualifier": "1", "zone": 4}],
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+class TestDecode:
+    def test_events_are_classified(self) -> None:
+        """A valid events payload becomes classified canonical events."""
+        payload = decode_events(events_payload())
+        [event] = to_events(payload)
+        assert (event.family, event.code, event.qualifier, event.zone) == (
+            Family.CID,
+            "130",
+            "1",
+            4,
+        )
+        assert event.classification.category is Category.ALARMS
+
+    def test_entry_delay_only(self) -> None:
+        """An events payload may carry only an entry-delay start."""
+        payload = decode_events(
+            json.dumps({"v": 1, "msg_id": "e", "entry_delay": {"partition": 2, "zone": 5}}).encode()
+        )
+        assert payload.entry_delay is not None
+        assert payload.entry_delay.partition == 2
+
+    def test_empty_checkin(self) -> None:
+        """An empty check-in payload is a bare check-in."""
+        assert decode_checkin(b"").v == 1
+
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"{not json", "malformed JSON"),
+            (json.dumps({"v": 2, "msg_id": "x", "events": []}).encode(), "invalid payload"),
+            (events_payload(colour="red"), "invalid payload"),
+            (
+                json.dumps(
+                    {
+                        "v": 1,
+                        "msg_id": "x",
+                        "events": [{"family": "cid", "code": "13", "qualifier": "1"}],
+                    }
+                ).encode(),
+                "3 digits",
+            ),
+            (
+                json.dumps(
+                    {"v": 1, "msg_id": "x", "events": [{"family": "sia", "code": "ba"}]}
+                ).encode(),
+                "upper-case",
+            ),
+            (json.dumps({"v": 1, "msg_id": "x"}).encode(), "no events"),
+            (
+                json.dumps(
+                    {"v": 1, "msg_id": "x", "events": [{"family": "sia", "code": "BA"}] * 33}
+                ).encode(),
+                "too many",
+            ),
+        ],
+    )
+    def test_rejections_name_the_reason(self, data: bytes, reason: str) -> None:
+        """Bad payloads raise MqttPayloadError with a reason fit for the rejected ack."""
+        with pytest.raises(MqttPayloadError, match=reason):
+            decode_events(data)
+
+    def test_size_limit(self) -> None:
+        """Payloads over the limit are refused before decoding."""
+        with pytest.raises(MqttPayloadError, match="exceeds"):
+            decode_events(events_payload(), max_bytes=10)
+
+    @given(st.binary(max_size=300))
+    @settings(max_examples=200)
+    def test_arbitrary_bytes_only_payload_error(self, data: bytes) -> None:
+        """Any bytes either decode or raise MqttPayloadError, nothing else."""
+        for decoder in (decode_events, decode_checkin):
+            try:
+                decoder(data)
+            except MqttPayloadError:
+                pass
+
+
+class TestTopicsAndEncode:
+    def test_topic_round_trip(self) -> None:
+        """Topics are built and parsed symmetrically."""
+        name = topic("alarmrelay/v1", "SER-1", TopicKind.EVENTS)
+        assert name == "alarmrelay/v1/modules/SER-1/events"
+        assert parse_topic(name, "alarmrelay/v1") == ("SER-1", TopicKind.EVENTS)
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "other/modules/x/events",
+            "alarmrelay/v1/modules//events",
+            "alarmrelay/v1/modules/x/bogus",
+        ],
+    )
+    def test_bad_topics(self, name: str) -> None:
+        """Topics outside the contract are refused."""
+        with pytest.raises(MqttPayloadError):
+            parse_topic(name, "alarmrelay/v1")
+
+    def test_engine_payloads(self) -> None:
+        """Acks and the voice command encode with their version."""
+        assert json.loads(encode(AckV1(msg_id="m", status=AckStatus.ACCEPTED))) == {
+            "v": 1, "msg_id": "m", "status": "accepted", "reason": None,
+        }  # fmt: skip
+        command = json.loads(encode(StartVoiceSessionV1(signal_id=5)))
+        assert command == {
+            "v": 1,
+            "command": "start_voice_session",
+            "siren_off": True,
+            "signal_id": 5,
+        }
