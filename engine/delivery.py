@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,11 +24,32 @@ import msgspec
 import structlog
 
 from engine import metrics
-from protocols.signal import Event
+from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
+
+
+def listen_in_event(alarm: Event) -> Event:
+    """Listen-in to follow (Contact ID 606 / SIA LF) for the alarm's zone and partition."""
+    if alarm.family is Family.SIA:
+        return Event(
+            family=Family.SIA,
+            code="LF",
+            zone=alarm.zone,
+            partition=alarm.partition,
+            classification=Classification(category=Category.OTHER),
+        )
+    return Event(
+        family=Family.CID,
+        code="606",
+        qualifier="1",
+        zone=alarm.zone,
+        partition=alarm.partition,
+        classification=Classification(category=Category.OTHER),
+    )
+
 
 CLAIM_SQL = """
 WITH heads AS (
@@ -43,7 +64,7 @@ WITH heads AS (
 UPDATE deliveries d SET lease_owner = $2, lease_until = now() + $3::interval, attempts = d.attempts + 1
 FROM ready WHERE d.id = ready.id
 RETURNING d.id, d.account, d.station_account, d.event, d.primary_receiver, d.backup_receiver, d.seq,
-          d.attempts, d.received_at
+          d.attempts, d.received_at, d.two_way_voice, d.signal_id
 """
 
 
@@ -79,6 +100,7 @@ class Dispatcher:
         poll_s: float = 1.0,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
+        voice_command: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._registry = registry
@@ -88,6 +110,7 @@ class Dispatcher:
         self._poll_s = poll_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
+        self._voice_command = voice_command
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_ids: set[int] = set()
@@ -216,6 +239,8 @@ class Dispatcher:
             )
             self.delivered += 1
             bound.info("delivered", receiver=receiver, attempts=row["attempts"])
+            if row["two_way_voice"]:
+                await self._start_voice_session(row, group, event, bound)
         elif outcome == "duh":
             await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None)
             metrics.DEAD_LETTERED.labels(receiver).inc()
@@ -226,6 +251,30 @@ class Dispatcher:
             bound.warning(
                 "delivery_failed", receiver=receiver, error=error, attempts=row["attempts"]
             )
+
+    async def _start_voice_session(
+        self, row: Any, group: ReceiverGroupLike, event: Event, bound: Any
+    ) -> None:
+        """After a fire/CO alarm: listen-in-to-follow to the same receiver, then the module's command."""
+        listen_in = listen_in_event(event)
+        errors = []
+        attempt = await group.deliver(account=row["station_account"], event=listen_in)
+        if str(getattr(attempt, "outcome", "failed")) != "acked":
+            errors.append(f"listen-in not acknowledged: {getattr(attempt, 'error', None)}")
+        if self._voice_command is not None:
+            try:
+                await self._voice_command(row["account"], row["signal_id"])
+            except Exception as exc:  # the alarm is delivered; a failed command must not undo that
+                errors.append(f"voice command not sent: {exc}")
+        else:
+            errors.append("voice command not sent: MQTT is disabled")
+        await self._write(
+            "UPDATE deliveries SET voice_session_at = now(), voice_session_error = $2 WHERE id = $1",
+            row["id"],
+            "; ".join(errors) or None,
+        )
+        metrics.VOICE_SESSIONS.labels("started" if not errors else "incomplete").inc()
+        bound.info("voice_session", errors=errors or None)
 
     async def _finish(
         self,

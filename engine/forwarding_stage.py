@@ -19,7 +19,7 @@ from engine.account_directory import AccountDirectory
 from engine.account_model import ForwardingMode
 from engine.account_state import AccountState, apply_event, changes_state
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
-from engine.policy import Decision, decide
+from engine.policy import Decision, TwoWayVoiceAction, decide
 from engine.store.signals import StoredSignal
 from protocols.signal import Category, Event
 
@@ -168,9 +168,10 @@ class ForwardingStage:
             await conn.execute(
                 """
                 INSERT INTO deliveries (id, signal_id, event_index, account, lane, station_account, priority, event,
-                                        primary_receiver, backup_receiver, seq, received_at)
+                                        primary_receiver, backup_receiver, seq, received_at, two_way_voice)
                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::text[], $5::text[], $6::text[],
-                                     $7::smallint[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])
+                                     $7::smallint[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+                                     $13::boolean[])
                 """,
                 ids,
                 [row.signal_id for _, row, _, _, _ in outbox],
@@ -184,6 +185,7 @@ class ForwardingStage:
                 [d.backup_receiver for *_, d in outbox],
                 [delivery_seq(i) for i in ids],
                 [signal.received_at for signal, _, _, _, _ in outbox],
+                [d.two_way_voice is TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY for *_, d in outbox],
             )
         changed = [
             a for a in accounts if a in states and states[a] != before.get(a, AccountState())

@@ -111,3 +111,8 @@ OUTBOX_OLDEST_AGE = Gauge(
     "alarmrelay_outbox_oldest_age_seconds", "Age of the oldest delivery waiting in the outbox."
 )
 DELIVERIES_IN_FLIGHT = Gauge("alarmrelay_deliveries_in_flight", "Deliveries being sent right now.")
+VOICE_SESSIONS = Counter(
+    "alarmrelay_voice_sessions_total",
+    "Two-way-voice sessions after fire/CO alarms (listen-in sent and module commanded), by result.",
+    ["result"],
+)

@@ -34,6 +34,7 @@ from protocols.mqtt_payloads import (
     AckStatus,
     AckV1,
     MqttPayloadError,
+    StartVoiceSessionV1,
     TopicKind,
     decode_checkin,
     decode_events,
@@ -98,6 +99,7 @@ class MqttListener:
         self._stopping = False
         self.connected = False
         self.subscribed = asyncio.Event()
+        self._active: aiomqtt.Client | None = None
 
     @classmethod
     def from_settings(
@@ -150,6 +152,7 @@ class MqttListener:
                     base = f"$share/{self._group}/{self._prefix}/modules/+"
                     await client.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
                     self.connected = True
+                    self._active = client
                     self.subscribed.set()
                     delay = self._reconnect_min_s
                     log.info(
@@ -165,6 +168,7 @@ class MqttListener:
                 log.warning("mqtt_disconnected", error=str(exc), retry_in_s=delay)
             finally:
                 self.connected = False
+                self._active = None
                 self.subscribed.clear()
             if self.stopping:
                 break
@@ -196,6 +200,15 @@ class MqttListener:
             reconnect.cancel()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=10)
+
+    async def send_command(self, serial: str, command: StartVoiceSessionV1) -> None:
+        """Publish a command (QoS 1) on the module's commands topic; raises when not connected."""
+        client = self._active
+        if client is None:
+            raise RuntimeError("not connected to the MQTT broker")
+        await client.publish(
+            topic(self._prefix, serial, TopicKind.COMMANDS), encode(command), qos=1
+        )
 
     @property
     def stopping(self) -> bool:

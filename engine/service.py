@@ -67,7 +67,7 @@ class Engine:
 
             receivers = ReceiverDirectory(pool)
             await receivers.start()
-            self.dispatcher = Dispatcher(pool, receivers.current)
+            self.dispatcher = Dispatcher(pool, receivers.current, voice_command=self._voice_command)
             forwarding = ForwardingStage(self.directory)
             supervising = settings.supervision.enabled
             writer = IngestWriter(
@@ -207,6 +207,19 @@ class Engine:
             mqtt, sink=self.pipeline, resolver=self.directory.account_for_serial
         )
         self._mqtt_task = asyncio.create_task(self._mqtt.run(), name="mqtt-listener")
+
+    async def _voice_command(self, account: str, signal_id: int) -> None:
+        """Tell the module to open a two-way-voice session with its siren off."""
+        from protocols.mqtt_payloads import StartVoiceSessionV1  # noqa: PLC0415
+
+        if self._mqtt is None:
+            raise RuntimeError("MQTT is disabled")
+        row = self.directory.get(account)
+        if row is None or not row.module_serial:
+            raise RuntimeError(f"account {account} has no module serial for MQTT commands")
+        await self._mqtt.send_command(
+            row.module_serial, StartVoiceSessionV1(siren_off=True, signal_id=signal_id)
+        )
 
     async def _stop_mqtt(self) -> None:
         if self._mqtt_task is None:
