@@ -1,0 +1,139 @@
+"""DC-09 listener limits over real sockets: max connections, idle timeout, per-connection rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.commands.stations import parse_stations
+from engine.settings import Settings
+from engine.station_model import ReceiverConfig, Station
+from engine.station_sim import StationSimulator
+from engine.store.accounts import AccountStore
+from engine.store.stations import StationStore
+from protocols.dc09_frame import encode_frame
+from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
+from tests.engine.test_ingest_e2e import running_engine, settings_for
+from tests.support.dc09_module import Dc09TcpModule
+
+
+def with_dc09(database_url: str, **dc09: object) -> Settings:
+    base = settings_for(database_url)
+    return msgspec.structs.replace(base, dc09=msgspec.structs.replace(base.dc09, **dc09))
+
+
+class TestLimits:
+    async def test_max_connections(self, db_pool: asyncpg.Pool, database_url: str) -> None:
+        """Past max_connections a new TCP connection is closed at once; existing ones keep working."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234")])
+        async with running_engine(with_dc09(database_url, port=0, max_connections=2)) as engine:
+            assert engine.dc09 is not None
+            port = engine.dc09.port
+            kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            reader, _ = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(10), 2) == b""  # closed by the engine
+            writer = kept[0][1]
+            writer.write(encode_frame(token="NULL", seq="0000", account="1234", data=""))
+            assert b'"ACK"' in await asyncio.wait_for(kept[0][0].readuntil(b"\r"), 2)
+            for _, w in kept:
+                w.close()
+
+    async def test_idle_connection_is_closed(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A connection silent past idle_timeout_s is closed."""
+        async with running_engine(with_dc09(database_url, port=0, idle_timeout_s=0.5)) as engine:
+            assert engine.dc09 is not None
+            reader, _ = await asyncio.open_connection("127.0.0.1", engine.dc09.port)
+            assert await asyncio.wait_for(reader.read(10), 5) == b""
+
+    async def test_rate_limit_gives_no_ack(self, db_pool: asyncpg.Pool, database_url: str) -> None:
+        """A module over its per-connection rate gets no ACK for the excess (it will retry)."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234")])
+        async with running_engine(with_dc09(database_url, port=0, rate_limit_per_s=1.0)) as engine:
+            assert engine.dc09 is not None
+            module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
+            await module.connect()
+            replies = [
+                await module.send("ADM-CID", f"#1234|1130 01 {z:03d}", timeout=0.5)
+                for z in range(1, 6)
+            ]
+            await module.close()
+        assert replies[0] is not None
+        assert None in replies
+        stored = await db_pool.fetchval("SELECT count(*) FROM signals")
+        assert stored == sum(r is not None for r in replies)
+
+
+class TestPhoneLineFailureEndToEnd:
+    async def test_only_while_the_line_is_failed(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """phone_line_failure mode: nothing while the line is fine; the telco fault and what follows; quiet after restore."""
+        sim = StationSimulator()
+        port = await sim.start()
+        try:
+            await StationStore(db_pool).upsert(
+                [
+                    Station(
+                        name="s",
+                        receivers=(ReceiverConfig(name="rx", host="127.0.0.1", port=port),),
+                    )
+                ]
+            )
+            forwarding = ForwardingSettings(
+                mode=ForwardingMode.PHONE_LINE_FAILURE, phone_line_connected=True, station_account="1111", primary_receiver="rx",
+                categories=DEFAULT_FORWARDED_CATEGORIES | {Category.PHONE_COMM_FAILURES},
+            )  # fmt: skip
+            await AccountStore(db_pool).upsert_many(
+                [Account(account="1234", forwarding=forwarding)]
+            )
+            async with running_engine(settings_for(database_url)) as engine:
+                assert engine.dc09 is not None
+                module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
+                await module.connect()
+                for data in (
+                    "#1234|1130 01 001",  # line fine: suppressed
+                    "#1234|1351 00 000",  # telco fault: forwarded itself
+                    "#1234|1130 01 002",  # while failed: forwarded
+                    "#1234|3351 00 000",  # restore (trouble restoral, not selected)
+                    "#1234|1130 01 003",  # line fine again: suppressed
+                ):
+                    assert await module.send("ADM-CID", data) is not None
+                await module.close()
+                await sim.wait_for(2, timeout_s=10)
+                await asyncio.sleep(0.5)
+        finally:
+            await sim.stop()
+        assert [(r.events[0].code, r.events[0].zone) for r in sim.received] == [
+            ("351", None),
+            ("130", 2),
+        ]
+        reasons = [
+            r["reason"]
+            for r in await db_pool.fetch("SELECT reason FROM decisions ORDER BY received_at")
+        ]
+        assert reasons == [
+            "phone_line_ok",
+            "forwarded",
+            "forwarded",
+            "category_not_selected",
+            "phone_line_ok",
+        ]
+
+
+class TestStationsImport:
+    def test_phone_receiver_is_stored_with_a_warning(self, tmp_path: Path) -> None:
+        """Phone receivers are accepted but the import says they cannot be delivered to."""
+        body = [{"name": "c", "receivers": [{"name": "ph", "kind": "phone", "phone_number": "+15550100"},
+                                            {"name": "ip", "host": "127.0.0.1", "port": 10010}]}]  # fmt: skip
+        stations, warnings = parse_stations(json.dumps(body).encode(), "stations.json")
+        assert [r.name for r in stations[0].receivers] == ["ph", "ip"]
+        assert len(warnings) == 1
+        assert "telephony gateway" in warnings[0]
