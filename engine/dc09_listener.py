@@ -140,35 +140,22 @@ class Dc09Handler:
     ) -> bytes | None:
         """Commit one frame's signal; return the ACK to send, or None (not committed: no ACK)."""
         signal = signal_from_frame(received, transport=transport, peer=peer, now=received_at)
-        family = _family_label(received)
-        try:
-            result = await self.sink.submit(signal)
-        except IngestUnavailable as exc:
-            metrics.SIGNALS_RECEIVED.labels(transport.value, family, "not_committed").inc()
-            log.warning(
-                "signal_not_committed",
-                account=signal.account,
-                seq=signal.seq,
-                transport=transport.value,
-                reason=str(exc),
-            )
-            return None
-        metrics.SIGNALS_RECEIVED.labels(transport.value, family, result.value).inc()
-        ack = conn.ack(received.frame, now=self.clock())
-        metrics.ACK_LATENCY.labels(transport.value).observe(time.perf_counter() - started)
-        if result is IngestResult.DUPLICATE:
-            log.info(
-                "duplicate_acked", account=signal.account, seq=signal.seq, transport=transport.value
-            )
-        return ack
+        future = self.enqueue(signal)
+        with contextlib.suppress(IngestUnavailable):
+            await future
+        return self.finish(conn, received, signal, future, transport=transport, started=started)
 
     def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
-        """Hand ``signal`` to the sink; the future resolves after the commit."""
+        """Hand ``signal`` to the sink; the future resolves after the commit, or fails (no ACK)."""
         enqueue = getattr(self.sink, "enqueue", None)
-        if enqueue is not None:
+        if enqueue is None:
+            return asyncio.ensure_future(self.sink.submit(signal))
+        try:
             future: asyncio.Future[IngestResult] = enqueue(signal)
-            return future
-        return asyncio.ensure_future(self.sink.submit(signal))
+        except IngestUnavailable as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        return future
 
     def finish(
         self,
@@ -316,11 +303,7 @@ class Dc09StreamProtocol(asyncio.Protocol):
     def _submit(self, event: FrameReceived, now: datetime, started: float) -> None:
         """Queue the signal for commit; its ACK is written, in arrival order, once committed."""
         signal = signal_from_frame(event, transport=Transport.TCP, peer=self._peer, now=now)
-        try:
-            future = self._handler.enqueue(signal)
-        except IngestUnavailable as exc:
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
+        future = self._handler.enqueue(signal)
         self._outbox.append(_Reply(received=event, signal=signal, future=future, started=started))
         future.add_done_callback(self._flush)
 
