@@ -10,8 +10,6 @@ Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, per
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +17,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
+from engine.deadline_timer import DeadlineTimer
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.store.signals import StoredSignal, insert_signals_returning
@@ -169,8 +168,10 @@ class CrashSmashStage:
                 )
 
 
-class CrashSmashTimer:
+class CrashSmashTimer(DeadlineTimer):
     """Fires expired entry delays as Crash & Smash alarms, each once."""
+
+    name = "crash_smash"
 
     def __init__(
         self,
@@ -181,39 +182,21 @@ class CrashSmashTimer:
         max_sleep_s: float = 1.0,
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(max_sleep_s=max_sleep_s)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
-        self._max_sleep_s = max_sleep_s
         self._on_enqueued = on_enqueued
-        self._task: asyncio.Task[None] | None = None
-        self.fired = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="crash-smash-timer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            wait = self._max_sleep_s
-            try:
-                if await self.fire_due():
-                    continue
-                row = await self._pool.fetchrow(
-                    "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries WHERE state = 'pending'"
-                )
-                if row is not None:
-                    PENDING.set(row["n"])
-                    if row["next"] is not None:
-                        wait = (row["next"] - datetime.now(UTC)).total_seconds()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("crash_smash_timer_failed", error=repr(exc))
-            await asyncio.sleep(min(self._max_sleep_s, max(0.01, wait)))
+    async def seconds_to_next(self) -> float:
+        row = await self._pool.fetchrow(
+            "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries WHERE state = 'pending'"
+        )
+        if row is None or row["next"] is None:
+            PENDING.set(0)
+            return self._max_sleep_s
+        PENDING.set(row["n"])
+        return float((row["next"] - datetime.now(UTC)).total_seconds())
 
     async def fire_due(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

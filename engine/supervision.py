@@ -14,8 +14,6 @@ restore; it carries its own category (Panel Not Responding) and is not re-classi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +22,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from engine.account_directory import AccountDirectory
+from engine.deadline_timer import DeadlineTimer
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.store.signals import StoredSignal, insert_signals_returning
@@ -124,8 +123,10 @@ class SupervisionStage:
         return out
 
 
-class SupervisionTimer:
+class SupervisionTimer(DeadlineTimer):
     """Fires due supervision deadlines, each exactly once."""
+
+    name = "supervision"
 
     def __init__(
         self,
@@ -137,37 +138,14 @@ class SupervisionTimer:
         on_enqueued: Callable[[], None] | None = None,
         batch: int = 500,
     ) -> None:
+        super().__init__(max_sleep_s=max_sleep_s)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
-        self._max_sleep_s = max_sleep_s
         self._on_enqueued = on_enqueued
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self.fired = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="supervision-timer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                fired = await self.fire_due()
-                if fired:
-                    continue
-                wait = await self._seconds_to_next()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("supervision_timer_failed", error=repr(exc))
-                wait = self._max_sleep_s
-            await asyncio.sleep(min(self._max_sleep_s, max(0.01, wait)))
-
-    async def _seconds_to_next(self) -> float:
+    async def seconds_to_next(self) -> float:
         row = await self._pool.fetchrow(
             "SELECT min(deadline) AS next, count(*) AS n FROM supervision WHERE NOT missed"
         )
