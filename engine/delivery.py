@@ -147,6 +147,9 @@ class Dispatcher:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            if self._in_flight:
+                # Coalesce the wake-ups of many finishing deliveries into one claim query.
+                await asyncio.sleep(0.002)
             room = self._max_in_flight - len(self._in_flight)
             claimed: list[Any] = []
             if room > 0:

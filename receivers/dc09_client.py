@@ -79,6 +79,11 @@ class Dc09ReceiverClient:
         self.link_up = False
         metrics.LINK_UP.labels(self.name).set(0)
 
+    @property
+    def busy(self) -> bool:
+        """True while a frame is outstanding on this connection."""
+        return self._lock.locked()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -283,3 +288,39 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer within the ACK timeout"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Dc09ReceiverPool:
+    """Several connections to one receiver, so different lanes can be in flight at once.
+
+    Each connection is stop-and-wait; order within a lane is the dispatcher's job (one delivery
+    per lane in flight), so spreading lanes over connections keeps it.
+    """
+
+    def __init__(self, config: ReceiverConfig, *, connections: int = 4) -> None:
+        self.config = config
+        self.name = config.name
+        self._clients = [Dc09ReceiverClient(config) for _ in range(max(1, connections))]
+        self._next = 0
+
+    @property
+    def link_up(self) -> bool:
+        return any(c.link_up for c in self._clients)
+
+    def start(self) -> None:
+        self._clients[0].start()  # one connection's NULL polls supervise the link
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+    async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
+        """Send on an idle connection (or the next one in turn when all are busy)."""
+        for client in self._clients:
+            if not client.busy:
+                return await client.send(account=account, event=event, seq=seq)
+        self._next = (self._next + 1) % len(self._clients)
+        return await self._clients[self._next].send(account=account, event=event, seq=seq)
+
+    async def poll(self) -> bool:
+        return await self._clients[0].poll()

@@ -7,7 +7,7 @@ import structlog
 
 from protocols.signal import Event
 from receivers import metrics
-from receivers.dc09_client import Dc09ReceiverClient, DeliveryAttempt
+from receivers.dc09_client import Dc09ReceiverClient, Dc09ReceiverPool, DeliveryAttempt
 
 log = structlog.get_logger("receivers.group")
 
@@ -17,8 +17,8 @@ class ReceiverGroup:
 
     def __init__(
         self,
-        primary: Dc09ReceiverClient,
-        backup: Dc09ReceiverClient | None,
+        primary: Dc09ReceiverClient | Dc09ReceiverPool,
+        backup: Dc09ReceiverClient | Dc09ReceiverPool | None,
         *,
         failover_after: int = 3,
     ) -> None:

@@ -5,15 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from engine.station_model import ReceiverConfig
-from receivers.dc09_client import Dc09ReceiverClient
+from receivers.dc09_client import Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
 
 
 class ReceiverRegistry:
     """Clients by receiver name; ``group(primary, backup)`` is cached per pair."""
 
-    def __init__(self, receivers: Iterable[ReceiverConfig], *, failover_after: int = 3) -> None:
-        self._clients = {r.name: Dc09ReceiverClient(r) for r in receivers if r.kind == "ip"}
+    def __init__(
+        self, receivers: Iterable[ReceiverConfig], *, failover_after: int = 3, connections: int = 4
+    ) -> None:
+        self._clients = {
+            r.name: Dc09ReceiverPool(r, connections=connections)
+            for r in receivers
+            if r.kind == "ip"
+        }
         self._groups: dict[tuple[str, str | None], ReceiverGroup] = {}
         self._failover_after = failover_after
 
@@ -21,7 +27,7 @@ class ReceiverRegistry:
     def names(self) -> list[str]:
         return sorted(self._clients)
 
-    def client(self, name: str) -> Dc09ReceiverClient:
+    def client(self, name: str) -> Dc09ReceiverPool:
         try:
             return self._clients[name]
         except KeyError:
