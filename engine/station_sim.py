@@ -95,6 +95,7 @@ class StationSimulator:
         )
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.disconnects: list[str] = []
 
     def set_mode(self, mode: Mode, *, delay_ms: int | None = None) -> None:
         """Switch what the station answers from now on."""
@@ -155,8 +156,8 @@ class StationSimulator:
                     reply = await self._answer(conn, event, "tcp", peer)
                     if reply:
                         writer.write(reply)
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError) as exc:
+            self.disconnects.append(repr(exc))  # a module or engine went away mid-frame
         finally:
             self._writers.discard(writer)
             writer.close()

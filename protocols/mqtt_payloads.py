@@ -34,7 +34,7 @@ class TopicKind(StrEnum):
 
 
 class _Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """Common options of every payload: frozen, keyword-only, unknown fields refused."""
 
 
 class MqttEvent(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -116,8 +116,8 @@ class TestOpenDatabase:
             },
         )
         with pytest.raises(UserFacingError) as info:
-            async with open_database(settings):
-                pass
+            async with open_database(settings) as unreachable:
+                raise AssertionError(f"opened an unreachable database: {unreachable.url}")
         message = str(info.value)
         assert message.startswith("cannot reach PostgreSQL at 127.0.0.1:1: ")
         assert "topsecret" not in message
@@ -136,8 +136,8 @@ class TestOpenDatabase:
     async def test_embedded_server_stops_despite_a_killed_predecessor(self, tmp_path: Path) -> None:
         """A pid left behind by a process killed with -9 does not keep the server running."""
         settings = load_settings(None, {"ALARMRELAY_DATA_DIR": str(tmp_path)})
-        async with open_database(settings):
-            pass
+        async with open_database(settings) as first:
+            assert first.embedded is not None
         dead = psutil.Popen(["true"])
         dead.wait()
         (tmp_path / "postgres" / ".handle_pids.json").write_text(json.dumps([dead.pid]))

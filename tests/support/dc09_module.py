@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 from protocols.dc09_crypto import AesKey
@@ -27,10 +28,8 @@ class Dc09TcpModule:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
 
     def next_seq(self) -> str:
         self.seq = self.seq % 9999 + 1
