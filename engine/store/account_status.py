@@ -1,0 +1,66 @@
+"""What the engine currently knows about one account, gathered from every state table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+
+class PendingEntry(msgspec.Struct, frozen=True, kw_only=True):
+    partition: int
+    zone: int | None
+    deadline: datetime
+    state: str
+    closed_reason: str | None
+
+
+class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Phone line, supervision, Crash & Smash timers, contacts and queued deliveries."""
+
+    account: str
+    first_contact_at: datetime | None
+    last_contact_at: datetime | None
+    phone_line_failed: bool
+    supervision_deadline: datetime | None
+    panel_not_responding: bool
+    entries: tuple[PendingEntry, ...]
+    deliveries_pending: int
+    deliveries_dead: int
+
+
+async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | None:
+    """The status of ``account`` (None when there is no such account)."""
+    account = account.upper()
+    row = await pool.fetchrow(
+        """
+        SELECT a.account, a.first_contact_at, a.last_contact_at,
+               coalesce(s.phone_line_failed, false) AS phone_line_failed,
+               v.deadline AS supervision_deadline, coalesce(v.missed, false) AS missed,
+               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'pending') AS pending,
+               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'dead') AS dead
+        FROM accounts a
+        LEFT JOIN account_state s ON s.account = a.account
+        LEFT JOIN supervision v ON v.account = a.account
+        WHERE a.account = $1
+        """,
+        account,
+    )
+    if row is None:
+        return None
+    entries = await pool.fetch(
+        "SELECT partition, zone, deadline, state, closed_reason FROM pending_entries WHERE account = $1 ORDER BY partition",
+        account,
+    )
+    return AccountStatus(
+        account=row["account"],
+        first_contact_at=row["first_contact_at"],
+        last_contact_at=row["last_contact_at"],
+        phone_line_failed=row["phone_line_failed"],
+        supervision_deadline=row["supervision_deadline"],
+        panel_not_responding=row["missed"],
+        entries=tuple(PendingEntry(**dict(e)) for e in entries),
+        deliveries_pending=row["pending"],
+        deliveries_dead=row["dead"],
+    )
