@@ -1,0 +1,1 @@
+"""The admin HTTP API (litestar, ``/v1``): dealers, keys, stations, packages, customers."""

@@ -1,0 +1,126 @@
+"""The admin API application: every resource under ``/v1``, the OpenAPI document and docs.
+
+``create_app`` is mounted by ``serve`` on the engine's HTTP port together with /metrics,
+/healthz and /readyz (passed in ``extra_route_handlers``). The OpenAPI document is at
+``/schema/openapi.json``; interactive docs at ``/schema/swagger`` and ``/schema/redoc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Litestar, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from engine.api.api_keys import API_KEY_HANDLERS
+from engine.api.audit import AUDIT_HANDLERS
+from engine.api.auth import Caller, provide_caller
+from engine.api.dealers import DEALER_HANDLERS
+from engine.api.problems import EXCEPTION_HANDLERS
+
+
+class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where welcome letters are sent from. Without it, letters are rendered but not emailed."""
+
+    host: str
+    port: int = 587
+    sender: str = "noreply@localhost"
+    username: str | None = None
+    password: str | None = None  # never logged
+    starttls: bool = True
+    timeout_s: float = 10.0
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the admin API needs beyond the database pool."""
+
+    # Base of the one-time set-up link printed in welcome letters: <portal_url>/setup/<token>.
+    portal_url: str = "http://127.0.0.1:8080/portal"
+    setup_link_ttl_h: int = 168
+    smtp: SmtpSettings | None = None
+
+
+def api_settings(settings: Any | None) -> ApiSettings:
+    """ApiSettings from ``create_app``'s ``settings``: an ApiSettings, or an object with an
+    ``api`` attribute holding one (the engine's Settings once it grows an ``[api]`` section)."""
+    if isinstance(settings, ApiSettings):
+        return settings
+    nested = getattr(settings, "api", None)
+    if isinstance(nested, ApiSettings):
+        return nested
+    return ApiSettings()
+
+
+class Me(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller's own key."""
+
+    key_id: int
+    role: str
+    dealer_id: int | None
+
+
+@get("/me", summary="Who am I (the caller's key)")
+async def whoami(caller: Caller) -> Me:
+    """The role and dealer of the key used for this request."""
+    return Me(key_id=caller.key_id, role=caller.role, dealer_id=caller.dealer_id)
+
+
+def v1_handlers() -> list[Any]:
+    """Every ``/v1`` route handler."""
+    return [
+        whoami,
+        *API_KEY_HANDLERS,
+        *AUDIT_HANDLERS,
+        *DEALER_HANDLERS,
+    ]
+
+
+def create_app(
+    *,
+    pool: asyncpg.Pool,
+    extra_route_handlers: Sequence[Any] = (),
+    settings: Any | None = None,
+) -> Litestar:
+    """The litestar application of the admin API (plus ``extra_route_handlers`` at the root)."""
+    v1 = Router(
+        path="/v1",
+        route_handlers=v1_handlers(),
+        dependencies={"caller": Provide(provide_caller)},
+        security=[{"bearer": []}, {"apiKey": []}],
+    )
+    openapi = OpenAPIConfig(
+        title="alarmrelay admin API",
+        version="1",
+        description="Dealers, API keys, monitoring stations, service packages and customer accounts. "
+        "Errors are RFC 9457 problem documents (application/problem+json).",
+        path="/schema",
+        render_plugins=[
+            JsonRenderPlugin(path="/openapi.json"),
+            SwaggerRenderPlugin(path="/swagger"),
+            RedocRenderPlugin(path="/redoc"),
+        ],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="Authorization: Bearer <API key>"
+                ),
+                "apiKey": SecurityScheme(
+                    type="apiKey", name="X-API-Key", security_scheme_in="header"
+                ),
+            }
+        ),
+    )
+    return Litestar(
+        route_handlers=[v1, *extra_route_handlers],
+        state=State({"pool": pool, "api_settings": api_settings(settings)}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=openapi,
+        debug=False,
+    )

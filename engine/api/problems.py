@@ -1,0 +1,153 @@
+"""RFC 9457 problem details: every error the API returns is one ``application/problem+json`` document.
+
+Validation problems list each failing field with the rule it broke, so a client can show every
+mistake of a step at once instead of one per round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = structlog.get_logger("engine.api")
+
+
+class FieldError(msgspec.Struct, frozen=True, kw_only=True):
+    """One field that broke one rule."""
+
+    field: str  # dotted path in the request, e.g. "customer.email_confirm"
+    rule: str  # a stable machine name, e.g. "emails_match"
+    message: str  # what a person reads
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldError] = []
+    warnings: list[str] = []
+
+
+class ProblemError(Exception):
+    """Raised by handlers; rendered as a problem document with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        warnings: list[str] | None = None,
+        type_: str = "about:blank",
+    ) -> None:
+        super().__init__(detail or title)
+        self.problem = Problem(
+            type=type_,
+            title=title,
+            status=status,
+            detail=detail,
+            errors=errors or [],
+            warnings=warnings or [],
+        )
+
+
+def not_found(what: str) -> ProblemError:
+    """404 for a resource that does not exist or that the caller may not see (same answer)."""
+    return ProblemError(404, "Not Found", f"{what} not found")
+
+
+def invalid(errors: list[FieldError], *, warnings: list[str] | None = None) -> ProblemError:
+    """422 listing every field error."""
+    return ProblemError(
+        422,
+        "Validation failed",
+        "; ".join(f"{e.field}: {e.message}" for e in errors),
+        errors=errors,
+        warnings=warnings,
+        type_="urn:alarmrelay:problem:validation",
+    )
+
+
+def conflict(field: str, rule: str, message: str) -> ProblemError:
+    """409 for a uniqueness rule (login name, module serial, …)."""
+    return ProblemError(
+        409,
+        "Conflict",
+        f"{field}: {message}",
+        errors=[FieldError(field=field, rule=rule, message=message)],
+        type_="urn:alarmrelay:problem:conflict",
+    )
+
+
+def _response(problem: Problem) -> Response[Any]:
+    return Response(
+        content=msgspec.json.encode(problem),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def problem_handler(_: Request[Any, Any, Any], exc: ProblemError) -> Response[Any]:
+    """Render a :class:`ProblemError`."""
+    return _response(exc.problem)
+
+
+def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Body, query or path parameters that do not decode: 400 with each field litestar names."""
+    errors: list[FieldError] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict):
+            key = str(item.get("key") or item.get("source") or "body")
+            errors.append(FieldError(field=key, rule="type", message=str(item.get("message", ""))))
+    return _response(
+        Problem(
+            type="urn:alarmrelay:problem:bad-request",
+            title="Bad Request",
+            status=400,
+            detail=str(exc.detail),
+            errors=errors,
+        )
+    )
+
+
+def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Any other litestar HTTP error (404 route, 405, 401, …) as a problem document."""
+    response = _response(
+        Problem(title=_title(exc.status_code), status=exc.status_code, detail=str(exc.detail))
+    )
+    if isinstance(exc, NotAuthorizedException):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="alarmrelay"'
+    return response
+
+
+def server_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """An unexpected error: logged with its type, answered as a 500 problem without internals."""
+    log.error("api_error", path=request.url.path, error=type(exc).__name__, message=str(exc))
+    return _response(Problem(title="Internal Server Error", status=500))
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus  # noqa: PLC0415
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ProblemError: problem_handler,
+    ValidationException: validation_handler,
+    HTTPException: http_handler,
+    Exception: server_error_handler,
+}
