@@ -1,45 +1,75 @@
-"""Per-account state that forwarding decisions depend on, and the pure rule that updates it."""
+"""Per-account state that forwarding decisions depend on, and the pure rule that updates it.
+
+PRODUCT.md "Forwarding semantics": the phone-line state is set by phone-line / communication
+failure signals (Contact ID 351, 352, 354; SIA LT, YC) and cleared by their restores. The caller
+applies each event *before* deciding on it, so the failure signal itself can be forwarded.
+"""
 
 from __future__ import annotations
 
 import msgspec
 
-from protocols.signal import Event, Family
+from protocols.signal import Category, Event, Family
 
-# PRODUCT.md "Forwarding semantics": the phone-line state is set by phone-line / communication
-# failure signals (Contact ID 351, 352, 354; SIA LT, YC) and cleared by their restores.
+# Contact ID 351 telco 1 fault, 352 telco 2 fault, 354 failure to communicate (PROTOCOLS.md §2.5).
 _CID_LINE_FAULTS = frozenset({"351", "352", "354"})
-_SIA_LINE_FAULT_SET = frozenset({"LT", "YC"})
-_SIA_LINE_FAULT_CLEAR = frozenset({"LR", "YK"})
+# Q=1 new event and Q=6 status ("condition still present", §2.2) both mean the line is failed;
+# None is what the encoders send as Q=1 (protocols/contact_id.py), so it counts as Q=1 too.
+_CID_SETS = frozenset({"1", "6", None})
+_CID_CLEARS = "3"
+# SIA DC-03: LT phone line trouble / LR its restore; YC communications fail / YK its restore.
+_SIA_SETS = frozenset({"LT", "YC"})
+_SIA_CLEARS = frozenset({"LR", "YK"})
+_SIA_LINE_CODES = _SIA_SETS | _SIA_CLEARS
+# Server-generated signals carry their own category; their code is only the wire form they are
+# sent upstream with and is not re-classified (PRODUCT.md). Panel Not Responding may go out as
+# SIA YC, which must not be read as the panel's own communication failure.
+_SYNTHETIC = frozenset({Category.PANEL_NOT_RESPONDING, Category.CRASH_SMASH})
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
-    """What the engine knows about an account beyond its settings."""
+    """What the engine knows about an account beyond its settings (room for more, e.g. pending
+    entry, as fields with defaults)."""
 
     phone_line_failed: bool = False
     panel_not_responding: bool = False
 
 
 def changes_state(event: Event) -> bool:
-    """True when ``event`` can change an account's state (so its state row must be locked)."""
+    """True when ``event`` can change an account's phone-line state (so its row must be locked)."""
+    if event.classification.category in _SYNTHETIC:
+        return False
     if event.family is Family.CID:
         return event.code in _CID_LINE_FAULTS
-    return event.code in _SIA_LINE_FAULT_SET or event.code in _SIA_LINE_FAULT_CLEAR
+    return event.code in _SIA_LINE_CODES
 
 
 def apply_event(state: AccountState, event: Event) -> AccountState:
-    """The state after ``event`` (returns ``state`` itself when nothing changes)."""
-    failed: bool | None = None
-    if event.family is Family.CID:
-        if event.code in _CID_LINE_FAULTS:
-            if event.qualifier == "3":
-                failed = False
-            elif event.qualifier in (None, "1", "6"):
-                failed = True
-    elif event.code in _SIA_LINE_FAULT_SET:
-        failed = True
-    elif event.code in _SIA_LINE_FAULT_CLEAR:
-        failed = False
-    if failed is None or failed == state.phone_line_failed:
+    """The state after ``event``; ``state`` itself when nothing changes (no allocation).
+
+    Contact ID 351/352/354: Q=1 (or Q=6 status) sets the failed line, Q=3 clears it. SIA LT and YC
+    set it, LR and YK clear it. Server-generated events (Panel Not Responding, Crash & Smash) never
+    change it.
+    """
+    if event.classification.category in _SYNTHETIC:
         return state
-    return AccountState(phone_line_failed=failed, panel_not_responding=state.panel_not_responding)
+    code = event.code
+    if event.family is Family.CID:
+        if code not in _CID_LINE_FAULTS:
+            return state
+        qualifier = event.qualifier
+        if qualifier == _CID_CLEARS:
+            failed = False
+        elif qualifier in _CID_SETS:
+            failed = True
+        else:
+            return state
+    elif code in _SIA_SETS:
+        failed = True
+    elif code in _SIA_CLEARS:
+        failed = False
+    else:
+        return state
+    if failed is state.phone_line_failed:
+        return state
+    return msgspec.structs.replace(state, phone_line_failed=failed)

@@ -1,10 +1,18 @@
 """The forwarding policy: a pure function from (event, settings, state) to a decision with a reason.
 
-Exactly PRODUCT.md "Forwarding semantics": a signal is forwarded when (1) the mode is not
-``never``, (2) its category is selected (on a UL/ETL installation Alarms and Panel Not Responding
-cannot be deselected), and (3) the mode is ``always``, or ``phone_line_failure`` and the phone line
-is not connected, has failed, or the panel's dialer could not deliver this signal. Server-generated
-signals need only (1) and (2). The first failing rule is the reason.
+Exactly PRODUCT.md "Forwarding semantics". A signal is forwarded when all hold, else it is recorded
+as not forwarded with the first failing rule as the reason:
+
+1. the mode is not ``never``;
+2. its category is selected (unclassified and "other" codes never are; on a UL/ETL installation
+   Alarms and Panel Not Responding always are);
+3. the mode is ``always``, or ``phone_line_failure`` and (the phone line is not connected, or the
+   account's line is currently failed, or the panel's dialer could not deliver this signal).
+
+Server-generated signals (Panel Not Responding, Crash & Smash) need only rules 1 and 2. A signal that
+passes all three on an account without a station account number or primary receiver is a
+misconfiguration: it is recorded as not forwarded with its own reason, so it shows in the history
+and the metrics instead of vanishing. docs/forwarding.md has the reasons table.
 """
 
 from __future__ import annotations
@@ -15,30 +23,34 @@ import msgspec
 
 from engine.account_model import ForwardingMode, ForwardingSettings
 from engine.account_state import AccountState
-from protocols.signal import FORWARDING_CATEGORIES, Category, Event
+from protocols.signal import Category, Event
 
 
 class DecisionReason(StrEnum):
-    """Why a signal was or was not forwarded (stored, exported as a metric label)."""
+    """Why an event was or was not forwarded. Stored with the decision and used as a metric label:
+    the values are stable."""
 
     FORWARDED = "forwarded"
-    MODE_NEVER = "mode_never"
-    NOT_FORWARDABLE = "not_forwardable"  # unclassified code or a code that is never forwarded
-    CATEGORY_NOT_SELECTED = "category_not_selected"
-    PHONE_LINE_OK = "phone_line_ok"  # phone_line_failure mode, line connected and healthy
-    NO_STATION_ACCOUNT = (
-        "no_station_account"  # misconfiguration: nothing to address the station with
-    )
+    MODE_NEVER = "mode_never"  # rule 1: the account is self-monitored
+    UNCLASSIFIED = "unclassified"  # rule 2: a code we do not know (kept, never forwarded)
+    NOT_FORWARDABLE = "not_forwardable"  # rule 2: a known code of the "other" kind (§4.1)
+    CATEGORY_NOT_SELECTED = "category_not_selected"  # rule 2: category not among the account's
+    PHONE_LINE_OK = "phone_line_ok"  # rule 3: phone_line_failure mode and the panel's line works
+    NO_STATION_ACCOUNT = "no_station_account"  # misconfiguration: nothing to address the station
     NO_RECEIVER = "no_receiver"  # misconfiguration: no primary receiver
 
 
 class TwoWayVoiceAction(StrEnum):
+    """What delivery does about two-way voice once the station has acknowledged the event."""
+
     NONE = "none"
+    # Send listen-in-to-follow (CID 606 / SIA LF) to the same receiver and start a voice session
+    # with the siren off on the module (PRODUCT.md "Two-way voice").
     LISTEN_IN_AFTER_DELIVERY = "listen_in_after_delivery"
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome for one event."""
+    """The outcome for one event. Receivers and station account are set only when forwarded."""
 
     forward: bool
     reason: DecisionReason
@@ -49,12 +61,36 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     two_way_voice: TwoWayVoiceAction = TwoWayVoiceAction.NONE
 
 
-_FORWARDABLE = frozenset(FORWARDING_CATEGORIES)
+class TwoWayVoiceRequirement(StrEnum):
+    """One of the three conditions the two-way-voice option needs (PRODUCT.md "Two-way voice")."""
+
+    MODULE = "module_two_way_voice_capable"
+    RECEIVER = "receiver_supports_two_way_voice"
+    PACKAGE = "package_includes_two_way_voice"
+
+
 _UL_LOCKED = frozenset({Category.ALARMS, Category.PANEL_NOT_RESPONDING})
 
 
+def _rejections(reason: DecisionReason) -> dict[Category, Decision]:
+    return {c: Decision(forward=False, reason=reason, category=c) for c in Category}
+
+
+# Not-forwarded decisions depend only on (reason, category): built once, shared (they are frozen),
+# so the per-signal path allocates only for forwarded events.
+_MODE_NEVER = _rejections(DecisionReason.MODE_NEVER)
+_NOT_SELECTED = _rejections(DecisionReason.CATEGORY_NOT_SELECTED)
+_PHONE_LINE_OK = _rejections(DecisionReason.PHONE_LINE_OK)
+_NO_STATION_ACCOUNT = _rejections(DecisionReason.NO_STATION_ACCOUNT)
+_NO_RECEIVER = _rejections(DecisionReason.NO_RECEIVER)
+_UNCLASSIFIED = Decision(
+    forward=False, reason=DecisionReason.UNCLASSIFIED, category=Category.UNCLASSIFIED
+)
+_OTHER = Decision(forward=False, reason=DecisionReason.NOT_FORWARDABLE, category=Category.OTHER)
+
+
 def ul_effective_categories(settings: ForwardingSettings) -> frozenset[Category]:
-    """The categories in force: on a UL/ETL installation Alarms and PNR are always selected."""
+    """The categories in force: the selection, plus Alarms and Panel Not Responding on UL/ETL."""
     if settings.ul_listed:
         return settings.categories | _UL_LOCKED
     return settings.categories
@@ -68,33 +104,42 @@ def decide(
     server_generated: bool = False,
     dialer_failed: bool = False,
 ) -> Decision:
-    """Decide for one event (pure; no I/O)."""
+    """Decide for one event whose effect on ``state`` has already been applied (pure; no I/O).
+
+    ``server_generated``: Panel Not Responding or Crash & Smash raised by the engine (rules 1 and 2
+    only; ``event`` carries its own category). ``dialer_failed``: the signal itself says the panel's
+    dialer could not deliver it.
+    """
     category = event.classification.category
+    # Rule 1.
     if settings.mode is ForwardingMode.NEVER:
-        return Decision(forward=False, reason=DecisionReason.MODE_NEVER, category=category)
-    if category not in _FORWARDABLE:
-        return Decision(forward=False, reason=DecisionReason.NOT_FORWARDABLE, category=category)
-    selected = category in settings.categories or (settings.ul_listed and category in _UL_LOCKED)
-    if not selected:
-        return Decision(
-            forward=False, reason=DecisionReason.CATEGORY_NOT_SELECTED, category=category
-        )
+        return _MODE_NEVER[category]
+    # Rule 2. Unclassified and "other" codes are never selectable; say which one it was.
+    if category is Category.UNCLASSIFIED:
+        return _UNCLASSIFIED
+    if category is Category.OTHER:
+        return _OTHER
+    if category not in settings.categories and not (settings.ul_listed and category in _UL_LOCKED):
+        return _NOT_SELECTED[category]
+    # Rule 3.
     if (
-        not server_generated
-        and settings.mode is ForwardingMode.PHONE_LINE_FAILURE
+        settings.mode is ForwardingMode.PHONE_LINE_FAILURE
+        and not server_generated
         and settings.phone_line_connected
         and not state.phone_line_failed
         and not dialer_failed
     ):
-        return Decision(forward=False, reason=DecisionReason.PHONE_LINE_OK, category=category)
+        return _PHONE_LINE_OK[category]
+    # Forwardable: it needs somewhere to go.
     if not settings.station_account:
-        return Decision(forward=False, reason=DecisionReason.NO_STATION_ACCOUNT, category=category)
+        return _NO_STATION_ACCOUNT[category]
     if not settings.primary_receiver:
-        return Decision(forward=False, reason=DecisionReason.NO_RECEIVER, category=category)
+        return _NO_RECEIVER[category]
     cls = event.classification
+    # A new fire or CO alarm only: not its restore, nor a Q=6 status repeat of a standing one.
     voice = (
         TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY
-        if settings.two_way_voice and (cls.fire or cls.co) and not cls.restore
+        if settings.two_way_voice and (cls.fire or cls.co) and not cls.restore and not cls.status
         else TwoWayVoiceAction.NONE
     )
     return Decision(
@@ -111,12 +156,13 @@ def decide(
 def check_two_way_voice_eligibility(
     *, module_capable: bool, receiver_supports: bool, package_includes: bool
 ) -> list[str]:
-    """What is missing for the two-way-voice option (empty: eligible)."""
-    missing = []
+    """The :class:`TwoWayVoiceRequirement` names that are missing (empty: eligible), in the
+    order module, receiver, package; the API and import name them when refusing the option."""
+    missing: list[str] = []
     if not module_capable:
-        missing.append("module is not two-way-voice capable")
+        missing.append(TwoWayVoiceRequirement.MODULE)
     if not receiver_supports:
-        missing.append("selected receiver does not support two-way voice")
+        missing.append(TwoWayVoiceRequirement.RECEIVER)
     if not package_includes:
-        missing.append("service package does not include two-way voice")
+        missing.append(TwoWayVoiceRequirement.PACKAGE)
     return missing
