@@ -25,6 +25,7 @@ _SIA_LINE_CODES = _SIA_SETS | _SIA_CLEARS
 # sent upstream with and is not re-classified (PRODUCT.md). Panel Not Responding may go out as
 # SIA YC, which must not be read as the panel's own communication failure.
 _SYNTHETIC = frozenset({Category.PANEL_NOT_RESPONDING, Category.CRASH_SMASH})
+_CID = Family.CID  # bound once: an Enum.MEMBER lookup is slow on Python 3.11 (per-event path)
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +40,7 @@ def changes_state(event: Event) -> bool:
     """True when ``event`` can change an account's phone-line state (so its row must be locked)."""
     if event.classification.category in _SYNTHETIC:
         return False
-    if event.family is Family.CID:
+    if event.family is _CID:
         return event.code in _CID_LINE_FAULTS
     return event.code in _SIA_LINE_CODES
 
@@ -54,7 +55,7 @@ def apply_event(state: AccountState, event: Event) -> AccountState:
     if event.classification.category in _SYNTHETIC:
         return state
     code = event.code
-    if event.family is Family.CID:
+    if event.family is _CID:
         if code not in _CID_LINE_FAULTS:
             return state
         qualifier = event.qualifier

@@ -87,6 +87,15 @@ _UNCLASSIFIED = Decision(
     forward=False, reason=DecisionReason.UNCLASSIFIED, category=Category.UNCLASSIFIED
 )
 _OTHER = Decision(forward=False, reason=DecisionReason.NOT_FORWARDABLE, category=Category.OTHER)
+# Enum members bound once: on Python 3.11 `Enum.MEMBER` is a class-attribute lookup costing about
+# as much as the whole rest of a decision.
+_NEVER = ForwardingMode.NEVER
+_LINE_FAILURE_ONLY = ForwardingMode.PHONE_LINE_FAILURE
+_CAT_UNCLASSIFIED = Category.UNCLASSIFIED
+_CAT_OTHER = Category.OTHER
+_FORWARDED = DecisionReason.FORWARDED
+_VOICE_NONE = TwoWayVoiceAction.NONE
+_VOICE_LISTEN_IN = TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY
 
 
 def ul_effective_categories(settings: ForwardingSettings) -> frozenset[Category]:
@@ -112,18 +121,18 @@ def decide(
     """
     category = event.classification.category
     # Rule 1.
-    if settings.mode is ForwardingMode.NEVER:
+    if settings.mode is _NEVER:
         return _MODE_NEVER[category]
     # Rule 2. Unclassified and "other" codes are never selectable; say which one it was.
-    if category is Category.UNCLASSIFIED:
+    if category is _CAT_UNCLASSIFIED:
         return _UNCLASSIFIED
-    if category is Category.OTHER:
+    if category is _CAT_OTHER:
         return _OTHER
     if category not in settings.categories and not (settings.ul_listed and category in _UL_LOCKED):
         return _NOT_SELECTED[category]
     # Rule 3.
     if (
-        settings.mode is ForwardingMode.PHONE_LINE_FAILURE
+        settings.mode is _LINE_FAILURE_ONLY
         and not server_generated
         and settings.phone_line_connected
         and not state.phone_line_failed
@@ -138,13 +147,13 @@ def decide(
     cls = event.classification
     # A new fire or CO alarm only: not its restore, nor a Q=6 status repeat of a standing one.
     voice = (
-        TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY
+        _VOICE_LISTEN_IN
         if settings.two_way_voice and (cls.fire or cls.co) and not cls.restore and not cls.status
-        else TwoWayVoiceAction.NONE
+        else _VOICE_NONE
     )
     return Decision(
         forward=True,
-        reason=DecisionReason.FORWARDED,
+        reason=_FORWARDED,
         category=category,
         primary_receiver=settings.primary_receiver,
         backup_receiver=settings.backup_receiver,
