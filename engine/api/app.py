@@ -22,7 +22,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from engine.api.api_keys import API_KEY_HANDLERS
 from engine.api.audit import AUDIT_HANDLERS
 from engine.api.auth import Caller, provide_caller
+from engine.api.catalog import CATALOG_HANDLERS
+from engine.api.customers import CUSTOMER_HANDLERS
 from engine.api.dealers import DEALER_HANDLERS
+from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS
 
 
@@ -79,6 +82,9 @@ def v1_handlers() -> list[Any]:
         *API_KEY_HANDLERS,
         *AUDIT_HANDLERS,
         *DEALER_HANDLERS,
+        *PACKAGE_HANDLERS,
+        *CATALOG_HANDLERS,
+        *CUSTOMER_HANDLERS,
     ]
 
 

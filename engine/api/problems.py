@@ -32,8 +32,8 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     title: str
     status: int
     detail: str | None = None
-    errors: list[FieldError] = []
-    warnings: list[str] = []
+    errors: list[FieldError] = msgspec.field(default_factory=list)
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 class ProblemError(Exception):

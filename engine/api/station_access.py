@@ -1,0 +1,35 @@
+"""Which monitoring stations and receivers a dealer may use.
+
+A dealer may use the stations it (or a dealer above it) registered, and every station marked as
+the provider's own. Stations registered by the provider without ``own`` are for admins only.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from engine.api.tenancy import dealer_ancestors
+from engine.station_model import ReceiverConfig
+from engine.store.stations import receiver_from_row
+
+_RECEIVER_COLUMNS = (
+    "r.name, r.kind, r.host, r.port, r.protocol, r.receiver_number, r.line_prefix, r.key, r.key_format, "
+    "r.families, r.two_way_voice, r.null_poll_interval_s, r.ack_timeout_s, r.phone_number"
+)
+
+
+async def usable_receivers(
+    conn: asyncpg.Connection | asyncpg.Pool, dealer_id: int
+) -> dict[str, ReceiverConfig]:
+    """Receivers (by name) of the stations the dealer may use."""
+    dealers = await dealer_ancestors(conn, dealer_id)
+    rows = await conn.fetch(
+        f"""
+        SELECT {_RECEIVER_COLUMNS} FROM receivers r JOIN stations s ON s.name = r.station
+        LEFT JOIN dealer_stations ds ON ds.station = s.name
+        WHERE s.own OR ds.dealer_id = ANY($1)
+        ORDER BY r.name
+        """,  # noqa: S608 - a module constant
+        dealers,
+    )
+    return {r["name"]: receiver_from_row(r) for r in rows}
