@@ -23,8 +23,10 @@ from engine.api.api_keys import API_KEY_HANDLERS
 from engine.api.audit import AUDIT_HANDLERS
 from engine.api.auth import Caller, provide_caller
 from engine.api.catalog import CATALOG_HANDLERS
+from engine.api.commitments import COMMITMENT_HANDLERS
 from engine.api.customers import CUSTOMER_HANDLERS
 from engine.api.dealers import DEALER_HANDLERS
+from engine.api.drafts import DRAFT_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS
 
@@ -85,6 +87,8 @@ def v1_handlers() -> list[Any]:
         *PACKAGE_HANDLERS,
         *CATALOG_HANDLERS,
         *CUSTOMER_HANDLERS,
+        *DRAFT_HANDLERS,
+        *COMMITMENT_HANDLERS,
     ]
 
 

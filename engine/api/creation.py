@@ -296,7 +296,7 @@ async def _login(
     return name
 
 
-async def _system(
+async def check_system(
     conn: asyncpg.Connection,
     system: SystemInfo,
     account_type: str | None,
@@ -396,6 +396,8 @@ async def _system(
     elif panel is None:
         if account_type in {"video_access", "automation"}:
             panel = "no-panel"
+        elif virtual:
+            panel = "wireless-panel"  # a simulated module reports as a plain wireless panel
         else:
             errors.append(
                 FieldError(
@@ -646,7 +648,9 @@ async def plan_creation(
             )
         )
     else:
-        system, module = await _system(conn, system or SystemInfo(), account_type, virtual, errors)
+        system, module = await check_system(
+            conn, system or SystemInfo(), account_type, virtual, errors
+        )
     pathway = steps.get("pathway")
     if module is not None:
         pathway = pathway or module.default_pathway

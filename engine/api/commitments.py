@@ -1,0 +1,257 @@
+"""Commitments (a customer stored ahead of time, without charge, until its module is known),
+activation by module serial, and module swap on a live account.
+
+A commitment has every step except the system information; it gets a commitment ID and no
+``accounts`` row (the engine knows nothing of it, nothing is billed). Activating it with the
+module validates the system step and the rest of the stored document again (packages and
+receivers may have changed) and creates the engine's account in the same transaction.
+
+A module swap keeps the customer's DC-09 account number (so its signal history, supervision and
+station account stay one), replaces the module serial (the MQTT identity: the old serial is no
+longer accepted), and may set a new AES key; the new module must be programmed with the same
+account number. The old module is kept in the customer's module history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from litestar import get, post
+from litestar.datastructures import State
+
+from engine.api import audit
+from engine.api.auth import Caller, require_write
+from engine.api.creation import Invalid, check_system, plan_creation
+from engine.api.customer_model import (
+    Customer,
+    CustomerCreate,
+    CustomerCreated,
+    ForwardingStep,
+    SystemInfo,
+)
+from engine.api.customer_store import document_of, fetch_customer, insert_account, insert_customer
+from engine.api.problems import FieldError, ProblemError, invalid, not_found
+from engine.api.serials import Pathway
+from engine.api.tenancy import visible_dealers
+
+
+class Activation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The module that turns a commitment into a customer (and optional late steps)."""
+
+    system: SystemInfo
+    pathway: Pathway | None = None
+    forwarding: ForwardingStep | None = None  # replaces the stored forwarding step when given
+
+
+class ModuleSwap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The replacement module."""
+
+    serial: str
+    module_type: str | None = None  # detected from the serial format when absent
+    key: str | None = None  # a new DC-09 AES key (None: keep the current one)
+    key_format: Literal["hex", "ascii"] = "hex"
+
+
+class ModuleRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One module a customer has had."""
+
+    account: str
+    module_serial: str
+    module_type: str
+    since: datetime
+    until: datetime | None
+
+
+@post("/commitments", summary="Create a commitment (a customer without module, not charged)")
+async def create_commitment(state: State, caller: Caller, data: CustomerCreate) -> CustomerCreated:
+    """All steps except ``system``; the answer carries the commitment ID."""
+    require_write(caller)
+    async with state.pool.acquire() as conn, conn.transaction():
+        try:
+            plan = await plan_creation(conn, caller, msgspec.to_builtins(data), commitment=True)
+        except Invalid as exc:
+            raise invalid(exc.errors, warnings=exc.warnings) from None
+        customer_id = await insert_customer(conn, caller, plan, commitment=True)
+        customer = await fetch_customer(conn, caller, customer_id)
+    return CustomerCreated(customer=customer, summary=plan.summary, warnings=plan.warnings)
+
+
+async def _commitment_id(conn: Any, caller: Caller, commitment_id: str) -> int:
+    row = await conn.fetchrow(
+        "SELECT id, dealer_id, sub_dealer_id FROM customers WHERE commitment_id = $1", commitment_id
+    )
+    visible = await visible_dealers(conn, caller)
+    if row is None or (
+        visible is not None
+        and row["dealer_id"] not in visible
+        and row["sub_dealer_id"] not in visible
+    ):
+        raise not_found("commitment")
+    return int(row["id"])
+
+
+@post(
+    "/commitments/{commitment_id:str}/activate",
+    summary="Activate a commitment with its module",
+    status_code=200,
+)
+async def activate_commitment(
+    state: State, caller: Caller, commitment_id: str, data: Activation
+) -> CustomerCreated:
+    """Validates the module (serial/IMEI, uniqueness) and the stored steps; creates the engine account."""
+    require_write(caller)
+    async with state.pool.acquire() as conn, conn.transaction():
+        customer_id = await _commitment_id(conn, caller, commitment_id)
+        before = await fetch_customer(conn, caller, customer_id, for_update=True)
+        if before.status != "commitment":
+            raise ProblemError(
+                409,
+                "Conflict",
+                "this commitment is already active",
+                type_="urn:alarmrelay:problem:conflict",
+            )
+        document = document_of(before)
+        document["customer"]["email_confirm"] = document["customer"][
+            "email"
+        ]  # confirmed at creation
+        document["system"] = msgspec.to_builtins(data.system)
+        document["pathway"] = data.pathway
+        if data.forwarding is not None:
+            document["forwarding"] = msgspec.to_builtins(data.forwarding)
+        try:
+            plan = await plan_creation(conn, caller, document, exclude_customer=customer_id)
+        except Invalid as exc:
+            raise invalid(exc.errors, warnings=exc.warnings) from None
+        account = plan.account
+        assert account is not None
+        await insert_account(conn, account)
+        await conn.execute(
+            """UPDATE customers SET status = 'active', account = $2, module_serial = $3, document = $4::jsonb,
+                   billing_started_at = now(), updated_at = now() WHERE id = $1""",
+            customer_id,
+            account.account,
+            account.module_serial,
+            msgspec.json.encode(plan.document).decode(),
+        )
+        await conn.execute(
+            "INSERT INTO customer_modules (customer_id, account, module_serial, module_type) VALUES ($1, $2, $3, $4)",
+            customer_id,
+            account.account,
+            account.module_serial,
+            plan.module_type or "unknown",
+        )
+        await audit.record(
+            conn,
+            caller,
+            action="activate",
+            resource="customer",
+            resource_id=customer_id,
+            dealer_id=before.dealer_id,
+            before={"status": "commitment"},
+            after={"status": "active", "account": account},
+        )
+        customer = await fetch_customer(conn, caller, customer_id)
+    return CustomerCreated(customer=customer, summary=plan.summary, warnings=plan.warnings)
+
+
+@post(
+    "/customers/{customer_id:int}/module-swap",
+    summary="Replace the module of a live account",
+    status_code=200,
+)
+async def swap_module(state: State, caller: Caller, customer_id: int, data: ModuleSwap) -> Customer:
+    """The new serial is validated like at creation; the old serial stops being accepted."""
+    require_write(caller)
+    async with state.pool.acquire() as conn, conn.transaction():
+        before = await fetch_customer(conn, caller, customer_id, for_update=True)
+        if before.status != "active" or before.account is None:
+            raise invalid(
+                [
+                    FieldError(
+                        field="customer",
+                        rule="active",
+                        message="only a live account has a module to swap",
+                    )
+                ]
+            )
+        errors: list[FieldError] = []
+        system, module = await check_system(
+            conn,
+            SystemInfo(
+                serial=data.serial,
+                module_type=data.module_type,
+                key=data.key,
+                key_format=data.key_format,
+                dc09_account=before.account,
+                panel_type=(before.document.get("system") or {}).get("panel_type"),
+            ),
+            before.account_type,
+            before.virtual,
+            errors,
+        )
+        # check_system refuses the account number as "in use": here it is this customer's own.
+        errors = [e for e in errors if e.field != "system.dc09_account"]
+        if errors:
+            raise invalid(errors)
+        assert system.serial is not None
+        assert module is not None
+        await conn.execute(
+            """UPDATE accounts SET module_serial = $2, two_way_voice_capable = $3,
+                   key = coalesce($4, key), key_format = CASE WHEN $4::text IS NULL THEN key_format ELSE $5 END,
+                   updated_at = now() WHERE account = $1""",
+            before.account,
+            system.serial,
+            module.two_way_voice,
+            data.key,
+            data.key_format,
+        )
+        await conn.execute(
+            "UPDATE customer_modules SET until = now() WHERE customer_id = $1 AND until IS NULL",
+            customer_id,
+        )
+        await conn.execute(
+            "INSERT INTO customer_modules (customer_id, account, module_serial, module_type) VALUES ($1, $2, $3, $4)",
+            customer_id,
+            before.account,
+            system.serial,
+            module.code,
+        )
+        document = document_of(before)
+        document["system"] = {
+            **(document.get("system") or {}),
+            "serial": system.serial,
+            "module_type": module.code,
+        }
+        await conn.execute(
+            "UPDATE customers SET module_serial = $2, document = $3::jsonb, updated_at = now() WHERE id = $1",
+            customer_id,
+            system.serial,
+            msgspec.json.encode(document).decode(),
+        )
+        await audit.record(
+            conn,
+            caller,
+            action="module_swap",
+            resource="customer",
+            resource_id=customer_id,
+            dealer_id=before.dealer_id,
+            before={"module_serial": before.module_serial},
+            after={"module_serial": system.serial, "module_type": module.code},
+        )
+        return await fetch_customer(conn, caller, customer_id)
+
+
+@get("/customers/{customer_id:int}/modules", summary="Modules a customer has had")
+async def list_modules(state: State, caller: Caller, customer_id: int) -> list[ModuleRecord]:
+    """Oldest first; the current module has ``until`` null."""
+    await fetch_customer(state.pool, caller, customer_id)
+    rows = await state.pool.fetch(
+        "SELECT account, module_serial, module_type, since, until FROM customer_modules WHERE customer_id = $1 ORDER BY id",
+        customer_id,
+    )
+    return [ModuleRecord(**dict(r)) for r in rows]
+
+
+COMMITMENT_HANDLERS = [create_commitment, activate_commitment, swap_module, list_modules]

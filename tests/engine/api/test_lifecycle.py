@@ -1,0 +1,206 @@
+"""Drafts that resume, commitments and their activation, module swap, virtual customers."""
+
+from __future__ import annotations
+
+import httpx
+
+from engine.store.accounts import AccountStore
+from tests.engine.api.catalog_setup import create_packages, imei, security_request
+from tests.engine.api.conftest import Api, problem_rules
+
+
+async def _setup(api: Api, admin: httpx.AsyncClient) -> int:
+    await create_packages(admin)
+    return await api.dealer("Acme")
+
+
+class TestDrafts:
+    async def test_resume_and_submit(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A draft saved step by step tells the next step, resumes from a list, and submits."""
+        dealer = await _setup(api, admin)
+        client = api.client(await api.key("dealer", dealer))
+        full = security_request(dealer, imei("49015420323751"))
+        started = await client.post(
+            "/v1/drafts",
+            json={"document": {"account_type": "security_system", "dealer": full["dealer"]}},
+        )
+        assert started.status_code == 201, started.text
+        draft = started.json()
+        assert draft["next_step"] == "customer"
+        assert {"account_type", "dealer"} <= set(draft["complete_steps"])
+        step = await client.patch(
+            f"/v1/drafts/{draft['id']}", json={"document": {"customer": full["customer"]}}
+        )
+        assert step.json()["next_step"] == "system"
+        resumed = (await client.get("/v1/drafts")).json()["items"]
+        assert [d["id"] for d in resumed] == [draft["id"]]
+        assert resumed[0]["document"]["customer"]["last_name"] == "Lovelace"
+        early = await client.post(f"/v1/drafts/{draft['id']}/submit")
+        assert early.status_code == 422
+        assert ("system", "required") in problem_rules(early.json())
+        await client.patch(
+            f"/v1/drafts/{draft['id']}",
+            json={"document": {k: full[k] for k in ("system", "package", "forwarding")}},
+        )
+        assert (await client.get(f"/v1/drafts/{draft['id']}")).json()["next_step"] is None
+        submitted = await client.post(f"/v1/drafts/{draft['id']}/submit")
+        assert submitted.status_code == 201, submitted.text
+        assert (await client.get(f"/v1/drafts/{draft['id']}")).status_code == 404
+        assert await AccountStore(api.pool).get(full["system"]["serial"]) is not None
+
+    async def test_invalid_step_reported(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A step with a wrong value is listed with its field error and is the next step."""
+        dealer = await _setup(api, admin)
+        full = security_request(dealer, imei("49015420323751"))
+        full["customer"]["email_confirm"] = "x@example.com"
+        draft = (
+            await admin.post(
+                "/v1/drafts",
+                json={"document": {k: full[k] for k in ("account_type", "dealer", "customer")}},
+            )
+        ).json()
+        assert draft["next_step"] == "customer"
+        assert {
+            "field": "customer.email_confirm",
+            "rule": "emails_match",
+            "message": "the two email addresses do not match",
+        } in draft["errors"]
+
+    async def test_other_dealer_cannot_resume(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """Another dealer's draft is a 404."""
+        dealer = await _setup(api, admin)
+        other = await api.dealer("Other")
+        draft = (
+            await api.client(await api.key("dealer", dealer)).post(
+                "/v1/drafts", json={"document": {}}
+            )
+        ).json()
+        other_client = api.client(await api.key("dealer", other))
+        assert (await other_client.get(f"/v1/drafts/{draft['id']}")).status_code == 404
+        assert (await other_client.post(f"/v1/drafts/{draft['id']}/submit")).status_code == 404
+
+
+class TestCommitments:
+    async def test_commitment_then_activation(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A commitment has an ID, no engine account and no billing; activation creates both."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "")
+        del request["system"]
+        created = await admin.post("/v1/commitments", json=request)
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]
+        assert customer["status"] == "commitment" and customer["commitment_id"].startswith("CM-")
+        assert customer["billing_started_at"] is None and customer["account"] is None
+        assert await api.pool.fetchval("SELECT count(*) FROM accounts") == 0
+        serial = imei("49015420323751")
+        activation = {
+            "system": {"serial": serial, "module_type": "lte-voice", "panel_type": "wireless-panel"}
+        }
+        activated = await admin.post(
+            f"/v1/commitments/{customer['commitment_id']}/activate", json=activation
+        )
+        assert activated.status_code == 200, activated.text
+        active = activated.json()["customer"]
+        assert (
+            active["status"] == "active"
+            and active["account"] == serial
+            and active["billing_started_at"]
+        )
+        assert active["login_name"] == customer["login_name"]
+        assert (await AccountStore(api.pool).get_by_serial(serial)) is not None
+        again = await admin.post(
+            f"/v1/commitments/{customer['commitment_id']}/activate", json=activation
+        )
+        assert again.status_code == 409
+
+    async def test_activation_validates_serial(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A bad IMEI at activation is refused and the commitment stays a commitment."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "")
+        del request["system"]
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"][
+            "commitment_id"
+        ]
+        response = await admin.post(
+            f"/v1/commitments/{commitment}/activate",
+            json={
+                "system": {
+                    "serial": "490154203237519",
+                    "module_type": "lte",
+                    "panel_type": "wireless-panel",
+                }
+            },
+        )
+        assert response.status_code == 422
+        assert await api.pool.fetchval("SELECT status FROM customers") == "commitment"
+
+    async def test_commitment_refuses_system(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """The module is given at activation, not in the commitment."""
+        dealer = await _setup(api, admin)
+        response = await admin.post(
+            "/v1/commitments", json=security_request(dealer, imei("49015420323751"))
+        )
+        assert ("system", "commitment") in problem_rules(response.json())
+
+
+class TestModuleSwap:
+    async def test_swap_keeps_account_and_drops_old_serial(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """After a swap the account number is kept, the new serial is the module, the old one is gone."""
+        dealer = await _setup(api, admin)
+        old = imei("49015420323751")
+        created = (await admin.post("/v1/customers", json=security_request(dealer, old))).json()[
+            "customer"
+        ]
+        new = imei("35693803564381")
+        swapped = await admin.post(
+            f"/v1/customers/{created['id']}/module-swap",
+            json={"serial": new, "module_type": "lte-voice"},
+        )
+        assert swapped.status_code == 200, swapped.text
+        assert (
+            swapped.json()["account"] == created["account"]
+            and swapped.json()["module_serial"] == new
+        )
+        store = AccountStore(api.pool)
+        assert await store.get_by_serial(old) is None
+        account = await store.get_by_serial(new)
+        assert account is not None and account.account == created["account"]
+        modules = (await admin.get(f"/v1/customers/{created['id']}/modules")).json()
+        assert [(m["module_serial"], m["until"] is None) for m in modules] == [
+            (old, False),
+            (new, True),
+        ]
+
+    async def test_swap_to_serial_in_use_refused(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A serial already on another live account cannot be swapped in."""
+        dealer = await _setup(api, admin)
+        first = (
+            await admin.post("/v1/customers", json=security_request(dealer, imei("49015420323751")))
+        ).json()["customer"]
+        taken = imei("49015420323752")
+        await admin.post(
+            "/v1/customers", json=security_request(dealer, taken, login={"login_name": "second"})
+        )
+        response = await admin.post(
+            f"/v1/customers/{first['id']}/module-swap", json={"serial": taken, "module_type": "lte"}
+        )
+        assert response.status_code == 422
+        assert ("system.serial", "unique") in problem_rules(response.json())
+
+
+class TestVirtual:
+    async def test_virtual_customer_gets_simulated_module(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A virtual customer needs no serial; its engine account is marked virtual."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "", virtual=True)
+        del request["system"]
+        response = await admin.post("/v1/customers", json=request)
+        assert response.status_code == 201, response.text
+        customer = response.json()["customer"]
+        assert customer["virtual"] is True and customer["module_serial"].startswith("VIRT")
+        account = await AccountStore(api.pool).get_by_serial(customer["module_serial"])
+        assert account is not None and account.virtual is True
