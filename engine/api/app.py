@@ -27,8 +27,10 @@ from engine.api.commitments import COMMITMENT_HANDLERS
 from engine.api.customers import CUSTOMER_HANDLERS
 from engine.api.dealers import DEALER_HANDLERS
 from engine.api.drafts import DRAFT_HANDLERS
+from engine.api.history import HISTORY_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS
+from engine.api.stations import STATION_HANDLERS
 
 
 class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -89,6 +91,8 @@ def v1_handlers() -> list[Any]:
         *CUSTOMER_HANDLERS,
         *DRAFT_HANDLERS,
         *COMMITMENT_HANDLERS,
+        *STATION_HANDLERS,
+        *HISTORY_HANDLERS,
     ]
 
 

@@ -1,0 +1,144 @@
+"""``/v1/customers/{id}/signals``: an account's signal history with each event's forwarding
+decision (and reason) and its delivery to the station.
+
+Reads ``signals`` (0001_core.sql), ``decisions`` and ``deliveries`` (0100_forwarding.sql) for every
+DC-09 account the customer has had (module history), newest first.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from engine.api.auth import Caller
+from engine.api.customer_store import fetch_customer
+from engine.api.pagination import Page, clamp_limit
+from protocols.signal import Category
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """Forwarded or not, and why (the first failing rule), for one event."""
+
+    event_index: int
+    forward: bool
+    reason: str
+    category: str
+    two_way_voice: str
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One event's delivery to the monitoring station."""
+
+    event_index: int
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+    station_account: str
+    primary_receiver: str
+    receiver_used: str | None
+    family_sent: str | None
+    first_sent_at: datetime | None
+    acked_at: datetime | None
+    last_error: str | None
+    two_way_voice: bool
+    voice_session_at: datetime | None
+
+
+class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored signal with its decisions and deliveries."""
+
+    id: int
+    received_at: datetime
+    account: str
+    transport: str
+    kind: str
+    seq: str | None
+    encrypted: bool
+    events: list[Any]
+    categories: list[str]
+    reject_reason: str | None
+    decisions: list[Decision]
+    deliveries: list[Delivery]
+
+
+@get("/customers/{customer_id:int}/signals", summary="Signal history of a customer's account")
+async def signal_history(
+    state: State,
+    caller: Caller,
+    customer_id: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    category: Category | None = None,
+    forwarded: bool | None = Parameter(
+        default=None, description="true: at least one event forwarded; false: none"
+    ),
+    limit: int = Parameter(default=50, ge=1, le=500),
+    cursor: int | None = Parameter(
+        default=None, ge=1, description="next_cursor of the previous page"
+    ),
+) -> Page[SignalEntry]:
+    """Newest first (by signal id), filtered by time range, category and forwarded or not."""
+    customer = await fetch_customer(state.pool, caller, customer_id)
+    accounts = [
+        r["account"]
+        for r in await state.pool.fetch(
+            "SELECT DISTINCT account FROM customer_modules WHERE customer_id = $1", customer_id
+        )
+    ]
+    if customer.account and customer.account not in accounts:
+        accounts.append(customer.account)
+    limit = clamp_limit(limit)
+    rows = await state.pool.fetch(
+        """
+        SELECT s.id, s.received_at, s.account, s.transport, s.kind, s.seq, s.encrypted, s.events::text AS events,
+               s.categories, s.reject_reason,
+               coalesce((SELECT json_agg(json_build_object('event_index', d.event_index, 'forward', d.forward, 'reason', d.reason,
+                                'category', d.category, 'two_way_voice', d.two_way_voice) ORDER BY d.event_index)
+                         FROM decisions d WHERE d.signal_id = s.id), '[]')::text AS decisions,
+               coalesce((SELECT json_agg(json_build_object('event_index', v.event_index, 'state', v.state, 'attempts', v.attempts,
+                                'station_account', v.station_account, 'primary_receiver', v.primary_receiver,
+                                'receiver_used', v.receiver_used, 'family_sent', v.family_sent, 'first_sent_at', v.first_sent_at,
+                                'acked_at', v.acked_at, 'last_error', v.last_error, 'two_way_voice', v.two_way_voice,
+                                'voice_session_at', v.voice_session_at) ORDER BY v.event_index)
+                         FROM deliveries v WHERE v.signal_id = s.id), '[]')::text AS deliveries
+        FROM signals s
+        WHERE s.account = ANY($1)
+          AND ($2::timestamptz IS NULL OR s.received_at >= $2) AND ($3::timestamptz IS NULL OR s.received_at < $3)
+          AND ($4::text IS NULL OR $4 = ANY(s.categories))
+          AND ($5::boolean IS NULL OR $5 = EXISTS (SELECT 1 FROM decisions d WHERE d.signal_id = s.id AND d.forward))
+          AND ($6::bigint IS NULL OR s.id < $6)
+        ORDER BY s.id DESC LIMIT $7
+        """,
+        accounts,
+        since,
+        until,
+        category.value if category else None,
+        forwarded,
+        cursor,
+        limit + 1,
+    )
+    items = [
+        SignalEntry(
+            id=r["id"],
+            received_at=r["received_at"],
+            account=r["account"],
+            transport=r["transport"],
+            kind=r["kind"],
+            seq=r["seq"],
+            encrypted=r["encrypted"],
+            events=msgspec.json.decode(r["events"]),
+            categories=list(r["categories"]),
+            reject_reason=r["reject_reason"],
+            decisions=msgspec.json.decode(r["decisions"], type=list[Decision]),
+            deliveries=msgspec.json.decode(r["deliveries"], type=list[Delivery]),
+        )
+        for r in rows[:limit]
+    ]
+    return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+HISTORY_HANDLERS = [signal_history]
