@@ -20,6 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, Swagge
 from litestar.openapi.spec import Components, SecurityScheme
 
 from engine.api.api_keys import API_KEY_HANDLERS
+from engine.api.app_settings import ApiSettings, SmtpSettings, api_settings
 from engine.api.audit import AUDIT_HANDLERS
 from engine.api.auth import Caller, provide_caller
 from engine.api.catalog import CATALOG_HANDLERS
@@ -31,38 +32,7 @@ from engine.api.history import HISTORY_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS
 from engine.api.stations import STATION_HANDLERS
-
-
-class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where welcome letters are sent from. Without it, letters are rendered but not emailed."""
-
-    host: str
-    port: int = 587
-    sender: str = "noreply@localhost"
-    username: str | None = None
-    password: str | None = None  # never logged
-    starttls: bool = True
-    timeout_s: float = 10.0
-
-
-class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What the admin API needs beyond the database pool."""
-
-    # Base of the one-time set-up link printed in welcome letters: <portal_url>/setup/<token>.
-    portal_url: str = "http://127.0.0.1:8080/portal"
-    setup_link_ttl_h: int = 168
-    smtp: SmtpSettings | None = None
-
-
-def api_settings(settings: Any | None) -> ApiSettings:
-    """ApiSettings from ``create_app``'s ``settings``: an ApiSettings, or an object with an
-    ``api`` attribute holding one (the engine's Settings once it grows an ``[api]`` section)."""
-    if isinstance(settings, ApiSettings):
-        return settings
-    nested = getattr(settings, "api", None)
-    if isinstance(nested, ApiSettings):
-        return nested
-    return ApiSettings()
+from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS
 
 
 class Me(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +63,7 @@ def v1_handlers() -> list[Any]:
         *COMMITMENT_HANDLERS,
         *STATION_HANDLERS,
         *HISTORY_HANDLERS,
+        *WELCOME_LETTER_HANDLERS,
     ]
 
 
@@ -138,3 +109,6 @@ def create_app(
         openapi_config=openapi,
         debug=False,
     )
+
+
+__all__ = ["ApiSettings", "SmtpSettings", "create_app"]
