@@ -62,9 +62,9 @@ def register(subparsers: Any) -> None:
         description="FRAME is the text between LF and CR; \\r, \\n and \\xNN escapes are accepted. Exit 0 if valid, 1 if not.",
     )
     dec.add_argument("frame", help="the frame text (escapes allowed)")
-    keys = dec.add_mutually_exclusive_group()
-    keys.add_argument("--key-hex", help="AES key as 32/48/64 hex characters")
-    keys.add_argument("--key-ascii", help="AES key as a 16/24/32-character string")
+    # Not an argparse mutually exclusive group: its error is a usage block, ours is one line.
+    dec.add_argument("--key-hex", help="AES key as 32/48/64 hex characters")
+    dec.add_argument("--key-ascii", help="AES key as a 16/24/32-character string")
     dec.add_argument("--now", help="check the timestamp window against this time (ISO 8601)")
     dec.add_argument("--past", type=int, default=40, help="window seconds before now (default 40)")
     dec.add_argument("--future", type=int, default=20, help="window seconds after now (default 20)")
@@ -88,34 +88,45 @@ def register(subparsers: Any) -> None:
         help="x-data block, e.g. M0026B9E4268B",
     )
     enc.add_argument("--timestamp", help="timestamp to write (ISO 8601); required with a key")
-    enc.add_argument("--now", action="store_true", help="write the current UTC time as timestamp")
-    ekeys = enc.add_mutually_exclusive_group()
-    ekeys.add_argument("--key-hex")
-    ekeys.add_argument("--key-ascii")
+    enc.add_argument(
+        "--now",
+        nargs="?",
+        const="",
+        metavar="ISO8601",
+        help="write this time (ISO 8601), or the current UTC time when no value is given",
+    )
+    enc.add_argument("--key-hex", help="AES key as 32/48/64 hex characters")
+    enc.add_argument("--key-ascii", help="AES key as a 16/24/32-character string")
     enc.add_argument(
         "--raw", action="store_true", help="write the bytes with LF and CR instead of escaped text"
     )
     enc.set_defaults(func=run_encode)
 
 
+_SIMPLE_ESCAPES = {"r": 0x0D, "n": 0x0A, "t": 0x09, "0": 0x00, "\\": 0x5C}
+
+
 def unescape(text: str) -> bytes:
-    """The bytes of a frame typed on a command line: \\r, \\n, \\t, \\\\ and \\xNN escapes."""
+    """The bytes of a frame typed on a command line: \\r, \\n, \\t, \\0, \\\\ and \\xNN escapes.
+
+    Other characters are encoded as Windows-1252, the charset of DC-09 text fields (§1.8);
+    raises UnicodeEncodeError for a character outside it.
+    """
     out = bytearray()
     i = 0
     while i < len(text):
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
-            if nxt == "x" and i + 3 < len(text) + 0 and _is_hex(text[i + 2 : i + 4]):
+            if nxt == "x" and _is_hex(text[i + 2 : i + 4]):
                 out.append(int(text[i + 2 : i + 4], 16))
                 i += 4
                 continue
-            simple = {"r": 13, "n": 10, "t": 9, "0": 0, "\\": 92}
-            if nxt in simple:
-                out.append(simple[nxt])
+            if nxt in _SIMPLE_ESCAPES:
+                out.append(_SIMPLE_ESCAPES[nxt])
                 i += 2
                 continue
-        out += ch.encode("cp1252", errors="strict") if ord(ch) < 256 else ch.encode("utf-8")
+        out += ch.encode("cp1252")
         i += 1
     return bytes(out)
 
@@ -134,6 +145,8 @@ def _is_hex(text: str) -> bool:
 
 
 def _key(key_hex: str | None, key_ascii: str | None) -> AesKey | None:
+    if key_hex is not None and key_ascii is not None:
+        raise UserFacingError("give one key: --key-hex or --key-ascii, not both")
     try:
         if key_hex is not None:
             return AesKey.from_hex(key_hex)
@@ -186,6 +199,8 @@ def decode(
     inspection = inspect_frame(raw, key=key)
     events, payload_error = _event_out(inspection)
     error = inspection.error or payload_error
+    if inspection.encrypted and key is None and inspection.crc_ok and inspection.length_ok:
+        error = "encrypted frame: give its key with --key-hex or --key-ascii to decrypt it"
     timestamp_ok: bool | None = None
     stamp = inspection.timestamp
     if stamp is not None and zone is not None:
@@ -228,6 +243,8 @@ def run_decode(args: argparse.Namespace) -> int:
         raw = unescape(args.frame)
     except UnicodeEncodeError:
         raise UserFacingError("FRAME: characters outside Windows-1252; use \\xNN escapes") from None
+    if raw[:1] == b"\n" and raw[-2:] == b"\r\n":
+        raw = raw[:-1]  # a capture pasted with its LF/CR and a line end after it
     out = decode(
         raw,
         key=key,
@@ -239,11 +256,21 @@ def run_decode(args: argparse.Namespace) -> int:
     return 0 if out.error is None else 1
 
 
+def _encode_timestamp(args: argparse.Namespace) -> datetime | None:
+    if args.timestamp is not None and args.now is not None:
+        raise UserFacingError("give one time: --timestamp or --now, not both")
+    if args.timestamp is not None:
+        return _time(args.timestamp, "--timestamp")
+    if args.now is None:
+        return None
+    if args.now == "":
+        return datetime.now(UTC).replace(microsecond=0)  # the CLI is the edge that owns the clock
+    return _time(args.now, "--now")
+
+
 def run_encode(args: argparse.Namespace) -> int:
     key = _key(args.key_hex, args.key_ascii)
-    timestamp = datetime.now(UTC).replace(microsecond=0) if args.now else None
-    if args.timestamp:
-        timestamp = _time(args.timestamp, "--timestamp")
+    timestamp = _encode_timestamp(args)
     xdata = []
     for item in args.xdata:
         if len(item) < 1:
