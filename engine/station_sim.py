@@ -2,7 +2,9 @@
 
 ACKs by default; on command NAKs, DUHs, delays or drops. Its clock can be skewed to make a real
 timestamp-window NAK. Every frame received is recorded (and printed as one JSON line). Used by
-tests, the demo and the benchmark; ``alarmrelay station-sim`` runs it from the command line.
+tests, the demo and the benchmark; ``alarmrelay station-sim`` runs it from the command line, with
+an optional line-based control port (``mode nak``, ``delay 200``, ``stats``; see
+docs/station-sim.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from protocols.dc09_receiver import (
 )
 from protocols.dc09_timestamp import TimestampWindow
 
-Mode = Literal["ack", "nak", "duh", "drop"]
+Mode = Literal["ack", "nak", "duh", "drop", "delay"]
+MODES: tuple[Mode, ...] = ("ack", "nak", "duh", "drop", "delay")
+DEFAULT_DELAY_MS = 1000  # "mode delay" without a delay set
 
 
 class ReceivedEvent(msgspec.Struct, kw_only=True):
@@ -50,8 +54,9 @@ class Received(msgspec.Struct, kw_only=True):
     receiver: str | None
     line: str | None
     account: str | None
+    timestamp: datetime | None  # as written by the sender (after any NAK clock correction)
     events: list[ReceivedEvent]
-    reply: str
+    reply: str  # "ack" | "nak" | "duh" | "drop" (nothing sent)
 
 
 class _AnyAccount:
@@ -85,6 +90,8 @@ class StationSimulator:
         self.clock_skew = timedelta(seconds=clock_skew_s)
         self.received: list[Received] = []
         self.polls = 0
+        self.rejected = 0  # frames refused by the DC-09 layer (bad CRC, clock NAK, bad key, …)
+        self._control: asyncio.Server | None = None
         self._log = log
         self._include_nulls = include_nulls
         self._tcp: asyncio.Server | None = None
@@ -98,10 +105,64 @@ class StationSimulator:
         self.disconnects: list[str] = []
 
     def set_mode(self, mode: Mode, *, delay_ms: int | None = None) -> None:
-        """Switch what the station answers from now on."""
+        """Switch what the station answers from now on (``delay``: ACK after ``delay_ms``)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.mode = mode
         if delay_ms is not None:
             self.delay_ms = delay_ms
+        if mode == "delay" and not self.delay_ms:
+            self.delay_ms = DEFAULT_DELAY_MS
+
+    def stats(self) -> dict[str, object]:
+        """Mode and counters, as the control port's ``stats`` answers them."""
+        return {
+            "mode": self.mode,
+            "delay_ms": self.delay_ms,
+            "clock_skew_s": self.clock_skew.total_seconds(),
+            "received": len(self.received),
+            "polls": self.polls,
+            "rejected": self.rejected,
+        }
+
+    def control(self, line: str) -> dict[str, object]:
+        """Run one control command: ``mode ack|nak|duh|drop|delay``, ``delay MS``, ``skew S``,
+        ``stats``. Returns ``{"ok": true, <stats>}`` or ``{"ok": false, "error": ...}``."""
+        words = line.split()
+        try:
+            match words:
+                case ["mode", mode]:
+                    self.set_mode(mode)  # type: ignore[arg-type]  # set_mode checks the value
+                case ["delay", ms] if int(ms) >= 0:
+                    self.delay_ms = int(ms)
+                case ["skew", seconds]:
+                    self.clock_skew = timedelta(seconds=float(seconds))
+                case ["stats"]:
+                    pass
+                case _:
+                    raise ValueError(line)  # noqa: TRY301 - one answer for every bad command
+        except ValueError:
+            return {
+                "ok": False,
+                "error": f"bad command {line!r}: mode ack|nak|duh|drop|delay, delay MS, skew S, stats",
+            }
+        return {"ok": True, **self.stats()}
+
+    async def start_control(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen for control commands (one per line, one JSON answer per line); returns the port."""
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := (await reader.readline()).decode(errors="replace").strip():
+                    writer.write(msgspec.json.encode(self.control(line)) + b"\n")
+                    await writer.drain()
+            except (ConnectionError, ValueError):
+                pass  # client went away, or a line longer than the stream limit
+            finally:
+                writer.close()
+
+        self._control = await asyncio.start_server(serve, host, port)
+        return int(self._control.sockets[0].getsockname()[1])
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.clock_skew
@@ -128,6 +189,12 @@ class StationSimulator:
         return self.port
 
     async def stop(self) -> None:
+        """Close the listeners and every connection (a station going down)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        for task in list(self._tasks):
+            task.cancel()
         if self._tcp is not None:
             self._tcp.close()
         for writer in list(self._writers):
@@ -180,6 +247,7 @@ class StationSimulator:
         peer: str,
     ) -> bytes:
         if isinstance(event, FrameRejected):
+            self.rejected += 1
             return event.error.reply_bytes  # a real NAK (clock) or DUH, or silence
         frame = event.frame
         if frame.token == "NULL":
@@ -190,7 +258,8 @@ class StationSimulator:
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
         reply = b""
-        if mode == "ack":
+        if mode in ("ack", "delay"):
+            mode = "ack"
             reply = conn.ack(frame, now=self.now())
         elif mode == "nak":
             reply = conn.nak(now=self.now())
@@ -206,6 +275,7 @@ class StationSimulator:
             receiver=frame.receiver,
             line=frame.line,
             account=frame.account,
+            timestamp=frame.timestamp,
             events=[
                 ReceivedEvent(
                     family=e.family.value,
@@ -229,56 +299,22 @@ class StationSimulator:
 
 
 async def run_cli(sim: StationSimulator, control_port: int | None) -> None:
-    """Run until cancelled; an optional line-based control port accepts ``mode ack|nak|duh|drop``,
-    ``delay MS``, ``skew SECONDS`` and ``stats``."""
+    """Run until cancelled, announcing the ports on stderr; ``control_port`` (0: any free one)
+    enables the line-based control interface."""
     port = await sim.start()
     print(
         msgspec.json.encode({"event": "station_sim_ready", "port": port}).decode(),
         file=sys.stderr,
         flush=True,
     )
-    servers = []
-    if control_port is not None:
-
-        async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while line := (await reader.readline()).decode().strip():
-                words = line.split()
-                try:
-                    if words[0] == "mode" and words[1] in ("ack", "nak", "duh", "drop"):
-                        sim.set_mode(words[1])  # type: ignore[arg-type]  # checked just above
-                    elif words[0] == "delay":
-                        sim.delay_ms = int(words[1])
-                    elif words[0] == "skew":
-                        sim.clock_skew = timedelta(seconds=float(words[1]))
-                    elif words[0] != "stats":
-                        raise ValueError(line)  # noqa: TRY301 - one except for every bad command
-                    answer: dict[str, object] = {
-                        "ok": True,
-                        "mode": sim.mode,
-                        "delay_ms": sim.delay_ms,
-                        "received": len(sim.received),
-                        "polls": sim.polls,
-                    }
-                except (IndexError, ValueError):
-                    answer = {
-                        "ok": False,
-                        "error": f"unknown command {line!r}: mode ack|nak|duh|drop, delay MS, skew S, stats",
-                    }
-                writer.write(msgspec.json.encode(answer) + b"\n")
-                await writer.drain()
-            writer.close()
-
-        servers.append(await asyncio.start_server(control, "127.0.0.1", control_port))
-        print(
-            msgspec.json.encode(
-                {"event": "station_sim_control", "port": servers[0].sockets[0].getsockname()[1]}
-            ).decode(),
-            file=sys.stderr,
-            flush=True,
-        )
     try:
+        if control_port is not None:
+            control = await sim.start_control(port=control_port)
+            print(
+                msgspec.json.encode({"event": "station_sim_control", "port": control}).decode(),
+                file=sys.stderr,
+                flush=True,
+            )
         await asyncio.Event().wait()
     finally:
-        for server in servers:
-            server.close()
         await sim.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
@@ -53,6 +53,7 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     acked_at: datetime | None = None
     error: str | None = None
     family_sent: str | None = None
+    note: str | None = None  # e.g. why the event went in its own family to a one-family receiver
 
 
 class Dc09ReceiverClient:
@@ -75,9 +76,16 @@ class Dc09ReceiverClient:
         self._udp: asyncio.DatagramTransport | None = None
         self._udp_replies: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
         self._poller: asyncio.Task[None] | None = None
-        self._last_exchange = 0.0
+        # loop.time() of the last exchange that ended (answered or failed); 0 before the first.
+        self.last_exchange_at = 0.0
+        self._link_changed = asyncio.Event()
         self.link_up = False
         metrics.LINK_UP.labels(self.name).set(0)
+
+    @property
+    def clock_offset(self) -> timedelta:
+        """The receiver's clock minus ours, adopted from its last NAK (§1.10)."""
+        return self._tx.clock_offset
 
     @property
     def busy(self) -> bool:
@@ -101,25 +109,43 @@ class Dc09ReceiverClient:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _encode_event(self, event: Event, account: str) -> tuple[str, str, str]:
-        """(token, data, family) for ``event`` in the family this receiver accepts."""
+    def _encode_event(self, event: Event, account: str) -> tuple[str, str, str, str | None]:
+        """(token, data, family, note) for ``event`` in the family this receiver accepts.
+
+        An event without an equivalent in the accepted family goes in its own family (an alarm
+        the station may not parse beats an alarm never sent); ``note`` says so.
+        """
         families = self.config.families
-        if families == "cid" and event.family is Family.SIA:
-            with contextlib.suppress(ConversionError):
+        note = None
+        try:
+            if families == "cid" and event.family is Family.SIA:
                 event = to_cid(event)
-        elif families == "sia" and event.family is Family.CID:
-            with contextlib.suppress(ConversionError):
+            elif families == "sia" and event.family is Family.CID:
                 event = to_sia(event)
+        except ConversionError as exc:
+            note = f"sent unconverted to a {families}-only receiver: {exc}"
         if event.family is Family.CID:
-            return "ADM-CID", format_cid_block(event, account), "cid"
-        return "SIA-DCS", format_sia_block(event, account), "sia"
+            return "ADM-CID", format_cid_block(event, account), "cid", note
+        return "SIA-DCS", format_sia_block(event, account), "sia", note
 
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
-        """Send one event for ``account`` (the station's account number)."""
-        token, data, family = self._encode_event(event, account)
+        """Send one event for ``account`` (the station's account number).
+
+        ``seq`` is given for a retransmission (the attempt's ``seq`` from the failed try), so the
+        receiver can recognise the copy (§1.5); None takes this connection's next number.
+        """
+        token, data, family, note = self._encode_event(event, account)
+        if note is not None:
+            log.warning("receiver_family_unconverted", receiver=self.name, note=note)
         async with self._lock:
             attempt = await self._send_frame(token=token, account=account, data=data, seq=seq)
-        return msgspec.structs.replace(attempt, family_sent=family)
+        return msgspec.structs.replace(attempt, family_sent=family, note=note)
+
+    async def wait_for_link(self, up: bool) -> None:
+        """Return once :attr:`link_up` equals ``up`` (wrap in a timeout)."""
+        while self.link_up != up:
+            self._link_changed.clear()
+            await self._link_changed.wait()
 
     async def poll(self) -> bool:
         """Send one NULL link test now; True when the receiver ACKed."""
@@ -142,6 +168,7 @@ class Dc09ReceiverClient:
             try:
                 outcome = await self._exchange(out)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                self.last_exchange_at = asyncio.get_running_loop().time()
                 self._set_link(False)
                 self._disconnect()
                 return DeliveryAttempt(
@@ -151,6 +178,7 @@ class Dc09ReceiverClient:
                     sent_at=sent_at,
                     error=_describe(exc),
                 )
+            self.last_exchange_at = asyncio.get_running_loop().time()
             self._set_link(True)
             if isinstance(outcome, Acked | RspReceived):
                 return DeliveryAttempt(
@@ -236,7 +264,12 @@ class Dc09ReceiverClient:
 
     async def _ensure_tcp(self, connect_timeout_s: float) -> None:
         if self._writer is not None and not self._writer.is_closing():
-            return
+            assert self._reader is not None
+            if not self._reader.at_eof() and self._reader.exception() is None:
+                return
+            # The receiver closed the idle connection (restart, idle timeout): reconnect before
+            # sending rather than lose this attempt to a dead socket.
+            self._disconnect()
         assert self.config.host is not None
         assert self.config.port is not None
         self._reader, self._writer = await asyncio.wait_for(
@@ -271,17 +304,37 @@ class Dc09ReceiverClient:
     def _set_link(self, up: bool) -> None:
         if up != self.link_up:
             log.info("receiver_link", receiver=self.name, up=up)
+            self._link_changed.set()
         self.link_up = up
         metrics.LINK_UP.labels(self.name).set(1 if up else 0)
 
     async def _poll_loop(self) -> None:
+        """NULL polls while idle (any answered frame supervises the link, §1.11); while the link
+        is down, reconnect attempts (a poll each) back off exponentially up to the poll interval."""
+        loop = asyncio.get_running_loop()
         interval = self.config.null_poll_interval_s
+        backoff = min(_FIRST_RETRY_S, interval)
         while True:
-            await asyncio.sleep(interval)
+            if self.link_up:
+                backoff = min(_FIRST_RETRY_S, interval)
+                delay = self.last_exchange_at + interval - loop.time()
+            else:
+                delay = backoff
+                backoff = min(backoff * 2, interval)
+            if delay > 0:
+                await asyncio.sleep(delay)
             if self._lock.locked():
-                continue  # traffic is flowing: that supervises the link
-            with contextlib.suppress(Exception):
+                async with self._lock:  # traffic is flowing: it supervises the link
+                    continue
+            if self.link_up and loop.time() - self.last_exchange_at < interval:
+                continue
+            try:
                 await self.poll()
+            except Exception:  # the poller must outlive any one bad poll
+                log.exception("receiver_poll_error", receiver=self.name)
+
+
+_FIRST_RETRY_S = 0.5  # first reconnect attempt after the link went down
 
 
 def _describe(exc: BaseException) -> str:
@@ -305,7 +358,12 @@ class Dc09ReceiverPool:
 
     @property
     def link_up(self) -> bool:
-        return any(c.link_up for c in self._clients)
+        """The link state seen by the most recent exchange on any connection.
+
+        (Not "any connection up": a connection idle since before an outage would keep claiming
+        the link is up and make the group fail back at once.)
+        """
+        return max(self._clients, key=lambda c: c.last_exchange_at).link_up
 
     def start(self) -> None:
         self._clients[0].start()  # one connection's NULL polls supervise the link

@@ -22,7 +22,12 @@ def register(subparsers: Any) -> None:
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--key-hex", help="AES key (hex) the station expects")
     keys.add_argument("--key-ascii", help="AES key (ASCII) the station expects")
-    parser.add_argument("--mode", choices=["ack", "nak", "duh", "drop"], default="ack")
+    parser.add_argument(
+        "--mode",
+        choices=["ack", "nak", "duh", "drop", "delay"],
+        default="ack",
+        help="what to answer (delay: ACK after --delay-ms, 1000 if not set)",
+    )
     parser.add_argument("--delay-ms", type=int, default=0, help="wait this long before answering")
     parser.add_argument(
         "--clock-skew-s", type=float, default=0.0, help="the station's clock is off by this much"
@@ -31,7 +36,10 @@ def register(subparsers: Any) -> None:
         "--control-port",
         type=int,
         default=None,
-        help="line-based control: mode X | delay MS | skew S | stats",
+        help="line-based control: mode X | delay MS | skew S | stats (0: any free port)",
+    )
+    parser.add_argument(
+        "--log", metavar="FILE", help="append the JSON lines to FILE instead of stdout"
     )
     parser.set_defaults(func=run)
 
@@ -50,20 +58,27 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserFacingError(f"bad key: {exc}") from None
+    if args.delay_ms < 0:
+        raise UserFacingError("--delay-ms must not be negative")
+    try:
+        log = open(args.log, "a", encoding="utf-8") if args.log else sys.stdout  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UserFacingError(f"cannot open {args.log}: {exc.strerror}") from None
     sim = StationSimulator(
         host=args.host,
         port=args.port,
         key=key,
-        mode=args.mode,
         delay_ms=args.delay_ms,
         clock_skew_s=args.clock_skew_s,
-        log=sys.stdout,
+        log=log,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
+    sim.set_mode(args.mode)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_cli(sim, args.control_port))
-        except OSError as exc:
-            raise UserFacingError(
-                f"cannot listen on {args.host}:{args.port}: {exc.strerror}"
-            ) from None
+    except OSError as exc:
+        raise UserFacingError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    finally:
+        if log is not sys.stdout:
+            log.close()
     return 0
