@@ -357,6 +357,11 @@ class Dc09ReceiverPool:
         self._next = 0
 
     @property
+    def connections(self) -> tuple[Dc09ReceiverClient, ...]:
+        """The connections, in the order :meth:`send` tries them."""
+        return tuple(self._clients)
+
+    @property
     def link_up(self) -> bool:
         """The link state seen by the most recent exchange on any connection.
 
