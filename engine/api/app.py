@@ -30,9 +30,9 @@ from engine.api.dealers import DEALER_HANDLERS
 from engine.api.drafts import DRAFT_HANDLERS
 from engine.api.history import HISTORY_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
-from engine.api.problems import EXCEPTION_HANDLERS
+from engine.api.problems import EXCEPTION_HANDLERS, document_problems
 from engine.api.stations import STATION_HANDLERS
-from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS
+from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS, document_letter_responses
 
 
 class Me(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,13 +102,16 @@ def create_app(
             }
         ),
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[v1, *extra_route_handlers],
         state=State({"pool": pool, "api_settings": api_settings(settings)}),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi,
         debug=False,
     )
+    document_problems(app.openapi_schema)
+    document_letter_responses(app.openapi_schema)
+    return app
 
 
 __all__ = ["ApiSettings", "SmtpSettings", "create_app"]

@@ -222,7 +222,7 @@ async def set_enterprise_group(
                     ]
                 )
         await conn.execute(
-            "UPDATE customers SET enterprise_group = $2, document = jsonb_set(document, '{enterprise_group}', to_jsonb($2::text)), updated_at = now() WHERE id = $1",
+            "UPDATE customers SET enterprise_group = $2, document = jsonb_set(document, '{enterprise_group}', coalesce(to_jsonb($2::text), 'null'::jsonb)), updated_at = now() WHERE id = $1",
             customer_id,
             data.enterprise_group,
         )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("engine.api")
@@ -130,6 +132,18 @@ def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]
     return response
 
 
+def data_error_handler(_: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+    """Input the database cannot hold (an id beyond 64 bits, …): the client's mistake, a 400."""
+    return _response(
+        Problem(
+            type="urn:alarmrelay:problem:bad-request",
+            title="Bad Request",
+            status=400,
+            detail="a value is out of range: " + str(exc).split(":", 1)[0],
+        )
+    )
+
+
 def server_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """An unexpected error: logged with its type, answered as a 500 problem without internals."""
     log.error("api_error", path=request.url.path, error=type(exc).__name__, message=str(exc))
@@ -149,5 +163,58 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ProblemError: problem_handler,
     ValidationException: validation_handler,
     HTTPException: http_handler,
+    asyncpg.DataError: data_error_handler,
     Exception: server_error_handler,
 }
+
+
+_PROBLEM_STATUSES = {
+    "400": "The body or a parameter does not decode",
+    "401": "No API key, or an unknown or revoked one",
+    "403": "The key's role may not do this",
+    "404": "Not found, or not the caller's",
+    "409": "A uniqueness conflict",
+    "422": "Validation failed: each field and rule",
+}
+
+
+def document_problems(openapi: Any) -> None:
+    """Add the problem document schema and the error responses to every operation of ``openapi``
+    (an ``litestar.openapi.spec.OpenAPI``), so clients and schemathesis know the error shapes."""
+
+    text = Schema(type=OpenAPIType.STRING)
+    field_error = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["field", "rule", "message"],
+        properties={"field": text, "rule": text, "message": text},
+    )
+    problem = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["title", "status"],
+        properties={
+            "type": text,
+            "title": text,
+            "status": Schema(type=OpenAPIType.INTEGER),
+            "detail": Schema(one_of=[text, Schema(type=OpenAPIType.NULL)]),
+            "errors": Schema(type=OpenAPIType.ARRAY, items=field_error),
+            "warnings": Schema(type=OpenAPIType.ARRAY, items=text),
+        },
+    )
+    components = openapi.components
+    if components.schemas is None:
+        components.schemas = {}
+    components.schemas["Problem"] = problem
+    content = {
+        PROBLEM_MEDIA_TYPE: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
+    }
+    for path, item in (openapi.paths or {}).items():
+        if not path.startswith("/v1"):
+            continue
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            responses = operation.responses if operation.responses is not None else {}
+            for status, description in _PROBLEM_STATUSES.items():
+                responses[status] = OpenAPIResponse(description=description, content=content)
+            operation.responses = responses

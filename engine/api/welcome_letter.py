@@ -215,3 +215,20 @@ async def send_welcome_letter(state: State, caller: Caller, customer_id: int) ->
 
 
 WELCOME_LETTER_HANDLERS = [welcome_letter, send_welcome_letter]
+
+
+def document_letter_responses(openapi: Any) -> None:
+    """The letter endpoint answers text/html or application/pdf (not JSON): say so in the document."""
+    from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema  # noqa: PLC0415
+
+    item = (openapi.paths or {}).get("/v1/customers/{customer_id}/welcome-letter")
+    if item is None or item.post is None or item.post.responses is None:
+        return
+    body = Schema(type=OpenAPIType.STRING, format="binary")  # type: ignore[arg-type]
+    item.post.responses["200"] = OpenAPIResponse(
+        description="the letter",
+        content={
+            "text/html": OpenAPIMediaType(schema=body),
+            "application/pdf": OpenAPIMediaType(schema=body),
+        },
+    )
