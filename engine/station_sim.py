@@ -213,6 +213,14 @@ class StationSimulator:
                 await self._changed.wait()
         return self.received
 
+    async def wait_for_polls(self, count: int, timeout_s: float = 10.0) -> int:
+        """Wait until ``count`` NULL polls were received (answered or dropped); return the count."""
+        async with asyncio.timeout(timeout_s):
+            while self.polls < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.polls
+
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Dc09ReceiverConnection(self._config, _AnyAccount(self.key))
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
@@ -252,6 +260,7 @@ class StationSimulator:
         frame = event.frame
         if frame.token == "NULL":
             self.polls += 1
+            self._changed.set()
             if not self._include_nulls:
                 return conn.ack(frame, now=self.now()) if self.mode != "drop" else b""
         mode = self.mode

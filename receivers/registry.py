@@ -9,6 +9,13 @@ from receivers.dc09_client import Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
 
 
+class UnknownReceiverError(KeyError):
+    """No IP receiver by that name (a typo, a deleted receiver or a phone receiver)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would quote the message
+
+
 class ReceiverRegistry:
     """Clients by receiver name; ``group(primary, backup)`` is cached per pair."""
 
@@ -28,14 +35,18 @@ class ReceiverRegistry:
         return sorted(self._clients)
 
     def client(self, name: str) -> Dc09ReceiverPool:
+        """The connections to receiver ``name``; :class:`UnknownReceiverError` if there is none."""
         try:
             return self._clients[name]
         except KeyError:
-            raise KeyError(
-                f"no IP receiver named {name!r} (phone receivers cannot be delivered to)"
+            known = ", ".join(self.names) or "none"
+            raise UnknownReceiverError(
+                f"no IP receiver named {name!r} (known: {known}; phone receivers cannot be "
+                "delivered to)"
             ) from None
 
     def group(self, primary: str, backup: str | None) -> ReceiverGroup:
+        """The group for this primary/backup pair (one per pair, so failover state is shared)."""
         key = (primary, backup)
         group = self._groups.get(key)
         if group is None:
@@ -48,9 +59,11 @@ class ReceiverRegistry:
         return group
 
     def start(self) -> None:
+        """Start every receiver's NULL polls (they drive link state and fail-back)."""
         for client in self._clients.values():
             client.start()
 
     async def close(self) -> None:
+        """Stop polls and close every connection."""
         for client in self._clients.values():
             await client.close()

@@ -1,0 +1,222 @@
+"""Primary/backup receiver groups (failover, fail-back) and the receiver registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from engine.station_model import ReceiverConfig
+from engine.station_sim import StationSimulator
+from protocols.categories import classify
+from protocols.signal import Event, Family
+from receivers.dc09_client import Dc09ReceiverClient
+from receivers.receiver_group import ReceiverGroup
+from receivers.registry import ReceiverRegistry, UnknownReceiverError
+
+WAIT_S = 10  # upper bound for anything awaited; never a pass/fail timing criterion
+
+_names = iter(range(1_000_000))
+
+
+def burglary(zone: int) -> Event:
+    return Event(
+        family=Family.CID,
+        code="130",
+        qualifier="1",
+        zone=zone,
+        partition=1,
+        classification=classify(Family.CID, "130", "1"),
+    )
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Pair:
+    """A primary and a backup station simulator with a client for each."""
+
+    def __init__(self) -> None:
+        n = next(_names)
+        self.primary_sim = StationSimulator()
+        self.backup_sim = StationSimulator()
+        self.primary_name, self.backup_name = f"p-{n}", f"b-{n}"
+        self.primary: Dc09ReceiverClient
+        self.backup: Dc09ReceiverClient
+
+    async def start(self) -> None:
+        p_port, b_port = await self.primary_sim.start(), await self.backup_sim.start()
+        self.primary = Dc09ReceiverClient(
+            ReceiverConfig(
+                name=self.primary_name,
+                host="127.0.0.1",
+                port=p_port,
+                ack_timeout_s=0.2,
+                null_poll_interval_s=0.1,
+            )
+        )
+        self.backup = Dc09ReceiverClient(
+            ReceiverConfig(name=self.backup_name, host="127.0.0.1", port=b_port)
+        )
+
+    async def close(self) -> None:
+        await self.primary.close()
+        await self.backup.close()
+        await self.primary_sim.stop()
+        await self.backup_sim.stop()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    p = Pair()
+    await p.start()
+    yield p
+    await p.close()
+
+
+async def deliver(group: ReceiverGroup, zone: int) -> tuple[str, str]:
+    attempt = await group.deliver(account="1", event=burglary(zone), seq=f"{zone:04d}")
+    return attempt.receiver, attempt.outcome
+
+
+class TestFailover:
+    async def test_fails_over_after_n_consecutive_failures(self, pair: Pair) -> None:
+        """The Nth consecutive failure sends the event to the backup at once; later ones go there too."""
+        pair.primary_sim.set_mode("drop")
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=2)
+        before = sample("alarmrelay_receiver_failovers_total", primary=pair.primary_name)
+        results = [await deliver(group, z) for z in (1, 2, 3)]
+        assert results == [
+            (pair.primary_name, "failed"),
+            (pair.backup_name, "acked"),
+            (pair.backup_name, "acked"),
+        ]
+        assert group.failed_over
+        assert [r.seq for r in pair.backup_sim.received] == ["0002", "0003"]
+        assert (
+            sample("alarmrelay_receiver_failovers_total", primary=pair.primary_name) == before + 1
+        )
+
+    async def test_non_consecutive_failures_do_not_fail_over(self, pair: Pair) -> None:
+        """A success in between resets the count: fail, ACK, fail stays on the primary."""
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=2)
+        pair.primary_sim.set_mode("drop")
+        first = await deliver(group, 1)
+        pair.primary_sim.set_mode("ack")
+        second = await deliver(group, 2)
+        pair.primary_sim.set_mode("drop")
+        third = await deliver(group, 3)
+        assert [first, second, third] == [
+            (pair.primary_name, "failed"),
+            (pair.primary_name, "acked"),
+            (pair.primary_name, "failed"),
+        ]
+        assert not group.failed_over
+        assert pair.backup_sim.received == []
+
+    async def test_duh_is_not_a_failure(self, pair: Pair) -> None:
+        """DUH is a refusal by a working receiver: reported as is, no failover."""
+        pair.primary_sim.set_mode("duh")
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=1)
+        results = [await deliver(group, z) for z in (1, 2)]
+        assert results == [(pair.primary_name, "duh"), (pair.primary_name, "duh")]
+        assert not group.failed_over
+        assert pair.backup_sim.received == []
+
+    async def test_without_backup_failures_are_returned(self, pair: Pair) -> None:
+        """With no backup the failures go back to the caller, which retries with the same seq."""
+        pair.primary_sim.set_mode("drop")
+        group = ReceiverGroup(pair.primary, None, failover_after=1)
+        results = [await deliver(group, z) for z in (1, 2)]
+        assert results == [(pair.primary_name, "failed"), (pair.primary_name, "failed")]
+        assert not group.failed_over
+
+    async def test_fails_back_when_primary_polls_healthy(self, pair: Pair) -> None:
+        """Once the primary answers NULL polls again, the next delivery goes to the primary."""
+        pair.primary_sim.set_mode("drop")
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=1)
+        assert await deliver(group, 1) == (pair.backup_name, "acked")
+        was_failed_over = group.failed_over
+        before = sample("alarmrelay_receiver_failbacks_total", primary=pair.primary_name)
+        pair.primary.start()
+        pair.primary_sim.set_mode("ack")
+        async with asyncio.timeout(WAIT_S):
+            await pair.primary.wait_for_link(True)
+        assert await deliver(group, 2) == (pair.primary_name, "acked")
+        assert (was_failed_over, group.failed_over) == (True, False)
+        assert [r.seq for r in pair.primary_sim.received] == ["0001", "0002"]
+        assert (
+            sample("alarmrelay_receiver_failbacks_total", primary=pair.primary_name) == before + 1
+        )
+
+    async def test_stays_on_backup_while_primary_down(self, pair: Pair) -> None:
+        """While the primary's polls still fail, deliveries keep going to the backup."""
+        pair.primary_sim.set_mode("drop")
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=1)
+        assert await deliver(group, 1) == (pair.backup_name, "acked")
+        pair.primary.start()
+        await pair.primary_sim.wait_for_polls(2, WAIT_S)  # the station gets polls, drops them
+        assert await deliver(group, 2) == (pair.backup_name, "acked")
+        assert group.failed_over
+
+
+class TestReceiverRegistry:
+    def test_unknown_receiver_is_a_clear_error(self) -> None:
+        """Asking for a receiver that is not configured names it and the known ones."""
+        registry = ReceiverRegistry([ReceiverConfig(name="main", host="127.0.0.1", port=1)])
+        with pytest.raises(UnknownReceiverError) as info:
+            registry.group("mian", None)
+        assert str(info.value) == (
+            "no IP receiver named 'mian' (known: main; phone receivers cannot be delivered to)"
+        )
+        with pytest.raises(KeyError):  # callers catching KeyError keep working
+            registry.group("main", "nope")
+
+    def test_phone_receivers_are_not_clients(self) -> None:
+        """Phone receivers are left out: a group naming one fails clearly."""
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(name="ip", host="127.0.0.1", port=1),
+                ReceiverConfig(name="tel", kind="phone", phone_number="+15550100"),
+            ]
+        )
+        assert registry.names == ["ip"]
+        with pytest.raises(UnknownReceiverError, match="'tel'"):
+            registry.group("tel", None)
+
+    async def test_groups_are_cached_per_pair(self) -> None:
+        """The same primary/backup pair gives the same group (shared failover state)."""
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(name="a", host="127.0.0.1", port=1),
+                ReceiverConfig(name="b", host="127.0.0.1", port=2),
+            ]
+        )
+        try:
+            assert registry.group("a", "b") is registry.group("a", "b")
+            assert registry.group("a", None) is not registry.group("a", "b")
+            assert registry.group("a", "b").primary is registry.group("a", None).primary
+        finally:
+            await registry.close()
+
+    async def test_started_registry_delivers_and_polls(self) -> None:
+        """A started registry's group delivers to the station, and its polls bring the link up."""
+        sim = StationSimulator()
+        port = await sim.start()
+        name = f"reg-{next(_names)}"
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name=name, host="127.0.0.1", port=port, null_poll_interval_s=0.1)],
+            connections=2,
+        )
+        registry.start()
+        try:
+            attempt = await registry.group(name, None).deliver(account="9", event=burglary(1))
+            await sim.wait_for_polls(1, WAIT_S)
+        finally:
+            await registry.close()
+            await sim.stop()
+        assert attempt.outcome == "acked"
+        assert sim.polls >= 1
