@@ -94,7 +94,11 @@ class TestDecodeVectors:
     ) -> None:
         """The same vector given with its LF and CR (real or escaped) decodes the same way."""
         _, plain, _ = run(capsys, "frame", "decode", vector["frame"])
-        for framed in (f"\n{vector['frame']}\r", f"\\n{vector['frame']}\\r"):
+        for framed in (
+            f"\n{vector['frame']}\r",
+            f"\\n{vector['frame']}\\r",
+            f"\n{vector['frame']}\r\n",  # pasted with a line end after the CR
+        ):
             code, out, _ = run(capsys, "frame", "decode", framed)
             assert code == 0
             assert out == plain
