@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import structlog
+from litestar import Litestar
 
 from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
+from engine.api.app import create_app
 from engine.crash_smash import CrashSmashStage, CrashSmashTimer
 from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
 from engine.delivery import Dispatcher
 from engine.forwarding_stage import ForwardingStage
-from engine.http_server import HttpServer, build_app
+from engine.http_server import AppFactory, HttpServer, build_app
 from engine.ingest_writer import IngestWriter
 from engine.pipeline import IngestPipeline
 from engine.receiver_directory import ReceiverDirectory
@@ -127,7 +130,7 @@ class Engine:
             await self.dc09.start()
             await self._start_mqtt()
 
-            app = build_app(self._readiness)
+            app = build_app(self._readiness, api_factory=self._api_factory(pool))
             self.http = HttpServer(app, host=settings.http.host, port=settings.http.port)
             await self.http.start()
             metrics.DATABASE_UP.set(1)
@@ -160,6 +163,17 @@ class Engine:
                 await receivers.stop()
                 await accounts_listener.stop()
         log.info("engine_stopped")
+
+    def _api_factory(self, pool: asyncpg.Pool) -> AppFactory | None:
+        """The admin API (``/v1``) around the health handlers, unless ``api.enabled`` is false."""
+        if not self.settings.api.enabled:
+            return None
+        settings = self.settings
+
+        def factory(handlers: Sequence[Any]) -> Litestar:
+            return create_app(pool=pool, extra_route_handlers=handlers, settings=settings)
+
+        return factory
 
     async def _shutdown(self) -> None:
         if self.dc09 is not None:

@@ -111,6 +111,23 @@ class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     port: Port = 8080
 
 
+class ApiSectionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[api]``: the admin API under ``/v1`` on the HTTP port, and how welcome letters go out."""
+
+    _secret_fields: ClassVar[frozenset[str]] = frozenset({"smtp_password"})
+
+    enabled: bool = True  # false: the HTTP port serves only /metrics, /healthz and /readyz
+    portal_url: str = "http://127.0.0.1:8080/portal"  # set-up links: <portal_url>/setup/<token>
+    setup_link_ttl_h: Positive = 168  # how long a welcome letter's one-time set-up link is valid
+    smtp_host: str | None = None  # None: welcome letters are rendered but not emailed
+    smtp_port: Port = 587
+    smtp_sender: str = "noreply@localhost"
+    smtp_username: str | None = None
+    smtp_password: str | None = None  # never shown in repr or logs
+    smtp_starttls: bool = True
+    smtp_timeout_s: PositiveFloat = 10.0
+
+
 class LoggingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[logging]``: structlog output."""
 
@@ -151,6 +168,7 @@ class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dc09: Dc09Settings = Dc09Settings()
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
+    api: ApiSectionSettings = ApiSectionSettings()
     logging: LoggingSettings = LoggingSettings()
     retention: RetentionSettings = RetentionSettings()
     supervision: SupervisionSettings = SupervisionSettings()

@@ -29,11 +29,24 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def api_settings(settings: Any | None) -> ApiSettings:
-    """ApiSettings from ``create_app``'s ``settings``: an ApiSettings, or an object with an
-    ``api`` attribute holding one (the engine's Settings once it grows an ``[api]`` section)."""
+    """ApiSettings from ``create_app``'s ``settings``: an ApiSettings, or the engine's Settings
+    (its flat ``[api]`` section), or None for the defaults."""
     if isinstance(settings, ApiSettings):
         return settings
-    nested = getattr(settings, "api", None)
-    if isinstance(nested, ApiSettings):
-        return nested
-    return ApiSettings()
+    section = getattr(settings, "api", None)
+    if section is None:
+        return ApiSettings()
+    smtp = None
+    if section.smtp_host:
+        smtp = SmtpSettings(
+            host=section.smtp_host,
+            port=section.smtp_port,
+            sender=section.smtp_sender,
+            username=section.smtp_username,
+            password=section.smtp_password,
+            starttls=section.smtp_starttls,
+            timeout_s=section.smtp_timeout_s,
+        )
+    return ApiSettings(
+        portal_url=section.portal_url, setup_link_ttl_h=section.setup_link_ttl_h, smtp=smtp
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.api.app_settings import api_settings
 from engine.errors import UserFacingError
 from engine.settings import SECTIONS, Settings, env_name, load_settings, redact_url
 
@@ -195,6 +196,31 @@ class TestSecrets:
         """URLs without a password come back unchanged."""
         assert redact_url("postgresql://ar@db/ar") == "postgresql://ar@db/ar"
         assert redact_url(None) is None
+
+
+class TestApiSection:
+    def test_smtp_keys_become_the_letter_sender(self) -> None:
+        """[api] smtp_* from the environment reach the welcome-letter sender; the password is hidden."""
+        settings = load_settings(
+            None,
+            {
+                "ALARMRELAY_API__SMTP_HOST": "mail.example",
+                "ALARMRELAY_API__SMTP_PORT": "2525",
+                "ALARMRELAY_API__SMTP_PASSWORD": "letmein",
+                "ALARMRELAY_API__SMTP_USERNAME": "relay",
+                "ALARMRELAY_API__SETUP_LINK_TTL_H": "24",
+            },
+        )
+        assert "letmein" not in repr(settings)
+        converted = api_settings(settings)
+        assert converted.setup_link_ttl_h == 24
+        assert converted.smtp is not None
+        assert (converted.smtp.host, converted.smtp.port) == ("mail.example", 2525)
+        assert (converted.smtp.username, converted.smtp.password) == ("relay", "letmein")
+
+    def test_without_smtp_host_letters_are_not_emailed(self) -> None:
+        """No smtp_host: the API renders letters but has no sender."""
+        assert api_settings(load_settings(None, {})).smtp is None
 
 
 class TestExampleAndReference:
