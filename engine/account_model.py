@@ -56,3 +56,6 @@ class Account(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     two_way_voice_capable: bool = False
     virtual: bool = False
     forwarding: ForwardingSettings = ForwardingSettings()
+    dialer_delay_s: int | None = (
+        None  # the panel's dialer delay for Crash & Smash; None: the default
+    )

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
+from engine.account_model import Account
 from engine.deadline_timer import DeadlineTimer
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
@@ -81,17 +83,37 @@ def closes_entry(event: Event) -> str | None:
     return None
 
 
+class AccountLookup(Protocol):
+    """Where the stage finds an account's own dialer delay (the engine's account directory)."""
+
+    def get(self, account_number: str) -> Account | None: ...
+
+
 class CrashSmashStage:
     """Inside the ingest transaction: open timers on entry delays, close them on disarm or alarm."""
 
     def __init__(
-        self, *, dialer_delay_s: int, grace_s: int, entry_codes: frozenset[str] = frozenset()
+        self,
+        *,
+        dialer_delay_s: int,
+        grace_s: int,
+        entry_codes: frozenset[str] = frozenset(),
+        accounts: AccountLookup | None = None,
     ) -> None:
         self._extra = timedelta(seconds=dialer_delay_s + grace_s)
+        self._grace_s = grace_s
+        self._accounts = accounts  # per-account dialer delay overrides the default
         self._entry_codes = (
             entry_codes  # "cid:XYZ" / "sia:XX" codes that mean "entry delay started"
         )
         self._default_entry_s = 30
+
+    def _extra_for(self, account: str) -> timedelta:
+        """Dialer delay + grace: the account's own dialer delay when it has one."""
+        row = self._accounts.get(account) if self._accounts is not None else None
+        if row is None or row.dialer_delay_s is None:
+            return self._extra
+        return timedelta(seconds=row.dialer_delay_s + self._grace_s)
 
     def _entry_from_event(self, event: Event) -> bool:
         return f"{event.family.value}:{event.code}" in self._entry_codes
@@ -109,13 +131,19 @@ class CrashSmashStage:
                 continue
             if signal.entry_delay is not None:
                 entry = signal.entry_delay
-                due = signal.received_at + timedelta(seconds=entry.entry_delay_s) + self._extra
+                due = (
+                    signal.received_at
+                    + timedelta(seconds=entry.entry_delay_s)
+                    + self._extra_for(signal.account)
+                )
                 opens[(signal.account, entry.partition)] = (entry.zone, due)
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
                     partition = event.partition or 1
                     due = (
-                        signal.received_at + timedelta(seconds=self._default_entry_s) + self._extra
+                        signal.received_at
+                        + timedelta(seconds=self._default_entry_s)
+                        + self._extra_for(signal.account)
                     )
                     opens[(signal.account, partition)] = (event.zone, due)
                     continue

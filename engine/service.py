@@ -84,6 +84,7 @@ class Engine:
                     dialer_delay_s=settings.crash_smash.dialer_delay_s,
                     grace_s=settings.crash_smash.grace_s,
                     entry_codes=frozenset(settings.crash_smash.entry_codes),
+                    accounts=self.directory,
                 )
                 if settings.crash_smash.enabled
                 else None,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgspec
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import LitestarDeprecationWarning
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -25,6 +27,7 @@ from engine.api.audit import AUDIT_HANDLERS
 from engine.api.auth import Caller, provide_caller
 from engine.api.catalog import CATALOG_HANDLERS
 from engine.api.commitments import COMMITMENT_HANDLERS
+from engine.api.customer_changes import CUSTOMER_CHANGE_HANDLERS
 from engine.api.customers import CUSTOMER_HANDLERS
 from engine.api.dealers import DEALER_HANDLERS
 from engine.api.drafts import DRAFT_HANDLERS
@@ -59,6 +62,7 @@ def v1_handlers() -> list[Any]:
         *PACKAGE_HANDLERS,
         *CATALOG_HANDLERS,
         *CUSTOMER_HANDLERS,
+        *CUSTOMER_CHANGE_HANDLERS,
         *DRAFT_HANDLERS,
         *COMMITMENT_HANDLERS,
         *STATION_HANDLERS,
@@ -102,13 +106,18 @@ def create_app(
             }
         ),
     )
-    app = Litestar(
-        route_handlers=[v1, *extra_route_handlers],
-        state=State({"pool": pool, "api_settings": api_settings(settings)}),
-        exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=openapi,
-        debug=False,
-    )
+    with warnings.catch_warnings():
+        # The handlers use litestar 2's inferred path-parameter style (kept while pyproject allows
+        # litestar 2.12+, older than the markers the 3.0 deprecation asks for); the warning would
+        # otherwise be printed at every start of `serve`.
+        warnings.simplefilter("ignore", LitestarDeprecationWarning)
+        app = Litestar(
+            route_handlers=[v1, *extra_route_handlers],
+            state=State({"pool": pool, "api_settings": api_settings(settings)}),
+            exception_handlers=EXCEPTION_HANDLERS,
+            openapi_config=openapi,
+            debug=False,
+        )
     document_problems(app.openapi_schema)
     document_letter_responses(app.openapi_schema)
     return app

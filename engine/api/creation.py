@@ -66,6 +66,11 @@ _SUPERVISION_6H_S = 6 * 3600
 _SUPERVISION_DEFAULT_S = 86_400
 
 
+def supervision_interval_for(package: Quote) -> int:
+    """The module's supervision interval: 6 h with the 6-hour supervision add-on, else 24 h."""
+    return _SUPERVISION_6H_S if "supervision_6h" in package.includes else _SUPERVISION_DEFAULT_S
+
+
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """A validated creation: the rows to write and the summary to show."""
 
@@ -429,7 +434,7 @@ async def check_system(
     return resolved, module
 
 
-async def _package(
+async def check_package(
     conn: asyncpg.Connection,
     step: PackageStep,
     account_type: str | None,
@@ -462,7 +467,7 @@ async def _package(
     return selected, quote(packages[base], [packages[a] for a in addons]), packages
 
 
-async def _forwarding(
+async def check_forwarding(
     conn: asyncpg.Connection,
     step: ForwardingStep,
     *,
@@ -662,10 +667,10 @@ async def plan_creation(
                     message=f"{module.name} supports {', '.join(module.pathways)}",
                 )
             )
-    package_step, package_quote, _ = await _package(
+    package_step, package_quote, _ = await check_package(
         conn, steps.get("package", PackageStep()), account_type, dealer_id, errors
     )
-    forwarding = await _forwarding(
+    forwarding = await check_forwarding(
         conn,
         steps.get("forwarding", ForwardingStep()),
         account_type=account_type,
@@ -703,9 +708,7 @@ async def plan_creation(
     assert login is not None
     assert account_type is not None
     assert package_quote is not None
-    supervision = (
-        _SUPERVISION_6H_S if "supervision_6h" in package_quote.includes else _SUPERVISION_DEFAULT_S
-    )
+    supervision = supervision_interval_for(package_quote)
     account: Account | None = None
     if system is not None and not commitment:
         assert system.dc09_account is not None

@@ -177,7 +177,7 @@ class Customer(msgspec.Struct, frozen=True, kw_only=True):
     """A customer as stored; ``can_log_in`` only once the panel has communicated."""
 
     id: int
-    status: Literal["active", "commitment"]
+    status: Literal["active", "commitment", "terminated"]
     commitment_id: str | None
     account_type: str
     dealer_id: int
@@ -191,6 +191,8 @@ class Customer(msgspec.Struct, frozen=True, kw_only=True):
     last_contact_at: datetime | None
     can_log_in: bool
     billing_started_at: datetime | None
+    billing_ended_at: datetime | None
+    terminated_at: datetime | None
     document: dict[str, Any]
     created_at: datetime
     updated_at: datetime

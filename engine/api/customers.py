@@ -91,7 +91,7 @@ async def validate_customer(state: State, caller: Caller, data: CustomerCreate) 
 async def list_customers(
     state: State,
     caller: Caller,
-    status: Literal["active", "commitment"] | None = None,
+    status: Literal["active", "commitment", "terminated"] | None = None,
     dealer_id: int | None = None,
     limit: int = Parameter(default=50, ge=1, le=500),
     cursor: int | None = Parameter(default=None, ge=0),

@@ -111,6 +111,7 @@ async def signal_history(
           AND ($4::text IS NULL OR $4 = ANY(s.categories))
           AND ($5::boolean IS NULL OR $5 = EXISTS (SELECT 1 FROM decisions d WHERE d.signal_id = s.id AND d.forward))
           AND ($6::bigint IS NULL OR s.id < $6)
+          AND s.received_at >= $8 AND ($9::timestamptz IS NULL OR s.received_at <= $9)
         ORDER BY s.id DESC LIMIT $7
         """,
         accounts,
@@ -120,6 +121,8 @@ async def signal_history(
         forwarded,
         cursor,
         limit + 1,
+        customer.created_at,  # an account number reused after a termination: only this customer's
+        customer.terminated_at,
     )
     items = [
         SignalEntry(

@@ -18,22 +18,23 @@ from engine.account_model import Account, ForwardingSettings, KeyFormat
 
 _COLUMNS = (
     "account, module_serial, name, key, key_format, timestamp_past_s, timestamp_future_s, "
-    "local_time_zone, supervision_interval_s, two_way_voice_capable, virtual, forwarding"
+    "local_time_zone, supervision_interval_s, two_way_voice_capable, virtual, forwarding, "
+    "dialer_delay_s"
 )
 # One set-based statement per batch: arrays in, unnest, upsert.
 _UPSERT = f"""
 INSERT INTO accounts ({_COLUMNS})
-SELECT a, s, n, k, kf, tp, tf, tz, si, tw, v, f::jsonb
+SELECT a, s, n, k, kf, tp, tf, tz, si, tw, v, f::jsonb, dd
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-            $8::text[], $9::int[], $10::bool[], $11::bool[], $12::text[])
-     AS t(a, s, n, k, kf, tp, tf, tz, si, tw, v, f)
+            $8::text[], $9::int[], $10::bool[], $11::bool[], $12::text[], $13::int[])
+     AS t(a, s, n, k, kf, tp, tf, tz, si, tw, v, f, dd)
 ON CONFLICT (account) DO UPDATE SET
     module_serial = EXCLUDED.module_serial, name = EXCLUDED.name, key = EXCLUDED.key,
     key_format = EXCLUDED.key_format, timestamp_past_s = EXCLUDED.timestamp_past_s,
     timestamp_future_s = EXCLUDED.timestamp_future_s, local_time_zone = EXCLUDED.local_time_zone,
     supervision_interval_s = EXCLUDED.supervision_interval_s,
     two_way_voice_capable = EXCLUDED.two_way_voice_capable, virtual = EXCLUDED.virtual,
-    forwarding = EXCLUDED.forwarding, updated_at = now()
+    forwarding = EXCLUDED.forwarding, dialer_delay_s = EXCLUDED.dialer_delay_s, updated_at = now()
 """
 _TOUCH = """
 UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.at),
@@ -65,11 +66,12 @@ def account_from_row(row: Mapping[str, Any]) -> Account:
         forwarding=_forwarding_decoder.decode(forwarding)
         if forwarding not in (None, "{}")
         else _DEFAULT_FORWARDING,
+        dialer_delay_s=row["dialer_delay_s"],
     )
 
 
 def _columns(accounts: Sequence[Account]) -> list[list[Any]]:
-    """The twelve column arrays of ``_UPSERT`` for a batch."""
+    """The thirteen column arrays of ``_UPSERT`` for a batch."""
     return [
         [a.account.upper() for a in accounts],
         [a.module_serial for a in accounts],
@@ -83,6 +85,7 @@ def _columns(accounts: Sequence[Account]) -> list[list[Any]]:
         [a.two_way_voice_capable for a in accounts],
         [a.virtual for a in accounts],
         [_encoder.encode(a.forwarding).decode() for a in accounts],
+        [a.dialer_delay_s for a in accounts],
     ]
 
 

@@ -124,3 +124,31 @@ class TestCrashSmash:
         await asyncio.sleep(2.5)
         assert [r.events[0].code for r in sim.received] == ["134"]
         assert await db_pool.fetchval("SELECT closed_reason FROM pending_entries") == "alarm"
+
+
+class TestPerAccountDialerDelay:
+    async def test_account_dialer_delay_moves_the_deadline(
+        self, setup: tuple[Engine, StationSimulator, str], db_pool: asyncpg.Pool
+    ) -> None:
+        """An account's own dialer delay (120 s) replaces the default (0 s) in the entry deadline."""
+        engine, sim, prefix = setup
+        await AccountStore(db_pool).upsert_many(
+            [Account(account="7777", module_serial="CS-1", forwarding=FORWARD, dialer_delay_s=120)]
+        )
+        for _ in range(200):  # the running engine hears of the change through NOTIFY
+            row = engine.directory.get("7777")
+            if row is not None and row.dialer_delay_s == 120:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the engine never saw the new dialer delay")
+        await publish(prefix, [ENTRY])
+        entry = await db_pool.fetchrow(
+            "SELECT state, extract(epoch FROM deadline - opened_at) AS wait FROM pending_entries"
+        )
+        assert entry is not None and entry["state"] == "pending"
+        # entry delay 1 s + dialer delay 120 s + grace 0 s, from the receive time (opened_at is
+        # the commit time, a few milliseconds later)
+        assert 119.0 <= float(entry["wait"]) <= 121.0
+        await asyncio.sleep(1.5)  # past the default deadline: nothing fires
+        assert sim.received == []

@@ -149,6 +149,12 @@ class TestHistory:
         customer = (
             await admin.post("/v1/customers", json=security_request(dealer, serial))
         ).json()["customer"]
+        # The signals below are dated up to 10 minutes back; history lists only signals from the
+        # customer's lifetime, so the customer is dated an hour back.
+        await api.pool.execute(
+            "UPDATE customers SET created_at = now() - interval '1 hour' WHERE id = $1",
+            customer["id"],
+        )
         now = datetime.now(UTC)
         for i, (category, forward) in enumerate(
             (("alarms", True), ("arming", False), ("alarms", True))

@@ -1,0 +1,237 @@
+"""Changes to a live customer: forwarding, package, dialer delay, termination (real PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from engine.store.accounts import AccountStore
+from tests.engine.api.catalog_setup import create_packages, create_station, imei, security_request
+from tests.engine.api.conftest import Api, problem_rules
+
+SERIAL = imei("49015420323751")
+
+
+async def _customer(api: Api, admin: httpx.AsyncClient, **overrides: Any) -> tuple[int, str, int]:
+    """(dealer id, receiver name, customer id) of a fresh security customer forwarding never."""
+    await create_packages(admin)
+    dealer = await api.dealer("Acme")
+    receiver = await create_station(api.pool, dealer)
+    created = await admin.post("/v1/customers", json=security_request(dealer, SERIAL, **overrides))
+    assert created.status_code == 201, created.text
+    return dealer, receiver, int(created.json()["customer"]["id"])
+
+
+async def _audit_actions(admin: httpx.AsyncClient) -> list[str]:
+    return [entry["action"] for entry in (await admin.get("/v1/audit")).json()["items"]]
+
+
+class TestForwarding:
+    async def test_turn_forwarding_on_reaches_the_engine_row(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """never → always with a receiver and station account: the accounts row and document follow."""
+        _, receiver, customer = await _customer(api, admin)
+        body = {"mode": "always", "primary_receiver": receiver, "station_account": "abc1"}
+        changed = await admin.put(f"/v1/customers/{customer}/forwarding", json=body)
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["document"]["forwarding"]["mode"] == "always"
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None
+        assert account.forwarding.mode.value == "always"
+        assert (account.forwarding.primary_receiver, account.forwarding.station_account) == (
+            receiver,
+            "ABC1",
+        )
+        assert "update_forwarding" in await _audit_actions(admin)
+
+    async def test_validation_like_creation(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """Missing station account and an unknown receiver are listed; nothing is changed."""
+        _, _, customer = await _customer(api, admin)
+        bad = await admin.put(
+            f"/v1/customers/{customer}/forwarding",
+            json={"mode": "always", "primary_receiver": "nope"},
+        )
+        assert bad.status_code == 422
+        assert {
+            ("forwarding.station_account", "required"),
+            ("forwarding.primary_receiver", "exists"),
+        } <= problem_rules(bad.json())
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None and account.forwarding.mode.value == "never"
+
+    async def test_two_way_voice_needs_the_package_then_holds_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """2WV is refused on a package without it (the error names it); after an upgrade it can be
+        set, and the package cannot be downgraded while it is on."""
+        _, receiver, customer = await _customer(api, admin)
+        voice = {
+            "mode": "always",
+            "primary_receiver": receiver,
+            "station_account": "1234",
+            "two_way_voice": True,
+        }
+        refused = await admin.put(f"/v1/customers/{customer}/forwarding", json=voice)
+        assert refused.status_code == 422
+        [error] = [e for e in refused.json()["errors"] if e["rule"] == "two_way_voice_eligible"]
+        assert "package does not include two-way voice" in error["message"]
+        assert "receiver" not in error["message"] and "module" not in error["message"]
+
+        upgraded = await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-voice"})
+        assert upgraded.status_code == 200, upgraded.text
+        accepted = await admin.put(f"/v1/customers/{customer}/forwarding", json=voice)
+        assert accepted.status_code == 200, accepted.text
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None and account.forwarding.two_way_voice is True
+
+        downgrade = await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-basic"})
+        assert downgrade.status_code == 422
+        assert ("package", "two_way_voice_in_use") in problem_rules(downgrade.json())
+
+    async def test_receiver_without_voice_named(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A receiver that does not support two-way voice is named as what is missing."""
+        dealer, _, customer = await _customer(api, admin, package={"base": "res-voice"})
+        plain = await create_station(api.pool, dealer, two_way_voice=False, name="NoVoice")
+        refused = await admin.put(
+            f"/v1/customers/{customer}/forwarding",
+            json={
+                "mode": "always",
+                "primary_receiver": plain,
+                "station_account": "1234",
+                "two_way_voice": True,
+            },
+        )
+        assert refused.status_code == 422
+        [error] = [e for e in refused.json()["errors"] if e["rule"] == "two_way_voice_eligible"]
+        assert error["message"].endswith("the receiver does not support two-way voice")
+
+
+class TestPackage:
+    async def test_six_hour_supervision_addon_sets_the_interval(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Adding sup6 makes the module's supervision 6 h; removing it restores 24 h."""
+        _, _, customer = await _customer(api, admin)
+        store = AccountStore(api.pool)
+        added = await admin.put(
+            f"/v1/customers/{customer}/package", json={"base": "res-basic", "addons": ["sup6"]}
+        )
+        assert added.status_code == 200, added.text
+        assert added.json()["document"]["package"]["addons"] == ["sup6"]
+        account = await store.get_by_serial(SERIAL)
+        assert account is not None and account.supervision_interval_s == 6 * 3600
+        removed = await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-basic"})
+        assert removed.status_code == 200
+        account = await store.get_by_serial(SERIAL)
+        assert account is not None and account.supervision_interval_s == 86_400
+
+    async def test_unknown_package_refused(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A package that does not exist is a 422 naming the field."""
+        _, _, customer = await _customer(api, admin)
+        bad = await admin.put(f"/v1/customers/{customer}/package", json={"base": "gold"})
+        assert bad.status_code == 422
+        assert any(field.startswith("package") for field, _ in problem_rules(bad.json()))
+
+
+class TestDialerDelay:
+    async def test_set_and_clear(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """45 s is stored on the engine row; null goes back to the default; 601 s is refused."""
+        _, _, customer = await _customer(api, admin)
+        store = AccountStore(api.pool)
+        assert (
+            await admin.put(f"/v1/customers/{customer}/dialer-delay", json={"dialer_delay_s": 45})
+        ).status_code == 200
+        account = await store.get_by_serial(SERIAL)
+        assert account is not None and account.dialer_delay_s == 45
+        too_long = await admin.put(
+            f"/v1/customers/{customer}/dialer-delay", json={"dialer_delay_s": 601}
+        )
+        assert too_long.status_code == 422
+        assert ("dialer_delay_s", "range") in problem_rules(too_long.json())
+        assert (
+            await admin.put(f"/v1/customers/{customer}/dialer-delay", json={"dialer_delay_s": None})
+        ).status_code == 200
+        account = await store.get_by_serial(SERIAL)
+        assert account is not None and account.dialer_delay_s is None
+        audit = (await admin.get("/v1/audit")).json()["items"]
+        delays = [e for e in audit if e["action"] == "update_dialer_delay"]
+        assert {(e["before"]["dialer_delay_s"], e["after"]["dialer_delay_s"]) for e in delays} == {
+            (None, 45),
+            (45, None),
+        }
+
+
+class TestTerminate:
+    async def test_terminated_module_is_gone_history_stays(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The engine row and supervision go; the customer shows terminated with billing ended;
+        the serial can go to a new customer; changes and a second termination are refused."""
+        dealer, _, customer = await _customer(api, admin)
+        before = (await admin.get(f"/v1/customers/{customer}")).json()
+        account = before["account"]
+        await api.pool.execute(
+            "INSERT INTO supervision (account, deadline) VALUES ($1, now() + interval '1 day')",
+            account,
+        )
+        await api.pool.execute(
+            "INSERT INTO signals (received_at, account, transport, kind, seq) "
+            "VALUES (now(), $1, 'tcp', 'event', '0042')",
+            account,
+        )
+        ended = await admin.post(
+            f"/v1/customers/{customer}/terminate", json={"reason": "moved away"}
+        )
+        assert ended.status_code == 200, ended.text
+        body = ended.json()
+        assert body["status"] == "terminated"
+        assert body["terminated_at"] is not None and body["billing_ended_at"] is not None
+        assert await AccountStore(api.pool).get(account) is None
+        assert await api.pool.fetchval("SELECT count(*) FROM supervision") == 0
+        modules = (await admin.get(f"/v1/customers/{customer}/modules")).json()
+        assert all(m["until"] is not None for m in modules)
+        listed = (await admin.get("/v1/customers", params={"status": "terminated"})).json()
+        assert [c["id"] for c in listed["items"]] == [customer]
+
+        again = await admin.post(f"/v1/customers/{customer}/terminate", json={})
+        assert again.status_code == 409
+        change = await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-basic"})
+        assert change.status_code == 409
+        assert "terminated" in change.json()["detail"]
+
+        reuse = await admin.post(
+            "/v1/customers",
+            json=security_request(dealer, SERIAL, login={"login_name": "newowner"}),
+        )
+        assert reuse.status_code == 201, reuse.text
+        successor = reuse.json()["customer"]
+        assert successor["account"] == account  # the account number went to the new customer
+        # each customer's history holds only the signals of its own lifetime
+        old_history = (await admin.get(f"/v1/customers/{customer}/signals")).json()["items"]
+        assert [s["seq"] for s in old_history] == ["0042"]
+        new_history = (await admin.get(f"/v1/customers/{successor['id']}/signals")).json()
+        assert new_history["items"] == []
+        terminations = [
+            e for e in (await admin.get("/v1/audit")).json()["items"] if e["action"] == "terminate"
+        ]
+        assert terminations[0]["after"]["reason"] == "moved away"
+
+    async def test_read_only_and_other_dealer_cannot_change(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A read-only key gets 403; another dealer's key gets 404 on every change endpoint."""
+        _, _, customer = await _customer(api, admin)
+        other = api.client(await api.key("dealer", await api.dealer("Other")))
+        reader = api.client(await api.key("read-only"))
+        calls = [
+            ("put", f"/v1/customers/{customer}/forwarding", {"mode": "never"}),
+            ("put", f"/v1/customers/{customer}/package", {"base": "res-basic"}),
+            ("put", f"/v1/customers/{customer}/dialer-delay", {"dialer_delay_s": 10}),
+            ("post", f"/v1/customers/{customer}/terminate", {}),
+        ]
+        for method, url, body in calls:
+            assert (await getattr(other, method)(url, json=body)).status_code == 404, url
+            assert (await getattr(reader, method)(url, json=body)).status_code == 403, url
+        assert (await admin.get(f"/v1/customers/{customer}")).json()["status"] == "active"
