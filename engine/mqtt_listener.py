@@ -21,8 +21,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter
 
+from engine.events_signal import signal_from_events
 from engine.ingest_types import (
-    EntryDelay,
     InboundSignal,
     IngestResult,
     IngestSink,
@@ -40,7 +40,6 @@ from protocols.mqtt_payloads import (
     decode_events,
     encode,
     parse_topic,
-    to_events,
     topic,
 )
 
@@ -288,21 +287,14 @@ class MqttListener:
         except MqttPayloadError as exc:
             return InboundSignal(kind=SignalKind.REJECTED, reject_reason=str(exc), **common), None
         return (
-            InboundSignal(
-                kind=SignalKind.EVENT,
-                events=to_events(payload),
-                sent_at=payload.sent_at,
-                seq=payload.msg_id,
+            signal_from_events(
+                payload,
+                account=account,
+                transport=Transport.MQTT,
+                received_at=now,
+                peer=serial,
+                raw=raw,
                 dedupe_key=f"mqtt:{serial}:{payload.msg_id}",
-                dialer_failed=payload.dialer_failed,
-                entry_delay=EntryDelay(
-                    partition=payload.entry_delay.partition,
-                    zone=payload.entry_delay.zone,
-                    entry_delay_s=payload.entry_delay.entry_delay_s,
-                )
-                if payload.entry_delay is not None
-                else None,
-                **common,
             ),
             payload.msg_id,
         )

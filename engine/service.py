@@ -33,6 +33,7 @@ from engine.receiver_directory import ReceiverDirectory
 from engine.settings import Settings
 from engine.store.accounts import AccountStore
 from engine.supervision import SupervisionStage, SupervisionTimer
+from engine.virtual_modules import VirtualModules
 from protocols.dc09_receiver import ReceiverConfig
 from protocols.dc09_timestamp import TimestampWindow
 from protocols.errors import Reply
@@ -53,6 +54,7 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         self.supervision_timer: SupervisionTimer | None = None
         self.crash_smash_timer: CrashSmashTimer | None = None
+        self.virtual_modules: VirtualModules | None = None
         self.pool: asyncpg.Pool | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
@@ -117,6 +119,14 @@ class Engine:
                 self.supervision_timer.start()
             if settings.crash_smash.enabled:
                 self.crash_smash_timer.start()
+            if settings.virtual.enabled:
+                self.virtual_modules = VirtualModules(
+                    pool,
+                    self.pipeline,
+                    checkin_interval_s=settings.virtual.checkin_interval_s,
+                    poll_s=settings.virtual.poll_s,
+                )
+                self.virtual_modules.start()
 
             self.dc09 = Dc09Server(
                 Dc09Handler(
@@ -180,6 +190,8 @@ class Engine:
         if self.dc09 is not None:
             await self.dc09.stop_accepting()
         await self._stop_mqtt()
+        if self.virtual_modules is not None:
+            await self.virtual_modules.stop()  # before the pipeline closes: no request half-sent
         if self.dc09 is not None:
             await self.dc09.drain()
         if self.pipeline is not None:

@@ -160,6 +160,14 @@ class CrashSmashSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fie
     entry_codes: tuple[str, ...] = ()  # DC-09 codes meaning "entry delay started", e.g. "cid:134"
 
 
+class VirtualSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[virtual]``: modules of virtual (demo, training) customers, simulated by the engine."""
+
+    enabled: bool = True
+    checkin_interval_s: Annotated[int, msgspec.Meta(ge=10)] = 300  # each virtual module's check-in
+    poll_s: PositiveFloat = 1.0  # how often queued "send a signal" requests are looked for
+
+
 class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the engine is configured with."""
 
@@ -173,6 +181,7 @@ class Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     retention: RetentionSettings = RetentionSettings()
     supervision: SupervisionSettings = SupervisionSettings()
     crash_smash: CrashSmashSettings = CrashSmashSettings()
+    virtual: VirtualSettings = VirtualSettings()
 
     @property
     def data_path(self) -> Path:

@@ -35,6 +35,7 @@ from engine.api.history import HISTORY_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS, document_problems
 from engine.api.stations import STATION_HANDLERS
+from engine.api.virtual_signals import VIRTUAL_SIGNAL_HANDLERS
 from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS, document_letter_responses
 
 
@@ -63,6 +64,7 @@ def v1_handlers() -> list[Any]:
         *CATALOG_HANDLERS,
         *CUSTOMER_HANDLERS,
         *CUSTOMER_CHANGE_HANDLERS,
+        *VIRTUAL_SIGNAL_HANDLERS,
         *DRAFT_HANDLERS,
         *COMMITMENT_HANDLERS,
         *STATION_HANDLERS,

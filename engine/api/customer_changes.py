@@ -227,6 +227,7 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
         if before.account is not None:
             await conn.execute("DELETE FROM accounts WHERE account = $1", before.account)
             await conn.execute("DELETE FROM supervision WHERE account = $1", before.account)
+            await conn.execute("DELETE FROM virtual_schedule WHERE account = $1", before.account)
             await conn.execute(
                 "UPDATE pending_entries SET state = 'closed', closed_reason = 'terminated', "
                 "closed_at = now() WHERE account = $1 AND state = 'pending'",

@@ -58,6 +58,12 @@ async def insert_account(conn: asyncpg.Connection, account: Account) -> None:
             account.virtual,
             _encoder.encode(account.forwarding).decode(),
         )
+        if account.virtual:  # the engine's simulated module checks in at once (virtual_modules.py)
+            await conn.execute(
+                "INSERT INTO virtual_schedule (account, next_checkin_at) VALUES ($1, now()) "
+                "ON CONFLICT (account) DO NOTHING",
+                account.account,
+            )
     except asyncpg.UniqueViolationError as exc:
         if "module_serial" in str(exc.constraint_name or ""):
             raise conflict(

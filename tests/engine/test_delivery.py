@@ -48,6 +48,8 @@ class TestClaim:
         """A lease that lapsed (dead engine) is claimed again, keeping the row's seq."""
         head = await enqueue(db_pool, "lane", 0, 1)
         await db_pool.fetch(CLAIM_SQL, 10, "dead-engine", timedelta(seconds=6))
-        await db_pool.execute("UPDATE deliveries SET lease_until = now() - interval '1 second' WHERE id = $1", head)
+        await db_pool.execute(
+            "UPDATE deliveries SET lease_until = now() - interval '1 second' WHERE id = $1", head
+        )
         [row] = await db_pool.fetch(CLAIM_SQL, 10, "engine-b", timedelta(seconds=6))
         assert (row["id"], row["seq"], row["attempts"]) == (head, "0001", 2)

@@ -13,12 +13,27 @@ pytestmark = pytest.mark.slow
 
 
 class TestDemo:
-    async def test_demo_delivers_and_stops(self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
+    async def test_demo_delivers_and_stops(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
         """The demo provisions, sends, forwards and delivers, then exits 0 after --duration."""
         config = tmp_path / "demo.toml"
-        config.write_text(f'data_dir = "{tmp_path}"\n[database]\nurl = "{database_url}"\n', encoding="utf-8")
+        config.write_text(
+            f'data_dir = "{tmp_path}"\n[database]\nurl = "{database_url}"\n', encoding="utf-8"
+        )
         proc = subprocess.run(  # noqa: ASYNC221 - the demo is a whole process under test
-            [sys.executable, "-m", "engine", "demo", "--config", str(config), "--duration", "5", "--modules", "3"],
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "demo",
+                "--config",
+                str(config),
+                "--duration",
+                "5",
+                "--modules",
+                "3",
+            ],
             capture_output=True,
             timeout=90,
             check=False,
@@ -26,5 +41,7 @@ class TestDemo:
         out = proc.stdout.decode()
         assert proc.returncode == 0, out + proc.stderr.decode()
         assert "delivered to the station" in out
-        assert await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'delivered'") > 0
+        assert (
+            await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'delivered'") > 0
+        )
         assert await db_pool.fetchval("SELECT count(*) FROM accounts WHERE virtual") == 3

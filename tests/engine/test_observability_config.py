@@ -20,7 +20,11 @@ def exported() -> set[str]:
     names = set()
     for metric in REGISTRY.collect():
         # Labelled families have no samples until used: derive the series names from the type.
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "gauge": ("",),
+        }
         for suffix in suffixes.get(metric.type, ("",)):
             names.add(metric.name + suffix)
     return {n for n in names if n.startswith("alarmrelay_")}

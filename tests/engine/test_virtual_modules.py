@@ -1,0 +1,203 @@
+"""Virtual modules: the engine checks in for a virtual customer's module and sends the signals asked
+for through the admin API, over the real policy and delivery path (real PostgreSQL, station-sim)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from engine.api.auth import create_key
+from engine.service import Engine
+from engine.settings import Settings, VirtualSettings
+from engine.station_sim import StationSimulator
+from engine.virtual_modules import VirtualModules
+from tests.engine.api.catalog_setup import PACKAGES, imei, security_request
+from tests.engine.test_ingest_e2e import running_engine, settings_for
+
+
+def _settings(database_url: str) -> Settings:
+    return msgspec.structs.replace(
+        settings_for(database_url),
+        virtual=VirtualSettings(checkin_interval_s=10, poll_s=0.1),
+    )
+
+
+async def _wait(check: Any, what: str, timeout_s: float = 15.0) -> Any:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+    raise AssertionError(what)  # pragma: no cover - asyncio.timeout raises first
+
+
+@contextlib.asynccontextmanager
+async def _world(
+    db_pool: asyncpg.Pool, database_url: str, engines: int = 1
+) -> AsyncIterator[tuple[list[Engine], StationSimulator, httpx.AsyncClient, int]]:
+    """Running engine(s), a station simulator, a dealer client on the first engine's HTTP port
+    and the id of a virtual customer forwarding always to the simulator."""
+    station = StationSimulator()
+    await station.start()
+    async with contextlib.AsyncExitStack() as stack:
+        started = [
+            await stack.enter_async_context(running_engine(_settings(database_url)))
+            for _ in range(engines)
+        ]
+        http = started[0].http
+        assert http is not None
+        _, admin_key = await create_key(db_pool, role="admin", dealer_id=None)
+        admin = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{http.port}",
+                headers={"Authorization": f"Bearer {admin_key}"},
+                timeout=10,
+            )
+        )
+        for package in PACKAGES:
+            assert (await admin.post("/v1/packages", json=package)).status_code == 201
+        dealer = (await admin.post("/v1/dealers", json={"name": "Acme"})).json()["id"]
+        receiver = {
+            "name": "rx",
+            "host": "127.0.0.1",
+            "port": station.port,
+            "receiver_number": "3",
+            "line_prefix": "7",
+            "ack_timeout_s": 1.0,
+        }
+        station_body = {"name": "Central", "receivers": [receiver], "dealer_id": dealer}
+        made = await admin.post("/v1/stations", json=station_body)
+        assert made.status_code == 201, made.text
+        request = security_request(
+            dealer,
+            "",
+            virtual=True,
+            forwarding={"mode": "always", "primary_receiver": "rx", "station_account": "4242"},
+        )
+        del request["system"]
+        created = await admin.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        try:
+            yield started, station, admin, int(created.json()["customer"]["id"])
+        finally:
+            await station.stop()
+
+
+@pytest.mark.slow
+class TestVirtualModules:
+    async def test_checkin_and_requested_fire_alarm_reach_the_station(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The virtual module checks in by itself (first contact, supervision armed); a fire alarm
+        asked for over the API reaches station-sim and shows in the history as virtual."""
+        async with _world(db_pool, database_url) as (_, station, admin, customer):
+            url = f"/v1/customers/{customer}"
+
+            async def contacted() -> bool:
+                return bool((await admin.get(url)).json()["can_log_in"])
+
+            await _wait(contacted, "the virtual module never checked in")
+            account = (await admin.get(url)).json()["account"]
+            deadline = await db_pool.fetchval(
+                "SELECT extract(epoch FROM deadline - now()) FROM supervision WHERE account = $1",
+                account,
+            )
+            assert deadline is not None and deadline > 86_000  # 24 h + grace from the check-in
+
+            queued = await admin.post(f"{url}/virtual-signals", json={"preset": "fire"})
+            assert queued.status_code == 202, queued.text
+            assert queued.json()["state"] == "queued"
+            [received] = await station.wait_for(1, timeout_s=15)
+            assert (received.account, received.receiver, received.line) == ("4242", "3", "7")
+            assert [(e.code, e.zone) for e in received.events] == [("110", 1)]
+
+            async def sent() -> list[dict[str, Any]]:
+                items = (await admin.get(f"{url}/virtual-signals")).json()
+                return items if items[0]["state"] == "sent" else []
+
+            [request] = await _wait(sent, "the request was never marked sent")
+            assert request["result"] == "accepted"
+
+            async def delivered() -> list[dict[str, Any]]:
+                items = (await admin.get(f"{url}/signals", params={"forwarded": "true"})).json()
+                ready = (
+                    items["items"] and items["items"][0]["deliveries"][0]["state"] == "delivered"
+                )
+                return items["items"] if ready else []
+
+            [entry] = await _wait(delivered, "the fire alarm never showed as delivered")
+            assert entry["transport"] == "virtual"
+            assert entry["decisions"][0]["reason"] == "forwarded"
+
+    async def test_bad_requests_are_refused(self, db_pool: asyncpg.Pool, database_url: str) -> None:
+        """A preset and events together, a malformed event and a real customer's module: clear errors."""
+        async with _world(db_pool, database_url) as (_, _, admin, customer):
+            url = f"/v1/customers/{customer}/virtual-signals"
+            both = await admin.post(
+                url, json={"preset": "fire", "events": [{"family": "cid", "code": "110"}]}
+            )
+            assert both.status_code == 422 and both.json()["errors"][0]["rule"] == "one_of"
+            bad = await admin.post(url, json={"events": [{"family": "cid", "code": "11"}]})
+            assert bad.status_code == 422
+            assert "3 digits" in bad.json()["errors"][0]["message"]
+            unknown = await admin.post(url, json={"preset": "earthquake"})
+            assert unknown.status_code == 400
+            dealer = (await admin.get(f"/v1/customers/{customer}")).json()["dealer_id"]
+            real = await admin.post(
+                "/v1/customers",
+                json=security_request(dealer, imei("49015420323751"), login={"login_name": "real"}),
+            )
+            assert real.status_code == 201, real.text
+            refused = await admin.post(
+                f"/v1/customers/{real.json()['customer']['id']}/virtual-signals",
+                json={"preset": "fire"},
+            )
+            assert refused.status_code == 409
+            assert await db_pool.fetchval("SELECT count(*) FROM virtual_requests") == 0
+
+    async def test_two_engines_send_each_request_once(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """With two engines claiming requests, 12 queued signals reach the station exactly once each."""
+        async with _world(db_pool, database_url, engines=2) as (_, station, admin, customer):
+            url = f"/v1/customers/{customer}/virtual-signals"
+            zones = list(range(1, 13))
+            for zone in zones:
+                event = {"family": "cid", "code": "130", "zone": zone, "partition": 1}
+                assert (await admin.post(url, json={"events": [event]})).status_code == 202
+            received = await station.wait_for(len(zones), timeout_s=20)
+            await asyncio.sleep(1.0)  # a duplicate, if any, would arrive meanwhile
+            assert sorted(r.events[0].zone for r in station.received) == zones
+            assert len(received) == len(zones)
+            results = await db_pool.fetch("SELECT result FROM virtual_requests ORDER BY id")
+            assert [r["result"] for r in results] == ["accepted"] * len(zones)
+
+    async def test_request_retried_after_a_crash_is_not_forwarded_twice(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """If an engine dies after the signal's commit but before marking the request done, the
+        request is sent again by the next engine and recognised as a duplicate."""
+        async with _world(db_pool, database_url) as (engines, station, admin, customer):
+            engine = engines[0]
+            assert engine.virtual_modules is not None and engine.pipeline is not None
+            await engine.virtual_modules.stop()  # this test drives the requests itself
+            url = f"/v1/customers/{customer}/virtual-signals"
+            assert (await admin.post(url, json={"preset": "burglary"})).status_code == 202
+            modules = VirtualModules(db_pool, engine.pipeline, checkin_interval_s=60, poll_s=0.1)
+            assert await modules.send_requests() == 1
+            await station.wait_for(1, timeout_s=15)
+            # the state a crash between the commit and the "done" mark leaves behind
+            await db_pool.execute("UPDATE virtual_requests SET done_at = NULL, result = NULL")
+            assert await modules.send_requests() == 1
+            assert await db_pool.fetchval("SELECT result FROM virtual_requests") == "duplicate"
+            await asyncio.sleep(1.0)
+            assert [r.events[0].code for r in station.received] == ["130"]
+            assert await db_pool.fetchval("SELECT count(*) FROM deliveries") == 1
