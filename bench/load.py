@@ -98,8 +98,15 @@ async def tcp_module(
     result: Result,
     timeout: float = 5.0,
     max_signals: int | None = None,
+    spread: int | None = None,
+    modules: int = 1,
 ) -> None:
-    """One module on one kept-open TCP connection, stop-and-wait."""
+    """One module on one kept-open TCP connection, stop-and-wait.
+
+    With ``spread``, frame n goes out for account ``(index + n * modules) % spread``: the
+    connection stands for many modules, so the load touches every provisioned account in turn
+    (as 1,000,000 modules each contacting now and then would).
+    """
     account = account_name(index)
     try:
         reader, writer = await asyncio.open_connection(host, port)
@@ -116,6 +123,8 @@ async def tcp_module(
                     await asyncio.sleep(next_send - now)
                 next_send += interval
             n += 1
+            if spread is not None:
+                account = account_name((index + n * modules) % spread)
             fam = family if family != "both" else ("cid", "sia")[(index + n) % 2]
             token, data = _data(account, n, fam)
             seq = f"{n % 9999 + 1:04d}"
@@ -295,6 +304,7 @@ async def run_tcp(
     rate: float | None = None,
     udp: bool = False,
     max_signals: int | None = None,
+    spread: int | None = None,
 ) -> Result:
     """Run ``modules`` modules for ``duration`` seconds; ``rate`` is a total signals/s target."""
     result = Result(started=time.perf_counter())
@@ -318,6 +328,8 @@ async def run_tcp(
                 interval=interval,
                 result=parts[i],
                 max_signals=max_signals,
+                spread=spread,
+                modules=modules,
             )
             for i in range(modules)
         ]

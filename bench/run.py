@@ -6,6 +6,8 @@ Scenarios (each run ``--repeats`` times; the table reports the median run by thr
 - ``ingest-aes``: the same with AES-128 (pysiaalarm with the same ASCII key).
 - ``mqtt``: MQTT ingest through Mosquitto, durable ack published.
 - ``accounts``: alarmrelay with 1,000 vs 1,000,000 provisioned accounts (RSS and throughput).
+- ``supervision``: 1,000 vs 1,000,000 supervised modules (a deadline each; the load's frames are
+  spread over every account, each one a module's contact moving its deadline).
 
 Run: ``python -m bench.run --scenario ingest --duration 10 --repeats 3`` (prints progress; appends
 nothing by itself: ``--write`` replaces the matching section of bench/RESULTS.md).
@@ -353,21 +355,65 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
     return out
 
 
+def _supervise_all(url: str) -> None:
+    """A supervision deadline for every account, as after each module's last contact: contacts
+    every 5 minutes on average, so deadlines lie 24 h + grace ahead, spread over 5 minutes."""
+    import asyncpg
+
+    async def load() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO supervision (account, deadline) "
+                "SELECT account, now() + interval '1 day' - random() * interval '5 minutes' "
+                "FROM accounts"
+            )
+            await conn.execute("ANALYZE supervision")
+        finally:
+            await conn.close()
+
+    asyncio.run(load())
+
+
+def _supervision_outcome(url: str, since: float) -> dict[str, int]:
+    """Deadlines moved by the run's contacts, and Panel Not Responding raised (must be 0)."""
+    import asyncpg
+
+    async def read() -> dict[str, int]:
+        conn = await asyncpg.connect(url)
+        try:
+            moved = await conn.fetchval(
+                "SELECT count(*) FROM supervision WHERE updated_at >= to_timestamp($1)", since
+            )
+            missed = await conn.fetchval("SELECT count(*) FROM supervision WHERE missed")
+            return {"deadlines_moved": int(moved), "misses": int(missed)}
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 def scenario_accounts(
-    modules: int, duration: float, repeats: int, sizes: list[int]
+    modules: int, duration: float, repeats: int, sizes: list[int], *, supervised: bool = False
 ) -> list[Measured]:
+    """``supervised``: every account has a supervision deadline and the load spreads its frames
+    over all accounts (each frame is one module's contact, moving its deadline)."""
     out: list[Measured] = []
+    label = "supervision" if supervised else "accounts"
     for size in sizes:
         url = _create_database()
         try:
-            print(f"[accounts] provisioning {size} accounts", file=sys.stderr, flush=True)
+            print(f"[{label}] provisioning {size} accounts", file=sys.stderr, flush=True)
             _provision(url, size, key=None)
+            if supervised:
+                _supervise_all(url)
             for rep in range(repeats):
                 print(
-                    f"[accounts] {size} accounts, run {rep + 1}/{repeats}",
+                    f"[{label}] {size} accounts, run {rep + 1}/{repeats}",
                     file=sys.stderr,
                     flush=True,
                 )
+                started = time.time()
                 with tempfile.TemporaryDirectory() as tmp:
                     config = _engine_config(Path(tmp), url, mqtt_prefix=None)
                     with child(
@@ -375,16 +421,24 @@ def scenario_accounts(
                         ready_word="engine_ready",
                     ) as (proc, line):
                         port, _ = _ports(line)
+                        spread = size if supervised else None
                         out.append(
                             measure(
-                                f"alarmrelay, {size:,} accounts",
+                                f"alarmrelay, {size:,} {'supervised modules' if supervised else 'accounts'}",
                                 proc,
-                                lambda: uvloop.run(run_tcp("127.0.0.1", port, modules, duration)),
+                                lambda: uvloop.run(
+                                    run_tcp("127.0.0.1", port, modules, duration, spread=spread)
+                                ),
                                 postgres=True,
                             )
                         )
+                extra = ""
+                if supervised:
+                    outcome = _supervision_outcome(url, started)
+                    out[-1].summary.update(outcome)
+                    extra = f", deadlines moved {outcome['deadlines_moved']:,}, misses {outcome['misses']}"
                 print(
-                    f"    {out[-1].summary['signals_per_s']:.0f}/s, peak RSS {out[-1].peak_rss_mb:.0f} MiB",
+                    f"    {out[-1].summary['signals_per_s']:.0f}/s, peak RSS {out[-1].peak_rss_mb:.0f} MiB{extra}",
                     file=sys.stderr,
                 )
         finally:
@@ -424,7 +478,9 @@ def medians(results: list[Measured]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenario", choices=["ingest", "ingest-aes", "mqtt", "accounts"], required=True
+        "--scenario",
+        choices=["ingest", "ingest-aes", "mqtt", "accounts", "supervision"],
+        required=True,
     )
     parser.add_argument("--modules", type=int, default=100)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -442,7 +498,11 @@ def main() -> None:
         results = scenario_mqtt(args.modules, args.duration, args.repeats)
     else:
         results = scenario_accounts(
-            args.modules, args.duration, args.repeats, [int(x) for x in args.sizes.split(",")]
+            args.modules,
+            args.duration,
+            args.repeats,
+            [int(x) for x in args.sizes.split(",")],
+            supervised=args.scenario == "supervision",
         )
     print(table(results))
     print()

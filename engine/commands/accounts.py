@@ -80,7 +80,45 @@ def account_problem(account: Account) -> str | None:
             return f"forwarding.categories: a UL-listed account must forward {', '.join(missing)}"
     if forwarding.two_way_voice and not account.two_way_voice_capable:
         return "forwarding.two_way_voice: the module is not two-way-voice capable"
+    if account.dialer_delay_s is not None and not 0 <= account.dialer_delay_s <= 600:
+        return "dialer_delay_s: must be 0-600 seconds"
     return None
+
+
+async def voice_receiver_problems(
+    conn: asyncpg.Connection, accounts: Sequence[Account]
+) -> list[str]:
+    """Accounts with two-way voice whose primary receiver is unknown or does not support it.
+
+    (The service package, the third eligibility rule, is an admin-API notion: imports bypass it.)
+    """
+    wanted = {
+        a.forwarding.primary_receiver
+        for a in accounts
+        if a.forwarding.two_way_voice and a.forwarding.primary_receiver is not None
+    }
+    rows = (
+        await conn.fetch(
+            "SELECT name, two_way_voice FROM receivers WHERE name = ANY($1::text[])", sorted(wanted)
+        )
+        if wanted
+        else []
+    )
+    voice = {r["name"]: r["two_way_voice"] for r in rows}
+    problems = []
+    for account in accounts:
+        receiver = account.forwarding.primary_receiver
+        if not account.forwarding.two_way_voice:
+            continue
+        if receiver is None or receiver not in voice:
+            problems.append(
+                f"account {account.account}: forwarding.two_way_voice: no receiver {receiver!r} is registered"
+            )
+        elif not voice[receiver]:
+            problems.append(
+                f"account {account.account}: forwarding.two_way_voice: the receiver {receiver} does not support two-way voice"
+            )
+    return problems
 
 
 def parse_accounts(data: bytes, source: str) -> list[Account]:
@@ -129,6 +167,13 @@ async def import_accounts(settings: Settings, accounts: Sequence[Account]) -> in
     from engine.store.accounts import AccountStore  # noqa: PLC0415
 
     async with open_database(settings) as db:
+        async with db.pool.acquire() as conn:
+            problems = await voice_receiver_problems(conn, accounts)
+        if problems:
+            shown = "; ".join(problems[:5]) + (
+                f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            )
+            raise UserFacingError(f"two-way voice is not available: {shown}")
         try:
             return await AccountStore(db.pool).upsert_many(accounts)
         except asyncpg.UniqueViolationError as exc:

@@ -14,7 +14,9 @@ import pytest
 from engine.account_model import Account, ForwardingMode, ForwardingSettings, KeyFormat
 from engine.commands.accounts import account_problem, parse_accounts
 from engine.errors import UserFacingError
+from engine.station_model import ReceiverConfig, Station
 from engine.store.accounts import AccountStore
+from engine.store.stations import StationStore
 from protocols.signal import Category
 
 ACCOUNTS = [
@@ -132,6 +134,48 @@ class TestImportExportCommands:
         assert status == 2
         assert err.startswith("alarmrelay: error: a module serial in the file already belongs")
         assert "Traceback" not in err
+
+    async def test_two_way_voice_needs_a_voice_receiver(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """Two-way voice on a receiver without it (or an unknown one) is refused, naming the
+        account and what is missing; nothing is written. On a voice receiver it is accepted."""
+        await StationStore(db_pool).upsert(
+            [
+                Station(
+                    name="s",
+                    receivers=(
+                        ReceiverConfig(name="plain", host="127.0.0.1", port=1),
+                        ReceiverConfig(name="voice", host="127.0.0.1", port=2, two_way_voice=True),
+                    ),
+                )
+            ]
+        )
+
+        def account(number: str, receiver: str) -> Account:
+            return Account(
+                account=number,
+                two_way_voice_capable=True,
+                forwarding=ForwardingSettings(
+                    mode=ForwardingMode.ALWAYS,
+                    station_account="1234",
+                    primary_receiver=receiver,
+                    two_way_voice=True,
+                ),
+            )
+
+        source = tmp_path / "accounts.json"
+        source.write_bytes(msgspec.json.encode([account("A1", "plain"), account("A2", "ghost")]))
+        status, _, err = await cli(database_url, "accounts", "import", str(source))
+        assert status == 2, err
+        assert "account A1: forwarding.two_way_voice: the receiver plain does not support" in err
+        assert "account A2: forwarding.two_way_voice: no receiver 'ghost' is registered" in err
+        assert await AccountStore(db_pool).count() == 0
+        source.write_bytes(msgspec.json.encode([account("A3", "voice")]))
+        status, _, err = await cli(database_url, "accounts", "import", str(source))
+        assert status == 0, err
+        stored = await AccountStore(db_pool).get("A3")
+        assert stored is not None and stored.forwarding.two_way_voice is True
 
     async def test_missing_file(self, database_url: str, tmp_path: Path) -> None:
         """A file that does not exist is named in the error."""
