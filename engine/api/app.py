@@ -32,6 +32,7 @@ from engine.api.customers import CUSTOMER_HANDLERS
 from engine.api.dealers import DEALER_HANDLERS
 from engine.api.drafts import DRAFT_HANDLERS
 from engine.api.history import HISTORY_HANDLERS
+from engine.api.live_state import LIVE_STATE_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS, document_problems
 from engine.api.stations import STATION_HANDLERS
@@ -65,6 +66,7 @@ def v1_handlers() -> list[Any]:
         *CUSTOMER_HANDLERS,
         *CUSTOMER_CHANGE_HANDLERS,
         *VIRTUAL_SIGNAL_HANDLERS,
+        *LIVE_STATE_HANDLERS,
         *DRAFT_HANDLERS,
         *COMMITMENT_HANDLERS,
         *STATION_HANDLERS,

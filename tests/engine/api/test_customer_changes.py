@@ -235,3 +235,29 @@ class TestTerminate:
             assert (await getattr(other, method)(url, json=body)).status_code == 404, url
             assert (await getattr(reader, method)(url, json=body)).status_code == 403, url
         assert (await admin.get(f"/v1/customers/{customer}")).json()["status"] == "active"
+
+
+class TestLiveState:
+    async def test_phone_line_and_supervision_shown(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The account's phone line and supervision as the engine holds them; 409 once terminated;
+        404 for another dealer."""
+        _, _, customer = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{customer}")).json()["account"]
+        url = f"/v1/customers/{customer}/state"
+        fresh = (await admin.get(url)).json()
+        assert (fresh["phone_line_failed"], fresh["supervision_deadline"]) == (False, None)
+        await api.pool.execute(
+            "INSERT INTO account_state (account, phone_line_failed) VALUES ($1, true)", account
+        )
+        await api.pool.execute(
+            "INSERT INTO supervision (account, deadline, missed) VALUES ($1, now(), true)", account
+        )
+        state = (await admin.get(url)).json()
+        assert state["phone_line_failed"] is True
+        assert state["panel_not_responding"] is True and state["supervision_deadline"] is not None
+        other = api.client(await api.key("dealer", await api.dealer("Other")))
+        assert (await other.get(url)).status_code == 404
+        await admin.post(f"/v1/customers/{customer}/terminate", json={})
+        assert (await admin.get(url)).status_code == 409
