@@ -2,7 +2,8 @@
 
 A trigger (migration 0100) sends ``NOTIFY alarmrelay_receivers`` on any change; the registry is
 then rebuilt (new connections, same names) so the dispatcher always delivers with the current
-configuration.
+configuration. The previous registry stays open for ``retire_after_s`` so sends in flight on it
+get their ACK.
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ CHANNEL = "alarmrelay_receivers"
 class ReceiverDirectory:
     """Holds the current :class:`ReceiverRegistry`."""
 
-    def __init__(self, pool: asyncpg.Pool, *, failover_after: int = 3) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, failover_after: int = 3, retire_after_s: float = 30.0
+    ) -> None:
         self._pool = pool
         self._failover_after = failover_after
+        self._retire_after_s = retire_after_s
         self.registry = ReceiverRegistry([], failover_after=failover_after)
         self._conn: Any = None
         self._reload = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._retiring: dict[asyncio.Task[None], ReceiverRegistry] = {}
 
     def current(self) -> ReceiverRegistry:
         return self.registry
@@ -55,6 +60,10 @@ class ReceiverDirectory:
                 await self._conn.remove_listener(CHANNEL, self._on_notify)
             with contextlib.suppress(Exception):
                 await self._pool.release(self._conn)
+        for task, old in list(self._retiring.items()):
+            task.cancel()
+            await old.close()
+        self._retiring.clear()
         await self.registry.close()
 
     async def _load(self) -> None:
@@ -62,8 +71,17 @@ class ReceiverDirectory:
         old = self.registry
         self.registry = ReceiverRegistry(receivers, failover_after=self._failover_after)
         self.registry.start()
-        await old.close()
+        # New deliveries use the new registry at once. Sends still waiting for a station's ACK on
+        # the old connections finish there; the old registry is closed after retire_after_s
+        # (closing it now would fail them and make them retry with a second attempt).
+        task = asyncio.create_task(self._retire(old), name="receiver-registry-retire")
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
         log.info("receivers_loaded", receivers=self.registry.names)
+
+    async def _retire(self, old: ReceiverRegistry) -> None:
+        await asyncio.sleep(self._retire_after_s)
+        await old.close()
 
     async def _run(self) -> None:
         while True:
