@@ -128,7 +128,12 @@ def _histogram_quantiles(http_port: int, name: str) -> dict[str, float]:
 
 
 def run_once(
-    modules: int, duration: float, *, aes: bool, rate: float | None
+    modules: int,
+    duration: float,
+    *,
+    aes: bool,
+    rate: float | None,
+    profile: Path | None = None,
 ) -> tuple[Measured, dict[str, Any]]:
     import socket
 
@@ -150,9 +155,29 @@ def run_once(
                 watch = ProcessWatch(proc.pid, include_postgres=True)
                 watch.start()
                 key = AesKey.from_ascii(BENCH_KEY_ASCII) if aes else None
+                spy = None
+                if profile is not None:
+                    command = [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(proc.pid),
+                        "--duration",
+                        str(int(duration)),
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(profile),
+                        "--nonblocking",
+                    ]
+                    spy = subprocess.Popen(
+                        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
                 result = uvloop.run(
                     run_tcp("127.0.0.1", port, modules, duration, key=key, rate=rate)
                 )
+                if spy is not None:
+                    spy.wait()
                 deadline = time.monotonic() + 60
                 while station.frames < result.acked and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -181,12 +206,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--aes", action="store_true")
     parser.add_argument("--rate", type=float, default=None, help="fixed total signals/s")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the engine during the load (raw collapsed stacks; last run's)",
+    )
     args = parser.parse_args()
     results = []
     extras = []
     for rep in range(args.repeats):
         print(f"[end-to-end] run {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
-        measured, extra = run_once(args.modules, args.duration, aes=args.aes, rate=args.rate)
+        measured, extra = run_once(
+            args.modules, args.duration, aes=args.aes, rate=args.rate, profile=args.profile
+        )
         results.append(measured)
         extras.append(extra)
         print(

@@ -22,6 +22,7 @@ import structlog
 
 from engine.errors import UserFacingError
 from engine.migrate import apply_migrations
+from engine.pg_connection import EngineConnection
 from engine.settings import Settings, redact_url
 
 log = structlog.get_logger("engine.database")
@@ -103,6 +104,7 @@ async def connect_pool(
             max_size=max(max_size, min_size),
             timeout=timeout_s,
             command_timeout=command_timeout_s,
+            connection_class=EngineConnection,
         )
     except _CONNECT_ERRORS as exc:
         reason = str(exc) or type(exc).__name__

@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from engine import metrics
+from engine.outcome_writer import Outcome, OutcomeWriter
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.delivery")
@@ -111,6 +112,7 @@ class Dispatcher:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._voice_command = voice_command
+        self._outcomes = OutcomeWriter(pool)
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_ids: set[int] = set()
@@ -190,7 +192,7 @@ class Dispatcher:
         """Keep leases of rows still being sent alive, so a short lease only lapses for a dead engine."""
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            ids = list(self._in_flight_ids)
+            ids = sorted(self._in_flight_ids)  # id order, like the outcome batches
             if not ids:
                 continue
             with contextlib.suppress(
@@ -289,20 +291,16 @@ class Dispatcher:
         *,
         acked_at: datetime | None,
     ) -> None:
-        await self._write(
-            """
-            UPDATE deliveries SET state = $2, receiver_used = $3, family_sent = $4, acked_at = $5,
-                first_sent_at = COALESCE(first_sent_at, $6), lease_owner = NULL, lease_until = NULL,
-                last_error = $7
-            WHERE id = $1
-            """,
-            row["id"],
-            state,
-            receiver,
-            getattr(attempt, "family_sent", None),
-            acked_at,
-            sent_at,
-            None if state == "delivered" else "DUH",
+        await self._outcomes.record(
+            Outcome(
+                id=row["id"],
+                state=state,
+                receiver=receiver,
+                family_sent=getattr(attempt, "family_sent", None),
+                acked_at=acked_at,
+                sent_at=sent_at,
+                error=None if state == "delivered" else "DUH",
+            )
         )
 
     async def _failed(

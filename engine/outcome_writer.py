@@ -1,0 +1,96 @@
+"""Delivery outcomes (delivered / dead) written in batches: one UPDATE for many deliveries.
+
+A delivery's outcome is recorded before its lane moves on (the dispatcher awaits
+:meth:`OutcomeWriter.record`), so order per lane is unchanged. Batching is natural, without a
+timer: the first outcome is written at once, and those that finish during that round trip go
+together in the next statement. Rows are updated in id order, as the lease renewal does, so two
+statements of one engine never wait on each other's rows in opposite orders.
+
+An outcome that cannot be written after retries is left to the lease: it expires, and the row is
+sent again with the same seq (the station deduplicates), as before batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+import msgspec
+import structlog
+
+log = structlog.get_logger("engine.delivery")
+
+_UPDATE = """
+UPDATE deliveries d SET state = t.state, receiver_used = t.receiver, family_sent = t.family,
+    acked_at = t.acked_at, first_sent_at = COALESCE(d.first_sent_at, t.sent_at),
+    lease_owner = NULL, lease_until = NULL, last_error = t.error
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[]) AS t(id, state, receiver, family, acked_at, sent_at, error)
+WHERE d.id = t.id
+"""
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The final state of one delivery."""
+
+    id: int
+    state: str  # "delivered" | "dead"
+    receiver: str
+    family_sent: str | None
+    acked_at: datetime | None
+    sent_at: datetime
+    error: str | None
+
+
+class OutcomeWriter:
+    """Collects outcomes and writes them in as few statements as the database round trips allow."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500, retries: int = 5) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._retries = retries
+        self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.statements = 0
+
+    async def record(self, outcome: Outcome) -> None:
+        """Return once ``outcome`` is written (or given up on after the retries)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="delivery-outcomes")
+        await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                await self._write(sorted((o for o, _ in batch), key=lambda o: o.id))
+            finally:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _write(self, outcomes: list[Outcome]) -> None:
+        columns = (
+            [o.id for o in outcomes],
+            [o.state for o in outcomes],
+            [o.receiver for o in outcomes],
+            [o.family_sent for o in outcomes],
+            [o.acked_at for o in outcomes],
+            [o.sent_at for o in outcomes],
+            [o.error for o in outcomes],
+        )
+        for attempt in range(self._retries):
+            try:
+                await self._pool.execute(_UPDATE, *columns)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning(
+                    "delivery_record_failed", error=repr(exc), attempt=attempt, rows=len(outcomes)
+                )
+                await asyncio.sleep(0.2 * (attempt + 1))
+            else:
+                self.statements += 1
+                return
