@@ -195,6 +195,9 @@ def run_once(
         "at_station": station.frames,
         "drain_s": round(drained_s, 2),
         "delivery_latency": delivery,
+        # what reached the station per second, from the first send to the last delivery
+        "delivered_per_s": round(station.frames / (result.summary()["seconds"] + drained_s)),
+        "station_cpu_s": round(cpu["station-sim"], 1),
     }
     return Measured(name, result.summary(), cpu, watch.peak_rss / 2**20), extra
 
@@ -229,7 +232,8 @@ def main() -> None:
     print()
     for extra in extras:
         print(
-            f"- ACKed {extra['acked']}, at the station {extra['at_station']}, outbox drained {extra['drain_s']} s after the load; "
+            f"- ACKed {extra['acked']}, at the station {extra['at_station']}, outbox drained {extra['drain_s']} s after the load "
+            f"(delivered {extra['delivered_per_s']}/s from first send to last delivery; station-sim CPU {extra['station_cpu_s']} s); "
             f"delivery latency (engine receive → station ACK) p50 ≤ {extra['delivery_latency']['p50_ms']:.0f} ms, "
             f"p90 ≤ {extra['delivery_latency']['p90_ms']:.0f} ms, p99 ≤ {extra['delivery_latency']['p99_ms']:.0f} ms (histogram bucket bounds)"
         )

@@ -24,6 +24,7 @@ class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     null_poll_interval_s: float = 60.0
     ack_timeout_s: float = 5.0
     phone_number: str | None = None
+    connections: int = 4  # DC-09 connections kept open (deliveries of different lanes in flight)
 
     def __repr__(self) -> str:
         return f"ReceiverConfig(name={self.name!r}, kind={self.kind!r}, host={self.host!r}, port={self.port})"
@@ -48,6 +49,8 @@ def receiver_problem(receiver: ReceiverConfig) -> str | None:
         return "an IP receiver needs host and port"
     if not 1 <= receiver.port <= 65535:
         return "port must be 1-65535"
+    if not 1 <= receiver.connections <= 64:
+        return "connections must be 1-64"
     for field in ("receiver_number", "line_prefix"):
         value = getattr(receiver, field)
         if value is not None and not (1 <= len(value) <= 6 and set(value) <= hexdigits):

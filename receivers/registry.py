@@ -20,10 +20,17 @@ class ReceiverRegistry:
     """Clients by receiver name; ``group(primary, backup)`` is cached per pair."""
 
     def __init__(
-        self, receivers: Iterable[ReceiverConfig], *, failover_after: int = 3, connections: int = 4
+        self,
+        receivers: Iterable[ReceiverConfig],
+        *,
+        failover_after: int = 3,
+        connections: int | None = None,
     ) -> None:
+        """``connections``: per receiver, overriding each receiver's own ``connections``."""
         self._clients = {
-            r.name: Dc09ReceiverPool(r, connections=connections)
+            r.name: Dc09ReceiverPool(
+                r, connections=connections if connections is not None else r.connections
+            )
             for r in receivers
             if r.kind == "ip"
         }

@@ -10,12 +10,9 @@ import asyncpg
 
 from engine.api.tenancy import dealer_ancestors
 from engine.station_model import ReceiverConfig
-from engine.store.stations import receiver_from_row
+from engine.store.stations import RECEIVER_COLUMNS, receiver_from_row
 
-_RECEIVER_COLUMNS = (
-    "r.name, r.kind, r.host, r.port, r.protocol, r.receiver_number, r.line_prefix, r.key, r.key_format, "
-    "r.families, r.two_way_voice, r.null_poll_interval_s, r.ack_timeout_s, r.phone_number"
-)
+_RECEIVER_COLUMNS = ", ".join("r." + c.strip() for c in RECEIVER_COLUMNS.split(","))
 
 
 async def usable_receivers(

@@ -23,11 +23,7 @@ from engine.api.pagination import Page
 from engine.api.problems import FieldError, ProblemError, conflict, invalid, not_found
 from engine.api.tenancy import dealer_ancestors, visible_dealers
 from engine.station_model import PHONE_WARNING, ReceiverConfig, receiver_problem
-
-_RECEIVER_COLUMNS = (
-    "name, kind, host, port, protocol, receiver_number, line_prefix, key, key_format, families, "
-    "two_way_voice, null_poll_interval_s, ack_timeout_s, phone_number"
-)
+from engine.store.stations import RECEIVER_COLUMNS, write_receiver
 
 
 class StationIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +58,7 @@ class ReceiverOut(msgspec.Struct, frozen=True, kw_only=True):
     null_poll_interval_s: float
     ack_timeout_s: float
     phone_number: str | None
+    connections: int
 
 
 class StationOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,32 +120,9 @@ def _receiver_errors(receivers: list[ReceiverConfig], prefix: str) -> list[Field
 async def _insert_receiver(
     conn: asyncpg.Connection, station: str, r: ReceiverConfig, *, replace: bool
 ) -> None:
-    sql = f"INSERT INTO receivers (station, {_RECEIVER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-    if replace:
-        sql += """ ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host, port = EXCLUDED.port,
-            protocol = EXCLUDED.protocol, receiver_number = EXCLUDED.receiver_number, line_prefix = EXCLUDED.line_prefix,
-            key = EXCLUDED.key, key_format = EXCLUDED.key_format, families = EXCLUDED.families,
-            two_way_voice = EXCLUDED.two_way_voice, null_poll_interval_s = EXCLUDED.null_poll_interval_s,
-            ack_timeout_s = EXCLUDED.ack_timeout_s, phone_number = EXCLUDED.phone_number, updated_at = now()
-            WHERE receivers.station = EXCLUDED.station"""
     try:
-        status = await conn.execute(
-            sql,
-            station,
-            r.name,
-            r.kind,
-            r.host,
-            r.port,
-            r.protocol,
-            r.receiver_number,
-            r.line_prefix,
-            r.key,
-            r.key_format,
-            r.families,
-            r.two_way_voice,
-            r.null_poll_interval_s,
-            r.ack_timeout_s,
-            r.phone_number,
+        status = await write_receiver(
+            conn, station, r, mode="replace_same_station" if replace else "insert"
         )
     except asyncpg.UniqueViolationError:
         raise conflict("receivers.name", "unique", f"a receiver named {r.name!r} exists") from None
@@ -168,7 +142,7 @@ async def _station_out(
     if row is None:
         raise not_found("station")
     receivers = await conn.fetch(
-        f"SELECT station, {_RECEIVER_COLUMNS} FROM receivers WHERE station = $1 ORDER BY name", name
+        f"SELECT station, {RECEIVER_COLUMNS} FROM receivers WHERE station = $1 ORDER BY name", name
     )
     return StationOut(
         name=row["name"],

@@ -187,6 +187,22 @@ class TestReceiverRegistry:
         with pytest.raises(UnknownReceiverError, match="'tel'"):
             registry.group("tel", None)
 
+    async def test_each_receiver_gets_its_own_connection_count(self) -> None:
+        """A receiver's ``connections`` sets its pool size; the registry argument overrides it."""
+        receivers = [
+            ReceiverConfig(name="wide", host="127.0.0.1", port=1, connections=9),
+            ReceiverConfig(name="default", host="127.0.0.1", port=2),
+        ]
+        registry = ReceiverRegistry(receivers)
+        overridden = ReceiverRegistry(receivers, connections=2)
+        try:
+            assert len(registry.client("wide").connections) == 9
+            assert len(registry.client("default").connections) == 4
+            assert len(overridden.client("wide").connections) == 2
+        finally:
+            await registry.close()
+            await overridden.close()
+
     async def test_groups_are_cached_per_pair(self) -> None:
         """The same primary/backup pair gives the same group (shared failover state)."""
         registry = ReceiverRegistry(

@@ -45,6 +45,23 @@ class TestStations:
         assert response.status_code == 201, response.text
         assert response.json()["warnings"] == []
 
+    async def test_receiver_connections_stored_and_checked(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A receiver's connection count is stored and listed (default 4); 0 is refused."""
+        wide = {**RECEIVER, "name": "wide", "connections": 12}
+        plain = {**RECEIVER, "name": "plain", "port": 9101}
+        created = await admin.post("/v1/stations", json={"name": "C2", "receivers": [wide, plain]})
+        assert created.status_code == 201, created.text
+        counts = {r["name"]: r["connections"] for r in created.json()["receivers"]}
+        assert counts == {"wide": 12, "plain": 4}
+        bad = await admin.post(
+            "/v1/stations",
+            json={"name": "C3", "receivers": [{**RECEIVER, "name": "z", "connections": 0}]},
+        )
+        assert bad.status_code == 422
+        assert "connections must be 1-64" in bad.text
+
     async def test_other_dealer_cannot_see_or_use_station(
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
