@@ -164,7 +164,9 @@ def _address(address: Address, field: str, errors: list[FieldError]) -> Address:
     return msgspec.structs.replace(address, time_zone=zone)
 
 
-def _customer(info: CustomerInfo, errors: list[FieldError]) -> CustomerInfo:
+def check_customer(info: CustomerInfo, errors: list[FieldError]) -> CustomerInfo:
+    """Step 2b's rules (names, email pair, phone, addresses and time zone); the info with the
+    detected time zones filled in. Also used when a live customer's contact details change."""
     for name in ("first_name", "last_name"):
         value = getattr(info, name).strip()
         if not value or len(value) > 100:
@@ -630,7 +632,7 @@ async def plan_creation(
     virtual = bool(steps.get("virtual", False))
     dealer = await _dealer(conn, caller, steps.get("dealer", DealerStep()), errors)
     dealer_id = dealer.dealer_id if dealer else None
-    info = _customer(steps["customer"], errors) if "customer" in steps else None
+    info = check_customer(steps["customer"], errors) if "customer" in steps else None
     ops = _operations(steps.get("operations", Operations()), today, errors)
     login = await _login(conn, steps.get("login", LoginStep()), info, exclude_customer, errors)
     system: SystemInfo | None = steps.get("system")

@@ -18,8 +18,15 @@ from litestar.params import Parameter
 
 from engine.api import audit
 from engine.api.auth import Caller, require_write
-from engine.api.creation import Invalid, plan_creation
-from engine.api.customer_model import Address, Customer, CustomerCreate, CustomerCreated, Validation
+from engine.api.creation import Invalid, check_customer, plan_creation
+from engine.api.customer_model import (
+    Address,
+    Customer,
+    CustomerCreate,
+    CustomerCreated,
+    CustomerInfo,
+    Validation,
+)
 from engine.api.customer_store import (
     CUSTOMER_SELECT,
     customer_from_row,
@@ -31,7 +38,6 @@ from engine.api.packages import load_packages
 from engine.api.pagination import Page, clamp_limit
 from engine.api.problems import FieldError, ProblemError, invalid
 from engine.api.tenancy import visible_dealers
-from engine.api.timezones import valid_zone, zone_for_zip
 
 
 class CustomerUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -124,7 +130,8 @@ async def get_customer(state: State, caller: Caller, customer_id: int) -> Custom
 async def update_customer(
     state: State, caller: Caller, customer_id: int, data: CustomerUpdate
 ) -> Customer:
-    """Email (twice), phone, language, address. First and last name are not editable after creation."""
+    """Email (twice), phone and its type, language, address. First and last name are not editable
+    after creation. The changed contact section is checked with the creation rules (step 2b)."""
     require_write(caller)
     errors: list[FieldError] = []
     for name in ("first_name", "last_name"):
@@ -134,40 +141,41 @@ async def update_customer(
                     field=name, rule="immutable", message=f"{name} cannot be changed after creation"
                 )
             )
-    if (data.email is None) != (data.email_confirm is None) or (
-        data.email is not None
-        and data.email_confirm is not None
-        and data.email.lower() != data.email_confirm.lower()
-    ):
+    if (data.email is None) != (data.email_confirm is None):
         errors.append(
             FieldError(
                 field="email_confirm",
                 rule="emails_match",
-                message="the two email addresses do not match",
+                message="a new email address is entered twice: give email and email_confirm",
             )
-        )
-    changes: dict[str, Any] = {
-        k: v
-        for k, v in msgspec.structs.asdict(data).items()
-        if v is not None and k not in {"first_name", "last_name", "email_confirm"}
-    }
-    if data.address is not None:
-        zone = data.address.time_zone or zone_for_zip(data.address.zip, data.address.country)
-        if zone is None or not valid_zone(zone):
-            errors.append(
-                FieldError(
-                    field="address.time_zone", rule="required", message="choose a valid time zone"
-                )
-            )
-        changes["address"] = msgspec.to_builtins(
-            msgspec.structs.replace(data.address, time_zone=zone)
         )
     if errors:
         raise invalid(errors)
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in msgspec.to_builtins(data).items()
+        if v is not None and k not in {"first_name", "last_name", "email_confirm"}
+    }
     async with state.pool.acquire() as conn, conn.transaction():
         before = await fetch_customer(conn, caller, customer_id, for_update=True)
         doc = document_of(before)
-        doc["customer"].update(changes)
+        merged = {**doc["customer"], **changes}
+        merged["email_confirm"] = data.email_confirm if data.email is not None else merged["email"]
+        try:
+            info = msgspec.convert(merged, CustomerInfo)
+        except msgspec.ValidationError as exc:
+            raise invalid([FieldError(field="customer", rule="type", message=str(exc))]) from None
+        checked = check_customer(info, errors)
+        if errors:
+            # The creation rules name fields as "customer.<field>"; this body is the section itself.
+            raise invalid(
+                [
+                    msgspec.structs.replace(e, field=e.field.removeprefix("customer."))
+                    for e in errors
+                ]
+            )
+        doc["customer"] = msgspec.to_builtins(checked)
+        doc["customer"].pop("email_confirm", None)
         await conn.execute(
             "UPDATE customers SET document = $2::jsonb, updated_at = now() WHERE id = $1",
             customer_id,

@@ -6,6 +6,7 @@ mistake of a step at once instead of one per round trip.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -110,7 +111,7 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     for item in extra:
         if isinstance(item, dict):
             key = str(item.get("key") or item.get("source") or "body")
-            errors.append(FieldError(field=key, rule="type", message=str(item.get("message", ""))))
+            errors.append(_decode_error(key, str(item.get("message", ""))))
     return _response(
         Problem(
             type="urn:alarmrelay:problem:bad-request",
@@ -120,6 +121,22 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
             errors=errors,
         )
     )
+
+
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+
+
+def _decode_error(key: str, message: str) -> FieldError:
+    """A decoding error as field + rule. msgspec names a missing or unknown field in its message
+    with the enclosing object as the path; the field itself is appended so the error points at it."""
+    for pattern, rule in ((_MISSING, "required"), (_UNKNOWN, "unknown")):
+        match = pattern.fullmatch(message)
+        if match:
+            field = match.group(1) if key in {"body", ""} else f"{key}.{match.group(1)}"
+            return FieldError(field=field, rule=rule, message=message)
+    rule = "enum" if message.startswith("Invalid enum value") else "type"
+    return FieldError(field=key, rule=rule, message=message)
 
 
 def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
