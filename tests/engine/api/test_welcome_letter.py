@@ -1,14 +1,19 @@
-"""Welcome letters: HTML and PDF with the login and a one-time link, never a password; SMTP."""
+"""Welcome letters: HTML and PDF with the login and a one-time link, never a password; emailed
+through a real SMTP server (aiosmtpd) when SMTP is configured."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from engine.api.app import ApiSettings, SmtpSettings, create_app
 from engine.api.auth import hash_key
@@ -27,59 +32,82 @@ async def _customer(api: Api, admin: httpx.AsyncClient) -> int:
     return int(response.json()["customer"]["id"])
 
 
-class SmtpSink:
-    """A minimal SMTP server on a loopback port that keeps each message's DATA."""
+SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-test-password"
+# The test server takes AUTH without TLS (loopback, no certificate); aiosmtpd warns about that.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a loopback port that requires AUTH and keeps each envelope."""
 
     def __init__(self) -> None:
-        self.messages: list[bytes] = []
+        self.envelopes: list[Envelope] = []
+        self.logins: list[tuple[bytes, bool]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 sink ESMTP\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                writer.write(b"354 go on\r\n")
-                await writer.drain()
-                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
-                writer.write(b"250 queued\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
-                break
-            else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
-        writer.close()
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = auth_data.login == SMTP_USER.encode() and auth_data.password == SMTP_PASSWORD.encode()
+        self.logins.append((auth_data.login, ok))
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: SMTP(
+                self,
+                authenticator=self._authenticate,
+                auth_required=True,
+                auth_require_tls=False,  # loopback test server without a certificate
+            ),
+            "127.0.0.1",
+            0,
+        )
         self.port = self.server.sockets[0].getsockname()[1]
 
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
 
-@pytest.fixture
-async def smtp_api(db_pool: asyncpg.Pool) -> AsyncIterator[tuple[Api, SmtpSink]]:
-    """The API configured with an SMTP server that records what it receives."""
-    sink = SmtpSink()
-    await sink.start()
-    settings = ApiSettings(
-        portal_url="https://portal.example/p",
-        smtp=SmtpSettings(
-            host="127.0.0.1", port=sink.port, starttls=False, sender="welcome@example.com"
-        ),
-    )
+
+async def _api_with_smtp(db_pool: asyncpg.Pool, smtp: SmtpSettings) -> tuple[Api, HttpServer]:
+    settings = ApiSettings(portal_url="https://portal.example/p", smtp=smtp)
     server = HttpServer(create_app(pool=db_pool, settings=settings), host="127.0.0.1", port=0)
     await server.start()
     harness = Api(f"http://127.0.0.1:{server.port}", db_pool)
     harness.admin_key = await harness.key("admin")
+    return harness, server
+
+
+@pytest.fixture
+async def smtp_api(db_pool: asyncpg.Pool) -> AsyncIterator[tuple[Api, SmtpServer]]:
+    """The API configured with a local SMTP server that authenticates and records what it receives."""
+    smtp = SmtpServer()
+    await smtp.start()
+    harness, server = await _api_with_smtp(
+        db_pool,
+        SmtpSettings(
+            host="127.0.0.1",
+            port=smtp.port,
+            starttls=False,
+            sender="welcome@example.com",
+            username=SMTP_USER,
+            password=SMTP_PASSWORD,
+        ),
+    )
     try:
-        yield harness, sink
+        yield harness, smtp
     finally:
         await harness.close()
         await server.stop()
-        assert sink.server is not None
-        sink.server.close()
+        await smtp.stop()
 
 
 class TestWelcomeLetter:
@@ -133,17 +161,64 @@ class TestWelcomeLetter:
             "reason": "SMTP is not configured",
         }
 
-    async def test_sent_with_smtp(self, smtp_api: tuple[Api, SmtpSink]) -> None:
-        """With SMTP configured the letter is emailed with the link and the PDF attached."""
-        api, sink = smtp_api
+    async def test_sent_with_smtp(self, smtp_api: tuple[Api, SmtpServer]) -> None:
+        """With SMTP configured the letter is emailed (after AUTH) as text + HTML with the PDF
+        attached: login name and a working one-time link, never a password."""
+        api, smtp = smtp_api
         admin = api.client(api.admin_key)
         customer = await _customer(api, admin)
         answer = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
         assert answer == {"sent": True, "to": "ada@example.com", "reason": None}
-        [message] = sink.messages
-        assert b"To: ada@example.com" in message
-        assert b"https://portal.example/p/setup/" in message
-        assert b"application/pdf" in message
+        assert smtp.logins == [(SMTP_USER.encode(), True)]
+        [envelope] = smtp.envelopes
+        assert envelope.mail_from == "welcome@example.com"
+        assert envelope.rcpt_tos == ["ada@example.com"]
+        raw = envelope.original_content or envelope.content
+        assert isinstance(raw, bytes)
+        message = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        assert message["To"] == "ada@example.com"
+        assert message["Subject"] == "Welcome to your alarm service"
+        text = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
+        assert text is not None and html is not None
+        for part in (text.get_content(), html.get_content()):
+            assert "alovelace" in part
+            token = re.search(r"https://portal\.example/p/setup/([A-Za-z0-9_-]+)", part)
+            assert token is not None
+            assert await api.pool.fetchval(
+                "SELECT revoked_at IS NULL AND used_at IS NULL FROM setup_tokens WHERE token_hash = $1",
+                hash_key(token.group(1)),
+            )
+        [attachment] = list(message.iter_attachments())
+        assert attachment.get_content_type() == "application/pdf"
+        assert attachment.get_content().startswith(b"%PDF-")
+        assert SMTP_PASSWORD.encode() not in raw
+        # "password" appears only to say the customer sets one through the link.
+        words = re.findall(r"[^.]*password[^.]*", html.get_content(), flags=re.IGNORECASE)
+        assert words and all("set your password" in w.lower() or "never ask" in w for w in words)
+
+    async def test_smtp_refusal_reported(self, db_pool: asyncpg.Pool) -> None:
+        """Wrong SMTP credentials or no server: not sent, and the answer names the SMTP error."""
+        smtp = SmtpServer()
+        await smtp.start()
+        wrong = SmtpSettings(
+            host="127.0.0.1", port=smtp.port, starttls=False, username=SMTP_USER, password="wrong"
+        )
+        api, server = await _api_with_smtp(db_pool, wrong)
+        try:
+            admin = api.client(api.admin_key)
+            customer = await _customer(api, admin)
+            answer = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
+            assert answer["sent"] is False
+            assert answer["reason"] == "SMTP error: SMTPAuthenticationError"
+            assert smtp.envelopes == []
+            await smtp.stop()
+            down = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
+            assert down["sent"] is False and down["reason"] == "SMTP error: ConnectionRefusedError"
+        finally:
+            await api.close()
+            await server.stop()
 
     async def test_other_dealer_404(self, api: Api, admin: httpx.AsyncClient) -> None:
         """Another dealer cannot get a customer's letter."""
