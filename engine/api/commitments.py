@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 from litestar import get, post
 from litestar.datastructures import State
@@ -32,7 +33,7 @@ from engine.api.customer_model import (
     SystemInfo,
 )
 from engine.api.customer_store import document_of, fetch_customer, insert_account, insert_customer
-from engine.api.problems import FieldError, ProblemError, invalid, not_found
+from engine.api.problems import FieldError, ProblemError, conflict, invalid, not_found
 from engine.api.serials import Pathway
 from engine.api.tenancy import visible_dealers
 
@@ -197,16 +198,22 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
             raise invalid(errors)
         assert system.serial is not None
         assert module is not None
-        await conn.execute(
-            """UPDATE accounts SET module_serial = $2, two_way_voice_capable = $3,
-                   key = coalesce($4, key), key_format = CASE WHEN $4::text IS NULL THEN key_format ELSE $5 END,
-                   updated_at = now() WHERE account = $1""",
-            before.account,
-            system.serial,
-            module.two_way_voice,
-            data.key,
-            data.key_format,
-        )
+        try:
+            await conn.execute(
+                """UPDATE accounts SET module_serial = $2, two_way_voice_capable = $3,
+                       key = coalesce($4, key), key_format = CASE WHEN $4::text IS NULL THEN key_format ELSE $5 END,
+                       updated_at = now() WHERE account = $1""",
+                before.account,
+                system.serial,
+                module.two_way_voice,
+                data.key,
+                data.key_format,
+            )
+        except asyncpg.UniqueViolationError:
+            # Another request gave this serial to another account since the check above.
+            raise conflict(
+                "system.serial", "unique", "this module serial already belongs to a live account"
+            ) from None
         await conn.execute(
             "UPDATE customer_modules SET until = now() WHERE customer_id = $1 AND until IS NULL",
             customer_id,

@@ -102,8 +102,13 @@ async def insert_customer(
             plan.summary.enterprise_group,
             _encoder.encode(plan.document).decode(),
         )
-    except asyncpg.UniqueViolationError:
-        raise conflict("login.login_name", "unique", "login already in use") from None
+    except asyncpg.UniqueViolationError as exc:
+        # Another creation took the name (or the account number) since validation checked it.
+        if "login" in str(exc.constraint_name or ""):
+            raise conflict("login.login_name", "unique", "login already in use") from None
+        raise conflict(
+            "system.dc09_account", "unique", "this DC-09 account number is already in use"
+        ) from None
     if account is not None and account.module_serial is not None:
         await conn.execute(
             "INSERT INTO customer_modules (customer_id, account, module_serial, module_type) VALUES ($1, $2, $3, $4)",
