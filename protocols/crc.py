@@ -7,9 +7,9 @@ the largest single item in the receive path's profile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastcrc import crc16 as _crc16
 
-
-def crc16_arc(data: bytes) -> int:
-    """CRC-16/ARC of ``data``."""
-    return int(_crc16.arc(data))
+crc16_arc: Callable[[bytes], int] = _crc16.arc
+"""CRC-16/ARC of ``data`` (fastcrc's function itself: a Python wrapper cost 0.1 µs per frame)."""

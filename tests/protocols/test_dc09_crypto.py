@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,3 +131,52 @@ class TestPad:
     def test_strip_pad_tolerance(self, plain: bytes, expected: bytes) -> None:
         """The pad is dropped by the spec rule, else up to the first ']', '#' or 'N'."""
         assert strip_pad(plain) == expected
+
+
+def _fresh_cbc(key: bytes, data: bytes, *, decrypt: bool) -> bytes:
+    """AES-CBC with a zero IV through a new cryptography context: the reference."""
+    cipher = Cipher(algorithms.AES(key), modes.CBC(bytes(16)))
+    context = cipher.decryptor() if decrypt else cipher.encryptor()
+    return context.update(data) + context.finalize()
+
+
+class TestKeptOpenContexts:
+    @given(
+        st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+        st.lists(
+            st.tuples(
+                st.booleans(),
+                st.integers(0, 8).flatmap(lambda n: st.binary(min_size=16 * n, max_size=16 * n)),
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+    )
+    def test_interleaved_calls_match_a_fresh_zero_iv_context(
+        self, raw_key: bytes, calls: list[tuple[bool, bytes]]
+    ) -> None:
+        """Encrypt and decrypt in any order give what a new zero-IV CBC context gives each time."""
+        key = AesKey(raw_key)
+        for decrypt, data in calls:
+            if decrypt:
+                assert key.decrypt(data) == _fresh_cbc(raw_key, data, decrypt=True)
+            else:
+                assert key.encrypt(data) == _fresh_cbc(raw_key, data, decrypt=False)
+
+    @pytest.mark.parametrize("length", [1, 15, 17, 33])
+    def test_partial_blocks_are_refused_and_leave_the_key_usable(self, length: int) -> None:
+        """A partial block raises ValueError as cryptography's finalize did, and changes nothing."""
+        key = AesKey.from_hex(HEX_KEY)
+        with pytest.raises(ValueError, match="multiple of the block length"):
+            key.decrypt(bytes(length))
+        with pytest.raises(ValueError, match="multiple of the block length"):
+            key.encrypt(bytes(length))
+        block = bytes(range(32))
+        assert key.decrypt(block) == _fresh_cbc(bytes.fromhex(HEX_KEY), block, decrypt=True)
+        assert key.encrypt(block) == _fresh_cbc(bytes.fromhex(HEX_KEY), block, decrypt=False)
+
+    @given(st.integers(0, 40), st.binary(min_size=40, max_size=40))
+    def test_random_pad_maps_each_random_byte_as_before(self, length: int, noise: bytes) -> None:
+        """The translate table gives PAD_ALPHABET[b % len(PAD_ALPHABET)] for every random byte."""
+        pad = random_pad(length, lambda n: noise[:n])
+        assert pad == bytes(PAD_ALPHABET[b % len(PAD_ALPHABET)] for b in noise[:length])
