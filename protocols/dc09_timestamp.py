@@ -18,11 +18,21 @@ class TimestampWindow(msgspec.Struct, frozen=True, kw_only=True):
 
     def check(self, timestamp: datetime, now: datetime) -> bool:
         """True when ``timestamp`` lies inside the window around ``now`` (both aware)."""
-        return (
-            now - timedelta(seconds=self.past_s)
-            <= timestamp
-            <= now + timedelta(seconds=self.future_s)
-        )
+        bounds = _WINDOW_BOUNDS.get((self.past_s, self.future_s))
+        if bounds is None:
+            bounds = (timedelta(seconds=self.past_s), timedelta(seconds=self.future_s))
+            if len(_WINDOW_BOUNDS) >= _CACHE_SIZE:
+                _WINDOW_BOUNDS.clear()
+            _WINDOW_BOUNDS[(self.past_s, self.future_s)] = bounds
+        past, future = bounds
+        return now - past <= timestamp <= now + future
+
+
+# Memos of pure functions (sans-I/O: no clock involved). Building two timedeltas per check cost
+# more than the comparison; a frame's timestamp is shared by every frame sent in that second.
+_CACHE_SIZE = 1024
+_WINDOW_BOUNDS: dict[tuple[int, int], tuple[timedelta, timedelta]] = {}
+_PARSED: dict[bytes, datetime] = {}
 
 
 _TIMESTAMP = re.compile(r"_?([0-9]{2}):([0-9]{2}):([0-9]{2}),([0-9]{2})-([0-9]{2})-([0-9]{4})")
@@ -43,10 +53,33 @@ def parse_timestamp(text: str) -> datetime:
         raise ValueError(f"bad timestamp {text!r}: {exc}") from None
 
 
+def parse_timestamp_bytes(raw: bytes) -> datetime:
+    """:func:`parse_timestamp` of the frame bytes ``raw``, memoised (datetimes are immutable).
+
+    Raises what :func:`parse_timestamp` raises, or UnicodeDecodeError; failures are not memoised.
+    """
+    stamp = _PARSED.get(raw)
+    if stamp is None:
+        stamp = parse_timestamp(raw.decode("ascii"))
+        if len(_PARSED) >= _CACHE_SIZE:
+            _PARSED.clear()
+        _PARSED[bytes(raw)] = stamp
+    return stamp
+
+
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as ``_HH:MM:SS,MM-DD-YYYY`` in UTC."""
     utc = moment.astimezone(UTC)
-    return f"_{utc:%H:%M:%S},{utc:%m-%d-%Y}"
+    if utc.year < 1000:  # strftime's %Y does not pad these; keep its exact output
+        return f"_{utc:%H:%M:%S},{utc:%m-%d-%Y}"
+    return "_%02d:%02d:%02d,%02d-%02d-%d" % (  # noqa: UP031  # 3x faster than strftime
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.month,
+        utc.day,
+        utc.year,
+    )
 
 
 def as_local_time(timestamp: datetime, zone: tzinfo) -> datetime:

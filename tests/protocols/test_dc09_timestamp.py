@@ -6,12 +6,15 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocols.dc09_timestamp import (
     TimestampWindow,
     as_local_time,
     format_timestamp,
     parse_timestamp,
+    parse_timestamp_bytes,
 )
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -55,7 +58,65 @@ class TestParseFormat:
             parse_timestamp(text)
 
 
+class TestMemoAndFastFormat:
+    @given(
+        st.text("0123456789:,-_a", min_size=18, max_size=21)
+        | st.builds(
+            "_{:02d}:{:02d}:{:02d},{:02d}-{:02d}-{:04d}".format,
+            st.integers(0, 25),
+            st.integers(0, 61),
+            st.integers(0, 61),
+            st.integers(0, 13),
+            st.integers(0, 32),
+            st.integers(0, 9999),
+        )
+    )
+    def test_bytes_parse_matches_parse_timestamp(self, text: str) -> None:
+        """The memoised bytes form returns and raises what parse_timestamp does, hit or miss."""
+        for _ in range(2):  # the second call is served from the memo when the first succeeded
+            try:
+                expected: datetime | str = parse_timestamp(text)
+            except ValueError as exc:
+                expected = str(exc)
+            try:
+                got: datetime | str = parse_timestamp_bytes(text.encode("ascii"))
+            except ValueError as exc:
+                got = str(exc)
+            assert got == expected
+
+    def test_memo_stays_bounded(self) -> None:
+        """Thousands of distinct timestamps do not grow the memo without limit."""
+        from protocols import dc09_timestamp
+
+        for n in range(3000):
+            stamp = NOW + timedelta(seconds=n)
+            assert parse_timestamp_bytes(format_timestamp(stamp).encode()) == stamp
+        assert len(dc09_timestamp._PARSED) <= dc09_timestamp._CACHE_SIZE
+
+    @given(st.datetimes(timezones=st.just(UTC)))
+    def test_format_matches_strftime(self, moment: datetime) -> None:
+        """The %-format gives strftime's exact text for any year (1-9999)."""
+        utc = moment.astimezone(UTC)
+        assert format_timestamp(moment) == f"_{utc:%H:%M:%S},{utc:%m-%d-%Y}"
+
+
 class TestWindow:
+    @given(
+        st.datetimes(
+            min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)
+        ),
+        st.integers(-200_000_000, 200_000_000),
+        st.integers(0, 100_000),
+        st.integers(0, 100_000),
+    )
+    def test_check_matches_the_timedelta_formula(
+        self, now: datetime, offset_us: int, past_s: int, future_s: int
+    ) -> None:
+        """The memoised bounds decide exactly as now - past <= t <= now + future, to the µs."""
+        stamp = now + timedelta(microseconds=offset_us)
+        expected = now - timedelta(seconds=past_s) <= stamp <= now + timedelta(seconds=future_s)
+        assert TimestampWindow(past_s=past_s, future_s=future_s).check(stamp, now) is expected
+
     @pytest.mark.parametrize(
         ("offset_s", "inside"),
         [(-41, False), (-40, True), (0, True), (20, True), (21, False)],
