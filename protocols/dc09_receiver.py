@@ -21,7 +21,7 @@ from protocols.dc09_frame import (
     FrameSplitter,
     decode_body,
     decode_header,
-    encode_frame,
+    encode_reply,
 )
 from protocols.dc09_payload import parse_payload
 from protocols.dc09_timestamp import TimestampWindow, as_local_time
@@ -189,11 +189,10 @@ class Dc09ReceiverConnection:
             if key is None:
                 # Never answer an encrypted frame in clear (§1.10): the caller has no key.
                 raise ValueError(f"no key for account {frame.account} to build the *ACK")
-        return encode_frame(
+        return encode_reply(
             token="ACK",
             seq=frame.seq,
             account=frame.account,
-            data="",
             receiver=frame.receiver,
             line=_echo_line(frame.line),
             timestamp=now if key is not None else None,
@@ -203,11 +202,10 @@ class Dc09ReceiverConnection:
 
     def nak(self, *, now: datetime, style: CrcStyle = CrcStyle.HEX) -> bytes:
         """NAK with our UTC time, never encrypted: ``"NAK"0000R0L0A0[]_HH:MM:SS,MM-DD-YYYY``."""
-        return encode_frame(
+        return encode_reply(
             token="NAK",
             seq="0000",
             account=None,
-            data="",
             receiver="0",
             line="0",
             extra_fields="A0",
@@ -217,18 +215,17 @@ class Dc09ReceiverConnection:
 
     def duh(self, header: FrameHeader | Frame) -> bytes:
         """DUH echoing seq, R, L and account; never encrypted."""
-        return encode_frame(
+        return encode_reply(
             token="DUH",
             seq=header.seq,
             account=header.account,
-            data="",
             receiver=header.receiver,
             line=_echo_line(header.line),
             crc_style=header.crc_style,
         )
 
     def _duh_bare(self) -> bytes:
-        return encode_frame(token="DUH", seq="0000", account=None, data="", line="0")
+        return encode_reply(token="DUH", seq="0000", account=None, line="0")
 
 
 def _echo_line(line: str | None) -> str | None:
