@@ -25,6 +25,7 @@ from litestar.datastructures import State
 from engine.api import audit
 from engine.api.auth import Caller, require_write
 from engine.api.creation import Invalid, check_system, plan_creation
+from engine.api.creation_body import report_decode_errors
 from engine.api.customer_model import (
     Customer,
     CustomerCreate,
@@ -65,7 +66,11 @@ class ModuleRecord(msgspec.Struct, frozen=True, kw_only=True):
     until: datetime | None
 
 
-@post("/commitments", summary="Create a commitment (a customer without module, not charged)")
+@post(
+    "/commitments",
+    summary="Create a commitment (a customer without module, not charged)",
+    before_request=report_decode_errors,
+)
 async def create_commitment(state: State, caller: Caller, data: CustomerCreate) -> CustomerCreated:
     """All steps except ``system``; the answer carries the commitment ID."""
     require_write(caller)

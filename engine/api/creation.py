@@ -22,6 +22,7 @@ from engine.account_model import Account, ForwardingMode, ForwardingSettings, Ke
 from engine.api.auth import Caller
 from engine.api.catalog import offered_installation_templates
 from engine.api.customer_model import (
+    REQUIRED_STEPS,
     STEP_TYPES,
     Address,
     CustomerInfo,
@@ -43,7 +44,7 @@ from engine.api.packages import (
     offered_templates,
     quote,
 )
-from engine.api.problems import FieldError
+from engine.api.problems import FieldError, decode_error
 from engine.api.serials import (
     MODULE_TYPES,
     PANEL_TYPES,
@@ -95,9 +96,14 @@ class Invalid(Exception):
 
 
 def _decode_steps(
-    document: dict[str, Any], errors: list[FieldError], *, required: frozenset[str]
+    document: dict[str, Any],
+    errors: list[FieldError],
+    *,
+    required: frozenset[str],
+    strict: bool = True,
 ) -> dict[str, Any]:
-    """Each known step decoded on its own; unknown keys and structural errors become field errors."""
+    """Each known step decoded on its own; unknown keys and structural errors become field errors.
+    ``strict=False`` converts like litestar does for a request body ("3" for 3, …)."""
     steps: dict[str, Any] = {}
     for key in document:
         if key not in STEP_TYPES:
@@ -110,12 +116,20 @@ def _decode_steps(
                 )
             continue
         try:
-            steps[name] = msgspec.convert(document[name], step_type)
+            steps[name] = msgspec.convert(document[name], step_type, strict=strict)
         except msgspec.ValidationError as exc:
             path = str(exc).rsplit(" - at `$", 1)
             where = name + (path[1].rstrip("`") if len(path) == 2 else "")
-            errors.append(FieldError(field=where, rule="type", message=path[0]))
+            errors.append(decode_error(where, path[0]))
     return steps
+
+
+def decode_errors(document: dict[str, Any]) -> list[FieldError]:
+    """Every step's decoding error of a creation request (each step decoded on its own, so one
+    broken step does not hide another's)."""
+    errors: list[FieldError] = []
+    _decode_steps(document, errors, required=REQUIRED_STEPS, strict=False)
+    return errors
 
 
 def _add_months(start: date, months: int) -> date:
@@ -627,7 +641,7 @@ async def plan_creation(
     errors: list[FieldError] = []
     warnings: list[str] = []
     today = today or datetime.now(UTC).date()
-    steps = _decode_steps(document, errors, required=frozenset({"account_type", "customer"}))
+    steps = _decode_steps(document, errors, required=REQUIRED_STEPS)
     account_type: str | None = steps.get("account_type")
     virtual = bool(steps.get("virtual", False))
     dealer = await _dealer(conn, caller, steps.get("dealer", DealerStep()), errors)

@@ -19,6 +19,7 @@ from litestar.params import Parameter
 from engine.api import audit
 from engine.api.auth import Caller, require_write
 from engine.api.creation import Invalid, check_customer, plan_creation
+from engine.api.creation_body import report_decode_errors
 from engine.api.customer_model import (
     Address,
     Customer,
@@ -59,7 +60,11 @@ class EnterpriseGroup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     enterprise_group: str | None
 
 
-@post("/customers", summary="Create a customer (the whole flow in one request)")
+@post(
+    "/customers",
+    summary="Create a customer (the whole flow in one request)",
+    before_request=report_decode_errors,
+)
 async def create_customer(state: State, caller: Caller, data: CustomerCreate) -> CustomerCreated:
     """Validates every step; on any error a 422 problem lists each field and rule and nothing is written."""
     require_write(caller)
@@ -77,6 +82,7 @@ async def create_customer(state: State, caller: Caller, data: CustomerCreate) ->
     "/customers/validate",
     summary="Validate a creation and get the confirmation summary",
     status_code=200,
+    before_request=report_decode_errors,
 )
 async def validate_customer(state: State, caller: Caller, data: CustomerCreate) -> Validation:
     """A dry run of POST /v1/customers: nothing is written."""

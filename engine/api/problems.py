@@ -111,7 +111,7 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     for item in extra:
         if isinstance(item, dict):
             key = str(item.get("key") or item.get("source") or "body")
-            errors.append(_decode_error(key, str(item.get("message", ""))))
+            errors.append(decode_error(key, str(item.get("message", ""))))
     return _response(
         Problem(
             type="urn:alarmrelay:problem:bad-request",
@@ -127,7 +127,7 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 
 
-def _decode_error(key: str, message: str) -> FieldError:
+def decode_error(key: str, message: str) -> FieldError:
     """A decoding error as field + rule. msgspec names a missing or unknown field in its message
     with the enclosing object as the path; the field itself is appended so the error points at it."""
     for pattern, rule in ((_MISSING, "required"), (_UNKNOWN, "unknown")):

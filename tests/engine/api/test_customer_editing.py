@@ -115,3 +115,39 @@ class TestDecodeErrors:
         response = await admin.post("/v1/customers", json=request)
         assert response.status_code == 400
         assert ("customer.password", "unknown") in problem_rules(response.json())
+
+    async def test_every_step_reported_at_once(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """Broken fields in several steps are listed together (creation, dry run, commitment); a
+        caller without a key gets the 401 first."""
+        await create_packages(admin)
+        dealer = await api.dealer("Acme")
+        request = security_request(dealer, imei("49015420323751"))
+        request["customer"]["phone_type"] = "fax"
+        request["system"]["module_type"] = 5
+        request["operations"]["contract_length_months"] = "many"
+        request["colour"] = "red"
+        expected = {
+            ("customer.phone_type", "enum"),
+            ("system.module_type", "type"),
+            ("operations.contract_length_months", "type"),
+            ("colour", "unknown"),
+        }
+        for url in ("/v1/customers", "/v1/customers/validate"):
+            response = await admin.post(url, json=request)
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert problem_rules(response.json()) == expected
+        del request["system"]
+        commitment = await admin.post("/v1/commitments", json=request)
+        assert problem_rules(commitment.json()) == expected - {("system.module_type", "type")}
+        assert (await api.client(None).post("/v1/customers", json=request)).status_code == 401
+        assert await api.pool.fetchval("SELECT count(*) FROM customers") == 0
+
+    async def test_lax_numbers_still_accepted(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A number sent as a string decodes as litestar decodes it (no new refusals)."""
+        await create_packages(admin)
+        dealer = await api.dealer("Acme")
+        request = security_request(dealer, imei("49015420323751"))
+        request["dealer"]["dealer_id"] = str(dealer)
+        response = await admin.post("/v1/customers", json=request)
+        assert response.status_code == 201, response.text
