@@ -32,18 +32,21 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """One event's delivery to the monitoring station."""
+    """One event's delivery to the monitoring station: how many attempts were made, the first
+    and the acknowledged one's times, the last failure, and (while pending) the next attempt."""
 
     event_index: int
     state: Literal["pending", "delivered", "dead"]
     attempts: int
     station_account: str
     primary_receiver: str
+    backup_receiver: str | None
     receiver_used: str | None
     family_sent: str | None
     first_sent_at: datetime | None
     acked_at: datetime | None
     last_error: str | None
+    next_attempt_at: datetime | None  # null once delivered or dead-lettered
     two_way_voice: bool
     voice_session_at: datetime | None
 
@@ -101,8 +104,10 @@ async def signal_history(
                          FROM decisions d WHERE d.signal_id = s.id), '[]')::text AS decisions,
                coalesce((SELECT json_agg(json_build_object('event_index', v.event_index, 'state', v.state, 'attempts', v.attempts,
                                 'station_account', v.station_account, 'primary_receiver', v.primary_receiver,
+                                'backup_receiver', v.backup_receiver,
                                 'receiver_used', v.receiver_used, 'family_sent', v.family_sent, 'first_sent_at', v.first_sent_at,
                                 'acked_at', v.acked_at, 'last_error', v.last_error, 'two_way_voice', v.two_way_voice,
+                                'next_attempt_at', CASE WHEN v.state = 'pending' THEN v.next_attempt_at END,
                                 'voice_session_at', v.voice_session_at) ORDER BY v.event_index)
                          FROM deliveries v WHERE v.signal_id = s.id), '[]')::text AS deliveries
         FROM signals s

@@ -87,3 +87,73 @@ class TestApiToStation:
                 assert customer["first_contact_at"] is not None and customer["can_log_in"] is True
         finally:
             await station.stop()
+
+    async def test_failed_attempts_shown_until_delivered(
+        self, api: Api, admin: httpx.AsyncClient, database_url: str
+    ) -> None:
+        """While the station drops frames the history shows the delivery pending with its attempts,
+        the last error and the next attempt; once it answers, delivered after several attempts."""
+        station = StationSimulator(mode="drop")
+        await station.start()
+        try:
+            await create_packages(admin)
+            dealer = await api.dealer("Acme")
+            client = api.client(await api.key("dealer", dealer))
+            receiver = {
+                "name": "rx",
+                "host": "127.0.0.1",
+                "port": station.port,
+                "ack_timeout_s": 0.5,
+                "null_poll_interval_s": 0.3,
+            }
+            assert (
+                await client.post("/v1/stations", json={"name": "Central", "receivers": [receiver]})
+            ).status_code == 201
+            async with running_engine(settings_for(database_url)) as engine:
+                assert engine.dc09 is not None
+                request = security_request(
+                    dealer,
+                    imei("35693803564380"),
+                    forwarding={
+                        "mode": "always",
+                        "primary_receiver": "rx",
+                        "station_account": "9876",
+                    },
+                )
+                created = await client.post("/v1/customers", json=request)
+                assert created.status_code == 201, created.text
+                account = created.json()["summary"]["dc09_account"]
+                module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account=account)
+                await module.connect()
+                for _ in range(100):
+                    reply = await module.send("ADM-CID", f"#{account}|1130 01 003")
+                    if reply is not None and b'"ACK"' in reply:
+                        break
+                    await asyncio.sleep(0.05)
+                await module.close()
+                url = f"/v1/customers/{created.json()['customer']['id']}/signals"
+
+                async def delivery() -> dict[str, object]:
+                    items = (await client.get(url)).json()["items"]
+                    deliveries = items[0]["deliveries"] if items else []
+                    return deliveries[0] if deliveries else {}
+
+                for _ in range(200):
+                    pending = await delivery()
+                    if pending.get("last_error") and int(str(pending["attempts"])) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert pending["state"] == "pending"
+                assert pending["last_error"] == "no answer within the ACK timeout"
+                assert pending["next_attempt_at"] is not None and pending["acked_at"] is None
+                station.set_mode("ack")
+                for _ in range(400):
+                    done = await delivery()
+                    if done.get("state") == "delivered":
+                        break
+                    await asyncio.sleep(0.05)
+                assert done["state"] == "delivered" and done["receiver_used"] == "rx"
+                assert int(str(done["attempts"])) >= 3
+                assert done["acked_at"] is not None and done["next_attempt_at"] is None
+        finally:
+            await station.stop()

@@ -212,7 +212,12 @@ class TestHistory:
         everything = (await admin.get(url)).json()
         assert [s["seq"] for s in everything["items"]] == ["0002", "0001", "0000"]
         assert everything["items"][0]["decisions"][0]["reason"] == "forwarded"
-        assert everything["items"][0]["deliveries"][0]["state"] == "delivered"
+        delivery = everything["items"][0]["deliveries"][0]
+        assert (delivery["state"], delivery["attempts"], delivery["next_attempt_at"]) == (
+            "delivered",
+            1,
+            None,
+        )
         assert everything["items"][1]["deliveries"] == []
         assert [
             s["seq"] for s in (await admin.get(url, params={"forwarded": "false"})).json()["items"]
