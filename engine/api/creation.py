@@ -57,6 +57,7 @@ from engine.api.serials import (
 from engine.api.station_access import usable_receivers
 from engine.api.tenancy import visible_dealers
 from engine.api.timezones import valid_zone, zone_for_zip
+from engine.station_model import PHONE_WARNING
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, FORWARDING_CATEGORIES, Category
 
 NO_STATION_WARNING = "no monitoring station or receiver number registered"
@@ -564,6 +565,9 @@ async def check_forwarding(
                 message="no such receiver (and not the primary one)",
             )
         )
+    for chosen in (step.primary_receiver, step.backup_receiver):
+        if chosen in receivers and receivers[chosen].kind == "phone":
+            warnings.append(PHONE_WARNING.format(name=chosen))
     if step.station_account is not None and not _STATION_ACCOUNT.fullmatch(step.station_account):
         errors.append(
             FieldError(field="forwarding.station_account", rule="format", message="3-16 hex digits")

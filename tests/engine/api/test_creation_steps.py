@@ -489,3 +489,30 @@ class TestEnterpriseGroupOfLiveCustomer:
             if e["action"] == "set_enterprise_group"
         ]
         assert groups == [("HQ", None), (None, "HQ")]
+
+
+class TestStationWarnings:
+    async def test_station_without_receivers_and_phone_receiver(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A station without receivers still gives the no-station warning; choosing a phone
+        receiver is allowed with the warning that it cannot be delivered to."""
+        acme = await _dealer(api, admin)
+        client = api.client(await api.key("dealer", acme))
+        assert (await client.post("/v1/stations", json={"name": "Empty"})).status_code == 201
+        created = await client.post("/v1/customers", json=security_request(acme, SERIAL))
+        assert created.json()["warnings"] == ["no monitoring station or receiver number registered"]
+        phone = {"name": "ph", "kind": "phone", "phone_number": "5551234"}
+        assert (
+            await client.post("/v1/stations", json={"name": "Old", "receivers": [phone]})
+        ).status_code == 201
+        request = security_request(
+            acme,
+            imei("49015420323752"),
+            login={"login_name": "second"},
+            forwarding={"mode": "always", "primary_receiver": "ph", "station_account": "1234"},
+        )
+        created = await client.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        [warning] = created.json()["warnings"]
+        assert warning.startswith("receiver 'ph' is a phone receiver")
