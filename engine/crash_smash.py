@@ -21,8 +21,9 @@ from prometheus_client import Counter, Gauge
 from engine.account_model import Account
 from engine.deadline_timer import DeadlineTimer
 from engine.forwarding_stage import ForwardingStage
-from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
-from engine.store.signals import StoredSignal, insert_signals_returning
+from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.store.ingest_batch import EntryClose, EntryOpen
+from engine.store.signals import insert_signals_returning
 from engine.supervision import TIMER_LAG
 from protocols.signal import Category, Classification, Event, Family
 
@@ -90,7 +91,7 @@ class AccountLookup(Protocol):
 
 
 class CrashSmashStage:
-    """Inside the ingest transaction: open timers on entry delays, close them on disarm or alarm."""
+    """Plans each batch's entries: timers opened on entry delays, closed on disarm or alarm."""
 
     def __init__(
         self,
@@ -118,82 +119,63 @@ class CrashSmashStage:
     def _entry_from_event(self, event: Event) -> bool:
         return f"{event.family.value}:{event.code}" in self._entry_codes
 
-    async def __call__(
-        self,
-        conn: asyncpg.Connection,
-        signals: Sequence[InboundSignal],
-        stored: Sequence[StoredSignal],
-    ) -> None:
-        opens: dict[tuple[str, int], tuple[int | None, datetime]] = {}
-        closes: dict[tuple[str, int | None], str] = {}
-        for signal, row in zip(signals, stored, strict=True):
-            if signal.transport is Transport.SERVER or row.result is not IngestResult.ACCEPTED:
+    def plan(self, signals: Sequence[InboundSignal]) -> tuple[list[EntryOpen], list[EntryClose]]:
+        """The entry delays the batch opens and closes, each tagged with its signal's position.
+
+        The batch's write applies only those of signals it stores (a duplicate changes nothing).
+        Within the batch a later disarm or alarm of a partition supersedes its entry.
+        """
+        opens: dict[tuple[str, int], EntryOpen] = {}
+        closes: dict[tuple[str, int | None], EntryClose] = {}
+        for o, signal in enumerate(signals):
+            if signal.transport is Transport.SERVER or signal.kind is not SignalKind.EVENT:
                 continue
+            account = signal.account
             if signal.entry_delay is not None:
                 entry = signal.entry_delay
                 due = (
                     signal.received_at
                     + timedelta(seconds=entry.entry_delay_s)
-                    + self._extra_for(signal.account)
+                    + self._extra_for(account)
                 )
-                opens[(signal.account, entry.partition)] = (entry.zone, due)
+                opens[(account, entry.partition)] = EntryOpen(
+                    o=o, a=account, p=entry.partition, z=entry.zone, d=due
+                )
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
                     partition = event.partition or 1
                     due = (
                         signal.received_at
                         + timedelta(seconds=self._default_entry_s)
-                        + self._extra_for(signal.account)
+                        + self._extra_for(account)
                     )
-                    opens[(signal.account, partition)] = (event.zone, due)
+                    opens[(account, partition)] = EntryOpen(
+                        o=o, a=account, p=partition, z=event.zone, d=due
+                    )
                     continue
                 reason = closes_entry(event)
                 if reason is not None:
-                    closes[(signal.account, event.partition)] = reason
+                    closes[(account, event.partition)] = EntryClose(
+                        o=o, a=account, p=event.partition, r=reason
+                    )
                     # an event after the entry in the same batch supersedes it
                     for key in [
                         k
                         for k in opens
-                        if k[0] == signal.account
-                        and (event.partition is None or k[1] == event.partition)
+                        if k[0] == account and (event.partition is None or k[1] == event.partition)
                     ]:
                         del opens[key]
-        if opens:
-            keys = sorted(opens)
-            await conn.execute(
-                """
-                INSERT INTO pending_entries (account, partition, zone, deadline, state, opened_at)
-                SELECT a, p, z, d, 'pending', now() FROM unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[]) AS t(a, p, z, d)
-                ON CONFLICT (account, partition) DO UPDATE SET zone = EXCLUDED.zone, deadline = EXCLUDED.deadline,
-                    state = 'pending', opened_at = now(), closed_reason = NULL
-                """,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [opens[k][0] for k in keys],
-                [opens[k][1] for k in keys],
-            )
-            OPENED.inc(len(keys))
-        if closes:
-            keys2 = sorted(closes, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
-            closed = await conn.fetch(
-                """
-                UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
-                FROM unnest($1::text[], $2::int[], $3::text[]) AS t(a, p, r)
-                WHERE e.account = t.a AND (t.p IS NULL OR e.partition = t.p) AND e.state = 'pending'
-                RETURNING e.account, e.partition, t.r AS reason
-                """,
-                [k[0] for k in keys2],
-                [k[1] for k in keys2],
-                [closes[k] for k in keys2],
-            )
-            for row2 in closed:
-                CLOSED.labels(row2["reason"]).inc()
-                log.info(
-                    "crash_smash_closed",
-                    account=row2["account"],
-                    partition=row2["partition"],
-                    reason=row2["reason"],
-                )
+        ordered_closes = sorted(closes.values(), key=lambda c: (c.a, -1 if c.p is None else c.p))
+        return [opens[k] for k in sorted(opens)], ordered_closes
+
+    @staticmethod
+    def record(opened: Sequence[tuple[str, int]], closed: Sequence[tuple[str, int, str]]) -> None:
+        """Count and log what the batch's write opened and closed."""
+        if opened:
+            OPENED.inc(len(opened))
+        for account, partition, reason in closed:
+            CLOSED.labels(reason).inc()
+            log.info("crash_smash_closed", account=account, partition=partition, reason=reason)
 
 
 class CrashSmashTimer(DeadlineTimer):

@@ -1,21 +1,34 @@
 """The delivery dispatcher: drains the outbox to station receivers, in order per lane.
 
-Claiming: in one short transaction the dispatcher leases the *head* (lowest id) pending row of
-ready lanes, most urgent first, with ``FOR UPDATE SKIP LOCKED`` and a lease time. A lane's next row
-is never a head while the previous one is pending, so order per lane holds across any number of
-engine processes, and a leased head is never sent twice at once. The outcome is written in a
-second short transaction. If an engine dies mid-send its lease expires and another engine sends
-the row again with the same DC-09 sequence number (the documented crash window: a station ACK
-received but not yet recorded).
+Two ways a row reaches this engine, both as a lease on the row:
+
+* **Fast path.** The ingest transaction inserts a forwarded signal's outbox row already leased to
+  this engine when its lane holds nothing pending that is not ours (engine/forwarding_stage.py).
+  After the commit the writer hands the row over (:meth:`Dispatcher.adopt`): no claim query, no
+  wake-up, the station gets the signal within a few milliseconds of the module's ACK.
+* **Claim loop.** Rows nobody holds (retries after a failure, rows another engine left when it
+  died, rows committed while their lane was busy elsewhere) are claimed in one short transaction:
+  the *head* (lowest id) pending row of ready lanes, most urgent first, ``FOR UPDATE SKIP
+  LOCKED``, with a lease. A lane's next row is never a head while the previous one is pending.
+
+Rows held in memory wait per lane (one in flight per lane: stop-and-wait order), and lanes wait
+for a free slot most urgent first. Every held row's lease is renewed. When a head fails (no
+answer), its lane's other rows are released to the claim loop, so nothing overtakes it. If an
+engine dies mid-send its leases expire and another engine sends the rows again with the same
+DC-09 sequence number (the documented crash window: a station ACK received but not yet
+recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import os
+import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,12 +37,14 @@ import msgspec
 import structlog
 
 from engine import metrics
+from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def listen_in_event(alarm: Event) -> Event:
@@ -64,9 +79,34 @@ WITH heads AS (
 )
 UPDATE deliveries d SET lease_owner = $2, lease_until = now() + $3::interval, attempts = d.attempts + 1
 FROM ready WHERE d.id = ready.id
-RETURNING d.id, d.account, d.station_account, d.event, d.primary_receiver, d.backup_receiver, d.seq,
-          d.attempts, d.received_at, d.two_way_voice, d.signal_id
+RETURNING d.id, d.account, d.lane, d.station_account, d.priority, d.event, d.primary_receiver,
+          d.backup_receiver, d.seq, d.attempts, d.received_at, d.two_way_voice, d.signal_id
 """
+
+# Rows handed back unsent: their lease goes, and so does the attempt their lease counted.
+_RELEASE_SQL = """
+UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
+"""
+
+
+def owned_from_record(row: Any) -> OwnedDelivery:
+    """A claimed outbox row as the dispatcher holds it."""
+    return OwnedDelivery(
+        id=row["id"],
+        signal_id=row["signal_id"],
+        account=row["account"],
+        lane=row["lane"],
+        station_account=row["station_account"],
+        priority=row["priority"],
+        event=_event_decoder.decode(row["event"]),
+        primary_receiver=row["primary_receiver"],
+        backup_receiver=row["backup_receiver"],
+        seq=row["seq"],
+        attempts=row["attempts"],
+        received_at=row["received_at"],
+        two_way_voice=row["two_way_voice"],
+    )
 
 
 class Attempt(Protocol):
@@ -105,18 +145,21 @@ class Dispatcher:
     ) -> None:
         self._pool = pool
         self._registry = registry
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._max_in_flight = max_in_flight
         self._lease = timedelta(seconds=lease_s)
+        self.lease_s = lease_s
         self._poll_s = poll_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._voice_command = voice_command
         self._outcomes = OutcomeWriter(pool)
         self._wake = asyncio.Event()
+        self._lanes: dict[str, deque[OwnedDelivery]] = {}  # held rows per lane, head first
+        self._held: set[int] = set()  # ids of every held row
+        self._ready: list[tuple[int, int, str]] = []  # (priority, id, lane) heads awaiting a slot
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._in_flight_ids: set[int] = set()
-        self._lease_s = lease_s
+        self._blocked: set[str] = set()  # lanes with rows committed unleased behind ours
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -124,8 +167,46 @@ class Dispatcher:
         self.delivered = 0
 
     def wake(self) -> None:
-        """Something new may be ready (a commit in this process, a NOTIFY, a finished delivery)."""
+        """Rows nobody holds may be ready (a commit that left rows unleased, a NOTIFY, a retry)."""
         self._wake.set()
+
+    def adopt(self, rows: Iterable[OwnedDelivery]) -> None:
+        """Take over rows leased to this engine (in id order per lane) and start what can go."""
+        for row in rows:
+            if row.id in self._held:
+                continue  # claimed again after its lease lapsed: already queued here
+            self._held.add(row.id)
+            lane = self._lanes.get(row.lane)
+            if lane is None:
+                self._lanes[row.lane] = deque((row,))
+                heapq.heappush(self._ready, (row.priority, row.id, row.lane))
+            elif row.id > lane[-1].id:
+                lane.append(row)
+            else:  # an older row of the lane arrived late (a claim racing a commit): keep id order
+                at = (
+                    next(i for i in range(1, len(lane)) if lane[i].id > row.id)
+                    if len(lane) > 1
+                    else 1
+                )
+                lane.insert(at, row)
+        self._pump()
+
+    def blocked(self, lanes: Iterable[str]) -> None:
+        """Rows of these lanes were committed unleased: claim them once the lane is free here."""
+        for lane in lanes:
+            if lane in self._lanes:
+                self._blocked.add(lane)
+            else:
+                self._wake.set()
+
+    def _pump(self) -> None:
+        while self._ready and len(self._in_flight) < self._max_in_flight and not self._stopping:
+            _, _, name = heapq.heappop(self._ready)
+            row = self._lanes[name][0]
+            task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        metrics.DELIVERIES_IN_FLIGHT.set(len(self._in_flight))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="delivery-dispatcher")
@@ -133,7 +214,7 @@ class Dispatcher:
         self._renewer = asyncio.create_task(self._renew_leases(), name="outbox-lease-renewal")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop claiming; wait for sends in flight (their leases expire if they do not finish)."""
+        """Stop claiming; wait for sends in flight; hand rows not yet sent back to the outbox."""
         self._stopping = True
         self._wake.set()
         for task in (self._task, self._gauges, self._renewer):
@@ -145,6 +226,10 @@ class Dispatcher:
             await asyncio.wait(set(self._in_flight), timeout=timeout_s)
         for task in list(self._in_flight):
             task.cancel()
+        waiting = sorted(self._held)
+        if waiting:  # otherwise their leases expire and another engine sends them a bit later
+            with contextlib.suppress(*_DB_ERRORS):
+                await self._pool.execute(_RELEASE_SQL, waiting, self.owner)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -157,47 +242,59 @@ class Dispatcher:
             if room > 0:
                 try:
                     claimed = await self._pool.fetch(CLAIM_SQL, room, self.owner, self._lease)
-                except (
-                    OSError,
-                    asyncpg.PostgresError,
-                    asyncpg.InterfaceError,
-                    TimeoutError,
-                ) as exc:
+                except _DB_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
                     await asyncio.sleep(self._poll_s)
                     continue
-            for row in claimed:
-                self._in_flight_ids.add(row["id"])
-                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row['id']}")
-                self._in_flight.add(task)
-                task.add_done_callback(self._done)
-            metrics.DELIVERIES_IN_FLIGHT.set(len(self._in_flight))
+            self.adopt(owned_from_record(row) for row in claimed)
             if claimed and len(claimed) == room:
                 continue  # there may be more ready right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        metrics.DELIVERIES_IN_FLIGHT.set(len(self._in_flight))
-        self._wake.set()  # the lane's next row may now be a head
-
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: OwnedDelivery) -> None:
+        moved_on = False
         try:
-            await self._deliver_one(row)
+            moved_on = await self._deliver_one(row)
         finally:
-            self._in_flight_ids.discard(row["id"])
+            self._lane_done(row, moved_on)
+            self._pump()
+
+    def _lane_done(self, row: OwnedDelivery, moved_on: bool) -> None:
+        """The head is finished: start the lane's next row, or let go of the lane."""
+        lane = self._lanes.get(row.lane)
+        self._held.discard(row.id)
+        if lane is None:
+            return
+        lane.popleft()
+        if moved_on and lane:
+            nxt = lane[0]
+            heapq.heappush(self._ready, (nxt.priority, nxt.id, nxt.lane))
+            return
+        del self._lanes[row.lane]
+        if lane:
+            # The head waits for a retry: the rows behind it go back to the outbox, unleased,
+            # so they are claimed after it (the claim loop takes only lane heads).
+            ids = [r.id for r in lane]
+            self._held.difference_update(ids)
+            task = asyncio.create_task(self._release(ids), name="outbox-release")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        if row.lane in self._blocked or lane:
+            self._blocked.discard(row.lane)
+            self._wake.set()
+
+    async def _release(self, ids: list[int]) -> None:
+        await self._write(_RELEASE_SQL, ids, self.owner)
 
     async def _renew_leases(self) -> None:
-        """Keep leases of rows still being sent alive, so a short lease only lapses for a dead engine."""
+        """Keep leases of held rows alive, so a short lease only lapses for a dead engine."""
         while True:
-            await asyncio.sleep(self._lease_s / 3)
-            ids = sorted(self._in_flight_ids)  # id order, like the outcome batches
+            await asyncio.sleep(self.lease_s / 3)
+            ids = sorted(self._held)  # id order, like the outcome batches
             if not ids:
                 continue
-            with contextlib.suppress(
-                OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError
-            ):
+            with contextlib.suppress(*_DB_ERRORS):
                 await self._pool.execute(
                     "UPDATE deliveries SET lease_until = now() + $3::interval "
                     "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'",
@@ -206,76 +303,66 @@ class Dispatcher:
                     self._lease,
                 )
 
-    async def _deliver_one(self, row: Any) -> None:
+    async def _deliver_one(self, row: OwnedDelivery) -> bool:
+        """Send one row and record its outcome; True when the lane may move on."""
         bound = log.bind(
-            delivery=row["id"],
-            account=row["account"],
-            station_account=row["station_account"],
-            seq=row["seq"],
+            delivery=row.id, account=row.account, station_account=row.station_account, seq=row.seq
         )
-        event = _event_decoder.decode(row["event"])
+        event = row.event
         try:
-            group = self._registry().group(row["primary_receiver"], row["backup_receiver"])
+            group = self._registry().group(row.primary_receiver, row.backup_receiver)
         except (KeyError, ValueError) as exc:
-            await self._failed(
-                row, f"receiver not available: {exc}", receiver=row["primary_receiver"]
-            )
+            await self._failed(row, f"receiver not available: {exc}", receiver=row.primary_receiver)
             bound.error("delivery_no_receiver", error=str(exc))
-            return
+            return False
         sent_at = datetime.now(UTC)
         try:
-            attempt = await group.deliver(
-                account=row["station_account"], event=event, seq=row["seq"]
-            )
+            attempt = await group.deliver(account=row.station_account, event=event, seq=row.seq)
         except Exception as exc:  # a bug in a connector must not lose the row: retry later
-            await self._failed(
-                row, f"{type(exc).__name__}: {exc}", receiver=row["primary_receiver"]
-            )
+            await self._failed(row, f"{type(exc).__name__}: {exc}", receiver=row.primary_receiver)
             bound.exception("delivery_error")
-            return
+            return False
         outcome = str(getattr(attempt, "outcome", "failed"))
-        receiver = str(getattr(attempt, "receiver", row["primary_receiver"]))
+        receiver = str(getattr(attempt, "receiver", row.primary_receiver))
         metrics.DELIVERIES.labels(receiver, outcome).inc()
         if outcome == "acked":
             acked_at = getattr(attempt, "acked_at", None) or datetime.now(UTC)
             await self._finish(row, "delivered", receiver, attempt, sent_at, acked_at=acked_at)
-            metrics.DELIVERY_LATENCY.observe(
-                max(0.0, (acked_at - row["received_at"]).total_seconds())
-            )
+            metrics.DELIVERY_LATENCY.observe(max(0.0, (acked_at - row.received_at).total_seconds()))
             self.delivered += 1
-            bound.info("delivered", receiver=receiver, attempts=row["attempts"])
-            if row["two_way_voice"]:
+            bound.debug("delivered", receiver=receiver, attempts=row.attempts)
+            if row.two_way_voice:
                 await self._start_voice_session(row, group, event, bound)
-        elif outcome == "duh":
+            return True
+        if outcome == "duh":
             await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None)
             metrics.DEAD_LETTERED.labels(receiver).inc()
             bound.error("delivery_dead_lettered", receiver=receiver, reason="DUH from receiver")
-        else:
-            error = str(getattr(attempt, "error", None) or "no answer")
-            await self._failed(row, error, receiver=receiver, sent_at=sent_at)
-            bound.warning(
-                "delivery_failed", receiver=receiver, error=error, attempts=row["attempts"]
-            )
+            return True
+        error = str(getattr(attempt, "error", None) or "no answer")
+        await self._failed(row, error, receiver=receiver, sent_at=sent_at)
+        bound.warning("delivery_failed", receiver=receiver, error=error, attempts=row.attempts)
+        return False
 
     async def _start_voice_session(
-        self, row: Any, group: ReceiverGroupLike, event: Event, bound: Any
+        self, row: OwnedDelivery, group: ReceiverGroupLike, event: Event, bound: Any
     ) -> None:
         """After a fire/CO alarm: listen-in-to-follow to the same receiver, then the module's command."""
         listen_in = listen_in_event(event)
         errors = []
-        attempt = await group.deliver(account=row["station_account"], event=listen_in)
+        attempt = await group.deliver(account=row.station_account, event=listen_in)
         if str(getattr(attempt, "outcome", "failed")) != "acked":
             errors.append(f"listen-in not acknowledged: {getattr(attempt, 'error', None)}")
         if self._voice_command is not None:
             try:
-                await self._voice_command(row["account"], row["signal_id"])
+                await self._voice_command(row.account, row.signal_id)
             except Exception as exc:  # the alarm is delivered; a failed command must not undo that
                 errors.append(f"voice command not sent: {exc}")
         else:
             errors.append("voice command not sent: MQTT is disabled")
         await self._write(
             "UPDATE deliveries SET voice_session_at = now(), voice_session_error = $2 WHERE id = $1",
-            row["id"],
+            row.id,
             "; ".join(errors) or None,
         )
         metrics.VOICE_SESSIONS.labels("started" if not errors else "incomplete").inc()
@@ -283,7 +370,7 @@ class Dispatcher:
 
     async def _finish(
         self,
-        row: Any,
+        row: OwnedDelivery,
         state: str,
         receiver: str,
         attempt: Any,
@@ -293,7 +380,7 @@ class Dispatcher:
     ) -> None:
         await self._outcomes.record(
             Outcome(
-                id=row["id"],
+                id=row.id,
                 state=state,
                 receiver=receiver,
                 family_sent=getattr(attempt, "family_sent", None),
@@ -304,16 +391,16 @@ class Dispatcher:
         )
 
     async def _failed(
-        self, row: Any, error: str, *, receiver: str, sent_at: datetime | None = None
+        self, row: OwnedDelivery, error: str, *, receiver: str, sent_at: datetime | None = None
     ) -> None:
-        delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row["attempts"] - 1, 10))
+        delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row.attempts - 1, 10))
         await self._write(
             """
             UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now() + $4::interval,
                 first_sent_at = COALESCE(first_sent_at, $5), lease_owner = NULL, lease_until = NULL
             WHERE id = $1
             """,
-            row["id"],
+            row.id,
             error[:500],
             receiver,
             timedelta(seconds=delay),
@@ -326,7 +413,7 @@ class Dispatcher:
         for attempt in range(5):
             try:
                 await self._pool.execute(sql, *args)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except _DB_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
             else:

@@ -1,15 +1,22 @@
-"""Forwarding decisions, inside the ingest transaction: every committed event gets a decision.
+"""Forwarding decisions for a batch: every committed event gets a decision, in its own commit.
 
-For the batch's new event signals: lock the accounts' state rows (sorted, so engines never
-deadlock), apply each event to the state in order (a phone-line fault updates the state before its
-own decision), decide with the pure policy, then write decisions, outbox rows and state in three
-statements. It commits with the signals, so a signal is never ACKed without its decision and, when
-forwarded, its place in the outbox.
+The stage plans, the batch's write (engine/store/ingest_batch.py) stores: for each event of the
+batch's signals the pure policy decides, and each forwarded event becomes an outbox row. The
+decisions and outbox rows are written by the same statement as the signals, so a signal is never
+ACKed without its decision and, when forwarded, its place in the outbox; a duplicate's rows are
+dropped by that statement.
+
+Accounts whose decisions depend on state (the phone line: "only if the phone line fails" mode, or
+a batch carrying a phone-line event) take the careful path: in one transaction their state rows
+are locked (sorted, so engines never deadlock), the signals are stored, each event is applied to
+the state in order (a phone-line fault updates the state before its own decision), the decisions
+written, and the state saved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -20,16 +27,48 @@ from engine.account_model import ForwardingMode
 from engine.account_state import AccountState, apply_event, changes_state
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.policy import Decision, TwoWayVoiceAction, decide
+from engine.store.ingest_batch import BatchDone, BatchWrite, DecisionRow, OutboxRow, write_batch
 from engine.store.signals import StoredSignal
 from protocols.signal import Category, Event
 
-_encoder = msgspec.json.Encoder()
 _DEFAULT_STATE = AccountState()
+_PHONE_LINE_FAILURE = ForwardingMode.PHONE_LINE_FAILURE
+_SERVER = Transport.SERVER
+_LISTEN_IN = TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY
 
 
-def _mode(directory: AccountDirectory, account: str) -> ForwardingMode | None:
-    row = directory.get(account)
-    return row.forwarding.mode if row is not None else None
+class OwnedDelivery(msgspec.Struct, kw_only=True):
+    """An outbox row this engine holds the lease of (inserted leased, or claimed)."""
+
+    id: int
+    signal_id: int
+    account: str
+    lane: str
+    station_account: str
+    priority: int
+    event: Event
+    primary_receiver: str
+    backup_receiver: str | None
+    seq: str
+    attempts: int
+    received_at: datetime
+    two_way_voice: bool
+
+
+class Handover(msgspec.Struct):
+    """What a batch's commit leaves its dispatcher: rows leased to it, lanes it could not lease."""
+
+    leased: list[OwnedDelivery] = msgspec.field(default_factory=list)
+    unleased_lanes: set[str] = msgspec.field(default_factory=set)
+
+
+class ForwardingPlan(msgspec.Struct, kw_only=True):
+    """A batch's decisions and outbox rows, and the account states after it."""
+
+    decisions: list[DecisionRow]
+    decided: list[Decision]  # the policy's decision of each row of ``decisions``
+    outbox: list[OutboxRow]
+    states: dict[str, AccountState]  # the accounts whose state changed
 
 
 _URGENT = frozenset(
@@ -51,72 +90,66 @@ def delivery_seq(delivery_id: int) -> str:
     return f"{delivery_id % 9999 + 1:04d}"
 
 
-class ForwardingStage:
-    """Decides and enqueues within the ingest writer's transaction."""
+def lane_of(decision: Decision) -> str:
+    """The delivery lane: order holds per station account at the primary receiver."""
+    return f"{decision.station_account}@{decision.primary_receiver}"
 
-    def __init__(self, directory: AccountDirectory) -> None:
+
+class ForwardingStage:
+    """Plans decisions and outbox rows; with an owner, rows on clear lanes come back leased."""
+
+    def __init__(
+        self, directory: AccountDirectory, *, owner: str | None = None, lease_s: float = 6.0
+    ) -> None:
         self._directory = directory
+        self.owner = owner
+        self.lease_s = lease_s
         self.enqueued = 0
 
-    async def __call__(
-        self,
-        conn: asyncpg.Connection,
-        signals: Sequence[InboundSignal],
-        stored: Sequence[StoredSignal],
-    ) -> int:
-        """Record decisions and outbox rows; returns how many deliveries were enqueued."""
-        work = [
-            (signal, row)
-            for signal, row in zip(signals, stored, strict=True)
-            if signal.kind is SignalKind.EVENT
-            and row.result is IngestResult.ACCEPTED
-            and row.signal_id is not None
-        ]
-        if not work:
-            return 0
-        # The state row is needed (and locked) only where it can matter: accounts in "only if the
-        # phone line fails" mode, and accounts whose batch carries a phone-line event.
-        accounts = sorted(
-            {
-                signal.account
-                for signal, _ in work
-                if _mode(self._directory, signal.account) is ForwardingMode.PHONE_LINE_FAILURE
-                or any(changes_state(event) for event in signal.events)
-            }
-        )
-        states: dict[str, AccountState] = {}
-        if accounts:
-            # Make sure every account has a state row to lock, so two engines serialise on it.
-            await conn.execute(
-                "INSERT INTO account_state (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                accounts,
-            )
-            rows = await conn.fetch(
-                "SELECT account, phone_line_failed, panel_not_responding FROM account_state "
-                "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
-                accounts,
-            )
-            states = {
-                r["account"]: AccountState(
-                    phone_line_failed=r["phone_line_failed"],
-                    panel_not_responding=r["panel_not_responding"],
-                )
-                for r in rows
-            }
-        before = dict(states)
+    # -- planning -------------------------------------------------------------------------------
 
-        d_ids: list[int] = []
-        d_index: list[int] = []
-        d_at: list[object] = []
-        d_account: list[str] = []
-        d_forward: list[bool] = []
-        d_reason: list[str] = []
-        d_category: list[str] = []
-        d_voice: list[str] = []
-        outbox: list[tuple[InboundSignal, StoredSignal, int, Event, Decision]] = []
-        for signal, row in work:
+    def state_accounts(self, signals: Sequence[InboundSignal]) -> list[str]:
+        """Accounts of the batch whose decisions need their (locked) state, sorted."""
+        out = set()
+        for signal in signals:
+            if signal.kind is not SignalKind.EVENT or signal.transport is _SERVER:
+                continue  # server-generated signals need only rules 1 and 2
             account = self._directory.get(signal.account)
-            state = states.get(signal.account, _DEFAULT_STATE)
+            plf = account is not None and account.forwarding.mode is _PHONE_LINE_FAILURE
+            if plf or any(changes_state(event) for event in signal.events):
+                out.add(signal.account)
+        return sorted(out)
+
+    def plan(
+        self,
+        signals: Sequence[InboundSignal],
+        positions: Iterable[int],
+        *,
+        ids: Mapping[int, int] | None = None,
+        states: Mapping[str, AccountState] | None = None,
+    ) -> ForwardingPlan:
+        """Decide every event of the signals at ``positions`` (in order).
+
+        With ``ids`` the rows name their stored signal by id; without, by position (the same
+        write stores the signals). ``states`` holds the locked states of :meth:`state_accounts`.
+        """
+        current = dict(states or {})
+        changed: dict[str, AccountState] = {}
+        decisions: list[DecisionRow] = []
+        decided: list[Decision] = []
+        outbox: list[OutboxRow] = []
+        directory = self._directory
+        for o in positions:
+            signal = signals[o]
+            if signal.kind is not SignalKind.EVENT:
+                continue
+            name = signal.account
+            account = directory.get(name)
+            state = current.get(name, _DEFAULT_STATE)
+            tracked = name in current
+            signal_id = ids[o] if ids is not None else None
+            position = None if ids is not None else o
+            server = signal.transport is _SERVER
             for index, event in enumerate(signal.events):
                 state = apply_event(state, event)
                 if account is None:
@@ -125,82 +158,161 @@ class ForwardingStage:
                     event,
                     account.forwarding,
                     state,
-                    server_generated=signal.transport is Transport.SERVER,
+                    server_generated=server,
                     dialer_failed=signal.dialer_failed,
                 )
-                assert row.signal_id is not None
-                d_ids.append(row.signal_id)
-                d_index.append(index)
-                d_at.append(signal.received_at)
-                d_account.append(signal.account)
-                d_forward.append(decision.forward)
-                d_reason.append(decision.reason.value)
-                d_category.append(decision.category.value)
-                d_voice.append(decision.two_way_voice.value)
-                metrics.DECISIONS.labels(str(decision.forward).lower(), decision.reason.value).inc()
+                decisions.append(
+                    DecisionRow(
+                        o=position,
+                        s=signal_id,
+                        i=index,
+                        at=signal.received_at,
+                        a=name,
+                        f=decision.forward,
+                        r=decision.reason.value,
+                        c=decision.category.value,
+                        v=decision.two_way_voice.value,
+                    )
+                )
+                decided.append(decision)
                 if decision.forward:
-                    outbox.append((signal, row, index, event, decision))
-            if signal.account in states:
-                states[signal.account] = state
+                    outbox.append(
+                        OutboxRow(
+                            q=len(outbox),
+                            o=position,
+                            s=signal_id,
+                            i=index,
+                            a=name,
+                            lane=lane_of(decision),
+                            sa=decision.station_account or "",
+                            pr=priority_of(event, decision.category),
+                            ev=event,
+                            rx=decision.primary_receiver or "",
+                            bx=decision.backup_receiver,
+                            at=signal.received_at,
+                            v=decision.two_way_voice is _LISTEN_IN,
+                        )
+                    )
+            if tracked and state != current[name]:
+                current[name] = state
+                changed[name] = state
+        return ForwardingPlan(decisions=decisions, decided=decided, outbox=outbox, states=changed)
 
-        if d_ids:
-            await conn.execute(
-                """
-                INSERT INTO decisions (signal_id, event_index, received_at, account, forward, reason, category, two_way_voice)
-                SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::boolean[],
-                                     $6::text[], $7::text[], $8::text[])
-                ON CONFLICT DO NOTHING
-                """,
-                d_ids,
-                d_index,
-                d_at,
-                d_account,
-                d_forward,
-                d_reason,
-                d_category,
-                d_voice,
+    def finish(
+        self, plan: ForwardingPlan, done: BatchDone, handover: Handover | None = None
+    ) -> int:
+        """After the write: count the decisions stored, hand leased rows over; returns how many
+        deliveries were enqueued."""
+        kept = done.kept
+        for decision_row, decision in zip(plan.decisions, plan.decided, strict=True):
+            if decision_row.o is None or decision_row.o in kept:
+                metrics.DECISIONS.labels(
+                    "true" if decision.forward else "false", decision.reason.value
+                ).inc()
+        if handover is not None:
+            outbox = plan.outbox
+            for delivered in done.deliveries:
+                row = outbox[delivered.q]
+                if not delivered.leased:
+                    handover.unleased_lanes.add(row.lane)
+                    continue
+                if row.s is not None:
+                    signal_id = row.s
+                else:
+                    assert row.o is not None
+                    signal_id = kept[row.o]
+                handover.leased.append(
+                    OwnedDelivery(
+                        id=delivered.id,
+                        signal_id=signal_id,
+                        account=row.a,
+                        lane=row.lane,
+                        station_account=row.sa,
+                        priority=row.pr,
+                        event=row.ev,
+                        primary_receiver=row.rx,
+                        backup_receiver=row.bx,
+                        seq=delivery_seq(delivered.id),
+                        attempts=1,
+                        received_at=row.at,
+                        two_way_voice=row.v,
+                    )
+                )
+        self.enqueued += len(done.deliveries)
+        return len(done.deliveries)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def lock_states(
+        conn: asyncpg.Connection, accounts: Sequence[str]
+    ) -> dict[str, AccountState]:
+        """Lock (creating when missing) the state rows of ``accounts``, in account order."""
+        if not accounts:
+            return {}
+        # Make sure every account has a state row to lock, so two engines serialise on it.
+        await conn.execute(
+            "INSERT INTO account_state (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            accounts,
+        )
+        rows = await conn.fetch(
+            "SELECT account, phone_line_failed, panel_not_responding FROM account_state "
+            "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
+            accounts,
+        )
+        return {
+            r["account"]: AccountState(
+                phone_line_failed=r["phone_line_failed"],
+                panel_not_responding=r["panel_not_responding"],
             )
-        if outbox:
-            ids = await conn.fetchval(
-                "SELECT array_agg(nextval('deliveries_id_seq')) FROM generate_series(1, $1)",
-                len(outbox),
-            )
-            await conn.execute(
-                """
-                INSERT INTO deliveries (id, signal_id, event_index, account, lane, station_account, priority, event,
-                                        primary_receiver, backup_receiver, seq, received_at, two_way_voice)
-                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::text[], $5::text[], $6::text[],
-                                     $7::smallint[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-                                     $13::boolean[])
-                """,
-                ids,
-                [row.signal_id for _, row, _, _, _ in outbox],
-                [index for _, _, index, _, _ in outbox],
-                [signal.account for signal, _, _, _, _ in outbox],
-                [f"{d.station_account}@{d.primary_receiver}" for *_, d in outbox],
-                [d.station_account for *_, d in outbox],
-                [priority_of(event, d.category) for _, _, _, event, d in outbox],
-                [_encoder.encode(event).decode() for _, _, _, event, _ in outbox],
-                [d.primary_receiver for *_, d in outbox],
-                [d.backup_receiver for *_, d in outbox],
-                [delivery_seq(i) for i in ids],
-                [signal.received_at for signal, _, _, _, _ in outbox],
-                [d.two_way_voice is TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY for *_, d in outbox],
-            )
-        changed = [
-            a for a in accounts if a in states and states[a] != before.get(a, AccountState())
-        ]
-        if changed:
-            await conn.execute(
-                """
-                INSERT INTO account_state (account, phone_line_failed, panel_not_responding, updated_at)
-                SELECT a, p, n, now() FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS t(a, p, n)
-                ON CONFLICT (account) DO UPDATE SET phone_line_failed = EXCLUDED.phone_line_failed,
-                    panel_not_responding = EXCLUDED.panel_not_responding, updated_at = now()
-                """,
-                changed,
-                [states[a].phone_line_failed for a in changed],
-                [states[a].panel_not_responding for a in changed],
-            )
-        self.enqueued += len(outbox)
-        return len(outbox)
+            for r in rows
+        }
+
+    @staticmethod
+    async def save_states(conn: asyncpg.Connection, states: Mapping[str, AccountState]) -> None:
+        if not states:
+            return
+        accounts = sorted(states)
+        await conn.execute(
+            """
+            INSERT INTO account_state (account, phone_line_failed, panel_not_responding, updated_at)
+            SELECT a, p, n, now() FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS t(a, p, n)
+            ON CONFLICT (account) DO UPDATE SET phone_line_failed = EXCLUDED.phone_line_failed,
+                panel_not_responding = EXCLUDED.panel_not_responding, updated_at = now()
+            """,
+            accounts,
+            [states[a].phone_line_failed for a in accounts],
+            [states[a].panel_not_responding for a in accounts],
+        )
+
+    # -- for signals already stored (the timers) ------------------------------------------------
+
+    async def __call__(
+        self,
+        conn: asyncpg.Connection,
+        signals: Sequence[InboundSignal],
+        stored: Sequence[StoredSignal],
+        *,
+        duplicate_window_s: int = 0,
+    ) -> int:
+        """Decide and enqueue the newly stored ones of ``signals`` (inside the caller's
+        transaction); returns how many deliveries were enqueued. Rows are left to the claim
+        loop (the caller wakes its dispatcher after the commit)."""
+        ids = {
+            i: row.signal_id
+            for i, (signal, row) in enumerate(zip(signals, stored, strict=True))
+            if signal.kind is SignalKind.EVENT
+            and row.result is IngestResult.ACCEPTED
+            and row.signal_id is not None
+        }
+        if not ids:
+            return 0
+        states = await self.lock_states(conn, self.state_accounts([signals[i] for i in ids]))
+        plan = self.plan(signals, sorted(ids), ids=ids, states=states)
+        done = await write_batch(
+            conn,
+            BatchWrite(decisions=plan.decisions, outbox=plan.outbox),
+            duplicate_window_s=duplicate_window_s,
+        )
+        await self.save_states(conn, plan.states)
+        return self.finish(plan, done)

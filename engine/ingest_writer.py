@@ -1,26 +1,38 @@
-"""The pipeline's batch writer: one PostgreSQL transaction per batch.
+"""The pipeline's batch writer: each batch committed with its decisions and outbox rows.
 
-Inside the transaction: the signals are inserted (duplicates detected, last contact updated), then
-every new event gets its forwarding decision and, when forwarded, its outbox row. The pipeline
-acknowledges only after this returns, so an ACKed signal always has its decision and its place in
-the delivery queue.
+The batch is planned in Python (signal rows, contacts, supervision deadlines, Crash & Smash
+entries, forwarding decisions, outbox rows) and written by one call of ``ingest_batch``
+(engine/store/ingest_batch.py): one round trip, one commit. The pipeline acknowledges only after
+this returns, so an ACKed signal always has its decision and its place in the delivery queue.
+
+Two follow-ups take a transaction of their own, both rare:
+
+* batches whose decisions need an account's phone-line state lock those state rows first and
+  decide on the stored signals in the same transaction (:meth:`IngestWriter._careful`);
+* a contact from an account in a Panel Not Responding miss: after the batch, the restore is
+  committed and the miss ended together (a crash in between leaves the miss, so the next contact
+  restores it).
+
+Rows leased to this engine go to its dispatcher right after the commit (``on_leased``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
 from engine.crash_smash import CrashSmashStage
-from engine.forwarding_stage import ForwardingStage
-from engine.ingest_types import InboundSignal, IngestResult
-from engine.store.signals import StoredSignal, insert_signals_returning
+from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind
+from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
+from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 
 
 class IngestWriter:
-    """Commits a batch of signals (and their decisions and outbox rows) in one transaction."""
+    """Commits a batch of signals (and their decisions and outbox rows)."""
 
     def __init__(
         self,
@@ -31,6 +43,8 @@ class IngestWriter:
         supervision: SupervisionStage | None = None,
         crash_smash: CrashSmashStage | None = None,
         on_enqueued: Callable[[], None] | None = None,
+        on_leased: Callable[[Iterable[OwnedDelivery]], None] | None = None,
+        on_blocked: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._duplicate_window_s = duplicate_window_s
@@ -38,28 +52,102 @@ class IngestWriter:
         self._supervision = supervision
         self._crash_smash = crash_smash
         self._on_enqueued = on_enqueued
+        self._on_leased = on_leased
+        self._on_blocked = on_blocked
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
-        enqueued = 0
-        async with self._pool.acquire() as conn, conn.transaction():
-            stored = await insert_signals_returning(
-                conn, signals, duplicate_window_s=self._duplicate_window_s
+        rows = SignalRows(signals)
+        forwarding = self._forwarding
+        base = self._base_plan(signals, rows)
+        handover = Handover() if self._on_leased is not None else None
+        careful = forwarding.state_accounts(signals) if forwarding is not None else []
+        async with self._pool.acquire() as conn:
+            if careful:
+                done = await self._careful(conn, signals, base, careful, handover)
+            else:
+                plan = None
+                if forwarding is not None:
+                    events = [o for o in rows.sent if signals[o].kind is SignalKind.EVENT]
+                    plan = forwarding.plan(signals, events)
+                    base.decisions, base.outbox = plan.decisions, plan.outbox
+                    base.owner, base.lease_s = forwarding.owner, forwarding.lease_s
+                done = await write_batch(conn, base, duplicate_window_s=self._duplicate_window_s)
+                if plan is not None and forwarding is not None:
+                    forwarding.finish(plan, done, handover)
+        if self._crash_smash is not None:
+            self._crash_smash.record(done.opened, done.closed)
+        self._hand_over(handover, done)
+        if done.restores:
+            await self._restore(done.restores)
+        return [s.result for s in done.stored]
+
+    def _base_plan(self, signals: Sequence[InboundSignal], rows: SignalRows) -> BatchWrite:
+        plan = BatchWrite(signals=rows)
+        if self._supervision is not None:
+            plan.supervision = self._supervision.deadlines(signals)
+        if self._crash_smash is not None:
+            plan.opens, plan.closes = self._crash_smash.plan(signals)
+        return plan
+
+    async def _careful(
+        self,
+        conn: asyncpg.Connection,
+        signals: Sequence[InboundSignal],
+        base: BatchWrite,
+        accounts: list[str],
+        handover: Handover | None,
+    ) -> BatchDone:
+        """Lock the state rows, store, decide on what was stored, save the state: one transaction."""
+        forwarding = self._forwarding
+        assert forwarding is not None
+        async with conn.transaction():
+            states = await forwarding.lock_states(conn, accounts)
+            done = await write_batch(conn, base, duplicate_window_s=self._duplicate_window_s)
+            kept = done.kept
+            events = [o for o in sorted(kept) if signals[o].kind is SignalKind.EVENT]
+            plan = forwarding.plan(signals, events, ids=kept, states=states)
+            enqueued = await write_batch(
+                conn,
+                BatchWrite(
+                    decisions=plan.decisions,
+                    outbox=plan.outbox,
+                    owner=forwarding.owner,
+                    lease_s=forwarding.lease_s,
+                ),
+                duplicate_window_s=self._duplicate_window_s,
             )
-            all_signals: Sequence[InboundSignal] = signals
-            all_stored: Sequence[StoredSignal] = stored
-            if self._supervision is not None:
-                # A contact from an account in a Panel Not Responding miss commits its restore too.
-                restores = await self._supervision(conn, signals, stored)
-                if restores:
-                    restored = await insert_signals_returning(
-                        conn, restores, duplicate_window_s=self._duplicate_window_s
-                    )
-                    all_signals = [*signals, *restores]
-                    all_stored = [*stored, *restored]
-            if self._crash_smash is not None:
-                await self._crash_smash(conn, signals, stored)
-            if self._forwarding is not None:
-                enqueued = await self._forwarding(conn, all_signals, all_stored)
-        if enqueued and self._on_enqueued is not None:
+            await forwarding.save_states(conn, plan.states)
+        forwarding.finish(plan, enqueued, handover)
+        done.deliveries = enqueued.deliveries
+        return done
+
+    async def _restore(self, accounts: list[str]) -> None:
+        """Commit the Panel Not Responding restores of accounts found in a miss."""
+        assert self._supervision is not None
+        handover = Handover() if self._on_leased is not None else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            restores = await self._supervision.restore(conn, accounts, datetime.now(UTC))
+            if not restores:
+                return  # another engine restored them first
+            rows = SignalRows(restores)
+            plan = BatchWrite(signals=rows)
+            forwarding = self._forwarding
+            fplan = None
+            if forwarding is not None:
+                fplan = forwarding.plan(restores, rows.sent)
+                plan.decisions, plan.outbox = fplan.decisions, fplan.outbox
+                plan.owner, plan.lease_s = forwarding.owner, forwarding.lease_s
+            done = await write_batch(conn, plan, duplicate_window_s=self._duplicate_window_s)
+        if fplan is not None and forwarding is not None:
+            forwarding.finish(fplan, done, handover)
+        self._hand_over(handover, done)
+
+    def _hand_over(self, handover: Handover | None, done: BatchDone) -> None:
+        if handover is not None:
+            # Straight to the local dispatcher, right after the commit (ACKs go out meanwhile).
+            if handover.leased and self._on_leased is not None:
+                self._on_leased(handover.leased)
+            if handover.unleased_lanes and self._on_blocked is not None:
+                self._on_blocked(handover.unleased_lanes)
+        elif done.deliveries and self._on_enqueued is not None:
             self._on_enqueued()  # wake the local dispatcher right after the commit
-        return [s.result for s in stored]

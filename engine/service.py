@@ -73,7 +73,9 @@ class Engine:
             receivers = ReceiverDirectory(pool)
             await receivers.start()
             self.dispatcher = Dispatcher(pool, receivers.current, voice_command=self._voice_command)
-            forwarding = ForwardingStage(self.directory)
+            forwarding = ForwardingStage(
+                self.directory, owner=self.dispatcher.owner, lease_s=self.dispatcher.lease_s
+            )
             supervising = settings.supervision.enabled
             writer = IngestWriter(
                 pool,
@@ -91,6 +93,8 @@ class Engine:
                 if settings.crash_smash.enabled
                 else None,
                 on_enqueued=self.dispatcher.wake,
+                on_leased=self.dispatcher.adopt,
+                on_blocked=self.dispatcher.blocked,
             )
             self.crash_smash_timer = CrashSmashTimer(
                 pool,

@@ -1,8 +1,10 @@
 """Supervision: Panel Not Responding when a module is silent, and its restore on the next contact.
 
 Deadlines live in PostgreSQL (``supervision``). Every committed contact (event, NULL link test,
-MQTT check-in) moves its account's deadline to contact + interval + grace inside the ingest
-transaction; if the account was in a miss, a server-generated restore is committed with it.
+MQTT check-in) moves its account's deadline to contact + interval + grace in the same statement
+as the signal; if the account was in a miss, the engine then commits the server-generated restore
+and ends the miss in one transaction (a crash in between leaves the miss, and the next contact
+restores it).
 :class:`SupervisionTimer` wakes for the earliest deadline only (an index on due rows, no scans),
 and in one transaction marks the row missed and commits the Panel Not Responding signal with its
 decision and outbox row. ``FOR UPDATE SKIP LOCKED`` and the persisted ``missed`` flag make each miss
@@ -24,8 +26,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from engine.account_directory import AccountDirectory
 from engine.deadline_timer import DeadlineTimer
 from engine.forwarding_stage import ForwardingStage
-from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
-from engine.store.signals import StoredSignal, insert_signals_returning
+from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.store.signals import insert_signals_returning
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.supervision")
@@ -67,55 +69,45 @@ def panel_not_responding(account: str, now: datetime, *, restore: bool) -> Inbou
 
 
 class SupervisionStage:
-    """Inside the ingest transaction: push deadlines; return restore signals for missed accounts."""
+    """Plans each batch's deadline moves; commits the restores of accounts found in a miss."""
 
     def __init__(self, directory: AccountDirectory, *, grace_s: int) -> None:
         self._directory = directory
         self._grace = timedelta(seconds=grace_s)
 
-    async def __call__(
-        self,
-        conn: asyncpg.Connection,
-        signals: Sequence[InboundSignal],
-        stored: Sequence[StoredSignal],
-    ) -> list[InboundSignal]:
+    def deadlines(self, signals: Sequence[InboundSignal]) -> list[tuple[str, datetime]]:
+        """(account, new deadline) for every account the batch heard from, sorted by account.
+
+        Any valid contact counts (events, duplicates, NULL link tests, MQTT check-ins); rejected
+        payloads and server-generated signals do not. The batch's write moves each deadline on
+        (never back) and reports the accounts that were in a miss (:meth:`restore`).
+        """
         latest: dict[str, datetime] = {}
-        for signal, row in zip(signals, stored, strict=True):
-            if signal.transport is Transport.SERVER or row.result is IngestResult.REJECTED:
+        for signal in signals:
+            if signal.transport is Transport.SERVER or signal.kind is SignalKind.REJECTED:
                 continue
-            if signal.kind is SignalKind.REJECTED:
-                continue
-            if signal.account not in latest or signal.received_at > latest[signal.account]:
+            seen = latest.get(signal.account)
+            if seen is None or signal.received_at > seen:
                 latest[signal.account] = signal.received_at
-        accounts = sorted(a for a in latest if self._directory.get(a) is not None)
-        if not accounts:
-            return []
-        deadlines = []
-        for account in accounts:
-            account_row = self._directory.get(account)
-            assert account_row is not None
-            deadlines.append(
-                latest[account]
-                + timedelta(seconds=account_row.supervision_interval_s)
-                + self._grace
-            )
-        restored = await conn.fetch(
-            """
-            WITH old AS (
-                SELECT account, missed FROM supervision WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE
-            ), up AS (
-                INSERT INTO supervision AS s (account, deadline)
-                SELECT * FROM unnest($1::text[], $2::timestamptz[])
-                ON CONFLICT (account) DO UPDATE
-                    SET deadline = GREATEST(s.deadline, EXCLUDED.deadline), missed = false, missed_at = NULL, updated_at = now()
-            )
-            SELECT account FROM old WHERE missed
-            """,
-            accounts,
-            deadlines,
+        out = []
+        for account in sorted(latest):
+            row = self._directory.get(account)
+            if row is not None:
+                interval = timedelta(seconds=row.supervision_interval_s)
+                out.append((account, latest[account] + interval + self._grace))
+        return out
+
+    async def restore(
+        self, conn: asyncpg.Connection, accounts: Sequence[str], now: datetime
+    ) -> list[InboundSignal]:
+        """End the misses of ``accounts`` (still missed: another engine may have been first) and
+        return their restore signals, to be committed in the same transaction."""
+        rows = await conn.fetch(
+            "UPDATE supervision SET missed = false, missed_at = NULL, updated_at = now() "
+            "WHERE account = ANY($1::text[]) AND missed RETURNING account",
+            sorted(accounts),
         )
-        now = max(latest.values())
-        out = [panel_not_responding(r["account"], now, restore=True) for r in restored]
+        out = [panel_not_responding(r["account"], now, restore=True) for r in rows]
         if out:
             RESTORES.inc(len(out))
             for signal in out:

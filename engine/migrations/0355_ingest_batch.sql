@@ -1,0 +1,219 @@
+-- One group-commit batch in one statement: the engine plans the batch in Python (signal rows,
+-- contacts, supervision deadlines, Crash & Smash entries, decisions, outbox rows) and this function
+-- writes it. Called outside an explicit transaction it is one round trip and one commit; every
+-- statement inside sees a fresh snapshot (READ COMMITTED, VOLATILE), which the outbox step needs.
+--
+-- Positions (``o``) refer to the batch's signal rows; decisions, outbox rows and entry changes of a
+-- signal that turned out to be a duplicate of an earlier one are skipped. Decision and outbox rows
+-- may name their signal by id (``s``) instead, for signals stored by an earlier call. Supervision rows in a
+-- miss keep ``missed``: their accounts come back as 'restore' rows and the engine commits each
+-- restore (and clears the miss) in a follow-up transaction.
+--
+-- Returned rows, by kind:
+--   'signal'   ord = position, id = the new signal's id
+--   'dup'      dkey = dedupe key, id = the original's id, at = the original's received_at
+--   'restore'  account = an account whose Panel Not Responding is to be restored
+--   'opened'   account, part = a Crash & Smash entry opened
+--   'closed'   account, part, reason = a Crash & Smash entry closed
+--   'delivery' ord = outbox position, id = the delivery's id, leased = inserted leased to p_owner
+CREATE FUNCTION ingest_batch(
+    p_signals json,
+    p_window interval,
+    p_contact_accounts text[],
+    p_contact_first timestamptz[],
+    p_contact_last timestamptz[],
+    p_sup_accounts text[],
+    p_sup_deadlines timestamptz[],
+    p_opens json,
+    p_closes json,
+    p_decisions json,
+    p_outbox json,
+    p_owner text,
+    p_lease interval
+) RETURNS TABLE (kind text, ord integer, id bigint, dkey text, at timestamptz, account text,
+                 part integer, reason text, leased boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    v_pos integer[];
+    v_ids bigint[];
+    v_dkeys text[];
+    v_dids bigint[];
+    v_dats timestamptz[];
+    v_dns integer[];
+BEGIN
+    -- 1. Signals: dedupe claims, the rows, contact times (sorted accounts: one lock order).
+    WITH input AS MATERIALIZED (
+        SELECT nextval('signals_id_seq') AS sid, t.*
+        FROM json_to_recordset(p_signals)
+             AS t(o int, at timestamptz, a text, tr text, k text, p text, tok text, enc bool,
+                  seq text, rcv text, ln text, raw text, ev jsonb, cat text[], x jsonb,
+                  st timestamptz, df bool, dk text, rr text, n int)
+    ),
+    claim AS (
+        -- Claim each key, or take it over when the holder's window has expired. The no-op update
+        -- of a live key returns the holder, so a duplicate learns its original's primary key.
+        INSERT INTO signal_dedupe AS d (dedupe_key, signal_id, received_at, expires_at)
+        SELECT i.dk, i.sid, i.at, i.at + p_window
+        FROM input i WHERE i.dk IS NOT NULL AND i.k = 'event'
+        ON CONFLICT (dedupe_key) DO UPDATE SET
+            signal_id = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.signal_id ELSE d.signal_id END,
+            received_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.received_at ELSE d.received_at END,
+            expires_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.expires_at ELSE d.expires_at END
+        RETURNING d.dedupe_key, d.signal_id, d.received_at
+    ),
+    dup AS (
+        -- Keys held by an earlier signal: the claim returned a holder that is not one of ours.
+        SELECT c.dedupe_key, c.signal_id, c.received_at
+        FROM claim c WHERE NOT EXISTS (SELECT 1 FROM input i WHERE i.sid = c.signal_id)
+    ),
+    kept AS (
+        SELECT i.* FROM input i
+        WHERE i.k <> 'event' OR i.dk IS NULL
+           OR NOT EXISTS (SELECT 1 FROM dup WHERE dup.dedupe_key = i.dk)
+    ),
+    inserted AS (
+        INSERT INTO signals (id, received_at, account, transport, kind, peer, token, encrypted,
+                             seq, receiver, line, raw, events, categories, xdata, sent_at,
+                             dialer_failed, dedupe_key, reject_reason, duplicates)
+        SELECT kk.sid, kk.at, kk.a, kk.tr, kk.k, kk.p, kk.tok, kk.enc, kk.seq, kk.rcv, kk.ln,
+               decode(kk.raw, 'base64'), kk.ev, kk.cat, kk.x, kk.st, kk.df, kk.dk, kk.rr, kk.n
+        FROM kept kk
+    ),
+    touched AS (
+        UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.last_at),
+                              first_contact_at = COALESCE(a.first_contact_at, t.first_at)
+        FROM unnest(p_contact_accounts, p_contact_first, p_contact_last) AS t(account, first_at, last_at)
+        WHERE a.account = t.account
+    )
+    -- (inserted and touched run to completion although nothing reads them)
+    SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.ids, dups.ats, dups.copies
+    INTO v_pos, v_ids, v_dkeys, v_dids, v_dats, v_dns
+    FROM (SELECT array_agg(kk.o ORDER BY kk.o) AS pos, array_agg(kk.sid ORDER BY kk.o) AS ids
+          FROM kept kk) kept_rows,
+         (SELECT array_agg(d.dedupe_key) AS keys, array_agg(d.signal_id) AS ids,
+                 array_agg(d.received_at) AS ats, array_agg(1 + i.n) AS copies
+          FROM dup d JOIN input i ON i.dk = d.dedupe_key AND i.k = 'event') dups;
+    v_pos := coalesce(v_pos, '{}');
+    v_ids := coalesce(v_ids, '{}');
+
+    RETURN QUERY SELECT 'signal'::text, m.o, m.sid, NULL::text, NULL::timestamptz, NULL::text,
+                        NULL::int, NULL::text, NULL::boolean
+                 FROM unnest(v_pos, v_ids) AS m(o, sid);
+    IF v_dkeys IS NOT NULL THEN
+        -- Copies received again: counted on their original, in a statement of its own (its
+        -- fresh snapshot also sees an original another engine committed while step 1 waited).
+        UPDATE signals s SET duplicates = s.duplicates + m.n
+        FROM unnest(v_dids, v_dats, v_dns) AS m(sid, at, n)
+        WHERE s.id = m.sid AND s.received_at = m.at;
+        RETURN QUERY SELECT 'dup'::text, NULL::int, m.sid, m.k, m.at, NULL::text, NULL::int,
+                            NULL::text, NULL::boolean
+                     FROM unnest(v_dkeys, v_dids, v_dats) AS m(k, sid, at);
+    END IF;
+
+    -- 2. Supervision: every contact moves its deadline on; an account in a miss keeps the miss
+    --    and is returned (its restore is committed by the engine's follow-up transaction).
+    IF cardinality(p_sup_accounts) > 0 THEN
+        RETURN QUERY
+        WITH up AS (
+            INSERT INTO supervision AS s (account, deadline)
+            SELECT * FROM unnest(p_sup_accounts, p_sup_deadlines)
+            ON CONFLICT (account) DO UPDATE
+                SET deadline = GREATEST(s.deadline, EXCLUDED.deadline), updated_at = now()
+            RETURNING s.account, s.missed
+        )
+        SELECT 'restore'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
+               up.account, NULL::int, NULL::text, NULL::boolean
+        FROM up WHERE up.missed;
+    END IF;
+
+    -- 3. Crash & Smash entry delays opened and closed by the batch's stored signals.
+    IF p_opens IS NOT NULL THEN
+        RETURN QUERY
+        WITH opened AS (
+            INSERT INTO pending_entries (account, partition, zone, deadline, state, opened_at)
+            SELECT t.a, t.p, t.z, t.d, 'pending', now()
+            FROM json_to_recordset(p_opens) AS t(o int, a text, p int, z int, d timestamptz)
+            WHERE t.o = ANY (v_pos)
+            ORDER BY t.a, t.p
+            ON CONFLICT (account, partition) DO UPDATE SET zone = EXCLUDED.zone,
+                deadline = EXCLUDED.deadline, state = 'pending', opened_at = now(),
+                closed_reason = NULL
+            RETURNING pending_entries.account, pending_entries.partition
+        )
+        SELECT 'opened'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
+               opened.account, opened.partition, NULL::text, NULL::boolean
+        FROM opened;
+    END IF;
+    IF p_closes IS NOT NULL THEN
+        RETURN QUERY
+        WITH closed AS (
+            UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
+            FROM json_to_recordset(p_closes) AS t(o int, a text, p int, r text)
+            WHERE t.o = ANY (v_pos) AND e.account = t.a AND (t.p IS NULL OR e.partition = t.p)
+              AND e.state = 'pending'
+            RETURNING e.account, e.partition, t.r
+        )
+        SELECT 'closed'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
+               closed.account, closed.partition, closed.r, NULL::boolean
+        FROM closed;
+    END IF;
+
+    -- 4. Decisions for the stored signals' events.
+    IF p_decisions IS NOT NULL THEN
+        INSERT INTO decisions (signal_id, event_index, received_at, account, forward, reason,
+                               category, two_way_voice)
+        SELECT coalesce(t.s, m.sid), t.i, t.at, t.a, t.f, t.r, t.c, t.v
+        FROM json_to_recordset(p_decisions)
+             AS t(o int, s bigint, i smallint, at timestamptz, a text, f bool, r text, c text,
+                  v text)
+        LEFT JOIN unnest(v_pos, v_ids) AS m(o, sid) ON m.o = t.o
+        WHERE coalesce(t.s, m.sid) IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- 5. Outbox rows. The lanes' advisory locks come last (after every row lock: no cycle) and
+    --    in their own statement, so the insert's snapshot sees every committed row of those
+    --    lanes: two engines committing one lane serialise, and the second leaves its row to the
+    --    claim loop. With an owner, a row whose lane holds nothing pending that is not the
+    --    owner's is inserted leased to it: the engine sends it straight after the commit.
+    IF p_outbox IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(l.h)
+        FROM (SELECT DISTINCT hashtextextended(t.lane, 0) AS h
+              FROM json_to_recordset(p_outbox) AS t(o int, s bigint, lane text)
+              WHERE t.s IS NOT NULL OR t.o = ANY (v_pos)
+              ORDER BY 1) l;
+        RETURN QUERY
+        WITH queued AS MATERIALIZED (
+            -- ids in outbox order (the order per lane): numbered after sorting
+            SELECT nextval('deliveries_id_seq') AS did, s.*
+            FROM (SELECT coalesce(t.s, m.sid) AS sid, t.*
+                  FROM json_to_recordset(p_outbox)
+                       AS t(q int, o int, s bigint, i smallint, a text, lane text, sa text,
+                            pr smallint, ev jsonb, rx text, bx text, at timestamptz, v bool)
+                  LEFT JOIN unnest(v_pos, v_ids) AS m(o, sid) ON m.o = t.o
+                  WHERE coalesce(t.s, m.sid) IS NOT NULL
+                  ORDER BY t.q) s
+        ), clear AS (
+            SELECT DISTINCT q.lane FROM queued q
+            WHERE p_owner IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM deliveries p
+                WHERE p.lane = q.lane AND p.state = 'pending'
+                  AND p.lease_owner IS DISTINCT FROM p_owner)
+        ), ins AS (
+            INSERT INTO deliveries (id, signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, backup_receiver, seq,
+                                    received_at, two_way_voice, lease_owner, lease_until, attempts)
+            SELECT q.did, q.sid, q.i, q.a, q.lane, q.sa, q.pr, q.ev, q.rx, q.bx,
+                   lpad((q.did % 9999 + 1)::text, 4, '0'), q.at, q.v,
+                   CASE WHEN c.lane IS NOT NULL THEN p_owner END,
+                   CASE WHEN c.lane IS NOT NULL THEN now() + p_lease END,
+                   CASE WHEN c.lane IS NOT NULL THEN 1 ELSE 0 END
+            FROM queued q LEFT JOIN clear c ON c.lane = q.lane
+            RETURNING deliveries.id AS did, deliveries.lease_owner IS NOT NULL AS leased
+        )
+        SELECT 'delivery'::text, q.q, q.did, NULL::text, NULL::timestamptz, NULL::text,
+               NULL::int, NULL::text, ins.leased
+        FROM queued q JOIN ins ON ins.did = q.did;
+    END IF;
+END $$;

@@ -1,0 +1,355 @@
+"""The delivery fast path against the real PostgreSQL.
+
+A forwarded signal's outbox row is inserted leased to the committing engine when its lane is
+clear, and that engine's dispatcher sends it without a claim query; a busy lane (a retry waiting,
+another engine's row) leaves the row to the claim loop; two engines committing one lane at once
+serialise on the lane lock; a failed head hands the rows behind it back to the claim loop, which
+then sends the lane in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from engine.account_directory import AccountDirectory
+from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.delivery import Dispatcher
+from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery, delivery_seq
+from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.store.accounts import AccountStore
+from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
+from engine.store.signals import SignalRows
+from protocols.signal import Category, Classification, Event, Family
+
+WINDOW_S = 600
+
+
+def alarm(zone: int) -> Event:
+    return Event(
+        family=Family.CID,
+        code="130",
+        qualifier="1",
+        zone=zone,
+        partition=1,
+        classification=Classification(category=Category.ALARMS),
+    )
+
+
+def signal(account: str, seq: int) -> InboundSignal:
+    return InboundSignal(
+        account=account,
+        transport=Transport.TCP,
+        kind=SignalKind.EVENT,
+        received_at=datetime.now(UTC),
+        events=(alarm(seq),),
+        token="ADM-CID",
+        seq=f"{seq:04d}",
+        dedupe_key=f"{account}:{seq}",
+    )
+
+
+def forwarding_account(number: str, station_account: str) -> Account:
+    return Account(
+        account=number,
+        forwarding=ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account=station_account, primary_receiver="rx"
+        ),
+    )
+
+
+async def directory_with(pool: asyncpg.Pool, *accounts: Account) -> AccountDirectory:
+    await AccountStore(pool).upsert_many(accounts)
+    directory = AccountDirectory()
+    directory.load(accounts)
+    return directory
+
+
+async def commit(
+    conn: asyncpg.Connection,
+    stage: ForwardingStage,
+    signals: Sequence[InboundSignal],
+    handover: Handover | None = None,
+) -> BatchDone:
+    """One batch through the fast path's write, as the ingest writer does it."""
+    rows = SignalRows(signals)
+    plan = stage.plan(signals, rows.sent)
+    done = await write_batch(
+        conn,
+        BatchWrite(
+            signals=rows,
+            decisions=plan.decisions,
+            outbox=plan.outbox,
+            owner=stage.owner,
+            lease_s=stage.lease_s,
+        ),
+        duplicate_window_s=WINDOW_S,
+    )
+    stage.finish(plan, done, handover)
+    return done
+
+
+class TestLeasedAtInsert:
+    async def test_clear_lane_row_is_leased_to_the_committing_engine(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-a")
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            done = await commit(conn, stage, [signal("A1", 1)], handover)
+        [delivered] = done.deliveries
+        assert delivered.leased
+        row = await db_pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", delivered.id)
+        assert row is not None
+        assert (row["lease_owner"], row["attempts"], row["state"]) == ("engine-a", 1, "pending")
+        assert row["seq"] == delivery_seq(delivered.id)
+        assert row["lease_until"] > datetime.now(UTC)
+        [owned] = handover.leased
+        assert (owned.id, owned.lane, owned.station_account, owned.seq) == (
+            delivered.id,
+            "9001@rx",
+            "9001",
+            row["seq"],
+        )
+        assert owned.signal_id == row["signal_id"]
+        assert handover.unleased_lanes == set()
+
+    async def test_lane_with_a_row_nobody_holds_is_left_to_the_claim_loop(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-a")
+        async with db_pool.acquire() as conn:
+            first = await commit(conn, stage, [signal("A1", 1)])
+            # the first delivery failed: waiting for its retry, unleased
+            await conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE id = $1",
+                first.deliveries[0].id,
+            )
+            handover = Handover()
+            second = await commit(conn, stage, [signal("A1", 2)], handover)
+        [delivered] = second.deliveries
+        assert not delivered.leased
+        assert handover.leased == []
+        assert handover.unleased_lanes == {"9001@rx"}
+        owner = await db_pool.fetchval(
+            "SELECT lease_owner FROM deliveries WHERE id = $1", delivered.id
+        )
+        assert owner is None
+
+    async def test_own_pending_rows_keep_the_lane_clear_for_the_same_engine_only(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        mine = ForwardingStage(directory, owner="engine-a")
+        other = ForwardingStage(directory, owner="engine-b")
+        async with db_pool.acquire() as conn:
+            await commit(conn, mine, [signal("A1", 1)])
+            again = await commit(conn, mine, [signal("A1", 2)])
+            elsewhere = await commit(conn, other, [signal("A1", 3)])
+        assert again.deliveries[0].leased
+        assert not elsewhere.deliveries[0].leased
+
+    async def test_one_batch_leases_every_row_of_a_clear_lane_in_order(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-a")
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", n) for n in (1, 2, 3)], handover)
+        assert [r.event.zone for r in handover.leased] == [1, 2, 3]
+        ids = [r.id for r in handover.leased]
+        assert ids == sorted(ids)
+
+    async def test_a_duplicate_gets_no_second_decision_or_delivery(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-a")
+        original = signal("A1", 1)
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [original])
+            resent = await commit(conn, stage, [msgspec.structs.replace(original)])
+        assert resent.deliveries == []
+        assert resent.kept == {}
+        assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 1
+        assert await db_pool.fetchval("SELECT count(*) FROM deliveries") == 1
+
+    async def test_two_engines_committing_one_lane_serialise(self, db_pool: asyncpg.Pool) -> None:
+        """The second commit waits for the first one's lane lock, then sees its row: unleased."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        engine_a = ForwardingStage(directory, owner="engine-a")
+        engine_b = ForwardingStage(directory, owner="engine-b")
+        async with db_pool.acquire() as conn_a, db_pool.acquire() as conn_b:
+            tx = conn_a.transaction()
+            await tx.start()
+            first = await commit(conn_a, engine_a, [signal("A1", 1)])
+            second = asyncio.create_task(commit(conn_b, engine_b, [signal("A1", 2)]))
+            await asyncio.sleep(0.3)
+            assert not second.done(), "the second engine must wait for the lane lock"
+            await tx.commit()
+            done_b = await asyncio.wait_for(second, 10)
+        assert first.deliveries[0].leased
+        assert not done_b.deliveries[0].leased
+
+
+class FakeGroup:
+    """A receiver group that records what it was asked to send (one station, in memory)."""
+
+    def __init__(self, station: FakeStation) -> None:
+        self.station = station
+
+    async def deliver(self, *, account: str, event: Event, seq: str | None = None) -> Any:
+        return await self.station.receive(account, event)
+
+
+class Attempt(msgspec.Struct):
+    outcome: str
+    receiver: str = "rx"
+    seq: str = "0001"
+    error: str | None = None
+    family_sent: str | None = "cid"
+    acked_at: datetime | None = None
+
+
+class FakeStation:
+    def __init__(self, *, fail_zones: set[int] | None = None) -> None:
+        self.received: list[tuple[str, int | None]] = []
+        self.fail_zones = set(fail_zones or ())
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight_per_account = 0
+
+    async def receive(self, account: str, event: Event) -> Attempt:
+        self.in_flight[account] = self.in_flight.get(account, 0) + 1
+        self.max_in_flight_per_account = max(
+            self.max_in_flight_per_account, self.in_flight[account]
+        )
+        try:
+            await asyncio.sleep(0.01)
+            if event.zone in self.fail_zones:
+                self.fail_zones.discard(event.zone)  # fails once, then the retry goes through
+                return Attempt(outcome="failed", error="no answer")
+            self.received.append((account, event.zone))
+            return Attempt(outcome="acked", acked_at=datetime.now(UTC))
+        finally:
+            self.in_flight[account] -= 1
+
+
+class FakeRegistry:
+    def __init__(self, station: FakeStation) -> None:
+        self._group = FakeGroup(station)
+
+    def group(self, primary: str, backup: str | None) -> FakeGroup:
+        return self._group
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+class TestDispatcherHoldsLanes:
+    async def test_adopted_rows_go_out_in_lane_order_without_a_claim(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(
+            db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
+        )
+        station = FakeStation()
+        # A poll far away: anything delivered here went through the fast path.
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=3600)
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(
+                conn,
+                stage,
+                [signal("A1", 1), signal("A2", 7), signal("A1", 2), signal("A1", 3)],
+                handover,
+            )
+        dispatcher.start()
+        try:
+            dispatcher.wake()  # the claim loop's first round finds nothing it may claim
+            await asyncio.sleep(0.05)
+            dispatcher.adopt(handover.leased)
+
+            async def all_delivered() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                )
+                return bool(n == 4)
+
+            await wait_until(all_delivered)
+        finally:
+            await dispatcher.stop()
+        assert [z for a, z in station.received if a == "9001"] == [1, 2, 3]
+        assert ("9002", 7) in station.received
+        assert station.max_in_flight_per_account == 1
+        rows = await db_pool.fetch("SELECT lease_owner, acked_at FROM deliveries")
+        assert all(r["lease_owner"] is None and r["acked_at"] is not None for r in rows)
+
+    async def test_a_failed_head_hands_its_lane_back_and_order_holds(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation(fail_zones={1})
+        dispatcher = Dispatcher(
+            db_pool, lambda: FakeRegistry(station), poll_s=0.2, retry_base_s=0.3
+        )
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", n) for n in (1, 2, 3)], handover)
+        dispatcher.start()
+        try:
+            dispatcher.adopt(handover.leased)
+
+            async def behind_released() -> bool:
+                rows = await db_pool.fetch(
+                    "SELECT lease_owner, attempts FROM deliveries ORDER BY id"
+                )
+                return rows[0]["attempts"] == 1 and all(r["lease_owner"] is None for r in rows)
+
+            await wait_until(behind_released)
+            assert station.received == []  # nothing overtook the failed head
+
+            async def all_delivered() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                )
+                return bool(n == 3)
+
+            await wait_until(all_delivered)
+        finally:
+            await dispatcher.stop()
+        assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
+        attempts = [
+            r["attempts"]
+            for r in await db_pool.fetch("SELECT attempts FROM deliveries ORDER BY id")
+        ]
+        assert attempts == [2, 1, 1]  # the head was sent twice; the rows behind it once each
+
+    async def test_stop_hands_rows_not_yet_sent_back(self, db_pool: asyncpg.Pool) -> None:
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=3600)
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", n) for n in range(1, 21)], handover)
+        owned: list[OwnedDelivery] = handover.leased
+        dispatcher.adopt(owned)  # not started: only the head goes (one per lane)
+        await asyncio.sleep(0.001)
+        await dispatcher.stop()
+        rows = await db_pool.fetch("SELECT state, lease_owner FROM deliveries ORDER BY id")
+        assert rows[-1]["lease_owner"] is None
+        assert all(r["lease_owner"] is None for r in rows if r["state"] == "pending")
