@@ -57,7 +57,9 @@ def _provision(url: str, modules: int, station_port: int, *, aes: bool) -> None:
             await apply_migrations(conn)
             await conn.execute("INSERT INTO stations (name) VALUES ('bench')")
             await conn.execute(
-                "INSERT INTO receivers (name, station, host, port, key, key_format, ack_timeout_s) VALUES ('bench-rx', 'bench', '127.0.0.1', $1, $2, 'hex', 5)",
+                # 16 connections: a busy central-station receiver taking 100 customers' signals
+                "INSERT INTO receivers (name, station, host, port, key, key_format, ack_timeout_s, connections) "
+                "VALUES ('bench-rx', 'bench', '127.0.0.1', $1, $2, 'hex', 5, 16)",
                 station_port,
                 STATION_KEY_HEX if aes else None,
             )
