@@ -234,6 +234,16 @@ async def submit_draft(state: State, caller: Caller, draft_id: int) -> CustomerC
             raise invalid(exc.errors, warnings=exc.warnings) from None
         customer_id = await insert_customer(conn, caller, plan)
         await conn.execute("DELETE FROM drafts WHERE id = $1", draft_id)
+        await audit.record(
+            conn,
+            caller,
+            action="submit",
+            resource="draft",
+            resource_id=draft_id,
+            dealer_id=plan.dealer_id,
+            before=msgspec.json.decode(row["document"]),
+            after={"customer_id": customer_id},
+        )
         customer = await fetch_customer(conn, caller, customer_id)
     return CustomerCreated(customer=customer, summary=plan.summary, warnings=plan.warnings)
 
