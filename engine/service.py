@@ -145,7 +145,7 @@ class Engine:
             await self.dc09.start()
             await self._start_mqtt()
 
-            app = build_app(self._readiness, api_factory=self._api_factory(pool))
+            app = build_app(self._readiness, api_factory=self._api_factory(pool, receivers))
             self.http = HttpServer(app, host=settings.http.host, port=settings.http.port)
             await self.http.start()
             metrics.DATABASE_UP.set(1)
@@ -179,14 +179,20 @@ class Engine:
                 await accounts_listener.stop()
         log.info("engine_stopped")
 
-    def _api_factory(self, pool: asyncpg.Pool) -> AppFactory | None:
-        """The admin API (``/v1``) around the health handlers, unless ``api.enabled`` is false."""
+    def _api_factory(self, pool: asyncpg.Pool, receivers: ReceiverDirectory) -> AppFactory | None:
+        """The admin API (``/v1``) around the health handlers, unless ``api.enabled`` is false.
+        Station status shows this process's live receiver links (``receivers``)."""
         if not self.settings.api.enabled:
             return None
         settings = self.settings
 
         def factory(handlers: Sequence[Any]) -> Litestar:
-            return create_app(pool=pool, extra_route_handlers=handlers, settings=settings)
+            return create_app(
+                pool=pool,
+                extra_route_handlers=handlers,
+                settings=settings,
+                receiver_links=lambda: receivers.current().link_states(),
+            )
 
         return factory
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from engine.station_model import ReceiverConfig
 from receivers.dc09_client import Dc09ReceiverPool
@@ -14,6 +15,14 @@ class UnknownReceiverError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])  # KeyError would quote the message
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A receiver's link as this process sees it right now."""
+
+    link_up: bool  # the most recent exchange (frame or NULL poll) was answered
+    failed_over: bool  # a group with this receiver as primary is delivering to its backup
 
 
 class ReceiverRegistry:
@@ -64,6 +73,14 @@ class ReceiverRegistry:
             )
             self._groups[key] = group
         return group
+
+    def link_states(self) -> dict[str, LinkState]:
+        """Each IP receiver's current link state (for the admin API's station status)."""
+        failed_over = {primary for (primary, _), g in self._groups.items() if g.failed_over}
+        return {
+            name: LinkState(link_up=client.link_up, failed_over=name in failed_over)
+            for name, client in self._clients.items()
+        }
 
     def start(self) -> None:
         """Start every receiver's NULL polls (they drive link state and fail-back)."""

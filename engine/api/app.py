@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -38,6 +38,7 @@ from engine.api.problems import EXCEPTION_HANDLERS, document_problems
 from engine.api.stations import STATION_HANDLERS
 from engine.api.virtual_signals import VIRTUAL_SIGNAL_HANDLERS
 from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS, document_letter_responses
+from receivers.registry import LinkState
 
 
 class Me(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,8 +81,13 @@ def create_app(
     pool: asyncpg.Pool,
     extra_route_handlers: Sequence[Any] = (),
     settings: Any | None = None,
+    receiver_links: Callable[[], Mapping[str, LinkState]] | None = None,
 ) -> Litestar:
-    """The litestar application of the admin API (plus ``extra_route_handlers`` at the root)."""
+    """The litestar application of the admin API (plus ``extra_route_handlers`` at the root).
+
+    ``receiver_links`` gives the live link state of the engine's receivers (``serve`` passes its
+    receiver registry's); without it, station status shows the queues only (``link_up`` null).
+    """
     v1 = Router(
         path="/v1",
         route_handlers=v1_handlers(),
@@ -117,7 +123,13 @@ def create_app(
         warnings.simplefilter("ignore", LitestarDeprecationWarning)
         app = Litestar(
             route_handlers=[v1, *extra_route_handlers],
-            state=State({"pool": pool, "api_settings": api_settings(settings)}),
+            state=State(
+                {
+                    "pool": pool,
+                    "api_settings": api_settings(settings),
+                    "receiver_links": receiver_links,
+                }
+            ),
             exception_handlers=EXCEPTION_HANDLERS,
             openapi_config=openapi,
             debug=False,

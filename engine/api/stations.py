@@ -73,9 +73,13 @@ class StationOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReceiverStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """A receiver's delivery queue, from the outbox."""
+    """A receiver's live link (as the answering engine process sees it) and its delivery queue."""
 
     receiver: str
+    # True: the last exchange (a frame or a NULL poll) was answered; False: it failed; None: this
+    # process holds no connection to it (a phone receiver, or the API served without the engine).
+    link_up: bool | None = None
+    failed_over: bool | None = None  # True: deliveries meant for it go to the backup receiver
     pending: int
     oldest_pending_at: datetime | None
     dead: int
@@ -83,7 +87,7 @@ class ReceiverStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StationStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """Queue status per receiver (live link state is in the alarmrelay_receiver_* metrics)."""
+    """Live link and queue status per receiver of a station."""
 
     station: str
     receivers: list[ReceiverStatus]
@@ -310,9 +314,10 @@ async def put_receiver(
     return after
 
 
-@get("/stations/{name:str}/status", summary="Delivery queue status per receiver")
+@get("/stations/{name:str}/status", summary="Live link and delivery queue status per receiver")
 async def station_status(state: State, caller: Caller, name: str) -> StationStatus:
-    """Pending deliveries and their oldest age, dead letters, deliveries in the last hour."""
+    """Link up or down and failed over (live, in the engine process that answers), pending
+    deliveries and their oldest age, dead letters, deliveries in the last hour."""
     station = await _visible_station(state.pool, caller, name, change=False)
     rows = await state.pool.fetch(
         """
@@ -326,7 +331,18 @@ async def station_status(state: State, caller: Caller, name: str) -> StationStat
         """,
         station.name,
     )
-    return StationStatus(station=station.name, receivers=[ReceiverStatus(**dict(r)) for r in rows])
+    links = state.receiver_links() if state.receiver_links is not None else {}
+    receivers = []
+    for row in rows:
+        link = links.get(row["receiver"])
+        receivers.append(
+            ReceiverStatus(
+                **dict(row),
+                link_up=link.link_up if link else None,
+                failed_over=link.failed_over if link else None,
+            )
+        )
+    return StationStatus(station=station.name, receivers=receivers)
 
 
 STATION_HANDLERS = [

@@ -1,5 +1,5 @@
 """A customer created through the API: its DC-09 signal reaches the station simulator and shows in
-its history with the decision and the delivery."""
+its history with the decision and the delivery; the station's live receiver status follows the link."""
 
 from __future__ import annotations
 
@@ -85,6 +85,26 @@ class TestApiToStation:
                     await client.get(f"/v1/customers/{created.json()['customer']['id']}")
                 ).json()
                 assert customer["first_contact_at"] is not None and customer["can_log_in"] is True
+
+                # The engine's own HTTP port serves the API with its live receiver links.
+                assert engine.http is not None
+                live = httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{engine.http.port}",
+                    headers=client.headers,
+                    timeout=10.0,
+                )
+                async with live:
+                    status = (await live.get("/v1/stations/Central/status")).json()
+                    [rx] = status["receivers"]
+                    assert (rx["receiver"], rx["link_up"], rx["failed_over"]) == ("rx", True, False)
+                    assert (rx["pending"], rx["dead"], rx["delivered_last_hour"]) == (0, 0, 1)
+                    await station.stop()  # the station goes away: its NULL polls fail
+                    for _ in range(200):
+                        rx = (await live.get("/v1/stations/Central/status")).json()["receivers"][0]
+                        if rx["link_up"] is False:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert rx["link_up"] is False
         finally:
             await station.stop()
 
