@@ -89,13 +89,14 @@ class AesKey:
         if len(plain) % _BLOCK:
             raise ValueError(_BLOCK_LENGTH_ERROR)
         encrypt = self._ecb_encrypt
-        out = []
-        previous = 0
-        for start in range(0, len(plain), _BLOCK):
-            block = int.from_bytes(plain[start : start + _BLOCK], "big") ^ previous
-            cipher_block = encrypt(block.to_bytes(_BLOCK, "big"))
-            out.append(cipher_block)
-            previous = int.from_bytes(cipher_block, "big")
+        block = encrypt(plain[:_BLOCK])  # P₁ ⊕ 0 is P₁
+        out = [block]
+        for start in range(_BLOCK, len(plain), _BLOCK):
+            chained = int.from_bytes(plain[start : start + _BLOCK], "big") ^ int.from_bytes(
+                block, "big"
+            )
+            block = encrypt(chained.to_bytes(_BLOCK, "big"))
+            out.append(block)
         return b"".join(out)
 
     def decrypt(self, cipher_bytes: bytes) -> bytes:
