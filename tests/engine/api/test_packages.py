@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import httpx
 
-from engine.api.serials import MODULE_TYPES, derived_account, luhn_ok, serial_problem
+from engine.api.serials import (
+    MODULE_TYPES,
+    derived_account,
+    detect_module_type,
+    luhn_ok,
+    serial_problem,
+)
 from engine.api.timezones import zone_for_zip
 from tests.engine.api.catalog_setup import create_packages
 from tests.engine.api.conftest import Api
@@ -76,6 +82,19 @@ class TestSerials:
         assert serial_problem(MODULE_TYPES["dual-path"], "DP00A1B2C3D4") is None
         assert serial_problem(MODULE_TYPES["dual-path"], "BB00A1B2C3D4") is not None
         assert serial_problem(MODULE_TYPES["lte"], "490154203237518") is None
+
+    def test_every_module_type_checks_its_own_format(self) -> None:
+        """Each module type accepts its documented example, and no serial-format type accepts
+        another type's example; serial-format examples are detected as their own type."""
+        for module in MODULE_TYPES.values():
+            assert serial_problem(module, module.serial_example) is None, module.code
+            for other in MODULE_TYPES.values():
+                if other.identifier == "serial" and other.code != module.code:
+                    assert serial_problem(other, module.serial_example) is not None
+            if module.identifier == "serial":
+                assert detect_module_type(module.serial_example) is module
+            else:
+                assert detect_module_type(module.serial_example) is None  # an IMEI: choose
 
     def test_derived_account(self) -> None:
         """A hex serial is its own DC-09 account number; others map to 12 hex digits."""
