@@ -31,6 +31,14 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     two_way_voice: str
 
 
+class FailedAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt that the receiver did not acknowledge."""
+
+    at: datetime
+    receiver: str
+    error: str
+
+
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     """One event's delivery to the monitoring station: how many attempts were made, the first
     and the acknowledged one's times, the last failure, and (while pending) the next attempt."""
@@ -47,6 +55,8 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     acked_at: datetime | None
     last_error: str | None
     next_attempt_at: datetime | None  # null once delivered or dead-lettered
+    # The failed attempts, oldest first (the latest 20); the final outcome is acked_at/state.
+    failed_attempts: list[FailedAttempt]
     two_way_voice: bool
     voice_session_at: datetime | None
 
@@ -108,6 +118,7 @@ async def signal_history(
                                 'receiver_used', v.receiver_used, 'family_sent', v.family_sent, 'first_sent_at', v.first_sent_at,
                                 'acked_at', v.acked_at, 'last_error', v.last_error, 'two_way_voice', v.two_way_voice,
                                 'next_attempt_at', CASE WHEN v.state = 'pending' THEN v.next_attempt_at END,
+                                'failed_attempts', coalesce(v.failed_attempts, '[]'::jsonb),
                                 'voice_session_at', v.voice_session_at) ORDER BY v.event_index)
                          FROM deliveries v WHERE v.signal_id = s.id), '[]')::text AS deliveries
         FROM signals s

@@ -111,8 +111,8 @@ class TestApiToStation:
     async def test_failed_attempts_shown_until_delivered(
         self, api: Api, admin: httpx.AsyncClient, database_url: str
     ) -> None:
-        """While the station drops frames the history shows the delivery pending with its attempts,
-        the last error and the next attempt; once it answers, delivered after several attempts."""
+        """While the station drops frames the history shows the delivery pending with each failed
+        attempt, the last error and the next attempt; once it answers, delivered, every attempt listed."""
         station = StationSimulator(mode="drop")
         await station.start()
         try:
@@ -166,6 +166,11 @@ class TestApiToStation:
                 assert pending["state"] == "pending"
                 assert pending["last_error"] == "no answer within the ACK timeout"
                 assert pending["next_attempt_at"] is not None and pending["acked_at"] is None
+                failures = pending["failed_attempts"]
+                assert isinstance(failures, list) and len(failures) >= 1
+                assert {(f["receiver"], f["error"]) for f in failures} == {
+                    ("rx", "no answer within the ACK timeout")
+                }
                 station.set_mode("ack")
                 for _ in range(400):
                     done = await delivery()
@@ -175,5 +180,10 @@ class TestApiToStation:
                 assert done["state"] == "delivered" and done["receiver_used"] == "rx"
                 assert int(str(done["attempts"])) >= 3
                 assert done["acked_at"] is not None and done["next_attempt_at"] is None
+                # Every attempt is shown: the failures, oldest first, then the acknowledged one.
+                failed = done["failed_attempts"]
+                assert isinstance(failed, list) and len(failed) == int(str(done["attempts"])) - 1
+                times = [f["at"] for f in failed]
+                assert times == sorted(times) and times[-1] < str(done["acked_at"])
         finally:
             await station.stop()
