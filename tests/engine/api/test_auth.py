@@ -131,7 +131,11 @@ class TestOpenApi:
         client = api.client(None)
         doc = (await client.get("/schema/openapi.json")).json()
         assert "/v1/dealers" in doc["paths"]
-        assert (await client.get("/schema/swagger")).status_code == 200
+        for page in ("/schema/swagger", "/schema/redoc"):
+            answer = await client.get(page)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith(
+                "text/html"
+            )
 
     async def test_unknown_route_is_problem(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A 404 route is a problem document too."""
