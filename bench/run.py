@@ -35,7 +35,8 @@ from typing import Any
 import psutil
 import uvloop
 
-from bench.load import BENCH_KEY_ASCII, Result, account_name, mqtt_module_fleet, run_tcp
+from bench.load import BENCH_KEY_ASCII, Result, account_name, run_tcp
+from bench.load_mqtt import MQTT_SCENARIO, lean_module_fleet, mqtt_engine_config
 from protocols.dc09_crypto import AesKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,7 +319,13 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
 
             asyncio.run(serials())
             with tempfile.TemporaryDirectory() as tmp:
-                config = _engine_config(Path(tmp), url, mqtt_prefix=prefix)
+                config = mqtt_engine_config(
+                    Path(tmp),
+                    url,
+                    prefix=prefix,
+                    mqtt=MQTT_SCENARIO["mqtt"],
+                    database=MQTT_SCENARIO["database"],
+                )
                 with child(
                     [sys.executable, "-m", "engine", "serve", "--config", str(config)],
                     ready_word="engine_ready",
@@ -328,14 +335,14 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
                     def load() -> Result:
                         result = Result(started=time.perf_counter())
                         uvloop.run(
-                            mqtt_module_fleet(
+                            lean_module_fleet(
                                 "127.0.0.1",
                                 1883,
                                 modules,
                                 prefix=prefix,
                                 duration=duration,
                                 result=result,
-                                inflight=512,
+                                inflight=MQTT_SCENARIO["inflight"],
                             )
                         )
                         result.ended = time.perf_counter()

@@ -1,24 +1,30 @@
 """MQTT ingest: a shared subscription, each message committed before it is acknowledged.
 
 Acknowledgement is two-fold and both happen only after the commit: the ``ack`` publish to the
-module, and the MQTT PUBACK to the broker (paho's manual-ack mode). If the commit fails the
-message is not PUBACKed; the engine reconnects with its persistent session so the broker delivers
-it again. A reconnect loop with exponential backoff keeps the subscriber alive; a semaphore
-bounds the messages in flight.
+module (QoS 1), and, once the broker has taken that ack (its PUBACK), our PUBACK of the module's
+message. PUBACKs leave in the order the messages arrived (MQTT 5 §4.6), so a message is PUBACKed
+only when it and every message before it are done. If the commit fails the message is not
+PUBACKed: the engine reconnects with its persistent session (clean start false) and the broker
+delivers it again (a message committed meanwhile is then acked ``duplicate``).
+
+The client is alarmrelay's own (:mod:`engine.mqtt_client` over :mod:`protocols.mqtt_codec`): each
+message is handled in the read callback with no task of its own, the commit is a future from the
+sink (:meth:`engine.pipeline.IngestPipeline.enqueue`), and the writes of one loop iteration leave
+in one system call. Why not aiomqtt/paho: docs/mqtt.md, "Client". The broker may have at most
+``max_inflight`` messages unacknowledged with us (our Receive Maximum); past that (QoS 0 messages
+count too) reading pauses. A reconnect loop with exponential backoff keeps the subscriber alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiomqtt
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import Counter
 
 from engine.events_signal import signal_from_events
@@ -30,6 +36,8 @@ from engine.ingest_types import (
     SignalKind,
     Transport,
 )
+from engine.mqtt_client import CONNECTION_LOST, MqttConnection, MqttError, connect
+from protocols.mqtt_codec import Publish, reason_name
 from protocols.mqtt_payloads import (
     AckStatus,
     AckV1,
@@ -57,6 +65,26 @@ _RESULT_STATUS = {
     IngestResult.DUPLICATE: AckStatus.DUPLICATE,
     IngestResult.REJECTED: AckStatus.REJECTED,
 }
+_COUNTED: dict[tuple[str, str], Any] = {}  # bound label children: one dict lookup per message
+
+
+def _count(kind: str, result: str) -> None:
+    child = _COUNTED.get((kind, result))
+    if child is None:
+        child = _COUNTED[kind, result] = MQTT_MESSAGES.labels(kind, result)
+    child.inc()
+
+
+class _Message:
+    """One received message until it is acknowledged (or its connection is gone)."""
+
+    __slots__ = ("connection", "done", "packet_id", "puback")
+
+    def __init__(self, connection: MqttConnection, packet_id: int) -> None:
+        self.connection = connection
+        self.packet_id = packet_id  # 0 for QoS 0: nothing to PUBACK
+        self.done = False
+        self.puback = False  # done and committed: PUBACK it when its turn comes
 
 
 class MqttListener:
@@ -78,9 +106,16 @@ class MqttListener:
         reconnect_max_s: float = 30.0,
         max_inflight: int = 1000,
         max_payload_bytes: int = 16_384,
+        max_packet_bytes: int = 1_048_576,
+        keep_alive_s: int = 30,
         session_expiry_s: int = 3600,
     ) -> None:
         self._sink = sink
+        enqueue = getattr(sink, "enqueue", None)
+        # The pipeline's enqueue gives a future per signal (no task); any other sink is awaited.
+        self._enqueue: Callable[[InboundSignal], asyncio.Future[IngestResult]] = (
+            enqueue if callable(enqueue) else self._submit_task
+        )
         self._resolver = resolver
         self._host, self._port = host, port
         self._username, self._password = username, password
@@ -89,16 +124,23 @@ class MqttListener:
         self._prefix = topic_prefix.rstrip("/")
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
-        self._inflight = asyncio.Semaphore(max_inflight)
-        self._max_inflight = max_inflight
+        self._max_inflight = min(max_inflight, 65_535)
         self._max_payload = max_payload_bytes
+        self._max_packet = max(max_packet_bytes, max_payload_bytes + 1024)
+        self._keep_alive_s = keep_alive_s
         self._session_expiry_s = session_expiry_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._current: MqttConnection | None = None  # the connection messages now come on
+        self._order: deque[_Message] = deque()  # its QoS 1 messages, in arrival order
+        self._paused = False
+        self._inflight = 0  # messages being committed and acked, all connections
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._reconnect_now = asyncio.Event()
         self._stopping = False
         self.connected = False
         self.subscribed = asyncio.Event()
-        self._active: aiomqtt.Client | None = None
+        self._active: MqttConnection | None = None
+        self._ack_topics: dict[str, str] = {}
 
     @classmethod
     def from_settings(
@@ -119,54 +161,48 @@ class MqttListener:
             reconnect_max_s=settings.reconnect_max_s,
             max_inflight=settings.max_inflight,
             max_payload_bytes=settings.max_payload_bytes,
+            max_packet_bytes=settings.max_packet_bytes,
+            keep_alive_s=settings.keep_alive_s,
         )
 
-    def _client(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
-        properties.SessionExpiryInterval = self._session_expiry_s
-        # The broker may have this many QoS 1 messages unacknowledged with us (we PUBACK only
-        # after the commit); without it Mosquitto keeps 20 in flight and caps throughput.
-        properties.ReceiveMaximum = min(65535, self._max_inflight)
-        client = aiomqtt.Client(
-            self._host,
-            self._port,
-            username=self._username,
-            password=self._password,
-            identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,  # resume the session: unacknowledged messages are redelivered
-            properties=properties,
-            max_queued_incoming_messages=0,
-            max_inflight_messages=self._max_inflight,  # our acks in flight (paho defaults to 20)
-        )
-        # aiomqtt logs a warning per publish once more than 10 are awaiting their PUBACK; with up
-        # to max_inflight acks in flight by design, that is normal here and the log line per
-        # message cost ~8 % of the engine's CPU under load (py-spy).
-        client.pending_calls_threshold = self._max_inflight
-        return client
+    # -- connection loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, subscribe and process messages until :meth:`stop`; reconnect on failure."""
         delay = self._reconnect_min_s
         while not self._stopping:
+            connection: MqttConnection | None = None
             try:
-                async with self._client() as client:
-                    # paho's manual-ack mode: PUBACK only when we call ack() after the commit.
-                    client._client.manual_ack_set(True)
-                    base = f"$share/{self._group}/{self._prefix}/modules/+"
-                    await client.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
-                    self.connected = True
-                    self._active = client
-                    self.subscribed.set()
-                    delay = self._reconnect_min_s
-                    log.info(
-                        "mqtt_connected",
-                        host=self._host,
-                        port=self._port,
-                        client_id=self._client_id,
-                    )
-                    await self._consume(client)
-            except aiomqtt.MqttError as exc:
+                connection = await connect(
+                    self._host,
+                    self._port,
+                    client_id=self._client_id,
+                    on_publish=self._on_publish,
+                    clean_start=False,  # resume the session: unacknowledged messages come again
+                    session_expiry_s=self._session_expiry_s,
+                    receive_maximum=self._max_inflight,
+                    max_packet_size=self._max_packet,
+                    keep_alive_s=self._keep_alive_s,
+                    username=self._username,
+                    password=self._password,
+                )
+                self._active = connection
+                base = f"$share/{self._group}/{self._prefix}/modules/+"
+                await connection.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
+                self.connected = True
+                self.subscribed.set()
+                delay = self._reconnect_min_s
+                log.info(
+                    "mqtt_connected",
+                    host=self._host,
+                    port=self._port,
+                    client_id=self._client_id,
+                    session_present=bool(connection.connack and connection.connack.session_present),
+                )
+                reason = await self._until_closed(connection)
+                if reason is not None and not self.stopping:
+                    log.warning("mqtt_disconnected", error=str(reason), retry_in_s=delay)
+            except MqttError as exc:
                 if self.stopping:
                     break
                 log.warning("mqtt_disconnected", error=str(exc), retry_in_s=delay)
@@ -174,45 +210,34 @@ class MqttListener:
                 self.connected = False
                 self._active = None
                 self.subscribed.clear()
+                if connection is not None and connection.is_open:
+                    connection.disconnect()
             if self.stopping:
                 break
             MQTT_RECONNECTS.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max_s)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
+        """Wait for the connection to end, or for a reconnect or stop request (then close it)."""
         self._reconnect_now.clear()
-        messages = aiter(client.messages)
-        reconnect = asyncio.create_task(self._reconnect_now.wait(), name="mqtt-reconnect-wait")
+        closed = asyncio.ensure_future(connection.wait_closed())
+        asked = asyncio.ensure_future(self._reconnect_now.wait())
         try:
-            while not self._stopping:
-                nxt = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({nxt, reconnect}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(
-                        asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError
-                    ):
-                        await nxt
-                    break
-                message = nxt.result()
-                await self._inflight.acquire()
-                task = asyncio.create_task(self._handle(client, message), name="mqtt-message")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            await asyncio.wait({closed, asked}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reconnect.cancel()
-            if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=10)
-
-    async def send_command(self, serial: str, command: StartVoiceSessionV1) -> None:
-        """Publish a command (QoS 1) on the module's commands topic; raises when not connected."""
-        client = self._active
-        if client is None:
-            raise RuntimeError("not connected to the MQTT broker")
-        await client.publish(
-            topic(self._prefix, serial, TopicKind.COMMANDS), encode(command), qos=1
-        )
+            asked.cancel()
+        if closed.done():
+            return closed.result()
+        closed.cancel()
+        if self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 10)
+            connection.disconnect()
+            return None
+        # A commit failed: drop the connection so the broker delivers what we did not PUBACK.
+        connection.disconnect()
+        return MqttError("reconnecting so the broker redelivers an uncommitted message")
 
     @property
     def stopping(self) -> bool:
@@ -220,77 +245,180 @@ class MqttListener:
         return self._stopping
 
     async def stop(self) -> None:
-        """Stop consuming; in-flight messages finish first."""
+        """Stop consuming; in-flight messages finish first (at most 10 s)."""
         self._stopping = True
+        if self._active is not None:
+            self._active.pause_reading()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), 10)
         self._reconnect_now.set()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=10)
 
-    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        try:
-            await self._process(client, message)
-        except IngestUnavailable as exc:
-            # Not committed: no ack, no PUBACK. Reconnect so the broker redelivers it.
-            MQTT_MESSAGES.labels("any", "not_committed").inc()
-            log.warning("mqtt_not_committed", topic=str(message.topic), reason=str(exc))
-            self._reconnect_now.set()
-        except aiomqtt.MqttError as exc:
-            log.warning("mqtt_ack_failed", error=str(exc))
-        finally:
-            self._inflight.release()
-
-    async def _process(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        now = datetime.now(UTC)
-        raw = (
-            message.payload
-            if isinstance(message.payload, bytes)
-            else str(message.payload or "").encode()
+    async def send_command(self, serial: str, command: StartVoiceSessionV1) -> None:
+        """Publish a command (QoS 1) on the module's commands topic and wait for the PUBACK."""
+        connection = self._active
+        if connection is None or not connection.is_open:
+            raise RuntimeError("not connected to the MQTT broker")
+        await connection.publish_wait(
+            topic(self._prefix, serial, TopicKind.COMMANDS), encode(command)
         )
+
+    # -- one message ---------------------------------------------------------------------------
+
+    def _on_publish(self, connection: MqttConnection, packet: Publish) -> None:
+        """A message from the broker (in the read callback): start its commit."""
+        if connection is not self._current:
+            # The first message of a new connection (it may come before connect() returns).
+            self._current = connection
+            self._order = deque()
+            self._paused = False
+        message = _Message(connection, packet.packet_id)
+        if packet.packet_id:
+            self._order.append(message)
+        self._inflight += 1
+        if self._inflight == 1:
+            self._drained.clear()
+        if self._inflight > self._max_inflight and not self._paused:
+            # Only QoS 0 messages get past our Receive Maximum: stop reading until they drain.
+            self._paused = True
+            connection.pause_reading()
         try:
-            serial, kind = parse_topic(str(message.topic), self._prefix)
+            serial, kind = parse_topic(packet.topic, self._prefix)
         except MqttPayloadError as exc:
-            log.warning("mqtt_bad_topic", topic=str(message.topic), error=str(exc))
-            self._puback(client, message)
+            log.warning("mqtt_bad_topic", topic=packet.topic, error=str(exc))
+            self._finish(message, puback=True)
             return
         account = self._resolver(serial)
         if account is None:
             # Unknown module: nothing to store it under; told so, and counted.
-            MQTT_MESSAGES.labels(kind.value, "unknown_module").inc()
-            await self._reply(
-                client,
+            _count(kind.value, "unknown_module")
+            self._reply(
+                message,
                 serial,
                 AckV1(msg_id=None, status=AckStatus.REJECTED, reason="unknown module"),
             )
-            self._puback(client, message)
             return
-        signal, msg_id = self._signal(serial, account, kind, raw, now)
-        result = await self._sink.submit(signal)
-        status = _RESULT_STATUS[result]
-        MQTT_MESSAGES.labels(kind.value, status.value).inc()
-        await self._reply(
-            client, serial, AckV1(msg_id=msg_id, status=status, reason=signal.reject_reason)
+        signal, msg_id = self._signal(serial, account, kind, packet.payload)
+        try:
+            future = self._enqueue(signal)
+        except IngestUnavailable as exc:
+            self._not_committed(message, packet.topic, exc)
+            return
+        future.add_done_callback(
+            lambda done: self._committed(done, message, serial, kind, msg_id, signal)
         )
-        self._puback(client, message)
+
+    def _committed(
+        self,
+        future: asyncio.Future[IngestResult],
+        message: _Message,
+        serial: str,
+        kind: TopicKind,
+        msg_id: str | None,
+        signal: InboundSignal,
+    ) -> None:
+        if future.cancelled():
+            self._not_committed(message, serial, IngestUnavailable("commit cancelled"))
+            return
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, IngestUnavailable):
+                log.error("mqtt_commit_error", error=repr(error))
+            self._not_committed(message, serial, error)
+            return
+        status = _RESULT_STATUS[future.result()]
+        _count(kind.value, status.value)
+        self._reply(
+            message, serial, AckV1(msg_id=msg_id, status=status, reason=signal.reject_reason)
+        )
+
+    def _not_committed(self, message: _Message, where: str, exc: BaseException) -> None:
+        # Not committed: no ack, no PUBACK. Reconnect so the broker redelivers it.
+        _count("any", "not_committed")
+        log.warning("mqtt_not_committed", topic=where, reason=str(exc))
+        self._finish(message, puback=False)
+        self._reconnect_now.set()
+
+    def _reply(self, message: _Message, serial: str, ack: AckV1) -> None:
+        """Publish the ack; PUBACK the module's message once the broker has the ack."""
+        connection = message.connection
+        if not connection.is_open:
+            self._finish(message, puback=False)  # redelivered after the reconnect
+            return
+        ack_topic = self._ack_topics.get(serial)
+        if ack_topic is None:
+            ack_topic = topic(self._prefix, serial, TopicKind.ACK)
+            if len(self._ack_topics) < 100_000:
+                self._ack_topics[serial] = ack_topic
+
+        def acked(code: int) -> None:
+            if code == CONNECTION_LOST:
+                self._finish(message, puback=False)
+                return
+            if code >= 0x80:
+                # Committed, but the broker refused the ack (ACL?): redelivery would not help.
+                log.warning("mqtt_ack_refused", serial=serial, reason=reason_name(code))
+            self._finish(message, puback=True)
+
+        try:
+            connection.publish(ack_topic, encode(ack), 1, acked)
+        except MqttError as exc:
+            log.warning("mqtt_ack_failed", error=str(exc))
+            self._finish(message, puback=False)
+
+    def _finish(self, message: _Message, *, puback: bool) -> None:
+        message.done = True
+        message.puback = puback
+        self._inflight -= 1
+        if not self._inflight:
+            self._drained.set()
+        if message.connection is self._current:
+            if message.packet_id:
+                self._release_in_order()
+            if self._paused and self._inflight <= self._max_inflight * 3 // 4:
+                self._paused = False
+                if not self._stopping:
+                    message.connection.resume_reading()
+
+    def _release_in_order(self) -> None:
+        """PUBACK the done messages at the head of the arrival order (MQTT 5 §4.6)."""
+        order = self._order
+        while order and order[0].done:
+            head = order[0]
+            if not head.puback:
+                return  # not committed: it and everything after it come again after a reconnect
+            order.popleft()
+            head.connection.puback(head.packet_id)
+
+    def _submit_task(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
+        return asyncio.ensure_future(self._sink.submit(signal))
 
     def _signal(
-        self, serial: str, account: str, kind: TopicKind, raw: bytes, now: datetime
+        self, serial: str, account: str, kind: TopicKind, raw: bytes
     ) -> tuple[InboundSignal, str | None]:
-        common: dict[str, Any] = {
-            "account": account,
-            "transport": Transport.MQTT,
-            "received_at": now,
-            "peer": serial,
-            "raw": raw,
-        }
+        now = datetime.now(UTC)
         try:
             if kind is TopicKind.CHECKIN:
                 checkin = decode_checkin(raw, max_bytes=self._max_payload)
                 return InboundSignal(
-                    kind=SignalKind.CHECKIN, sent_at=checkin.sent_at, **common
+                    account=account,
+                    transport=Transport.MQTT,
+                    kind=SignalKind.CHECKIN,
+                    received_at=now,
+                    peer=serial,
+                    raw=raw,
+                    sent_at=checkin.sent_at,
                 ), checkin.msg_id
             payload = decode_events(raw, max_bytes=self._max_payload)
         except MqttPayloadError as exc:
-            return InboundSignal(kind=SignalKind.REJECTED, reject_reason=str(exc), **common), None
+            return InboundSignal(
+                account=account,
+                transport=Transport.MQTT,
+                kind=SignalKind.REJECTED,
+                received_at=now,
+                peer=serial,
+                raw=raw,
+                reject_reason=str(exc),
+            ), None
         return (
             signal_from_events(
                 payload,
@@ -303,11 +431,3 @@ class MqttListener:
             ),
             payload.msg_id,
         )
-
-    async def _reply(self, client: aiomqtt.Client, serial: str, ack: AckV1) -> None:
-        await client.publish(topic(self._prefix, serial, TopicKind.ACK), encode(ack), qos=1)
-
-    @staticmethod
-    def _puback(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        if message.qos > 0:
-            client._client.ack(message.mid, message.qos)

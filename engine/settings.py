@@ -100,8 +100,11 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     topic_prefix: str = "alarmrelay/v1"
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 30.0
-    max_inflight: Positive = 1000  # unacknowledged QoS 1 messages being committed
-    max_payload_bytes: Positive = 16_384
+    max_inflight: Annotated[int, msgspec.Meta(gt=0, le=65_535)] = 1000  # our Receive Maximum
+    max_payload_bytes: Positive = 16_384  # larger payloads get a rejected ack
+    # Our Maximum Packet Size: the broker drops larger messages for us (no ack at all).
+    max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024, le=268_435_460)] = 1_048_576
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 30  # 0: no keep-alive
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
