@@ -14,23 +14,60 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import psutil
 
 from bench.load import Result
 from engine.mqtt_client import MqttConnection, connect
 from protocols.mqtt_codec import Publish
 
 # What the MQTT scenario of bench.run passes: the generator's window and the engine's settings.
+# BENCH_MQTT_SCENARIO (JSON, same keys) overrides them to explore: e.g.
+# '{"database": {"commit_writers": 2}}'.
 MQTT_SCENARIO: Final[dict[str, Any]] = {
     "inflight": 512,
-    "mqtt": {"max_inflight": 1000},
+    "mqtt": {"max_inflight": 1000, "connections": 4},
     "database": {},
 }
+for _key, _value in json.loads(os.environ.get("BENCH_MQTT_SCENARIO", "{}")).items():
+    if isinstance(_value, dict):
+        MQTT_SCENARIO[_key] = {**MQTT_SCENARIO[_key], **_value}
+    else:
+        MQTT_SCENARIO[_key] = _value
+
+
+class BrokerCpu:
+    """CPU seconds the Mosquitto process used since this object was made (0 when not found)."""
+
+    def __init__(self) -> None:
+        self._proc = next(
+            (
+                p
+                for p in psutil.process_iter(["name"])
+                if (p.info["name"] or "").startswith("mosquitto")
+            ),
+            None,
+        )
+        self._start = self._cpu()
+
+    def _cpu(self) -> float:
+        if self._proc is None:
+            return 0.0
+        try:
+            times = self._proc.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def seconds(self) -> float:
+        """CPU seconds since construction."""
+        return self._cpu() - self._start
 
 
 class _Ack(msgspec.Struct):

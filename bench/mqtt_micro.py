@@ -51,7 +51,7 @@ class InstantSink:
         return future
 
 
-async def _serve_listener(prefix: str, max_inflight: int) -> None:
+async def _serve_listener(prefix: str, max_inflight: int, connections: int) -> None:
     from engine.mqtt_listener import MqttListener
 
     sink = InstantSink()
@@ -62,6 +62,7 @@ async def _serve_listener(prefix: str, max_inflight: int) -> None:
         topic_prefix=prefix,
         max_inflight=max_inflight,
         session_expiry_s=0,
+        connections=connections,
     )
     task = asyncio.create_task(listener.run())
     await asyncio.wait_for(listener.subscribed.wait(), 10)
@@ -69,6 +70,9 @@ async def _serve_listener(prefix: str, max_inflight: int) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("READY", flush=True)
     await stop.wait()
+    conn = listener._active
+    if conn is not None:
+        print(f"IO reads={conn.reads} writes={conn.writes}", flush=True)
     await listener.stop()
     task.cancel()
     print(f"HANDLED {sink.count}", flush=True)
@@ -87,11 +91,26 @@ def _mosquitto() -> psutil.Process | None:
 
 
 def run_once(
-    *, duration: float, inflight: int, generator: str, modules: int, profile: Path | None
+    *,
+    duration: float,
+    inflight: int,
+    generator: str,
+    modules: int,
+    profile: Path | None,
+    connections: int,
 ) -> dict[str, float]:
     prefix = f"micro-{secrets.token_hex(3)}/v1"
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench.mqtt_micro", "--serve-listener", "--prefix", prefix],
+        [
+            sys.executable,
+            "-m",
+            "bench.mqtt_micro",
+            "--serve-listener",
+            "--prefix",
+            prefix,
+            "--connections",
+            str(connections),
+        ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
@@ -152,6 +171,8 @@ def run_once(
     acked = max(1, result.acked)
     out: dict[str, float] = {
         "acked": result.acked,
+        "sent": result.sent,
+        "timeouts": result.timeouts,
         "signals_per_s": summary["signals_per_s"],
         "p50_ms": summary["p50_ms"],
         "p99_ms": summary["p99_ms"],
@@ -160,6 +181,13 @@ def run_once(
         out[f"{name}_cpu_s"] = round(end[name] - before, 2)
         out[f"{name}_us_per_msg"] = round((end[name] - before) / acked * 1e6, 1)
     out["handled"] = float(tail.split("HANDLED")[-1].split()[0]) if "HANDLED" in tail else -1
+    for line in tail.splitlines():
+        if "warning" in line or "error" in line:
+            print("listener:", line.strip(), file=sys.stderr)
+        if line.startswith("IO "):
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                out[f"listener_{key}_per_msg"] = round(int(value) / acked, 3)
     return out
 
 
@@ -202,9 +230,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--generator", choices=["aiomqtt", "lean"], default="lean")
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--connections", type=int, default=1, help="the listener's MQTT sessions")
     args = parser.parse_args()
     if args.serve_listener:
-        uvloop.run(_serve_listener(args.prefix, max_inflight=1000))
+        uvloop.run(_serve_listener(args.prefix, max_inflight=1000, connections=args.connections))
         return
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeats):
@@ -215,6 +244,7 @@ def main() -> None:
                 generator=args.generator,
                 modules=args.modules,
                 profile=args.profile,
+                connections=args.connections,
             )
         )
         print(runs[-1], flush=True)

@@ -36,7 +36,7 @@ import psutil
 import uvloop
 
 from bench.load import BENCH_KEY_ASCII, Result, account_name, run_tcp
-from bench.load_mqtt import MQTT_SCENARIO, lean_module_fleet, mqtt_engine_config
+from bench.load_mqtt import MQTT_SCENARIO, BrokerCpu, lean_module_fleet, mqtt_engine_config
 from protocols.dc09_crypto import AesKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,6 +348,7 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
                         result.ended = time.perf_counter()
                         return result
 
+                    broker = BrokerCpu()
                     out.append(
                         measure(
                             "alarmrelay MQTT ingest (QoS 1, ack after commit)",
@@ -356,9 +357,16 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
                             postgres=True,
                         )
                     )
+                    out[-1].cpu_s["mosquitto"] = broker.seconds()
         finally:
             _drop_database(url)
-        print(f"    {out[-1].summary['signals_per_s']:.0f}/s", file=sys.stderr)
+        cpu = out[-1].cpu_s
+        print(
+            f"    {out[-1].summary['signals_per_s']:.0f}/s; CPU s: engine {cpu['target']:.1f}, "
+            f"postgres {cpu['postgres']:.1f}, generator {cpu['loadgen']:.1f}, "
+            f"mosquitto {cpu['mosquitto']:.1f}",
+            file=sys.stderr,
+        )
     return out
 
 

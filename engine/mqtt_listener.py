@@ -11,8 +11,8 @@ The client is alarmrelay's own (:mod:`engine.mqtt_client` over :mod:`protocols.m
 message is handled in the read callback with no task of its own, the commit is a future from the
 sink (:meth:`engine.pipeline.IngestPipeline.enqueue`), and the writes of one loop iteration leave
 in one system call. Why not aiomqtt/paho: docs/mqtt.md, "Client". The broker may have at most
-``max_inflight`` messages unacknowledged with us (our Receive Maximum); past that (QoS 0 messages
-count too) reading pauses. A reconnect loop with exponential backoff keeps the subscriber alive.
+``max_inflight`` messages unacknowledged with us (our Receive Maximum, split over the sessions).
+Each session has a reconnect loop with exponential backoff.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ MQTT_MESSAGES = Counter(
     ["kind", "result"],
 )
 MQTT_RECONNECTS = Counter("alarmrelay_mqtt_reconnects_total", "Reconnections to the MQTT broker.")
+MQTT_OVERRUNS = Counter(
+    "alarmrelay_mqtt_receive_maximum_exceeded_total",
+    "QoS 1 messages the broker sent beyond our Receive Maximum (taken, not refused).",
+)
 
 _RESULT_STATUS = {
     IngestResult.ACCEPTED: AckStatus.ACCEPTED,
@@ -78,17 +82,156 @@ def _count(kind: str, result: str) -> None:
 class _Message:
     """One received message until it is acknowledged (or its connection is gone)."""
 
-    __slots__ = ("connection", "done", "packet_id", "puback")
+    __slots__ = ("connection", "done", "packet_id", "puback", "session")
 
-    def __init__(self, connection: MqttConnection, packet_id: int) -> None:
+    def __init__(self, session: _Session, connection: MqttConnection, packet_id: int) -> None:
+        self.session = session
         self.connection = connection
         self.packet_id = packet_id  # 0 for QoS 0: nothing to PUBACK
         self.done = False
         self.puback = False  # done and committed: PUBACK it when its turn comes
 
 
+class _Session:
+    """One MQTT session (client id) of the engine: its connection, reconnect loop and PUBACK order."""
+
+    def __init__(self, listener: MqttListener, client_id: str, receive_maximum: int) -> None:
+        self.listener = listener
+        self.client_id = client_id
+        self.receive_maximum = receive_maximum
+        self.active: MqttConnection | None = None  # connected and subscribed
+        self.current: MqttConnection | None = None  # the connection messages now come on
+        self.order: deque[_Message] = deque()  # its QoS 1 messages, in arrival order
+        self.overruns_seen = 0
+        self.reconnect_now = asyncio.Event()
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect, subscribe and wait for the connection to end; again, with backoff."""
+        owner = self.listener
+        delay = owner._reconnect_min_s
+        while not owner._stopping:
+            connection: MqttConnection | None = None
+            try:
+                connection = await connect(
+                    owner._host,
+                    owner._port,
+                    client_id=self.client_id,
+                    on_publish=self.on_publish,
+                    clean_start=False,  # resume the session: unacknowledged messages come again
+                    session_expiry_s=owner._session_expiry_s,
+                    receive_maximum=self.receive_maximum,
+                    max_packet_size=owner._max_packet,
+                    keep_alive_s=owner._keep_alive_s,
+                    username=owner._username,
+                    password=owner._password,
+                )
+                base = f"$share/{owner._group}/{owner._prefix}/modules/+"
+                await connection.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
+                self.active = connection
+                self.subscribed.set()
+                owner._session_up()
+                delay = owner._reconnect_min_s
+                log.info(
+                    "mqtt_connected",
+                    host=owner._host,
+                    port=owner._port,
+                    client_id=self.client_id,
+                    session_present=bool(connection.connack and connection.connack.session_present),
+                )
+                reason = await self._until_closed(connection)
+                if reason is not None and not owner.stopping:
+                    log.warning(
+                        "mqtt_disconnected",
+                        client_id=self.client_id,
+                        error=str(reason),
+                        retry_in_s=delay,
+                    )
+            except MqttError as exc:
+                if owner.stopping:
+                    break
+                log.warning(
+                    "mqtt_disconnected", client_id=self.client_id, error=str(exc), retry_in_s=delay
+                )
+            finally:
+                self.active = None
+                self.subscribed.clear()
+                owner._session_down()
+                if connection is not None and connection.is_open:
+                    connection.disconnect()
+            if owner.stopping:
+                break
+            MQTT_RECONNECTS.inc()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, owner._reconnect_max_s)
+
+    async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
+        """Wait for the connection to end, or for a reconnect or stop request (then close it)."""
+        self.reconnect_now.clear()
+        closed = asyncio.ensure_future(connection.wait_closed())
+        asked = asyncio.ensure_future(self.reconnect_now.wait())
+        try:
+            await asyncio.wait({closed, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+        if closed.done():
+            return closed.result()
+        closed.cancel()
+        if self.listener.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.listener._drained.wait(), 10)
+            connection.disconnect()
+            return None
+        # A message was not committed: drop the connection so the broker delivers it again.
+        connection.disconnect()
+        return MqttError("reconnecting so the broker redelivers an uncommitted message")
+
+    def on_publish(self, connection: MqttConnection, packet: Publish) -> None:
+        """A message from the broker (in the read callback)."""
+        if self.listener.stopping:
+            return  # not PUBACKed: the broker sends it again to this session after the restart
+        if connection is not self.current:
+            # The first message of a new connection (it may come before connect() returns).
+            self.current = connection
+            self.order = deque()
+            self.overruns_seen = 0
+        message = _Message(self, connection, packet.packet_id)
+        if packet.packet_id:
+            self.order.append(message)
+        if connection.overruns != self.overruns_seen:
+            MQTT_OVERRUNS.inc(connection.overruns - self.overruns_seen)
+            self.overruns_seen = connection.overruns
+        self.listener._process(message, packet)
+
+    def finished(self, message: _Message) -> None:
+        """``message`` is done: PUBACK what the arrival order allows.
+
+        Reading never pauses to wait for in-flight messages: finishing one takes the PUBACK of its
+        ack, read from this same connection. The broker's respect of our Receive Maximum and the
+        ingest pipeline's own bound (it refuses past ``max_pending``) limit the work in flight.
+        """
+        if message.connection is not self.current or not message.packet_id:
+            return  # QoS 0, or its connection is gone: the broker sends it again on the new one
+        order = self.order
+        while order and order[0].done:
+            head = order[0]
+            if not head.puback:
+                # Not committed: it (and everything after it) must come again, which takes a
+                # new connection.
+                self.reconnect_now.set()
+                break
+            order.popleft()
+            head.connection.puback(head.packet_id)
+
+
 class MqttListener:
-    """Subscribes to module topics through ``$share/<group>/…`` and feeds the ingest sink."""
+    """Subscribes to module topics through ``$share/<group>/…`` and feeds the ingest sink.
+
+    ``connections`` sessions (client ids ``client_id``, ``client_id-1``, …) share the
+    subscription: each has its own Receive Maximum towards the broker, and the broker's towards
+    us (Mosquitto's ``max_inflight_messages``, 20 by default) bounds the acks each can have in
+    flight.
+    """
 
     def __init__(
         self,
@@ -109,6 +252,7 @@ class MqttListener:
         max_packet_bytes: int = 1_048_576,
         keep_alive_s: int = 30,
         session_expiry_s: int = 3600,
+        connections: int = 1,
     ) -> None:
         self._sink = sink
         enqueue = getattr(sink, "enqueue", None)
@@ -119,27 +263,25 @@ class MqttListener:
         self._resolver = resolver
         self._host, self._port = host, port
         self._username, self._password = username, password
-        self._client_id = client_id
         self._group = shared_group
         self._prefix = topic_prefix.rstrip("/")
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
-        self._max_inflight = min(max_inflight, 65_535)
         self._max_payload = max_payload_bytes
         self._max_packet = max(max_packet_bytes, max_payload_bytes + 1024)
         self._keep_alive_s = keep_alive_s
         self._session_expiry_s = session_expiry_s
-        self._current: MqttConnection | None = None  # the connection messages now come on
-        self._order: deque[_Message] = deque()  # its QoS 1 messages, in arrival order
-        self._paused = False
-        self._inflight = 0  # messages being committed and acked, all connections
+        count = max(1, connections)
+        per_session = max(1, min(65_535, -(-max_inflight // count)))
+        self._sessions = [
+            _Session(self, client_id if n == 0 else f"{client_id}-{n}", per_session)
+            for n in range(count)
+        ]
+        self._inflight = 0  # messages being committed and acked, all sessions
         self._drained = asyncio.Event()
         self._drained.set()
-        self._reconnect_now = asyncio.Event()
         self._stopping = False
-        self.connected = False
-        self.subscribed = asyncio.Event()
-        self._active: MqttConnection | None = None
+        self.subscribed = asyncio.Event()  # every session is connected and subscribed
         self._ack_topics: dict[str, str] = {}
 
     @classmethod
@@ -163,100 +305,52 @@ class MqttListener:
             max_payload_bytes=settings.max_payload_bytes,
             max_packet_bytes=settings.max_packet_bytes,
             keep_alive_s=settings.keep_alive_s,
+            connections=settings.connections,
         )
 
-    # -- connection loop -----------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, subscribe and process messages until :meth:`stop`; reconnect on failure."""
-        delay = self._reconnect_min_s
-        while not self._stopping:
-            connection: MqttConnection | None = None
-            try:
-                connection = await connect(
-                    self._host,
-                    self._port,
-                    client_id=self._client_id,
-                    on_publish=self._on_publish,
-                    clean_start=False,  # resume the session: unacknowledged messages come again
-                    session_expiry_s=self._session_expiry_s,
-                    receive_maximum=self._max_inflight,
-                    max_packet_size=self._max_packet,
-                    keep_alive_s=self._keep_alive_s,
-                    username=self._username,
-                    password=self._password,
-                )
-                self._active = connection
-                base = f"$share/{self._group}/{self._prefix}/modules/+"
-                await connection.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
-                self.connected = True
-                self.subscribed.set()
-                delay = self._reconnect_min_s
-                log.info(
-                    "mqtt_connected",
-                    host=self._host,
-                    port=self._port,
-                    client_id=self._client_id,
-                    session_present=bool(connection.connack and connection.connack.session_present),
-                )
-                reason = await self._until_closed(connection)
-                if reason is not None and not self.stopping:
-                    log.warning("mqtt_disconnected", error=str(reason), retry_in_s=delay)
-            except MqttError as exc:
-                if self.stopping:
-                    break
-                log.warning("mqtt_disconnected", error=str(exc), retry_in_s=delay)
-            finally:
-                self.connected = False
-                self._active = None
-                self.subscribed.clear()
-                if connection is not None and connection.is_open:
-                    connection.disconnect()
-            if self.stopping:
-                break
-            MQTT_RECONNECTS.inc()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_s)
+        """Run every session until :meth:`stop` (each reconnects on failure by itself)."""
+        await asyncio.gather(*(session.run() for session in self._sessions))
 
-    async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
-        """Wait for the connection to end, or for a reconnect or stop request (then close it)."""
-        self._reconnect_now.clear()
-        closed = asyncio.ensure_future(connection.wait_closed())
-        asked = asyncio.ensure_future(self._reconnect_now.wait())
-        try:
-            await asyncio.wait({closed, asked}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            asked.cancel()
-        if closed.done():
-            return closed.result()
-        closed.cancel()
-        if self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), 10)
-            connection.disconnect()
-            return None
-        # A commit failed: drop the connection so the broker delivers what we did not PUBACK.
-        connection.disconnect()
-        return MqttError("reconnecting so the broker redelivers an uncommitted message")
+    @property
+    def connected(self) -> bool:
+        """True while every session is connected and subscribed."""
+        return self.subscribed.is_set()
+
+    def _session_up(self) -> None:
+        if all(session.active is not None for session in self._sessions):
+            self.subscribed.set()
+
+    def _session_down(self) -> None:
+        self.subscribed.clear()
 
     @property
     def stopping(self) -> bool:
         """True once stop() was called."""
         return self._stopping
 
+    @property
+    def _active(self) -> MqttConnection | None:
+        """An open connection (the first session's when it has one)."""
+        for session in self._sessions:
+            if session.active is not None and session.active.is_open:
+                return session.active
+        return None
+
     async def stop(self) -> None:
-        """Stop consuming; in-flight messages finish first (at most 10 s)."""
+        """Stop taking messages; those in flight finish first (at most 10 s)."""
         self._stopping = True
-        if self._active is not None:
-            self._active.pause_reading()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), 10)
-        self._reconnect_now.set()
+        for session in self._sessions:
+            session.reconnect_now.set()
 
     async def send_command(self, serial: str, command: StartVoiceSessionV1) -> None:
         """Publish a command (QoS 1) on the module's commands topic and wait for the PUBACK."""
         connection = self._active
-        if connection is None or not connection.is_open:
+        if connection is None:
             raise RuntimeError("not connected to the MQTT broker")
         await connection.publish_wait(
             topic(self._prefix, serial, TopicKind.COMMANDS), encode(command)
@@ -264,23 +358,11 @@ class MqttListener:
 
     # -- one message ---------------------------------------------------------------------------
 
-    def _on_publish(self, connection: MqttConnection, packet: Publish) -> None:
-        """A message from the broker (in the read callback): start its commit."""
-        if connection is not self._current:
-            # The first message of a new connection (it may come before connect() returns).
-            self._current = connection
-            self._order = deque()
-            self._paused = False
-        message = _Message(connection, packet.packet_id)
-        if packet.packet_id:
-            self._order.append(message)
+    def _process(self, message: _Message, packet: Publish) -> None:
+        """Start the commit of a received message."""
         self._inflight += 1
         if self._inflight == 1:
             self._drained.clear()
-        if self._inflight > self._max_inflight and not self._paused:
-            # Only QoS 0 messages get past our Receive Maximum: stop reading until they drain.
-            self._paused = True
-            connection.pause_reading()
         try:
             serial, kind = parse_topic(packet.topic, self._prefix)
         except MqttPayloadError as exc:
@@ -332,11 +414,10 @@ class MqttListener:
         )
 
     def _not_committed(self, message: _Message, where: str, exc: BaseException) -> None:
-        # Not committed: no ack, no PUBACK. Reconnect so the broker redelivers it.
+        # Not committed: no ack, no PUBACK; the session reconnects so the broker redelivers it.
         _count("any", "not_committed")
         log.warning("mqtt_not_committed", topic=where, reason=str(exc))
         self._finish(message, puback=False)
-        self._reconnect_now.set()
 
     def _reply(self, message: _Message, serial: str, ack: AckV1) -> None:
         """Publish the ack; PUBACK the module's message once the broker has the ack."""
@@ -371,23 +452,7 @@ class MqttListener:
         self._inflight -= 1
         if not self._inflight:
             self._drained.set()
-        if message.connection is self._current:
-            if message.packet_id:
-                self._release_in_order()
-            if self._paused and self._inflight <= self._max_inflight * 3 // 4:
-                self._paused = False
-                if not self._stopping:
-                    message.connection.resume_reading()
-
-    def _release_in_order(self) -> None:
-        """PUBACK the done messages at the head of the arrival order (MQTT 5 §4.6)."""
-        order = self._order
-        while order and order[0].done:
-            head = order[0]
-            if not head.puback:
-                return  # not committed: it and everything after it come again after a reconnect
-            order.popleft()
-            head.connection.puback(head.packet_id)
+        message.session.finished(message)
 
     def _submit_task(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
         return asyncio.ensure_future(self._sink.submit(signal))

@@ -105,6 +105,8 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Our Maximum Packet Size: the broker drops larger messages for us (no ack at all).
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024, le=268_435_460)] = 1_048_576
     keep_alive_s: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 30  # 0: no keep-alive
+    # MQTT sessions of this engine in the shared group (client ids client_id, client_id-1, ...).
+    connections: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
