@@ -11,7 +11,7 @@ Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, per
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -19,12 +19,11 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from engine.account_model import Account
-from engine.deadline_timer import DeadlineTimer
+from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer, utc_now
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.ingest_batch import EntryClose, EntryOpen
 from engine.store.signals import insert_signals_returning
-from engine.supervision import TIMER_LAG
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.crash_smash")
@@ -99,6 +98,7 @@ class CrashSmashStage:
         dialer_delay_s: int,
         grace_s: int,
         entry_codes: frozenset[str] = frozenset(),
+        entry_delay_s: int = 30,
         accounts: AccountLookup | None = None,
     ) -> None:
         self._extra = timedelta(seconds=dialer_delay_s + grace_s)
@@ -107,7 +107,8 @@ class CrashSmashStage:
         self._entry_codes = (
             entry_codes  # "cid:XYZ" / "sia:XX" codes that mean "entry delay started"
         )
-        self._default_entry_s = 30
+        # A DC-09 entry code does not say how long the entry delay is: this is assumed.
+        self._code_entry = timedelta(seconds=entry_delay_s)
 
     def _extra_for(self, account: str) -> timedelta:
         """Dialer delay + grace: the account's own dialer delay when it has one."""
@@ -117,6 +118,9 @@ class CrashSmashStage:
         return timedelta(seconds=row.dialer_delay_s + self._grace_s)
 
     def _entry_from_event(self, event: Event) -> bool:
+        """A configured entry code, as a new event (a Contact ID restore, Q=3, opens nothing)."""
+        if event.family is Family.CID and event.qualifier not in ("1", None):
+            return False
         return f"{event.family.value}:{event.code}" in self._entry_codes
 
     def plan(self, signals: Sequence[InboundSignal]) -> tuple[list[EntryOpen], list[EntryClose]]:
@@ -144,11 +148,7 @@ class CrashSmashStage:
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
                     partition = event.partition or 1
-                    due = (
-                        signal.received_at
-                        + timedelta(seconds=self._default_entry_s)
-                        + self._extra_for(account)
-                    )
+                    due = signal.received_at + self._code_entry + self._extra_for(account)
                     opens[(account, partition)] = EntryOpen(
                         o=o, a=account, p=partition, z=event.zone, d=due
                     )
@@ -191,14 +191,19 @@ class CrashSmashTimer(DeadlineTimer):
         duplicate_window_s: int,
         max_sleep_s: float = 1.0,
         on_enqueued: Callable[[], None] | None = None,
+        batch: int = 200,
+        clock: Clock = utc_now,
     ) -> None:
-        super().__init__(max_sleep_s=max_sleep_s)
+        super().__init__(max_sleep_s=max_sleep_s, clock=clock)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
         self._on_enqueued = on_enqueued
+        self._batch = batch
 
-    async def seconds_to_next(self) -> float:
+    async def seconds_to_next(self, now: datetime) -> float:
+        # The partial index ``pending_entries_due`` holds only pending timers (a handful), so the
+        # count for the gauge costs as little as the minimum.
         row = await self._pool.fetchrow(
             "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries WHERE state = 'pending'"
         )
@@ -206,28 +211,31 @@ class CrashSmashTimer(DeadlineTimer):
             PENDING.set(0)
             return self._max_sleep_s
         PENDING.set(row["n"])
-        return float((row["next"] - datetime.now(UTC)).total_seconds())
+        return float((row["next"] - now).total_seconds())
 
-    async def fire_due(self) -> int:
+    async def fire_due(self, now: datetime) -> int:
+        """Raise a Crash & Smash alarm for every entry timer due at ``now``."""
         async with self._pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
                 """
                 SELECT account, partition, zone, deadline FROM pending_entries
-                WHERE state = 'pending' AND deadline <= now()
-                ORDER BY deadline LIMIT 200 FOR UPDATE SKIP LOCKED
-                """
+                WHERE state = 'pending' AND deadline <= $2
+                ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+                """,
+                self._batch,
+                now,
             )
             if not due:
                 return 0
             await conn.execute(
                 """
-                UPDATE pending_entries e SET state = 'fired', closed_at = now()
+                UPDATE pending_entries e SET state = 'fired', closed_at = $3
                 FROM unnest($1::text[], $2::int[]) AS t(a, p) WHERE e.account = t.a AND e.partition = t.p
                 """,
                 [r["account"] for r in due],
                 [r["partition"] for r in due],
+                now,
             )
-            now = datetime.now(UTC)
             signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
             stored = await insert_signals_returning(
                 conn, signals, duplicate_window_s=self._duplicate_window_s
@@ -239,6 +247,7 @@ class CrashSmashTimer(DeadlineTimer):
                 "crash_smash_alarm", account=r["account"], partition=r["partition"], zone=r["zone"]
             )
         FIRED.inc(len(due))
+        TIMERS_FIRED.labels("crash_smash").inc(len(due))
         self.fired += len(due)
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()

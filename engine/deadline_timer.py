@@ -1,8 +1,12 @@
-"""The loop shared by the durable timers (supervision, Crash & Smash).
+"""The loop shared by the durable timers (supervision, Crash & Smash, virtual modules).
 
-A timer fires every due row in short transactions (``fire_due``), then sleeps until the next
-deadline the database reports (``seconds_to_next``), never longer than ``max_sleep_s`` so new
-shorter deadlines are picked up. Database trouble is logged and retried after ``max_sleep_s``.
+Time is an argument: the loop reads its clock once per round and passes ``now`` to
+:meth:`DeadlineTimer.fire_due` (fire every row due at ``now``, in short transactions) and to
+:meth:`DeadlineTimer.seconds_to_next` (how long until the next deadline, read from an index on the
+pending rows only). It then sleeps that long, never longer than ``max_sleep_s`` (so a shorter
+deadline committed by another engine is picked up), or until :meth:`DeadlineTimer.wake`. Tests
+give a fake clock and call ``fire_due(now)`` directly. Database trouble is logged and retried after
+``max_sleep_s``.
 """
 
 from __future__ import annotations
@@ -10,11 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
+from prometheus_client import Counter, Histogram
 
 log = structlog.get_logger("engine.timers")
+
+Clock = Callable[[], datetime]
+
+TIMER_LAG = Histogram(
+    "alarmrelay_timer_lag_seconds",
+    "From a timer's deadline to its firing.",
+    ["timer"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+TIMERS_FIRED = Counter(
+    "alarmrelay_timers_fired_total",
+    "Durable timers fired (a Panel Not Responding or a Crash & Smash alarm committed).",
+    ["timer"],
+)
+
+
+def utc_now() -> datetime:
+    """The runtime's clock (aware, UTC)."""
+    return datetime.now(UTC)
 
 
 class DeadlineTimer(ABC):
@@ -22,21 +48,27 @@ class DeadlineTimer(ABC):
 
     name = "timer"
 
-    def __init__(self, *, max_sleep_s: float) -> None:
+    def __init__(self, *, max_sleep_s: float, clock: Clock = utc_now) -> None:
         self._max_sleep_s = max_sleep_s
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.fired = 0
 
     @abstractmethod
-    async def fire_due(self) -> int:
-        """Fire what is due now; return how many fired."""
+    async def fire_due(self, now: datetime) -> int:
+        """Fire what is due at ``now``; return how many fired."""
 
     @abstractmethod
-    async def seconds_to_next(self) -> float:
-        """Seconds until the next deadline (``max_sleep_s`` when there is none)."""
+    async def seconds_to_next(self, now: datetime) -> float:
+        """Seconds from ``now`` until the next deadline (``max_sleep_s`` when there is none)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-timer")
+
+    def wake(self) -> None:
+        """Look again now (the clock moved, or a nearer deadline was committed)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -46,11 +78,14 @@ class DeadlineTimer(ABC):
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # before looking: a wake() from here on is not lost
             wait = self._max_sleep_s
             try:
-                if await self.fire_due():
+                now = self._clock()
+                if await self.fire_due(now):
                     continue
-                wait = await self.seconds_to_next()
+                wait = await self.seconds_to_next(now)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("timer_failed", timer=self.name, error=repr(exc))
-            await asyncio.sleep(min(self._max_sleep_s, max(0.01, wait)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(self._max_sleep_s, max(0.01, wait)))

@@ -24,6 +24,7 @@ from engine.api.app import create_app
 from engine.crash_smash import CrashSmashStage, CrashSmashTimer
 from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
+from engine.deadline_timer import Clock, utc_now
 from engine.delivery import Dispatcher
 from engine.forwarding_stage import ForwardingStage
 from engine.http_server import AppFactory, HttpServer, build_app
@@ -44,8 +45,9 @@ log = structlog.get_logger("engine.service")
 class Engine:
     """One engine process. ``run`` returns after a clean shutdown once ``stop`` is set."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now) -> None:
         self.settings = settings
+        self._clock = clock  # the durable timers' clock (tests pass a fake one)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
         self.dc09: Dc09Server | None = None
@@ -88,6 +90,7 @@ class Engine:
                     dialer_delay_s=settings.crash_smash.dialer_delay_s,
                     grace_s=settings.crash_smash.grace_s,
                     entry_codes=frozenset(settings.crash_smash.entry_codes),
+                    entry_delay_s=settings.crash_smash.entry_delay_s,
                     accounts=self.directory,
                 )
                 if settings.crash_smash.enabled
@@ -101,6 +104,7 @@ class Engine:
                 forwarding,
                 duplicate_window_s=settings.dc09.duplicate_window_s,
                 on_enqueued=self.dispatcher.wake,
+                clock=self._clock,
             )
             self.supervision_timer = SupervisionTimer(
                 pool,
@@ -108,6 +112,7 @@ class Engine:
                 duplicate_window_s=settings.dc09.duplicate_window_s,
                 max_sleep_s=settings.supervision.max_sleep_s,
                 on_enqueued=self.dispatcher.wake,
+                clock=self._clock,
             )
             self.pipeline = IngestPipeline(
                 writer,

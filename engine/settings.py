@@ -29,6 +29,8 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: an ephemeral port (tes
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
+EntryCode = Annotated[str, msgspec.Meta(pattern=r"^(cid:[0-9]{3}|sia:[A-Z]{2})$")]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -162,7 +164,12 @@ class CrashSmashSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fie
     enabled: bool = True
     dialer_delay_s: NonNegative = 30  # the panel's dialer delay, added to the entry delay
     grace_s: NonNegative = 30  # transmission latency margin
-    entry_codes: tuple[str, ...] = ()  # DC-09 codes meaning "entry delay started", e.g. "cid:134"
+    entry_codes: tuple[
+        EntryCode, ...
+    ] = ()  # DC-09 codes meaning "entry delay started", e.g. "cid:134"
+    entry_delay_s: NonNegative = (
+        30  # the entry delay assumed for those codes (they do not carry it)
+    )
 
 
 class VirtualSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,30 +1,34 @@
 """Supervision: Panel Not Responding when a module is silent, and its restore on the next contact.
 
 Deadlines live in PostgreSQL (``supervision``). Every committed contact (event, NULL link test,
-MQTT check-in) moves its account's deadline to contact + interval + grace in the same statement
-as the signal; if the account was in a miss, the engine then commits the server-generated restore
-and ends the miss in one transaction (a crash in between leaves the miss, and the next contact
-restores it).
-:class:`SupervisionTimer` wakes for the earliest deadline only (an index on due rows, no scans),
-and in one transaction marks the row missed and commits the Panel Not Responding signal with its
-decision and outbox row. ``FOR UPDATE SKIP LOCKED`` and the persisted ``missed`` flag make each miss
-fire exactly once across engine processes and restarts.
+MQTT check-in, virtual check-in) moves its account's deadline to contact + interval + grace in the
+same statement as the signal; if the account was in a miss, the engine then commits the
+server-generated restore and ends the miss in one transaction (a crash in between leaves the
+miss, and the next contact restores it). Changing an account's interval (the 6-hour add-on, a
+per-account value down to 200 s) moves its pending deadline at once (a trigger, migration 0352).
+:class:`SupervisionTimer` wakes for the earliest deadline only (the partial index
+``supervision_due`` holds only rows that can fire: no scans), and in one transaction marks the
+row missed and commits the Panel Not Responding signal with its decision and outbox row.
+``FOR UPDATE SKIP LOCKED`` and the persisted ``missed`` flag make each miss fire exactly once
+across engine processes and restarts.
 
 Upstream the signal is Contact ID 356 (loss of central polling), Q=1 for the miss and Q=3 for the
-restore; it carries its own category (Panel Not Responding) and is not re-classified.
+restore (SIA YC / YK to a SIA-only receiver); it carries its own category (Panel Not Responding)
+and is not re-classified.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from engine.account_directory import AccountDirectory
-from engine.deadline_timer import DeadlineTimer
+from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer, utc_now
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.signals import insert_signals_returning
@@ -38,13 +42,10 @@ MISSES = Counter(
 RESTORES = Counter(
     "alarmrelay_supervision_restores_total", "Panel Not Responding restored by a contact."
 )
-TIMER_LAG = Histogram(
-    "alarmrelay_timer_lag_seconds",
-    "From a timer's deadline to its firing.",
-    ["timer"],
-    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+SUPERVISED = Gauge(
+    "alarmrelay_supervised_modules",
+    "Modules with a pending supervision deadline (counted every supervised_count_s, not per tick).",
 )
-SUPERVISED = Gauge("alarmrelay_supervised_modules", "Modules with a supervision deadline.")
 
 PNR_CODE = "356"
 
@@ -129,42 +130,53 @@ class SupervisionTimer(DeadlineTimer):
         max_sleep_s: float = 5.0,
         on_enqueued: Callable[[], None] | None = None,
         batch: int = 500,
+        clock: Clock = utc_now,
+        supervised_count_s: float = 60.0,
     ) -> None:
-        super().__init__(max_sleep_s=max_sleep_s)
+        super().__init__(max_sleep_s=max_sleep_s, clock=clock)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
         self._on_enqueued = on_enqueued
         self._batch = batch
+        self._count_every_s = supervised_count_s
+        self._counted_at = float("-inf")
 
-    async def seconds_to_next(self) -> float:
-        row = await self._pool.fetchrow(
-            "SELECT min(deadline) AS next, count(*) AS n FROM supervision WHERE NOT missed"
+    async def seconds_to_next(self, now: datetime) -> float:
+        """The earliest pending deadline: one probe of the ``supervision_due`` index."""
+        nearest = await self._pool.fetchval(
+            "SELECT min(deadline) FROM supervision WHERE NOT missed"
         )
-        SUPERVISED.set(row["n"] if row else 0)
-        if row is None or row["next"] is None:
+        if time.monotonic() - self._counted_at >= self._count_every_s:
+            # Counting a million rows is not free: the gauge is refreshed once a minute, never per tick.
+            SUPERVISED.set(
+                await self._pool.fetchval("SELECT count(*) FROM supervision WHERE NOT missed")
+            )
+            self._counted_at = time.monotonic()
+        if nearest is None:
             return self._max_sleep_s
-        return float((row["next"] - datetime.now(UTC)).total_seconds())
+        return float((nearest - now).total_seconds())
 
-    async def fire_due(self) -> int:
-        """Raise Panel Not Responding for every due deadline (one transaction per batch)."""
+    async def fire_due(self, now: datetime) -> int:
+        """Raise Panel Not Responding for every deadline due at ``now`` (one transaction per batch)."""
         async with self._pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
                 """
                 SELECT account, deadline FROM supervision
-                WHERE NOT missed AND deadline <= now()
+                WHERE NOT missed AND deadline <= $2
                 ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
                 """,
                 self._batch,
+                now,
             )
             if not due:
                 return 0
             accounts = [r["account"] for r in due]
             await conn.execute(
-                "UPDATE supervision SET missed = true, missed_at = now(), updated_at = now() WHERE account = ANY($1::text[])",
+                "UPDATE supervision SET missed = true, missed_at = $2, updated_at = now() WHERE account = ANY($1::text[])",
                 accounts,
+                now,
             )
-            now = datetime.now(UTC)
             signals = [panel_not_responding(a, now, restore=False) for a in accounts]
             stored = await insert_signals_returning(
                 conn, signals, duplicate_window_s=self._duplicate_window_s
@@ -178,6 +190,7 @@ class SupervisionTimer(DeadlineTimer):
                 "panel_not_responding", account=row["account"], deadline=row["deadline"].isoformat()
             )
         MISSES.inc(len(due))
+        TIMERS_FIRED.labels("supervision").inc(len(due))
         self.fired += len(due)
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 import structlog
 from prometheus_client import Counter
 
-from engine.deadline_timer import DeadlineTimer
+from engine.deadline_timer import Clock, DeadlineTimer, utc_now
 from engine.events_signal import signal_from_events
 from engine.ingest_types import (
     InboundSignal,
@@ -85,25 +84,24 @@ class VirtualModules(DeadlineTimer):
         poll_s: float,
         sync_interval_s: float = 30.0,
         batch: int = 500,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
     ) -> None:
-        super().__init__(max_sleep_s=poll_s)
+        super().__init__(max_sleep_s=poll_s, clock=clock)
         self._pool = pool
         self._sink = sink
         self._interval_s = checkin_interval_s
         self._sync_interval_s = sync_interval_s
         self._batch = batch
-        self._clock = clock
         self._synced_at = float("-inf")
 
-    async def fire_due(self) -> int:
+    async def fire_due(self, now: datetime) -> int:
         """Sync the schedule with the virtual accounts (every ``sync_interval_s``), then send
         queued requests and due check-ins; returns how many signals were committed."""
         if time.monotonic() - self._synced_at >= self._sync_interval_s:
             await self.sync_schedule()
         return await self.send_requests() + await self.send_checkins()
 
-    async def seconds_to_next(self) -> float:
+    async def seconds_to_next(self, now: datetime) -> float:
         value = await self._pool.fetchval(_NEXT)
         return float(value) if value is not None else self._max_sleep_s
 

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from engine.account_model import Account
+from engine.deadline_timer import Clock, utc_now
 from engine.service import Engine
 from engine.settings import DatabaseSettings, Dc09Settings, HttpSettings, MqttSettings, Settings
 from engine.store.accounts import AccountStore
@@ -47,8 +48,8 @@ def settings_for(
 
 
 @contextlib.asynccontextmanager
-async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
-    engine = Engine(settings)
+async def running_engine(settings: Settings, *, clock: Clock = utc_now) -> AsyncIterator[Engine]:
+    engine = Engine(settings, clock=clock)
     task = asyncio.create_task(engine.run())
     ready = asyncio.create_task(engine.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)

@@ -1,29 +1,284 @@
-"""Supervision: Panel Not Responding and its restore, durable and single-fire (real PostgreSQL)."""
+"""Supervision: Panel Not Responding and its restore, durable and single-fire (real PostgreSQL).
+
+Timer logic runs on a fake clock: contacts are committed with chosen receive times and the timer
+is asked what is due at chosen instants, so nothing here waits for a deadline.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
+from engine.ingest_writer import IngestWriter
 from engine.settings import Settings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
-from engine.supervision import SupervisionTimer
+from engine.supervision import SupervisionStage, SupervisionTimer
+from protocols.contact_id import parse_cid_block
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
+from tests.support.engine_process import EngineProcess, write_config
+from tests.support.fake_clock import FakeClock
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="4444", primary_receiver="rx"
 )
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+DAY, SIX_HOURS = 86_400, 6 * 3600
+
+
+def contact(
+    account: str,
+    at: datetime,
+    kind: SignalKind = SignalKind.LINK_TEST,
+    transport: Transport = Transport.TCP,
+) -> InboundSignal:
+    """One contact from ``account`` received at ``at``."""
+    events = parse_cid_block(f"#{account}|1130 01 003") if kind is SignalKind.EVENT else ()
+    return InboundSignal(
+        account=account,
+        transport=transport,
+        kind=kind,
+        received_at=at,
+        events=events,
+        reject_reason="bad json" if kind is SignalKind.REJECTED else None,
+    )
+
+
+class World:
+    """The ingest writer with its supervision stage, and timers, on one database and directory."""
+
+    def __init__(self, pool: asyncpg.Pool, accounts: list[Account], *, grace_s: int = 0) -> None:
+        self.pool = pool
+        self.directory = AccountDirectory()
+        self.directory.load(accounts)
+        self.forwarding = ForwardingStage(self.directory)
+        self.writer = IngestWriter(
+            pool,
+            duplicate_window_s=600,
+            forwarding=self.forwarding,
+            supervision=SupervisionStage(self.directory, grace_s=grace_s),
+        )
+
+    def timer(self, pool: asyncpg.Pool | None = None, batch: int = 500) -> SupervisionTimer:
+        return SupervisionTimer(
+            pool or self.pool, self.forwarding, duplicate_window_s=600, batch=batch
+        )
+
+    async def deadline(self, account: str) -> datetime | None:
+        value: datetime | None = await self.pool.fetchval(
+            "SELECT deadline FROM supervision WHERE account = $1", account
+        )
+        return value
+
+    async def server_signals(self) -> list[tuple[str, str, str]]:
+        """(account, code, qualifier) of every server-generated signal, in commit order."""
+        rows = await self.pool.fetch(
+            "SELECT account, events->0->>'code' AS code, events->0->>'qualifier' AS q "
+            "FROM signals WHERE transport = 'server' ORDER BY id"
+        )
+        return [(r["account"], r["code"], r["q"]) for r in rows]
+
+
+@pytest.fixture
+async def world(db_pool: asyncpg.Pool) -> World:
+    accounts = [
+        Account(account="1234", forwarding=FORWARD),
+        Account(account="6666", supervision_interval_s=SIX_HOURS, forwarding=FORWARD),
+        Account(account="200", supervision_interval_s=200, forwarding=FORWARD),
+    ]
+    await AccountStore(db_pool).upsert_many(accounts)
+    return World(db_pool, accounts)
+
+
+class TestDeadlines:
+    @pytest.mark.parametrize(
+        ("kind", "transport"),
+        [
+            (SignalKind.LINK_TEST, Transport.TCP),  # DC-09 NULL
+            (SignalKind.EVENT, Transport.UDP),  # any valid signal
+            (SignalKind.CHECKIN, Transport.MQTT),  # MQTT check-in
+            (SignalKind.CHECKIN, Transport.VIRTUAL),  # a virtual module's check-in
+        ],
+    )
+    async def test_every_valid_contact_resets_the_deadline(
+        self, world: World, kind: SignalKind, transport: Transport
+    ) -> None:
+        """A NULL, an event, an MQTT or virtual check-in each move the deadline to contact + interval."""
+        await world.writer([contact("1234", T0)])
+        later = T0 + timedelta(hours=5)
+        await world.writer([contact("1234", later, kind, transport)])
+        assert await world.deadline("1234") == later + timedelta(seconds=DAY)
+
+    async def test_rejected_payloads_and_server_signals_do_not_reset_it(self, world: World) -> None:
+        """A malformed MQTT payload is no proof of life, nor is the engine's own signal."""
+        await world.writer([contact("1234", T0)])
+        await world.writer(
+            [contact("1234", T0 + timedelta(hours=1), SignalKind.REJECTED, Transport.MQTT)]
+        )
+        server = msgspec.structs.replace(
+            contact("1234", T0 + timedelta(hours=2), SignalKind.EVENT), transport=Transport.SERVER
+        )
+        await world.writer([server])
+        assert await world.deadline("1234") == T0 + timedelta(seconds=DAY)
+
+    async def test_each_module_has_its_own_interval(self, world: World) -> None:
+        """24 h standard, 6 h with the add-on, 200 s (UL's shortest) per account."""
+        await world.writer([contact(a, T0) for a in ("1234", "6666", "200")])
+        assert [await world.deadline(a) for a in ("1234", "6666", "200")] == [
+            T0 + timedelta(seconds=DAY),
+            T0 + timedelta(seconds=SIX_HOURS),
+            T0 + timedelta(seconds=200),
+        ]
+
+    async def test_grace_is_added(self, db_pool: asyncpg.Pool) -> None:
+        """supervision.grace_s is added to every interval."""
+        account = Account(account="1234", supervision_interval_s=200)
+        await AccountStore(db_pool).upsert_many([account])
+        await World(db_pool, [account], grace_s=75).writer([contact("1234", T0)])
+        assert await db_pool.fetchval("SELECT deadline FROM supervision") == T0 + timedelta(
+            seconds=275
+        )
+
+    async def test_an_older_contact_committed_late_does_not_pull_it_back(
+        self, world: World
+    ) -> None:
+        """Batches from several writers may commit out of order: the latest contact wins."""
+        await world.writer([contact("1234", T0 + timedelta(minutes=10))])
+        await world.writer([contact("1234", T0)])
+        assert await world.deadline("1234") == T0 + timedelta(minutes=10, seconds=DAY)
+
+    async def test_changing_the_interval_moves_the_pending_deadline(
+        self, world: World, db_pool: asyncpg.Pool
+    ) -> None:
+        """An interval change (import, package API) moves the deadline at once, before any contact."""
+        await world.writer([contact("1234", T0)])
+        shorter = Account(account="1234", supervision_interval_s=SIX_HOURS, forwarding=FORWARD)
+        await AccountStore(db_pool).upsert_many([shorter])
+        assert await world.deadline("1234") == T0 + timedelta(seconds=SIX_HOURS)
+        await AccountStore(db_pool).upsert_many([shorter])  # unchanged interval: no move
+        assert await world.deadline("1234") == T0 + timedelta(seconds=SIX_HOURS)
+        world.directory.upsert(shorter)
+        timer = world.timer()
+        assert await timer.fire_due(T0 + timedelta(seconds=SIX_HOURS)) == 1
+
+
+class TestTimer:
+    async def test_fires_at_the_deadline_not_before(self, world: World) -> None:
+        """Nothing is due a second before; at the deadline one Panel Not Responding (356 Q=1) is
+        committed with its decision and its outbox row."""
+        await world.writer([contact("200", T0)])
+        timer = world.timer()
+        deadline = T0 + timedelta(seconds=200)
+        assert await timer.seconds_to_next(T0) == 200.0
+        assert await timer.fire_due(deadline - timedelta(seconds=1)) == 0
+        assert await timer.fire_due(deadline) == 1
+        assert await timer.fire_due(deadline + timedelta(hours=1)) == 0
+        assert await world.server_signals() == [("200", "356", "1")]
+        decision = await world.pool.fetchrow("SELECT category, reason FROM decisions")
+        assert decision is not None
+        assert (decision["category"], decision["reason"]) == ("panel_not_responding", "forwarded")
+        delivery = await world.pool.fetchrow("SELECT station_account, priority FROM deliveries")
+        assert delivery is not None and (delivery["station_account"], delivery["priority"]) == (
+            "4444",
+            0,
+        )
+
+    async def test_next_contact_commits_the_restore(self, world: World) -> None:
+        """After a miss the next contact commits 356 Q=3 (after that contact), once; the miss is
+        over and the deadline follows the contacts again."""
+        await world.writer([contact("200", T0)])
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 1
+        back = T0 + timedelta(hours=2)
+        results = await world.writer([contact("200", back, SignalKind.EVENT)])
+        assert results == [IngestResult.ACCEPTED]
+        await world.writer([contact("200", back + timedelta(seconds=1))])
+        assert await world.server_signals() == [("200", "356", "1"), ("200", "356", "3")]
+        order = await world.pool.fetch("SELECT transport FROM signals ORDER BY id")
+        assert [r["transport"] for r in order] == ["server", "tcp", "server"]
+        assert await world.pool.fetchval("SELECT missed FROM supervision") is False
+        assert await world.deadline("200") == back + timedelta(seconds=201)
+
+    async def test_a_restarted_engine_fires_a_passed_deadline_once(
+        self, world: World, database_url: str
+    ) -> None:
+        """The deadline passes while no timer runs: the next engine's timer fires it once, the one
+        after that (another restart) finds nothing."""
+        await world.writer([contact("200", T0)])
+        late = T0 + timedelta(hours=3)
+        for expected in (1, 0):
+            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+            try:
+                assert await world.timer(pool).fire_due(late) == expected
+            finally:
+                await pool.close()
+        assert await world.server_signals() == [("200", "356", "1")]
+
+    async def test_two_timers_fire_each_deadline_once(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Two timers on their own pools (as two engines) racing over 60 due deadlines raise 60 misses."""
+        accounts = [
+            Account(account=f"{0xC00 + i:X}", supervision_interval_s=200) for i in range(60)
+        ]
+        await AccountStore(db_pool).upsert_many(accounts)
+        one = World(db_pool, accounts)
+        await one.writer([contact(a.account, T0) for a in accounts])
+        pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=2) for _ in range(2)]
+        try:
+            timers = [one.timer(pool, batch=7) for pool in pools]
+            now = T0 + timedelta(seconds=200)
+            for _ in range(12):
+                await asyncio.gather(*(t.fire_due(now) for t in timers))
+        finally:
+            for pool in pools:
+                await pool.close()
+        assert sum(t.fired for t in timers) == 60
+        assert all(t.fired > 0 for t in timers)
+        server = await one.server_signals()
+        assert sorted(a for a, _, _ in server) == sorted(a.account for a in accounts)
+        assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 60
+
+
+class TestNoScans:
+    async def test_the_timer_reads_only_the_due_index(self, db_pool: asyncpg.Pool) -> None:
+        """With 50,000 supervised modules the timer's queries use the partial due index, never a
+        sequential scan of the table."""
+        await db_pool.execute(
+            "INSERT INTO supervision (account, deadline) "
+            "SELECT to_hex(i), now() + i * interval '1 second' FROM generate_series(1, 50000) i"
+        )
+        await db_pool.execute("ANALYZE supervision")
+        plans = []
+        for sql, args in (
+            ("SELECT min(deadline) FROM supervision WHERE NOT missed", ()),
+            (
+                "SELECT account, deadline FROM supervision WHERE NOT missed AND deadline <= $2 "
+                "ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
+                (500, datetime.now(UTC)),
+            ),
+        ):
+            rows = await db_pool.fetch(f"EXPLAIN {sql}", *args)
+            plans.append("\n".join(r[0] for r in rows))
+        for plan in plans:
+            assert "supervision_due" in plan, plan
+            assert "Seq Scan" not in plan, plan
+
+
+# -- end to end: a running engine, DC-09 modules and a station simulator ----------------------
 
 
 def fast(settings: Settings) -> Settings:
@@ -37,99 +292,155 @@ async def station(db_pool: asyncpg.Pool) -> AsyncIterator[StationSimulator]:
     sim = StationSimulator()
     port = await sim.start()
     await StationStore(db_pool).upsert(
-        [Station(name="s", receivers=(ReceiverConfig(name="rx", host="127.0.0.1", port=port),))]
+        [
+            Station(
+                name="s",
+                receivers=(
+                    ReceiverConfig(name="rx", host="127.0.0.1", port=port),
+                    ReceiverConfig(name="rx-sia", host="127.0.0.1", port=port, families="sia"),
+                ),
+            )
+        ]
     )
     await AccountStore(db_pool).upsert_many(
-        [Account(account="1234", supervision_interval_s=3600, forwarding=FORWARD)]
+        [
+            Account(account="1234", supervision_interval_s=3600, forwarding=FORWARD),
+            Account(
+                account="5678",
+                supervision_interval_s=3600,
+                forwarding=msgspec.structs.replace(
+                    FORWARD, station_account="5555", primary_receiver="rx-sia"
+                ),
+            ),
+        ]
     )
     yield sim
     await sim.stop()
 
 
-async def contact(port: int) -> None:
-    module = Dc09TcpModule("127.0.0.1", port, account="1234")
+async def null_from(port: int, account: str = "1234") -> None:
+    module = Dc09TcpModule("127.0.0.1", port, account=account)
     await module.connect()
     assert await module.send("NULL", "") is not None
     await module.close()
 
 
-async def expire(pool: asyncpg.Pool) -> None:
-    """The deadline passes (instead of waiting an hour: the timer reads the database clock)."""
-    await pool.execute("UPDATE supervision SET deadline = now() - interval '1 second'")
-
-
-def pnr_codes(sim: StationSimulator) -> list[tuple[str, str | None]]:
+def pnr(sim: StationSimulator) -> list[tuple[str | None, str, str, str | None]]:
+    """(station account, family, code, qualifier) of the supervision frames the station got."""
     return [
-        (r.events[0].code, r.events[0].qualifier)
+        (r.account, r.events[0].family, r.events[0].code, r.events[0].qualifier)
         for r in sim.received
-        if r.events and r.events[0].code == "356"
+        if r.events and r.events[0].code in {"356", "YC", "YK"}
     ]
 
 
-class TestMissAndRestore:
+class TestAtTheStation:
     async def test_miss_then_restore_reach_the_station(
         self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
     ) -> None:
-        """A silent module raises CID 356 (Q=1) at the station; its next contact sends the restore (Q=3)."""
-        async with running_engine(fast(settings_for(database_url))) as engine:
-            assert engine.dc09 is not None
-            await contact(engine.dc09.port)
-            deadline = await db_pool.fetchval(
-                "SELECT deadline FROM supervision WHERE account = '1234'"
-            )
-            assert deadline is not None
-            await expire(db_pool)
-            await station.wait_for(1, timeout_s=10)
-            assert pnr_codes(station) == [("356", "1")]
-            await contact(engine.dc09.port)
+        """A silent module raises CID 356 Q=1 at the station (SIA YC at a SIA-only receiver); its
+        next contact sends the restore (356 Q=3 / YK)."""
+        clock = FakeClock(ticking=True)
+        async with running_engine(fast(settings_for(database_url)), clock=clock) as engine:
+            assert engine.dc09 is not None and engine.supervision_timer is not None
+            await null_from(engine.dc09.port, "1234")
+            await null_from(engine.dc09.port, "5678")
+            clock.advance(3600 + 1)
+            engine.supervision_timer.wake()
             await station.wait_for(2, timeout_s=10)
-        assert pnr_codes(station) == [("356", "1"), ("356", "3")]
-        assert (
-            await db_pool.fetchval("SELECT missed FROM supervision WHERE account = '1234'") is False
-        )
-        reasons = await db_pool.fetch("SELECT category, reason FROM decisions ORDER BY received_at")
+            assert sorted(pnr(station)) == [
+                ("4444", "cid", "356", "1"),
+                ("5555", "sia", "YC", None),
+            ]
+            # The listeners stamp contacts with the real clock: back in step with it, so the new
+            # deadlines (contact + 1 h) lie ahead of the timer's clock again.
+            clock.advance(-(3600 + 1))
+            await null_from(engine.dc09.port, "1234")
+            await null_from(engine.dc09.port, "5678")
+            await station.wait_for(4, timeout_s=10)
+        assert sorted(pnr(station)[2:]) == [
+            ("4444", "cid", "356", "3"),
+            ("5555", "sia", "YK", None),
+        ]
+        assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 0
+        reasons = await db_pool.fetch("SELECT category, reason FROM decisions")
         assert [(r["category"], r["reason"]) for r in reasons] == [
             ("panel_not_responding", "forwarded")
-        ] * 2
+        ] * 4
 
     async def test_restart_between_deadline_and_firing_fires_once(
         self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
     ) -> None:
-        """The deadline passes while no engine runs: the next engine fires it once; later restarts do not again."""
-        async with running_engine(fast(settings_for(database_url))) as engine:
+        """The deadline passes while no engine runs: the next engine fires it once; a later
+        restart does not fire it again."""
+        clock = FakeClock(ticking=True)
+        async with running_engine(fast(settings_for(database_url)), clock=clock) as engine:
             assert engine.dc09 is not None
-            await contact(engine.dc09.port)
-        await expire(db_pool)
-        for _ in range(2):
-            async with running_engine(fast(settings_for(database_url))):
-                await station.wait_for(1, timeout_s=10)
-                await asyncio.sleep(0.5)
-        assert pnr_codes(station) == [("356", "1")]
+            await null_from(engine.dc09.port)
+        clock.advance(3600 + 1)  # while no engine runs
+        async with running_engine(fast(settings_for(database_url)), clock=clock) as engine:
+            await station.wait_for(1, timeout_s=10)
+            assert engine.supervision_timer is not None and engine.supervision_timer.fired == 1
+        async with running_engine(fast(settings_for(database_url)), clock=clock) as engine:
+            assert engine.supervision_timer is not None
+            assert await engine.supervision_timer.fire_due(clock()) == 0  # nothing due any more
+            assert engine.supervision_timer.fired == 0
+        assert pnr(station) == [("4444", "cid", "356", "1")]
         assert (
             await db_pool.fetchval("SELECT count(*) FROM signals WHERE transport = 'server'") == 1
         )
 
 
-class TestSingleFire:
-    async def test_two_timers_fire_each_deadline_once(self, db_pool: asyncpg.Pool) -> None:
-        """Two timers (as in two engines) racing over 60 due deadlines raise exactly 60 misses."""
-        accounts = [Account(account=f"{0xC00 + i:X}") for i in range(60)]
-        await AccountStore(db_pool).upsert_many(accounts)
+@pytest.mark.slow
+class TestTwoEngineProcesses:
+    async def test_two_serve_processes_fire_each_miss_once(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """Two `alarmrelay serve` processes on one database, running when 1,200 deadlines pass at
+        once: the station gets each account's Panel Not Responding exactly once."""
+        accounts = [f"{0xA000 + i:X}" for i in range(1200)]
+        sim = StationSimulator()
+        port = await sim.start()
+        await StationStore(db_pool).upsert(
+            [Station(name="s", receivers=(ReceiverConfig(name="rx", host="127.0.0.1", port=port),))]
+        )
+        await AccountStore(db_pool).upsert_many(
+            [Account(account=a, forwarding=msgspec.structs.replace(FORWARD, station_account=a)) for a in accounts]
+        )  # fmt: skip
         await db_pool.execute(
-            "INSERT INTO supervision (account, deadline) SELECT a, now() - interval '1 minute' FROM unnest($1::text[]) a",
-            [a.account for a in accounts],
+            "INSERT INTO supervision (account, deadline) "
+            "SELECT account, now() + interval '1 hour' FROM accounts"
         )
-        directory = AccountDirectory()
-        directory.load(accounts)
-        timers = [
-            SupervisionTimer(db_pool, ForwardingStage(directory), duplicate_window_s=600, batch=7)
-            for _ in range(2)
+        extra = "[mqtt]\nenabled = false\n[supervision]\nmax_sleep_s = 0.2\n[virtual]\nenabled = false\n"
+        engines = [
+            EngineProcess(
+                write_config(
+                    tmp_path / f"engine{n}.toml", database_url=database_url, data_dir=tmp_path, extra=extra
+                )
+            )
+            for n in range(2)
+        ]  # fmt: skip
+        try:
+            await asyncio.gather(*(asyncio.to_thread(e.start) for e in engines))
+            await db_pool.execute("UPDATE supervision SET deadline = now() - interval '1 second'")
+            await sim.wait_for(1200, timeout_s=90)
+            await asyncio.sleep(1.0)  # room for a second copy to show up, if there were one
+            async with httpx.AsyncClient(timeout=5) as client:
+                scraped = [
+                    (await client.get(f"http://127.0.0.1:{e.http_port}/metrics")).text
+                    for e in engines
+                ]
+            fired = [len(e.events("panel_not_responding")) for e in engines]
+        finally:
+            for engine in engines:
+                await asyncio.to_thread(engine.terminate)
+            await sim.stop()
+        assert sorted(r.account or "" for r in sim.received) == sorted(accounts)
+        assert sum(fired) == 1200, fired
+        totals = [
+            float(line.split()[-1])
+            for text in scraped
+            for line in text.splitlines()
+            if line.startswith('alarmrelay_timers_fired_total{timer="supervision"}')
         ]
-        for _ in range(12):
-            await asyncio.gather(*(t.fire_due() for t in timers))
-        assert sum(t.fired for t in timers) == 60
-        assert all(t.fired > 0 for t in timers)
-        assert (
-            await db_pool.fetchval("SELECT count(*) FROM signals WHERE transport = 'server'") == 60
-        )
-        assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 60
+        assert sum(totals) == 1200
