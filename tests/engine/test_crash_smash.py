@@ -1,4 +1,9 @@
-"""Crash & Smash end to end: MQTT entry delay → disarm / alarm / silence → what the station gets."""
+"""Crash & Smash: entry delay → disarm / alarm / silence → what is recorded and what the station gets.
+
+Timer logic runs on a fake clock (signals committed with chosen receive times, the timer asked what
+is due at chosen instants); the end-to-end tests use a running engine, real Mosquitto and a
+station simulator, and move the engine's timer clock instead of waiting.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
@@ -13,43 +19,267 @@ import asyncpg
 import msgspec
 import pytest
 
+from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.crash_smash import CrashSmashStage, CrashSmashTimer
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import EntryDelay, InboundSignal, SignalKind, Transport
+from engine.ingest_writer import IngestWriter
 from engine.service import Engine
 from engine.settings import CrashSmashSettings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
+from protocols.contact_id import parse_cid_block
+from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
 from tests.engine.test_ingest_e2e import running_engine, settings_for
+from tests.support.dc09_module import Dc09TcpModule
+from tests.support.fake_clock import FakeClock
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="3333", primary_receiver="rx"
 )
+T0 = datetime(2026, 3, 2, 22, 0, tzinfo=UTC)
+ENTRY_CODE = "cid:760"  # a vendor's "entry delay started" code (not a standard Contact ID event)
+
+
+def entry(
+    partition: int = 1, zone: int | None = 3, delay_s: int = 20, *, at: datetime = T0
+) -> InboundSignal:
+    """An MQTT entry-delay start (armed, door opened) for account 7777."""
+    return InboundSignal(
+        account="7777",
+        transport=Transport.MQTT,
+        kind=SignalKind.EVENT,
+        received_at=at,
+        entry_delay=EntryDelay(partition=partition, zone=zone, entry_delay_s=delay_s),
+    )
+
+
+def cid(block: str, *, at: datetime, account: str = "7777") -> InboundSignal:
+    """A Contact ID event from ``account``, e.g. ``cid("1401 02 003", at=…)``."""
+    return InboundSignal(
+        account=account,
+        transport=Transport.TCP,
+        kind=SignalKind.EVENT,
+        received_at=at,
+        events=parse_cid_block(f"#{account}|{block}"),
+    )
+
+
+class World:
+    """The ingest writer with the Crash & Smash stage and timers on one database (fake clock)."""
+
+    def __init__(self, pool: asyncpg.Pool, accounts: list[Account], **stage: Any) -> None:
+        self.pool = pool
+        self.directory = AccountDirectory()
+        self.directory.load(accounts)
+        self.forwarding = ForwardingStage(self.directory)
+        self.writer = IngestWriter(
+            pool,
+            duplicate_window_s=600,
+            forwarding=self.forwarding,
+            crash_smash=CrashSmashStage(
+                dialer_delay_s=stage.pop("dialer_delay_s", 30),
+                grace_s=stage.pop("grace_s", 30),
+                accounts=self.directory,
+                **stage,
+            ),
+        )
+
+    def timer(self, pool: asyncpg.Pool | None = None) -> CrashSmashTimer:
+        return CrashSmashTimer(pool or self.pool, self.forwarding, duplicate_window_s=600)
+
+    async def entries(self) -> list[tuple[int, str, str | None, datetime]]:
+        rows = await self.pool.fetch(
+            "SELECT partition, state, closed_reason, deadline FROM pending_entries ORDER BY partition"
+        )
+        return [(r["partition"], r["state"], r["closed_reason"], r["deadline"]) for r in rows]
+
+    async def alarms(self) -> list[tuple[str, int | None, int | None, str | None]]:
+        """(code, zone, partition, text) of the Crash & Smash alarms committed."""
+        rows = await self.pool.fetch(
+            "SELECT events FROM signals WHERE transport = 'server' ORDER BY id"
+        )
+        events = [json.loads(r["events"])[0] for r in rows]
+        return [(e["code"], e.get("zone"), e.get("partition"), e.get("text")) for e in events]
+
+
+@pytest.fixture
+async def world(db_pool: asyncpg.Pool) -> World:
+    accounts = [Account(account="7777", forwarding=FORWARD)]
+    await AccountStore(db_pool).upsert_many(accounts)
+    return World(db_pool, accounts, entry_codes=frozenset({ENTRY_CODE}), entry_delay_s=45)
+
+
+class TestTimer:
+    async def test_deadline_is_entry_plus_dialer_plus_grace(self, world: World) -> None:
+        """Entry delay 20 s + dialer delay 30 s + grace 30 s (the defaults): nothing before, one
+        Crash & Smash alarm at the deadline, none after."""
+        await world.writer([entry()])
+        deadline = T0 + timedelta(seconds=80)
+        assert [e[3] for e in await world.entries()] == [deadline]
+        timer = world.timer()
+        assert await timer.seconds_to_next(T0) == 80.0
+        assert await timer.fire_due(deadline - timedelta(seconds=1)) == 0
+        assert await timer.fire_due(deadline) == 1
+        assert await timer.fire_due(deadline + timedelta(hours=1)) == 0
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+        assert [e[1] for e in await world.entries()] == ["fired"]
+        decision = await world.pool.fetchrow("SELECT category, reason FROM decisions")
+        assert decision is not None
+        assert (decision["category"], decision["reason"]) == ("crash_smash", "forwarded")
+
+    async def test_the_accounts_dialer_delay_replaces_the_default(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """An account's dialer_delay_s (120 s) is used instead of crash_smash.dialer_delay_s."""
+        own = Account(account="7777", forwarding=FORWARD, dialer_delay_s=120)
+        await AccountStore(db_pool).upsert_many([own])
+        world = World(db_pool, [own], dialer_delay_s=0, grace_s=5)
+        await world.writer([entry(delay_s=20)])
+        assert [e[3] for e in await world.entries()] == [T0 + timedelta(seconds=145)]
+
+    async def test_disarm_in_time_closes_it_and_nothing_fires(self, world: World) -> None:
+        """A disarm (CID 401 Q=1) from the partition before the deadline: recorded, never fired."""
+        await world.writer([entry()])
+        await world.writer([cid("1401 01 002", at=T0 + timedelta(seconds=15))])
+        assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
+    async def test_an_alarm_from_the_partition_closes_it(self, world: World) -> None:
+        """A burglary alarm from the partition: the normal alarm is all that is forwarded."""
+        await world.writer([entry()])
+        await world.writer([cid("1134 01 003", at=T0 + timedelta(seconds=25))])
+        assert [(s, r) for _, s, r, _ in await world.entries()] == [("closed", "alarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        forwarded = await world.pool.fetch("SELECT category FROM decisions WHERE forward")
+        assert [r["category"] for r in forwarded] == ["alarms"]
+
+    async def test_timers_are_per_partition(self, world: World) -> None:
+        """Entries on partitions 1 and 2; a disarm and an alarm from partition 3 and a disarm from
+        partition 2: only partition 1 fires."""
+        await world.writer([entry(partition=1, zone=3), entry(partition=2, zone=9)])
+        later = T0 + timedelta(seconds=10)
+        await world.writer([cid("1401 03 002", at=later), cid("1134 03 004", at=later)])
+        await world.writer([cid("1401 02 002", at=later)])
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending"), (2, "closed")]
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+
+    async def test_a_dc09_entry_code_opens_a_timer(self, world: World) -> None:
+        """A configured Contact ID code (Q=1) opens the timer with crash_smash.entry_delay_s; its
+        restore (Q=3) opens none."""
+        await world.writer([cid("3760 01 005", at=T0)])
+        assert await world.entries() == []
+        await world.writer([cid("1760 02 005", at=T0)])
+        [(partition, state, _, deadline)] = await world.entries()
+        assert (partition, state, deadline) == (2, "pending", T0 + timedelta(seconds=45 + 60))
+        assert await world.timer().fire_due(deadline) == 1
+        assert await world.alarms() == [("130", 5, 2, "Crash & Smash")]
+
+    async def test_server_generated_rules_only_mode_and_category(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Rules 1 and 2 only: forwarded in "only if the phone line fails" with a healthy line;
+        recorded but not forwarded when the category is deselected."""
+        accounts = [
+            Account(account="7777", forwarding=msgspec.structs.replace(FORWARD, mode=ForwardingMode.PHONE_LINE_FAILURE, phone_line_connected=True)),
+            Account(account="8888", forwarding=msgspec.structs.replace(FORWARD, categories=DEFAULT_FORWARDED_CATEGORIES - {Category.CRASH_SMASH})),
+        ]  # fmt: skip
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([entry(), msgspec.structs.replace(entry(), account="8888")])
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 2
+        rows = await db_pool.fetch(
+            "SELECT account, forward, reason FROM decisions ORDER BY account"
+        )
+        assert [(r["account"], r["forward"], r["reason"]) for r in rows] == [
+            ("7777", True, "forwarded"),
+            ("8888", False, "category_not_selected"),
+        ]
+
+
+class TestSingleFire:
+    async def test_a_restarted_engine_fires_a_passed_deadline_once(
+        self, world: World, database_url: str
+    ) -> None:
+        """The deadline passes while no engine runs: the next timer fires it once, a later one not."""
+        await world.writer([entry()])
+        for expected in (1, 0):
+            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+            try:
+                assert await world.timer(pool).fire_due(T0 + timedelta(hours=2)) == expected
+            finally:
+                await pool.close()
+        assert len(await world.alarms()) == 1
+
+    async def test_two_timers_fire_each_entry_once(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Two timers on their own pools (as two engines) racing over 40 expired entries: 40 alarms."""
+        accounts = [Account(account=f"{0xE00 + i:X}", forwarding=FORWARD) for i in range(40)]
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([msgspec.structs.replace(entry(), account=a.account) for a in accounts])
+        pools = [await asyncpg.create_pool(database_url, min_size=2, max_size=2) for _ in range(2)]
+        try:
+            timers = [
+                CrashSmashTimer(p, world.forwarding, duplicate_window_s=600, batch=3) for p in pools
+            ]
+            for _ in range(10):
+                await asyncio.gather(*(t.fire_due(T0 + timedelta(minutes=5)) for t in timers))
+        finally:
+            for pool in pools:
+                await pool.close()
+        assert sum(t.fired for t in timers) == 40
+        assert all(t.fired > 0 for t in timers)
+        assert len(await world.alarms()) == 40
+
+
+# -- end to end: MQTT module → engine → station simulator ------------------------------------
 
 
 @pytest.fixture
 async def setup(
     db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
-) -> AsyncIterator[tuple[Engine, StationSimulator, str]]:
+) -> AsyncIterator[tuple[Engine, StationSimulator, str, FakeClock]]:
     sim = StationSimulator()
     port = await sim.start()
     await StationStore(db_pool).upsert(
-        [Station(name="s", receivers=(ReceiverConfig(name="rx", host="127.0.0.1", port=port),))]
+        [
+            Station(
+                name="s",
+                receivers=(
+                    ReceiverConfig(name="rx", host="127.0.0.1", port=port),
+                    ReceiverConfig(name="rx-sia", host="127.0.0.1", port=port, families="sia"),
+                ),
+            )
+        ]
     )
     await AccountStore(db_pool).upsert_many(
-        [Account(account="7777", module_serial="CS-1", forwarding=FORWARD)]
+        [
+            Account(account="7777", module_serial="CS-1", forwarding=FORWARD),
+            Account(
+                account="7778",
+                forwarding=msgspec.structs.replace(
+                    FORWARD, station_account="3334", primary_receiver="rx-sia"
+                ),
+            ),
+        ]
     )
     prefix = f"cs-{secrets.token_hex(3)}/v1"
     settings = msgspec.structs.replace(
-        settings_for(
-            database_url, mqtt=True, prefix=prefix, client_id=f"cs-{secrets.token_hex(3)}"
-        ),
-        crash_smash=CrashSmashSettings(dialer_delay_s=0, grace_s=0),
+        settings_for(database_url, mqtt=True, prefix=prefix, client_id=f"cs-{secrets.token_hex(3)}"),
+        crash_smash=CrashSmashSettings(dialer_delay_s=0, grace_s=0, entry_codes=(ENTRY_CODE,), entry_delay_s=30),
         supervision=SupervisionSettings(enabled=False),
-    )
-    async with running_engine(settings) as engine:
+    )  # fmt: skip
+    clock = FakeClock(ticking=True)
+    async with running_engine(settings, clock=clock) as engine:
         await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-        yield engine, sim, prefix
+        yield engine, sim, prefix, clock
     await sim.stop()
 
 
@@ -65,90 +295,83 @@ async def publish(prefix: str, messages: list[dict[str, Any]]) -> None:
                     break  # wait for the commit ack of this message before the next
 
 
-ENTRY = {"v": 1, "msg_id": "entry", "entry_delay": {"partition": 1, "zone": 3, "entry_delay_s": 1}}
+async def expire(engine: Engine, clock: FakeClock, seconds: float = 60) -> int:
+    """Move the timer clock past the entry deadline; return what the timer fires at that instant
+    (0 when the entry was closed). Anything due is fired by the call or by the timer's own loop."""
+    assert engine.crash_smash_timer is not None
+    clock.advance(seconds)
+    fired = await engine.crash_smash_timer.fire_due(clock())
+    engine.crash_smash_timer.wake()
+    return fired
 
 
-class TestCrashSmash:
+ENTRY = {"v": 1, "msg_id": "entry", "entry_delay": {"partition": 1, "zone": 3, "entry_delay_s": 20}}
+
+
+class TestAtTheStation:
     async def test_no_disarm_raises_crash_and_smash(
-        self, setup: tuple[Engine, StationSimulator, str], db_pool: asyncpg.Pool
+        self, setup: tuple[Engine, StationSimulator, str, FakeClock], db_pool: asyncpg.Pool
     ) -> None:
-        """Entry delay and then silence: a Crash & Smash burglary alarm on the entry zone reaches the station."""
-        _, sim, prefix = setup
+        """Entry delay and then silence: a burglary alarm (CID 130) on the entry zone reaches the station."""
+        engine, sim, prefix, clock = setup
         await publish(prefix, [ENTRY])
+        await expire(engine, clock)
         [got] = await sim.wait_for(1, timeout_s=15)
-        assert (
-            got.events[0].code,
-            got.events[0].qualifier,
-            got.events[0].zone,
-            got.events[0].partition,
-        ) == ("130", "1", 3, 1)
+        assert got.account == "3333"
+        event = got.events[0]
+        assert (event.code, event.qualifier, event.zone, event.partition) == ("130", "1", 3, 1)
         row = await db_pool.fetchrow("SELECT category, reason FROM decisions")
         assert row is not None
         assert (row["category"], row["reason"]) == ("crash_smash", "forwarded")
         assert await db_pool.fetchval("SELECT state FROM pending_entries") == "fired"
 
+    async def test_sia_receiver_gets_ba_with_the_text(
+        self, setup: tuple[Engine, StationSimulator, str, FakeClock]
+    ) -> None:
+        """Over DC-09 with a configured entry code, to a SIA-only receiver: BA on the entry zone
+        with the text "Crash & Smash"."""
+        engine, sim, _, clock = setup
+        assert engine.dc09 is not None
+        module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="7778")
+        await module.connect()
+        assert await module.send("ADM-CID", "#7778|1760 01 004") is not None
+        await module.close()
+        await expire(engine, clock)
+        [got] = await sim.wait_for(1, timeout_s=15)
+        event = got.events[0]
+        assert (got.account, event.family, event.code, event.zone, event.text) == (
+            "3334",
+            "sia",
+            "BA",
+            4,
+            "Crash & Smash",
+        )
+
     async def test_disarm_in_time_is_only_recorded(
-        self, setup: tuple[Engine, StationSimulator, str], db_pool: asyncpg.Pool
+        self, setup: tuple[Engine, StationSimulator, str, FakeClock], db_pool: asyncpg.Pool
     ) -> None:
         """Entry delay then disarm: no Crash & Smash; the entry is recorded as closed by the disarm."""
-        _, sim, prefix = setup
-        disarm = {
-            "v": 1,
-            "msg_id": "open",
-            "events": [
-                {"family": "cid", "code": "401", "qualifier": "1", "user": 2, "partition": 1}
-            ],
-        }
+        engine, sim, prefix, clock = setup
+        disarm = {"v": 1, "msg_id": "open", "events": [{"family": "cid", "code": "401", "qualifier": "1", "user": 2, "partition": 1}]}  # fmt: skip
         await publish(prefix, [ENTRY, disarm])
         await sim.wait_for(1, timeout_s=10)  # the opening itself is forwarded (Arming)
-        await asyncio.sleep(2.5)  # past the entry deadline
+        assert await expire(engine, clock) == 0
+        assert engine.crash_smash_timer is not None and engine.crash_smash_timer.fired == 0
         assert [r.events[0].code for r in sim.received] == ["401"]
         row = await db_pool.fetchrow("SELECT state, closed_reason FROM pending_entries")
         assert row is not None
         assert (row["state"], row["closed_reason"]) == ("closed", "disarm")
+        assert await db_pool.fetchval("SELECT count(*) FROM signals WHERE transport = 'mqtt'") == 2
 
     async def test_alarm_before_expiry_is_the_normal_alarm_only(
-        self, setup: tuple[Engine, StationSimulator, str], db_pool: asyncpg.Pool
+        self, setup: tuple[Engine, StationSimulator, str, FakeClock], db_pool: asyncpg.Pool
     ) -> None:
         """Entry delay then a burglary alarm: only that alarm reaches the station."""
-        _, sim, prefix = setup
-        alarm = {
-            "v": 1,
-            "msg_id": "alarm",
-            "events": [
-                {"family": "cid", "code": "134", "qualifier": "1", "zone": 3, "partition": 1}
-            ],
-        }
+        engine, sim, prefix, clock = setup
+        alarm = {"v": 1, "msg_id": "alarm", "events": [{"family": "cid", "code": "134", "qualifier": "1", "zone": 3, "partition": 1}]}  # fmt: skip
         await publish(prefix, [ENTRY, alarm])
         await sim.wait_for(1, timeout_s=10)
-        await asyncio.sleep(2.5)
+        assert await expire(engine, clock) == 0
+        assert engine.crash_smash_timer is not None and engine.crash_smash_timer.fired == 0
         assert [r.events[0].code for r in sim.received] == ["134"]
         assert await db_pool.fetchval("SELECT closed_reason FROM pending_entries") == "alarm"
-
-
-class TestPerAccountDialerDelay:
-    async def test_account_dialer_delay_moves_the_deadline(
-        self, setup: tuple[Engine, StationSimulator, str], db_pool: asyncpg.Pool
-    ) -> None:
-        """An account's own dialer delay (120 s) replaces the default (0 s) in the entry deadline."""
-        engine, sim, prefix = setup
-        await AccountStore(db_pool).upsert_many(
-            [Account(account="7777", module_serial="CS-1", forwarding=FORWARD, dialer_delay_s=120)]
-        )
-        for _ in range(200):  # the running engine hears of the change through NOTIFY
-            row = engine.directory.get("7777")
-            if row is not None and row.dialer_delay_s == 120:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the engine never saw the new dialer delay")
-        await publish(prefix, [ENTRY])
-        entry = await db_pool.fetchrow(
-            "SELECT state, extract(epoch FROM deadline - opened_at) AS wait FROM pending_entries"
-        )
-        assert entry is not None and entry["state"] == "pending"
-        # entry delay 1 s + dialer delay 120 s + grace 0 s, from the receive time (opened_at is
-        # the commit time, a few milliseconds later)
-        assert 119.0 <= float(entry["wait"]) <= 121.0
-        await asyncio.sleep(1.5)  # past the default deadline: nothing fires
-        assert sim.received == []
