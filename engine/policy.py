@@ -164,10 +164,10 @@ def decide(
 
 def check_two_way_voice_eligibility(
     *, module_capable: bool, receiver_supports: bool, package_includes: bool
-) -> list[str]:
+) -> list[TwoWayVoiceRequirement]:
     """The :class:`TwoWayVoiceRequirement` names that are missing (empty: eligible), in the
     order module, receiver, package; the API and import name them when refusing the option."""
-    missing: list[str] = []
+    missing: list[TwoWayVoiceRequirement] = []
     if not module_capable:
         missing.append(TwoWayVoiceRequirement.MODULE)
     if not receiver_supports:

@@ -199,6 +199,22 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
         )
         # check_system refuses the account number as "in use": here it is this customer's own.
         errors = [e for e in errors if e.field != "system.dc09_account"]
+        voice_on = bool(
+            await conn.fetchval(
+                "SELECT (forwarding->>'two_way_voice')::boolean FROM accounts WHERE account = $1",
+                before.account,
+            )
+        )
+        if voice_on and module is not None and not module.two_way_voice:
+            # PRODUCT.md: two-way voice needs a capable module; the option stays eligible.
+            errors.append(
+                FieldError(
+                    field="module_type",
+                    rule="two_way_voice_in_use",
+                    message="two-way voice is on for this account and this module is not "
+                    "two-way-voice capable: turn it off in forwarding first",
+                )
+            )
         if errors:
             raise invalid(errors)
         assert system.serial is not None

@@ -57,6 +57,7 @@ from engine.api.serials import (
 from engine.api.station_access import usable_receivers
 from engine.api.tenancy import visible_dealers
 from engine.api.timezones import valid_zone, zone_for_zip
+from engine.policy import TwoWayVoiceRequirement, check_two_way_voice_eligibility
 from engine.station_model import PHONE_WARNING
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, FORWARDING_CATEGORIES, Category
 
@@ -66,6 +67,13 @@ _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")
 _STATION_ACCOUNT = re.compile(r"[0-9A-Fa-f]{3,16}")
 _SUPERVISION_6H_S = 6 * 3600
 _SUPERVISION_DEFAULT_S = 86_400
+
+
+_VOICE_MISSING = {
+    TwoWayVoiceRequirement.MODULE: "the module is not two-way-voice capable",
+    TwoWayVoiceRequirement.RECEIVER: "the receiver does not support two-way voice",
+    TwoWayVoiceRequirement.PACKAGE: "the service package does not include two-way voice",
+}
 
 
 def supervision_interval_for(package: Quote) -> int:
@@ -584,20 +592,19 @@ async def check_forwarding(
                     )
                 )
     if step.two_way_voice:
-        missing = []
-        if check_module and (module is None or not module.two_way_voice):
-            missing.append("the module is not two-way-voice capable")
         receiver = receivers.get(step.primary_receiver or "")
-        if receiver is None or not receiver.two_way_voice:
-            missing.append("the receiver does not support two-way voice")
-        if package is None or "two_way_voice" not in package.includes:
-            missing.append("the service package does not include two-way voice")
+        missing = check_two_way_voice_eligibility(
+            module_capable=not check_module or (module is not None and module.two_way_voice),
+            receiver_supports=receiver is not None and receiver.two_way_voice,
+            package_includes=package is not None and "two_way_voice" in package.includes,
+        )
         if missing:
             errors.append(
                 FieldError(
                     field="forwarding.two_way_voice",
                     rule="two_way_voice_eligible",
-                    message="two-way voice is not available: " + "; ".join(missing),
+                    message="two-way voice is not available: "
+                    + "; ".join(_VOICE_MISSING[m] for m in missing),
                 )
             )
     return ForwardingSettings(

@@ -58,7 +58,8 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     # The failed attempts, oldest first (the latest 20); the final outcome is acked_at/state.
     failed_attempts: list[FailedAttempt]
     two_way_voice: bool
-    voice_session_at: datetime | None
+    voice_session_at: datetime | None  # listen-in sent and voice command published (or tried)
+    voice_session_error: str | None = None  # what of the two did not happen
 
 
 class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +120,8 @@ async def signal_history(
                                 'acked_at', v.acked_at, 'last_error', v.last_error, 'two_way_voice', v.two_way_voice,
                                 'next_attempt_at', CASE WHEN v.state = 'pending' THEN v.next_attempt_at END,
                                 'failed_attempts', coalesce(v.failed_attempts, '[]'::jsonb),
-                                'voice_session_at', v.voice_session_at) ORDER BY v.event_index)
+                                'voice_session_at', v.voice_session_at,
+                                'voice_session_error', v.voice_session_error) ORDER BY v.event_index)
                          FROM deliveries v WHERE v.signal_id = s.id), '[]')::text AS deliveries
         FROM signals s
         WHERE s.account = ANY($1)

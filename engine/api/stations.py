@@ -23,6 +23,7 @@ from engine.api.pagination import Page
 from engine.api.problems import FieldError, ProblemError, conflict, invalid, not_found
 from engine.api.tenancy import dealer_ancestors, visible_dealers
 from engine.station_model import PHONE_WARNING, ReceiverConfig, receiver_problem
+from engine.store.accounts import voice_accounts_on
 from engine.store.stations import RECEIVER_COLUMNS, write_receiver
 
 
@@ -297,6 +298,20 @@ async def put_receiver(
         raise invalid(errors)
     async with state.pool.acquire() as conn, conn.transaction():
         before = await _visible_station(conn, caller, name, change=True)
+        if not data.two_way_voice or data.kind == "phone":
+            # PRODUCT.md: two-way voice needs a receiver that supports it; it stays true.
+            using = (await voice_accounts_on(conn, [receiver])).get(receiver, [])
+            if using:
+                raise invalid(
+                    [
+                        FieldError(
+                            field="two_way_voice",
+                            rule="two_way_voice_in_use",
+                            message=f"{len(using)} account(s) use this receiver with two-way voice "
+                            "on: turn it off in their forwarding first",
+                        )
+                    ]
+                )
         await _insert_receiver(conn, name, data, replace=True)
         after = await _station_out(
             conn, name, [PHONE_WARNING.format(name=data.name)] if data.kind == "phone" else []

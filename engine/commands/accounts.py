@@ -90,7 +90,7 @@ async def voice_receiver_problems(
 ) -> list[str]:
     """Accounts with two-way voice whose primary receiver is unknown or does not support it.
 
-    (The service package, the third eligibility rule, is an admin-API notion: imports bypass it.)
+    (The service package, the third rule, is checked by :func:`voice_package_problems`.)
     """
     wanted = {
         a.forwarding.primary_receiver
@@ -119,6 +119,34 @@ async def voice_receiver_problems(
                 f"account {account.account}: forwarding.two_way_voice: the receiver {receiver} does not support two-way voice"
             )
     return problems
+
+
+async def voice_package_problems(
+    conn: asyncpg.Connection, accounts: Sequence[Account]
+) -> list[str]:
+    """Accounts with two-way voice that belong to a live admin-API customer whose service
+    package (base and add-ons) does not include it. Accounts of no customer have no package."""
+    wanted = [a.account for a in accounts if a.forwarding.two_way_voice]
+    if not wanted:
+        return []
+    rows = await conn.fetch(
+        """
+        SELECT c.account FROM customers c
+        WHERE c.status = 'active' AND c.account = ANY($1::text[]) AND NOT EXISTS (
+            SELECT 1 FROM service_packages p
+            WHERE 'two_way_voice' = ANY(p.includes)
+              AND (p.code = c.document->'package'->>'base'
+                   OR p.code IN (SELECT jsonb_array_elements_text(
+                                     coalesce(c.document->'package'->'addons', '[]'::jsonb)))))
+        ORDER BY c.account
+        """,
+        wanted,
+    )
+    return [
+        f"account {r['account']}: forwarding.two_way_voice: the customer's service package does "
+        "not include two-way voice"
+        for r in rows
+    ]
 
 
 def parse_accounts(data: bytes, source: str) -> list[Account]:
@@ -169,6 +197,7 @@ async def import_accounts(settings: Settings, accounts: Sequence[Account]) -> in
     async with open_database(settings) as db:
         async with db.pool.acquire() as conn:
             problems = await voice_receiver_problems(conn, accounts)
+            problems += await voice_package_problems(conn, accounts)
         if problems:
             shown = "; ".join(problems[:5]) + (
                 f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -57,6 +57,7 @@ def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
 def run_import(args: argparse.Namespace) -> int:
     from engine.database import open_database  # noqa: PLC0415
     from engine.settings import load_settings  # noqa: PLC0415
+    from engine.store.accounts import voice_accounts_on  # noqa: PLC0415
     from engine.store.stations import StationStore  # noqa: PLC0415
 
     try:
@@ -68,6 +69,20 @@ def run_import(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with open_database(settings) as db:
+            without_voice = [
+                r.name
+                for s in stations
+                for r in s.receivers
+                if not r.two_way_voice or r.kind == "phone"
+            ]
+            using = await voice_accounts_on(db.pool, without_voice)
+            if using:
+                # PRODUCT.md: two-way voice needs a receiver that supports it; it stays true.
+                named = "; ".join(f"{r}: {', '.join(a)}" for r, a in sorted(using.items()))
+                raise UserFacingError(
+                    f"{args.file}: receivers without two_way_voice are used by accounts with "
+                    f"two-way voice on (turn it off in their forwarding first): {named}"
+                )
             return await StationStore(db.pool).upsert(stations)
 
     count = asyncio.run(main())

@@ -101,6 +101,25 @@ async def touch_contact(conn: asyncpg.Connection, contacts: Mapping[str, datetim
     await conn.execute(_TOUCH, accounts, [contacts[a] for a in accounts])
 
 
+async def voice_accounts_on(
+    conn: asyncpg.Connection | asyncpg.Pool, receivers: Sequence[str]
+) -> dict[str, list[str]]:
+    """``{receiver: [account, ...]}`` for the accounts with two-way voice on whose primary
+    receiver is one of ``receivers`` (the ones a receiver must keep supporting it for)."""
+    if not receivers:
+        return {}
+    rows = await conn.fetch(
+        "SELECT forwarding->>'primary_receiver' AS receiver, account FROM accounts "
+        "WHERE forwarding->>'primary_receiver' = ANY($1::text[]) "
+        "AND (forwarding->>'two_way_voice')::boolean ORDER BY account",
+        sorted(set(receivers)),
+    )
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["receiver"], []).append(row["account"])
+    return found
+
+
 class AccountStore:
     """Accounts in PostgreSQL (through a pool)."""
 

@@ -102,13 +102,22 @@ class TestTwoWayVoice:
         assert all(
             c["command"] == "start_voice_session" and c["siren_off"] is True for c in commands
         )
+        assert {r.account for r in sim.received} == {"2222"}  # the same station account
         sessions = await db_pool.fetch(
-            "SELECT voice_session_at, voice_session_error FROM deliveries WHERE two_way_voice"
+            "SELECT signal_id, voice_session_at, voice_session_error FROM deliveries WHERE two_way_voice"
         )
         assert len(sessions) == 2
         assert all(
             s["voice_session_at"] is not None and s["voice_session_error"] is None for s in sessions
         )
+        # each command names the alarm it follows, and the session is recorded on that signal
+        voice_signals = await db_pool.fetch(
+            "SELECT id FROM signals WHERE events->0->>'code' IN ('FA', '162') ORDER BY id"
+        )
+        assert sorted(int(str(c["signal_id"])) for c in commands) == [
+            r["id"] for r in voice_signals
+        ]
+        assert sorted(s["signal_id"] for s in sessions) == [r["id"] for r in voice_signals]
 
     def test_option_refused_when_module_not_capable(self) -> None:
         """Importing an account with two-way voice on a module that cannot do it is refused, naming why."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,6 +11,7 @@ import httpx
 from engine.store.accounts import AccountStore
 from tests.engine.api.catalog_setup import create_packages, create_station, imei, security_request
 from tests.engine.api.conftest import Api, problem_rules
+from tests.engine.test_accounts_cli import cli
 
 SERIAL = imei("49015420323751")
 
@@ -108,6 +111,84 @@ class TestForwarding:
         assert error["message"].endswith("the receiver does not support two-way voice")
 
 
+class TestTwoWayVoiceStaysEligible:
+    """Once the option is on, nothing may take away what it needs (PRODUCT.md "Two-way voice")."""
+
+    async def _voice_customer(self, api: Api, admin: httpx.AsyncClient) -> tuple[str, int, str]:
+        """(receiver, customer id, account) of a customer with two-way voice on."""
+        _, receiver, customer = await _customer(api, admin, package={"base": "res-voice"})
+        voice = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        on = await admin.put(f"/v1/customers/{customer}/forwarding", json=voice)
+        assert on.status_code == 200, on.text
+        return receiver, customer, on.json()["account"]
+
+    async def test_module_swap_to_a_module_without_voice_refused(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Swapping in a module that is not two-way-voice capable is refused while the option is
+        on; a capable one is accepted; with the option off any module is."""
+        receiver, customer, _ = await self._voice_customer(api, admin)
+        url = f"/v1/customers/{customer}/module-swap"
+        plain = await admin.post(url, json={"serial": imei("35693803564381"), "module_type": "lte"})
+        assert plain.status_code == 422
+        assert ("module_type", "two_way_voice_in_use") in problem_rules(plain.json())
+        capable = await admin.post(
+            url, json={"serial": imei("35693803564381"), "module_type": "lte-voice"}
+        )
+        assert capable.status_code == 200, capable.text
+        off = {"mode": "always", "primary_receiver": receiver, "station_account": "1234"}
+        assert (
+            await admin.put(f"/v1/customers/{customer}/forwarding", json=off)
+        ).status_code == 200
+        later = await admin.post(url, json={"serial": imei("49015420323752"), "module_type": "lte"})
+        assert later.status_code == 200, later.text
+
+    async def test_receiver_cannot_drop_voice_while_used(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """PUT of the receiver with two_way_voice false is refused while an account relies on it."""
+        receiver, _, _ = await self._voice_customer(api, admin)
+        body = {"name": receiver, "host": "127.0.0.1", "port": 9999, "receiver_number": "1", "line_prefix": "1"}  # fmt: skip
+        url = f"/v1/stations/Central/receivers/{receiver}"
+        refused = await admin.put(url, json=body)
+        assert refused.status_code == 422, refused.text
+        assert ("two_way_voice", "two_way_voice_in_use") in problem_rules(refused.json())
+        assert await api.pool.fetchval("SELECT two_way_voice FROM receivers") is True
+        assert (await admin.put(url, json={**body, "two_way_voice": True})).status_code == 200
+
+    async def test_imports_check_receiver_and_package(
+        self, api: Api, admin: httpx.AsyncClient, database_url: str, tmp_path: Path
+    ) -> None:
+        """`accounts import` cannot turn two-way voice on for a customer whose package lacks it,
+        and `stations import` cannot take it from a receiver an account relies on."""
+        _, receiver, customer = await _customer(api, admin)
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None
+        forwarding = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        body = [{"account": account.account, "module_serial": SERIAL, "two_way_voice_capable": True, "forwarding": forwarding}]  # fmt: skip
+        status, _, err = await cli(
+            database_url, "accounts", "import", "-", stdin=json.dumps(body).encode()
+        )
+        assert status != 0
+        assert (
+            f"account {account.account}: forwarding.two_way_voice: the customer's service package"
+            in err
+        )
+        assert (
+            await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-voice"})
+        ).status_code == 200
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", stdin=json.dumps(body).encode()
+        )
+        assert status == 0, err
+        stations = tmp_path / "stations.json"
+        stations.write_text(json.dumps([{"name": "Central", "receivers": [{"name": receiver, "host": "127.0.0.1", "port": 9999}]}]))  # fmt: skip
+        status, _, err = await cli(database_url, "stations", "import", str(stations))
+        assert status != 0
+        assert f"{receiver}: {account.account}" in err
+        assert await api.pool.fetchval("SELECT two_way_voice FROM receivers") is True
+
+
 class TestPackage:
     async def test_six_hour_supervision_addon_sets_the_interval(
         self, api: Api, admin: httpx.AsyncClient
@@ -126,6 +207,26 @@ class TestPackage:
         assert removed.status_code == 200
         account = await store.get_by_serial(SERIAL)
         assert account is not None and account.supervision_interval_s == 86_400
+
+    async def test_the_pending_deadline_follows_the_package(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A module last heard 1 h ago: with sup6 its deadline is 6 h after that contact at once
+        (not the 24 h one); without it again 24 h."""
+        _, _, customer = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{customer}")).json()["account"]
+        await api.pool.execute(
+            "INSERT INTO supervision (account, deadline) VALUES ($1, now() + interval '23 hours')",
+            account,
+        )
+        left = "SELECT round(extract(epoch FROM deadline - now()) / 3600) FROM supervision"
+        url = f"/v1/customers/{customer}/package"
+        assert (
+            await admin.put(url, json={"base": "res-basic", "addons": ["sup6"]})
+        ).status_code == 200
+        assert await api.pool.fetchval(left) == 5
+        assert (await admin.put(url, json={"base": "res-basic"})).status_code == 200
+        assert await api.pool.fetchval(left) == 23
 
     async def test_unknown_package_refused(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A package that does not exist is a 422 naming the field."""
