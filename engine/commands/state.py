@@ -26,10 +26,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.database import open_database  # noqa: PLC0415
+    from engine.logging_setup import configure_logging  # noqa: PLC0415
     from engine.settings import load_settings  # noqa: PLC0415
     from engine.store.account_status import account_status  # noqa: PLC0415
 
     settings = load_settings(args.config, os.environ)
+    configure_logging(level="warning", fmt="console")  # stderr: stdout is the JSON document
 
     async def main() -> Any:
         async with open_database(settings) as db:
