@@ -10,10 +10,13 @@ from prometheus_client import REGISTRY
 
 import engine.metrics
 import engine.mqtt_listener
+import engine.service
 import receivers.metrics
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
-_MODULES = (engine.metrics, engine.mqtt_listener, receivers.metrics)  # importing registers them
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config"
+# Importing registers them (the service imports every stage and timer that defines metrics).
+_MODULES = (engine.metrics, engine.mqtt_listener, engine.service, receivers.metrics)
 
 
 def exported() -> set[str]:
@@ -47,3 +50,11 @@ class TestObservabilityConfig:
         names = referenced(json.dumps(dashboard))
         assert len(names) >= 10
         assert names <= exported(), names - exported()
+
+    def test_every_metric_is_documented(self) -> None:
+        """docs/operations.md names every exported alarmrelay_* metric, and no other."""
+        documented = referenced((ROOT / "docs" / "operations.md").read_text())
+        names = {n for n in exported() if not n.endswith(("_bucket", "_sum", "_count"))}
+        names |= {n[: -len("_bucket")] for n in exported() if n.endswith("_bucket")}
+        assert names <= documented, names - documented
+        assert documented <= names, documented - names
