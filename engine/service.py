@@ -134,6 +134,7 @@ class Engine:
                     self.pipeline,
                     checkin_interval_s=settings.virtual.checkin_interval_s,
                     poll_s=settings.virtual.poll_s,
+                    clock=self._clock,
                 )
                 self.virtual_modules.start()
 

@@ -44,7 +44,7 @@ VIRTUAL_SIGNALS = Counter(
 _SYNC_SCHEDULE = """
 WITH added AS (
     INSERT INTO virtual_schedule (account, next_checkin_at)
-    SELECT account, now() FROM accounts WHERE virtual
+    SELECT account, $1::timestamptz FROM accounts WHERE virtual
     ON CONFLICT (account) DO NOTHING RETURNING 1
 ), removed AS (
     DELETE FROM virtual_schedule s
@@ -54,7 +54,7 @@ WITH added AS (
 SELECT (SELECT count(*) FROM added) AS added, (SELECT count(*) FROM removed) AS removed
 """
 _CLAIM_CHECKINS = """
-SELECT account FROM virtual_schedule WHERE next_checkin_at <= now()
+SELECT account FROM virtual_schedule WHERE next_checkin_at <= $2
 ORDER BY next_checkin_at LIMIT $1 FOR UPDATE SKIP LOCKED
 """
 _CLAIM_REQUESTS = """
@@ -64,7 +64,7 @@ WHERE r.done_at IS NULL ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED
 """
 _NEXT = """
 SELECT LEAST(
-    (SELECT extract(epoch FROM min(next_checkin_at) - now()) FROM virtual_schedule),
+    (SELECT extract(epoch FROM min(next_checkin_at) - $1::timestamptz) FROM virtual_schedule),
     (SELECT 0 FROM virtual_requests WHERE done_at IS NULL LIMIT 1)
 )
 """
@@ -96,30 +96,29 @@ class VirtualModules(DeadlineTimer):
 
     async def fire_due(self, now: datetime) -> int:
         """Sync the schedule with the virtual accounts (every ``sync_interval_s``), then send
-        queued requests and due check-ins; returns how many signals were committed."""
+        queued requests and the check-ins due at ``now``; returns how many signals were committed."""
         if time.monotonic() - self._synced_at >= self._sync_interval_s:
-            await self.sync_schedule()
-        return await self.send_requests() + await self.send_checkins()
+            await self.sync_schedule(now)
+        return await self.send_requests(now) + await self.send_checkins(now)
 
     async def seconds_to_next(self, now: datetime) -> float:
-        value = await self._pool.fetchval(_NEXT)
+        value = await self._pool.fetchval(_NEXT, now)
         return float(value) if value is not None else self._max_sleep_s
 
-    async def sync_schedule(self) -> None:
-        """Add new virtual accounts (due at once) and drop the ones no longer virtual."""
-        row = await self._pool.fetchrow(_SYNC_SCHEDULE)
+    async def sync_schedule(self, now: datetime) -> None:
+        """Add new virtual accounts (due at ``now``) and drop the ones no longer virtual."""
+        row = await self._pool.fetchrow(_SYNC_SCHEDULE, now)
         self._synced_at = time.monotonic()
         if row is not None and (row["added"] or row["removed"]):
             log.info("virtual_schedule_synced", added=row["added"], removed=row["removed"])
 
-    async def send_checkins(self) -> int:
-        """Check in every due virtual module once and move its next check-in on."""
+    async def send_checkins(self, now: datetime) -> int:
+        """Check in every virtual module due at ``now`` once and move its next check-in on."""
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM_CHECKINS, self._batch)
+            rows = await conn.fetch(_CLAIM_CHECKINS, self._batch, now)
             if not rows:
                 return 0
             accounts = [r["account"] for r in rows]
-            now = self._clock()
             results = await asyncio.gather(
                 *(self._sink.submit(self._checkin(a, now)) for a in accounts),
                 return_exceptions=True,
@@ -133,19 +132,20 @@ class VirtualModules(DeadlineTimer):
                 ).inc()
             # Failed ones stay due and are retried on the next round.
             await conn.execute(
-                "UPDATE virtual_schedule SET next_checkin_at = now() + make_interval(secs => $2) "
+                "UPDATE virtual_schedule SET next_checkin_at = $3::timestamptz + make_interval(secs => $2) "
                 "WHERE account = ANY($1::text[])",
                 done,
                 float(self._interval_s),
+                now,
             )
             return len(done)
 
-    async def send_requests(self) -> int:
-        """Send each queued request once, in order; record the outcome on the request."""
+    async def send_requests(self, now: datetime) -> int:
+        """Send each queued request once, in order, stamped ``now``; record the outcome on it."""
         sent = 0
         async with self._pool.acquire() as conn, conn.transaction():
             for row in await conn.fetch(_CLAIM_REQUESTS, self._batch):
-                outcome = await self._send_request(row)
+                outcome = await self._send_request(row, now)
                 if outcome is None:
                     break  # the pipeline is unavailable: leave this and later ones queued
                 result, at = outcome
@@ -159,7 +159,9 @@ class VirtualModules(DeadlineTimer):
                 sent += result in {"accepted", "duplicate"}
         return sent
 
-    async def _send_request(self, row: asyncpg.Record) -> tuple[str, datetime | None] | None:
+    async def _send_request(
+        self, row: asyncpg.Record, now: datetime
+    ) -> tuple[str, datetime | None] | None:
         if not row["live"]:
             VIRTUAL_SIGNALS.labels("event", "not_virtual").inc()
             return "not sent: the account is no longer a virtual module", None
@@ -169,7 +171,6 @@ class VirtualModules(DeadlineTimer):
         except MqttPayloadError as exc:  # validated by the API; kept for rows written by hand
             VIRTUAL_SIGNALS.labels("event", "invalid").inc()
             return f"not sent: {exc}", None
-        now = self._clock()
         signal = signal_from_events(
             payload,
             account=row["account"],

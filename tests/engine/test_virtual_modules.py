@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -13,10 +14,17 @@ import httpx
 import msgspec
 import pytest
 
+from engine.account_directory import AccountDirectory
+from engine.account_model import Account
 from engine.api.auth import create_key
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal, IngestResult
+from engine.ingest_writer import IngestWriter
 from engine.service import Engine
 from engine.settings import Settings, VirtualSettings
 from engine.station_sim import StationSimulator
+from engine.store.accounts import AccountStore
+from engine.supervision import SupervisionStage
 from engine.virtual_modules import VirtualModules
 from tests.engine.api.catalog_setup import PACKAGES, imei, security_request
 from tests.engine.test_ingest_e2e import running_engine, settings_for
@@ -192,12 +200,62 @@ class TestVirtualModules:
             url = f"/v1/customers/{customer}/virtual-signals"
             assert (await admin.post(url, json={"preset": "burglary"})).status_code == 202
             modules = VirtualModules(db_pool, engine.pipeline, checkin_interval_s=60, poll_s=0.1)
-            assert await modules.send_requests() == 1
+            assert await modules.send_requests(datetime.now(UTC)) == 1
             await station.wait_for(1, timeout_s=15)
             # the state a crash between the commit and the "done" mark leaves behind
             await db_pool.execute("UPDATE virtual_requests SET done_at = NULL, result = NULL")
-            assert await modules.send_requests() == 1
+            assert await modules.send_requests(datetime.now(UTC)) == 1
             assert await db_pool.fetchval("SELECT result FROM virtual_requests") == "duplicate"
             await asyncio.sleep(1.0)
             assert [r.events[0].code for r in station.received] == ["130"]
             assert await db_pool.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+class WriterSink:
+    """The ingest writer as the modules' sink: one commit per signal, no pipeline task."""
+
+    saturated = False
+
+    def __init__(self, writer: IngestWriter) -> None:
+        self._writer = writer
+
+    async def submit(self, signal: InboundSignal) -> IngestResult:
+        [result] = await self._writer([signal])
+        return result
+
+
+class TestCheckinSchedule:
+    async def test_checks_in_every_interval_and_resets_supervision(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """On a fake clock: a new virtual module checks in at once, then every
+        checkin_interval_s, each check-in moving its supervision deadline; once the account is
+        no longer virtual it stops."""
+        virtual = Account(account="ABC1", virtual=True, supervision_interval_s=200)
+        await AccountStore(db_pool).upsert_many([virtual])
+        directory = AccountDirectory()
+        directory.load([virtual])
+        writer = IngestWriter(
+            db_pool,
+            duplicate_window_s=600,
+            forwarding=ForwardingStage(directory),
+            supervision=SupervisionStage(directory, grace_s=0),
+        )
+        modules = VirtualModules(
+            db_pool, WriterSink(writer), checkin_interval_s=60, poll_s=1.0, sync_interval_s=0
+        )
+        t0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+        async def deadline() -> datetime | None:
+            value: datetime | None = await db_pool.fetchval("SELECT deadline FROM supervision")
+            return value
+
+        assert await modules.fire_due(t0) == 1
+        assert await deadline() == t0 + timedelta(seconds=200)
+        assert await modules.seconds_to_next(t0) == 60.0
+        assert await modules.fire_due(t0 + timedelta(seconds=59)) == 0
+        assert await modules.fire_due(t0 + timedelta(seconds=60)) == 1
+        assert await deadline() == t0 + timedelta(seconds=260)
+        await AccountStore(db_pool).upsert_many([msgspec.structs.replace(virtual, virtual=False)])
+        assert await modules.fire_due(t0 + timedelta(seconds=600)) == 0
+        assert await db_pool.fetchval("SELECT count(*) FROM virtual_schedule") == 0
