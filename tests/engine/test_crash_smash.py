@@ -18,6 +18,7 @@ import aiomqtt
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
@@ -200,6 +201,35 @@ class TestTimer:
             ("7777", True, "forwarded"),
             ("8888", False, "category_not_selected"),
         ]
+
+
+class TestMetrics:
+    async def test_pending_opened_closed_fired_and_lag(self, world: World) -> None:
+        """Two entries: the gauge shows 2 pending; a disarm counts a close, the other fired 2 s
+        late a fired timer and 2 s of lag."""
+
+        def sample(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        names = (
+            ("alarmrelay_crash_smash_opened_total", {}),
+            ("alarmrelay_crash_smash_closed_total", {"reason": "disarm"}),
+            ("alarmrelay_crash_smash_fired_total", {}),
+            ("alarmrelay_timers_fired_total", {"timer": "crash_smash"}),
+            ("alarmrelay_timer_lag_seconds_count", {"timer": "crash_smash"}),
+            ("alarmrelay_timer_lag_seconds_sum", {"timer": "crash_smash"}),
+        )
+        before = [sample(n, **labels) for n, labels in names]
+        await world.writer([entry(partition=1), entry(partition=2)])
+        timer = world.timer()
+        await timer.seconds_to_next(T0)
+        assert sample("alarmrelay_crash_smash_pending") == 2
+        await world.writer([cid("1401 02 002", at=T0 + timedelta(seconds=5))])
+        assert await timer.fire_due(T0 + timedelta(seconds=82)) == 1
+        await timer.seconds_to_next(T0 + timedelta(seconds=82))
+        assert sample("alarmrelay_crash_smash_pending") == 0
+        after = [sample(n, **labels) for n, labels in names]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 1, 1, 2.0]
 
 
 class TestSingleFire:

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
@@ -251,6 +252,33 @@ class TestTimer:
         server = await one.server_signals()
         assert sorted(a for a, _, _ in server) == sorted(a.account for a in accounts)
         assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 60
+
+
+def sample(name: str, **labels: str) -> float:
+    """The current value of one exported metric sample (0 before its first use)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class TestMetrics:
+    async def test_misses_restores_fired_and_lag(self, world: World) -> None:
+        """A miss fired 5 s late counts a miss, a fired supervision timer and 5 s of lag; the
+        restore counts a restore; the gauge counts the modules with a pending deadline."""
+        names = (
+            ("alarmrelay_supervision_misses_total", {}),
+            ("alarmrelay_supervision_restores_total", {}),
+            ("alarmrelay_timers_fired_total", {"timer": "supervision"}),
+            ("alarmrelay_timer_lag_seconds_count", {"timer": "supervision"}),
+            ("alarmrelay_timer_lag_seconds_sum", {"timer": "supervision"}),
+        )
+        before = [sample(n, **labels) for n, labels in names]
+        await world.writer([contact("200", T0), contact("1234", T0)])
+        timer = world.timer()
+        await timer.seconds_to_next(T0)
+        assert sample("alarmrelay_supervised_modules") == 2
+        assert await timer.fire_due(T0 + timedelta(seconds=205)) == 1
+        await world.writer([contact("200", T0 + timedelta(seconds=300))])
+        after = [sample(n, **labels) for n, labels in names]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 5.0]
 
 
 class TestNoScans:

@@ -10,6 +10,7 @@ import aiomqtt
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.commands.accounts import parse_accounts
@@ -64,6 +65,10 @@ class TestTwoWayVoice:
             supervision=SupervisionSettings(enabled=False),
         )
         commands: list[dict[str, object]] = []
+        started = (
+            REGISTRY.get_sample_value("alarmrelay_voice_sessions_total", {"result": "started"})
+            or 0.0
+        )
         try:
             async with (
                 running_engine(settings) as engine,
@@ -109,6 +114,10 @@ class TestTwoWayVoice:
         assert len(sessions) == 2
         assert all(
             s["voice_session_at"] is not None and s["voice_session_error"] is None for s in sessions
+        )
+        assert (
+            REGISTRY.get_sample_value("alarmrelay_voice_sessions_total", {"result": "started"})
+            == started + 2
         )
         # each command names the alarm it follows, and the session is recorded on that signal
         voice_signals = await db_pool.fetch(
