@@ -7,6 +7,7 @@ import json
 import secrets
 
 import aiomqtt
+import pytest
 
 from engine.ingest_types import InboundSignal, IngestResult, IngestUnavailable
 from engine.mqtt_listener import MqttListener
@@ -68,3 +69,156 @@ class TestRedelivery:
         assert sink.refused == 1
         assert [s.dedupe_key for s in sink.committed] == ["mqtt:S1:only-once"]
         assert ack == {"v": 1, "msg_id": "only-once", "status": "accepted", "reason": None}
+
+
+class ControlledSink:
+    """An IngestSink with enqueue: commits when the test says so, in any order."""
+
+    saturated = False
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[InboundSignal, asyncio.Future[IngestResult]]] = []
+        self.arrived = asyncio.Event()
+
+    async def submit(self, signal: InboundSignal) -> IngestResult:
+        return await self.enqueue(signal)
+
+    def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self.waiting.append((signal, future))
+        self.arrived.set()
+        return future
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.waiting) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+def _listener(sink: object, broker: tuple[str, int], prefix: str, **kwargs: object) -> MqttListener:
+    return MqttListener(
+        sink=sink,  # type: ignore[arg-type]
+        resolver=lambda serial: "ACC1" if serial.startswith("S") else None,
+        host=broker[0],
+        port=broker[1],
+        client_id=f"engine-{secrets.token_hex(3)}",
+        topic_prefix=prefix,
+        reconnect_min_s=0.1,
+        session_expiry_s=5,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _events(msg_id: str) -> str:
+    return json.dumps(
+        {"v": 1, "msg_id": msg_id, "events": [{"family": "cid", "code": "130", "zone": 1}]}
+    )
+
+
+async def _acks(module: aiomqtt.Client, count: int) -> list[dict[str, object]]:
+    out = []
+    async with asyncio.timeout(10):
+        async for message in module.messages:
+            out.append(json.loads(message.payload))  # type: ignore[arg-type]
+            if len(out) == count:
+                break
+    return out
+
+
+class TestAcks:
+    async def test_unknown_module_and_oversized_payload_are_rejected(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """An unknown serial gets `unknown module` (not committed); a payload over
+        max_payload_bytes is committed as rejected and acked with the size as the reason."""
+        prefix = f"rej-{secrets.token_hex(3)}/v1"
+        sink = FlakySink(failures=0)
+        listener = _listener(sink, mqtt_broker, prefix, max_payload_bytes=200)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+                await module.publish(f"{prefix}/modules/X9/events", _events("u1"), qos=1)
+                big = json.dumps({"v": 1, "msg_id": "big", "events": [], "pad": "x" * 300})
+                await module.publish(f"{prefix}/modules/S2/events", big, qos=1)
+                acks = await _acks(module, 2)
+        finally:
+            await listener.stop()
+            task.cancel()
+        reasons = sorted(str(a["reason"]) for a in acks)
+        assert reasons[0].startswith("payload of ") and "exceeds 200" in reasons[0]
+        assert reasons[1] == "unknown module"
+        # The status of a committed signal is the sink's answer (the pipeline says rejected).
+        assert [a["status"] for a in acks if a["reason"] == "unknown module"] == ["rejected"]
+        assert [s.kind.value for s in sink.committed] == ["rejected"]
+
+    async def test_pubacks_leave_in_arrival_order(
+        self, mqtt_broker: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Commits finishing in reverse order: each ack goes out at once, but the PUBACKs follow
+        the order the messages arrived in (MQTT 5 §4.6), and none before its commit."""
+        from engine import mqtt_client
+
+        pubacked: list[int] = []
+        original = mqtt_client.MqttConnection.puback
+
+        def record(self: mqtt_client.MqttConnection, packet_id: int, reason_code: int = 0) -> None:
+            pubacked.append(packet_id)
+            original(self, packet_id, reason_code)
+
+        monkeypatch.setattr(mqtt_client.MqttConnection, "puback", record)
+        prefix = f"order-{secrets.token_hex(3)}/v1"
+        sink = ControlledSink()
+        listener = _listener(sink, mqtt_broker, prefix)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+                for n in range(5):
+                    await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
+                await sink.wait_for(5)
+                assert pubacked == []  # nothing committed yet
+                for _, future in reversed(sink.waiting):
+                    future.set_result(IngestResult.ACCEPTED)
+                acks = await _acks(module, 5)
+                async with asyncio.timeout(5):
+                    while len(pubacked) < 5:
+                        await asyncio.sleep(0.01)
+        finally:
+            await listener.stop()
+            task.cancel()
+        assert [a["msg_id"] for a in acks] == ["m4", "m3", "m2", "m1", "m0"]
+        assert pubacked == sorted(pubacked)
+        assert [s.seq for s, _ in sink.waiting] == ["m0", "m1", "m2", "m3", "m4"]
+
+    async def test_several_sessions_share_the_subscription(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """connections=3: three client ids in the group; every message acked once."""
+        prefix = f"sessions-{secrets.token_hex(3)}/v1"
+        sink = FlakySink(failures=0)
+        listener = _listener(sink, mqtt_broker, prefix, connections=3)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            assert listener.connected
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+                for n in range(60):
+                    await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
+                acks = await _acks(module, 60)
+        finally:
+            await listener.stop()
+            task.cancel()
+        assert sorted(str(a["msg_id"]) for a in acks) == sorted(f"m{n}" for n in range(60))
+        assert len(sink.committed) == 60
+        assert [s.client_id[-2:] for s in listener._sessions][1:] == ["-1", "-2"]
