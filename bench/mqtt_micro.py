@@ -195,9 +195,9 @@ async def _generate(
     generator: str, prefix: str, modules: int, duration: float, inflight: int, result: Result
 ) -> None:
     if generator == "aiomqtt":
-        from bench.load import mqtt_module_fleet
+        from bench.load_mqtt import aiomqtt_module_fleet
 
-        await mqtt_module_fleet(
+        await aiomqtt_module_fleet(
             "127.0.0.1",
             1883,
             modules,
