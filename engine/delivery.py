@@ -83,6 +83,25 @@ RETURNING d.id, d.account, d.lane, d.station_account, d.priority, d.event, d.pri
           d.backup_receiver, d.seq, d.attempts, d.received_at, d.two_way_voice, d.signal_id
 """
 
+_LOCK_LANE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
+
+_FAILED_SQL = """
+UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now() + $4::interval,
+    first_sent_at = COALESCE(first_sent_at, $5), lease_owner = NULL, lease_until = NULL,
+    failed_attempts = CASE WHEN jsonb_array_length(coalesce(failed_attempts, '[]')) >= 20
+                           THEN failed_attempts - 0 ELSE coalesce(failed_attempts, '[]') END
+                      || jsonb_build_array(jsonb_build_object(
+                             'at', now(), 'receiver', $3::text, 'error', $2::text))
+WHERE id = $1
+"""
+
+# Every row of the lane this engine holds, behind a failed head: back to the outbox, unsent.
+_RELEASE_LANE_SQL = """
+UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE lane = $1 AND state = 'pending' AND lease_owner = $2 AND id <> $3
+RETURNING id
+"""
+
 # Rows handed back unsent: their lease goes, and so does the attempt their lease counted.
 _RELEASE_SQL = """
 UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
@@ -160,6 +179,8 @@ class Dispatcher:
         self._ready: list[tuple[int, int, str]] = []  # (priority, id, lane) heads awaiting a slot
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked: set[str] = set()  # lanes with rows committed unleased behind ours
+        self._released: set[int] = set()  # ids handed back after a failure (bounded)
+        self._released_order: deque[int] = deque()
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -173,8 +194,8 @@ class Dispatcher:
     def adopt(self, rows: Iterable[OwnedDelivery]) -> None:
         """Take over rows leased to this engine (in id order per lane) and start what can go."""
         for row in rows:
-            if row.id in self._held:
-                continue  # claimed again after its lease lapsed: already queued here
+            if row.id in self._held or row.id in self._released:
+                continue  # already queued here, or handed back with its lane after a failure
             self._held.add(row.id)
             lane = self._lanes.get(row.lane)
             if lane is None:
@@ -246,7 +267,9 @@ class Dispatcher:
                     log.warning("outbox_claim_failed", error=repr(exc))
                     await asyncio.sleep(self._poll_s)
                     continue
-            self.adopt(owned_from_record(row) for row in claimed)
+            owned = [owned_from_record(row) for row in claimed]
+            self._released.difference_update(r.id for r in owned)  # leased to us again: ours
+            self.adopt(owned)
             if claimed and len(claimed) == room:
                 continue  # there may be more ready right now
             with contextlib.suppress(TimeoutError):
@@ -288,7 +311,11 @@ class Dispatcher:
         await self._write(_RELEASE_SQL, ids, self.owner)
 
     async def _renew_leases(self) -> None:
-        """Keep leases of held rows alive, so a short lease only lapses for a dead engine."""
+        """Keep leases of held rows alive, so a short lease only lapses for a dead engine.
+
+        Every third of a lease, the held rows whose lease has less than half of it left get a
+        new one (a row is renewed about once per half lease, not at every round)."""
+        half = self._lease / 2
         while True:
             await asyncio.sleep(self.lease_s / 3)
             ids = sorted(self._held)  # id order, like the outcome batches
@@ -297,10 +324,12 @@ class Dispatcher:
             with contextlib.suppress(*_DB_ERRORS):
                 await self._pool.execute(
                     "UPDATE deliveries SET lease_until = now() + $3::interval "
-                    "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'",
+                    "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' "
+                    "AND lease_until < now() + $4::interval",
                     ids,
                     self.owner,
                     self._lease,
+                    half,
                 )
 
     async def _deliver_one(self, row: OwnedDelivery) -> bool:
@@ -393,23 +422,41 @@ class Dispatcher:
     async def _failed(
         self, row: OwnedDelivery, error: str, *, receiver: str, sent_at: datetime | None = None
     ) -> None:
+        """The head waits for a retry: record why, and hand every row of its lane this engine
+        holds back to the outbox, in one transaction under the lane's lock.
+
+        The lock waits for any commit that saw the lane clear and leased a row to it; that row is
+        released here too (and :meth:`adopt` skips it when it arrives), so no row of the lane is
+        sent before the head's retry, and the fast path's clear-lane test (the lane's last
+        pending row is ours) stays true."""
         delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row.attempts - 1, 10))
-        await self._write(
-            """
-            UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now() + $4::interval,
-                first_sent_at = COALESCE(first_sent_at, $5), lease_owner = NULL, lease_until = NULL,
-                failed_attempts = CASE WHEN jsonb_array_length(coalesce(failed_attempts, '[]')) >= 20
-                                       THEN failed_attempts - 0 ELSE coalesce(failed_attempts, '[]') END
-                                  || jsonb_build_array(jsonb_build_object(
-                                         'at', now(), 'receiver', $3::text, 'error', $2::text))
-            WHERE id = $1
-            """,
-            row.id,
-            error[:500],
-            receiver,
-            timedelta(seconds=delay),
-            sent_at,
-        )
+        for attempt in range(5):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(_LOCK_LANE_SQL, row.lane)
+                    await conn.execute(
+                        _FAILED_SQL,
+                        row.id,
+                        error[:500],
+                        receiver,
+                        timedelta(seconds=delay),
+                        sent_at,
+                    )
+                    released = await conn.fetch(_RELEASE_LANE_SQL, row.lane, self.owner, row.id)
+            except _DB_ERRORS as exc:
+                log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            self._forget([r["id"] for r in released])
+            return
+        # Could not record it: the leases expire and the lane is claimed again, in order.
+
+    def _forget(self, ids: list[int]) -> None:
+        """Rows handed back to the outbox: never send them from memory (a late :meth:`adopt`)."""
+        self._released.update(ids)
+        self._released_order.extend(ids)
+        while len(self._released_order) > 100_000:
+            self._released.discard(self._released_order.popleft())
 
     async def _write(self, sql: str, *args: Any) -> None:
         # Recording an outcome must survive a short database blip; if it cannot, the lease expires

@@ -175,8 +175,8 @@ BEGIN
     -- 5. Outbox rows. The lanes' advisory locks come last (after every row lock: no cycle) and
     --    in their own statement, so the insert's snapshot sees every committed row of those
     --    lanes: two engines committing one lane serialise, and the second leaves its row to the
-    --    claim loop. With an owner, a row whose lane holds nothing pending that is not the
-    --    owner's is inserted leased to it: the engine sends it straight after the commit.
+    --    claim loop. With an owner, a row whose lane is clear (below) is inserted leased to
+    --    it: the engine sends it straight after the commit.
     IF p_outbox IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(l.h)
         FROM (SELECT DISTINCT hashtextextended(t.lane, 0) AS h
@@ -195,11 +195,18 @@ BEGIN
                   WHERE coalesce(t.s, m.sid) IS NOT NULL
                   ORDER BY t.q) s
         ), clear AS (
-            SELECT DISTINCT q.lane FROM queued q
-            WHERE p_owner IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM deliveries p
-                WHERE p.lane = q.lane AND p.state = 'pending'
-                  AND p.lease_owner IS DISTINCT FROM p_owner)
+            -- A lane is clear for the owner when it has no pending row, or its last pending row
+            -- is held by the owner: then every pending row of the lane is. A row is leased at
+            -- insert only on a clear lane, the claim loop leases lane heads only, and a failed
+            -- head is released, under the lane's lock, with every row of the owner behind it.
+            -- One index probe per lane, however long its queue.
+            SELECT l.lane FROM (SELECT DISTINCT q.lane FROM queued q) l
+            WHERE p_owner IS NOT NULL
+              AND NOT EXISTS (
+                  SELECT 1 FROM (SELECT p.lease_owner, p.lease_until FROM deliveries p
+                                 WHERE p.lane = l.lane AND p.state = 'pending'
+                                 ORDER BY p.id DESC LIMIT 1) t
+                  WHERE t.lease_owner IS DISTINCT FROM p_owner OR t.lease_until < now())
         ), ins AS (
             INSERT INTO deliveries (id, signal_id, event_index, account, lane, station_account,
                                     priority, event, primary_receiver, backup_receiver, seq,

@@ -10,6 +10,7 @@ then sends the lane in order.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -353,3 +354,46 @@ class TestDispatcherHoldsLanes:
         rows = await db_pool.fetch("SELECT state, lease_owner FROM deliveries ORDER BY id")
         assert rows[-1]["lease_owner"] is None
         assert all(r["lease_owner"] is None for r in rows if r["state"] == "pending")
+
+
+class TestFailureUnderTheLaneLock:
+    async def test_a_row_leased_while_the_head_fails_is_handed_back_not_sent(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A commit saw the lane clear (its head ours) just before the head failed: the failure
+        waits for that commit's lane lock, releases its row too, and the late handover is
+        ignored, so nothing goes out before the head's retry."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(FakeStation()), poll_s=3600)
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        first = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", 1)], first)
+        [head] = first.leased
+        dispatcher._lanes[head.lane] = deque([head])  # held, as adopt() leaves it mid-send
+        dispatcher._held.add(head.id)
+        late = Handover()
+        async with db_pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            await commit(conn, stage, [signal("A1", 2)], late)
+            assert [r.event.zone for r in late.leased] == [2]  # the lane looked clear
+            failing = asyncio.create_task(dispatcher._failed(head, "no answer", receiver="rx"))
+            await asyncio.sleep(0.3)
+            assert not failing.done(), "the failure must wait for the lane lock"
+            await tx.commit()
+        await asyncio.wait_for(failing, 10)
+        rows = await db_pool.fetch("SELECT id, lease_owner, last_error FROM deliveries ORDER BY id")
+        assert [(r["lease_owner"], r["last_error"]) for r in rows] == [
+            (None, "no answer"),
+            (None, None),
+        ]
+        dispatcher._lanes.clear()
+        dispatcher._held.clear()
+        dispatcher.adopt(late.leased)  # the late handover
+        assert dispatcher._lanes == {}
+        # and the next commit sees a lane nobody holds
+        again = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", 3)], again)
+        assert again.leased == [] and again.unleased_lanes == {"9001@rx"}
