@@ -27,7 +27,7 @@ UPDATE deliveries d SET state = t.state, receiver_used = t.receiver, family_sent
     lease_owner = NULL, lease_until = NULL, last_error = t.error
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
             $6::timestamptz[], $7::text[]) AS t(id, state, receiver, family, acked_at, sent_at, error)
-WHERE d.id = t.id
+WHERE d.id = t.id AND d.id = ANY($1::bigint[])  -- (the ANY keeps the primary-key path in every plan)
 """
 
 

@@ -41,6 +41,7 @@ DECLARE
     v_dids bigint[];
     v_dats timestamptz[];
     v_dns integer[];
+    v_close_accounts text[];
 BEGIN
     -- 1. Signals: dedupe claims, the rows, contact times (sorted accounts: one lock order).
     WITH input AS MATERIALIZED (
@@ -84,7 +85,7 @@ BEGIN
         UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.last_at),
                               first_contact_at = COALESCE(a.first_contact_at, t.first_at)
         FROM unnest(p_contact_accounts, p_contact_first, p_contact_last) AS t(account, first_at, last_at)
-        WHERE a.account = t.account
+        WHERE a.account = t.account AND a.account = ANY (p_contact_accounts)  -- index path always
     )
     -- (inserted and touched run to completion although nothing reads them)
     SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.ids, dups.ats, dups.copies
@@ -146,12 +147,13 @@ BEGIN
         FROM opened;
     END IF;
     IF p_closes IS NOT NULL THEN
+        v_close_accounts := ARRAY(SELECT DISTINCT t.a FROM json_to_recordset(p_closes) AS t(a text));
         RETURN QUERY
         WITH closed AS (
             UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
             FROM json_to_recordset(p_closes) AS t(o int, a text, p int, r text)
             WHERE t.o = ANY (v_pos) AND e.account = t.a AND (t.p IS NULL OR e.partition = t.p)
-              AND e.state = 'pending'
+              AND e.state = 'pending' AND e.account = ANY (v_close_accounts)  -- index path always
             RETURNING e.account, e.partition, t.r
         )
         SELECT 'closed'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
