@@ -171,7 +171,7 @@ class Dc09Handler:
         family = _family_label(received)
         error = future.exception()
         if error is not None:
-            metrics.SIGNALS_RECEIVED.labels(transport.value, family, "not_committed").inc()
+            metrics.child(metrics.SIGNALS_RECEIVED, transport.value, family, "not_committed").inc()
             log.warning(
                 "signal_not_committed",
                 account=signal.account,
@@ -181,9 +181,9 @@ class Dc09Handler:
             )
             return None
         result = future.result()
-        metrics.SIGNALS_RECEIVED.labels(transport.value, family, result.value).inc()
+        metrics.child(metrics.SIGNALS_RECEIVED, transport.value, family, result.value).inc()
         ack = conn.ack(received.frame, now=self.clock())
-        metrics.ACK_LATENCY.labels(transport.value).observe(time.perf_counter() - started)
+        metrics.child(metrics.ACK_LATENCY, transport.value).observe(time.perf_counter() - started)
         if result is IngestResult.DUPLICATE:
             log.info(
                 "duplicate_acked", account=signal.account, seq=signal.seq, transport=transport.value

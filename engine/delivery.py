@@ -109,6 +109,13 @@ WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
 """
 
 
+def _bound(row: OwnedDelivery) -> Any:
+    """The delivery's logger (bound only where something is logged: not per success)."""
+    return log.bind(
+        delivery=row.id, account=row.account, station_account=row.station_account, seq=row.seq
+    )
+
+
 def owned_from_record(row: Any) -> OwnedDelivery:
     """A claimed outbox row as the dispatcher holds it."""
     return OwnedDelivery(
@@ -334,43 +341,43 @@ class Dispatcher:
 
     async def _deliver_one(self, row: OwnedDelivery) -> bool:
         """Send one row and record its outcome; True when the lane may move on."""
-        bound = log.bind(
-            delivery=row.id, account=row.account, station_account=row.station_account, seq=row.seq
-        )
         event = row.event
         try:
             group = self._registry().group(row.primary_receiver, row.backup_receiver)
         except (KeyError, ValueError) as exc:
             await self._failed(row, f"receiver not available: {exc}", receiver=row.primary_receiver)
-            bound.error("delivery_no_receiver", error=str(exc))
+            _bound(row).error("delivery_no_receiver", error=str(exc))
             return False
         sent_at = datetime.now(UTC)
         try:
             attempt = await group.deliver(account=row.station_account, event=event, seq=row.seq)
         except Exception as exc:  # a bug in a connector must not lose the row: retry later
             await self._failed(row, f"{type(exc).__name__}: {exc}", receiver=row.primary_receiver)
-            bound.exception("delivery_error")
+            _bound(row).exception("delivery_error")
             return False
         outcome = str(getattr(attempt, "outcome", "failed"))
         receiver = str(getattr(attempt, "receiver", row.primary_receiver))
-        metrics.DELIVERIES.labels(receiver, outcome).inc()
+        metrics.child(metrics.DELIVERIES, receiver, outcome).inc()
         if outcome == "acked":
             acked_at = getattr(attempt, "acked_at", None) or datetime.now(UTC)
             await self._finish(row, "delivered", receiver, attempt, sent_at, acked_at=acked_at)
             metrics.DELIVERY_LATENCY.observe(max(0.0, (acked_at - row.received_at).total_seconds()))
             self.delivered += 1
-            bound.debug("delivered", receiver=receiver, attempts=row.attempts)
             if row.two_way_voice:
-                await self._start_voice_session(row, group, event, bound)
+                await self._start_voice_session(row, group, event, _bound(row))
             return True
         if outcome == "duh":
             await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None)
             metrics.DEAD_LETTERED.labels(receiver).inc()
-            bound.error("delivery_dead_lettered", receiver=receiver, reason="DUH from receiver")
+            _bound(row).error(
+                "delivery_dead_lettered", receiver=receiver, reason="DUH from receiver"
+            )
             return True
         error = str(getattr(attempt, "error", None) or "no answer")
         await self._failed(row, error, receiver=receiver, sent_at=sent_at)
-        bound.warning("delivery_failed", receiver=receiver, error=error, attempts=row.attempts)
+        _bound(row).warning(
+            "delivery_failed", receiver=receiver, error=error, attempts=row.attempts
+        )
         return False
 
     async def _start_voice_session(

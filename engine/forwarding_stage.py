@@ -206,8 +206,8 @@ class ForwardingStage:
         kept = done.kept
         for decision_row, decision in zip(plan.decisions, plan.decided, strict=True):
             if decision_row.o is None or decision_row.o in kept:
-                metrics.DECISIONS.labels(
-                    "true" if decision.forward else "false", decision.reason.value
+                metrics.child(
+                    metrics.DECISIONS, "true" if decision.forward else "false", decision.reason
                 ).inc()
         if handover is not None:
             outbox = plan.outbox
