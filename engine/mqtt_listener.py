@@ -283,6 +283,7 @@ class MqttListener:
         self._stopping = False
         self.subscribed = asyncio.Event()  # every session is connected and subscribed
         self._ack_topics: dict[str, str] = {}
+        self._topics: dict[str, tuple[str, TopicKind]] = {}  # topic → (serial, kind), parsed once
 
     @classmethod
     def from_settings(
@@ -363,12 +364,17 @@ class MqttListener:
         self._inflight += 1
         if self._inflight == 1:
             self._drained.clear()
-        try:
-            serial, kind = parse_topic(packet.topic, self._prefix)
-        except MqttPayloadError as exc:
-            log.warning("mqtt_bad_topic", topic=packet.topic, error=str(exc))
-            self._finish(message, puback=True)
-            return
+        parsed = self._topics.get(packet.topic)
+        if parsed is None:
+            try:
+                parsed = parse_topic(packet.topic, self._prefix)
+            except MqttPayloadError as exc:
+                log.warning("mqtt_bad_topic", topic=packet.topic, error=str(exc))
+                self._finish(message, puback=True)
+                return
+            if len(self._topics) < 200_000:  # one per module and kind; bounded all the same
+                self._topics[packet.topic] = parsed
+        serial, kind = parsed
         account = self._resolver(serial)
         if account is None:
             # Unknown module: nothing to store it under; told so, and counted.
