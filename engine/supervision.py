@@ -4,8 +4,10 @@ Deadlines live in PostgreSQL (``supervision``). Every committed contact (event, 
 MQTT check-in, virtual check-in) moves its account's deadline to contact + interval + grace in the
 same statement as the signal; if the account was in a miss, the engine then commits the
 server-generated restore and ends the miss in one transaction (a crash in between leaves the
-miss, and the next contact restores it). Changing an account's interval (the 6-hour add-on, a
-per-account value down to 200 s) moves its pending deadline at once (a trigger, migration 0352).
+miss, and the next contact restores it). The deadline follows the account's latest contact
+(``last_contact_at``, migration 0354), so a shorter interval (the 6-hour add-on, a per-account
+value down to 200 s) applies from the next contact; changing an account's interval also moves its
+pending deadline at once (a trigger, migration 0352).
 :class:`SupervisionTimer` wakes for the earliest deadline only (the partial index
 ``supervision_due`` holds only rows that can fire: no scans), and in one transaction marks the
 row missed and commits the Panel Not Responding signal with its decision and outbox row.

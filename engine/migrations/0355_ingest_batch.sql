@@ -112,15 +112,27 @@ BEGIN
                      FROM unnest(v_dkeys, v_dids, v_dats) AS m(k, sid, at);
     END IF;
 
-    -- 2. Supervision: every contact moves its deadline on; an account in a miss keeps the miss
-    --    and is returned (its restore is committed by the engine's follow-up transaction).
+    -- 2. Supervision: every contact moves its deadline to the one computed from the account's
+    --    latest contact (not the greater of old and new: that kept a 24 h deadline after the
+    --    interval became 6 h); a batch whose contact is older than the stored one (several
+    --    writers) leaves it. An account in a miss keeps the miss and is returned (its restore is
+    --    committed by the engine's follow-up transaction).
     IF cardinality(p_sup_accounts) > 0 THEN
         RETURN QUERY
         WITH up AS (
-            INSERT INTO supervision AS s (account, deadline)
-            SELECT * FROM unnest(p_sup_accounts, p_sup_deadlines)
+            INSERT INTO supervision AS s (account, deadline, last_contact_at)
+            SELECT u.a, u.d, c.at
+            FROM unnest(p_sup_accounts, p_sup_deadlines) AS u(a, d)
+            LEFT JOIN unnest(p_contact_accounts, p_contact_last) AS c(a, at) ON c.a = u.a
+            ORDER BY u.a
             ON CONFLICT (account) DO UPDATE
-                SET deadline = GREATEST(s.deadline, EXCLUDED.deadline), updated_at = now()
+                SET deadline = CASE
+                        WHEN EXCLUDED.last_contact_at IS NULL THEN GREATEST(s.deadline, EXCLUDED.deadline)
+                        WHEN s.last_contact_at IS NULL OR EXCLUDED.last_contact_at >= s.last_contact_at
+                            THEN EXCLUDED.deadline
+                        ELSE s.deadline END,
+                    last_contact_at = GREATEST(s.last_contact_at, EXCLUDED.last_contact_at),
+                    updated_at = now()
             RETURNING s.account, s.missed
         )
         SELECT 'restore'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
@@ -128,7 +140,23 @@ BEGIN
         FROM up WHERE up.missed;
     END IF;
 
-    -- 3. Crash & Smash entry delays opened and closed by the batch's stored signals.
+    -- 3. Crash & Smash entry delays closed and opened by the batch's stored signals. Closes first:
+    --    a disarm or alarm that came before a new entry in the batch must not close that entry
+    --    (the planner already dropped entries closed later in the batch).
+    IF p_closes IS NOT NULL THEN
+        v_close_accounts := ARRAY(SELECT DISTINCT t.a FROM json_to_recordset(p_closes) AS t(a text));
+        RETURN QUERY
+        WITH closed AS (
+            UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
+            FROM json_to_recordset(p_closes) AS t(o int, a text, p int, r text)
+            WHERE t.o = ANY (v_pos) AND e.account = t.a AND (t.p IS NULL OR e.partition = t.p)
+              AND e.state = 'pending' AND e.account = ANY (v_close_accounts)  -- index path always
+            RETURNING e.account, e.partition, t.r
+        )
+        SELECT 'closed'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
+               closed.account, closed.partition, closed.r, NULL::boolean
+        FROM closed;
+    END IF;
     IF p_opens IS NOT NULL THEN
         RETURN QUERY
         WITH opened AS (
@@ -145,20 +173,6 @@ BEGIN
         SELECT 'opened'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
                opened.account, opened.partition, NULL::text, NULL::boolean
         FROM opened;
-    END IF;
-    IF p_closes IS NOT NULL THEN
-        v_close_accounts := ARRAY(SELECT DISTINCT t.a FROM json_to_recordset(p_closes) AS t(a text));
-        RETURN QUERY
-        WITH closed AS (
-            UPDATE pending_entries e SET state = 'closed', closed_reason = t.r, closed_at = now()
-            FROM json_to_recordset(p_closes) AS t(o int, a text, p int, r text)
-            WHERE t.o = ANY (v_pos) AND e.account = t.a AND (t.p IS NULL OR e.partition = t.p)
-              AND e.state = 'pending' AND e.account = ANY (v_close_accounts)  -- index path always
-            RETURNING e.account, e.partition, t.r
-        )
-        SELECT 'closed'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
-               closed.account, closed.partition, closed.r, NULL::boolean
-        FROM closed;
     END IF;
 
     -- 4. Decisions for the stored signals' events.

@@ -170,6 +170,17 @@ class TestTimer:
         assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
         assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
 
+    async def test_a_disarm_before_the_entry_in_one_batch_does_not_close_it(
+        self, world: World
+    ) -> None:
+        """Disarm, then a new entry, committed together: the entry stays pending."""
+        await world.writer([entry()])
+        await world.writer(
+            [cid("1401 01 002", at=T0 + timedelta(seconds=5)), entry(at=T0 + timedelta(seconds=6))]
+        )
+        [(_, state, _, deadline)] = await world.entries()
+        assert (state, deadline) == ("pending", T0 + timedelta(seconds=86))
+
     async def test_a_dc09_entry_code_opens_a_timer(self, world: World) -> None:
         """A configured Contact ID code (Q=1) opens the timer with crash_smash.entry_delay_s; its
         restore (Q=3) opens none."""

@@ -162,6 +162,21 @@ class TestDeadlines:
         await world.writer([contact("1234", T0)])
         assert await world.deadline("1234") == T0 + timedelta(minutes=10, seconds=DAY)
 
+    async def test_a_contact_raced_with_an_interval_change_does_not_stick(
+        self, world: World, db_pool: asyncpg.Pool
+    ) -> None:
+        """24 h → 6 h while an engine still holds 24 h (its NOTIFY not yet read): the contact it
+        commits gets a 24 h deadline, but the next contact, once it knows 6 h, brings the deadline
+        back to 6 h after that contact (the later of the two deadlines would keep the 24 h one)."""
+        await world.writer([contact("1234", T0)])
+        shorter = Account(account="1234", supervision_interval_s=SIX_HOURS, forwarding=FORWARD)
+        await AccountStore(db_pool).upsert_many([shorter])  # the trigger: T0 + 6 h
+        await world.writer([contact("1234", T0 + timedelta(minutes=1))])  # stale directory: 24 h
+        assert await world.deadline("1234") == T0 + timedelta(minutes=1, seconds=DAY)
+        world.directory.upsert(shorter)  # the NOTIFY arrives
+        await world.writer([contact("1234", T0 + timedelta(minutes=5))])
+        assert await world.deadline("1234") == T0 + timedelta(minutes=5, seconds=SIX_HOURS)
+
     async def test_changing_the_interval_moves_the_pending_deadline(
         self, world: World, db_pool: asyncpg.Pool
     ) -> None:
