@@ -62,10 +62,11 @@ class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_field
     pool_min: NonNegative = 2
     pool_max: Positive = 10
     commit_batch_max: Positive = 256  # signals per group-commit transaction
-    # Wait this long for more signals before committing a small batch.
-    commit_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # Wait this long for more signals before committing a small batch. 0: an idle writer commits
+    # at once (lowest latency); under load batches still form while the previous commit runs.
+    commit_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Concurrent group-commit writers (signals sharded by account, so per-account order holds).
-    commit_writers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    commit_writers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
     command_timeout_s: PositiveFloat = 10.0
     connect_timeout_s: PositiveFloat = 5.0
 
