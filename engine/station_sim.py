@@ -5,6 +5,13 @@ timestamp-window NAK. Every frame received is recorded (and printed as one JSON 
 tests, the demo and the benchmark; ``alarmrelay station-sim`` runs it from the command line, with
 an optional line-based control port (``mode nak``, ``delay 200``, ``stats``; see
 docs/station-sim.md).
+
+The per-frame path is kept lean because the benchmark runs it as a fourth Python process on the
+same cores as the engine: ``asyncio.Protocol`` callbacks answer each frame synchronously (no task,
+stream or coroutine per frame; a delay queues the connection's frames behind one task), one
+receiver state for the whole UDP socket, and the JSON lines are buffered and written together
+every few milliseconds (and on :meth:`StationSimulator.stop`) instead of a write and flush per
+frame.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Literal
 
@@ -30,6 +38,7 @@ from protocols.dc09_timestamp import TimestampWindow
 Mode = Literal["ack", "nak", "duh", "drop", "delay"]
 MODES: tuple[Mode, ...] = ("ack", "nak", "duh", "drop", "delay")
 DEFAULT_DELAY_MS = 1000  # "mode delay" without a delay set
+LOG_FLUSH_S = 0.02  # JSON lines reach the log at most this long after their frame
 
 
 class ReceivedEvent(msgspec.Struct, kw_only=True):
@@ -45,7 +54,7 @@ class ReceivedEvent(msgspec.Struct, kw_only=True):
 class Received(msgspec.Struct, kw_only=True):
     """One frame as the station saw it (a JSON line)."""
 
-    received_at: datetime
+    received_at: datetime  # wall clock (UTC, not skewed) when the station read the frame's bytes
     transport: str
     peer: str
     token: str
@@ -67,8 +76,15 @@ class _AnyAccount:
         return self.crypto
 
 
+_Pending = tuple[FrameReceived | FrameRejected, datetime, "Mode"]  # event, read at, mode then
+
+
 class StationSimulator:
-    """In-process station receiver: ``await start()`` returns the port."""
+    """In-process station receiver: ``await start()`` returns the port.
+
+    ``keep_records=False`` (the command line) keeps only the counters, not :attr:`received`:
+    the JSON lines are the record there, and memory stays flat however long it runs.
+    """
 
     def __init__(
         self,
@@ -81,6 +97,7 @@ class StationSimulator:
         clock_skew_s: float = 0.0,
         log: IO[str] | None = None,
         include_nulls: bool = False,
+        keep_records: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -89,18 +106,25 @@ class StationSimulator:
         self.delay_ms = delay_ms
         self.clock_skew = timedelta(seconds=clock_skew_s)
         self.received: list[Received] = []
+        self.frames = 0  # event frames recorded (len(received) when records are kept)
         self.polls = 0
         self.rejected = 0  # frames refused by the DC-09 layer (bad CRC, clock NAK, bad key, …)
+        self._keep = keep_records
         self._control: asyncio.Server | None = None
         self._log = log
+        self._log_buffer = bytearray()
+        self._log_flush: asyncio.TimerHandle | None = None
+        self._encoder = msgspec.json.Encoder()
         self._include_nulls = include_nulls
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._config = ReceiverConfig(
             window=TimestampWindow(past_s=40, future_s=20), check_plain_timestamps=True
         )
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._directory = _AnyAccount(key)
+        self._transports: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.disconnects: list[str] = []
 
@@ -120,7 +144,7 @@ class StationSimulator:
             "mode": self.mode,
             "delay_ms": self.delay_ms,
             "clock_skew_s": self.clock_skew.total_seconds(),
-            "received": len(self.received),
+            "received": self.frames,
             "polls": self.polls,
             "rejected": self.rejected,
         }
@@ -168,28 +192,17 @@ class StationSimulator:
         return datetime.now(UTC) + self.clock_skew
 
     async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.port)
+        loop = self._loop = asyncio.get_running_loop()
+        self._tcp = await loop.create_server(lambda: _TcpConnection(self), self.host, self.port)
         self.port = self._tcp.sockets[0].getsockname()[1]
-        sim = self
-
-        class _Udp(asyncio.DatagramProtocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                self.transport = transport
-
-            def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-                conn = Dc09ReceiverConnection(sim._config, _AnyAccount(sim.key))
-                for event in conn.receive_datagram(data, now=sim.now()):
-                    task = loop.create_task(sim._reply_udp(conn, event, addr))
-                    sim._tasks.add(task)
-                    task.add_done_callback(sim._tasks.discard)
-
-        transport, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(self.host, self.port))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpSocket(self), local_addr=(self.host, self.port)
+        )
         self._udp = transport
         return self.port
 
     async def stop(self) -> None:
-        """Close the listeners and every connection (a station going down)."""
+        """Close the listeners and every connection (a station going down); flush the log."""
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -197,18 +210,19 @@ class StationSimulator:
             task.cancel()
         if self._tcp is not None:
             self._tcp.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
+        for transport in list(self._transports):
+            transport.abort()
         if self._tcp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tcp.wait_closed(), 2)
         if self._udp is not None:
             self._udp.close()
+        self.flush_log()
 
     async def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
         """Wait until ``count`` event frames were received (not NULLs); return them."""
         async with asyncio.timeout(timeout_s):
-            while len(self.received) < count:
+            while self.frames < count:
                 self._changed.clear()
                 await self._changed.wait()
         return self.received
@@ -221,39 +235,27 @@ class StationSimulator:
                 await self._changed.wait()
         return self.polls
 
-    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Dc09ReceiverConnection(self._config, _AnyAccount(self.key))
-        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
-        self._writers.add(writer)
-        try:
-            while data := await reader.read(4096):
-                for event in conn.receive_data(data, now=self.now()):
-                    reply = await self._answer(conn, event, "tcp", peer)
-                    if reply:
-                        writer.write(reply)
-        except (ConnectionError, OSError) as exc:
-            self.disconnects.append(repr(exc))  # a module or engine went away mid-frame
-        finally:
-            self._writers.discard(writer)
-            writer.close()
+    # -- the per-frame path -------------------------------------------------------------------
 
-    async def _reply_udp(
-        self,
-        conn: Dc09ReceiverConnection,
-        event: FrameReceived | FrameRejected,
-        addr: tuple[str | Any, int],
-    ) -> None:
-        reply = await self._answer(conn, event, "udp", f"{addr[0]}:{addr[1]}")
-        if reply and self._udp is not None:
-            self._udp.sendto(reply, addr)
+    def _delayed(self, event: FrameReceived | FrameRejected) -> bool:
+        """Whether ``event`` waits for the delay: event frames (and NULLs when recorded)."""
+        return (
+            self.delay_ms > 0
+            and isinstance(event, FrameReceived)
+            and (self._include_nulls or event.frame.token != "NULL")
+        )
 
-    async def _answer(
+    def _answer(
         self,
         conn: Dc09ReceiverConnection,
         event: FrameReceived | FrameRejected,
         transport: str,
         peer: str,
+        received_at: datetime,
+        now: datetime,
+        mode: Mode,
     ) -> bytes:
+        """Record ``event`` and return the reply bytes (empty: send nothing)."""
         if isinstance(event, FrameRejected):
             self.rejected += 1
             return event.error.reply_bytes  # a real NAK (clock) or DUH, or silence
@@ -262,20 +264,17 @@ class StationSimulator:
             self.polls += 1
             self._changed.set()
             if not self._include_nulls:
-                return conn.ack(frame, now=self.now()) if self.mode != "drop" else b""
-        mode = self.mode
-        if self.delay_ms:
-            await asyncio.sleep(self.delay_ms / 1000)
+                return conn.ack(frame, now=now) if mode != "drop" else b""
         reply = b""
         if mode in ("ack", "delay"):
             mode = "ack"
-            reply = conn.ack(frame, now=self.now())
+            reply = conn.ack(frame, now=now)
         elif mode == "nak":
-            reply = conn.nak(now=self.now())
+            reply = conn.nak(now=now)
         elif mode == "duh":
             reply = conn.duh(frame)
         record = Received(
-            received_at=datetime.now(UTC),
+            received_at=received_at,
             transport=transport,
             peer=peer,
             token=frame.token,
@@ -299,12 +298,133 @@ class StationSimulator:
             ],
             reply=mode,
         )
-        self.received.append(record)
+        self.frames += 1
+        if self._keep:
+            self.received.append(record)
         self._changed.set()
         if self._log is not None:
-            self._log.write(msgspec.json.encode(record).decode() + "\n")
-            self._log.flush()
+            buffer = self._log_buffer
+            self._encoder.encode_into(record, buffer, -1)
+            buffer.append(0x0A)
+            if self._log_flush is None and self._loop is not None:
+                self._log_flush = self._loop.call_later(LOG_FLUSH_S, self.flush_log)
         return reply
+
+    def flush_log(self) -> None:
+        """Write the buffered JSON lines to the log now."""
+        if self._log_flush is not None:
+            self._log_flush.cancel()
+            self._log_flush = None
+        if self._log is not None and self._log_buffer:
+            self._log.write(self._log_buffer.decode())
+            self._log_buffer.clear()
+            self._log.flush()
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One sender's TCP connection: frames answered as they are read."""
+
+    def __init__(self, sim: StationSimulator) -> None:
+        self.sim = sim
+        self.conn = Dc09ReceiverConnection(sim._config, sim._directory)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._pending: deque[_Pending] | None = None  # answers waiting behind a delay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.sim._transports.add(self.transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        sim = self.sim
+        received_at = datetime.now(UTC)
+        now = received_at + sim.clock_skew if sim.clock_skew else received_at
+        events = self.conn.receive_data(data, now=now)
+        mode = sim.mode
+        pending = self._pending
+        if pending is None and not sim.delay_ms:
+            assert self.transport is not None
+            write = self.transport.write
+            for event in events:
+                reply = sim._answer(self.conn, event, "tcp", self.peer, received_at, now, mode)
+                if reply:
+                    write(reply)
+            return
+        if pending is None:
+            pending = self._pending = deque()
+            sim_task = asyncio.get_running_loop().create_task(self._drain(pending))
+            sim._tasks.add(sim_task)
+            sim_task.add_done_callback(sim._tasks.discard)
+        pending.extend((event, received_at, mode) for event in events)
+
+    async def _drain(self, pending: deque[_Pending]) -> None:
+        """Answer ``pending`` in order, each event frame after the delay (one task at a time
+        per delaying connection; frames read meanwhile queue behind it)."""
+        sim = self.sim
+        try:
+            while pending:
+                event, received_at, mode = pending[0]
+                if sim._delayed(event):
+                    await asyncio.sleep(sim.delay_ms / 1000)
+                pending.popleft()
+                reply = sim._answer(
+                    self.conn, event, "tcp", self.peer, received_at, sim.now(), mode
+                )
+                if reply and self.transport is not None:
+                    self.transport.write(reply)
+        finally:
+            self._pending = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sim._transports.discard(self.transport)
+        if exc is not None:
+            self.sim.disconnects.append(repr(exc))  # a module or engine went away mid-frame
+
+
+class _UdpSocket(asyncio.DatagramProtocol):
+    """The UDP side: one frame per datagram, the reply to its sender."""
+
+    def __init__(self, sim: StationSimulator) -> None:
+        self.sim = sim
+        self.conn = Dc09ReceiverConnection(sim._config, sim._directory)  # no stream state
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        sim = self.sim
+        received_at = datetime.now(UTC)
+        now = received_at + sim.clock_skew if sim.clock_skew else received_at
+        peer = f"{addr[0]}:{addr[1]}"
+        mode = sim.mode
+        for event in self.conn.receive_datagram(data, now=now):
+            if sim._delayed(event):
+                task = asyncio.get_running_loop().create_task(
+                    self._later(event, addr, peer, received_at, mode)
+                )
+                sim._tasks.add(task)
+                task.add_done_callback(sim._tasks.discard)
+                continue
+            reply = sim._answer(self.conn, event, "udp", peer, received_at, now, mode)
+            if reply and self.transport is not None:
+                self.transport.sendto(reply, addr)
+
+    async def _later(
+        self,
+        event: FrameReceived | FrameRejected,
+        addr: tuple[str | Any, int],
+        peer: str,
+        received_at: datetime,
+        mode: Mode,
+    ) -> None:
+        sim = self.sim
+        await asyncio.sleep(sim.delay_ms / 1000)
+        reply = sim._answer(self.conn, event, "udp", peer, received_at, sim.now(), mode)
+        if reply and self.transport is not None:
+            self.transport.sendto(reply, addr)
 
 
 async def run_cli(sim: StationSimulator, control_port: int | None) -> None:

@@ -150,6 +150,91 @@ class TestReplies:
         assert sim.received == []
 
 
+class TestPerFramePath:
+    async def test_received_at_is_when_the_bytes_were_read(self, sim: StationSimulator) -> None:
+        """received_at is the read time (wall clock), before any delay: send → receipt latency."""
+        sim.set_mode("delay", delay_ms=200)
+        async with Wire(sim.port) as wire:
+            sent = datetime.now(UTC)
+            wire.send(seq="0031")
+            assert await wire.reply() == ("ACK", "0031")
+            answered = datetime.now(UTC)
+        [record] = await sim.wait_for(1, WAIT_S)
+        assert sent <= record.received_at
+        assert (answered - record.received_at).total_seconds() >= 0.2
+
+    async def test_delay_keeps_the_order_of_a_connection(self, sim: StationSimulator) -> None:
+        """Frames read together while delaying are answered one after the other, in order."""
+        sim.set_mode("delay", delay_ms=20)
+        async with Wire(sim.port) as wire:
+            wire.send(seq="0041")
+            wire.send(seq="0042")
+            wire.send(seq="0043", token="NULL", data="")
+            got: list[tuple[str, str]] = []
+            async with asyncio.timeout(WAIT_S):
+                while len(got) < 3:  # two replies may come in one read
+                    for event in wire.tx.receive_data(await wire.reader.read(4096)):
+                        assert isinstance(event, ReplyReceived), event
+                        got.append((event.frame.token, event.frame.seq))
+        assert got == [("ACK", "0041"), ("ACK", "0042"), ("ACK", "0043")]
+        assert [r.seq for r in sim.received] == ["0041", "0042"]
+
+    async def test_udp_delay(self, sim: StationSimulator) -> None:
+        """A delayed datagram is answered after the delay, by datagram."""
+        sim.set_mode("delay", delay_ms=30)
+        tx = Dc09Transmitter(receiver=None, line="0")
+        out = tx.build(
+            token="SIA-DCS", account="56", data="#56|Nri1/BA05", seq="0051", now=datetime.now(UTC)
+        )
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                replies.put_nowait(data)
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Proto, remote_addr=("127.0.0.1", sim.port)
+        )
+        try:
+            transport.sendto(out.bytes)
+            raw = await asyncio.wait_for(replies.get(), WAIT_S)
+        finally:
+            transport.close()
+        [event] = tx.receive_datagram(raw)
+        assert isinstance(event, ReplyReceived)
+        assert (event.frame.token, event.frame.seq) == ("ACK", "0051")
+        [record] = await sim.wait_for(1, WAIT_S)
+        assert (record.transport, record.reply) == ("udp", "ack")
+
+    async def test_without_records_only_counters(self) -> None:
+        """keep_records=False (the command line): counted, logged, not kept in memory."""
+        log = io.StringIO()
+        station = StationSimulator(log=log, keep_records=False)
+        port = await station.start()
+        try:
+            async with Wire(port) as wire:
+                wire.send(seq="0061")
+                await wire.reply()
+            assert await station.wait_for(1, WAIT_S) == []
+            assert station.stats()["received"] == 1
+        finally:
+            await station.stop()
+        assert [json.loads(line)["seq"] for line in log.getvalue().splitlines()] == ["0061"]
+
+    async def test_lines_reach_the_log_while_running(self, sim: StationSimulator) -> None:
+        """Lines are written in batches shortly after their frames, not only at stop."""
+        log = sim._log
+        assert isinstance(log, io.StringIO)
+        async with Wire(sim.port) as wire:
+            wire.send(seq="0071")
+            await wire.reply()
+        async with asyncio.timeout(WAIT_S):
+            while not log.getvalue():
+                await asyncio.sleep(0.01)
+        assert json.loads(log.getvalue())["seq"] == "0071"
+
+
 class TestJsonLines:
     async def test_one_json_line_per_frame(self) -> None:
         """Every frame is one JSON line with header, events and the reply sent."""
@@ -189,7 +274,7 @@ class TestJsonLines:
             }
         ]
         assert lines[1]["events"][0]["code"] == "FA"
-        assert datetime.fromisoformat(first["received_at"]).tzinfo is not None
+        assert datetime.fromisoformat(first["received_at"]).tzinfo is not None  # read time
         assert datetime.fromisoformat(first["timestamp"]).tzinfo is not None
         assert first["peer"].startswith("127.0.0.1:")
 
