@@ -14,12 +14,22 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from protocols.crc import crc16_arc
 from protocols.dc09_crypto import AesKey
-from protocols.dc09_frame import Frame, FrameSplitter, decode_frame, encode_frame
+from protocols.dc09_frame import (
+    CrcStyle,
+    Frame,
+    FrameSplitter,
+    decode_frame,
+    encode_frame,
+    encode_reply,
+)
+from protocols.dc09_timestamp import format_timestamp
 from protocols.errors import RemoteProtocolError
 from protocols.signal import XData
 
 _SEQ_MAX = 9999
+_HEADS_MAX = 4096  # (token, account) headers remembered per transmitter
 
 
 class OutgoingFrame(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +110,10 @@ class Dc09Transmitter:
         self._seq = 0  # last sequence number used
         self._clock_offset = timedelta(0)
         self._splitter = FrameSplitter()
+        # (token, account) → (quoted token, "R…L…#account[") for frames encode_frame accepted.
+        self._heads: dict[tuple[str, str], tuple[str, str]] = {}
+        self._stamp_for: datetime | None = None  # the timestamp _stamp is formatted from
+        self._stamp = ""
 
     @property
     def clock_offset(self) -> timedelta:
@@ -130,6 +144,31 @@ class Dc09Transmitter:
             raise ValueError("now must be an aware datetime (DC-09 timestamps are UTC)")
         seq = self.next_seq() if seq is None else seq
         timestamp = (now + self._clock_offset).replace(microsecond=0)
+        head = None if xdata else self._heads.get((token, account))
+        if head is None or len(seq) != 4 or not (seq.isascii() and seq.isdigit()):
+            raw = self._encode_general(token, seq, account, data, xdata, timestamp)
+        else:
+            raw = self._encode_cached(head, seq, data, timestamp)
+        return OutgoingFrame(
+            seq=seq,
+            token=token,
+            account=account,
+            timestamp=timestamp,
+            encrypted=self.key is not None,
+            bytes=raw,
+        )
+
+    def _encode_general(
+        self,
+        token: str,
+        seq: str,
+        account: str,
+        data: str,
+        xdata: Sequence[XData],
+        timestamp: datetime,
+    ) -> bytes:
+        """:func:`encode_frame`, which validates everything; a valid (token, account) is
+        remembered with its header so :meth:`_encode_cached` builds its next frames."""
         raw = encode_frame(
             token=token,
             seq=seq,
@@ -141,27 +180,85 @@ class Dc09Transmitter:
             timestamp=timestamp,
             key=self.key,
         )
-        return OutgoingFrame(
-            seq=seq,
-            token=token,
-            account=account,
-            timestamp=timestamp,
-            encrypted=self.key is not None,
-            bytes=raw,
-        )
+        if (token, account) not in self._heads:
+            if len(self._heads) >= _HEADS_MAX:
+                self._heads.clear()
+            fields = "" if self.receiver is None else f"R{self.receiver}"
+            fields += "" if self.line is None else f"L{self.line}"
+            self._heads[(token, account)] = (
+                f'"{"*" if self.key is not None else ""}{token}"',
+                f"{fields}#{account}[",
+            )
+        return raw
+
+    def _encode_cached(
+        self, head: tuple[str, str], seq: str, data: str, timestamp: datetime
+    ) -> bytes:
+        """``encode_frame`` without x-data for a (token, account) it accepted before: the same
+        bytes (only the seq and data are checked again; the timestamp is formatted once a second)."""
+        if "[" in data or "]" in data:
+            raise ValueError("data must not contain '[' or ']'")
+        if timestamp != self._stamp_for:
+            self._stamp = format_timestamp(timestamp)
+            self._stamp_for = timestamp
+        quoted, fields = head
+        if self.key is None:
+            region = f"{quoted}{seq}{fields}{data}]{self._stamp}".encode("cp1252")
+        else:
+            cipher_hex = self.key.encrypt_region(f"{data}]{self._stamp}".encode("cp1252"))
+            region = f"{quoted}{seq}{fields}{cipher_hex}".encode("ascii")
+        if len(region) > 0xFFF:
+            raise ValueError(f"frame content of {len(region)} bytes exceeds the 0xFFF length limit")
+        return b"\n%04X0%03X" % (crc16_arc(region), len(region)) + region + b"\r"
 
     def build_null(self, *, account: str, now: datetime, seq: str | None = None) -> OutgoingFrame:
         """A ``NULL`` link test (``*NULL`` when keyed) with empty data (§1.11)."""
         return self.build(token="NULL", account=account, data="", seq=seq, now=now)
 
-    def receive_data(self, data: bytes) -> list[ReplyEvent]:
-        """Feed bytes read from the TCP connection; replies may be split or several per read."""
+    def receive_data(self, data: bytes, *, sent: OutgoingFrame | None = None) -> list[ReplyEvent]:
+        """Feed bytes read from the TCP connection; replies may be split or several per read.
+
+        ``sent``: the frame awaiting its reply. Its plain ACK in the standard form (echoing our
+        R and L and its seq and account) is recognised by its bytes: the same event, undecoded.
+        """
+        items = self._splitter.feed(data)
+        if sent is not None and len(items) == 1 and not sent.encrypted:
+            [item] = items
+            if isinstance(item, bytes) and item == encode_reply(
+                token="ACK",
+                seq=sent.seq,
+                account=sent.account,
+                receiver=self.receiver,
+                line=self.line,
+            ):
+                return [ReplyReceived(frame=self._plain_ack(item, sent))]
         return [
             ReplyRejected(error=item)
             if isinstance(item, RemoteProtocolError)
             else self._decode(item)
-            for item in self._splitter.feed(data)
+            for item in items
         ]
+
+    def _plain_ack(self, raw: bytes, sent: OutgoingFrame) -> Frame:
+        """What :func:`decode_frame` returns for ``raw``, the standard plain ACK of ``sent``."""
+        return Frame(
+            token="ACK",
+            encrypted=False,
+            seq=sent.seq,
+            receiver=self.receiver,
+            line=self.line,
+            account=sent.account,
+            data="",
+            xdata=(),
+            timestamp=None,
+            crc_style=CrcStyle.HEX,
+            crc_includes_cr=False,
+            raw=raw,
+        )
+
+    def reset_stream(self) -> None:
+        """Forget any partial reply held back (a new TCP connection starts a new stream)."""
+        self._splitter = FrameSplitter()
 
     def receive_datagram(self, data: bytes) -> list[ReplyEvent]:
         """Feed one UDP reply datagram (LF and CR optional)."""

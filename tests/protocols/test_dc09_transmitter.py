@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.dc09_crypto import AesKey
 from protocols.dc09_frame import decode_frame, encode_frame
@@ -28,6 +31,7 @@ from protocols.dc09_transmitter import (
     RspReceived,
 )
 from protocols.errors import Reply
+from protocols.signal import XData
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 KEY = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
@@ -245,3 +249,167 @@ class TestReplyStream:
         reply = encode_frame(token="ACK", seq="0001", account="1234", data="")[1:-1]
         event = only_frame(Dc09Transmitter(receiver=None, line="0").receive_datagram(reply))
         assert event.frame.token == "ACK"
+
+
+_TOKENS = st.sampled_from(["SIA-DCS", "ADM-CID", "NULL", "X-1"])
+_ACCOUNTS = st.text(alphabet="0123456789ABCDEF", min_size=1, max_size=16)
+_DATA = st.text(alphabet=st.characters(codec="cp1252", exclude_characters="[]"), max_size=64)
+_HEX_FIELD = st.none() | st.text(alphabet="0123456789ABCDEF", max_size=6)
+_SEQS = st.integers(1, 9999).map(lambda n: f"{n:04d}")
+_TIMES = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
+)
+
+
+class TestBuildCache:
+    """The second frame of a (token, account) is built from its remembered header."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        receiver=_HEX_FIELD,
+        line=_HEX_FIELD,
+        frames=st.lists(st.tuples(_TOKENS, _ACCOUNTS, _DATA, _SEQS, _TIMES), max_size=6),
+        repeat=st.integers(0, 5),
+    )
+    def test_same_bytes_as_encode_frame(
+        self,
+        receiver: str | None,
+        line: str | None,
+        frames: list[tuple[str, str, str, str, datetime]],
+        repeat: int,
+    ) -> None:
+        """Plain frames built after the first of their (token, account) are encode_frame's bytes."""
+        tx = Dc09Transmitter(receiver=receiver, line=line)
+        for token, account, data, seq, now in frames + frames[:repeat]:
+            out = tx.build(token=token, account=account, data=data, seq=seq, now=now)
+            expected = encode_frame(
+                token=token,
+                seq=seq,
+                account=account,
+                data=data,
+                receiver=receiver,
+                line=line,
+                timestamp=now.replace(microsecond=0),
+            )
+            assert out.bytes == expected
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        frames=st.lists(st.tuples(_TOKENS, _ACCOUNTS, _DATA, _SEQS, _TIMES), max_size=6),
+    )
+    def test_encrypted_frames_decode_the_same(
+        self, frames: list[tuple[str, str, str, str, datetime]]
+    ) -> None:
+        """Encrypted frames (random pad) decrypt to what encode_frame's frames decrypt to."""
+        tx = Dc09Transmitter(receiver="1", line="0", key=KEY)
+        for token, account, data, seq, now in frames + frames:
+            out = tx.build(token=token, account=account, data=data, seq=seq, now=now)
+            expected = encode_frame(
+                token=token,
+                seq=seq,
+                account=account,
+                data=data,
+                receiver="1",
+                line="0",
+                timestamp=now.replace(microsecond=0),
+                key=KEY,
+            )
+            got, want = decode_frame(out.bytes, key=KEY), decode_frame(expected, key=KEY)
+            assert msgspec.structs.replace(got, raw=b"") == msgspec.structs.replace(want, raw=b"")
+            assert len(out.bytes) == len(expected)
+
+    def test_bad_arguments_still_refused_once_cached(self) -> None:
+        """A cached (token, account) still refuses bad data and a bad seq."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", now=NOW)
+        with pytest.raises(ValueError, match=r"\["):
+            tx.build(token="SIA-DCS", account="1234", data="#1234|N[BA01", now=NOW)
+        with pytest.raises(ValueError, match="seq"):
+            tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", seq="12a4", now=NOW)
+        with pytest.raises(ValueError, match="0xFFF"):
+            tx.build(token="SIA-DCS", account="1234", data="x" * 4096, now=NOW)
+        with pytest.raises(ValueError, match="account"):
+            tx.build(token="SIA-DCS", account="12_4", data="#1234|NBA01", now=NOW)
+
+    def test_xdata_takes_the_general_encoder(self) -> None:
+        """Frames with x-data are encode_frame's bytes too."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", now=NOW)
+        xdata = (XData(id="V", value="1.2"),)
+        out = tx.build(
+            token="SIA-DCS", account="1234", data="#1234|NBA01", xdata=xdata, seq="0007", now=NOW
+        )
+        assert out.bytes == encode_frame(
+            token="SIA-DCS",
+            seq="0007",
+            account="1234",
+            data="#1234|NBA01",
+            line="0",
+            xdata=xdata,
+            timestamp=NOW,
+        )
+
+
+class TestKnownAck:
+    """The plain ACK of the frame sent is recognised by its bytes, as decode_frame reads it."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(receiver=_HEX_FIELD, line=_HEX_FIELD, account=_ACCOUNTS, seq=_SEQS)
+    def test_recognised_ack_is_the_decoded_frame(
+        self, receiver: str | None, line: str | None, account: str, seq: str
+    ) -> None:
+        """The event for our standard ACK equals the one decoding gives, and is Acked."""
+        tx = Dc09Transmitter(receiver=receiver, line=line)
+        sent = tx.build(token="ADM-CID", account=account, data="", seq=seq, now=NOW)
+        ack = encode_frame(
+            token="ACK", seq=seq, account=account, data="", receiver=receiver, line=line
+        )
+        [event] = tx.receive_data(ack, sent=sent)
+        assert isinstance(event, ReplyReceived)
+        assert event.frame == decode_frame(ack)
+        assert isinstance(tx.match(event.frame, sent, now=NOW), Acked)
+
+    @pytest.mark.parametrize(
+        "reply",
+        [
+            encode_frame(token="ACK", seq="0001", account="1234", data="", line="0", timestamp=NOW),
+            encode_frame(token="ACK", seq="0001", account="1234", data="", line="5"),
+            encode_frame(token="ACK", seq="0002", account="1234", data="", line="0"),
+            encode_frame(token="DUH", seq="0001", account="1234", data="", line="0"),
+        ],
+        ids=["with-timestamp", "other-line", "other-seq", "duh"],
+    )
+    def test_other_replies_are_decoded(self, reply: bytes) -> None:
+        """Any other reply goes through the decoder, with the same result as without ``sent``."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", seq="0001", now=NOW)
+        [event] = tx.receive_data(reply, sent=sent)
+        assert event == only_frame(Dc09Transmitter(receiver=None, line="0").receive_data(reply))
+
+    def test_encrypted_frame_needs_a_star_ack(self) -> None:
+        """For an encrypted frame a plain ACK is decoded (and matched as a mismatch), never taken."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        sent = tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", seq="0001", now=NOW)
+        ack = encode_frame(token="ACK", seq="0001", account="1234", data="", line="0")
+        frame = only_frame(tx.receive_data(ack, sent=sent)).frame
+        assert isinstance(tx.match(frame, sent, now=NOW), Mismatch)
+
+    def test_split_ack_is_decoded_whole(self) -> None:
+        """An ACK cut over two reads is one event."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = tx.build(token="SIA-DCS", account="1234", data="#1234|NBA01", seq="0001", now=NOW)
+        ack = encode_frame(token="ACK", seq="0001", account="1234", data="", line="0")
+        assert tx.receive_data(ack[:7], sent=sent) == []
+        [event] = tx.receive_data(ack[7:], sent=sent)
+        assert isinstance(event, ReplyReceived) and event.frame == decode_frame(ack)
+
+
+class TestResetStream:
+    def test_partial_reply_is_forgotten(self) -> None:
+        """After reset_stream a half reply from the old connection does not spoil the next one."""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        ack = encode_frame(token="ACK", seq="0001", account="1234", data="", line="0")
+        assert tx.receive_data(ack[:10]) == []
+        tx.reset_stream()
+        [event] = tx.receive_data(ack)
+        assert isinstance(event, ReplyReceived)
