@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -103,9 +104,12 @@ class StationProcess:
 
 
 class Run:
-    def __init__(self, deliveries: int, cpu_s: float, wall_s: float, station_cpu_s: float) -> None:
+    def __init__(
+        self, deliveries: int, cpu_s: float, sys_s: float, wall_s: float, station_cpu_s: float
+    ) -> None:
         self.deliveries = deliveries
         self.us_per_delivery = cpu_s / deliveries * 1e6
+        self.sys_us = sys_s / deliveries * 1e6
         self.per_s = deliveries / wall_s
         self.station_us = station_cpu_s / deliveries * 1e6
 
@@ -166,10 +170,11 @@ async def _measure(
         await burst(max(200, connections * 20))  # connect every connection, warm caches
         for _ in range(repeats):
             station_cpu = station.cpu_s()
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, sys_s, wall = time.process_time(), os.times().system, time.perf_counter()
             await burst(events)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            runs.append(Run(events, cpu, wall, station.cpu_s() - station_cpu))
+            sys_s = os.times().system - sys_s
+            runs.append(Run(events, cpu, sys_s, wall, station.cpu_s() - station_cpu))
     finally:
         await pool.close()
     return runs
@@ -213,9 +218,9 @@ def main() -> None:
             station.stop()
     print(
         "| mode | connections | µs client CPU / delivery (median) | best | deliveries/s (median) "
-        "| runs (deliveries/s) | µs station CPU / delivery |"
+        "| runs (deliveries/s) | of which µs in the kernel | µs station CPU / delivery |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for mode, connections, runs in rows:
         label = "AES-128" if mode == "aes" else "plain"
         us = [r.us_per_delivery for r in runs]
@@ -223,6 +228,7 @@ def main() -> None:
         print(
             f"| {label} | {connections} | {statistics.median(us):.1f} | {min(us):.1f} "
             f"| {statistics.median(rates):,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} "
+            f"| {statistics.median(r.sys_us for r in runs):.1f} "
             f"| {statistics.median(r.station_us for r in runs):.1f} |"
         )
 
