@@ -5,14 +5,23 @@ One persistent TCP connection (or a UDP socket), stop-and-wait: one frame outsta
 paired by seq. ACK → acked; NAK → the receiver's clock offset is adopted and the frame resent once
 with the same seq; DUH → refused (the caller dead-letters); no answer → failed (the caller retries
 with the same seq). NULL polls keep the link supervised and drive the link-state metric.
+
+The I/O is an :class:`asyncio.Protocol` (a datagram protocol for UDP) per connection, without
+streams: a frame is written and its sender waits on one future, which ``data_received`` resolves
+with the matching reply (or which the connection's loss, or one ``loop.call_at`` timer for the ACK
+timeout, fails). Replies that answer no outstanding frame are dropped. Writes need no flow
+control: at most one frame per connection is ever unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import structlog
@@ -28,7 +37,7 @@ from protocols.dc09_transmitter import (
     Mismatch,
     Naked,
     OutgoingFrame,
-    ReplyReceived,
+    ReplyEvent,
     ReplyRejected,
     RspReceived,
 )
@@ -56,6 +65,49 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     note: str | None = None  # e.g. why the event went in its own family to a one-family receiver
 
 
+Outcome = Acked | Naked | Duhed | RspReceived | Mismatch
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TCP connection to the receiver; hands what it reads to its client."""
+
+    def __init__(self, client: Dc09ReceiverClient) -> None:
+        self._client = client
+        self.transport: asyncio.Transport | None = None
+        self.closed = False  # EOF or lost: the client reconnects before its next frame
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._client._on_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._client._on_lost(self, None)
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._client._on_lost(self, exc)
+
+
+class _UdpEndpoint(asyncio.DatagramProtocol):
+    """The UDP socket to the receiver; hands each datagram to its client."""
+
+    def __init__(self, client: Dc09ReceiverClient) -> None:
+        self._client = client
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._client._on_datagram(self, data)
+
+
+def _expire(waiter: asyncio.Future[Outcome]) -> None:
+    """The ACK timeout of one frame (a ``call_at`` handle, cancelled when the reply comes)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Dc09ReceiverClient:
     """Sends frames to one receiver; callers are serialised (stop-and-wait)."""
 
@@ -70,17 +122,22 @@ class Dc09ReceiverClient:
         self._tx = Dc09Transmitter(
             receiver=config.receiver_number, line=config.line_prefix or "0", key=key
         )
+        self._udp_mode = config.protocol == "udp"
+        self._timeout = config.ack_timeout_s
         self._lock = asyncio.Lock()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._tcp: _TcpConnection | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._udp_replies: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+        self._udp_endpoint: _UdpEndpoint | None = None
+        # The frame outstanding and the future its sender waits on (None between frames).
+        self._sent: OutgoingFrame | None = None
+        self._waiter: asyncio.Future[Outcome] | None = None
         self._poller: asyncio.Task[None] | None = None
         # loop.time() of the last exchange that ended (answered or failed); 0 before the first.
         self.last_exchange_at = 0.0
         self._link_changed = asyncio.Event()
         self.link_up = False
-        metrics.LINK_UP.labels(self.name).set(0)
+        self._link_gauge = metrics.LINK_UP.labels(self.name)
+        self._link_gauge.set(0)
 
     @property
     def clock_offset(self) -> timedelta:
@@ -138,8 +195,9 @@ class Dc09ReceiverClient:
         if note is not None:
             log.warning("receiver_family_unconverted", receiver=self.name, note=note)
         async with self._lock:
-            attempt = await self._send_frame(token=token, account=account, data=data, seq=seq)
-        return msgspec.structs.replace(attempt, family_sent=family, note=note)
+            return await self._send_frame(
+                token=token, account=account, data=data, seq=seq, family=family, note=note
+            )
 
     async def wait_for_link(self, up: bool) -> None:
         """Return once :attr:`link_up` equals ``up`` (wrap in a timeout)."""
@@ -156,19 +214,26 @@ class Dc09ReceiverClient:
         return ok
 
     async def _send_frame(
-        self, *, token: str, account: str, data: str, seq: str | None
+        self,
+        *,
+        token: str,
+        account: str,
+        data: str,
+        seq: str | None,
+        family: str | None = None,
+        note: str | None = None,
     ) -> DeliveryAttempt:
         sent_at: datetime | None = None
         frame_seq = seq or self._tx.next_seq()
+        loop = asyncio.get_running_loop()
         for _ in range(2):  # the second round only after a NAK (clock corrected)
-            out = self._tx.build(
-                token=token, account=account, data=data, seq=frame_seq, now=self._clock()
-            )
-            sent_at = sent_at or self._clock()
+            now = self._clock()
+            out = self._tx.build(token=token, account=account, data=data, seq=frame_seq, now=now)
+            sent_at = sent_at or now
             try:
-                outcome = await self._exchange(out)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-                self.last_exchange_at = asyncio.get_running_loop().time()
+                outcome = await self._exchange(out, loop)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                self.last_exchange_at = loop.time()
                 self._set_link(False)
                 self._disconnect()
                 return DeliveryAttempt(
@@ -177,8 +242,10 @@ class Dc09ReceiverClient:
                     seq=frame_seq,
                     sent_at=sent_at,
                     error=_describe(exc),
+                    family_sent=family,
+                    note=note,
                 )
-            self.last_exchange_at = asyncio.get_running_loop().time()
+            self.last_exchange_at = loop.time()
             self._set_link(True)
             if isinstance(outcome, Acked | RspReceived):
                 return DeliveryAttempt(
@@ -187,10 +254,18 @@ class Dc09ReceiverClient:
                     seq=frame_seq,
                     sent_at=sent_at,
                     acked_at=self._clock(),
+                    family_sent=family,
+                    note=note,
                 )
             if isinstance(outcome, Duhed):
                 return DeliveryAttempt(
-                    outcome="duh", receiver=self.name, seq=frame_seq, sent_at=sent_at, error="DUH"
+                    outcome="duh",
+                    receiver=self.name,
+                    seq=frame_seq,
+                    sent_at=sent_at,
+                    error="DUH",
+                    family_sent=family,
+                    note=note,
                 )
             if isinstance(outcome, Naked):
                 log.info(
@@ -206,6 +281,8 @@ class Dc09ReceiverClient:
                 seq=frame_seq,
                 sent_at=sent_at,
                 error=outcome.reason,
+                family_sent=family,
+                note=note,
             )
         return DeliveryAttempt(
             outcome="failed",
@@ -213,100 +290,131 @@ class Dc09ReceiverClient:
             seq=frame_seq,
             sent_at=sent_at,
             error="NAK after clock correction",
+            family_sent=family,
+            note=note,
         )
 
-    async def _exchange(self, out: OutgoingFrame) -> Acked | Naked | Duhed | RspReceived | Mismatch:
-        timeout = self.config.ack_timeout_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if self.config.protocol == "udp":
-            await self._ensure_udp()
-            assert self._udp is not None
-            while not self._udp_replies.empty():  # drop late replies to earlier frames
-                self._udp_replies.get_nowait()
-            self._udp.sendto(out.bytes)
-            while True:
-                raw = await asyncio.wait_for(
-                    self._udp_replies.get(), max(0.0, deadline - loop.time())
-                )
-                for event in self._tx.receive_datagram(raw):
-                    outcome = self._match(event, out)
-                    if outcome is not None:
-                        return outcome
-        await self._ensure_tcp(timeout)
-        assert self._writer is not None
-        assert self._reader is not None
-        self._writer.write(out.bytes)
-        await self._writer.drain()
-        while True:
-            chunk = await asyncio.wait_for(
-                self._reader.read(4096), max(0.0, deadline - loop.time())
-            )
-            if not chunk:
-                raise ConnectionError("receiver closed the connection")
-            for event in self._tx.receive_data(chunk):
-                outcome = self._match(event, out)
-                if outcome is not None:
-                    return outcome
+    async def _exchange(self, out: OutgoingFrame, loop: asyncio.AbstractEventLoop) -> Outcome:
+        """Send ``out`` and wait for its reply; the ACK timeout covers connecting too.
 
-    def _match(
-        self, event: ReplyReceived | ReplyRejected, out: OutgoingFrame
-    ) -> Acked | Naked | Duhed | RspReceived | Mismatch | None:
-        if isinstance(event, ReplyRejected):
-            log.warning("receiver_bad_reply", receiver=self.name, error=event.error.message)
-            return None
-        outcome = self._tx.match(event.frame, out, now=self._clock())
-        if isinstance(outcome, Mismatch) and event.frame.seq != out.seq:
-            return None  # a late reply to an earlier frame: keep waiting for ours
-        return outcome
+        Raises TimeoutError (no answer in time), ConnectionError or OSError (connection refused,
+        closed or reset before the reply).
+        """
+        deadline = loop.time() + self._timeout
+        write: Callable[[bytes], None]
+        if self._udp_mode:
+            udp = self._udp
+            if udp is None or udp.is_closing():
+                udp = await self._connect_udp(loop)
+            write = udp.sendto
+        else:
+            tcp = self._tcp
+            if tcp is None or tcp.closed:
+                # Not yet connected, or the receiver closed the idle connection (restart, idle
+                # timeout): reconnect before sending rather than lose this attempt to a dead socket.
+                tcp = await self._connect_tcp(loop)
+            assert tcp.transport is not None
+            write = tcp.transport.write
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        self._sent = out
+        self._waiter = waiter
+        timer = loop.call_at(deadline, _expire, waiter)
+        try:
+            write(out.bytes)
+            return await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = self._sent = None
+
+    # -- replies (protocol callbacks) -----------------------------------------------------------
+
+    def _on_data(self, conn: _TcpConnection, data: bytes) -> None:
+        if conn is not self._tcp:
+            return  # a connection already given up (its loss is being reported)
+        self._resolve(self._tx.receive_data(data, sent=self._sent))
+
+    def _on_datagram(self, endpoint: _UdpEndpoint, data: bytes) -> None:
+        if endpoint is self._udp_endpoint:
+            self._resolve(self._tx.receive_datagram(data))
+
+    def _on_lost(self, conn: _TcpConnection, exc: Exception | None) -> None:
+        if conn is not self._tcp:
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                exc
+                if isinstance(exc, OSError)
+                else ConnectionError("receiver closed the connection")
+            )
+
+    def _resolve(self, events: list[ReplyEvent]) -> None:
+        """Pair replies with the frame outstanding; late replies to earlier frames are dropped."""
+        waiter = self._waiter
+        sent = self._sent
+        for event in events:
+            if isinstance(event, ReplyRejected):
+                log.warning("receiver_bad_reply", receiver=self.name, error=event.error.message)
+                continue
+            if waiter is None or sent is None or waiter.done():
+                log.debug("receiver_reply_unexpected", receiver=self.name, seq=event.frame.seq)
+                continue
+            outcome = self._tx.match(event.frame, sent, now=self._clock())
+            if isinstance(outcome, Mismatch) and event.frame.seq != sent.seq:
+                continue  # a late reply to an earlier frame: keep waiting for ours
+            waiter.set_result(outcome)
+            return
 
     # -- connections ----------------------------------------------------------------------------
 
-    async def _ensure_tcp(self, connect_timeout_s: float) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            assert self._reader is not None
-            if not self._reader.at_eof() and self._reader.exception() is None:
-                return
-            # The receiver closed the idle connection (restart, idle timeout): reconnect before
-            # sending rather than lose this attempt to a dead socket.
-            self._disconnect()
+    async def _connect_tcp(self, loop: asyncio.AbstractEventLoop) -> _TcpConnection:
+        self._disconnect()
         assert self.config.host is not None
         assert self.config.port is not None
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.config.host, self.config.port), connect_timeout_s
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: _TcpConnection(self), self.config.host, self.config.port
+            ),
+            self._timeout,
         )
+        if conn.closed:  # lost between connecting and now
+            raise ConnectionError("receiver closed the connection")
+        self._tx.reset_stream()  # no half frame from an earlier connection
+        self._tcp = conn
+        return conn
 
-    async def _ensure_udp(self) -> None:
-        if self._udp is not None and not self._udp.is_closing():
-            return
-        queue = self._udp_replies
-
-        class _Proto(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(data)
-
+    async def _connect_udp(self, loop: asyncio.AbstractEventLoop) -> asyncio.DatagramTransport:
+        self._disconnect()
         assert self.config.host is not None
         assert self.config.port is not None
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            _Proto, remote_addr=(self.config.host, self.config.port)
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: _UdpEndpoint(self), remote_addr=(self.config.host, self.config.port)
         )
         self._udp = transport
+        self._udp_endpoint = endpoint
+        return transport
 
     def _disconnect(self) -> None:
-        if self._writer is not None:
-            self._writer.transport.abort()
-        self._reader = self._writer = None
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        """Drop the connection; a frame still outstanding on it fails at once."""
+        tcp, self._tcp = self._tcp, None
+        if tcp is not None and tcp.transport is not None:
+            tcp.transport.abort()
+        udp, self._udp, self._udp_endpoint = self._udp, None, None
+        if udp is not None:
+            udp.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("connection closed"))
 
     def _set_link(self, up: bool) -> None:
         if up != self.link_up:
             log.info("receiver_link", receiver=self.name, up=up)
             self._link_changed.set()
-        self.link_up = up
-        metrics.LINK_UP.labels(self.name).set(1 if up else 0)
+            self.link_up = up
+        # Set on every exchange: the pool's connections share the receiver's gauge, which shows
+        # the latest exchange on any of them (as Dc09ReceiverPool.link_up does).
+        self._link_gauge.set(1 if up else 0)
 
     async def _poll_loop(self) -> None:
         """NULL polls while idle (any answered frame supervises the link, §1.11); while the link
@@ -343,22 +451,28 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+_Slot = tuple[int, Dc09ReceiverClient]  # (index in the pool, connection)
+
+
 class Dc09ReceiverPool:
     """Several connections to one receiver, so different lanes can be in flight at once.
 
     Each connection is stop-and-wait; order within a lane is the dispatcher's job (one delivery
-    per lane in flight), so spreading lanes over connections keeps it.
+    per lane in flight), so spreading lanes over connections keeps it. A send takes the first
+    idle connection (lowest index); when all are busy it waits for whichever becomes free first
+    (callers in arrival order).
     """
 
     def __init__(self, config: ReceiverConfig, *, connections: int = 4) -> None:
         self.config = config
         self.name = config.name
         self._clients = [Dc09ReceiverClient(config) for _ in range(max(1, connections))]
-        self._next = 0
+        self._idle: list[_Slot] = list(enumerate(self._clients))  # a heap, by index
+        self._waiting: deque[asyncio.Future[_Slot]] = deque()
 
     @property
     def connections(self) -> tuple[Dc09ReceiverClient, ...]:
-        """The connections, in the order :meth:`send` tries them."""
+        """The connections, lowest index first (the order :meth:`send` prefers them in)."""
         return tuple(self._clients)
 
     @property
@@ -378,12 +492,37 @@ class Dc09ReceiverPool:
             await client.close()
 
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
-        """Send on an idle connection (or the next one in turn when all are busy)."""
-        for client in self._clients:
-            if not client.busy:
-                return await client.send(account=account, event=event, seq=seq)
-        self._next = (self._next + 1) % len(self._clients)
-        return await self._clients[self._next].send(account=account, event=event, seq=seq)
+        """Send on the first idle connection, or on the first one to become idle."""
+        idle = self._idle
+        if idle:
+            slot = heapq.heappop(idle)
+            if idle and slot[1].busy:  # a NULL poll is out on it: take the next idle one
+                slot = heapq.heapreplace(idle, slot)
+        else:
+            slot = await self._wait_for_connection()
+        try:
+            return await slot[1].send(account=account, event=event, seq=seq)
+        finally:
+            self._release(slot)
+
+    async def _wait_for_connection(self) -> _Slot:
+        waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # handed to us just as we were cancelled
+            raise
+
+    def _release(self, slot: _Slot) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():  # skip callers cancelled while waiting
+                waiter.set_result(slot)
+                return
+        heapq.heappush(self._idle, slot)
 
     async def poll(self) -> bool:
         return await self._clients[0].poll()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 from pysiaalarm import SIAAccount
@@ -18,7 +20,15 @@ from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
 from protocols.categories import classify
 from protocols.dc09_crypto import AesKey
+from protocols.dc09_frame import Frame
+from protocols.dc09_receiver import (
+    AccountCrypto,
+    Dc09ReceiverConnection,
+    FrameReceived,
+)
+from protocols.dc09_receiver import ReceiverConfig as Dc09RxConfig
 from protocols.signal import Event, Family
+from receivers import dc09_client
 from receivers.dc09_client import Dc09ReceiverClient, Dc09ReceiverPool
 
 WAIT_S = 10  # upper bound for anything awaited; never a pass/fail timing criterion
@@ -490,3 +500,297 @@ class TestAgainstPysiaalarm:
                 await client.close()
         assert attempt.outcome == "failed"
         assert station.events  # pysiaalarm did take the event; only its reply is malformed
+
+
+class ScriptedStation:
+    """A small TCP station whose answer to each frame is a test's ``script``.
+
+    ``script(conn, frame, writer)`` writes whatever it likes (ACKs for other seqs, nothing, its
+    own ACK later) and may close or reset the connection; frames are decoded by our receiver.
+    """
+
+    def __init__(
+        self,
+        script: Callable[[Dc09ReceiverConnection, Frame, asyncio.StreamWriter], Awaitable[None]],
+    ) -> None:
+        self.script = script
+        self.frames: list[Frame] = []
+        self.peers: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> ScriptedStation:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = Dc09ReceiverConnection(Dc09RxConfig(), _AnyAccount())
+        self.peers.append("{}:{}".format(*writer.get_extra_info("peername")[:2]))
+        try:
+            while data := await reader.read(4096):
+                for event in conn.receive_data(data, now=datetime.now(UTC)):
+                    assert isinstance(event, FrameReceived), event
+                    self.frames.append(event.frame)
+                    await self.script(conn, event.frame, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+class _AnyAccount:
+    def lookup(self, account: str) -> AccountCrypto | None:
+        return AccountCrypto()
+
+
+def ack_for(conn: Dc09ReceiverConnection, frame: Frame, seq: str | None = None) -> bytes:
+    """The receiver's ACK of ``frame`` (or of the same frame with another ``seq``)."""
+    if seq is not None:
+        frame = msgspec.structs.replace(frame, seq=seq)
+    return conn.ack(frame, now=datetime.now(UTC))
+
+
+def pending_timeouts(client: Dc09ReceiverClient) -> int:
+    """ACK-timeout timers of this client still armed (asyncio's loop keeps them in _scheduled)."""
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", [])
+    return sum(1 for h in scheduled if not h.cancelled() and h._callback is dc09_client._expire)
+
+
+class TestProtocolExchange:
+    async def test_timeout_timer_cancelled_on_reply(
+        self, sim: StationSimulator, make_client: ClientFactory
+    ) -> None:
+        """An answered frame leaves no ACK-timeout timer armed: waiting past the timeout later
+        neither fails anything nor drops the connection."""
+        client = make_client(sim.port, ack_timeout_s=0.2)
+        assert (await client.send(account="1", event=burglary(1))).outcome == "acked"
+        assert pending_timeouts(client) == 0
+        await asyncio.sleep(0.4)  # past the first frame's ACK timeout
+        assert client.link_up
+        assert (await client.send(account="1", event=burglary(2))).outcome == "acked"
+        assert len({r.peer for r in sim.received}) == 1  # the same connection throughout
+
+    async def test_late_reply_to_earlier_frame_is_ignored(self, make_client: ClientFactory) -> None:
+        """A reply to an earlier seq, before ours, does not answer our frame: we keep waiting."""
+
+        async def stale_then_ours(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(ack_for(conn, frame, seq="0001"))  # a late ACK of frame 0001
+            await asyncio.sleep(0.05)
+            writer.write(ack_for(conn, frame))
+
+        async with ScriptedStation(stale_then_ours) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            attempt = await client.send(account="4321", event=burglary(1), seq="0002")
+        assert (attempt.outcome, attempt.seq) == ("acked", "0002")
+        assert [f.seq for f in station.frames] == ["0002"]
+
+    async def test_duplicate_reply_between_frames_is_dropped(
+        self, make_client: ClientFactory
+    ) -> None:
+        """An ACK arriving while nothing is outstanding is dropped, not taken by the next frame."""
+
+        async def ack_twice_then_late(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            if frame.seq == "0001":
+                writer.write(ack_for(conn, frame))
+                await asyncio.sleep(0.05)
+                writer.write(ack_for(conn, frame))  # a duplicate, after we moved on
+            else:
+                await asyncio.sleep(0.1)
+                writer.write(ack_for(conn, frame))
+
+        async with ScriptedStation(ack_twice_then_late) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            first = await client.send(account="1", event=burglary(1), seq="0001")
+            await asyncio.sleep(0.1)  # the duplicate arrives while idle
+            second = await client.send(account="1", event=burglary(2), seq="0002")
+        assert (first.outcome, second.outcome) == ("acked", "acked")
+        assert second.acked_at is not None and second.sent_at is not None
+        assert second.acked_at - second.sent_at >= timedelta(milliseconds=90)  # its own ACK
+
+    async def test_reply_with_our_seq_but_other_account_fails(
+        self, make_client: ClientFactory
+    ) -> None:
+        """An ACK with our seq for another account is a mismatch: failed, with the reason."""
+
+        async def wrong_account(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(ack_for(conn, msgspec.structs.replace(frame, account="9999")))
+
+        async with ScriptedStation(wrong_account) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            attempt = await client.send(account="4321", event=burglary(1), seq="0005")
+        assert attempt.outcome == "failed"
+        assert attempt.error is not None and "account" in attempt.error
+
+    @pytest.mark.parametrize("how", ["close", "reset"])
+    async def test_connection_lost_mid_wait(self, make_client: ClientFactory, how: str) -> None:
+        """The station closes (or resets) the connection instead of answering: the attempt fails
+        at once, not at the ACK timeout, the link is down, and the next send reconnects."""
+        lose = True
+
+        async def drop_first(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            nonlocal lose
+            if not lose:
+                writer.write(ack_for(conn, frame))
+                return
+            lose = False
+            await asyncio.sleep(0.05)
+            if how == "reset":
+                writer.transport.abort()
+            else:
+                writer.close()
+
+        async with ScriptedStation(drop_first) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            failed = await client.send(account="1", event=burglary(1))
+            took = loop.time() - started
+            assert not client.link_up
+            assert pending_timeouts(client) == 0
+            retry = await client.send(account="1", event=burglary(1), seq=failed.seq)
+        assert failed.outcome == "failed"
+        assert failed.error is not None
+        assert took < WAIT_S / 2  # the loss ended the wait, not the timer
+        assert (retry.outcome, retry.seq) == ("acked", failed.seq)
+        assert client.link_up
+        assert len(station.peers) == 2  # reconnected
+
+    async def test_station_closes_idle_connection(self, make_client: ClientFactory) -> None:
+        """The station closes the connection after answering; the next send reconnects first."""
+
+        async def ack_and_close(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(ack_for(conn, frame))
+            await writer.drain()
+            writer.close()
+
+        async with ScriptedStation(ack_and_close) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            first = await client.send(account="1", event=burglary(1))
+            await asyncio.sleep(0.1)  # the close arrives while idle
+            second = await client.send(account="1", event=burglary(2))
+        assert (first.outcome, second.outcome) == ("acked", "acked")
+        assert len(station.peers) == 2
+
+    async def test_close_fails_the_outstanding_frame(self, make_client: ClientFactory) -> None:
+        """Closing the client while a frame waits for its ACK fails that attempt at once."""
+
+        async def never(
+            conn: Dc09ReceiverConnection, frame: Frame, writer: asyncio.StreamWriter
+        ) -> None:
+            pass
+
+        async with ScriptedStation(never) as station:
+            client = make_client(station.port, ack_timeout_s=WAIT_S)
+            sending = asyncio.create_task(client.send(account="1", event=burglary(1)))
+            async with asyncio.timeout(WAIT_S):
+                while not station.frames:
+                    await asyncio.sleep(0.01)
+            assert pending_timeouts(client) == 1  # the helper sees the armed timer
+            await client.close()
+            attempt = await asyncio.wait_for(sending, WAIT_S / 2)
+        assert attempt.outcome == "failed"
+        assert pending_timeouts(client) == 0
+
+    async def test_cancelled_send_leaves_connection_usable(
+        self, sim: StationSimulator, make_client: ClientFactory
+    ) -> None:
+        """A caller cancelled while waiting for its ACK frees the connection; its late ACK is
+        dropped and the next frame gets its own."""
+        sim.set_mode("delay", delay_ms=200)
+        client = make_client(sim.port, ack_timeout_s=WAIT_S)
+        sending = asyncio.create_task(client.send(account="1", event=burglary(1), seq="0001"))
+        await asyncio.sleep(0.05)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert pending_timeouts(client) == 0
+        sim.set_mode("ack", delay_ms=0)
+        attempt = await client.send(account="1", event=burglary(2), seq="0002")
+        assert (attempt.outcome, attempt.seq) == ("acked", "0002")
+
+
+class TestPoolScheduling:
+    async def test_all_busy_waits_for_first_free(self, sim: StationSimulator) -> None:
+        """More callers than connections: each waits for the first connection to be free; all
+        are ACKed over exactly that many connections."""
+        sim.set_mode("delay", delay_ms=20)
+        pool = Dc09ReceiverPool(
+            ReceiverConfig(name=unique("pool"), host="127.0.0.1", port=sim.port), connections=2
+        )
+        try:
+            attempts = await asyncio.gather(
+                *(pool.send(account="1", event=burglary(z)) for z in range(1, 9))
+            )
+        finally:
+            await pool.close()
+        assert [a.outcome for a in attempts] == ["acked"] * 8
+        assert len({r.peer for r in sim.received}) == 2
+
+    async def test_cancelled_waiter_does_not_lose_a_connection(self, sim: StationSimulator) -> None:
+        """A caller cancelled while waiting for a connection gives nothing up: later sends run."""
+        sim.set_mode("delay", delay_ms=100)
+        pool = Dc09ReceiverPool(
+            ReceiverConfig(name=unique("pool"), host="127.0.0.1", port=sim.port), connections=1
+        )
+        try:
+            first = asyncio.create_task(pool.send(account="1", event=burglary(1)))
+            await asyncio.sleep(0)
+            waiting = asyncio.create_task(pool.send(account="1", event=burglary(2)))
+            third = asyncio.create_task(pool.send(account="1", event=burglary(3)))
+            await asyncio.sleep(0.02)
+            waiting.cancel()
+            done = await asyncio.wait_for(asyncio.gather(first, third), WAIT_S)
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            sim.set_mode("ack", delay_ms=0)
+            after = await asyncio.wait_for(pool.send(account="1", event=burglary(4)), WAIT_S)
+        finally:
+            await pool.close()
+        assert [a.outcome for a in done] == ["acked", "acked"]
+        assert after.outcome == "acked"
+        assert [e.zone for r in sim.received for e in r.events] == [1, 3, 4]
+
+    async def test_polling_connection_is_skipped(self, sim: StationSimulator) -> None:
+        """While connection 0 has a NULL poll out, a send takes the next idle connection."""
+        sim.set_mode("drop")  # the poll stays unanswered until its timeout
+        pool = Dc09ReceiverPool(
+            ReceiverConfig(
+                name=unique("pool"), host="127.0.0.1", port=sim.port, ack_timeout_s=WAIT_S
+            ),
+            connections=2,
+        )
+        try:
+            polling = asyncio.create_task(pool.poll())
+            async with asyncio.timeout(WAIT_S):
+                await sim.wait_for_polls(1)
+            sim.set_mode("ack")
+            attempt = await asyncio.wait_for(pool.send(account="1", event=burglary(1)), WAIT_S / 2)
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
+        finally:
+            await pool.close()
+        assert attempt.outcome == "acked"
+        assert pool.connections[1].link_up
