@@ -66,6 +66,7 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Outcome = Acked | Naked | Duhed | RspReceived | Mismatch
+_ACCEPTED = (Acked, RspReceived)
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -131,6 +132,7 @@ class Dc09ReceiverClient:
         # The frame outstanding and the future its sender waits on (None between frames).
         self._sent: OutgoingFrame | None = None
         self._waiter: asyncio.Future[Outcome] | None = None
+        self._replied_at: datetime | None = None  # when the reply that resolved it arrived
         self._poller: asyncio.Task[None] | None = None
         # loop.time() of the last exchange that ended (answered or failed); 0 before the first.
         self.last_exchange_at = 0.0
@@ -247,13 +249,13 @@ class Dc09ReceiverClient:
                 )
             self.last_exchange_at = loop.time()
             self._set_link(True)
-            if isinstance(outcome, Acked | RspReceived):
+            if isinstance(outcome, _ACCEPTED):
                 return DeliveryAttempt(
                     outcome="acked",
                     receiver=self.name,
                     seq=frame_seq,
                     sent_at=sent_at,
-                    acked_at=self._clock(),
+                    acked_at=self._replied_at,
                     family_sent=family,
                     note=note,
                 )
@@ -360,9 +362,11 @@ class Dc09ReceiverClient:
             if waiter is None or sent is None or waiter.done():
                 log.debug("receiver_reply_unexpected", receiver=self.name, seq=event.frame.seq)
                 continue
-            outcome = self._tx.match(event.frame, sent, now=self._clock())
+            now = self._clock()
+            outcome = self._tx.match(event.frame, sent, now=now)
             if isinstance(outcome, Mismatch) and event.frame.seq != sent.seq:
                 continue  # a late reply to an earlier frame: keep waiting for ours
+            self._replied_at = now  # the reply's arrival: acked_at
             waiter.set_result(outcome)
             return
 
