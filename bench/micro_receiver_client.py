@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import statistics
 import subprocess
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", default="1,4,16")
     parser.add_argument("--modes", default="plain,aes")
+    parser.add_argument("--json", help="append each run (one JSON line) to this file")
     parser.add_argument("--station", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--key-hex", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -216,6 +218,19 @@ def main() -> None:
                 rows.append((mode, connections, runs))
         finally:
             station.stop()
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as out:
+            for mode, connections, runs in rows:
+                for r in runs:
+                    record = {
+                        "mode": mode,
+                        "connections": connections,
+                        "us_per_delivery": r.us_per_delivery,
+                        "kernel_us": r.sys_us,
+                        "per_s": r.per_s,
+                        "station_us": r.station_us,
+                    }
+                    out.write(json.dumps(record) + "\n")
     print(
         "| mode | connections | µs client CPU / delivery (median) | best | deliveries/s (median) "
         "| runs (deliveries/s) | of which µs in the kernel | µs station CPU / delivery |"
