@@ -226,9 +226,27 @@ def measure(name: str, proc: subprocess.Popen[bytes], run: Any, *, postgres: boo
 def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -> list[Measured]:
     key = AesKey.from_ascii(BENCH_KEY_ASCII) if aes else None
     out: list[Measured] = []
+    # One generator setting for every target of the run: only the port differs.
+    settings: dict[str, Any] = {
+        "modules": modules,
+        "duration": duration,
+        "key": key,
+        "family": "both",
+        "rate": None,
+        "udp": False,
+        "timeout": 5.0,
+        "retries": 2,
+    }
+    print(
+        f"[ingest{'-aes' if aes else ''}] the same load for every target: {modules} DC-09 TCP modules, "
+        f"stop-and-wait, as fast as possible, {duration:g} s, CID and SIA alternating, "
+        f"{'AES-128' if aes else 'plain'} with timestamps, reply timeout 5 s, 2 retries",
+        file=sys.stderr,
+        flush=True,
+    )
 
     def load(port: int) -> Result:
-        return uvloop.run(run_tcp("127.0.0.1", port, modules, duration, key=key))
+        return uvloop.run(run_tcp("127.0.0.1", port, **settings))
 
     for rep in range(repeats):
         print(
@@ -467,8 +485,8 @@ def table(results: list[Measured]) -> str:
     for m in results:
         by_name.setdefault(m.name, []).append(m)
     lines = [
-        "| target | runs | signals/s (median) | p50 ms | p90 ms | p99 ms | max ms | timeouts | CPU s target | CPU s postgres | CPU s load gen | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | runs | signals/s (median) | p50 ms | p90 ms | p99 ms | max ms | timeouts | NAK / DUH / errors | CPU s target | CPU s postgres | CPU s load gen (µs/signal) | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in by_name.items():
         ordered = sorted(runs, key=lambda m: m.summary["signals_per_s"])
@@ -478,7 +496,9 @@ def table(results: list[Measured]) -> str:
         lines.append(
             f"| {name} | {len(runs)} ({each}) | **{s['signals_per_s']:.0f}** | "
             f"{s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} | {int(s['timeouts'])} | "
-            f"{med.cpu_s.get('target', 0):.1f} | {med.cpu_s.get('postgres', 0):.1f} | {med.cpu_s.get('loadgen', 0):.1f} | {med.peak_rss_mb:.0f} |"
+            f"{int(s.get('naks', 0))} / {int(s.get('duhs', 0))} / {int(s.get('errors', 0))} | "
+            f"{med.cpu_s.get('target', 0):.1f} | {med.cpu_s.get('postgres', 0):.1f} | "
+            f"{med.cpu_s.get('loadgen', 0):.1f} ({med.cpu_s.get('loadgen', 0) / max(1, s['sent']) * 1e6:.0f}) | {med.peak_rss_mb:.0f} |"
         )
     return "\n".join(lines)
 
