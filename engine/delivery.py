@@ -168,8 +168,12 @@ class Dispatcher:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         voice_command: Callable[[str, int], Awaitable[None]] | None = None,
+        outcome_pool: asyncpg.Pool | None = None,
     ) -> None:
         self._pool = pool
+        # Outcomes and lease renewals: a PostgreSQL crash that loses one only means a resend with
+        # the same seq (the documented window), so their commits need not wait for the WAL flush.
+        self._relaxed = outcome_pool or pool
         self._registry = registry
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._max_in_flight = max_in_flight
@@ -179,7 +183,7 @@ class Dispatcher:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._voice_command = voice_command
-        self._outcomes = OutcomeWriter(pool)
+        self._outcomes = OutcomeWriter(self._relaxed)
         self._wake = asyncio.Event()
         self._lanes: dict[str, deque[OwnedDelivery]] = {}  # held rows per lane, head first
         self._held: set[int] = set()  # ids of every held row
@@ -329,7 +333,7 @@ class Dispatcher:
             if not ids:
                 continue
             with contextlib.suppress(*_DB_ERRORS):
-                await self._pool.execute(
+                await self._relaxed.execute(
                     "UPDATE deliveries SET lease_until = now() + $3::interval "
                     "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' "
                     "AND lease_until < now() + $4::interval",

@@ -74,7 +74,12 @@ class Engine:
 
             receivers = ReceiverDirectory(pool)
             await receivers.start()
-            self.dispatcher = Dispatcher(pool, receivers.current, voice_command=self._voice_command)
+            self.dispatcher = Dispatcher(
+                pool,
+                receivers.current,
+                voice_command=self._voice_command,
+                outcome_pool=database.relaxed_pool,
+            )
             forwarding = ForwardingStage(
                 self.directory, owner=self.dispatcher.owner, lease_s=self.dispatcher.lease_s
             )

@@ -32,7 +32,12 @@ CREATE FUNCTION ingest_batch(
     p_lease interval
 ) RETURNS TABLE (kind text, ord integer, id bigint, dkey text, at timestamptz, account text,
                  part integer, reason text, leased boolean)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+-- Every table this function reads is reached by key (accounts, dedupe keys, supervision rows,
+-- entries, lanes). A plan cached while a table was small (or before it was analyzed) would scan
+-- it whole on every call as it grows and bloats between vacuums: keep the index paths.
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     v_pos integer[];
@@ -42,8 +47,10 @@ DECLARE
     v_dats timestamptz[];
     v_dns integer[];
     v_close_accounts text[];
+    v_restores text[];
 BEGIN
-    -- 1. Signals: dedupe claims, the rows, contact times (sorted accounts: one lock order).
+    -- 1. One statement: dedupe claims, the signal rows, contact times (sorted accounts: one lock
+    --    order), supervision deadlines, decisions.
     WITH input AS MATERIALIZED (
         SELECT nextval('signals_id_seq') AS sid, t.*
         FROM json_to_recordset(p_signals)
@@ -86,10 +93,45 @@ BEGIN
                               first_contact_at = COALESCE(a.first_contact_at, t.first_at)
         FROM unnest(p_contact_accounts, p_contact_first, p_contact_last) AS t(account, first_at, last_at)
         WHERE a.account = t.account AND a.account = ANY (p_contact_accounts)  -- index path always
+    ),
+    up AS (
+        -- Supervision: every contact moves its deadline to the one computed from the account's
+        -- latest contact (not the greater of old and new: that kept a 24 h deadline after the
+        -- interval became 6 h); a batch whose contact is older than the stored one (several
+        -- writers) leaves it. An account in a miss keeps the miss and is returned (its restore
+        -- is committed by the engine's follow-up transaction).
+        INSERT INTO supervision AS s (account, deadline, last_contact_at)
+        SELECT u.a, u.d, c.at
+        FROM unnest(p_sup_accounts, p_sup_deadlines) AS u(a, d)
+        LEFT JOIN unnest(p_contact_accounts, p_contact_last) AS c(a, at) ON c.a = u.a
+        ORDER BY u.a
+        ON CONFLICT (account) DO UPDATE
+            SET deadline = CASE
+                    WHEN EXCLUDED.last_contact_at IS NULL THEN GREATEST(s.deadline, EXCLUDED.deadline)
+                    WHEN s.last_contact_at IS NULL OR EXCLUDED.last_contact_at >= s.last_contact_at
+                        THEN EXCLUDED.deadline
+                    ELSE s.deadline END,
+                last_contact_at = GREATEST(s.last_contact_at, EXCLUDED.last_contact_at),
+                updated_at = now()
+        RETURNING s.account, s.missed
+    ),
+    decided AS (
+        -- Decisions for the stored signals' events (by position, or by the id of a signal an
+        -- earlier call stored); a duplicate's are dropped with it.
+        INSERT INTO decisions (signal_id, event_index, received_at, account, forward, reason,
+                               category, two_way_voice)
+        SELECT coalesce(t.s, kk.sid), t.i, t.at, t.a, t.f, t.r, t.c, t.v
+        FROM json_to_recordset(p_decisions)
+             AS t(o int, s bigint, i smallint, at timestamptz, a text, f bool, r text, c text,
+                  v text)
+        LEFT JOIN kept kk ON kk.o = t.o
+        WHERE coalesce(t.s, kk.sid) IS NOT NULL
+        ON CONFLICT DO NOTHING
     )
-    -- (inserted and touched run to completion although nothing reads them)
-    SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.ids, dups.ats, dups.copies
-    INTO v_pos, v_ids, v_dkeys, v_dids, v_dats, v_dns
+    -- (inserted, touched and decided run to completion although nothing reads them)
+    SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.ids, dups.ats, dups.copies,
+           (SELECT array_agg(up.account) FROM up WHERE up.missed)
+    INTO v_pos, v_ids, v_dkeys, v_dids, v_dats, v_dns, v_restores
     FROM (SELECT array_agg(kk.o ORDER BY kk.o) AS pos, array_agg(kk.sid ORDER BY kk.o) AS ids
           FROM kept kk) kept_rows,
          (SELECT array_agg(d.dedupe_key) AS keys, array_agg(d.signal_id) AS ids,
@@ -100,7 +142,11 @@ BEGIN
 
     RETURN QUERY SELECT 'signal'::text, m.o, m.sid, NULL::text, NULL::timestamptz, NULL::text,
                         NULL::int, NULL::text, NULL::boolean
-                 FROM unnest(v_pos, v_ids) AS m(o, sid);
+                 FROM unnest(v_pos, v_ids) AS m(o, sid)
+                 UNION ALL
+                 SELECT 'restore'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
+                        r.a, NULL::int, NULL::text, NULL::boolean
+                 FROM unnest(v_restores) AS r(a);
     IF v_dkeys IS NOT NULL THEN
         -- Copies received again: counted on their original, in a statement of its own (its
         -- fresh snapshot also sees an original another engine committed while step 1 waited).
@@ -112,35 +158,7 @@ BEGIN
                      FROM unnest(v_dkeys, v_dids, v_dats) AS m(k, sid, at);
     END IF;
 
-    -- 2. Supervision: every contact moves its deadline to the one computed from the account's
-    --    latest contact (not the greater of old and new: that kept a 24 h deadline after the
-    --    interval became 6 h); a batch whose contact is older than the stored one (several
-    --    writers) leaves it. An account in a miss keeps the miss and is returned (its restore is
-    --    committed by the engine's follow-up transaction).
-    IF cardinality(p_sup_accounts) > 0 THEN
-        RETURN QUERY
-        WITH up AS (
-            INSERT INTO supervision AS s (account, deadline, last_contact_at)
-            SELECT u.a, u.d, c.at
-            FROM unnest(p_sup_accounts, p_sup_deadlines) AS u(a, d)
-            LEFT JOIN unnest(p_contact_accounts, p_contact_last) AS c(a, at) ON c.a = u.a
-            ORDER BY u.a
-            ON CONFLICT (account) DO UPDATE
-                SET deadline = CASE
-                        WHEN EXCLUDED.last_contact_at IS NULL THEN GREATEST(s.deadline, EXCLUDED.deadline)
-                        WHEN s.last_contact_at IS NULL OR EXCLUDED.last_contact_at >= s.last_contact_at
-                            THEN EXCLUDED.deadline
-                        ELSE s.deadline END,
-                    last_contact_at = GREATEST(s.last_contact_at, EXCLUDED.last_contact_at),
-                    updated_at = now()
-            RETURNING s.account, s.missed
-        )
-        SELECT 'restore'::text, NULL::int, NULL::bigint, NULL::text, NULL::timestamptz,
-               up.account, NULL::int, NULL::text, NULL::boolean
-        FROM up WHERE up.missed;
-    END IF;
-
-    -- 3. Crash & Smash entry delays closed and opened by the batch's stored signals. Closes first:
+    -- 2. Crash & Smash entry delays closed and opened by the batch's stored signals. Closes first:
     --    a disarm or alarm that came before a new entry in the batch must not close that entry
     --    (the planner already dropped entries closed later in the batch).
     IF p_closes IS NOT NULL THEN
@@ -175,20 +193,7 @@ BEGIN
         FROM opened;
     END IF;
 
-    -- 4. Decisions for the stored signals' events.
-    IF p_decisions IS NOT NULL THEN
-        INSERT INTO decisions (signal_id, event_index, received_at, account, forward, reason,
-                               category, two_way_voice)
-        SELECT coalesce(t.s, m.sid), t.i, t.at, t.a, t.f, t.r, t.c, t.v
-        FROM json_to_recordset(p_decisions)
-             AS t(o int, s bigint, i smallint, at timestamptz, a text, f bool, r text, c text,
-                  v text)
-        LEFT JOIN unnest(v_pos, v_ids) AS m(o, sid) ON m.o = t.o
-        WHERE coalesce(t.s, m.sid) IS NOT NULL
-        ON CONFLICT DO NOTHING;
-    END IF;
-
-    -- 5. Outbox rows. The lanes' advisory locks come last (after every row lock: no cycle) and
+    -- 3. Outbox rows. The lanes' advisory locks come last (after every row lock: no cycle) and
     --    in their own statement, so the insert's snapshot sees every committed row of those
     --    lanes: two engines committing one lane serialise, and the second leaves its row to the
     --    claim loop. With an owner, a row whose lane is clear (below) is inserted leased to
