@@ -59,26 +59,21 @@ BEGIN
                   st timestamptz, df bool, dk text, rr text, n int)
     ),
     claim AS (
-        -- Claim each key, or take it over when the holder's window has expired. The no-op update
-        -- of a live key returns the holder, so a duplicate learns its original's primary key.
+        -- Claim each key, or take it over when the holder's window has expired. A key held by a
+        -- live earlier signal is not updated and not returned: that copy is a duplicate (its
+        -- row stays locked until we commit, so an engine committing the same key at once waits
+        -- and then finds ours).
         INSERT INTO signal_dedupe AS d (dedupe_key, signal_id, received_at, expires_at)
         SELECT i.dk, i.sid, i.at, i.at + p_window
         FROM input i WHERE i.dk IS NOT NULL AND i.k = 'event'
-        ON CONFLICT (dedupe_key) DO UPDATE SET
-            signal_id = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.signal_id ELSE d.signal_id END,
-            received_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.received_at ELSE d.received_at END,
-            expires_at = CASE WHEN d.expires_at <= EXCLUDED.received_at THEN EXCLUDED.expires_at ELSE d.expires_at END
-        RETURNING d.dedupe_key, d.signal_id, d.received_at
-    ),
-    dup AS (
-        -- Keys held by an earlier signal: the claim returned a holder that is not one of ours.
-        SELECT c.dedupe_key, c.signal_id, c.received_at
-        FROM claim c WHERE NOT EXISTS (SELECT 1 FROM input i WHERE i.sid = c.signal_id)
+        ON CONFLICT (dedupe_key) DO UPDATE SET signal_id = EXCLUDED.signal_id,
+            received_at = EXCLUDED.received_at, expires_at = EXCLUDED.expires_at
+        WHERE d.expires_at <= EXCLUDED.received_at
+        RETURNING d.dedupe_key
     ),
     kept AS (
         SELECT i.* FROM input i
-        WHERE i.k <> 'event' OR i.dk IS NULL
-           OR NOT EXISTS (SELECT 1 FROM dup WHERE dup.dedupe_key = i.dk)
+        WHERE i.k <> 'event' OR i.dk IS NULL OR i.dk IN (SELECT c.dedupe_key FROM claim c)
     ),
     inserted AS (
         INSERT INTO signals (id, received_at, account, transport, kind, peer, token, encrypted,
@@ -126,17 +121,17 @@ BEGIN
                   v text)
         LEFT JOIN kept kk ON kk.o = t.o
         WHERE coalesce(t.s, kk.sid) IS NOT NULL
-        ON CONFLICT DO NOTHING
     )
     -- (inserted, touched and decided run to completion although nothing reads them)
-    SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.ids, dups.ats, dups.copies,
+    SELECT kept_rows.pos, kept_rows.ids, dups.keys, dups.copies,
            (SELECT array_agg(up.account) FROM up WHERE up.missed)
-    INTO v_pos, v_ids, v_dkeys, v_dids, v_dats, v_dns, v_restores
+    INTO v_pos, v_ids, v_dkeys, v_dns, v_restores
     FROM (SELECT array_agg(kk.o ORDER BY kk.o) AS pos, array_agg(kk.sid ORDER BY kk.o) AS ids
           FROM kept kk) kept_rows,
-         (SELECT array_agg(d.dedupe_key) AS keys, array_agg(d.signal_id) AS ids,
-                 array_agg(d.received_at) AS ats, array_agg(1 + i.n) AS copies
-          FROM dup d JOIN input i ON i.dk = d.dedupe_key AND i.k = 'event') dups;
+         (SELECT array_agg(i.dk) AS keys, array_agg(1 + i.n) AS copies
+          FROM input i
+          WHERE i.k = 'event' AND i.dk IS NOT NULL
+            AND i.dk NOT IN (SELECT c.dedupe_key FROM claim c)) dups;
     v_pos := coalesce(v_pos, '{}');
     v_ids := coalesce(v_ids, '{}');
 
@@ -148,8 +143,12 @@ BEGIN
                         r.a, NULL::int, NULL::text, NULL::boolean
                  FROM unnest(v_restores) AS r(a);
     IF v_dkeys IS NOT NULL THEN
-        -- Copies received again: counted on their original, in a statement of its own (its
-        -- fresh snapshot also sees an original another engine committed while step 1 waited).
+        -- Copies received again: their originals (a statement of its own, whose fresh snapshot
+        -- also sees an original another engine committed while step 1 waited), counted there.
+        SELECT array_agg(d.signal_id ORDER BY m.ord), array_agg(d.received_at ORDER BY m.ord)
+        INTO v_dids, v_dats
+        FROM unnest(v_dkeys) WITH ORDINALITY AS m(k, ord)
+        LEFT JOIN signal_dedupe d ON d.dedupe_key = m.k;
         UPDATE signals s SET duplicates = s.duplicates + m.n
         FROM unnest(v_dids, v_dats, v_dns) AS m(sid, at, n)
         WHERE s.id = m.sid AND s.received_at = m.at;
