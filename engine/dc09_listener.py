@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import structlog
@@ -127,23 +128,6 @@ class Dc09Handler:
     def new_connection(self) -> Dc09ReceiverConnection:
         """A protocol connection object for one TCP connection (or the UDP socket)."""
         return Dc09ReceiverConnection(self.config, self.directory)
-
-    async def accept(
-        self,
-        conn: Dc09ReceiverConnection,
-        received: FrameReceived,
-        *,
-        transport: Transport,
-        peer: str,
-        received_at: datetime,
-        started: float,
-    ) -> bytes | None:
-        """Commit one frame's signal; return the ACK to send, or None (not committed: no ACK)."""
-        signal = signal_from_frame(received, transport=transport, peer=peer, now=received_at)
-        future = self.enqueue(signal)
-        with contextlib.suppress(IngestUnavailable):
-            await future
-        return self.finish(conn, received, signal, future, transport=transport, started=started)
 
     def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
         """Hand ``signal`` to the sink; the future resolves after the commit, or fails (no ACK)."""
@@ -402,22 +386,25 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
                 # UDP has no flow control: shed now (counted), the module resends.
                 metrics.SIGNALS_SHED.labels("udp", "overloaded").inc()
                 continue
-            self._server.track(
-                asyncio.create_task(
-                    self._accept(event, addr, peer, now, started), name=f"dc09-udp-{peer}"
-                )
-            )
+            # No task per datagram: the commit future's callback sends the ACK.
+            signal = signal_from_frame(event, transport=Transport.UDP, peer=peer, now=now)
+            future = self._handler.enqueue(signal)
+            future.add_done_callback(partial(self._acknowledge, event, signal, addr, started))
+            self._server.track(future)
 
-    async def _accept(
+    def _acknowledge(
         self,
         event: FrameReceived,
+        signal: InboundSignal,
         addr: tuple[str | object, int],
-        peer: str,
-        now: datetime,
         started: float,
+        future: asyncio.Future[IngestResult],
     ) -> None:
-        ack = await self._handler.accept(
-            self._conn, event, transport=Transport.UDP, peer=peer, received_at=now, started=started
+        """After the commit (or its failure): the ACK, or nothing (not committed)."""
+        if future.cancelled():  # shutdown gave up waiting: not acknowledged, the module resends
+            return
+        ack = self._handler.finish(
+            self._conn, event, signal, future, transport=Transport.UDP, started=started
         )
         if ack is not None and self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(ack, addr)
@@ -447,7 +434,7 @@ class Dc09Server:
             rate_limit_burst if rate_limit_burst is not None else max(1.0, rate_limit_per_s * 2)
         )
         self._connections: set[Dc09StreamProtocol] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -488,8 +475,8 @@ class Dc09Server:
             return True
         return False
 
-    def track(self, task: asyncio.Task[None]) -> None:
-        """Own a per-signal task until it finishes."""
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Own a per-signal task or commit future until it finishes (drain waits for them)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
