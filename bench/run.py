@@ -426,21 +426,44 @@ def _supervision_outcome(url: str, since: float) -> dict[str, int]:
     return asyncio.run(read())
 
 
+def _vacuum(url: str) -> None:
+    """VACUUM ANALYZE the benchmark database: what autovacuum keeps doing on a production server
+    (this machine's server runs with autovacuum off), so each run starts from the same state
+    instead of from the previous runs' dead rows."""
+    import asyncpg
+
+    async def vacuum() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+
+    asyncio.run(vacuum())
+
+
 def scenario_accounts(
     modules: int, duration: float, repeats: int, sizes: list[int], *, supervised: bool = False
 ) -> list[Measured]:
     """``supervised``: every account has a supervision deadline and the load spreads its frames
-    over all accounts (each frame is one module's contact, moving its deadline)."""
+    over all accounts (each frame is one module's contact, moving its deadline).
+
+    Every size is provisioned first; then each repeat runs every size in turn (interleaved, so
+    the machine's load drift hits every size alike), each run on a freshly vacuumed database."""
     out: list[Measured] = []
     label = "supervision" if supervised else "accounts"
-    for size in sizes:
-        url = _create_database()
-        try:
+    urls: dict[int, str] = {}
+    try:
+        for size in sizes:
+            urls[size] = _create_database()
             print(f"[{label}] provisioning {size} accounts", file=sys.stderr, flush=True)
-            _provision(url, size, key=None)
+            _provision(urls[size], size, key=None)
             if supervised:
-                _supervise_all(url)
-            for rep in range(repeats):
+                _supervise_all(urls[size])
+        for rep in range(repeats):
+            for size in sizes:
+                url = urls[size]
+                _vacuum(url)
                 print(
                     f"[{label}] {size} accounts, run {rep + 1}/{repeats}",
                     file=sys.stderr,
@@ -474,7 +497,8 @@ def scenario_accounts(
                     f"    {out[-1].summary['signals_per_s']:.0f}/s, peak RSS {out[-1].peak_rss_mb:.0f} MiB{extra}",
                     file=sys.stderr,
                 )
-        finally:
+    finally:
+        for url in urls.values():
             _drop_database(url)
     return out
 
