@@ -48,6 +48,7 @@ from bench.run import (
     Measured,
     ProcessWatch,
     _create_database,
+    _database_name,
     _drop_database,
     _engine_config,
     _ports,
@@ -315,7 +316,7 @@ def run_once(
                 ready_word="engine_ready",
             ) as (proc, line):
                 port, _http_port = _ports(line)
-                watch = ProcessWatch(proc.pid, include_postgres=True)
+                watch = ProcessWatch(proc.pid, include_postgres=True, database=_database_name(url))
                 station_cpu = station.cpu_s()
                 watch.start()
                 key = AesKey.from_ascii(BENCH_KEY_ASCII) if aes else None
@@ -385,9 +386,15 @@ def run_once(
     return Measured(name, summary, cpu, watch.peak_rss / 2**20), check, extra
 
 
-def e2e_table(runs: list[tuple[Measured, Verification, dict[str, Any]]]) -> str:
-    """The median run by ACKed throughput, with every run's throughput listed."""
-    ordered = sorted(runs, key=lambda r: r[0].summary["signals_per_s"])
+def e2e_table(
+    runs: list[tuple[Measured, Verification, dict[str, Any]]], *, fixed_rate: bool = False
+) -> str:
+    """The median run by ACKed throughput (at a fixed rate, where every run has the same
+    throughput: by send → station p99), with every run's throughput listed."""
+    if fixed_rate:
+        ordered = sorted(runs, key=lambda r: r[1].latency_ms()["p99"])
+    else:
+        ordered = sorted(runs, key=lambda r: r[0].summary["signals_per_s"])
     m, check, extra = ordered[len(ordered) // 2]
     s = m.summary
     st = check.latency_ms()
@@ -468,7 +475,7 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-    print(e2e_table(runs))
+    print(e2e_table(runs, fixed_rate=args.rate is not None))
     print()
     print(verification_lines(runs))
     if args.json:

@@ -54,28 +54,54 @@ class Measured:
 
 
 class ProcessWatch:
-    """CPU seconds and peak RSS of a process tree (and of the PostgreSQL server processes)."""
+    """CPU seconds and peak RSS of a process tree (and of the PostgreSQL server processes).
 
-    def __init__(self, pid: int, *, include_postgres: bool) -> None:
+    With ``database``, PostgreSQL's CPU is that of the client backends serving that database
+    plus the server's background processes (WAL writer, checkpointer, background writer: shared
+    with any other database's work, small), each counted from the start of the watch or from
+    when it started. Without it, every ``postgres`` process on the machine is summed, which on a
+    server other sessions use includes their work.
+    """
+
+    def __init__(self, pid: int, *, include_postgres: bool, database: str | None = None) -> None:
         self.proc = psutil.Process(pid)
         self.include_postgres = include_postgres
+        self.database = database
         self.peak_rss = 0
         self._stop = threading.Event()
         self._start_cpu: dict[str, float] = {}
+        self._start_pg: dict[int, float] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _cpu(self) -> dict[str, float]:
-        def total(p: psutil.Process) -> float:
-            try:
-                t = p.cpu_times()
-                return float(t.user + t.system)
-            except psutil.Error:
-                return 0.0
+    @staticmethod
+    def _total(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
 
+    def _postgres(self) -> dict[int, float]:
+        """CPU seconds per PostgreSQL process counted for ``database`` (see the class doc)."""
+        out: dict[int, float] = {}
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if not (p.info["name"] or "").startswith("postgres"):
+                continue
+            # "postgres: 15/main: <user> <database> <host>(<port>) <state>" for a client
+            # backend, "postgres: 15/main: walwriter" for a background process
+            words = " ".join(p.info["cmdline"] or []).rsplit(": ", 1)[-1].split()
+            client = len(words) >= 3 and ("(" in words[2] or words[2] == "[local]")
+            if client and words[1] != self.database:
+                continue
+            out[p.pid] = self._total(p)
+        return out
+
+    def _cpu(self) -> dict[str, float]:
+        total = self._total
         out = {
             "target": total(self.proc) + sum(total(c) for c in self.proc.children(recursive=True))
         }
-        if self.include_postgres:
+        if self.include_postgres and self.database is None:
             out["postgres"] = sum(
                 total(p)
                 for p in psutil.process_iter(["name"])
@@ -95,12 +121,19 @@ class ProcessWatch:
 
     def start(self) -> None:
         self._start_cpu = self._cpu()
+        if self.include_postgres and self.database is not None:
+            self._start_pg = self._postgres()
         self._thread.start()
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
         end = self._cpu()
-        return {k: end[k] - self._start_cpu.get(k, 0.0) for k in end}
+        out = {k: end[k] - self._start_cpu.get(k, 0.0) for k in end}
+        if self.include_postgres and self.database is not None:
+            out["postgres"] = sum(
+                cpu - self._start_pg.get(pid, 0.0) for pid, cpu in self._postgres().items()
+            )
+        return out
 
 
 @contextmanager
@@ -159,6 +192,10 @@ def _create_database() -> str:
     return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
+def _database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
 def _drop_database(url: str) -> None:
     import asyncpg
 
@@ -215,8 +252,15 @@ def _ports(line: str) -> tuple[int, int]:
     return int(record["dc09_port"]), int(record["http_port"])
 
 
-def measure(name: str, proc: subprocess.Popen[bytes], run: Any, *, postgres: bool) -> Measured:
-    watch = ProcessWatch(proc.pid, include_postgres=postgres)
+def measure(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    run: Any,
+    *,
+    postgres: bool,
+    database: str | None = None,
+) -> Measured:
+    watch = ProcessWatch(proc.pid, include_postgres=postgres, database=database)
     watch.start()
     result: Result = run()
     cpu = watch.stop()
@@ -300,6 +344,7 @@ def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -
                             proc,
                             lambda: load(port),
                             postgres=True,
+                            database=_database_name(url),
                         )
                     )
         finally:
@@ -486,6 +531,7 @@ def scenario_accounts(
                                     run_tcp("127.0.0.1", port, modules, duration, spread=spread)
                                 ),
                                 postgres=True,
+                                database=_database_name(url),
                             )
                         )
                 extra = ""
