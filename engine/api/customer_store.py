@@ -23,8 +23,11 @@ SELECT c.id, c.status, c.commitment_id, c.account_type, c.dealer_id, c.sub_deale
        c.module_serial, c.login_name, c.virtual, c.enterprise_group, c.billing_started_at,
        c.billing_ended_at, c.terminated_at,
        c.document::text AS document, c.created_at, c.updated_at,
-       a.first_contact_at, a.last_contact_at
+       a.first_contact_at,
+       -- the last contact lives on the supervision row once the account is supervised
+       GREATEST(a.last_contact_at, v.last_contact_at) AS last_contact_at
 FROM customers c LEFT JOIN accounts a ON a.account = c.account
+LEFT JOIN supervision v ON v.account = c.account
 """
 
 

@@ -84,10 +84,14 @@ BEGIN
         FROM kept kk
     ),
     touched AS (
+        -- An account's first contact, and its last one unless its supervision row (below)
+        -- carries it: one row written per contact, not two (at 1,000,000 modules those are
+        -- random pages). Readers take the later of accounts' and supervision's last contact.
         UPDATE accounts a SET last_contact_at = GREATEST(a.last_contact_at, t.last_at),
                               first_contact_at = COALESCE(a.first_contact_at, t.first_at)
         FROM unnest(p_contact_accounts, p_contact_first, p_contact_last) AS t(account, first_at, last_at)
         WHERE a.account = t.account AND a.account = ANY (p_contact_accounts)  -- index path always
+          AND (a.first_contact_at IS NULL OR NOT (a.account = ANY (p_sup_accounts)))
     ),
     up AS (
         -- Supervision: every contact moves its deadline to the one computed from the account's

@@ -35,7 +35,8 @@ async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | No
     account = account.upper()
     row = await pool.fetchrow(
         """
-        SELECT a.account, a.first_contact_at, a.last_contact_at,
+        SELECT a.account, a.first_contact_at,
+               GREATEST(a.last_contact_at, v.last_contact_at) AS last_contact_at,
                coalesce(s.phone_line_failed, false) AS phone_line_failed,
                v.deadline AS supervision_deadline, coalesce(v.missed, false) AS missed,
                (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'pending') AS pending,

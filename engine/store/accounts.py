@@ -197,7 +197,8 @@ class AccountStore:
     async def contact_times(self, account: str) -> tuple[datetime | None, datetime | None] | None:
         """(first_contact_at, last_contact_at) of one account, or None when it does not exist."""
         row = await self._pool.fetchrow(
-            "SELECT first_contact_at, last_contact_at FROM accounts WHERE account = $1",
+            "SELECT a.first_contact_at, GREATEST(a.last_contact_at, v.last_contact_at) AS last_contact_at "
+            "FROM accounts a LEFT JOIN supervision v ON v.account = a.account WHERE a.account = $1",
             account.upper(),
         )
         return (row["first_contact_at"], row["last_contact_at"]) if row else None
