@@ -11,7 +11,8 @@ Two follow-ups take a transaction of their own, both rare:
   decide on the stored signals in the same transaction (:meth:`IngestWriter._careful`);
 * a contact from an account in a Panel Not Responding miss: after the batch, the restore is
   committed and the miss ended together (a crash in between leaves the miss, so the next contact
-  restores it).
+  restores it). The restore is stamped with ``clock``, the clock the supervision timer raises the
+  miss with (STYLE.md #2: the runtime owns the clock, tests pass a fake one).
 
 Rows leased to this engine go to its dispatcher right after the commit (``on_leased``).
 """
@@ -19,11 +20,11 @@ Rows leased to this engine go to its dispatcher right after the commit (``on_lea
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 
 from engine.crash_smash import CrashSmashStage
+from engine.deadline_timer import Clock, utc_now
 from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
@@ -45,8 +46,10 @@ class IngestWriter:
         on_enqueued: Callable[[], None] | None = None,
         on_leased: Callable[[Iterable[OwnedDelivery]], None] | None = None,
         on_blocked: Callable[[Iterable[str]], None] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._pool = pool
+        self._clock = clock
         self._duplicate_window_s = duplicate_window_s
         self._forwarding = forwarding
         self._supervision = supervision
@@ -126,7 +129,7 @@ class IngestWriter:
         assert self._supervision is not None
         handover = Handover() if self._on_leased is not None else None
         async with self._pool.acquire() as conn, conn.transaction():
-            restores = await self._supervision.restore(conn, accounts, datetime.now(UTC))
+            restores = await self._supervision.restore(conn, accounts, self._clock())
             if not restores:
                 return  # another engine restored them first
             rows = SignalRows(restores)

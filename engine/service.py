@@ -47,7 +47,7 @@ class Engine:
 
     def __init__(self, settings: Settings, *, clock: Clock = utc_now) -> None:
         self.settings = settings
-        self._clock = clock  # the durable timers' clock (tests pass a fake one)
+        self._clock = clock  # the durable timers' and supervision restores' clock (tests: a fake)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
         self.dc09: Dc09Server | None = None
@@ -103,6 +103,7 @@ class Engine:
                 on_enqueued=self.dispatcher.wake,
                 on_leased=self.dispatcher.adopt,
                 on_blocked=self.dispatcher.blocked,
+                clock=self._clock,
             )
             self.crash_smash_timer = CrashSmashTimer(
                 pool,

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.deadline_timer import Clock, utc_now
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
@@ -62,8 +63,16 @@ def contact(
 class World:
     """The ingest writer with its supervision stage, and timers, on one database and directory."""
 
-    def __init__(self, pool: asyncpg.Pool, accounts: list[Account], *, grace_s: int = 0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        accounts: list[Account],
+        *,
+        grace_s: int = 0,
+        clock: Clock = utc_now,
+    ) -> None:
         self.pool = pool
+        self.clock = clock
         self.directory = AccountDirectory()
         self.directory.load(accounts)
         self.forwarding = ForwardingStage(self.directory)
@@ -72,11 +81,16 @@ class World:
             duplicate_window_s=600,
             forwarding=self.forwarding,
             supervision=SupervisionStage(self.directory, grace_s=grace_s),
+            clock=clock,
         )
 
     def timer(self, pool: asyncpg.Pool | None = None, batch: int = 500) -> SupervisionTimer:
         return SupervisionTimer(
-            pool or self.pool, self.forwarding, duplicate_window_s=600, batch=batch
+            pool or self.pool,
+            self.forwarding,
+            duplicate_window_s=600,
+            batch=batch,
+            clock=self.clock,
         )
 
     async def deadline(self, account: str) -> datetime | None:
@@ -227,6 +241,27 @@ class TestTimer:
         assert [r["transport"] for r in order] == ["server", "tcp", "server"]
         assert await world.pool.fetchval("SELECT missed FROM supervision") is False
         assert await world.deadline("200") == back + timedelta(seconds=201)
+
+    async def test_the_restore_is_stamped_by_the_supervision_clock(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The restore is received at the injected clock's time, like the miss (not the host's)."""
+        account = Account(account="200", supervision_interval_s=200, forwarding=FORWARD)
+        await AccountStore(db_pool).upsert_many([account])
+        clock = FakeClock(T0)
+        world = World(db_pool, [account], clock=clock)
+        await world.writer([contact("200", T0)])
+        missed_at = clock.advance(3600)
+        assert await world.timer().fire_due(missed_at) == 1
+        restored_at = clock.advance(60)
+        await world.writer([contact("200", restored_at - timedelta(seconds=1))])
+        rows = await db_pool.fetch(
+            "SELECT events->0->>'qualifier' AS q, received_at FROM signals "
+            "WHERE transport = 'server' ORDER BY id"
+        )
+        assert [(r["q"], r["received_at"]) for r in rows] == [("1", missed_at), ("3", restored_at)]
+        decided = await db_pool.fetch("SELECT received_at FROM decisions ORDER BY signal_id")
+        assert [r["received_at"] for r in decided] == [missed_at, restored_at]
 
     async def test_a_restarted_engine_fires_a_passed_deadline_once(
         self, world: World, database_url: str
