@@ -29,11 +29,14 @@ _CID = Family.CID  # bound once: an Enum.MEMBER lookup is slow on Python 3.11 (p
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
-    """What the engine knows about an account beyond its settings (room for more, e.g. pending
-    entry, as fields with defaults)."""
+    """What the policy needs to know about an account beyond its settings (room for more, as
+    fields with defaults).
+
+    Panel Not Responding is not here: its one record is ``supervision.missed`` (engine/supervision.py),
+    written with the miss and its restore; the policy does not depend on it.
+    """
 
     phone_line_failed: bool = False
-    panel_not_responding: bool = False
 
 
 def changes_state(event: Event) -> bool:

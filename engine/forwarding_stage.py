@@ -256,17 +256,11 @@ class ForwardingStage:
             accounts,
         )
         rows = await conn.fetch(
-            "SELECT account, phone_line_failed, panel_not_responding FROM account_state "
+            "SELECT account, phone_line_failed FROM account_state "
             "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
             accounts,
         )
-        return {
-            r["account"]: AccountState(
-                phone_line_failed=r["phone_line_failed"],
-                panel_not_responding=r["panel_not_responding"],
-            )
-            for r in rows
-        }
+        return {r["account"]: AccountState(phone_line_failed=r["phone_line_failed"]) for r in rows}
 
     @staticmethod
     async def save_states(conn: asyncpg.Connection, states: Mapping[str, AccountState]) -> None:
@@ -275,14 +269,13 @@ class ForwardingStage:
         accounts = sorted(states)
         await conn.execute(
             """
-            INSERT INTO account_state (account, phone_line_failed, panel_not_responding, updated_at)
-            SELECT a, p, n, now() FROM unnest($1::text[], $2::boolean[], $3::boolean[]) AS t(a, p, n)
+            INSERT INTO account_state (account, phone_line_failed, updated_at)
+            SELECT a, p, now() FROM unnest($1::text[], $2::boolean[]) AS t(a, p)
             ON CONFLICT (account) DO UPDATE SET phone_line_failed = EXCLUDED.phone_line_failed,
-                panel_not_responding = EXCLUDED.panel_not_responding, updated_at = now()
+                updated_at = now()
             """,
             accounts,
             [states[a].phone_line_failed for a in accounts],
-            [states[a].panel_not_responding for a in accounts],
         )
 
     # -- for signals already stored (the timers) ------------------------------------------------

@@ -1,4 +1,9 @@
-"""What the engine currently knows about one account, gathered from every state table."""
+"""What the engine currently knows about one account, gathered from every state table.
+
+Each fact is read from the one table that records it: the phone line from ``account_state``
+(written with the decisions that change it), Panel Not Responding from ``supervision.missed``
+(written with the miss and with its restore), entries from ``pending_entries``.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
     phone_line_failed: bool
     supervision_deadline: datetime | None
     panel_not_responding: bool
+    panel_not_responding_since: datetime | None  # when the miss was raised (None: not in a miss)
     entries: tuple[PendingEntry, ...]
     deliveries_pending: int
     deliveries_dead: int
@@ -39,6 +45,7 @@ async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | No
                GREATEST(a.last_contact_at, v.last_contact_at) AS last_contact_at,
                coalesce(s.phone_line_failed, false) AS phone_line_failed,
                v.deadline AS supervision_deadline, coalesce(v.missed, false) AS missed,
+               v.missed_at,
                (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'pending') AS pending,
                (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'dead') AS dead
         FROM accounts a
@@ -61,6 +68,7 @@ async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | No
         phone_line_failed=row["phone_line_failed"],
         supervision_deadline=row["supervision_deadline"],
         panel_not_responding=row["missed"],
+        panel_not_responding_since=row["missed_at"] if row["missed"] else None,
         entries=tuple(PendingEntry(**dict(e)) for e in entries),
         deliveries_pending=row["pending"],
         deliveries_dead=row["dead"],

@@ -414,13 +414,6 @@ class TestApplyEvent:
         assert apply_event(failed, cid("351")) is failed
         assert apply_event(failed, sia("BA")) is failed
 
-    def test_other_fields_are_kept(self) -> None:
-        """Setting the line state keeps panel_not_responding."""
-        start = AccountState(panel_not_responding=True)
-        assert apply_event(start, sia("LT")) == AccountState(
-            phone_line_failed=True, panel_not_responding=True
-        )
-
     def test_server_generated_wire_form_is_not_reclassified(self) -> None:
         """A Panel Not Responding sent upstream as SIA YC is not the panel's line failing."""
         pnr = Event(

@@ -26,6 +26,7 @@ from engine.ingest_writer import IngestWriter
 from engine.settings import Settings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
+from engine.store.account_status import account_status
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
 from engine.supervision import SupervisionStage, SupervisionTimer
@@ -262,6 +263,26 @@ class TestTimer:
         assert [(r["q"], r["received_at"]) for r in rows] == [("1", missed_at), ("3", restored_at)]
         decided = await db_pool.fetch("SELECT received_at FROM decisions ORDER BY signal_id")
         assert [r["received_at"] for r in decided] == [missed_at, restored_at]
+
+    async def test_the_account_state_follows_the_miss_and_its_restore(self, world: World) -> None:
+        """The account's state shows Panel Not Responding from the miss until the restore, read
+        from the one table that records it (account_state keeps no copy that could disagree)."""
+        await world.writer([contact("200", T0)])
+        status = await account_status(world.pool, "200")
+        assert status is not None and not status.panel_not_responding
+        missed_at = T0 + timedelta(seconds=200)
+        assert await world.timer().fire_due(missed_at) == 1
+        status = await account_status(world.pool, "200")
+        assert status is not None
+        assert (status.panel_not_responding, status.panel_not_responding_since) == (True, missed_at)
+        await world.writer([contact("200", missed_at + timedelta(minutes=5))])
+        status = await account_status(world.pool, "200")
+        assert status is not None
+        assert (status.panel_not_responding, status.panel_not_responding_since) == (False, None)
+        columns = await world.pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'account_state'"
+        )
+        assert "panel_not_responding" not in {c["column_name"] for c in columns}
 
     async def test_a_restarted_engine_fires_a_passed_deadline_once(
         self, world: World, database_url: str

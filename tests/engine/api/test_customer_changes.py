@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from engine.account_directory import AccountDirectory
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
+from engine.supervision import SupervisionStage, SupervisionTimer
 from tests.engine.api.catalog_setup import create_packages, create_station, imei, security_request
 from tests.engine.api.conftest import Api, problem_rules
 from tests.engine.test_accounts_cli import cli
+from tests.support.fake_clock import FakeClock
 
 SERIAL = imei("49015420323751")
 
@@ -362,3 +369,52 @@ class TestLiveState:
         assert (await other.get(url)).status_code == 404
         await admin.post(f"/v1/customers/{customer}/terminate", json={})
         assert (await admin.get(url)).status_code == 409
+
+    async def test_supervision_miss_and_restore_shown(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The supervision timer's miss shows as panel_not_responding (since the miss); the next
+        contact commits the restore and the state clears."""
+        _, _, customer = await _customer(api, admin)
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None
+        directory = AccountDirectory()
+        directory.load([account])
+        forwarding = ForwardingStage(directory)
+        clock = FakeClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+        writer = IngestWriter(
+            api.pool,
+            duplicate_window_s=600,
+            forwarding=forwarding,
+            supervision=SupervisionStage(directory, grace_s=0),
+            clock=clock,
+        )
+        timer = SupervisionTimer(api.pool, forwarding, duplicate_window_s=600, clock=clock)
+
+        def contact() -> InboundSignal:
+            return InboundSignal(
+                account=account.account,
+                transport=Transport.TCP,
+                kind=SignalKind.LINK_TEST,
+                received_at=clock(),
+            )
+
+        url = f"/v1/customers/{customer}/state"
+        await writer([contact()])
+        heard = (await admin.get(url)).json()
+        assert (heard["panel_not_responding"], heard["panel_not_responding_since"]) == (False, None)
+        missed_at = clock.advance(account.supervision_interval_s + 1)
+        assert await timer.fire_due(missed_at) == 1
+        missed = (await admin.get(url)).json()
+        assert missed["panel_not_responding"] is True
+        assert datetime.fromisoformat(missed["panel_not_responding_since"]) == missed_at
+        clock.advance(60)
+        await writer([contact()])
+        restored = (await admin.get(url)).json()
+        assert (restored["panel_not_responding"], restored["panel_not_responding_since"]) == (
+            False,
+            None,
+        )
+        assert datetime.fromisoformat(restored["supervision_deadline"]) == clock() + timedelta(
+            seconds=account.supervision_interval_s
+        )
