@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -39,32 +39,13 @@ import structlog
 from engine import metrics
 from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
-from protocols.signal import Category, Classification, Event, Family
+from engine.voice_session import VoiceCommand, VoiceReceiver, VoiceSessions
+from protocols.signal import Event
 
 log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
-
-def listen_in_event(alarm: Event) -> Event:
-    """Listen-in to follow (Contact ID 606 / SIA LF) for the alarm's zone and partition."""
-    if alarm.family is Family.SIA:
-        return Event(
-            family=Family.SIA,
-            code="LF",
-            zone=alarm.zone,
-            partition=alarm.partition,
-            classification=Classification(category=Category.OTHER),
-        )
-    return Event(
-        family=Family.CID,
-        code="606",
-        qualifier="1",
-        zone=alarm.zone,
-        partition=alarm.partition,
-        classification=Classification(category=Category.OTHER),
-    )
 
 
 CLAIM_SQL = """
@@ -152,6 +133,8 @@ class ReceiverGroupLike(Protocol):
 class RegistryLike(Protocol):
     def group(self, primary: str, backup: str | None) -> ReceiverGroupLike: ...
 
+    def client(self, name: str) -> VoiceReceiver: ...
+
 
 class Dispatcher:
     """Sends outbox rows through the receiver registry; several may run on one database."""
@@ -167,7 +150,8 @@ class Dispatcher:
         poll_s: float = 1.0,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
-        voice_command: Callable[[str, int], Awaitable[None]] | None = None,
+        voice_command: VoiceCommand | None = None,
+        voice_retry_s: float = 60.0,
         outcome_pool: asyncpg.Pool | None = None,
     ) -> None:
         self._pool = pool
@@ -182,7 +166,7 @@ class Dispatcher:
         self._poll_s = poll_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
-        self._voice_command = voice_command
+        self.voice = VoiceSessions(pool, voice_command, retry_s=voice_retry_s)
         self._outcomes = OutcomeWriter(self._relaxed)
         self._wake = asyncio.Event()
         self._lanes: dict[str, deque[OwnedDelivery]] = {}  # held rows per lane, head first
@@ -258,6 +242,7 @@ class Dispatcher:
             await asyncio.wait(set(self._in_flight), timeout=timeout_s)
         for task in list(self._in_flight):
             task.cancel()
+        await self.voice.stop()
         waiting = sorted(self._held)
         if waiting:  # otherwise their leases expire and another engine sends them a bit later
             with contextlib.suppress(*_DB_ERRORS):
@@ -368,7 +353,7 @@ class Dispatcher:
             metrics.DELIVERY_LATENCY.observe(max(0.0, (acked_at - row.received_at).total_seconds()))
             self.delivered += 1
             if row.two_way_voice:
-                await self._start_voice_session(row, group, event, _bound(row))
+                await self.voice.after_delivery(row, receiver, self._registry(), _bound(row))
             return True
         if outcome == "duh":
             await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None)
@@ -383,30 +368,6 @@ class Dispatcher:
             "delivery_failed", receiver=receiver, error=error, attempts=row.attempts
         )
         return False
-
-    async def _start_voice_session(
-        self, row: OwnedDelivery, group: ReceiverGroupLike, event: Event, bound: Any
-    ) -> None:
-        """After a fire/CO alarm: listen-in-to-follow to the same receiver, then the module's command."""
-        listen_in = listen_in_event(event)
-        errors = []
-        attempt = await group.deliver(account=row.station_account, event=listen_in)
-        if str(getattr(attempt, "outcome", "failed")) != "acked":
-            errors.append(f"listen-in not acknowledged: {getattr(attempt, 'error', None)}")
-        if self._voice_command is not None:
-            try:
-                await self._voice_command(row.account, row.signal_id)
-            except Exception as exc:  # the alarm is delivered; a failed command must not undo that
-                errors.append(f"voice command not sent: {exc}")
-        else:
-            errors.append("voice command not sent: MQTT is disabled")
-        await self._write(
-            "UPDATE deliveries SET voice_session_at = now(), voice_session_error = $2 WHERE id = $1",
-            row.id,
-            "; ".join(errors) or None,
-        )
-        metrics.VOICE_SESSIONS.labels("started" if not errors else "incomplete").inc()
-        bound.info("voice_session", errors=errors or None)
 
     async def _finish(
         self,

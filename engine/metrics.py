@@ -128,6 +128,13 @@ OUTBOX_OLDEST_AGE = Gauge(
 DELIVERIES_IN_FLIGHT = Gauge("alarmrelay_deliveries_in_flight", "Deliveries being sent right now.")
 VOICE_SESSIONS = Counter(
     "alarmrelay_voice_sessions_total",
-    "Two-way-voice sessions after fire/CO alarms (listen-in sent and module commanded), by result.",
+    "Two-way-voice sessions after fire/CO alarms, by result: started, incomplete (listen-in or "
+    "command failed), receiver_unsupported / receiver_unknown (not started: the receiver that "
+    "acknowledged the alarm has no two-way voice, or is gone).",
+    ["result"],
+)
+VOICE_COMMANDS = Counter(
+    "alarmrelay_voice_commands_total",
+    "Attempts to publish a module's start_voice_session command, by result (sent, failed).",
     ["result"],
 )

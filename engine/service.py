@@ -35,6 +35,7 @@ from engine.settings import Settings
 from engine.store.accounts import AccountStore
 from engine.supervision import SupervisionStage, SupervisionTimer
 from engine.virtual_modules import VirtualModules
+from engine.voice_session import VoiceCommandImpossible
 from protocols.dc09_receiver import ReceiverConfig
 from protocols.dc09_timestamp import TimestampWindow
 from protocols.errors import Reply
@@ -78,6 +79,7 @@ class Engine:
                 pool,
                 receivers.current,
                 voice_command=self._voice_command,
+                voice_retry_s=settings.mqtt.command_retry_s,
                 outcome_pool=database.relaxed_pool,
             )
             forwarding = ForwardingStage(
@@ -261,11 +263,15 @@ class Engine:
         """Tell the module to open a two-way-voice session with its siren off."""
         from protocols.mqtt_payloads import StartVoiceSessionV1  # noqa: PLC0415
 
-        if self._mqtt is None:
-            raise RuntimeError("MQTT is disabled")
+        if not self.settings.mqtt.enabled:
+            raise VoiceCommandImpossible("MQTT is disabled")
         row = self.directory.get(account)
         if row is None or not row.module_serial:
-            raise RuntimeError(f"account {account} has no module serial for MQTT commands")
+            raise VoiceCommandImpossible(
+                f"account {account} has no module serial for MQTT commands"
+            )
+        if self._mqtt is None:  # a delivery claimed at start-up, before the MQTT client: retried
+            raise RuntimeError("the MQTT client is not started yet")
         await self._mqtt.send_command(
             row.module_serial, StartVoiceSessionV1(siren_off=True, signal_id=signal_id)
         )

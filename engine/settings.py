@@ -110,6 +110,8 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     keep_alive_s: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 30  # 0: no keep-alive
     # MQTT sessions of this engine in the shared group (client ids client_id, client_id-1, ...).
     connections: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    # How long a module command that could not be published (start_voice_session) is retried.
+    command_retry_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -59,7 +59,10 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     failed_attempts: list[FailedAttempt]
     two_way_voice: bool
     voice_session_at: datetime | None  # listen-in sent and voice command published (or tried)
-    voice_session_error: str | None = None  # what of the two did not happen
+    voice_session_error: str | None = None  # what of the two did not happen, or why neither was
+    # started | incomplete | command_retrying | not_started (engine/voice_session.py); null: none
+    voice_session_state: str | None = None
+    voice_command_attempts: int = 0
 
 
 class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,7 +124,9 @@ async def signal_history(
                                 'next_attempt_at', CASE WHEN v.state = 'pending' THEN v.next_attempt_at END,
                                 'failed_attempts', coalesce(v.failed_attempts, '[]'::jsonb),
                                 'voice_session_at', v.voice_session_at,
-                                'voice_session_error', v.voice_session_error) ORDER BY v.event_index)
+                                'voice_session_error', v.voice_session_error,
+                                'voice_session_state', v.voice_session_state,
+                                'voice_command_attempts', v.voice_command_attempts) ORDER BY v.event_index)
                          FROM deliveries v WHERE v.signal_id = s.id), '[]')::text AS deliveries
         FROM signals s
         WHERE s.account = ANY($1)

@@ -1,27 +1,36 @@
-"""Two-way voice: fire and CO alarms yield listen-in to the receiver and a voice command to the module."""
+"""Two-way voice: fire and CO alarms yield listen-in to the receiver and a voice command to the module;
+after a failover the listen-in follows the alarm to its receiver (none to one without two-way voice),
+and a command that cannot be published is retried and recorded (real Mosquitto, station-sim)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+from typing import Any
 
 import aiomqtt
 import asyncpg
 import msgspec
 import pytest
+import structlog
 from prometheus_client import REGISTRY
+from structlog.testing import CapturingLogger
 
+import engine.delivery
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.commands.accounts import parse_accounts
 from engine.errors import UserFacingError
-from engine.settings import SupervisionSettings
+from engine.service import Engine
+from engine.settings import Settings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
+from tests.support.tcp_proxy import TcpProxy
 
 
 class TestTwoWayVoice:
@@ -133,3 +142,264 @@ class TestTwoWayVoice:
         body = [{"account": "1", "forwarding": {"mode": "always", "two_way_voice": True}}]
         with pytest.raises(UserFacingError, match="two-way-voice capable"):
             parse_accounts(json.dumps(body).encode(), "accounts.json")
+
+
+# -- after a failover, and when the module's command cannot be published --------------------------
+
+ALARM_ACCOUNT, SERIAL, STATION_ACCOUNT = "6543", "TWV-9", "2222"
+
+
+def _receiver(name: str, port: int, *, voice: bool) -> ReceiverConfig:
+    return ReceiverConfig(
+        name=name, host="127.0.0.1", port=port, two_way_voice=voice, ack_timeout_s=1.0,
+        null_poll_interval_s=0.3,
+    )  # fmt: skip
+
+
+async def _provision(pool: asyncpg.Pool, receivers: tuple[ReceiverConfig, ...]) -> None:
+    """A two-way-voice account: primary ``rx-a``, backup ``rx-b`` when there is one."""
+    await StationStore(pool).upsert([Station(name="s", receivers=receivers)])
+    forwarding = ForwardingSettings(
+        mode=ForwardingMode.ALWAYS,
+        station_account=STATION_ACCOUNT,
+        primary_receiver="rx-a",
+        backup_receiver="rx-b" if len(receivers) > 1 else None,
+        two_way_voice=True,
+    )
+    await AccountStore(pool).upsert_many(
+        [
+            Account(
+                account=ALARM_ACCOUNT,
+                module_serial=SERIAL,
+                two_way_voice_capable=True,
+                forwarding=forwarding,
+            )
+        ]
+    )
+
+
+def _settings(database_url: str, mqtt_port: int, *, retry_s: float = 60.0) -> Settings:
+    prefix = f"twv-{secrets.token_hex(3)}/v1"
+    base = settings_for(
+        database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
+    )
+    return msgspec.structs.replace(
+        base,
+        mqtt=msgspec.structs.replace(base.mqtt, port=mqtt_port, command_retry_s=retry_s),
+        supervision=SupervisionSettings(enabled=False),
+    )
+
+
+async def _fire(engine: Engine) -> None:
+    assert engine.dc09 is not None
+    module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account=ALARM_ACCOUNT)
+    await module.connect()
+    assert await module.send("SIA-DCS", f"#{ALARM_ACCOUNT}|Nri1/FA004") is not None
+    await module.close()
+
+
+async def _voice_row(pool: asyncpg.Pool, state: str, timeout_s: float = 20.0) -> asyncpg.Record:
+    """The fire alarm's delivery once its voice session is in ``state``."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            row = await pool.fetchrow(
+                "SELECT receiver_used, voice_session_state, voice_session_at, voice_session_error, "
+                "voice_command_attempts FROM deliveries WHERE two_way_voice"
+            )
+            if row is not None and row["voice_session_state"] == state:
+                return row
+            await asyncio.sleep(0.05)
+
+
+async def _commands(client: aiomqtt.Client, within_s: float) -> list[dict[str, object]]:
+    """The commands the module receives within ``within_s`` seconds."""
+    got: list[dict[str, object]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for message in client.messages:
+                # (a comprehension would lose what arrived before the timeout)
+                got.append(json.loads(message.payload))  # type: ignore[arg-type]  # noqa: PERF401
+    return got
+
+
+def _capture_delivery_logs(monkeypatch: pytest.MonkeyPatch) -> CapturingLogger:
+    """Record what the dispatcher (and the voice sessions it runs) log, whatever the global
+    structlog configuration of the test session is."""
+    capture = CapturingLogger()
+    monkeypatch.setattr(engine.delivery, "log", structlog.wrap_logger(capture, processors=[]))
+    return capture
+
+
+def _events(capture: CapturingLogger) -> dict[str, dict[str, Any]]:
+    return {str(c.kwargs.get("event")): c.kwargs for c in capture.calls}
+
+
+def _metric(name: str, result: str) -> float:
+    return REGISTRY.get_sample_value(name, {"result": result}) or 0.0
+
+
+class TestAfterFailover:
+    async def test_backup_without_voice_gets_no_listen_in_and_the_module_no_command(
+        self,
+        db_pool: asyncpg.Pool,
+        database_url: str,
+        mqtt_broker: tuple[str, int],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Primary down: the fire alarm is delivered to a backup without two-way voice; no LF
+        goes there, the siren is not turned off, and why is recorded, logged and counted."""
+        dead = StationSimulator()
+        dead_port = await dead.start()
+        await dead.stop()
+        backup = StationSimulator()
+        await backup.start()
+        await _provision(
+            db_pool,
+            (_receiver("rx-a", dead_port, voice=True), _receiver("rx-b", backup.port, voice=False)),
+        )
+        settings = _settings(database_url, mqtt_broker[1])
+        capture = _capture_delivery_logs(monkeypatch)
+        not_started = _metric("alarmrelay_voice_sessions_total", "receiver_unsupported")
+        try:
+            async with (
+                running_engine(settings) as engine,
+                aiomqtt.Client(*mqtt_broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
+            ):
+                await module.subscribe(
+                    f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1
+                )
+                await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+                await _fire(engine)
+                row = await _voice_row(db_pool, "not_started")
+                commands = await _commands(module, within_s=1.0)
+        finally:
+            await backup.stop()
+        assert [(r.account, r.events[0].code) for r in backup.received] == [(STATION_ACCOUNT, "FA")]
+        assert commands == []
+        assert row["receiver_used"] == "rx-b" and row["voice_session_at"] is None
+        assert "backup 'rx-b'" in row["voice_session_error"]
+        assert "does not support two-way voice" in row["voice_session_error"]
+        assert row["voice_command_attempts"] == 0
+        assert _metric("alarmrelay_voice_sessions_total", "receiver_unsupported") == not_started + 1
+        logged = _events(capture)["voice_session_not_started"]
+        assert (logged["result"], logged["account"]) == ("receiver_unsupported", ALARM_ACCOUNT)
+
+    async def test_backup_with_voice_gets_the_listen_in_after_the_alarm(
+        self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """Primary down, backup with two-way voice: FA and then LF at the backup (the receiver
+        that has the alarm), nothing at the primary, and the module's command."""
+        primary = StationSimulator()
+        primary_port = await primary.start()
+        primary.set_mode("drop")  # connected, never answers
+        backup = StationSimulator()
+        await backup.start()
+        await _provision(
+            db_pool,
+            (
+                _receiver("rx-a", primary_port, voice=True),
+                _receiver("rx-b", backup.port, voice=True),
+            ),
+        )
+        settings = _settings(database_url, mqtt_broker[1])
+        try:
+            async with (
+                running_engine(settings) as engine,
+                aiomqtt.Client(*mqtt_broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
+            ):
+                await module.subscribe(
+                    f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1
+                )
+                await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+                await _fire(engine)
+                row = await _voice_row(db_pool, "started")
+                commands = await _commands(module, within_s=1.0)
+        finally:
+            await primary.stop()
+            await backup.stop()
+        assert [r.events[0].code for r in backup.received] == ["FA", "LF"]
+        # the primary saw only the alarm's unanswered attempts, never the listen-in
+        assert {(r.events[0].code, r.reply) for r in primary.received} == {("FA", "drop")}
+        assert row["receiver_used"] == "rx-b" and row["voice_session_error"] is None
+        assert [c["siren_off"] for c in commands] == [True]
+
+
+class TestCommandFailure:
+    async def test_command_retried_until_the_broker_is_back(
+        self,
+        db_pool: asyncpg.Pool,
+        database_url: str,
+        mqtt_broker: tuple[str, int],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The engine's way to Mosquitto is cut when the alarm is delivered: the failed publish is
+        recorded (command_retrying), logged and counted; once the broker is reachable again the
+        retry reaches the module and the session is recorded started, with its failures."""
+        station = StationSimulator()
+        await station.start()
+        await _provision(db_pool, (_receiver("rx-a", station.port, voice=True),))
+        proxy = TcpProxy(*mqtt_broker)
+        await proxy.start()
+        settings = _settings(database_url, proxy.port, retry_s=60.0)
+        capture = _capture_delivery_logs(monkeypatch)
+        failed = _metric("alarmrelay_voice_commands_total", "failed")
+        try:
+            async with (
+                running_engine(settings) as engine,
+                aiomqtt.Client(*mqtt_broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
+            ):
+                await module.subscribe(
+                    f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1
+                )
+                await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+                proxy.cut()
+                await _fire(engine)
+                retrying = await _voice_row(db_pool, "command_retrying")
+                assert _metric("alarmrelay_voice_commands_total", "failed") >= failed + 1
+                proxy.restore()
+                row = await _voice_row(db_pool, "started", timeout_s=30)
+                commands = await _commands(module, within_s=1.0)
+        finally:
+            await proxy.stop()
+            await station.stop()
+        assert "voice command not sent" in retrying["voice_session_error"]
+        assert [r.events[0].code for r in station.received] == ["FA", "LF"]
+        assert [(c["command"], c["siren_off"]) for c in commands] == [("start_voice_session", True)]
+        assert row["voice_command_attempts"] >= 2
+        assert row["voice_session_at"] is not None
+        assert row["voice_session_error"].startswith(
+            f"voice command sent on attempt {row['voice_command_attempts']}, after: "
+        )
+        logged = _events(capture)
+        assert logged["voice_command_failed"]["retrying"] is True
+        assert logged["voice_session"]["state"] == "started"
+
+    async def test_command_given_up_is_recorded_incomplete(
+        self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """Mosquitto unreachable for longer than mqtt.command_retry_s: each attempt fails and is
+        counted, and the session is recorded incomplete with the reason (the alarm and its LF are
+        delivered all the same)."""
+        station = StationSimulator()
+        await station.start()
+        await _provision(db_pool, (_receiver("rx-a", station.port, voice=True),))
+        proxy = TcpProxy(*mqtt_broker)
+        await proxy.start()
+        proxy.cut()  # the broker cannot be reached at all
+        settings = _settings(database_url, proxy.port, retry_s=2.0)
+        failed = _metric("alarmrelay_voice_commands_total", "failed")
+        incomplete = _metric("alarmrelay_voice_sessions_total", "incomplete")
+        try:
+            async with running_engine(settings) as engine:
+                await _fire(engine)
+                row = await _voice_row(db_pool, "incomplete")
+        finally:
+            await proxy.stop()
+            await station.stop()
+        assert [r.events[0].code for r in station.received] == ["FA", "LF"]
+        # attempts at 0 s and 1 s; the next (at 3 s) would fall outside the 2 s window
+        assert row["voice_command_attempts"] == 2
+        assert "gave up after 2 attempts" in row["voice_session_error"]
+        assert "voice command not sent" in row["voice_session_error"]
+        assert _metric("alarmrelay_voice_commands_total", "failed") == failed + 2
+        assert _metric("alarmrelay_voice_sessions_total", "incomplete") == incomplete + 1
