@@ -5,7 +5,8 @@ timer per account and partition, due at entry delay + dialer delay + grace. A di
 any alarm from that partition closes it (the entry is only logged). When it runs out the engine
 commits a server-generated Crash & Smash alarm: a burglary alarm (Contact ID 130) on the entry
 zone with the text "Crash & Smash", category Crash & Smash, through the normal policy and delivery.
-Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, persisted state).
+Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, persisted state); a
+fired entry names the alarm it raised (``fired_signal_id``, migration 0440).
 """
 
 from __future__ import annotations
@@ -227,18 +228,20 @@ class CrashSmashTimer(DeadlineTimer):
             )
             if not due:
                 return 0
+            signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
+            stored = await insert_signals_returning(
+                conn, signals, duplicate_window_s=self._duplicate_window_s
+            )
             await conn.execute(
                 """
-                UPDATE pending_entries e SET state = 'fired', closed_at = $3
-                FROM unnest($1::text[], $2::int[]) AS t(a, p) WHERE e.account = t.a AND e.partition = t.p
+                UPDATE pending_entries e SET state = 'fired', closed_at = $3, fired_signal_id = t.s
+                FROM unnest($1::text[], $2::int[], $4::bigint[]) AS t(a, p, s)
+                WHERE e.account = t.a AND e.partition = t.p
                 """,
                 [r["account"] for r in due],
                 [r["partition"] for r in due],
                 now,
-            )
-            signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
-            stored = await insert_signals_returning(
-                conn, signals, duplicate_window_s=self._duplicate_window_s
+                [row.signal_id for row in stored],
             )
             enqueued = await self._forwarding(conn, signals, stored)
         for r in due:

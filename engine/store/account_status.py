@@ -19,6 +19,7 @@ class PendingEntry(msgspec.Struct, frozen=True, kw_only=True):
     deadline: datetime
     state: str
     closed_reason: str | None
+    fired_signal_id: int | None = None  # the Crash & Smash alarm raised (state "fired")
 
 
 class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +59,9 @@ async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | No
     if row is None:
         return None
     entries = await pool.fetch(
-        "SELECT partition, zone, deadline, state, closed_reason FROM pending_entries WHERE account = $1 ORDER BY partition",
+        "SELECT partition, zone, deadline, state, closed_reason, "
+        "CASE WHEN state = 'fired' THEN fired_signal_id END AS fired_signal_id "
+        "FROM pending_entries WHERE account = $1 ORDER BY partition",
         account,
     )
     return AccountStatus(

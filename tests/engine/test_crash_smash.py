@@ -30,6 +30,7 @@ from engine.service import Engine
 from engine.settings import CrashSmashSettings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
+from engine.store.account_status import account_status
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
 from protocols.contact_id import parse_cid_block
@@ -131,6 +132,15 @@ class TestTimer:
         decision = await world.pool.fetchrow("SELECT category, reason FROM decisions")
         assert decision is not None
         assert (decision["category"], decision["reason"]) == ("crash_smash", "forwarded")
+
+    async def test_the_fired_entry_names_its_alarm(self, world: World) -> None:
+        """The account's state leads from the fired entry to the Crash & Smash alarm it raised."""
+        await world.writer([entry()])
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
+        alarm_id = await world.pool.fetchval("SELECT id FROM signals WHERE transport = 'server'")
+        status = await account_status(world.pool, "7777")
+        assert status is not None
+        assert [(e.state, e.fired_signal_id) for e in status.entries] == [("fired", alarm_id)]
 
     async def test_the_accounts_dialer_delay_replaces_the_default(
         self, db_pool: asyncpg.Pool
