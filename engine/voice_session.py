@@ -154,11 +154,6 @@ class VoiceSessions:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def wait(self) -> None:
-        """Wait for the commands under way (tests, and a graceful stop)."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-
     async def stop(self, timeout_s: float = 2.0) -> None:
         """Give the commands under way a moment, then cancel their retries (recorded as retrying)."""
         if self._tasks:
