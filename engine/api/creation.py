@@ -62,6 +62,10 @@ from engine.station_model import PHONE_WARNING
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, FORWARDING_CATEGORIES, Category
 
 NO_STATION_WARNING = "no monitoring station or receiver number registered"
+BACKUP_WITHOUT_VOICE_WARNING = (
+    "backup receiver '{name}' has no two-way voice: after a failover to it, alarms are delivered "
+    "but no voice session is started"
+)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")
 _STATION_ACCOUNT = re.compile(r"[0-9A-Fa-f]{3,16}")
@@ -607,6 +611,11 @@ async def check_forwarding(
                     + "; ".join(_VOICE_MISSING[m] for m in missing),
                 )
             )
+        backup = receivers.get(step.backup_receiver or "")
+        if not missing and backup is not None and not backup.two_way_voice:
+            # Listen-in goes to the receiver that acknowledged the alarm (engine/voice_session.py):
+            # after a failover to this one, no voice session is started.
+            warnings.append(BACKUP_WITHOUT_VOICE_WARNING.format(name=backup.name))
     return ForwardingSettings(
         mode=step.mode,
         phone_line_connected=step.phone_line_connected,

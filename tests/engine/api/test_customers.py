@@ -268,6 +268,39 @@ class TestValidation:
             and "package" in error["message"]
         )
 
+    async def test_two_way_voice_warns_about_a_backup_without_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Eligible on the primary receiver, the option is taken; a backup receiver without two-way
+        voice is named in a warning (after a failover no session starts), one with it is not."""
+        dealer = await _setup(api, admin)
+        primary = await create_station(api.pool, dealer, name="Central")
+        plain = await create_station(api.pool, dealer, name="Backup", two_way_voice=False)
+        voice = await create_station(api.pool, dealer, name="Voice")
+        warnings: dict[str, list[str]] = {}
+        for serial, backup in (("35693803564380", plain), ("49015420323751", voice)):
+            request = security_request(
+                dealer,
+                imei(serial),
+                login={"login_name": f"login{serial[-4:]}"},
+                package={"base": "res-voice"},
+                forwarding={
+                    "mode": "always",
+                    "primary_receiver": primary,
+                    "backup_receiver": backup,
+                    "station_account": "1234",
+                    "two_way_voice": True,
+                },
+            )
+            response = await admin.post("/v1/customers", json=request)
+            assert response.status_code == 201, response.text
+            warnings[backup] = response.json()["warnings"]
+        assert warnings[plain] == [
+            f"backup receiver '{plain}' has no two-way voice: after a failover to it, alarms are "
+            "delivered but no voice session is started"
+        ]
+        assert warnings[voice] == []
+
     async def test_ul_listing_keeps_alarms(self, api: Api, admin: httpx.AsyncClient) -> None:
         """On a UL installation, alarms and panel-not-responding cannot be deselected."""
         dealer = await _setup(api, admin)
