@@ -222,6 +222,22 @@ async def _commands(client: aiomqtt.Client, within_s: float) -> list[dict[str, o
     return got
 
 
+async def _fire_watching_the_module(
+    settings: Settings, broker: tuple[str, int], pool: asyncpg.Pool, state: str
+) -> tuple[asyncpg.Record, list[dict[str, object]]]:
+    """Run the engine, fire the alarm, and return its delivery row once in ``state`` and the
+    commands the module's subscription received."""
+    async with (
+        running_engine(settings) as engine,
+        aiomqtt.Client(*broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
+    ):
+        await module.subscribe(f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1)
+        await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+        await _fire(engine)
+        row = await _voice_row(pool, state)
+        return row, await _commands(module, within_s=1.0)
+
+
 def _capture_delivery_logs(monkeypatch: pytest.MonkeyPatch) -> CapturingLogger:
     """Record what the dispatcher (and the voice sessions it runs) log, whatever the global
     structlog configuration of the test session is."""
@@ -261,17 +277,9 @@ class TestAfterFailover:
         capture = _capture_delivery_logs(monkeypatch)
         not_started = _metric("alarmrelay_voice_sessions_total", "receiver_unsupported")
         try:
-            async with (
-                running_engine(settings) as engine,
-                aiomqtt.Client(*mqtt_broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
-            ):
-                await module.subscribe(
-                    f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1
-                )
-                await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-                await _fire(engine)
-                row = await _voice_row(db_pool, "not_started")
-                commands = await _commands(module, within_s=1.0)
+            row, commands = await _fire_watching_the_module(
+                settings, mqtt_broker, db_pool, "not_started"
+            )
         finally:
             await backup.stop()
         assert [(r.account, r.events[0].code) for r in backup.received] == [(STATION_ACCOUNT, "FA")]
@@ -303,17 +311,9 @@ class TestAfterFailover:
         )
         settings = _settings(database_url, mqtt_broker[1])
         try:
-            async with (
-                running_engine(settings) as engine,
-                aiomqtt.Client(*mqtt_broker, identifier=f"mod-{secrets.token_hex(3)}") as module,
-            ):
-                await module.subscribe(
-                    f"{settings.mqtt.topic_prefix}/modules/{SERIAL}/commands", qos=1
-                )
-                await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-                await _fire(engine)
-                row = await _voice_row(db_pool, "started")
-                commands = await _commands(module, within_s=1.0)
+            row, commands = await _fire_watching_the_module(
+                settings, mqtt_broker, db_pool, "started"
+            )
         finally:
             await primary.stop()
             await backup.stop()
