@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import time
@@ -46,6 +47,9 @@ _SIA_CODES = ("BA", "RP", "OP", "AT")
 SIGNAL_PERIOD = 3996  # lcm(999 zones, 4 codes): (code, zone) of a module's signals repeat after it
 _PARTITIONS = 8  # the partition steps every SIGNAL_PERIOD signals: (code, zone, partition) of a
 # module's signals are unique for its first SIGNAL_PERIOD * _PARTITIONS signals
+# (seq, code, zone, partition) of a module's signal n, what a receiver's duplicate check looks at,
+# repeat only after this many signals (35,516,448).
+KEY_PERIOD = math.lcm(9999, SIGNAL_PERIOD * _PARTITIONS)
 
 
 def account_name(index: int) -> str:
@@ -188,6 +192,7 @@ class _Fleet:
         retries: int,
         max_signals: int | None,
         spread: int | None,
+        first_signal: int = 0,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.result = Result(started=time.perf_counter())
@@ -201,6 +206,7 @@ class _Fleet:
         self.retries = retries
         self.max_signals = max_signals
         self.spread = spread
+        self.first_signal = first_signal  # each module's signals are n = first_signal + 1, + 2, …
         self.stamp = _Stamp()
         self.acked: list[tuple[str, int, str, float, float]] = []  # AckedSignal fields but seq
         self.remaining = modules
@@ -251,7 +257,7 @@ class _Module:
         self.account = account_name(index)
         self._family = fleet.family
         self._sent_family = "cid"  # the family of the frame outstanding
-        self._n = 0
+        self._n = fleet.first_signal
         self._frame = b""
         self._outstanding: bytes | None = None  # seq of the frame awaiting its reply
         self._attempt = 0
@@ -306,7 +312,7 @@ class _Module:
     def _send_new(self) -> None:
         fleet = self.fleet
         if time.perf_counter() >= fleet.deadline or (
-            fleet.max_signals is not None and self._n >= fleet.max_signals
+            fleet.max_signals is not None and self._n - fleet.first_signal >= fleet.max_signals
         ):
             self.finish()
             return
@@ -509,6 +515,7 @@ async def run_tcp(
     spread: int | None = None,
     timeout: float | None = None,
     retries: int = 2,
+    first_signal: int = 0,
 ) -> Result:
     """Run ``modules`` modules for ``duration`` seconds; ``rate`` is a total signals/s target.
 
@@ -518,6 +525,11 @@ async def run_tcp(
     out for account ``(i + n * modules) % spread``: the connection stands for many modules, so
     the load touches every provisioned account in turn (as 1,000,000 modules each contacting now
     and then would). After the duration each module waits for its outstanding reply.
+
+    Each module's signals are n = ``first_signal`` + 1, + 2, … (seq, code, zone and partition
+    follow from n). A receiver remembers what it stored for its duplicate window (alarmrelay: 10
+    minutes) and takes a signal with the same account, seq and content as a copy: runs against
+    the same database must not repeat each other's numbers (see :func:`fresh_first_signal`).
     """
     cpu_started = time.process_time()
     if timeout is None:
@@ -532,6 +544,7 @@ async def run_tcp(
         retries=retries,
         max_signals=max_signals,
         spread=spread,
+        first_signal=first_signal,
     )
     loop = fleet.loop
     members = [_Module(fleet, i) for i in range(modules)]
@@ -575,6 +588,17 @@ async def run_tcp(
     return result
 
 
+def fresh_first_signal(now: float) -> int:
+    """A first signal number for a run starting at wall-clock ``now`` (seconds).
+
+    10,000 numbers per second, more than a module waiting for durable ACKs sends in a second: a run does not
+    reach the numbers of a run started after it, and the numbers come round only after
+    KEY_PERIOD / 10,000 s (~59 minutes), beyond any receiver's duplicate window. So runs of the
+    generator against the same receiver (and database) send new signals, as real modules do.
+    """
+    return int(now) * 10_000 % KEY_PERIOD
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -596,7 +620,15 @@ def main() -> None:
         "--timeout", type=float, default=None, help="reply timeout, s (default 5 TCP, 1 UDP)"
     )
     parser.add_argument("--retries", type=int, default=2, help="resends of a frame after timeouts")
+    parser.add_argument(
+        "--first-signal",
+        type=int,
+        default=None,
+        help="each module's signals are n = this + 1, + 2, … (default: from the clock, so a run "
+        "within the receiver's duplicate window does not repeat an earlier run's signals)",
+    )
     args = parser.parse_args()
+    first = fresh_first_signal(time.time()) if args.first_signal is None else args.first_signal
     key = AesKey.from_ascii(BENCH_KEY_ASCII) if args.aes else None
     result = uvloop.run(
         run_tcp(
@@ -610,6 +642,7 @@ def main() -> None:
             udp=args.udp,
             timeout=args.timeout,
             retries=args.retries,
+            first_signal=first,
         )
     )
     print(json.dumps(result.summary(), indent=2))

@@ -12,15 +12,18 @@ import pytest
 
 from bench.load import (
     BENCH_KEY_ASCII,
+    KEY_PERIOD,
     SIGNAL_PERIOD,
     _Fleet,
     _Module,
     account_name,
+    fresh_first_signal,
     run_tcp,
     signal_data,
     signal_seq,
 )
 from bench.peer_minimal import MinimalProtocol
+from engine.dc09_listener import dedupe_key
 from engine.station_sim import StationSimulator
 from protocols.crc import crc16_arc
 from protocols.dc09_crypto import AesKey
@@ -37,7 +40,7 @@ from protocols.dc09_timestamp import TimestampWindow
 KEY = AesKey.from_ascii(BENCH_KEY_ASCII)
 
 
-def _frames(key: AesKey | None, family: str, count: int) -> list[bytes]:
+def _frames(key: AesKey | None, family: str, count: int, first_signal: int = 0) -> list[bytes]:
     """The first ``count`` frames module 3 builds, without a network."""
 
     async def build() -> list[bytes]:
@@ -51,6 +54,7 @@ def _frames(key: AesKey | None, family: str, count: int) -> list[bytes]:
             retries=0,
             max_signals=None,
             spread=None,
+            first_signal=first_signal,
         )
         module = _Module(fleet, 3)
         sent: list[bytes] = []
@@ -108,6 +112,27 @@ class TestFrames:
             assert isinstance(event, FrameReceived), event
             assert len(event.events) == 1
 
+    def test_runs_with_other_first_signals_are_not_duplicates(self) -> None:
+        """The engine's duplicate keys of a run from another first signal are all new; the same
+        first signal repeats them (what made reruns on one database measure the copy path)."""
+
+        def keys(first: int) -> list[str]:
+            return [dedupe_key(decode_frame(raw)) for raw in _frames(None, "both", 300, first)]
+
+        run1, rerun, later = keys(0), keys(0), keys(1_000_000)
+        assert len(set(run1)) == 300
+        assert rerun == run1
+        assert not set(later) & set(run1)
+        assert decode_frame(_frames(None, "cid", 1, 1_000_000)[0]).seq == signal_seq(1_000_001)
+
+    def test_fresh_first_signal_moves_past_a_run_and_wraps_after_an_hour(self) -> None:
+        base = fresh_first_signal(1_800_000_000)
+        assert fresh_first_signal(1_800_000_001.9) - base == 10_000
+        assert 0 <= base < KEY_PERIOD
+        assert KEY_PERIOD == 35_516_448 and KEY_PERIOD / 10_000 > 3_500  # > 58 min > 600 s
+        seen = {fresh_first_signal(1_800_000_000 + s) for s in range(3_551)}
+        assert len(seen) == 3_551  # no two starts within ~59 minutes coincide
+
     def test_signals_distinct_per_module(self) -> None:
         """(code, zone, partition) of a module's signals do not repeat within 8 periods."""
         for family in ("cid", "sia"):
@@ -142,6 +167,12 @@ class TestRuns:
         assert result.cpu_s > 0
         summary = result.summary()
         assert summary["loadgen_us_per_signal"] > 0
+
+    async def test_max_signals_counts_from_the_first_signal(self, minimal: int) -> None:
+        result = await run_tcp("127.0.0.1", minimal, 2, 30, max_signals=3, first_signal=5_000)
+        assert result.acked == 6
+        assert sorted(s.n for s in result.acked_signals) == [5001, 5001, 5002, 5002, 5003, 5003]
+        assert {s.seq for s in result.acked_signals} == {"5002", "5003", "5004"}
 
     async def test_fixed_rate_is_spread_over_modules(self, minimal: int) -> None:
         """At 100/s over 10 modules for 1 s: ~100 signals, sends spaced evenly (no bursts)."""
