@@ -501,6 +501,17 @@ class _UdpModule(asyncio.DatagramProtocol):
         self.module.lost()
 
 
+def fresh_first_signal(now: float) -> int:
+    """A first signal number for a run starting at wall-clock ``now`` (seconds).
+
+    10,000 numbers per second, more than a module waiting for durable ACKs sends in a second: a
+    run does not reach the numbers of a run started after it, and the numbers come round only after
+    KEY_PERIOD / 10,000 s (~59 minutes), beyond any receiver's duplicate window. So runs of the
+    generator against the same receiver (and database) send new signals, as real modules do.
+    """
+    return int(now) * 10_000 % KEY_PERIOD
+
+
 async def run_tcp(
     host: str,
     port: int,
@@ -515,7 +526,7 @@ async def run_tcp(
     spread: int | None = None,
     timeout: float | None = None,
     retries: int = 2,
-    first_signal: int = 0,
+    first_signal: int | None = None,
 ) -> Result:
     """Run ``modules`` modules for ``duration`` seconds; ``rate`` is a total signals/s target.
 
@@ -528,8 +539,9 @@ async def run_tcp(
 
     Each module's signals are n = ``first_signal`` + 1, + 2, … (seq, code, zone and partition
     follow from n). A receiver remembers what it stored for its duplicate window (alarmrelay: 10
-    minutes) and takes a signal with the same account, seq and content as a copy: runs against
-    the same database must not repeat each other's numbers (see :func:`fresh_first_signal`).
+    minutes) and takes a signal with the same account, seq and content as a copy, so by default
+    the numbers come from the clock (:func:`fresh_first_signal`): every run sends new signals, as
+    real modules do, also against a database an earlier run used.
     """
     cpu_started = time.process_time()
     if timeout is None:
@@ -544,7 +556,7 @@ async def run_tcp(
         retries=retries,
         max_signals=max_signals,
         spread=spread,
-        first_signal=first_signal,
+        first_signal=fresh_first_signal(time.time()) if first_signal is None else first_signal,
     )
     loop = fleet.loop
     members = [_Module(fleet, i) for i in range(modules)]
@@ -588,17 +600,6 @@ async def run_tcp(
     return result
 
 
-def fresh_first_signal(now: float) -> int:
-    """A first signal number for a run starting at wall-clock ``now`` (seconds).
-
-    10,000 numbers per second, more than a module waiting for durable ACKs sends in a second: a run does not
-    reach the numbers of a run started after it, and the numbers come round only after
-    KEY_PERIOD / 10,000 s (~59 minutes), beyond any receiver's duplicate window. So runs of the
-    generator against the same receiver (and database) send new signals, as real modules do.
-    """
-    return int(now) * 10_000 % KEY_PERIOD
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -628,7 +629,6 @@ def main() -> None:
         "within the receiver's duplicate window does not repeat an earlier run's signals)",
     )
     args = parser.parse_args()
-    first = fresh_first_signal(time.time()) if args.first_signal is None else args.first_signal
     key = AesKey.from_ascii(BENCH_KEY_ASCII) if args.aes else None
     result = uvloop.run(
         run_tcp(
@@ -642,7 +642,7 @@ def main() -> None:
             udp=args.udp,
             timeout=args.timeout,
             retries=args.retries,
-            first_signal=first,
+            first_signal=args.first_signal,
         )
     )
     print(json.dumps(result.summary(), indent=2))

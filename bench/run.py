@@ -532,16 +532,7 @@ def scenario_accounts(
                                 f"alarmrelay, {size:,} {'supervised modules' if supervised else 'accounts'}",
                                 proc,
                                 lambda: uvloop.run(
-                                    run_tcp(
-                                        "127.0.0.1",
-                                        port,
-                                        modules,
-                                        duration,
-                                        spread=spread,
-                                        # new signals each repeat: the database is reused, and
-                                        # the last run's would be duplicates (600 s window)
-                                        first_signal=rep * 1_000_000,
-                                    )
+                                    run_tcp("127.0.0.1", port, modules, duration, spread=spread)
                                 ),
                                 postgres=True,
                                 database=_database_name(url),

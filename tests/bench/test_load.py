@@ -272,7 +272,9 @@ class TestReplies:
         server = await loop.create_server(lambda: _Scripted(script, seen), "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
-            result = await run_tcp("127.0.0.1", port, 1, 30, max_signals=5, timeout=0.3)
+            result = await run_tcp(
+                "127.0.0.1", port, 1, 30, max_signals=5, timeout=0.3, first_signal=0
+            )
         finally:
             server.close()
         assert (result.naks, result.duhs, result.stale, result.errors) == (1, 1, 1, 1)
@@ -291,7 +293,9 @@ class TestReplies:
         )
         try:
             port = server.sockets[0].getsockname()[1]
-            result = await run_tcp("127.0.0.1", port, 1, 30, max_signals=2, timeout=0.1, retries=2)
+            result = await run_tcp(
+                "127.0.0.1", port, 1, 30, max_signals=2, timeout=0.1, retries=2, first_signal=0
+            )
         finally:
             server.close()
         assert (result.sent, result.timeouts, result.retransmits, result.acked) == (6, 6, 4, 0)
