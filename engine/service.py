@@ -43,6 +43,29 @@ from protocols.errors import Reply
 log = structlog.get_logger("engine.service")
 
 
+def ingest_stages(
+    settings: Settings, directory: AccountDirectory
+) -> tuple[SupervisionStage | None, CrashSmashStage | None]:
+    """The batch writer's supervision and Crash & Smash stages, as the settings enable them."""
+    supervision = (
+        SupervisionStage(directory, grace_s=settings.supervision.grace_s)
+        if settings.supervision.enabled
+        else None
+    )
+    crash_smash = (
+        CrashSmashStage(
+            dialer_delay_s=settings.crash_smash.dialer_delay_s,
+            grace_s=settings.crash_smash.grace_s,
+            entry_codes=frozenset(settings.crash_smash.entry_codes),
+            entry_delay_s=settings.crash_smash.entry_delay_s,
+            accounts=directory,
+        )
+        if settings.crash_smash.enabled
+        else None
+    )
+    return supervision, crash_smash
+
+
 class Engine:
     """One engine process. ``run`` returns after a clean shutdown once ``stop`` is set."""
 
@@ -86,22 +109,13 @@ class Engine:
                 self.directory, owner=self.dispatcher.owner, lease_s=self.dispatcher.lease_s
             )
             supervising = settings.supervision.enabled
+            supervision, crash_smash = ingest_stages(settings, self.directory)
             writer = IngestWriter(
                 pool,
                 duplicate_window_s=settings.dc09.duplicate_window_s,
                 forwarding=forwarding,
-                supervision=SupervisionStage(self.directory, grace_s=settings.supervision.grace_s)
-                if supervising
-                else None,
-                crash_smash=CrashSmashStage(
-                    dialer_delay_s=settings.crash_smash.dialer_delay_s,
-                    grace_s=settings.crash_smash.grace_s,
-                    entry_codes=frozenset(settings.crash_smash.entry_codes),
-                    entry_delay_s=settings.crash_smash.entry_delay_s,
-                    accounts=self.directory,
-                )
-                if settings.crash_smash.enabled
-                else None,
+                supervision=supervision,
+                crash_smash=crash_smash,
                 on_enqueued=self.dispatcher.wake,
                 on_leased=self.dispatcher.adopt,
                 on_blocked=self.dispatcher.blocked,
