@@ -23,6 +23,7 @@ import structlog
 from engine.errors import UserFacingError
 from engine.migrate import apply_migrations
 from engine.pg_connection import EngineConnection
+from engine.retention import purge_past_retention
 from engine.settings import Settings, redact_url
 
 log = structlog.get_logger("engine.database")
@@ -140,18 +141,26 @@ async def maintain_signals(conn: asyncpg.Connection, settings: Settings) -> None
 
 
 async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
-    """Run :func:`maintain_signals` every ``retention.maintenance_interval_s`` until cancelled.
+    """Run :func:`maintain_signals` every ``retention.maintenance_interval_s`` until cancelled,
+    each time followed by the purge of rows whose signal is past retention (also once right
+    away: ``open_database`` ran the first maintenance, and the purge is not worth delaying the
+    start for).
 
     Safe with several engines: each statement is idempotent, and a failure is logged and retried
     at the next interval.
     """
+    first = True
     while True:
-        await asyncio.sleep(settings.retention.maintenance_interval_s)
+        if not first:
+            await asyncio.sleep(settings.retention.maintenance_interval_s)
         try:
-            async with pool.acquire() as conn:
-                await maintain_signals(conn, settings)
+            if not first:
+                async with pool.acquire() as conn:
+                    await maintain_signals(conn, settings)
+            await purge_past_retention(pool)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("signal_maintenance_failed", error=str(exc))
+        first = False
 
 
 @contextlib.asynccontextmanager

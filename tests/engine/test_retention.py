@@ -1,0 +1,132 @@
+"""engine/retention.py: decisions and finished deliveries go once their signal is past retention."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import asyncpg
+from prometheus_client import REGISTRY
+
+from engine.database import run_maintenance
+from engine.retention import purge_past_retention
+from engine.settings import load_settings
+
+OLD_DAY = "2000-01-01 12:00+00"
+
+
+async def _old_partition(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "CREATE TABLE IF NOT EXISTS signals_20000101 PARTITION OF signals "
+        "FOR VALUES FROM ('2000-01-01 00:00+00') TO ('2000-01-02 00:00+00')"
+    )
+
+
+async def _signal(pool: asyncpg.Pool, at: str, *, decisions: int = 1) -> int:
+    """A stored event signal with ``decisions`` decisions; its id."""
+    signal_id: int = await pool.fetchval(
+        "INSERT INTO signals (received_at, account, transport, kind) "
+        "VALUES ($1::text::timestamptz, 'A1', 'tcp', 'event') RETURNING id",
+        at,
+    )
+    for i in range(decisions):
+        await pool.execute(
+            "INSERT INTO decisions (signal_id, event_index, received_at, account, forward, reason,"
+            " category) VALUES ($1, $2, $3::text::timestamptz, 'A1', true, 'forwarded', 'alarms')",
+            signal_id,
+            i,
+            at,
+        )
+    return signal_id
+
+
+async def _delivery(pool: asyncpg.Pool, signal_id: int, at: str, state: str, index: int = 0) -> int:
+    delivery_id: int = await pool.fetchval(
+        "INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority,"
+        " event, primary_receiver, seq, received_at, state) VALUES ($1, $2, 'A1', 'lane-1', '9001',"
+        " 0, '{}', 'rx1', '0001', $3::text::timestamptz, $4) RETURNING id",
+        signal_id,
+        index,
+        at,
+        state,
+    )
+    return delivery_id
+
+
+def _deleted_total(table: str) -> float:
+    value = REGISTRY.get_sample_value("alarmrelay_retention_rows_deleted_total", {"table": table})
+    return value or 0.0
+
+
+async def test_rows_of_dropped_signals_go_pending_deliveries_and_live_signals_stay(
+    db_pool: asyncpg.Pool,
+) -> None:
+    await _old_partition(db_pool)
+    old = await _signal(db_pool, OLD_DAY, decisions=2)
+    old_delivered = await _delivery(db_pool, old, OLD_DAY, "delivered")
+    old_dead = await _delivery(db_pool, old, OLD_DAY, "dead", index=1)
+    old_pending = await _delivery(db_pool, await _signal(db_pool, OLD_DAY), OLD_DAY, "pending")
+    live = await _signal(db_pool, "now")
+    live_delivered = await _delivery(db_pool, live, "now", "delivered")
+
+    # Before the partition is dropped nothing is an orphan.
+    assert await purge_past_retention(db_pool) == {"decisions": 0, "deliveries": 0}
+
+    decisions_before = _deleted_total("decisions")
+    assert await db_pool.fetchval("SELECT drop_signal_partitions_before(90)") >= 1
+    deleted = await purge_past_retention(db_pool)
+
+    assert deleted == {"decisions": 3, "deliveries": 2}
+    assert [r["signal_id"] for r in await db_pool.fetch("SELECT signal_id FROM decisions")] == [
+        live
+    ]
+    kept = {r["id"] for r in await db_pool.fetch("SELECT id FROM deliveries")}
+    assert kept == {live_delivered, old_pending}  # a pending delivery is still owed
+    assert old_delivered not in kept and old_dead not in kept
+    assert _deleted_total("decisions") == decisions_before + 3
+
+
+async def test_with_no_signal_left_every_finished_row_is_an_orphan(db_pool: asyncpg.Pool) -> None:
+    await _old_partition(db_pool)
+    old = await _signal(db_pool, OLD_DAY)
+    await _delivery(db_pool, old, OLD_DAY, "delivered")
+    pending = await _delivery(db_pool, old, OLD_DAY, "pending", index=1)
+    await db_pool.fetchval("SELECT drop_signal_partitions_before(90)")
+    assert await db_pool.fetchval("SELECT count(*) FROM signals") == 0
+
+    assert await purge_past_retention(db_pool) == {"decisions": 1, "deliveries": 1}
+    assert [r["id"] for r in await db_pool.fetch("SELECT id FROM deliveries")] == [pending]
+
+
+async def test_purge_goes_in_batches_and_stops_at_its_budget(db_pool: asyncpg.Pool) -> None:
+    await _old_partition(db_pool)
+    for _ in range(5):
+        await _signal(db_pool, OLD_DAY)
+    await db_pool.fetchval("SELECT drop_signal_partitions_before(90)")
+
+    ticks = itertools.count()
+    # The fake clock moves one second per reading: the start, then one reading per statement.
+    spent = await purge_past_retention(
+        db_pool, batch=2, budget_s=2.5, clock=lambda: float(next(ticks))
+    )
+    assert spent == {"decisions": 4, "deliveries": 0}  # two statements of 2, then out of time
+    assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 1
+
+    assert await purge_past_retention(db_pool, batch=2) == {"decisions": 1, "deliveries": 0}
+    assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 0
+
+
+async def test_the_maintenance_task_purges_at_start(db_pool: asyncpg.Pool) -> None:
+    await _old_partition(db_pool)
+    await _signal(db_pool, OLD_DAY)
+    await db_pool.fetchval("SELECT drop_signal_partitions_before(90)")
+    task = asyncio.create_task(run_maintenance(db_pool, load_settings(None, {})))
+    try:
+        for _ in range(100):
+            if await db_pool.fetchval("SELECT count(*) FROM decisions") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 0
+        assert not task.done()  # it sleeps until the next interval
+    finally:
+        task.cancel()
