@@ -13,15 +13,17 @@ them through their signal). This removes them once their signal is gone:
 * deliveries only when finished (``delivered`` or ``dead``): a pending one is still owed to the
   station, however old its signal.
 
-Deleted in batches of ``batch`` rows, each its own statement and commit, until none is left or
-``budget_s`` has been spent (the next maintenance run goes on). Several engines may run it at once:
+Deleted in batches of ``batch`` rows, each its own statement and commit, paced (a pause as long
+as each statement), until none is left or ``budget_s`` has been spent (the next maintenance run
+goes on). Several engines may run it at once:
 a row deleted by one is skipped by the other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -59,14 +61,21 @@ async def purge_past_retention(
     batch: int = 10_000,
     budget_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, int]:
-    """Delete decisions and finished deliveries of signals no longer stored; rows per table."""
+    """Delete decisions and finished deliveries of signals no longer stored; rows per table.
+
+    After each full batch it pauses as long as the statement took, so a backlog (an engine
+    restarted after days, a retention shortened) is worked off at half a connection's pace,
+    never crowding out the group commits.
+    """
     deadline = clock() + budget_s
     deleted = dict.fromkeys(PURGES, 0)
     complete = True
     for table, statement in PURGES.items():
         while True:
-            if clock() >= deadline:
+            started = clock()
+            if started >= deadline:
                 complete = False
                 break
             status = await pool.execute(statement, batch)
@@ -75,6 +84,7 @@ async def purge_past_retention(
             metrics.child(metrics.RETENTION_DELETED, table).inc(n)
             if n < batch:
                 break
+            await sleep(clock() - started)
     log.info(
         "retention_purge", complete=complete, **{f"{t}_deleted": n for t, n in deleted.items()}
     )

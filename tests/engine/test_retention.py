@@ -105,15 +105,26 @@ async def test_purge_goes_in_batches_and_stops_at_its_budget(db_pool: asyncpg.Po
     await db_pool.fetchval("SELECT drop_signal_partitions_before(90)")
 
     ticks = itertools.count()
-    # The fake clock moves one second per reading: the start, then one reading per statement.
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    # The fake clock moves one second per reading: the start (0), then before each statement
+    # (1, 3, 5) and after each full batch (2, 4): each statement "took" one second.
     spent = await purge_past_retention(
-        db_pool, batch=2, budget_s=2.5, clock=lambda: float(next(ticks))
+        db_pool, batch=2, budget_s=4.5, clock=lambda: float(next(ticks)), sleep=pause
     )
     assert spent == {"decisions": 4, "deliveries": 0}  # two statements of 2, then out of time
+    assert pauses == [1.0, 1.0]  # a pause as long as each full batch's statement
     assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 1
 
-    assert await purge_past_retention(db_pool, batch=2) == {"decisions": 1, "deliveries": 0}
+    assert await purge_past_retention(db_pool, batch=2, sleep=pause) == {
+        "decisions": 1,
+        "deliveries": 0,
+    }
     assert await db_pool.fetchval("SELECT count(*) FROM decisions") == 0
+    assert len(pauses) == 2  # a short batch is the last one: no pause after it
 
 
 async def test_the_maintenance_task_purges_at_start(db_pool: asyncpg.Pool) -> None:
