@@ -169,9 +169,10 @@ class ForwardingStage:
                         at=signal.received_at,
                         a=name,
                         f=decision.forward,
-                        r=decision.reason.value,
-                        c=decision.category.value,
-                        v=decision.two_way_voice.value,
+                        # StrEnum members: msgspec writes their values (no .value lookups)
+                        r=decision.reason,
+                        c=decision.category,
+                        v=decision.two_way_voice,
                     )
                 )
                 decided.append(decision)
@@ -204,11 +205,13 @@ class ForwardingStage:
         """After the write: count the decisions stored, hand leased rows over; returns how many
         deliveries were enqueued."""
         kept = done.kept
+        counts: dict[tuple[bool, str], int] = {}  # counted per batch: one inc per label pair
         for decision_row, decision in zip(plan.decisions, plan.decided, strict=True):
             if decision_row.o is None or decision_row.o in kept:
-                metrics.child(
-                    metrics.DECISIONS, "true" if decision.forward else "false", decision.reason
-                ).inc()
+                key = (decision.forward, decision.reason)
+                counts[key] = counts.get(key, 0) + 1
+        for (forward, reason), n in counts.items():
+            metrics.child(metrics.DECISIONS, "true" if forward else "false", reason).inc(n)
         if handover is not None:
             outbox = plan.outbox
             for delivered in done.deliveries:
