@@ -177,18 +177,28 @@ def child(
 
 
 def _create_database() -> str:
+    """A new database for one run; exits with one clear line when the server cannot be reached."""
     import asyncpg
+
+    from engine.database import describe_server
 
     name = f"alarmrelay_bench_{secrets.token_hex(3)}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
+        conn = await asyncpg.connect(ADMIN_URL, timeout=10)
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    try:
+        asyncio.run(create())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise SystemExit(
+            f"bench: cannot create a database on PostgreSQL at {describe_server(ADMIN_URL)}: "
+            f"{exc or type(exc).__name__} (set ALARMRELAY_BENCH_ADMIN_URL to an admin URL, or "
+            "start the local server: bash scripts/services.sh)"
+        ) from None
     return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 

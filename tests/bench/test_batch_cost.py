@@ -1,10 +1,14 @@
-"""bench/batch_cost.py: the cost model's line, the ingest scenario's signals, a real measurement."""
+"""bench/batch_cost.py: the cost model's line, the ingest scenario's signals, a real measurement;
+the benchmarks' database creation when the server is not there."""
 
 from __future__ import annotations
+
+import socket
 
 import asyncpg
 import pytest
 
+import bench.run as bench_run
 from bench.batch_cost import MODULES, WARMUP_CALLS, SignalSource, SizeCost, fit, measure, table
 from bench.load import account_name
 from engine.account_directory import AccountDirectory
@@ -76,3 +80,17 @@ async def test_measure_commits_every_signal_once_and_reports_each_size(
     # The same numbers again are duplicates, and the measurement refuses them.
     with pytest.raises(RuntimeError, match="not stored as new"):
         await measure(database_url, [2], 0.05)
+
+
+def test_an_unreachable_server_is_one_clear_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(bench_run, "ADMIN_URL", f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    with pytest.raises(SystemExit) as exited:
+        bench_run._create_database()
+    message = str(exited.value)
+    assert message.startswith(f"bench: cannot create a database on PostgreSQL at 127.0.0.1:{port}:")
+    assert "ALARMRELAY_BENCH_ADMIN_URL" in message
