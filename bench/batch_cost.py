@@ -9,7 +9,7 @@ them (Contact ID and SIA alternating, each with a timestamp), accepted by the re
 turned into signals by the listener's own ``signal_from_frame`` and committed by the engine's
 ``IngestWriter`` with the stages the default settings enable (forwarding, supervision, Crash &
 Smash). The calls run one after another on one connection, so the server's CPU of that
-connection's backend (``/proc``) is what each call cost PostgreSQL; this process's CPU around
+connection's backend (psutil) is what each call cost PostgreSQL; this process's CPU around
 each call is what it cost the engine (planning the batch, encoding it, the round trip's system
 calls and reading the result), on uvloop as the engine runs.
 Building the frames and signals is outside both. A least-squares line through the sizes splits
@@ -19,7 +19,6 @@ each cost into a fixed part per call and a part per signal. Costs are printed, n
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,11 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import psutil
 import uvloop
 
 from bench.load import account_name, signal_data, signal_seq
 from bench.run import _create_database, _drop_database, _provision
 from engine.account_directory import AccountDirectory
+from engine.database import maintain_signals
 from engine.dc09_listener import signal_from_frame
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, Transport
@@ -82,10 +83,10 @@ def fit(points: Sequence[tuple[float, float]]) -> Line:
 
 
 def backend_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a local process (the PostgreSQL backend) from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a local process (the PostgreSQL backend), as ProcessWatch
+    in bench/run.py reads them (psutil); a backend that is not there is an error, not zero."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 class SignalSource:
@@ -136,9 +137,10 @@ async def measure(
     settings = Settings()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1, connection_class=EngineConnection)
     try:
-        await pool.execute(
-            "SELECT ensure_signal_partitions($1)", settings.retention.partitions_ahead_days
-        )
+        async with pool.acquire() as conn:
+            await maintain_signals(
+                conn, settings
+            )  # the partitions, as the engine's start makes them
         directory = AccountDirectory()
         directory.load(await AccountStore(pool).all())
         supervision, crash_smash = ingest_stages(settings, directory)

@@ -15,8 +15,7 @@ them through their signal). This removes them once their signal is gone:
 
 Deleted in batches of ``batch`` rows, each its own statement and commit, paced (a pause as long
 as each statement), until none is left or ``budget_s`` has been spent (the next maintenance run
-goes on). Several engines may run it at once:
-a row deleted by one is skipped by the other.
+goes on). Several engines may run it at once: a row deleted by one is skipped by the other.
 """
 
 from __future__ import annotations
