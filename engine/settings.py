@@ -296,6 +296,30 @@ def _choices(path: str) -> tuple[Any, ...]:
     return tuple(info.values) if isinstance(info, msgspec.inspect.LiteralType) else ()
 
 
+def _is_list(path: str) -> bool:
+    """Whether the key at ``path`` holds a list (its environment value is comma-separated)."""
+    info: Any = msgspec.inspect.type_info(Settings)
+    for part in path.split("."):
+        if not isinstance(info, msgspec.inspect.StructType):
+            return False
+        field = next((f for f in info.fields if f.name == part), None)
+        if field is None:
+            return False
+        info = field.type
+    return isinstance(info, msgspec.inspect.VarTupleType | msgspec.inspect.ListType)
+
+
+def _split_lists(env: dict[str, Any], origin: Mapping[str, str]) -> None:
+    """Turn the values of list keys (``a,b``; empty: no items) into lists, in place."""
+    for path in origin:
+        if not _is_list(path):
+            continue
+        section, _, key = path.rpartition(".")
+        holder = env[section] if section else env
+        text = holder[key]
+        holder[key] = [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?$")
 _LOCATED = re.compile(r"(.*) - at `\$\.?([^`]*)`$")
 
@@ -320,7 +344,7 @@ def validation_problem(error: msgspec.ValidationError) -> tuple[str, str]:
 
 def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, str]) -> str:
     path, text = validation_problem(error)
-    where = origin.get(path, source)
+    where = origin.get(re.sub(r"(\[\d+\])+$", "", path), source)  # a list item: its key's
     if where != source:
         where = f"environment variable {where}"
     if text == "unknown key":
@@ -357,6 +381,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         except msgspec.ValidationError as exc:
             raise UserFacingError(_describe(exc, source, {})) from None
     env, origin = _env_overrides(environ)
+    _split_lists(env, origin)
     try:
         # Environment values are strings: strict=False lets "10009" become an int, "false" a bool.
         return msgspec.convert(_merge(raw, env), Settings, strict=False)

@@ -164,6 +164,26 @@ class TestEnvironment:
             "environment variable ALARMRELAY_MQQT__HOST: unknown section 'mqqt' (did you mean 'mqtt'?)"
         )
 
+    def test_list_variable_is_comma_separated(self, tmp_path: Path) -> None:
+        """A list key from the environment: items split at commas, spaces trimmed; it replaces the file's list."""
+        path = write(tmp_path, '[crash_smash]\nentry_codes = ["sia:BA"]\n')
+        environ = {"ALARMRELAY_CRASH_SMASH__ENTRY_CODES": "cid:134, sia:JA"}
+        assert load_settings(path, environ).crash_smash.entry_codes == ("cid:134", "sia:JA")
+        assert load_settings(path, {}).crash_smash.entry_codes == ("sia:BA",)
+
+    def test_empty_list_variable_means_no_items(self, tmp_path: Path) -> None:
+        """An empty list variable clears the file's list."""
+        path = write(tmp_path, '[crash_smash]\nentry_codes = ["sia:BA"]\n')
+        environ = {"ALARMRELAY_CRASH_SMASH__ENTRY_CODES": ""}
+        assert load_settings(path, environ).crash_smash.entry_codes == ()
+
+    def test_bad_list_item_names_the_variable(self) -> None:
+        """A bad item of a list variable is reported against the variable, with its index."""
+        message = error_of(None, {"ALARMRELAY_CRASH_SMASH__ENTRY_CODES": "cid:134,cid:13"})
+        assert message.startswith(
+            "environment variable ALARMRELAY_CRASH_SMASH__ENTRY_CODES: crash_smash.entry_codes[1]: "
+        )
+
     def test_file_errors_still_name_the_file(self, tmp_path: Path) -> None:
         """With variables set, a mistake in the file is still reported against the file."""
         path = write(tmp_path, "[dc09]\nprot = 1\n")
