@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from engine.errors import UserFacingError
+from engine.logging_setup import configure_logging
 from engine.station_model import PHONE_WARNING, Station, receiver_problem
 
 
@@ -66,6 +67,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UserFacingError(f"cannot read {args.file}: {exc.strerror}") from None
     stations, warnings = parse_stations(data, str(args.file))
     settings = load_settings(args.config, os.environ)
+    configure_logging(level="warning", fmt="console")  # stderr: stdout is the command's output
 
     async def main() -> int:
         async with open_database(settings) as db:
@@ -98,6 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
     from engine.store.stations import StationStore  # noqa: PLC0415
 
     settings = load_settings(args.config, os.environ)
+    configure_logging(level="warning", fmt="console")  # stderr: stdout is the JSON document
 
     async def main() -> list[Station]:
         async with open_database(settings) as db:

@@ -268,3 +268,30 @@ class TestAccountProblem:
         found = account_problem(account)
         assert found is not None
         assert found.startswith(problem)
+
+
+class TestStationsCommands:
+    async def test_import_then_export_round_trips_as_pure_json(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """``stations import`` reports one line; ``stations export``'s stdout is the JSON list
+        alone (the startup log lines go to stderr), so ``> file`` gives a file import takes."""
+        stations = [
+            Station(
+                name="Central",
+                receivers=(
+                    ReceiverConfig(name="rx-1", host="127.0.0.1", port=9100),
+                    ReceiverConfig(name="rx-2", host="127.0.0.1", port=9101, two_way_voice=True),
+                ),
+            )
+        ]
+        source = tmp_path / "stations.json"
+        source.write_bytes(msgspec.json.encode(stations))
+        status, out, err = await cli(database_url, "stations", "import", str(source))
+        assert (status, out.strip()) == (0, "imported 1 stations"), err
+        assert await StationStore(db_pool).all() == stations
+
+        status, out, err = await cli(database_url, "stations", "export")
+        assert status == 0, err
+        assert msgspec.json.decode(out, type=list[Station]) == stations
+        assert "Traceback" not in err
