@@ -1,7 +1,7 @@
 """What one group commit costs, by batch size: a fixed part per call and a part per signal.
 
 Run: ``python -m bench.batch_cost [--sizes 1,10,25,50,100] [--seconds 3]`` (needs PostgreSQL at
-``ALARMRELAY_BENCH_ADMIN_URL``, default 127.0.0.1:5432; creates and drops its own database).
+``BENCH_ADMIN_URL``, default 127.0.0.1:5432; creates and drops its own database).
 
 The batches are the ingest scenario's (``python -m bench.run --scenario ingest``): 100 accounts
 provisioned as that scenario provisions them, DC-09 frames built as the load generator builds

@@ -41,7 +41,7 @@ from protocols.dc09_crypto import AesKey
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get(
-    "ALARMRELAY_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    "BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 
@@ -196,7 +196,7 @@ def _create_database() -> str:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise SystemExit(
             f"bench: cannot create a database on PostgreSQL at {describe_server(ADMIN_URL)}: "
-            f"{exc or type(exc).__name__} (set ALARMRELAY_BENCH_ADMIN_URL to an admin URL, or "
+            f"{exc or type(exc).__name__} (set BENCH_ADMIN_URL to an admin URL, or "
             "start the local server: bash scripts/services.sh)"
         ) from None
     return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"

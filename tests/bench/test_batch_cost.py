@@ -93,4 +93,4 @@ def test_an_unreachable_server_is_one_clear_line_not_a_traceback(
         bench_run._create_database()
     message = str(exited.value)
     assert message.startswith(f"bench: cannot create a database on PostgreSQL at 127.0.0.1:{port}:")
-    assert "ALARMRELAY_BENCH_ADMIN_URL" in message
+    assert "BENCH_ADMIN_URL" in message
