@@ -49,7 +49,7 @@ def build_app(readiness: ReadinessCheck, *, api_factory: AppFactory | None = Non
     handlers = health_handlers(readiness)
     if api_factory is not None:
         return api_factory(handlers)
-    return Litestar(route_handlers=handlers)
+    return Litestar(route_handlers=handlers, openapi_config=None)  # no API: no /schema either
 
 
 class _EmbeddedServer(uvicorn.Server):

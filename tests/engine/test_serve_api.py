@@ -70,7 +70,7 @@ class TestServeMountsApi:
     def test_api_can_be_switched_off(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        """api.enabled = false: /v1 is not served, the probes and /metrics are."""
+        """api.enabled = false: /v1 and /schema are not served, the probes and /metrics are."""
         config = write_config(
             tmp_path / "engine.toml",
             database_url=database_url,
@@ -82,6 +82,7 @@ class TestServeMountsApi:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{engine.http_port}", timeout=10) as c:
                 assert c.get("/v1/me").status_code == 404
+                assert c.get("/schema/openapi.json").status_code == 404
                 assert c.get("/metrics").status_code == 200
                 assert c.get("/healthz").json() == {"status": "ok"}
         finally:
