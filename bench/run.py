@@ -40,9 +40,7 @@ from bench.load_mqtt import MQTT_SCENARIO, BrokerCpu, lean_module_fleet, mqtt_en
 from protocols.dc09_crypto import AesKey
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_URL = os.environ.get(
-    "BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass

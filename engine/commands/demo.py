@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         help="TOML settings (default: embedded PostgreSQL under ./var)",
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--modules", type=int, default=5)
+    parser.add_argument("--modules", type=int, default=5, help="simulated modules (default 5)")
     parser.set_defaults(func=run)
 
 

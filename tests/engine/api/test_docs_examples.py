@@ -41,11 +41,15 @@ class TestDocsExamples:
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
         """The documented package, station and one-request customer creation succeed in order."""
-        package = _example("POST", "packages")
+        documented = [b for m, p, b in _examples() if (m, p) == ("POST", "packages")]
+        # The add-ons the customer example uses are among the documented packages.
+        assert {"res-voice", "sup6", "enterprise"} <= {p["code"] for p in documented}
+        for package in documented:
+            created = await admin.post("/v1/packages", json=package)
+            assert created.status_code == 201, created.text
         for other in PACKAGES:
-            if other["code"] != package["code"]:
+            if other["code"] not in {p["code"] for p in documented}:
                 assert (await admin.post("/v1/packages", json=other)).status_code == 201
-        assert (await admin.post("/v1/packages", json=package)).status_code == 201
         dealer = await api.dealer("Acme")
         client = api.client(await api.key("dealer", dealer))
         [station] = [b for m, p, b in _examples() if (m, p) == ("POST", "stations")]
@@ -64,3 +68,6 @@ class TestDocsExamples:
         assert (
             await client.put(f"/v1/customers/{customer_id}/forwarding", json=forwarding)
         ).status_code == 200
+        swap = _example("POST", "customers/12/module-swap")
+        swapped = await client.post(f"/v1/customers/{customer_id}/module-swap", json=swap)
+        assert swapped.status_code == 200, swapped.text
