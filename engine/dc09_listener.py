@@ -26,6 +26,7 @@ import structlog
 from engine import metrics
 from engine.ingest_types import (
     InboundSignal,
+    IngestRefused,
     IngestResult,
     IngestSink,
     IngestUnavailable,
@@ -154,6 +155,18 @@ class Dc09Handler:
         """After the commit: count, log, and build the ACK (None: not committed, no ACK)."""
         family = _family_label(received)
         error = future.exception()
+        if isinstance(error, IngestRefused):
+            # Its own data cannot be stored (logged with the raw frame): a resend would fail
+            # the same way, so the module is told, as for any frame it cannot have processed.
+            metrics.child(metrics.SIGNALS_RECEIVED, transport.value, family, "refused").inc()
+            log.error(
+                "signal_refused_duh",
+                account=signal.account,
+                seq=signal.seq,
+                transport=transport.value,
+                reason=str(error),
+            )
+            return conn.duh(received.frame)
         if error is not None:
             metrics.child(metrics.SIGNALS_RECEIVED, transport.value, family, "not_committed").inc()
             log.warning(

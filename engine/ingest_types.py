@@ -71,6 +71,11 @@ class IngestUnavailable(Exception):
     """The signal was not committed (database down, shed under overload). Do not ACK."""
 
 
+class IngestRefused(IngestUnavailable):
+    """The database refused this signal's own data (committed alone, it still fails): a resend
+    would fail the same way. Not ACKed; the module is told so (DC-09 DUH, MQTT ``rejected``)."""
+
+
 class IngestSink(Protocol):
     """Where listeners hand signals; ``submit`` returns only after the commit."""
 

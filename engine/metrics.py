@@ -53,6 +53,11 @@ COMMIT_FAILURES = Counter(
     "alarmrelay_commit_failures_total",
     "Group commits that failed (signals not acknowledged; modules retry).",
 )
+COMMIT_ISOLATIONS = Counter(
+    "alarmrelay_commit_isolations_total",
+    "Failed group commits split in halves and committed apart, so a signal whose own data fails "
+    "the statement fails alone.",
+)
 SIGNALS_SHED = Counter(
     "alarmrelay_signals_shed_total",
     "Signals not accepted because of load or an unavailable database (no ACK sent).",

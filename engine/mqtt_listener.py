@@ -30,6 +30,7 @@ from prometheus_client import Counter
 from engine.events_signal import signal_from_events
 from engine.ingest_types import (
     InboundSignal,
+    IngestRefused,
     IngestResult,
     IngestSink,
     IngestUnavailable,
@@ -408,6 +409,16 @@ class MqttListener:
             self._not_committed(message, serial, IngestUnavailable("commit cancelled"))
             return
         error = future.exception()
+        if isinstance(error, IngestRefused):
+            # Its own data cannot be stored (logged with the payload): redelivery would fail the
+            # same way, so the module gets a rejected ack and the message its PUBACK.
+            _count(kind.value, "refused")
+            self._reply(
+                message,
+                serial,
+                AckV1(msg_id=msg_id, status=AckStatus.REJECTED, reason=f"not stored: {error}"),
+            )
+            return
         if error is not None:
             if not isinstance(error, IngestUnavailable):
                 log.error("mqtt_commit_error", error=repr(error))

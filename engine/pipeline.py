@@ -15,16 +15,18 @@ and new submissions fail fast until a probe sees the database again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+import asyncpg
 import structlog
 
 from engine import metrics
-from engine.ingest_types import InboundSignal, IngestResult, IngestUnavailable
+from engine.ingest_types import InboundSignal, IngestRefused, IngestResult, IngestUnavailable
 
 log = structlog.get_logger("engine.pipeline")
 
@@ -188,9 +190,11 @@ class IngestPipeline:
             metrics.COMMIT_FAILURES.inc()
             if _looks_like_connection_loss(exc):
                 self._mark_unavailable(exc)
+                self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
+            elif len(batch) > 1:
+                await self._isolate(batch, exc)
             else:
-                log.error("commit_failed", error=repr(exc), batch=len(batch))
-            self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
+                self._fail_one(batch[0], exc)
             return
         metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
@@ -199,6 +203,35 @@ class IngestPipeline:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+    async def _isolate(self, batch: list[_Pending], exc: Exception) -> None:
+        """Commit the halves of a failed batch apart, so a signal whose own data fails the
+        statement fails alone and the others are acknowledged (in their order)."""
+        log.warning("commit_failed_isolating", error=repr(exc), batch=len(batch))
+        metrics.COMMIT_ISOLATIONS.inc()
+        half = len(batch) // 2
+        await self._commit(batch[:half])
+        if self._available:
+            await self._commit(batch[half:])
+        else:
+            self._fail(batch[half:], IngestUnavailable("database unavailable"))
+
+    def _fail_one(self, pending: _Pending, exc: Exception) -> None:
+        """A signal that fails on its own: refused when its data is what the database refuses
+        (a resend would fail the same way), else not committed (the module resends). The raw
+        frame or payload is logged so that an operator can recover the signal by hand."""
+        signal = pending.signal
+        refused = _is_data_error(exc)
+        log.error(
+            "signal_refused" if refused else "commit_failed",
+            error=repr(exc),
+            account=signal.account,
+            transport=signal.transport.value,
+            seq=signal.seq,
+            raw_b64=base64.b64encode(signal.raw).decode(),
+        )
+        error = IngestRefused if refused else IngestUnavailable
+        self._fail([pending], error(f"commit failed: {exc.__class__.__name__}"))
 
     def _fail(self, batch: list[_Pending], error: IngestUnavailable) -> None:
         for pending in batch:
@@ -249,6 +282,11 @@ class IngestPipeline:
             metrics.DATABASE_UP.set(1)
             log.info("database_available")
             return
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """PostgreSQL's class 22 (data exception): the values themselves are refused."""
+    return isinstance(exc, asyncpg.DataError)
 
 
 def _looks_like_connection_loss(exc: BaseException) -> bool:

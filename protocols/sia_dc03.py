@@ -257,6 +257,21 @@ def format_sia_block(event: Event, account: str) -> str:
         address = event.zone
     body = "".join(parts) + event.code + (f"{address:03d}" if address is not None else "")
     if event.text:
-        clean = event.text.replace("^", " ").replace("|", " ").replace("]", " ").replace("[", " ")
-        body += f"^{clean}^"
+        body += f"^{_frame_text(event.text)}^"
     return f"#{account}|N{body}"
+
+
+# The text's own delimiters and the frame's, and control characters (a CR would end the frame
+# early at the receiver; a NUL some receivers take for the end of the text): a space each.
+_TEXT_SPACES = str.maketrans(
+    dict.fromkeys("^|[]", " ") | {chr(c): " " for c in (*range(0x20), 0x7F)}
+)
+
+
+def _frame_text(text: str) -> str:
+    """``text`` as it can travel in a frame: Windows-1252 only (any other character, e.g. from an
+    MQTT module's text, becomes ``?``), without delimiters or control characters."""
+    clean = text.translate(_TEXT_SPACES)
+    if clean.isascii():
+        return clean
+    return clean.encode("cp1252", "replace").decode("cp1252")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import msgspec
 
+from engine.store.pg_text import storable_json
 from protocols.signal import Event
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class BatchDone(msgspec.Struct, kw_only=True):
 
 
 def _doc(rows: Sequence[msgspec.Struct]) -> str | None:
-    return _encoder.encode(rows).decode() if rows else None
+    return storable_json(_encoder.encode(rows).decode()) if rows else None
 
 
 async def write_batch(

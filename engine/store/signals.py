@@ -31,6 +31,7 @@ import msgspec
 
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind
 from engine.store.ingest_batch import BatchWrite, write_batch
+from engine.store.pg_text import storable_json
 from protocols.signal import Event, XData
 
 _encoder = msgspec.json.Encoder()
@@ -125,7 +126,7 @@ class SignalRows:
         """The rows sent, as the JSON text of the statement's parameter."""
         copies = self._copies
         signals = self.signals
-        return _encoder.encode(
+        document = _encoder.encode(
             [
                 _Row(
                     o=i,
@@ -152,6 +153,7 @@ class SignalRows:
                 for i, s in ((i, signals[i]) for i in self.sent)
             ]
         ).decode()
+        return storable_json(document)  # a NUL in a text field would fail the whole batch
 
     def results(self, kept: Mapping[int, int], originals: Mapping[str, int]) -> list[StoredSignal]:
         """One StoredSignal per input signal, from the ids of the rows kept (position → id) and

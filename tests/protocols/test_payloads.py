@@ -14,6 +14,7 @@ from protocols.contact_id import (
     parse_cid_block,
     parse_dtmf,
 )
+from protocols.dc09_frame import encode_frame
 from protocols.dc09_payload import parse_payload
 from protocols.errors import RemoteProtocolError, Reply
 from protocols.sia_dc03 import format_sia_block, parse_sia_block
@@ -177,6 +178,33 @@ class TestFormatRoundTrip:
         """format_sia_block then parse gives the same code, zone and partition."""
         [back] = parse_sia_block(format_sia_block(event, "1234"))
         assert (back.code, back.zone, back.partition) == (event.code, event.zone, event.partition)
+
+
+    @given(text=st.text(max_size=40))
+    @settings(max_examples=300)
+    def test_any_text_makes_a_frame_a_receiver_can_read(self, text: str) -> None:
+        """Whatever text a module sent (MQTT text is any Unicode): the block encodes to
+        Windows-1252, has no control character, parses back, and a frame can carry it."""
+        event = Event(
+            family=Family.SIA, code="BA", zone=1, text=text, classification=classify(Family.SIA, "BA")
+        )
+        block = format_sia_block(event, "1234")
+        block.encode("cp1252")  # would raise for a character the frame cannot carry
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in block)
+        [back] = parse_sia_block(block)
+        assert (back.code, back.zone) == ("BA", 1)
+        encode_frame(token="SIA-DCS", seq="0001", account="1234", data=block)
+
+    def test_text_outside_windows_1252_becomes_question_marks(self) -> None:
+        """Cyrillic and emoji become ?, delimiters and control characters spaces; ü stays."""
+        event = Event(
+            family=Family.SIA,
+            code="FA",
+            zone=3,
+            text="Кухня 🔥\r\nKüche^1|[2]\x00",
+            classification=classify(Family.SIA, "FA"),
+        )
+        assert format_sia_block(event, "1234") == "#1234|NFA003^????? ?  Küche 1  2  ^"
 
 
 class TestSiaFastPath:
