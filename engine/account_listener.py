@@ -1,20 +1,21 @@
 """Keeps the in-memory account directory in step with the ``accounts`` table.
 
 A trigger (migration 0050) sends ``NOTIFY alarmrelay_accounts, '<account>'`` on every insert,
-update and delete; this listener re-reads that account. If the listening connection is lost, it
-reconnects and reloads everything, so an import or API change is never missed for long.
+update and delete; this listener re-reads that account. When the listening connection is lost
+(:class:`engine.pg_listener.ChannelListener` reconnects), or a change cannot be read, it reloads
+everything, so an import or API change is never missed for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import asyncpg
 import structlog
 
 from engine.account_directory import AccountDirectory
+from engine.pg_listener import ChannelListener
 from engine.store.accounts import AccountStore
 
 log = structlog.get_logger("engine.account_listener")
@@ -25,18 +26,25 @@ CHANNEL = "alarmrelay_accounts"
 class AccountChangeListener:
     """LISTEN on ``alarmrelay_accounts`` and apply each change to the directory."""
 
-    def __init__(self, pool: asyncpg.Pool, directory: AccountDirectory) -> None:
-        self._pool = pool
+    def __init__(
+        self, pool: asyncpg.Pool, directory: AccountDirectory, *, check_interval_s: float = 15.0
+    ) -> None:
         self._store = AccountStore(pool)
         self._directory = directory
-        self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._pending: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._reload = asyncio.Event()
+        self._listener = ChannelListener(
+            pool,
+            CHANNEL,
+            on_notify=self._on_notify,
+            on_resync=self._resync,
+            check_interval_s=check_interval_s,
+        )
 
     async def start(self) -> None:
         """Start listening (returns once LISTEN is in place)."""
-        await self._listen()
+        await self._listener.start()
         self._task = asyncio.create_task(self._run(), name="account-listener")
 
     async def stop(self) -> None:
@@ -45,29 +53,19 @@ class AccountChangeListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._release()
+        await self._listener.stop()
 
-    async def _listen(self) -> None:
-        self._conn = await self._pool.acquire()
-        await self._conn.add_listener(CHANNEL, self._on_notify)
-        self._conn.add_termination_listener(self._on_terminated)
-
-    async def _release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.remove_listener(CHANNEL, self._on_notify)
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._conn)
-            self._conn = None
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         try:
             self._pending.put_nowait(payload)
         except asyncio.QueueFull:
             self._reload.set()  # too many changes at once: reload the whole directory
 
-    def _on_terminated(self, _conn: Any) -> None:
-        self._reload.set()
+    async def _resync(self) -> None:
+        """After a reconnect: reload everything (raises, so the listener retries)."""
+        self._reload.clear()
+        self._directory.load(await self._store.all())
+        log.info("accounts_reloaded", count=len(self._directory))
 
     async def _run(self) -> None:
         while True:
@@ -88,7 +86,7 @@ class AccountChangeListener:
     async def _apply(self, account: str) -> None:
         try:
             row = await self._store.get(account)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # any error: reload everything rather than miss the change
             log.warning("account_refresh_failed", account=account, error=repr(exc))
             self._reload.set()
             return
@@ -99,18 +97,14 @@ class AccountChangeListener:
         log.debug("account_refreshed", account=account, present=row is not None)
 
     async def _reload_all(self) -> None:
-        await self._release()
         delay = 0.5
         while True:
             try:
-                await self._listen()
-                self._directory.load(await self._store.all())
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self._resync()
+            except Exception as exc:
                 log.warning("account_reload_failed", error=repr(exc), retry_in_s=delay)
-                await self._release()
+                self._reload.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            self._reload.clear()
-            log.info("accounts_reloaded", count=len(self._directory))
             return

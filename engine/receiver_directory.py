@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import asyncpg
 import structlog
 
+from engine.pg_listener import ChannelListener
 from engine.store.stations import StationStore
 from receivers.registry import ReceiverRegistry
 
@@ -33,8 +33,10 @@ class ReceiverDirectory:
         self._failover_after = failover_after
         self._retire_after_s = retire_after_s
         self.registry = ReceiverRegistry([], failover_after=failover_after)
-        self._conn: Any = None
         self._reload = asyncio.Event()
+        self._listener = ChannelListener(
+            pool, CHANNEL, on_notify=self._on_notify, on_resync=self._resync
+        )
         self._task: asyncio.Task[None] | None = None
         self._retiring: dict[asyncio.Task[None], ReceiverRegistry] = {}
 
@@ -43,23 +45,21 @@ class ReceiverDirectory:
 
     async def start(self) -> None:
         await self._load()
-        self._conn = await self._pool.acquire()
-        await self._conn.add_listener(CHANNEL, self._on_notify)
+        await self._listener.start()
         self._task = asyncio.create_task(self._run(), name="receiver-directory")
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _payload: str) -> None:
         self._reload.set()
+
+    async def _resync(self) -> None:
+        self._reload.set()  # changes while the connection was down were not notified
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.remove_listener(CHANNEL, self._on_notify)
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._conn)
+        await self._listener.stop()
         for task, old in list(self._retiring.items()):
             task.cancel()
             await old.close()
@@ -89,7 +89,7 @@ class ReceiverDirectory:
             self._reload.clear()
             try:
                 await self._load()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # any error: retry, never end the task
                 log.warning("receivers_reload_failed", error=repr(exc))
                 await asyncio.sleep(1)
                 self._reload.set()

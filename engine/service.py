@@ -82,6 +82,7 @@ class Engine:
         self.crash_smash_timer: CrashSmashTimer | None = None
         self.virtual_modules: VirtualModules | None = None
         self.pool: asyncpg.Pool | None = None
+        self.receivers: ReceiverDirectory | None = None
         self.directory = AccountDirectory()
         self._mqtt_task: asyncio.Task[None] | None = None
         self._mqtt: Any = None
@@ -98,6 +99,7 @@ class Engine:
 
             receivers = ReceiverDirectory(pool)
             await receivers.start()
+            self.receivers = receivers
             self.dispatcher = Dispatcher(
                 pool,
                 receivers.current,
