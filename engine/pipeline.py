@@ -26,6 +26,7 @@ import asyncpg
 import structlog
 
 from engine import metrics
+from engine.errors import is_database_unreachable
 from engine.ingest_types import InboundSignal, IngestRefused, IngestResult, IngestUnavailable
 
 log = structlog.get_logger("engine.pipeline")
@@ -188,7 +189,7 @@ class IngestPipeline:
             # asyncpg raises its own connection errors (not OSError subclasses) when the server
             # goes away mid-transaction; treat every failure as "not committed": no ACK, retry.
             metrics.COMMIT_FAILURES.inc()
-            if _looks_like_connection_loss(exc):
+            if is_database_unreachable(exc):
                 self._mark_unavailable(exc)
                 self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
             elif len(batch) > 1:
@@ -287,13 +288,3 @@ class IngestPipeline:
 def _is_data_error(exc: BaseException) -> bool:
     """PostgreSQL's class 22 (data exception): the values themselves are refused."""
     return isinstance(exc, asyncpg.DataError)
-
-
-def _looks_like_connection_loss(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    module = type(exc).__module__
-    if module.startswith("asyncpg") and (
-        "Connection" in name or "CannotConnectNow" in name or "AdminShutdown" in name
-    ):
-        return True
-    return isinstance(exc, ConnectionError | OSError)

@@ -258,11 +258,24 @@ class Engine:
     async def _readiness(self) -> dict[str, bool]:
         checks = {
             "dc09": self.dc09 is not None and self.dc09.listening,
-            "database": self.pipeline is not None and self.pipeline.available,
+            "database": self.pipeline is not None
+            and self.pipeline.available
+            and await self._database_answers(),
         }
         if self.settings.mqtt.enabled:
             checks["mqtt"] = bool(getattr(self._mqtt, "connected", False))
         return checks
+
+    async def _database_answers(self) -> bool:
+        """One ``SELECT 1`` within 2 s: the pipeline learns of an outage only at its next commit."""
+        if self.pool is None:
+            return False
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0)
+        except Exception as exc:
+            log.warning("readiness_database_failed", error=repr(exc))
+            return False
+        return True
 
     async def _start_mqtt(self) -> None:
         mqtt = self.settings.mqtt

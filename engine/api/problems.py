@@ -13,8 +13,15 @@ import asyncpg
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    NotAuthorizedException,
+    ValidationException,
+)
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
+
+from engine.errors import is_database_unreachable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("engine.api")
@@ -141,6 +148,8 @@ def decode_error(key: str, message: str) -> FieldError:
 
 def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Any other litestar HTTP error (404 route, 405, 401, …) as a problem document."""
+    if type(exc) is ClientException and exc.status_code == 400:
+        return _bad_body("json", str(exc.detail))  # the body is not JSON (truncated, malformed)
     response = _response(
         Problem(title=_title(exc.status_code), status=exc.status_code, detail=str(exc.detail))
     )
@@ -149,20 +158,70 @@ def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]
     return response
 
 
-def data_error_handler(_: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
-    """Input the database cannot hold (an id beyond 64 bits, …): the client's mistake, a 400."""
+def _bad_body(rule: str, message: str) -> Response[Any]:
     return _response(
         Problem(
             type="urn:alarmrelay:problem:bad-request",
             title="Bad Request",
             status=400,
-            detail="a value is out of range: " + str(exc).split(":", 1)[0],
+            detail=message,
+            errors=[FieldError(field="body", rule=rule, message=message)],
+        )
+    )
+
+
+def recursion_handler(_: Request[Any, Any, Any], __: RecursionError) -> Response[Any]:
+    """A body nested deeper than the decoder follows (``[[[[…``): the client's mistake."""
+    return _bad_body("depth", "the body is nested too deeply")
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def data_error_handler(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+    """Input the database cannot hold: a path id beyond 64 bits names nothing (404); a NUL
+    character or another value out of range is the client's mistake (400). Never the SQL."""
+    too_big = [k for k, v in request.path_params.items() if isinstance(v, int) and v not in _INT64]
+    if too_big:
+        return _response(not_found(too_big[0].removesuffix("_id")).problem)
+    if isinstance(
+        exc, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+    ):
+        detail = "a value contains a NUL character (U+0000), which cannot be stored"
+    else:
+        names = [
+            k
+            for k, v in request.query_params.items()
+            if v.lstrip("-").isdigit() and int(v) not in _INT64
+        ]
+        detail = (
+            f"query parameter {names[0]} is out of range" if names else "a value is out of range"
+        )
+    return _response(
+        Problem(
+            type="urn:alarmrelay:problem:bad-request",
+            title="Bad Request",
+            status=400,
+            detail=detail,
         )
     )
 
 
 def server_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """An unexpected error: logged with its type, answered as a 500 problem without internals."""
+    """An unexpected error: logged with its type, answered as a 500 problem without internals;
+    the database out of reach is a 503 the client may retry."""
+    if is_database_unreachable(exc):
+        log.warning("api_database_unavailable", path=request.url.path, error=type(exc).__name__)
+        response = _response(
+            Problem(
+                type="urn:alarmrelay:problem:unavailable",
+                title="Service Unavailable",
+                status=503,
+                detail="the database is unavailable; retry later",
+            )
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     log.error("api_error", path=request.url.path, error=type(exc).__name__, message=str(exc))
     return _response(Problem(title="Internal Server Error", status=500))
 
@@ -181,6 +240,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ValidationException: validation_handler,
     HTTPException: http_handler,
     asyncpg.DataError: data_error_handler,
+    RecursionError: recursion_handler,
     Exception: server_error_handler,
 }
 
@@ -192,6 +252,7 @@ _PROBLEM_STATUSES = {
     "404": "Not found, or not the caller's",
     "409": "A uniqueness conflict",
     "422": "Validation failed: each field and rule",
+    "503": "The database is unavailable; retry after the Retry-After seconds",
 }
 
 

@@ -145,10 +145,10 @@ class TestOpenApi:
 
 
 class TestProblems:
-    async def test_id_beyond_64_bits_is_400(self, admin: httpx.AsyncClient) -> None:
-        """An id the database cannot hold is the client's mistake: a 400 problem, not a 500."""
+    async def test_id_beyond_64_bits_is_404(self, admin: httpx.AsyncClient) -> None:
+        """An id the database cannot hold names no customer: a 404 problem, not a 500."""
         response = await admin.post(
             "/v1/customers/968038469470537165403634794496/welcome-letter/send"
         )
-        assert response.status_code == 400
+        assert response.status_code == 404
         assert response.headers["content-type"].startswith("application/problem+json")

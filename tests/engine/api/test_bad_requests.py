@@ -1,0 +1,92 @@
+"""Requests the API cannot serve get a problem document that says why, never a bare 500 or the
+database's own words (real app on uvicorn, real PostgreSQL; a second pool through a proxy the
+test cuts for the outage)."""
+
+from __future__ import annotations
+
+import asyncpg
+import httpx
+
+from engine.api.app import ApiSettings, create_app
+from engine.api.auth import create_key
+from engine.http_server import HttpServer
+from tests.engine.api.conftest import Api
+from tests.support.tcp_proxy import TcpProxy
+
+PROBLEM = "application/problem+json"
+
+
+class TestUndecodableBodies:
+    async def test_truncated_json_names_the_body(self, admin: httpx.AsyncClient) -> None:
+        response = await admin.post(
+            "/v1/dealers", content=b'{"name": ', headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith(PROBLEM)
+        body = response.json()
+        assert body["type"] == "urn:alarmrelay:problem:bad-request"
+        assert [(e["field"], e["rule"]) for e in body["errors"]] == [("body", "json")]
+
+    async def test_deeply_nested_body_is_a_400(self, admin: httpx.AsyncClient) -> None:
+        """100,000 opening brackets: 400 'nested too deeply', not a 500 (RecursionError)."""
+        response = await admin.post(
+            "/v1/dealers", content=b"[" * 100_000, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("body", "depth")]
+
+
+class TestValuesTheDatabaseCannotHold:
+    async def test_an_id_beyond_64_bits_is_not_found(self, admin: httpx.AsyncClient) -> None:
+        response = await admin.get("/v1/dealers/99999999999999999999")
+        assert response.status_code == 404
+        assert "query argument" not in response.text
+
+    async def test_a_cursor_beyond_64_bits_names_the_parameter(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        response = await admin.get("/v1/dealers?cursor=99999999999999999999999")
+        assert response.status_code == 400
+        assert response.json()["detail"] == "query parameter cursor is out of range"
+
+    async def test_a_nul_character_is_named(self, admin: httpx.AsyncClient) -> None:
+        response = await admin.post("/v1/dealers", json={"name": "a\u0000b"})
+        assert response.status_code == 400
+        assert "NUL character" in response.json()["detail"]
+        assert "UTF8" not in response.text
+
+
+class TestDatabaseUnavailable:
+    async def test_503_with_retry_after_while_the_database_is_cut_off(
+        self, api: Api, database_url: str
+    ) -> None:
+        """With its database cut off the API answers 503 (retry later), then serves again."""
+        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
+        host, port = host_port.split(":")
+        proxy = TcpProxy(host, int(port))
+        await proxy.start()
+        pool = await asyncpg.create_pool(
+            database_url.replace(host_port, f"127.0.0.1:{proxy.port}"), min_size=1, max_size=2
+        )
+        assert pool is not None
+        _, key = await create_key(pool, role="admin", dealer_id=None)
+        server = HttpServer(create_app(pool=pool, settings=ApiSettings()), host="127.0.0.1", port=0)
+        await server.start()
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
+            ) as client:
+                assert (await client.get("/v1/dealers")).status_code == 200
+                proxy.cut()
+                down = await client.get("/v1/dealers")
+                assert down.status_code == 503, down.text
+                assert down.headers["retry-after"] == "5"
+                assert down.json()["type"] == "urn:alarmrelay:problem:unavailable"
+                proxy.restore()
+                statuses = [(await client.get("/v1/dealers")).status_code for _ in range(3)]
+                assert statuses[-1] == 200
+        finally:
+            await server.stop()
+            await pool.close()
+            await proxy.stop()

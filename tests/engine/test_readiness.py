@@ -1,0 +1,53 @@
+"""``/readyz`` follows the database itself, not only the last commit (real PostgreSQL behind a
+TCP proxy that the test cuts)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from tests.engine.test_ingest_e2e import provision, running_engine, settings_for
+from tests.support.tcp_proxy import TcpProxy
+
+
+async def _ready(client: httpx.AsyncClient, want: bool, timeout: float = 15.0) -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await client.get("/readyz")
+        body: dict[str, object] = response.json()
+        if (response.status_code == 200) == want:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"/readyz stayed {response.status_code}: {body}")
+        await asyncio.sleep(0.2)
+
+
+class TestReadiness:
+    async def test_not_ready_while_the_database_is_cut_off(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """No signal arrives (the pipeline has not noticed anything), yet with the database cut
+        off /readyz answers 503 naming the database; it is ready again once it is back."""
+        await provision(db_pool)
+        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
+        host, port = host_port.split(":")
+        proxy = TcpProxy(host, int(port))
+        await proxy.start()
+        settings = settings_for(database_url.replace(host_port, f"127.0.0.1:{proxy.port}"))
+        try:
+            async with running_engine(settings) as engine:
+                assert engine.http is not None
+                base = f"http://127.0.0.1:{engine.http.port}"
+                async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                    ready = await _ready(client, True)
+                    assert ready["checks"] == {"dc09": True, "database": True}
+                    proxy.cut()
+                    down = await _ready(client, False)
+                    assert down["status"] == "not_ready"
+                    assert down["checks"] == {"dc09": True, "database": False}
+                    proxy.restore()
+                    await _ready(client, True)
+        finally:
+            await proxy.stop()
