@@ -309,6 +309,33 @@ def _is_list(path: str) -> bool:
     return isinstance(info, msgspec.inspect.VarTupleType | msgspec.inspect.ListType)
 
 
+def _is_optional(path: str) -> bool:
+    """Whether the key at ``path`` may be unset (its type admits None)."""
+    info: Any = msgspec.inspect.type_info(Settings)
+    for part in path.split("."):
+        if not isinstance(info, msgspec.inspect.StructType):
+            return False
+        field = next((f for f in info.fields if f.name == part), None)
+        if field is None:
+            return False
+        info = field.type
+    return isinstance(info, msgspec.inspect.UnionType) and any(
+        isinstance(t, msgspec.inspect.NoneType) for t in info.types
+    )
+
+
+def _empty_means_unset(raw: dict[str, Any]) -> None:
+    """``url = ""`` in the file unsets an optional key, as an empty variable does (an empty
+    database URL would otherwise reach the driver, which connects to its own defaults)."""
+    for name, value in list(raw.items()):
+        if isinstance(value, dict):
+            for key, item in list(value.items()):
+                if item == "" and _is_optional(f"{name}.{key}"):
+                    value[key] = None
+        elif value == "" and _is_optional(name):
+            raw[name] = None
+
+
 def _split_lists(env: dict[str, Any], origin: Mapping[str, str]) -> None:
     """Turn the values of list keys (``a,b``; empty: no items) into lists, in place."""
     for path in origin:
@@ -375,6 +402,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             raw = msgspec.toml.decode(text)
         except msgspec.DecodeError as exc:
             raise UserFacingError(f"{path}: invalid TOML: {exc}") from None
+        _empty_means_unset(raw)
         try:
             # Validate the file alone first, strictly, so its mistakes are reported against it.
             msgspec.convert(raw, Settings)

@@ -164,6 +164,14 @@ class TestEnvironment:
             "environment variable ALARMRELAY_MQQT__HOST: unknown section 'mqqt' (did you mean 'mqtt'?)"
         )
 
+    def test_empty_string_in_the_file_unsets_an_optional_key(self, tmp_path: Path) -> None:
+        """url = "" means the embedded database (as ALARMRELAY_DATABASE_URL= does), never an
+        empty URL handed to the driver, which would connect to its own default database."""
+        path = write(tmp_path, '[database]\nurl = ""\n[api]\nsmtp_host = ""\n')
+        settings = load_settings(path, {})
+        assert settings.database.url is None
+        assert settings.api.smtp_host is None
+
     def test_list_variable_is_comma_separated(self, tmp_path: Path) -> None:
         """A list key from the environment: items split at commas, spaces trimmed; it replaces the file's list."""
         path = write(tmp_path, '[crash_smash]\nentry_codes = ["sia:BA"]\n')
