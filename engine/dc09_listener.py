@@ -24,6 +24,7 @@ from typing import Any, cast
 import structlog
 
 from engine import metrics
+from engine.errors import UserFacingError
 from engine.ingest_types import (
     InboundSignal,
     IngestRefused,
@@ -465,16 +466,34 @@ class Dc09Server:
     async def start(self) -> None:
         """Bind TCP first (port 0 picks one), then UDP on the same number."""
         loop = asyncio.get_running_loop()
-        self._tcp = await loop.create_server(
-            lambda: Dc09StreamProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
-        )
+        try:
+            self._tcp = await loop.create_server(
+                lambda: Dc09StreamProtocol(self),
+                self.host,
+                self.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise self._bind_error("TCP", exc) from None
         self.port = self._tcp.sockets[0].getsockname()[1]
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
-        )
+        try:
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
+            )
+        except OSError as exc:
+            self._tcp.close()
+            raise self._bind_error("UDP", exc) from None
         self._udp = udp
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="dc09-idle-sweep")
         log.info("dc09_listening", host=self.host, port=self.port, transports="tcp+udp")
+
+    def _bind_error(self, transport: str, exc: OSError) -> UserFacingError:
+        reason = exc.strerror or str(exc)
+        return UserFacingError(
+            f"cannot listen for DC-09 {transport} on {self.host}:{self.port}: {reason}"
+            " (dc09.host, dc09.port)"
+        )
 
     def admit(self, conn: Dc09StreamProtocol) -> bool:
         if len(self._connections) >= self.max_connections:

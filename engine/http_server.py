@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engine.errors import UserFacingError
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -83,8 +86,16 @@ class HttpServer:
         self.port = port
 
     async def start(self) -> None:
-        """Start serving; returns once the socket is bound."""
-        self._task = asyncio.create_task(self._server.serve(), name="http-server")
+        """Start serving; returns once the socket is bound. A port that cannot be bound (in use,
+        an address not on this host) is a UserFacingError naming it."""
+        try:
+            sock = socket.create_server((self.host, self.port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UserFacingError(
+                f"cannot listen for HTTP on {self.host}:{self.port}: {reason} (http.host, http.port)"
+            ) from None
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # re-raise the bind error

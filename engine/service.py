@@ -98,106 +98,109 @@ class Engine:
             await accounts_listener.start()
 
             receivers = ReceiverDirectory(pool)
-            await receivers.start()
-            self.receivers = receivers
-            self.dispatcher = Dispatcher(
-                pool,
-                receivers.current,
-                voice_command=self._voice_command,
-                voice_retry_s=settings.mqtt.command_retry_s,
-                outcome_pool=database.relaxed_pool,
-            )
-            forwarding = ForwardingStage(
-                self.directory, owner=self.dispatcher.owner, lease_s=self.dispatcher.lease_s
-            )
-            supervising = settings.supervision.enabled
-            supervision, crash_smash = ingest_stages(settings, self.directory)
-            writer = IngestWriter(
-                pool,
-                duplicate_window_s=settings.dc09.duplicate_window_s,
-                forwarding=forwarding,
-                supervision=supervision,
-                crash_smash=crash_smash,
-                on_enqueued=self.dispatcher.wake,
-                on_leased=self.dispatcher.adopt,
-                on_blocked=self.dispatcher.blocked,
-                clock=self._clock,
-            )
-            self.crash_smash_timer = CrashSmashTimer(
-                pool,
-                forwarding,
-                duplicate_window_s=settings.dc09.duplicate_window_s,
-                on_enqueued=self.dispatcher.wake,
-                clock=self._clock,
-            )
-            self.supervision_timer = SupervisionTimer(
-                pool,
-                forwarding,
-                duplicate_window_s=settings.dc09.duplicate_window_s,
-                max_sleep_s=settings.supervision.max_sleep_s,
-                on_enqueued=self.dispatcher.wake,
-                clock=self._clock,
-            )
-            self.pipeline = IngestPipeline(
-                writer,
-                batch_max=settings.database.commit_batch_max,
-                window_s=settings.database.commit_window_ms / 1000.0,
-                max_pending=settings.dc09.max_pending_commits,
-                probe=lambda: pool.fetchval("SELECT 1"),
-                writers=settings.database.commit_writers,
-            )
-            self.pipeline.start()
-            self.dispatcher.start()
-            if supervising:
-                self.supervision_timer.start()
-            if settings.crash_smash.enabled:
-                self.crash_smash_timer.start()
-            if settings.virtual.enabled:
-                self.virtual_modules = VirtualModules(
+            # Everything started from here on is stopped in the finally, also when the start
+            # itself fails (a port in use): nothing is left holding the pool.
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await receivers.start()
+                self.receivers = receivers
+                self.dispatcher = Dispatcher(
                     pool,
-                    self.pipeline,
-                    checkin_interval_s=settings.virtual.checkin_interval_s,
-                    poll_s=settings.virtual.poll_s,
+                    receivers.current,
+                    voice_command=self._voice_command,
+                    voice_retry_s=settings.mqtt.command_retry_s,
+                    outcome_pool=database.relaxed_pool,
+                )
+                forwarding = ForwardingStage(
+                    self.directory, owner=self.dispatcher.owner, lease_s=self.dispatcher.lease_s
+                )
+                supervising = settings.supervision.enabled
+                supervision, crash_smash = ingest_stages(settings, self.directory)
+                writer = IngestWriter(
+                    pool,
+                    duplicate_window_s=settings.dc09.duplicate_window_s,
+                    forwarding=forwarding,
+                    supervision=supervision,
+                    crash_smash=crash_smash,
+                    on_enqueued=self.dispatcher.wake,
+                    on_leased=self.dispatcher.adopt,
+                    on_blocked=self.dispatcher.blocked,
                     clock=self._clock,
                 )
-                self.virtual_modules.start()
+                self.crash_smash_timer = CrashSmashTimer(
+                    pool,
+                    forwarding,
+                    duplicate_window_s=settings.dc09.duplicate_window_s,
+                    on_enqueued=self.dispatcher.wake,
+                    clock=self._clock,
+                )
+                self.supervision_timer = SupervisionTimer(
+                    pool,
+                    forwarding,
+                    duplicate_window_s=settings.dc09.duplicate_window_s,
+                    max_sleep_s=settings.supervision.max_sleep_s,
+                    on_enqueued=self.dispatcher.wake,
+                    clock=self._clock,
+                )
+                self.pipeline = IngestPipeline(
+                    writer,
+                    batch_max=settings.database.commit_batch_max,
+                    window_s=settings.database.commit_window_ms / 1000.0,
+                    max_pending=settings.dc09.max_pending_commits,
+                    probe=lambda: pool.fetchval("SELECT 1"),
+                    writers=settings.database.commit_writers,
+                )
+                self.pipeline.start()
+                self.dispatcher.start()
+                if supervising:
+                    self.supervision_timer.start()
+                if settings.crash_smash.enabled:
+                    self.crash_smash_timer.start()
+                if settings.virtual.enabled:
+                    self.virtual_modules = VirtualModules(
+                        pool,
+                        self.pipeline,
+                        checkin_interval_s=settings.virtual.checkin_interval_s,
+                        poll_s=settings.virtual.poll_s,
+                        clock=self._clock,
+                    )
+                    self.virtual_modules.start()
 
-            self.dc09 = Dc09Server(
-                Dc09Handler(
-                    sink=self.pipeline, directory=self.directory, config=self._receiver_config()
-                ),
-                host=settings.dc09.host,
-                port=settings.dc09.port,
-                max_connections=settings.dc09.max_connections,
-                idle_timeout_s=settings.dc09.idle_timeout_s,
-                rate_limit_per_s=settings.dc09.rate_limit_per_s,
-            )
-            await self.dc09.start()
-            await self._start_mqtt()
+                self.dc09 = Dc09Server(
+                    Dc09Handler(
+                        sink=self.pipeline, directory=self.directory, config=self._receiver_config()
+                    ),
+                    host=settings.dc09.host,
+                    port=settings.dc09.port,
+                    max_connections=settings.dc09.max_connections,
+                    idle_timeout_s=settings.dc09.idle_timeout_s,
+                    rate_limit_per_s=settings.dc09.rate_limit_per_s,
+                )
+                await self.dc09.start()
+                await self._start_mqtt()
 
-            app = build_app(self._readiness, api_factory=self._api_factory(pool, receivers))
-            self.http = HttpServer(app, host=settings.http.host, port=settings.http.port)
-            await self.http.start()
-            metrics.DATABASE_UP.set(1)
-            log.info(
-                "engine_ready",
-                dc09_port=self.dc09.port,
-                http_port=self.http.port,
-                mqtt=settings.mqtt.enabled,
-                accounts=len(self.directory),
-                database="url" if settings.database.url else "embedded",
-            )
-            self.ready.set()
-            pool_task = asyncio.create_task(self._pool_metrics(pool), name="pool-metrics")
-            maintenance = asyncio.create_task(
-                run_maintenance(pool, settings), name="signal-maintenance"
-            )
-            try:
+                app = build_app(self._readiness, api_factory=self._api_factory(pool, receivers))
+                self.http = HttpServer(app, host=settings.http.host, port=settings.http.port)
+                await self.http.start()
+                metrics.DATABASE_UP.set(1)
+                log.info(
+                    "engine_ready",
+                    dc09_port=self.dc09.port,
+                    http_port=self.http.port,
+                    mqtt=settings.mqtt.enabled,
+                    accounts=len(self.directory),
+                    database="url" if settings.database.url else "embedded",
+                )
+                self.ready.set()
+                tasks.append(asyncio.create_task(self._pool_metrics(pool), name="pool-metrics"))
+                tasks.append(
+                    asyncio.create_task(run_maintenance(pool, settings), name="signal-maintenance")
+                )
                 await self.stop.wait()
             finally:
                 log.info("engine_stopping")
-                pool_task.cancel()
-                maintenance.cancel()
+                for task in tasks:
+                    task.cancel()
                 await self._shutdown()
                 if self.supervision_timer is not None:
                     await self.supervision_timer.stop()
