@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from engine import commands
-from engine.errors import UserFacingError
+from engine.errors import UserFacingError, is_database_unreachable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # never a traceback: one line that says what happened
+        message = describe_failure(exc)
+        print(f"alarmrelay: error: {message}", file=sys.stderr)
+        return 1 if message.startswith("unexpected") else 2
+
+
+def describe_failure(exc: Exception) -> str:
+    """One line for an error no command turned into a UserFacingError."""
+    import asyncpg  # noqa: PLC0415 - only on this path
+
+    first = (str(exc).splitlines() or [""])[0]
+    if isinstance(exc, asyncpg.DataError):
+        return f"the database refused a value: {first}"
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time (database.command_timeout_s)"
+    if is_database_unreachable(exc):
+        return f"lost the connection to PostgreSQL: {first or type(exc).__name__}"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"the database refused the request: {first}"
+    return f"unexpected {type(exc).__name__}: {first} (a bug: please report it)"
 
 
 if __name__ == "__main__":

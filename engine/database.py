@@ -118,6 +118,8 @@ async def connect_pool(
         raise UserFacingError(
             f"cannot reach PostgreSQL at {describe_server(url)}: {reason}"
         ) from None
+    except (ValueError, OverflowError) as exc:  # the driver could not parse the URL
+        raise UserFacingError(f"database.url is not a valid PostgreSQL URL: {exc}") from None
     assert pool is not None
     return pool
 

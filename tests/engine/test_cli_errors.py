@@ -1,0 +1,67 @@
+"""Errors no command foresaw are still one line, never a traceback (real processes and a real
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+    env["ALARMRELAY_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestOneLineErrors:
+    def test_a_url_the_driver_cannot_parse(self) -> None:
+        done = run("postgresql://postgres:secret@127.0.0.1:54x32/db", "migrate")
+        assert done.returncode == 2
+        assert done.stderr.strip() == (
+            "alarmrelay: error: database.url is not a valid PostgreSQL URL: "
+            "invalid literal for int() with base 10: '54x32'"
+        )
+        assert "secret" not in done.stderr
+
+    async def test_a_value_the_database_refuses(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """An account name with a NUL, a receiver timeout beyond float32: one line each, exit 2,
+        nothing written."""
+        accounts = tmp_path / "accounts.json"
+        accounts.write_text(json.dumps([{"account": "1234", "name": "x\u0000y"}]))
+        stations = tmp_path / "stations.json"
+        stations.write_text(
+            json.dumps(
+                [
+                    {
+                        "name": "s",
+                        "receivers": [
+                            {"name": "r", "host": "127.0.0.1", "port": 9, "ack_timeout_s": 1e308}
+                        ],
+                    }
+                ]
+            )
+        )
+        for args in (("accounts", "import", str(accounts)), ("stations", "import", str(stations))):
+            done = run(database_url, *args)
+            assert done.returncode == 2, done.stderr
+            [line] = done.stderr.strip().splitlines()
+            assert line.startswith("alarmrelay: error: the database refused a value: ")
+        assert await db_pool.fetchval("SELECT count(*) FROM accounts") == 0
+        assert await db_pool.fetchval("SELECT count(*) FROM receivers") == 0
