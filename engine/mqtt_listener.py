@@ -48,6 +48,7 @@ from protocols.mqtt_payloads import (
     decode_checkin,
     decode_events,
     encode,
+    msg_id_of,
     parse_topic,
     topic,
 )
@@ -500,7 +501,7 @@ class MqttListener:
                 peer=serial,
                 raw=raw,
                 reject_reason=str(exc),
-            ), None
+            ), msg_id_of(raw, max_bytes=self._max_payload)
         return (
             signal_from_events(
                 payload,

@@ -139,6 +139,25 @@ def _decode(
         raise MqttPayloadError(f"malformed JSON: {exc}") from None
 
 
+class _MsgIdOnly(msgspec.Struct):
+    msg_id: object = None
+
+
+_msg_id_decoder = msgspec.json.Decoder(_MsgIdOnly)
+
+
+def msg_id_of(data: bytes, *, max_bytes: int = 16_384) -> str | None:
+    """The ``msg_id`` of a payload that did not validate, when one can be read (1-64
+    characters), so that its ``rejected`` ack names the message; None otherwise."""
+    if len(data) > max_bytes:
+        return None
+    try:
+        msg_id = _msg_id_decoder.decode(data).msg_id
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return msg_id if isinstance(msg_id, str) and 1 <= len(msg_id) <= 64 else None
+
+
 def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
     """A check-in payload (an empty payload is accepted as a bare check-in)."""
     if not data.strip():

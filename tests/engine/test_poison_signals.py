@@ -117,11 +117,19 @@ class TestNulOverMqtt:
                 await module.publish(
                     f"{prefix}/modules/SERIAL-1234/events", json.dumps(payload), qos=1
                 )
+                bad = {"v": 1, "msg_id": "bad-1", "events": [{"family": "cid", "code": "13"}]}
+                await module.publish(f"{prefix}/modules/SERIAL-1234/events", json.dumps(bad), qos=1)
+                acks = {}
                 async with asyncio.timeout(10):
                     async for message in module.messages:
                         ack = msgspec.json.decode(message.payload)  # type: ignore[arg-type]
-                        break
-        assert (ack["msg_id"], ack["status"]) == ("nul-1", "accepted")
+                        acks[ack["msg_id"]] = ack
+                        if len(acks) == 2:
+                            break
+        assert acks["nul-1"]["status"] == "accepted"
+        # A payload that does not validate: its rejected ack still names the message.
+        assert acks["bad-1"]["status"] == "rejected"
+        assert "3 digits" in acks["bad-1"]["reason"]
         events = await db_pool.fetchval("SELECT events FROM signals WHERE transport = 'mqtt'")
         assert json.loads(events)[0]["text"] == "a\ufffdb"
 
@@ -177,4 +185,3 @@ class TestRefusedReply:
         assert (decode_frame(out).token if out is not None else None) == reply
         if out is not None:
             assert decode_frame(out).seq == "0007"
-

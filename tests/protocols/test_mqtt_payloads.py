@@ -18,6 +18,7 @@ from protocols.mqtt_payloads import (
     decode_checkin,
     decode_events,
     encode,
+    msg_id_of,
     parse_topic,
     to_events,
     topic,
@@ -142,3 +143,15 @@ class TestTopicsAndEncode:
             "siren_off": True,
             "signal_id": 5,
         }
+
+
+class TestMsgIdOfRejectedPayloads:
+    def test_read_from_a_payload_that_does_not_validate(self) -> None:
+        assert msg_id_of(b'{"v":1,"msg_id":"q-4","events":[{"family":"cid","code":"13"}]}') == "q-4"
+        assert msg_id_of(b'{"v": 2, "msg_id": "m", "extra": true}') == "m"
+
+    def test_none_when_it_cannot_be_read(self) -> None:
+        for data in (b"{not json", b'{"msg_id": 42}', b'{"msg_id": ""}', b"[1]", b"[" * 100_000):
+            assert msg_id_of(data) is None
+        assert msg_id_of(b'{"msg_id": "%s"}' % (b"x" * 65)) is None
+        assert msg_id_of(b'{"msg_id": "m"}', max_bytes=4) is None
