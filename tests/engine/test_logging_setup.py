@@ -1,0 +1,38 @@
+"""Libraries' stdlib log records come out like our own events: one JSON line each, tracebacks
+inside it (a real process, as ``serve`` configures it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import logging
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="json")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("asyncpg.pool").warning("pool floor not restored", exc_info=True)
+logging.getLogger("asyncpg.pool").info("below the floor: not shown")
+import structlog
+structlog.get_logger("engine").info("own_event", n=1)
+"""
+
+
+def test_stdlib_records_are_json_lines_with_the_traceback_inside() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["event"] for r in records] == ["pool floor not restored", "own_event"]
+    library = records[0]
+    assert (library["level"], library["logger"]) == ("warning", "asyncpg.pool")
+    assert library["exception"].startswith("Traceback (most recent call last):")
+    assert "ZeroDivisionError" in library["exception"]
