@@ -412,6 +412,27 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     _split_lists(env, origin)
     try:
         # Environment values are strings: strict=False lets "10009" become an int, "false" a bool.
-        return msgspec.convert(_merge(raw, env), Settings, strict=False)
+        settings = msgspec.convert(_merge(raw, env), Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise UserFacingError(_describe(exc, source, origin)) from None
+    _check_bounds(settings, source, origin)
+    return settings
+
+
+# (lower, upper): keys that bound a range together; the lower may not exceed the upper.
+_BOUNDS = (
+    ("database.pool_min", "database.pool_max"),
+    ("mqtt.reconnect_min_s", "mqtt.reconnect_max_s"),
+)
+
+
+def _check_bounds(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
+    for low, high in _BOUNDS:
+        section, low_key = low.split(".")
+        _, high_key = high.split(".")
+        values = getattr(settings, section)
+        lower, upper = getattr(values, low_key), getattr(values, high_key)
+        if lower > upper:
+            where = origin.get(low) or origin.get(high)
+            where = f"environment variable {where}" if where else source
+            raise UserFacingError(f"{where}: {low} ({lower}) is larger than {high} ({upper})")

@@ -10,6 +10,17 @@ from typing import Any
 from engine.errors import UserFacingError
 
 
+def _port(text: str) -> int:
+    """A TCP/UDP port number, 0-65535 (argparse reports anything else as a usage error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0-65535")
+    return port
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "station-sim",
@@ -17,7 +28,7 @@ def register(subparsers: Any) -> None:
         description="Prints every frame received as one JSON line on stdout.",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=10010)
+    parser.add_argument("--port", type=_port, default=10010, help="TCP+UDP port (0: any free one)")
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--key-hex", help="AES key (hex) the station expects")
     keys.add_argument("--key-ascii", help="AES key (ASCII) the station expects")
@@ -33,7 +44,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--control-port",
-        type=int,
+        type=_port,
         default=None,
         help="line-based control: mode X | delay MS | skew S | stats (0: any free port)",
     )
@@ -77,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     sim.set_mode(args.mode)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(run_cli(sim, args.control_port))  # as the engine runs: half the CPU per frame
+            uvloop.run(
+                run_cli(sim, args.control_port)
+            )  # as the engine runs: half the CPU per frame
     except OSError as exc:
         raise UserFacingError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     finally:

@@ -65,3 +65,11 @@ class TestOneLineErrors:
             assert line.startswith("alarmrelay: error: the database refused a value: ")
         assert await db_pool.fetchval("SELECT count(*) FROM accounts") == 0
         assert await db_pool.fetchval("SELECT count(*) FROM receivers") == 0
+
+    def test_station_sim_port_out_of_range(self) -> None:
+        """--port 99999 is a usage error (it used to wrap around to another port)."""
+        done = run("postgresql://unused", "station-sim", "--port", "99999")
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines()[-1] == (
+            "alarmrelay station-sim: error: argument --port: port 99999 is not in 0-65535"
+        )

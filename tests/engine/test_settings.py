@@ -172,6 +172,21 @@ class TestEnvironment:
         assert settings.database.url is None
         assert settings.api.smtp_host is None
 
+    def test_a_range_whose_lower_bound_exceeds_its_upper_is_refused(self, tmp_path: Path) -> None:
+        """pool_min above pool_max (the pool silently used pool_min), reconnect_min_s above
+        reconnect_max_s: one line naming both keys, and where the value came from."""
+        message = error_of(
+            None, {"ALARMRELAY_DATABASE__POOL_MIN": "5", "ALARMRELAY_DATABASE__POOL_MAX": "2"}
+        )
+        assert message == (
+            "environment variable ALARMRELAY_DATABASE__POOL_MIN: database.pool_min (5) is larger "
+            "than database.pool_max (2)"
+        )
+        path = write(tmp_path, "[mqtt]\nreconnect_min_s = 10\nreconnect_max_s = 1\n")
+        assert error_of(path) == (
+            f"{path}: mqtt.reconnect_min_s (10.0) is larger than mqtt.reconnect_max_s (1.0)"
+        )
+
     def test_list_variable_is_comma_separated(self, tmp_path: Path) -> None:
         """A list key from the environment: items split at commas, spaces trimmed; it replaces the file's list."""
         path = write(tmp_path, '[crash_smash]\nentry_codes = ["sia:BA"]\n')
