@@ -283,42 +283,33 @@ def _fields_at(parent: str) -> tuple[str, ...]:
     return section.__struct_fields__ if section is not None else ()
 
 
-def _choices(path: str) -> tuple[Any, ...]:
-    """Allowed values of a Literal-typed key, for the error message."""
+def _type_at(path: str) -> Any:
+    """The msgspec type info of the key at dotted ``path``; None for no such key."""
     info: Any = msgspec.inspect.type_info(Settings)
     for part in path.split("."):
         if not isinstance(info, msgspec.inspect.StructType):
-            return ()
+            return None
         field = next((f for f in info.fields if f.name == part), None)
         if field is None:
-            return ()
+            return None
         info = field.type
+    return info
+
+
+def _choices(path: str) -> tuple[Any, ...]:
+    """Allowed values of a Literal-typed key, for the error message."""
+    info = _type_at(path)
     return tuple(info.values) if isinstance(info, msgspec.inspect.LiteralType) else ()
 
 
 def _is_list(path: str) -> bool:
     """Whether the key at ``path`` holds a list (its environment value is comma-separated)."""
-    info: Any = msgspec.inspect.type_info(Settings)
-    for part in path.split("."):
-        if not isinstance(info, msgspec.inspect.StructType):
-            return False
-        field = next((f for f in info.fields if f.name == part), None)
-        if field is None:
-            return False
-        info = field.type
-    return isinstance(info, msgspec.inspect.VarTupleType | msgspec.inspect.ListType)
+    return isinstance(_type_at(path), msgspec.inspect.VarTupleType | msgspec.inspect.ListType)
 
 
 def _is_optional(path: str) -> bool:
     """Whether the key at ``path`` may be unset (its type admits None)."""
-    info: Any = msgspec.inspect.type_info(Settings)
-    for part in path.split("."):
-        if not isinstance(info, msgspec.inspect.StructType):
-            return False
-        field = next((f for f in info.fields if f.name == part), None)
-        if field is None:
-            return False
-        info = field.type
+    info = _type_at(path)
     return isinstance(info, msgspec.inspect.UnionType) and any(
         isinstance(t, msgspec.inspect.NoneType) for t in info.types
     )

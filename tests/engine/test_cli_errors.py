@@ -14,8 +14,14 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+def run(
+    database_url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m engine <args>`` on ``database_url`` (and ``env``), without our variables."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")},
+        **(env or {}),
+    }
     env["ALARMRELAY_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],

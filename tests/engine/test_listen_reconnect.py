@@ -15,7 +15,7 @@ from engine.store.stations import StationStore
 from protocols.dc09_frame import decode_frame
 from tests.engine.test_ingest_e2e import port_of, provision, running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_database
 
 
 async def _eventually(check: object, timeout: float = 15.0) -> None:
@@ -34,12 +34,8 @@ class TestListenAfterConnectionLoss:
         then an account and a receiver are added: the engine ACKs the new module and knows the
         new receiver, without a restart."""
         await provision(db_pool)
-        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
-        host, port = host_port.split(":")
-        proxy = TcpProxy(host, int(port))
-        await proxy.start()
-        settings = settings_for(database_url.replace(host_port, f"127.0.0.1:{proxy.port}"))
-        try:
+        async with proxied_database(database_url) as (proxy, url):
+            settings = settings_for(url)
             async with running_engine(settings) as engine:
                 for _ in range(2):
                     proxy.cut()
@@ -63,5 +59,3 @@ class TestListenAfterConnectionLoss:
                 assert reply is not None and decode_frame(reply).token == "ACK"
                 assert engine.receivers is not None
                 await _eventually(lambda: "rx-late" in engine.receivers.current().names)
-        finally:
-            await proxy.stop()

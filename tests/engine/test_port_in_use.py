@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import pytest
 from engine.errors import UserFacingError
 from engine.service import Engine
 from engine.settings import Dc09Settings, HttpSettings
+from tests.engine.test_cli_errors import run
 from tests.engine.test_ingest_e2e import settings_for
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -61,22 +58,12 @@ class TestPortInUse:
     ) -> None:
         """``alarmrelay serve`` with its HTTP port taken: one error line, exit status 2."""
         env = {
-            "ALARMRELAY_DATABASE_URL": database_url,
             "ALARMRELAY_HTTP__PORT": str(held_port),
             "ALARMRELAY_DC09__PORT": "0",
             "ALARMRELAY_MQTT__ENABLED": "false",
             "ALARMRELAY_DATA_DIR": str(tmp_path),
-            "PATH": "/usr/bin:/bin",
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "engine", "serve"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run(database_url, "serve", env=env)
         assert done.returncode == 2, done.stderr
         assert (
             done.stderr.strip()

@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from tests.engine.test_ingest_e2e import provision, running_engine, settings_for
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_database
 
 
 async def _ready(client: httpx.AsyncClient, want: bool, timeout: float = 15.0) -> dict[str, object]:
@@ -31,12 +31,8 @@ class TestReadiness:
         """No signal arrives (the pipeline has not noticed anything), yet with the database cut
         off /readyz answers 503 naming the database; it is ready again once it is back."""
         await provision(db_pool)
-        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
-        host, port = host_port.split(":")
-        proxy = TcpProxy(host, int(port))
-        await proxy.start()
-        settings = settings_for(database_url.replace(host_port, f"127.0.0.1:{proxy.port}"))
-        try:
+        async with proxied_database(database_url) as (proxy, url):
+            settings = settings_for(url)
             async with running_engine(settings) as engine:
                 assert engine.http is not None
                 base = f"http://127.0.0.1:{engine.http.port}"
@@ -49,5 +45,3 @@ class TestReadiness:
                     assert down["checks"] == {"dc09": True, "database": False}
                     proxy.restore()
                     await _ready(client, True)
-        finally:
-            await proxy.stop()

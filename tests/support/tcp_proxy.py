@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 
 class TcpProxy:
@@ -63,3 +64,16 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+
+
+@contextlib.asynccontextmanager
+async def proxied_database(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A started proxy to the PostgreSQL of ``database_url`` and the same URL through it."""
+    host_port = database_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    try:
+        yield proxy, database_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+    finally:
+        await proxy.stop()

@@ -11,7 +11,7 @@ from engine.api.app import ApiSettings, create_app
 from engine.api.auth import create_key
 from engine.http_server import HttpServer
 from tests.engine.api.conftest import Api
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_database
 
 PROBLEM = "application/problem+json"
 
@@ -61,32 +61,27 @@ class TestDatabaseUnavailable:
         self, api: Api, database_url: str
     ) -> None:
         """With its database cut off the API answers 503 (retry later), then serves again."""
-        host_port = database_url.split("@", 1)[1].split("/", 1)[0]
-        host, port = host_port.split(":")
-        proxy = TcpProxy(host, int(port))
-        await proxy.start()
-        pool = await asyncpg.create_pool(
-            database_url.replace(host_port, f"127.0.0.1:{proxy.port}"), min_size=1, max_size=2
-        )
-        assert pool is not None
-        _, key = await create_key(pool, role="admin", dealer_id=None)
-        server = HttpServer(create_app(pool=pool, settings=ApiSettings()), host="127.0.0.1", port=0)
-        await server.start()
-        headers = {"Authorization": f"Bearer {key}"}
-        try:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
-            ) as client:
-                assert (await client.get("/v1/dealers")).status_code == 200
-                proxy.cut()
-                down = await client.get("/v1/dealers")
-                assert down.status_code == 503, down.text
-                assert down.headers["retry-after"] == "5"
-                assert down.json()["type"] == "urn:alarmrelay:problem:unavailable"
-                proxy.restore()
-                statuses = [(await client.get("/v1/dealers")).status_code for _ in range(3)]
-                assert statuses[-1] == 200
-        finally:
-            await server.stop()
-            await pool.close()
-            await proxy.stop()
+        async with proxied_database(database_url) as (proxy, url):
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+            assert pool is not None
+            _, key = await create_key(pool, role="admin", dealer_id=None)
+            app = create_app(pool=pool, settings=ApiSettings())
+            server = HttpServer(app, host="127.0.0.1", port=0)
+            await server.start()
+            headers = {"Authorization": f"Bearer {key}"}
+            try:
+                async with httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
+                ) as client:
+                    assert (await client.get("/v1/dealers")).status_code == 200
+                    proxy.cut()
+                    down = await client.get("/v1/dealers")
+                    assert down.status_code == 503, down.text
+                    assert down.headers["retry-after"] == "5"
+                    assert down.json()["type"] == "urn:alarmrelay:problem:unavailable"
+                    proxy.restore()
+                    statuses = [(await client.get("/v1/dealers")).status_code for _ in range(3)]
+                    assert statuses[-1] == 200
+            finally:
+                await server.stop()
+                await pool.close()
