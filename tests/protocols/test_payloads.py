@@ -179,14 +179,17 @@ class TestFormatRoundTrip:
         [back] = parse_sia_block(format_sia_block(event, "1234"))
         assert (back.code, back.zone, back.partition) == (event.code, event.zone, event.partition)
 
-
     @given(text=st.text(max_size=40))
     @settings(max_examples=300)
     def test_any_text_makes_a_frame_a_receiver_can_read(self, text: str) -> None:
         """Whatever text a module sent (MQTT text is any Unicode): the block encodes to
         Windows-1252, has no control character, parses back, and a frame can carry it."""
         event = Event(
-            family=Family.SIA, code="BA", zone=1, text=text, classification=classify(Family.SIA, "BA")
+            family=Family.SIA,
+            code="BA",
+            zone=1,
+            text=text,
+            classification=classify(Family.SIA, "BA"),
         )
         block = format_sia_block(event, "1234")
         block.encode("cp1252")  # would raise for a character the frame cannot carry
