@@ -21,7 +21,7 @@ import asyncpg
 import psutil
 import structlog
 
-from engine.errors import UserFacingError
+from engine.errors import DATABASE_ERRORS, UserFacingError
 from engine.migrate import apply_migrations
 from engine.pg_connection import EngineConnection
 from engine.retention import purge_past_retention
@@ -30,7 +30,7 @@ from engine.settings import Settings, redact_url
 log = structlog.get_logger("engine.database")
 
 EMBEDDED_DATABASE = "alarmrelay"
-_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_CONNECT_ERRORS = DATABASE_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
                 async with pool.acquire() as conn:
                     await maintain_signals(conn, settings)
             await purge_past_retention(pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("signal_maintenance_failed", error=str(exc))
         first = False
 

@@ -17,9 +17,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 from prometheus_client import Counter, Histogram
+
+from engine.background_task import restart_on_failure
+from engine.errors import DATABASE_ERRORS
 
 log = structlog.get_logger("engine.timers")
 
@@ -64,7 +66,9 @@ class DeadlineTimer(ABC):
         """Seconds from ``now`` until the next deadline (``max_sleep_s`` when there is none)."""
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self.name}-timer")
+        self._task = asyncio.create_task(
+            restart_on_failure(f"{self.name}-timer", self._run), name=f"{self.name}-timer"
+        )
 
     def wake(self) -> None:
         """Look again now (the clock moved, or a nearer deadline was committed)."""
@@ -85,7 +89,7 @@ class DeadlineTimer(ABC):
                 if await self.fire_due(now):
                     continue
                 wait = await self.seconds_to_next(now)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("timer_failed", timer=self.name, error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(self._max_sleep_s, max(0.01, wait)))

@@ -37,6 +37,8 @@ import msgspec
 import structlog
 
 from engine import metrics
+from engine.background_task import restart_on_failure
+from engine.errors import DATABASE_ERRORS
 from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
 from engine.voice_session import VoiceCommand, VoiceReceiver, VoiceSessions
@@ -45,7 +47,7 @@ from protocols.signal import Event
 log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_ERRORS = DATABASE_ERRORS
 
 
 CLAIM_SQL = """
@@ -225,9 +227,20 @@ class Dispatcher:
         metrics.DELIVERIES_IN_FLIGHT.set(len(self._in_flight))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="delivery-dispatcher")
+        self._task = asyncio.create_task(
+            restart_on_failure("delivery-dispatcher", self._run, pause_s=self._poll_s),
+            name="delivery-dispatcher",
+        )
         self._gauges = asyncio.create_task(self._outbox_gauges(), name="outbox-gauges")
-        self._renewer = asyncio.create_task(self._renew_leases(), name="outbox-lease-renewal")
+        self._renewer = asyncio.create_task(
+            restart_on_failure("outbox-lease-renewal", self._renew_leases),
+            name="outbox-lease-renewal",
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the claim loop and the lease renewal are alive (``/readyz``'s "delivery")."""
+        return all(task is not None and not task.done() for task in (self._task, self._renewer))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop claiming; wait for sends in flight; hand rows not yet sent back to the outbox."""

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import asyncpg
+
+# What a statement raises when PostgreSQL, or the connection to it, failed under it. asyncpg's
+# InternalClientError is among them: a FATAL (pg_terminate_backend, a server shutting down) that
+# reaches an idle pooled connection leaves its protocol state broken until the close is read, and
+# a query handed that connection meanwhile raises "cannot switch to state N; another operation
+# (2) is in progress" (MagicStack/asyncpg#784, #1069). Retry loops catch all of these.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 class UserFacingError(Exception):
     """A problem the user can fix: bad config, bad input file, unreachable database, …
@@ -27,6 +42,9 @@ def is_database_unreachable(exc: BaseException) -> bool:
         return False
     name = type(exc).__name__
     if any(word in name for word in ("Connection", "CannotConnectNow", "AdminShutdown")):
+        return True
+    # A connection a FATAL reached while idle (see DATABASE_ERRORS): gone, the pool replaces it.
+    if name == "InternalClientError" and str(exc).startswith("cannot switch to state"):
         return True
     # asyncpg's InterfaceError for a pooled connection that closed under the caller.
     return name == "InterfaceError" and "closed" in str(exc)

@@ -131,6 +131,11 @@ DELIVERY_LATENCY = Histogram(
         300.0,
     ),
 )
+BACKGROUND_TASK_FAILURES = Counter(
+    "alarmrelay_background_task_failures_total",
+    "Unexpected errors that ended a background loop (restarted after a pause), by task.",
+    ["task"],
+)
 OUTBOX_DEPTH = Gauge("alarmrelay_outbox_depth", "Deliveries waiting in the outbox.")
 OUTBOX_OLDEST_AGE = Gauge(
     "alarmrelay_outbox_oldest_age_seconds", "Age of the oldest delivery waiting in the outbox."

@@ -19,6 +19,8 @@ import asyncpg
 import msgspec
 import structlog
 
+from engine.errors import DATABASE_ERRORS
+
 log = structlog.get_logger("engine.delivery")
 
 _UPDATE = """
@@ -86,7 +88,7 @@ class OutcomeWriter:
         for attempt in range(self._retries):
             try:
                 await self._pool.execute(_UPDATE, *columns)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "delivery_record_failed", error=repr(exc), attempt=attempt, rows=len(outcomes)
                 )

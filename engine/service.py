@@ -261,6 +261,7 @@ class Engine:
     async def _readiness(self) -> dict[str, bool]:
         checks = {
             "dc09": self.dc09 is not None and self.dc09.listening,
+            "delivery": self.dispatcher is not None and self.dispatcher.running,
             "database": self.pipeline is not None
             and self.pipeline.available
             and await self._database_answers(),

@@ -43,13 +43,14 @@ import asyncpg
 import structlog
 
 from engine import metrics
+from engine.errors import DATABASE_ERRORS
 from engine.forwarding_stage import OwnedDelivery
 from engine.station_model import ReceiverConfig
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.voice_session")
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_ERRORS = DATABASE_ERRORS
 
 _RECORD_SQL = """
 UPDATE deliveries SET voice_session_state = $2, voice_session_error = $3,

@@ -38,10 +38,10 @@ class TestReadiness:
                 base = f"http://127.0.0.1:{engine.http.port}"
                 async with httpx.AsyncClient(base_url=base, timeout=10) as client:
                     ready = await _ready(client, True)
-                    assert ready["checks"] == {"dc09": True, "database": True}
+                    assert ready["checks"] == {"dc09": True, "delivery": True, "database": True}
                     proxy.cut()
                     down = await _ready(client, False)
                     assert down["status"] == "not_ready"
-                    assert down["checks"] == {"dc09": True, "database": False}
+                    assert down["checks"] == {"dc09": True, "delivery": True, "database": False}
                     proxy.restore()
                     await _ready(client, True)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
+
+# What PostgreSQL sends a client whose backend pg_terminate_backend ended, just before it closes.
+_TERMINATED = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0"
+TERMINATED_MESSAGE = b"E" + struct.pack("!i", len(_TERMINATED) + 4) + _TERMINATED
 
 
 class TcpProxy:
@@ -16,6 +21,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()  # the proxied side of each connection
         self._up = True
 
     async def start(self) -> int:
@@ -37,6 +43,18 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    async def terminate_backends(self, *, hold_s: float) -> int:
+        """What ``pg_terminate_backend`` does to each open connection, with the close held back:
+        its client gets PostgreSQL's FATAL message at once and the end of the connection
+        ``hold_s`` later (the server sends both at once; a client may read them turns apart)."""
+        clients = list(self._clients)
+        for writer in clients:
+            writer.write(TERMINATED_MESSAGE)
+        await asyncio.sleep(hold_s)
+        for writer in clients:
+            writer.transport.abort()
+        return len(clients)
+
     def restore(self) -> None:
         """Accept and forward new connections again."""
         self._up = True
@@ -51,6 +69,7 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update({writer, up_writer})
+        self._clients.add(writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -64,6 +83,7 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+        self._clients.discard(writer)
 
 
 @contextlib.asynccontextmanager
