@@ -7,6 +7,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
+from structlog.testing import capture_logs
 
 from engine.outcome_writer import Outcome, OutcomeWriter
 
@@ -91,3 +93,38 @@ class TestOutcomeWriter:
             assert not record.done()  # waiting on the lock
         await asyncio.wait_for(record, 10)
         assert await db_pool.fetchval("SELECT state FROM deliveries") == "delivered"
+
+    async def test_an_unforeseen_failure_releases_the_waiter_and_the_writer_goes_on(
+        self, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The outcome is left to the lease (logged), and the next outcome is written as usual."""
+        first, second = await _deliveries(db_pool, 2)
+        writer = OutcomeWriter(db_pool)
+        real_write = writer._write
+        calls = 0
+
+        async def failing_once(outcomes: list[Outcome]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in the writer")
+            await real_write(outcomes)
+
+        monkeypatch.setattr(writer, "_write", failing_once)
+        now = datetime.now(UTC)
+
+        def outcome(delivery: int) -> Outcome:
+            return Outcome(
+                id=delivery, state="delivered", receiver="rx", family_sent="cid", acked_at=now,
+                sent_at=now, error=None,
+            )  # fmt: skip
+
+        with capture_logs() as logs:
+            await asyncio.wait_for(writer.record(outcome(first)), 5)
+            await asyncio.wait_for(writer.record(outcome(second)), 5)
+        failed = [e for e in logs if e["event"] == "delivery_record_failed"]
+        assert [(e["log_level"], e["rows"], e["error"]) for e in failed] == [
+            ("error", 1, "RuntimeError('a bug in the writer')")
+        ]
+        states = dict(await db_pool.fetch("SELECT id, state FROM deliveries"))
+        assert states == {first: "pending", second: "delivered"}
