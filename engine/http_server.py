@@ -52,7 +52,8 @@ def build_app(readiness: ReadinessCheck, *, api_factory: AppFactory | None = Non
     handlers = health_handlers(readiness)
     if api_factory is not None:
         return api_factory(handlers)
-    return Litestar(route_handlers=handlers, openapi_config=None)  # no API: no /schema either
+    # no API: no /schema either; logging stays as configure_logging set it (JSON lines)
+    return Litestar(route_handlers=handlers, openapi_config=None, logging_config=None)
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -71,9 +71,7 @@ class OutcomeWriter:
             try:
                 await self._write(sorted((o for o, _ in batch), key=lambda o: o.id))
             except Exception as exc:  # left to the lease, like an outcome the retries gave up on
-                log.error(
-                    "delivery_record_failed", error=repr(exc), rows=len(batch), exc_info=True
-                )
+                log.error("delivery_record_failed", error=repr(exc), rows=len(batch), exc_info=True)
             finally:
                 for _, future in batch:
                     if not future.done():

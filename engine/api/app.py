@@ -132,6 +132,9 @@ def create_app(
             ),
             exception_handlers=EXCEPTION_HANDLERS,
             openapi_config=openapi,
+            # Litestar's default config would replace the root handler: every library record
+            # (asyncpg's, uvicorn's) would come out as a plain line and a bare traceback.
+            logging_config=None,
             debug=False,
         )
     document_problems(app.openapi_schema)

@@ -222,7 +222,9 @@ def server_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Res
         )
         response.headers["Retry-After"] = "5"
         return response
-    log.error("api_error", path=request.url.path, error=type(exc).__name__, message=str(exc))
+    log.error(
+        "api_error", path=request.url.path, error=type(exc).__name__, message=str(exc), exc_info=exc
+    )
     return _response(Problem(title="Internal Server Error", status=500))
 
 

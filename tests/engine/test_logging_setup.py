@@ -65,3 +65,38 @@ def test_python_warnings_are_log_lines_not_bare_stderr() -> None:
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert (record["level"], record["logger"]) == ("warning", "py.warnings")
     assert "DeprecationWarning: this call is going away" in record["event"]
+
+
+APP_SCRIPT = """
+import logging
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="json")
+from engine.api.app import create_app
+from engine.http_server import build_app
+
+async def readiness():
+    return {}
+
+build_app(readiness, api_factory=lambda handlers: create_app(pool=None, extra_route_handlers=handlers))
+build_app(readiness)
+logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor")
+"""
+
+
+def test_the_http_apps_leave_logging_as_configured() -> None:
+    """Litestar's default logging config would take over the root logger (plain lines)."""
+    done = subprocess.run(
+        [sys.executable, "-c", APP_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (record["logger"], record["event"]) == (
+        "asyncpg.pool",
+        "Failed to restore the pool connection floor",
+    )
