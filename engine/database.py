@@ -53,7 +53,7 @@ def describe_server(url: str) -> str:
     if parts.hostname:
         return f"{parts.hostname}:{parts.port or 5432}"
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-    return query.get("host") or redact_url(url) or url
+    return query.get("host") or redact_url(url) or "?"
 
 
 def _forget_dead_handles(pgdata: Path) -> None:

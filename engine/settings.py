@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -215,7 +216,7 @@ def redact_url(url: str | None) -> str | None:
     """The URL with any password replaced by ``***`` (for logs and errors)."""
     if url is None:
         return None
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"((?:^|//)[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def env_name(path: str) -> str:
@@ -249,6 +250,13 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
                     f"environment variable {name}: unknown section {section!r}{_suggest(section, SECTIONS)}"
                 )
         if section:
+            earlier = origin.get(f"{section}.{key}")
+            if earlier is not None and out[section][key] != value:
+                first, second = sorted((earlier, name))
+                raise UserFacingError(
+                    f"environment variables {first} and {second} both set {section}.{key}, "
+                    "differently: unset one"
+                )
             out.setdefault(section, {})[key] = value
             origin[f"{section}.{key}"] = name
         else:
@@ -407,7 +415,21 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     except msgspec.ValidationError as exc:
         raise UserFacingError(_describe(exc, source, origin)) from None
     _check_bounds(settings, source, origin)
+    _check_database_url(settings, source, origin)
     return settings
+
+
+def _check_database_url(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
+    url = settings.database.url
+    if url is None or urlsplit(url).scheme in ("postgresql", "postgres"):
+        return
+    where = origin.get("database.url")
+    where = f"environment variable {where}" if where else source
+    # The value is not repeated: a URL without its scheme still holds a password.
+    raise UserFacingError(
+        f"{where}: database.url must be a postgresql:// URL, "
+        "e.g. postgresql://alarmrelay@db.example:5432/alarmrelay (or unset: the embedded server)"
+    )
 
 
 # (lower, upper): keys that bound a range together; the lower may not exceed the upper.

@@ -130,6 +130,28 @@ class TestEnvironment:
         """An empty ALARMRELAY_DATABASE_URL leaves the embedded default."""
         assert load_settings(None, {"ALARMRELAY_DATABASE_URL": ""}).database.url is None
 
+    def test_database_url_without_its_scheme_is_refused_without_echoing_it(self) -> None:
+        """A URL that is no postgresql:// URL is named by its variable; its password is not shown."""
+        for url in ("ar:s3cr3t@127.0.0.1/ar", "mysql://ar:s3cr3t@db/ar", "not-a-url"):
+            message = error_of(None, {"ALARMRELAY_DATABASE_URL": url})
+            assert message.startswith("environment variable ALARMRELAY_DATABASE_URL: database.url")
+            assert "postgresql://" in message
+            assert url not in message and "s3cr3t" not in message
+        assert load_settings(None, {"ALARMRELAY_DATABASE_URL": "postgres://u@h/db"}).database.url
+
+    def test_both_database_url_variables_must_agree(self) -> None:
+        """ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL name one key: differing, refused."""
+        one, other = "postgresql://u@h:5432/db", "postgresql://u@h:5433/db"
+        message = error_of(
+            None, {"ALARMRELAY_DATABASE_URL": one, "ALARMRELAY_DATABASE__URL": other}
+        )
+        assert message == (
+            "environment variables ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL both set "
+            "database.url, differently: unset one"
+        )
+        same = {"ALARMRELAY_DATABASE_URL": one, "ALARMRELAY_DATABASE__URL": one}
+        assert load_settings(None, same).database.url == one
+
     def test_top_level_and_boolean_variables(self) -> None:
         """Top-level keys take ALARMRELAY_KEY; booleans accept true/false."""
         settings = load_settings(
@@ -239,6 +261,9 @@ class TestSecrets:
         """URLs without a password come back unchanged."""
         assert redact_url("postgresql://ar@db/ar") == "postgresql://ar@db/ar"
         assert redact_url(None) is None
+
+    def test_redact_url_masks_a_password_without_a_scheme(self) -> None:
+        assert redact_url("ar:s3cr3t@db/ar") == "ar:***@db/ar"
 
 
 class TestApiSection:
