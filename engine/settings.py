@@ -31,7 +31,12 @@ Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 # A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
-EntryCode = Annotated[str, msgspec.Meta(pattern=r"^(cid:[0-9]{3}|sia:[A-Z]{2})$")]
+_ENTRY_CODE = r"^(cid:[0-9]{3}|sia:[A-Z]{2})$"
+EntryCode = Annotated[str, msgspec.Meta(pattern=_ENTRY_CODE)]
+# What a person is told instead of a pattern's regex.
+_PATTERN_WORDS = {
+    _ENTRY_CODE: "expected 'cid:' and a 3-digit Contact ID code (cid:134), or 'sia:' and a 2-letter SIA code (sia:BA)"
+}
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -376,6 +381,9 @@ def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, 
     if text == "unknown key":
         parent, _, leaf = path.rpartition(".")
         return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
+    for pattern, words in _PATTERN_WORDS.items():
+        text = text.replace(f"expected `str` matching regex {pattern!r}", words)
+        text = text.replace(f"expected str matching regex {pattern!r}", words)
     choices = _choices(path)
     if choices and text.startswith("invalid enum value"):
         text += " (choose one of " + ", ".join(repr(c) for c in choices) + ")"

@@ -225,8 +225,18 @@ class TestEnvironment:
     def test_bad_list_item_names_the_variable(self) -> None:
         """A bad item of a list variable is reported against the variable, with its index."""
         message = error_of(None, {"ALARMRELAY_CRASH_SMASH__ENTRY_CODES": "cid:134,cid:13"})
-        assert message.startswith(
+        assert message == (
             "environment variable ALARMRELAY_CRASH_SMASH__ENTRY_CODES: crash_smash.entry_codes[1]: "
+            "expected 'cid:' and a 3-digit Contact ID code (cid:134), or 'sia:' and a 2-letter "
+            "SIA code (sia:BA)"
+        )
+
+    def test_bad_list_item_in_the_file_is_described_in_words(self, tmp_path: Path) -> None:
+        path = write(tmp_path, '[crash_smash]\nentry_codes = ["BA"]\n')
+        assert "regex" not in error_of(path)
+        assert error_of(path).endswith(
+            "crash_smash.entry_codes[0]: expected 'cid:' and a 3-digit "
+            "Contact ID code (cid:134), or 'sia:' and a 2-letter SIA code (sia:BA)"
         )
 
     def test_file_errors_still_name_the_file(self, tmp_path: Path) -> None:
