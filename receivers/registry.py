@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import structlog
+
 from engine.station_model import ReceiverConfig
 from receivers.dc09_client import Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
+
+log = structlog.get_logger("receivers.registry")
 
 
 class UnknownReceiverError(KeyError):
@@ -62,13 +66,34 @@ class ReceiverRegistry:
             ) from None
 
     def group(self, primary: str, backup: str | None) -> ReceiverGroup:
-        """The group for this primary/backup pair (one per pair, so failover state is shared)."""
+        """The group for this primary/backup pair (one per pair, so failover state is shared).
+
+        A pair with one receiver unknown (not added yet, deleted, a typo) delivers through the
+        other alone, logged once (``receiver_group_incomplete``): an alarm is not held back by a
+        receiver it would only need if the other failed. Both unknown:
+        :class:`UnknownReceiverError`, naming the primary.
+        """
         key = (primary, backup)
         group = self._groups.get(key)
         if group is None:
+            first = self._clients.get(primary)
+            second = self._clients.get(backup) if backup else None
+            if first is None and second is None:
+                self.client(primary)  # raises, naming it and the known receivers
+            missing = [n for n, c in ((primary, first), (backup, second)) if n and c is None]
+            if missing:
+                log.warning(
+                    "receiver_group_incomplete",
+                    primary=primary,
+                    backup=backup,
+                    missing=missing,
+                    known=self.names,
+                )
+            only = first or second
+            assert only is not None
             group = ReceiverGroup(
-                self.client(primary),
-                self.client(backup) if backup else None,
+                only,
+                second if first is not None else None,
                 failover_after=self._failover_after,
             )
             self._groups[key] = group

@@ -41,6 +41,12 @@ def register(subparsers: Any) -> None:
     )
     imp.add_argument("file", type=Path, help="JSON list of accounts ('-' for standard input)")
     imp.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    imp.add_argument(
+        "--overwrite-customer-accounts",
+        action="store_true",
+        help="also replace accounts of active admin-API customers (refused by default: the "
+        "API manages them, and its customer documents would no longer describe them)",
+    )
     imp.set_defaults(func=run_import)
     exp = sub.add_parser("export", help="write every account as a JSON list")
     exp.add_argument(
@@ -189,26 +195,79 @@ def parse_accounts(data: bytes, source: str) -> list[Account]:
     return accounts
 
 
-async def import_accounts(settings: Settings, accounts: Sequence[Account]) -> int:
-    """Upsert ``accounts`` into the configured database; returns how many."""
+def _listed(items: Sequence[str], limit: int = 5) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+async def customer_account_problems(
+    conn: asyncpg.Connection, accounts: Sequence[Account]
+) -> list[str]:
+    """Accounts that an active admin-API customer manages (its document is their source)."""
+    rows = await conn.fetch(
+        "SELECT account, id FROM customers WHERE status = 'active' AND account = ANY($1::text[]) "
+        "ORDER BY account",
+        [a.account for a in accounts],
+    )
+    return [f"account {r['account']} is customer {r['id']}'s" for r in rows]
+
+
+async def unknown_receivers(conn: asyncpg.Connection, accounts: Sequence[Account]) -> list[str]:
+    """Receivers the accounts forward to that no station has (as IP receivers), with counts."""
+    known = {r["name"] for r in await conn.fetch("SELECT name FROM receivers WHERE kind = 'ip'")}
+    missing: dict[str, int] = {}
+    for account in accounts:
+        forwarding = account.forwarding
+        for name in (forwarding.primary_receiver, forwarding.backup_receiver):
+            if name is not None and name not in known:
+                missing[name] = missing.get(name, 0) + 1
+    return [f"{name!r} ({count} accounts)" for name, count in sorted(missing.items())]
+
+
+async def import_accounts(
+    settings: Settings, accounts: Sequence[Account], *, overwrite_customer_accounts: bool = False
+) -> int:
+    """Upsert ``accounts`` into the configured database; returns how many.
+
+    Refused, writing nothing: two-way voice an account cannot have, and (unless
+    ``overwrite_customer_accounts``) accounts of active admin-API customers. Receivers that no
+    station has yet are a warning on stderr, after the import.
+    """
     from engine.database import open_database  # noqa: PLC0415 - keeps `alarmrelay --help` fast
     from engine.store.accounts import AccountStore  # noqa: PLC0415
 
     async with open_database(settings) as db:
         async with db.pool.acquire() as conn:
+            managed = (
+                []
+                if overwrite_customer_accounts
+                else await customer_account_problems(conn, accounts)
+            )
             problems = await voice_receiver_problems(conn, accounts)
             problems += await voice_package_problems(conn, accounts)
-        if problems:
-            shown = "; ".join(problems[:5]) + (
-                f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            missing = await unknown_receivers(conn, accounts)
+        if managed:
+            raise UserFacingError(
+                f"{_listed(managed)}: change them through the admin API (/v1/customers/ID), or "
+                "pass --overwrite-customer-accounts to replace them anyway; nothing was imported"
             )
-            raise UserFacingError(f"two-way voice is not available: {shown}")
+        if problems:
+            raise UserFacingError(f"two-way voice is not available: {_listed(problems)}")
         try:
-            return await AccountStore(db.pool).upsert_many(accounts)
+            count = await AccountStore(db.pool).upsert_many(accounts)
         except asyncpg.UniqueViolationError as exc:
             raise UserFacingError(
                 f"a module serial in the file already belongs to another account ({exc.detail})"
             ) from None
+        if missing:
+            print(
+                f"alarmrelay: warning: no station has the receivers {_listed(missing)}: until "
+                "they are added (alarmrelay stations import, or the admin API), an account "
+                "delivers through its other receiver, or keeps its signals in the outbox if it "
+                "has none",
+                file=sys.stderr,
+            )
+        return count
 
 
 async def export_accounts(settings: Settings, out: BinaryIO) -> int:
@@ -239,7 +298,11 @@ def run_import(args: argparse.Namespace) -> int:
     accounts = parse_accounts(data, source)
     settings = load_settings(args.config)
     configure_logging(level="warning", fmt="console")  # stderr: stdout is the command's output
-    count = asyncio.run(import_accounts(settings, accounts))
+    count = asyncio.run(
+        import_accounts(
+            settings, accounts, overwrite_customer_accounts=args.overwrite_customer_accounts
+        )
+    )
     print(f"imported {count} accounts")
     return 0
 

@@ -103,6 +103,36 @@ class TestImportExportCommands:
         assert (status, out.strip()) == (0, "imported 1 accounts"), err
         assert await AccountStore(db_pool).all() == ACCOUNTS[:1]
 
+    async def test_receivers_no_station_has_are_a_warning(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Accounts may be imported before their stations; the receivers not known yet are named
+        on stderr (their signals wait in the outbox), and the import goes ahead."""
+        await StationStore(db_pool).upsert(
+            [
+                Station(
+                    name="central",
+                    receivers=(ReceiverConfig(name="rx-1", host="127.0.0.1", port=9),),
+                )
+            ]
+        )
+        accounts = [
+            Account(account="A1", forwarding=ForwardingSettings(primary_receiver="rx-1", backup_receiver="rx-2")),
+            Account(account="A2", forwarding=ForwardingSettings(primary_receiver="rx-2")),
+            Account(account="A3", forwarding=ForwardingSettings(primary_receiver="rx-9")),
+        ]  # fmt: skip
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", stdin=msgspec.json.encode(accounts)
+        )
+        assert (status, out.strip()) == (0, "imported 3 accounts"), err
+        assert err.strip() == (
+            "alarmrelay: warning: no station has the receivers 'rx-2' (2 accounts); 'rx-9' "
+            "(1 accounts): until they are added (alarmrelay stations import, or the admin API), "
+            "an account delivers through its other receiver, or keeps its signals in the outbox "
+            "if it has none"
+        )
+        assert len(await AccountStore(db_pool).all()) == 3
+
     async def test_invalid_file_writes_nothing(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:

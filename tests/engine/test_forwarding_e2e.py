@@ -212,6 +212,35 @@ class TestFailures:
         assert got.events[0].zone == 9
         assert await db_pool.fetchval("SELECT receiver_used FROM deliveries") == "rx-backup"
 
+    @pytest.mark.parametrize(
+        ("primary", "backup"), [("rx-primary", "central-2"), ("central-1", "rx-primary")]
+    )
+    async def test_a_receiver_no_station_has_does_not_hold_back_the_other(
+        self,
+        db_pool: asyncpg.Pool,
+        database_url: str,
+        station: StationSimulator,
+        primary: str,
+        backup: str,
+    ) -> None:
+        """An account's backup (or primary) that no station has yet: its alarms go to the
+        receiver that exists, in order, instead of waiting in the outbox for the missing one."""
+        await StationStore(db_pool).upsert(
+            [Station(name="central", receivers=(receiver("rx-primary", station.port),))]
+        )
+        await provision(db_pool, primary=primary, backup=backup)
+        async with running_engine(settings_for(database_url)) as engine:
+            assert engine.dc09 is not None
+            module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
+            await module.connect()
+            for zone in (1, 2):
+                assert await module.send("ADM-CID", f"#1234|1130 01 00{zone}") is not None
+            await module.close()
+            received = await station.wait_for(2, timeout_s=10)
+        assert [r.events[0].zone for r in received] == [1, 2]
+        rows = await db_pool.fetch("SELECT state, receiver_used FROM deliveries ORDER BY id")
+        assert [tuple(r) for r in rows] == [("delivered", "rx-primary")] * 2
+
     async def test_nak_adopts_clock_and_resends(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
@@ -173,7 +174,23 @@ class TestReceiverRegistry:
             "no IP receiver named 'mian' (known: main; phone receivers cannot be delivered to)"
         )
         with pytest.raises(KeyError):  # callers catching KeyError keep working
-            registry.group("main", "nope")
+            registry.group("mian", "nope")
+
+    def test_a_pair_with_one_unknown_receiver_uses_the_other_alone(self) -> None:
+        """A backup not added yet (or deleted) must not hold back alarms its primary can take;
+        a primary that is gone leaves the backup. Said once per pair in the log."""
+        registry = ReceiverRegistry([ReceiverConfig(name="main", host="127.0.0.1", port=1)])
+        main = registry.client("main")
+        with capture_logs() as logs:
+            no_backup = registry.group("main", "central-2")
+            assert registry.group("main", "central-2") is no_backup
+            no_primary = registry.group("gone", "main")
+        assert (no_backup.primary, no_backup.backup) == (main, None)
+        assert (no_primary.primary, no_primary.backup) == (main, None)
+        assert [(e["event"], e["missing"]) for e in logs] == [
+            ("receiver_group_incomplete", ["central-2"]),
+            ("receiver_group_incomplete", ["gone"]),
+        ]
 
     def test_phone_receivers_are_not_clients(self) -> None:
         """Phone receivers are left out: a group naming one fails clearly."""

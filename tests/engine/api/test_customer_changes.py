@@ -163,6 +163,31 @@ class TestTwoWayVoiceStaysEligible:
         assert await api.pool.fetchval("SELECT two_way_voice FROM receivers") is True
         assert (await admin.put(url, json={**body, "two_way_voice": True})).status_code == 200
 
+    async def test_import_over_a_customer_account_is_refused_unless_asked(
+        self, api: Api, admin: httpx.AsyncClient, database_url: str
+    ) -> None:
+        """The API manages a live customer's account: an import would silently replace it with
+        the file's (defaults for all it leaves out). Refused, naming the
+        customer, unless --overwrite-customer-accounts."""
+        _, _, customer = await _customer(api, admin)
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None and account.name is not None
+        body = json.dumps([{"account": account.account}]).encode()
+        status, out, err = await cli(database_url, "accounts", "import", "-", stdin=body)
+        assert status == 2
+        assert err.strip() == (
+            f"alarmrelay: error: account {account.account} is customer {customer}'s: change them "
+            "through the admin API (/v1/customers/ID), or pass --overwrite-customer-accounts to "
+            "replace them anyway; nothing was imported"
+        )
+        assert await AccountStore(api.pool).get_by_serial(SERIAL) == account
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", "--overwrite-customer-accounts", stdin=body
+        )
+        assert (status, out.strip()) == (0, "imported 1 accounts"), err
+        replaced = await AccountStore(api.pool).get(account.account)
+        assert replaced is not None and replaced.name is None  # the file's account, as asked
+
     async def test_imports_check_receiver_and_package(
         self, api: Api, admin: httpx.AsyncClient, database_url: str, tmp_path: Path
     ) -> None:
@@ -174,7 +199,12 @@ class TestTwoWayVoiceStaysEligible:
         forwarding = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
         body = [{"account": account.account, "module_serial": SERIAL, "two_way_voice_capable": True, "forwarding": forwarding}]  # fmt: skip
         status, _, err = await cli(
-            database_url, "accounts", "import", "-", stdin=json.dumps(body).encode()
+            database_url,
+            "accounts",
+            "import",
+            "-",
+            "--overwrite-customer-accounts",
+            stdin=json.dumps(body).encode(),
         )
         assert status != 0
         assert (
@@ -185,7 +215,12 @@ class TestTwoWayVoiceStaysEligible:
             await admin.put(f"/v1/customers/{customer}/package", json={"base": "res-voice"})
         ).status_code == 200
         status, out, err = await cli(
-            database_url, "accounts", "import", "-", stdin=json.dumps(body).encode()
+            database_url,
+            "accounts",
+            "import",
+            "-",
+            "--overwrite-customer-accounts",
+            stdin=json.dumps(body).encode(),
         )
         assert status == 0, err
         stations = tmp_path / "stations.json"
