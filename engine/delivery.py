@@ -347,6 +347,7 @@ class Dispatcher:
         try:
             group = self._registry().group(row.primary_receiver, row.backup_receiver)
         except (KeyError, ValueError) as exc:
+            metrics.DELIVERIES.labels(row.primary_receiver, "no_receiver").inc()
             await self._failed(row, f"receiver not available: {exc}", receiver=row.primary_receiver)
             _bound(row).error("delivery_no_receiver", error=str(exc))
             return False

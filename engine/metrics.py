@@ -102,7 +102,8 @@ DECISIONS = Counter(
 )
 DELIVERIES = Counter(
     "alarmrelay_deliveries_total",
-    "Delivery attempts to station receivers, by receiver and outcome (acked, duh, failed).",
+    "Delivery attempts to station receivers, by receiver and outcome (acked, duh, failed, "
+    "no_receiver: neither receiver of the pair is configured).",
     ["receiver", "outcome"],
 )
 DEAD_LETTERED = Counter(
