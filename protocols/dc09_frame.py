@@ -479,6 +479,14 @@ class FrameSplitter:
             self._in_frame = False
         del buffer[:pos]
 
+    def take_rest(self) -> bytes:
+        """The bytes of a frame begun but not ended (no CR yet), handed over and forgotten: a
+        UDP datagram's last frame, whose CR is optional."""
+        rest = bytes(self._buffer) if self._in_frame else b""
+        self._buffer.clear()
+        self._in_frame = False
+        return rest
+
     def _oversized(self, out: list[bytes | RemoteProtocolError], pos: int) -> int:
         """Report a frame over the size limit; the rest of it is skipped up to the next LF."""
         out.append(_none(f"frame exceeds {self.max_frame_bytes} bytes"))

@@ -102,13 +102,29 @@ class Dc09ReceiverConnection:
         return events
 
     def receive_datagram(self, data: bytes, *, now: datetime) -> list[ReceiverEvent]:
-        """Feed one UDP datagram (one frame; LF and CR optional, NULs around it ignored)."""
+        """Feed one UDP datagram: one frame, LF and CR optional, NULs around it ignored; as on
+        TCP, blank bytes after it (a CR LF line end, spaces) and further frames in the same
+        datagram are taken too (one event each)."""
         if len(data) > self.config.max_frame_bytes:
             return [_rejected_none(f"datagram exceeds {self.config.max_frame_bytes} bytes")]
         raw = data.strip(b"\x00")
         if not raw:
             return []
-        return [self._handle(raw, now)]
+        if raw[:1] != b"\n" or (
+            raw.find(b"\r", 3) in (-1, len(raw) - 1) and raw.find(b"\n", 3) == -1
+        ):
+            return [self._handle(raw, now)]  # one frame (the usual case), or one without its LF
+        splitter = FrameSplitter(max_frame_bytes=self.config.max_frame_bytes)
+        items = splitter.feed(raw)
+        rest = splitter.take_rest()
+        if rest.strip(b"\x00\r\n "):
+            items.append(rest)
+        return [
+            FrameRejected(error=item)
+            if isinstance(item, RemoteProtocolError)
+            else self._handle(item, now)
+            for item in items
+        ]
 
     # -- validation ---------------------------------------------------------------------------
 

@@ -604,6 +604,32 @@ class TestMoreRules:
         [event] = connection(None, {"1234": AccountCrypto()}).receive_datagram(GOOD[1:-1], now=NOW)
         assert isinstance(event, FrameReceived) and event.frame.seq == "0002"
 
+    @pytest.mark.parametrize("tail", [b"\n", b" ", b"\x00\r\n", b"\r\n  "])
+    def test_datagram_with_blank_bytes_after_its_frame(self, tail: bytes) -> None:
+        """A line end or spaces after the CR (as TCP ignores between frames) lose nothing."""
+        [event] = connection(None, {"1234": AccountCrypto()}).receive_datagram(GOOD + tail, now=NOW)
+        assert isinstance(event, FrameReceived) and event.frame.seq == "0002"
+
+    def test_two_frames_in_one_datagram_are_both_taken(self) -> None:
+        second = encode_frame(token="SIA-DCS", seq="0003", account="1234", data="#1234|NBA02")
+        for data in (GOOD + second, GOOD + b"\r\n" + second[:-1]):  # the last CR is optional
+            events = connection(None, {"1234": AccountCrypto()}).receive_datagram(data, now=NOW)
+            assert [
+                (type(e).__name__, getattr(e, "frame", None) and e.frame.seq) for e in events
+            ] == [
+                ("FrameReceived", "0002"),
+                ("FrameReceived", "0003"),
+            ]
+
+    def test_binary_crc_datagram_with_a_line_end_after_it(self) -> None:
+        """Bytes 1-2 of a binary-CRC frame may be CR or LF: the frame is still cut at its end."""
+        for seq in range(1, 60):  # some of these CRCs hold a CR or LF byte
+            raw = encode_frame(token="SIA-DCS", seq=f"{seq:04d}", account="1234", data="#1234|NBA01", crc_style=CrcStyle.BINARY)  # fmt: skip
+            [event] = connection(None, {"1234": AccountCrypto()}).receive_datagram(
+                raw + b"\r\n", now=NOW
+            )
+            assert isinstance(event, FrameReceived) and event.frame.seq == f"{seq:04d}"
+
     def test_oversized_datagram_is_silent(self) -> None:
         """A datagram over the frame limit is rejected with no reply."""
         [event] = connection(ReceiverConfig(max_frame_bytes=32)).receive_datagram(GOOD, now=NOW)
