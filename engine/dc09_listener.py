@@ -246,9 +246,12 @@ class Dc09StreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
         self._bucket = TokenBucket(server.rate_limit_per_s, server.rate_limit_burst)
-        self._paused = False
+        self._paused = False  # reading paused: the commit queue is saturated
+        self._write_blocked = False  # reading paused: the module does not read its replies
+        self._eof = False  # the module half-closed: close once every reply owed is written
+        self._shed = 0  # frames dropped by the rate limit since the last one it let through
         self._remove_resume: Callable[[], None] | None = None
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # the last complete frame (not any byte)
         self._outbox: deque[_Reply] = deque()
 
     # asyncio.Protocol ---------------------------------------------------------------------------
@@ -275,28 +278,63 @@ class Dc09StreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         started = time.perf_counter()
-        self.last_activity = time.monotonic()
-        now = self._handler.clock()
-        for event in self._conn.receive_data(data, now=now):
+        events = self._conn.receive_data(data, now=(now := self._handler.clock()))
+        if not events:
+            return  # part of a frame: not activity (a byte a second must not hold the slot)
+        self.last_activity = clock = time.monotonic()
+        for event in events:
+            # Every frame, rejected ones too, is charged: a module sending frames that all get
+            # NAK or DUH must not take the engine's time from the others.
+            if not self._bucket.take(clock):
+                self._rate_limited(event)
+                continue
+            if self._shed:
+                log.info("rate_limit_ended", peer=self._peer, frames_dropped=self._shed)
+                self._shed = 0
             if isinstance(event, FrameRejected):
                 reply = self._handler.rejected(event, transport=Transport.TCP, peer=self._peer)
                 if reply:
                     self._write_in_order(reply)
                 continue
-            if not self._bucket.take(self.last_activity):
-                metrics.SIGNALS_SHED.labels("tcp", "rate_limited").inc()
-                log.warning(
-                    "rate_limited",
-                    peer=self._peer,
-                    account=event.frame.account,
-                    seq=event.frame.seq,
-                )
-                continue
             self._submit(event, now, started)
         if self._handler.sink.saturated and not self._paused and self._transport is not None:
             self._pause()
 
+    def eof_received(self) -> bool:
+        """The module half-closed (sent its frames, then shut its side): replies still owed are
+        written before the connection is closed."""
+        if not self._outbox:
+            return False  # nothing owed: asyncio closes the transport
+        self._eof = True
+        return True
+
+    def pause_writing(self) -> None:
+        """The module does not read its replies (its socket buffer is full): stop reading its
+        frames until it does, so replies never pile up in memory."""
+        self._write_blocked = True
+        if self._transport is not None and not self._transport.is_closing():
+            metrics.READ_PAUSES.inc()
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if not self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     # internals ----------------------------------------------------------------------------------
+
+    def _rate_limited(self, event: FrameReceived | FrameRejected) -> None:
+        """Dropped (no reply: the module resends); logged once per run of dropped frames."""
+        metrics.SIGNALS_SHED.labels("tcp", "rate_limited").inc()
+        if not self._shed:
+            frame = event.frame if isinstance(event, FrameReceived) else event.header
+            log.warning(
+                "rate_limited",
+                peer=self._peer,
+                account=getattr(frame, "account", None),
+                seq=getattr(frame, "seq", None),
+            )
+        self._shed += 1
 
     def _submit(self, event: FrameReceived, now: datetime, started: float) -> None:
         """Queue the signal for commit; its ACK is written, in arrival order, once committed."""
@@ -332,6 +370,8 @@ class Dc09StreamProtocol(asyncio.Protocol):
             outbox.popleft()
             if data and self._transport is not None and not self._transport.is_closing():
                 self._transport.write(data)
+        if self._eof and self._transport is not None:
+            self._transport.close()  # after the last reply owed (close flushes the buffer)
 
     @property
     def pending_replies(self) -> int:
@@ -358,7 +398,8 @@ class Dc09StreamProtocol(asyncio.Protocol):
             self._remove_resume = None
         if self._paused and self._transport is not None and not self._transport.is_closing():
             self._paused = False
-            self._transport.resume_reading()
+            if not self._write_blocked:
+                self._transport.resume_reading()
 
     def close_idle(self) -> None:
         """Close this connection because it was idle too long."""

@@ -29,6 +29,7 @@ from engine.delivery import Dispatcher
 from engine.forwarding_stage import ForwardingStage
 from engine.http_server import AppFactory, HttpServer, build_app
 from engine.ingest_writer import IngestWriter
+from engine.open_files import fit_max_connections
 from engine.pipeline import IngestPipeline
 from engine.receiver_directory import ReceiverDirectory
 from engine.settings import Settings
@@ -172,7 +173,7 @@ class Engine:
                     ),
                     host=settings.dc09.host,
                     port=settings.dc09.port,
-                    max_connections=settings.dc09.max_connections,
+                    max_connections=fit_max_connections(settings.dc09.max_connections),
                     idle_timeout_s=settings.dc09.idle_timeout_s,
                     rate_limit_per_s=settings.dc09.rate_limit_per_s,
                 )
