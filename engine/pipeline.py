@@ -286,5 +286,7 @@ class IngestPipeline:
 
 
 def _is_data_error(exc: BaseException) -> bool:
-    """PostgreSQL's class 22 (data exception): the values themselves are refused."""
-    return isinstance(exc, asyncpg.DataError)
+    """The signal's own values fail, every time: PostgreSQL's class 22 (data exception), or a
+    value out of range on our side (a date past year 9999, say). Retrying cannot help; over MQTT
+    it would have the broker redeliver the message behind every other one, for ever."""
+    return isinstance(exc, asyncpg.DataError | ValueError | ArithmeticError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -33,6 +33,12 @@ class TopicKind(StrEnum):
     COMMANDS = "commands"
 
 
+# Zones, partitions and users as panels number them (Contact ID's are 3 digits, SIA's up to 6).
+PanelNumber = Annotated[int, msgspec.Meta(ge=0, le=999_999)]
+# An entry delay is seconds to a few minutes (EN 50131: at most 45 s for grade 2); an hour bounds it.
+EntryDelaySeconds = Annotated[int, msgspec.Meta(ge=0, le=3600)]
+
+
 class _Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Common options of every payload: frozen, keyword-only, unknown fields refused."""
 
@@ -43,18 +49,18 @@ class MqttEvent(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True)
     family: Literal["cid", "sia"]
     code: str
     qualifier: Literal["1", "3", "6"] | None = None  # Contact ID only
-    zone: int | None = None
-    partition: int | None = None
-    user: int | None = None
+    zone: PanelNumber | None = None
+    partition: PanelNumber | None = None
+    user: PanelNumber | None = None
     text: str | None = None
 
 
 class EntryDelayStart(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Armed system, entry door opened: the entry delay runs (used for Crash & Smash)."""
 
-    partition: int = 1
-    zone: int | None = None
-    entry_delay_s: int = 30
+    partition: PanelNumber = 1
+    zone: PanelNumber | None = None
+    entry_delay_s: EntryDelaySeconds = 30
 
 
 class CheckinV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):

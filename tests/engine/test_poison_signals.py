@@ -163,6 +163,31 @@ class TestRefusedSignalFailsAlone:
         assert pipeline.available  # a refused signal is not a database outage
 
 
+class TestOutOfRangeOnOurSide:
+    async def test_a_value_error_alone_is_refused_not_retried_for_ever(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A signal whose own values fail before PostgreSQL sees them (OverflowError: a date past
+        year 9999) is refused like a data error; the others of its batch are accepted. As
+        "not committed" the broker would redeliver it, and everything behind it, for ever."""
+        writer = IngestWriter(db_pool, duplicate_window_s=600)
+
+        async def write(signals: list[InboundSignal]) -> list[IngestResult]:
+            if any(s.account == "666" for s in signals):
+                raise OverflowError("date value out of range")
+            return await writer(signals)
+
+        pipeline = IngestPipeline(write, batch_max=64, window_s=0)
+        signals = [_event("100", "0000"), _event("666", "0001"), _event("102", "0002")]
+        futures = [pipeline.enqueue(s) for s in signals]
+        pipeline.start()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        await pipeline.close()
+        assert outcomes[0] == outcomes[2] == IngestResult.ACCEPTED
+        assert isinstance(outcomes[1], IngestRefused)
+        assert pipeline.available
+
+
 class TestRefusedReply:
     @pytest.mark.parametrize(
         ("error", "reply"),

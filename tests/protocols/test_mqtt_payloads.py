@@ -86,6 +86,18 @@ class TestDecode:
             (json.dumps({"v": 1, "msg_id": "x"}).encode(), "no events"),
             (
                 json.dumps(
+                    {"v": 1, "msg_id": "x", "entry_delay": {"entry_delay_s": 10**12}}
+                ).encode(),
+                "<= 3600",
+            ),
+            (
+                json.dumps(
+                    {"v": 1, "msg_id": "x", "events": [{"family": "sia", "code": "BA", "zone": -1}]}
+                ).encode(),
+                ">= 0",
+            ),
+            (
+                json.dumps(
                     {"v": 1, "msg_id": "x", "events": [{"family": "sia", "code": "BA"}] * 33}
                 ).encode(),
                 "too many",
