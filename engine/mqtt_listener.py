@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ from protocols.mqtt_payloads import (
     parse_topic,
     topic,
 )
+
+REJECTED_RAW_KEPT = 1024  # bytes of an oversized payload stored with its rejection
 
 log = structlog.get_logger("engine.mqtt")
 
@@ -128,7 +131,9 @@ class _Session:
                     username=owner._username,
                     password=owner._password,
                 )
-                base = f"$share/{owner._group}/{owner._prefix}/modules/+"
+                base = f"{owner._prefix}/modules/+"
+                if owner._group:
+                    base = f"$share/{owner._group}/{base}"
                 await connection.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
                 self.active = connection
                 self.subscribed.set()
@@ -164,7 +169,8 @@ class _Session:
             if owner.stopping:
                 break
             MQTT_RECONNECTS.inc()
-            await asyncio.sleep(delay)
+            # Jittered: engines that lost the same broker do not all come back in one instant.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not a secret
             delay = min(delay * 2, owner._reconnect_max_s)
 
     async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
@@ -245,7 +251,7 @@ class MqttListener:
         username: str | None = None,
         password: str | None = None,
         client_id: str = "alarmrelay-engine",
-        shared_group: str = "alarmrelay",
+        shared_group: str | None = "alarmrelay",
         topic_prefix: str = "alarmrelay/v1",
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
@@ -391,7 +397,7 @@ class MqttListener:
         try:
             future = self._enqueue(signal)
         except IngestUnavailable as exc:
-            self._not_committed(message, packet.topic, exc)
+            self._not_committed(message, serial, exc)
             return
         future.add_done_callback(
             lambda done: self._committed(done, message, serial, kind, msg_id, signal)
@@ -431,10 +437,10 @@ class MqttListener:
             message, serial, AckV1(msg_id=msg_id, status=status, reason=signal.reject_reason)
         )
 
-    def _not_committed(self, message: _Message, where: str, exc: BaseException) -> None:
+    def _not_committed(self, message: _Message, serial: str, exc: BaseException) -> None:
         # Not committed: no ack, no PUBACK; the session reconnects so the broker redelivers it.
         _count("any", "not_committed")
-        log.warning("mqtt_not_committed", topic=where, reason=str(exc))
+        log.warning("mqtt_not_committed", serial=serial, reason=str(exc))
         self._finish(message, puback=False)
 
     def _reply(self, message: _Message, serial: str, ack: AckV1) -> None:
@@ -499,7 +505,9 @@ class MqttListener:
                 kind=SignalKind.REJECTED,
                 received_at=now,
                 peer=serial,
-                raw=raw,
+                # An oversized payload is kept for audit by its beginning only (its size is in
+                # the reason): a flood of large ones must not fill the database.
+                raw=raw if len(raw) <= self._max_payload else raw[:REJECTED_RAW_KEPT],
                 reject_reason=str(exc),
             ), msg_id_of(raw, max_bytes=self._max_payload)
         return (

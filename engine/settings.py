@@ -105,10 +105,11 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     username: str | None = None
     password: str | None = None  # never shown in repr or logs
     client_id: str = "alarmrelay-engine"  # one per engine process: the broker keeps its session
-    shared_group: str = "alarmrelay"  # $share/<group>/… so several engines split the load
+    # $share/<group>/… so several engines split the load; unset: a plain subscription
+    shared_group: str | None = "alarmrelay"
     topic_prefix: str = "alarmrelay/v1"
     reconnect_min_s: PositiveFloat = 0.5
-    reconnect_max_s: PositiveFloat = 30.0
+    reconnect_max_s: PositiveFloat = 5.0
     max_inflight: Annotated[int, msgspec.Meta(gt=0, le=65_535)] = 1000  # our Receive Maximum
     max_payload_bytes: Positive = 16_384  # larger payloads get a rejected ack
     # Our Maximum Packet Size: the broker drops larger messages for us (no ack at all).

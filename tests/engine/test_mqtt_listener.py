@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from engine.ingest_types import InboundSignal, IngestResult, IngestUnavailable
-from engine.mqtt_listener import MqttListener
+from engine.mqtt_listener import REJECTED_RAW_KEPT, MqttListener
 
 
 class FlakySink:
@@ -143,7 +143,7 @@ class TestAcks:
             ) as module:
                 await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
                 await module.publish(f"{prefix}/modules/X9/events", _events("u1"), qos=1)
-                big = json.dumps({"v": 1, "msg_id": "big", "events": [], "pad": "x" * 300})
+                big = json.dumps({"v": 1, "msg_id": "big", "events": [], "pad": "x" * 3000})
                 await module.publish(f"{prefix}/modules/S2/events", big, qos=1)
                 acks = await _acks(module, 2)
         finally:
@@ -155,6 +155,9 @@ class TestAcks:
         # The status of a committed signal is the sink's answer (the pipeline says rejected).
         assert [a["status"] for a in acks if a["reason"] == "unknown module"] == ["rejected"]
         assert [s.kind.value for s in sink.committed] == ["rejected"]
+        # Kept for audit by its beginning only: a flood of large payloads cannot fill the disk.
+        assert len(big) > REJECTED_RAW_KEPT
+        assert sink.committed[0].raw == big.encode()[:REJECTED_RAW_KEPT]
 
     async def test_pubacks_leave_in_arrival_order(
         self, mqtt_broker: tuple[str, int], monkeypatch: pytest.MonkeyPatch
@@ -222,3 +225,27 @@ class TestAcks:
         assert sorted(str(a["msg_id"]) for a in acks) == sorted(f"m{n}" for n in range(60))
         assert len(sink.committed) == 60
         assert [s.client_id[-2:] for s in listener._sessions][1:] == ["-1", "-2"]
+
+
+class TestPlainSubscription:
+    async def test_without_a_shared_group_the_subscription_is_plain(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """shared_group unset: one engine on a plain subscription (Mosquitto keeps those in its
+        persistent sessions across a broker restart; shared ones it does not)."""
+        prefix = f"plain-{secrets.token_hex(3)}/v1"
+        sink = FlakySink(failures=0)
+        listener = _listener(sink, mqtt_broker, prefix, shared_group=None)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+                await module.publish(f"{prefix}/modules/S1/events", _events("p1"), qos=1)
+                [ack] = await _acks(module, 1)
+        finally:
+            await listener.stop()
+            task.cancel()
+        assert (ack["msg_id"], ack["status"]) == ("p1", "accepted")
