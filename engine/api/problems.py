@@ -118,6 +118,9 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     for item in extra:
         if isinstance(item, dict):
             key = str(item.get("key") or item.get("source") or "body")
+            # litestar names the request body "data" (the handler's parameter) for errors of
+            # its top-level object: the field paths of the body itself are what a client knows.
+            key = "body" if key == "data" else key.removeprefix("data.")
             errors.append(decode_error(key, str(item.get("message", ""))))
     return _response(
         Problem(

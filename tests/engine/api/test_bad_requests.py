@@ -35,6 +35,20 @@ class TestUndecodableBodies:
         assert response.status_code == 400, response.text
         assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("body", "depth")]
 
+    async def test_field_paths_are_the_bodys_own(self, admin: httpx.AsyncClient) -> None:
+        """Unknown, missing and mistyped fields are all named as in the body (litestar says
+        "data.nmae" for the first two, after its handler parameter)."""
+        cases = [
+            ("/v1/dealers", {"name": "x", "nmae": "y"}, [("nmae", "unknown")]),
+            ("/v1/dealers", {}, [("name", "required")]),
+            ("/v1/dealers", {"name": 5}, [("name", "type")]),
+            ("/v1/stations", {"name": "s", "colour": "red"}, [("colour", "unknown")]),
+        ]
+        for path, body, expected in cases:
+            response = await admin.post(path, json=body)
+            assert response.status_code == 400, (path, body, response.text)
+            assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == expected
+
 
 class TestValuesTheDatabaseCannotHold:
     async def test_an_id_beyond_64_bits_is_not_found(self, admin: httpx.AsyncClient) -> None:
