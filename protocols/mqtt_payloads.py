@@ -175,6 +175,9 @@ def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
 
 def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
     """An events payload, validated (codes, counts, sizes)."""
+    if not data.strip():
+        # Also what a broker delivers when someone clears a retained message on the topic.
+        raise MqttPayloadError("empty payload (an events message needs v, msg_id and events)")
     result = _decode(_events_decoder, data, max_bytes)
     assert isinstance(result, EventsV1)
     if not result.events and result.entry_delay is None:

@@ -65,6 +65,8 @@ class TestDecode:
         ("data", "reason"),
         [
             (b"{not json", "malformed JSON"),
+            (b"", "empty payload"),
+            (b"  \n", "empty payload"),
             (json.dumps({"v": 2, "msg_id": "x", "events": []}).encode(), "invalid payload"),
             (events_payload(colour="red"), "invalid payload"),
             (
