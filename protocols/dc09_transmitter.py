@@ -32,6 +32,11 @@ _SEQ_MAX = 9999
 _HEADS_MAX = 4096  # (token, account) headers remembered per transmitter
 
 
+# The largest receiver clock offset a NAK may make us adopt (a receiver set years wrong is
+# broken, not skewed; its time would soon overflow the frames' timestamps).
+MAX_CLOCK_OFFSET = timedelta(days=3660)
+
+
 class OutgoingFrame(msgspec.Struct, frozen=True, kw_only=True):
     """A frame built for sending, with what is needed to pair its reply."""
 
@@ -285,6 +290,13 @@ class Dc09Transmitter:
             if reply.timestamp is None:
                 return Naked(frame=reply, receiver_time=None, offset=None)
             offset = reply.timestamp - now
+            if abs(offset) > MAX_CLOCK_OFFSET:
+                # A receiver clock years off (a NAK dated 9999) would make every later frame's
+                # time overflow: not adopted, the attempt fails (the group may fail over).
+                return Mismatch(
+                    frame=reply,
+                    reason=f"NAK time {reply.timestamp.isoformat()} is {offset} from ours: not adopted",
+                )
             self._clock_offset = offset
             return Naked(frame=reply, receiver_time=reply.timestamp, offset=offset)
         if token not in ("ACK", "DUH", "RSP"):

@@ -230,8 +230,23 @@ class Dc09ReceiverClient:
         loop = asyncio.get_running_loop()
         for _ in range(2):  # the second round only after a NAK (clock corrected)
             now = self._clock()
-            out = self._tx.build(token=token, account=account, data=data, seq=frame_seq, now=now)
             sent_at = sent_at or now
+            try:
+                out = self._tx.build(
+                    token=token, account=account, data=data, seq=frame_seq, now=now
+                )
+            except (ValueError, OverflowError) as exc:  # no frame can be made: a failed attempt
+                self.last_exchange_at = loop.time()
+                self._set_link(False)
+                return DeliveryAttempt(
+                    outcome="failed",
+                    receiver=self.name,
+                    seq=frame_seq,
+                    sent_at=sent_at,
+                    error=f"frame not built: {exc}",
+                    family_sent=family,
+                    note=note,
+                )
             try:
                 outcome = await self._exchange(out, loop)
             except (OSError, TimeoutError, ConnectionError) as exc:
@@ -248,7 +263,12 @@ class Dc09ReceiverClient:
                     note=note,
                 )
             self.last_exchange_at = loop.time()
-            self._set_link(True)
+            if isinstance(outcome, Acked | RspReceived | Duhed):
+                self._set_link(True)  # the receiver took the frame (or refused it on purpose)
+            elif not isinstance(outcome, Naked):
+                # Answered, but not usefully (a reply for another frame, a clock not adopted):
+                # not a link to fail back to. It is up again once it ACKs (a NULL poll will do).
+                self._set_link(False)
             if isinstance(outcome, _ACCEPTED):
                 return DeliveryAttempt(
                     outcome="acked",
@@ -286,6 +306,7 @@ class Dc09ReceiverClient:
                 family_sent=family,
                 note=note,
             )
+        self._set_link(False)  # NAKs every time: not a link to deliver over
         return DeliveryAttempt(
             outcome="failed",
             receiver=self.name,
@@ -364,7 +385,11 @@ class Dc09ReceiverClient:
                 continue
             now = self._clock()
             outcome = self._tx.match(event.frame, sent, now=now)
-            if isinstance(outcome, Mismatch) and event.frame.seq != sent.seq:
+            if (
+                isinstance(outcome, Mismatch)
+                and event.frame.seq != sent.seq
+                and event.frame.token != "NAK"  # a NAK always says 0000: it answers ours
+            ):
                 continue  # a late reply to an earlier frame: keep waiting for ours
             self._replied_at = now  # the reply's arrival: acked_at
             waiter.set_result(outcome)
@@ -444,6 +469,9 @@ class Dc09ReceiverClient:
                 await self.poll()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("receiver_poll_error", receiver=self.name)
+                # ... and never spin: the next one only after a pause (an error raised before
+                # the poll's first await would otherwise hold the event loop).
+                await asyncio.sleep(backoff)
 
 
 _FIRST_RETRY_S = 0.5  # first reconnect attempt after the link went down
@@ -504,6 +532,23 @@ class Dc09ReceiverPool:
                 slot = heapq.heapreplace(idle, slot)
         else:
             slot = await self._wait_for_connection()
+        try:
+            return await slot[1].send(account=account, event=event, seq=seq)
+        finally:
+            self._release(slot)
+
+    async def send_unless(
+        self, give_up: Callable[[], bool], *, account: str, event: Event, seq: str | None = None
+    ) -> DeliveryAttempt | None:
+        """As :meth:`send`; but when it had to wait for a connection and ``give_up()`` has
+        become true meanwhile (its group failed over), nothing is sent: None."""
+        idle = self._idle
+        if idle:
+            return await self.send(account=account, event=event, seq=seq)
+        slot = await self._wait_for_connection()
+        if give_up():
+            self._release(slot)
+            return None
         try:
             return await slot[1].send(account=account, event=event, seq=seq)
         finally:

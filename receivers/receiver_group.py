@@ -39,19 +39,35 @@ class ReceiverGroup:
             log.info("receiver_failback", primary=self.primary.name)
         if self.failed_over and self.backup is not None:
             return await self.backup.send(account=account, event=event, seq=seq)
-        attempt = await self.primary.send(account=account, event=event, seq=seq)
+        attempt = await self._send_to_primary(account=account, event=event, seq=seq)
+        if attempt is None:  # failed over while it waited for a connection to the primary
+            assert self.backup is not None
+            return await self.backup.send(account=account, event=event, seq=seq)
         if attempt.outcome != "failed":
             self._failures = 0
             return attempt
         self._failures += 1
         if self.backup is not None and self._failures >= self.failover_after:
-            self.failed_over = True
-            metrics.FAILOVERS.labels(self.primary.name).inc()
-            log.warning(
-                "receiver_failover",
-                primary=self.primary.name,
-                backup=self.backup.name,
-                failures=self._failures,
-            )
+            if not self.failed_over:  # one switch, however many sends failed together
+                self.failed_over = True
+                metrics.FAILOVERS.labels(self.primary.name).inc()
+                log.warning(
+                    "receiver_failover",
+                    primary=self.primary.name,
+                    backup=self.backup.name,
+                    failures=self._failures,
+                )
             return await self.backup.send(account=account, event=event, seq=seq)
         return attempt
+
+    async def _send_to_primary(
+        self, *, account: str, event: Event, seq: str | None
+    ) -> DeliveryAttempt | None:
+        """The primary's attempt; None when the group failed over while this send waited for
+        one of the primary's connections (the others' timeouts): it goes to the backup at once
+        instead of waiting out its own timeout on a receiver known to be down."""
+        if isinstance(self.primary, Dc09ReceiverPool) and self.backup is not None:
+            return await self.primary.send_unless(
+                lambda: self.failed_over, account=account, event=event, seq=seq
+            )
+        return await self.primary.send(account=account, event=event, seq=seq)

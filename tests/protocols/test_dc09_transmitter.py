@@ -204,6 +204,28 @@ class TestNak:
         assert again.seq == sent.seq
         assert decode_frame(again.bytes).timestamp == datetime(2025, 9, 24, 16, 20, 1, tzinfo=UTC)
 
+    @pytest.mark.parametrize(
+        ("receiver_time", "adopted"),
+        [
+            (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), False),  # would overflow later frames
+            (NOW - timedelta(days=4000), False),
+            (NOW + timedelta(days=400), True),  # a clock a year off is still a clock
+        ],
+    )
+    def test_a_nak_years_off_is_not_adopted(self, receiver_time: datetime, adopted: bool) -> None:
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        nak = encode_frame(
+            token="NAK", seq="0000", receiver="0", account="0", data="", timestamp=receiver_time
+        )
+        outcome = tx.match(only_frame(tx.receive_data(nak)).frame, sent, now=NOW)
+        if adopted:
+            assert isinstance(outcome, Naked) and tx.clock_offset == receiver_time - NOW
+        else:
+            assert isinstance(outcome, Mismatch) and "not adopted" in outcome.reason
+            assert tx.clock_offset == timedelta(0)
+            tx.build(token="NULL", account="1234", data="", now=NOW)  # still builds frames
+
     def test_nak_resync_against_our_receiver(self) -> None:
         """A transmitter 2 h behind is NAKed by our receiver, adopts its time and is then accepted."""
         receiver_now = NOW
