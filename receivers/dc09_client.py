@@ -67,6 +67,7 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
 
 Outcome = Acked | Naked | Duhed | RspReceived | Mismatch
 _ACCEPTED = (Acked, RspReceived)
+_TAKEN = (Acked, RspReceived, Duhed)  # replies that say the link works
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -263,7 +264,7 @@ class Dc09ReceiverClient:
                     note=note,
                 )
             self.last_exchange_at = loop.time()
-            if isinstance(outcome, Acked | RspReceived | Duhed):
+            if isinstance(outcome, _TAKEN):
                 self._set_link(True)  # the receiver took the frame (or refused it on purpose)
             elif not isinstance(outcome, Naked):
                 # Answered, but not usefully (a reply for another frame, a clock not adopted):

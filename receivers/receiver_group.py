@@ -39,10 +39,13 @@ class ReceiverGroup:
             log.info("receiver_failback", primary=self.primary.name)
         if self.failed_over and self.backup is not None:
             return await self.backup.send(account=account, event=event, seq=seq)
-        attempt = await self._send_to_primary(account=account, event=event, seq=seq)
-        if attempt is None:  # failed over while it waited for a connection to the primary
-            assert self.backup is not None
-            return await self.backup.send(account=account, event=event, seq=seq)
+        if self.backup is None:
+            attempt = await self.primary.send(account=account, event=event, seq=seq)
+        else:
+            maybe = await self._send_to_primary(account=account, event=event, seq=seq)
+            if maybe is None:  # failed over while it waited for a connection to the primary
+                return await self.backup.send(account=account, event=event, seq=seq)
+            attempt = maybe
         if attempt.outcome != "failed":
             self._failures = 0
             return attempt
@@ -66,7 +69,7 @@ class ReceiverGroup:
         """The primary's attempt; None when the group failed over while this send waited for
         one of the primary's connections (the others' timeouts): it goes to the backup at once
         instead of waiting out its own timeout on a receiver known to be down."""
-        if isinstance(self.primary, Dc09ReceiverPool) and self.backup is not None:
+        if isinstance(self.primary, Dc09ReceiverPool):
             return await self.primary.send_unless(
                 lambda: self.failed_over, account=account, event=event, seq=seq
             )
