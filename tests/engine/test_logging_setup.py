@@ -10,6 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``args`` from the project root (a fresh process: logging unset)."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 SCRIPT = """
 import logging
 from engine.logging_setup import configure_logging
@@ -25,14 +33,7 @@ structlog.get_logger("engine").info("own_event", n=1)
 
 
 def test_stdlib_records_are_json_lines_with_the_traceback_inside() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _python("-c", SCRIPT)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     records = [json.loads(line) for line in done.stdout.splitlines()]
@@ -52,14 +53,7 @@ warnings.warn("this call is going away", DeprecationWarning, stacklevel=1)
 
 
 def test_python_warnings_are_log_lines_not_bare_stderr() -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "always", "-c", WARNING_SCRIPT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _python("-W", "always", "-c", WARNING_SCRIPT)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
@@ -85,14 +79,7 @@ logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection
 
 def test_the_http_apps_leave_logging_as_configured() -> None:
     """Litestar's default logging config would take over the root logger (plain lines)."""
-    done = subprocess.run(
-        [sys.executable, "-c", APP_SCRIPT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _python("-c", APP_SCRIPT)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
