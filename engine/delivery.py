@@ -361,6 +361,12 @@ class Dispatcher:
         outcome = str(getattr(attempt, "outcome", "failed"))
         receiver = str(getattr(attempt, "receiver", row.primary_receiver))
         metrics.child(metrics.DELIVERIES, receiver, outcome).inc()
+        before = getattr(attempt, "failed_over_from", None)
+        if before is not None:  # the primary failed first, in this same delivery
+            metrics.child(metrics.DELIVERIES, before.receiver, "failed").inc()
+            _bound(row).warning(
+                "delivery_failed", receiver=before.receiver, error=before.error, failed_over=True
+            )
         if outcome == "acked":
             acked_at = getattr(attempt, "acked_at", None) or datetime.now(UTC)
             await self._finish(row, "delivered", receiver, attempt, sent_at, acked_at=acked_at)

@@ -63,6 +63,8 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     family_sent: str | None = None
     note: str | None = None  # e.g. why the event went in its own family to a one-family receiver
+    # The primary's failed attempt when its group failed over within this same delivery.
+    failed_over_from: DeliveryAttempt | None = None
 
 
 Outcome = Acked | Naked | Duhed | RspReceived | Mismatch

@@ -3,6 +3,7 @@ when the primary's link is healthy again (a successful NULL poll)."""
 
 from __future__ import annotations
 
+import msgspec
 import structlog
 
 from protocols.signal import Event
@@ -60,7 +61,8 @@ class ReceiverGroup:
                     backup=self.backup.name,
                     failures=self._failures,
                 )
-            return await self.backup.send(account=account, event=event, seq=seq)
+            moved = await self.backup.send(account=account, event=event, seq=seq)
+            return msgspec.structs.replace(moved, failed_over_from=attempt)
         return attempt
 
     async def _send_to_primary(

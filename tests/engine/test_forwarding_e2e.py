@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.station_model import ReceiverConfig, Station
@@ -202,6 +203,12 @@ class TestFailures:
             ]
         )
         await provision(db_pool, backup="rx-backup")
+        failed = (
+            REGISTRY.get_sample_value(
+                "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "failed"}
+            )
+            or 0.0
+        )
         async with running_engine(settings_for(database_url)) as engine:
             assert engine.dc09 is not None
             module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
@@ -210,6 +217,11 @@ class TestFailures:
             await module.close()
             [got] = await station.wait_for(1, timeout_s=30)
         assert got.events[0].zone == 9
+        # Three failures on the primary (the third fails the group over in the same delivery)
+        after = REGISTRY.get_sample_value(
+            "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "failed"}
+        )
+        assert after == failed + 3
         assert await db_pool.fetchval("SELECT receiver_used FROM deliveries") == "rx-backup"
 
     @pytest.mark.parametrize(

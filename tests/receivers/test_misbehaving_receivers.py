@@ -145,6 +145,10 @@ async def test_deliveries_waiting_for_a_dead_primary_go_to_the_backup_on_failove
         took = time.monotonic() - started
         assert [(a.receiver, a.outcome) for a in attempts] == [(backup.name, "acked")] * 5
         assert dead.frames == 1  # only the first was ever sent to the primary
+        # ... and its failure there travels with the backup's attempt (metrics, the log)
+        first = attempts[0].failed_over_from
+        assert first is not None and (first.receiver, first.outcome) == (primary.name, "failed")
+        assert [a.failed_over_from for a in attempts[1:]] == [None] * 4
         assert took < 4.0  # one timeout (1 s), not five in a row
         assert sample("alarmrelay_receiver_failovers_total", primary=primary.name) == failovers + 1
         assert sorted(r.events[0].zone for r in backup_sim.received) == [1, 2, 3, 4, 5]
