@@ -30,7 +30,6 @@ from engine.settings import Settings, redact_url
 log = structlog.get_logger("engine.database")
 
 EMBEDDED_DATABASE = "alarmrelay"
-_CONNECT_ERRORS = DATABASE_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +126,7 @@ async def connect_pool(
             connection_class=EngineConnection,
             server_settings=server_settings,
         )
-    except _CONNECT_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         reason = str(exc) or type(exc).__name__
         raise UserFacingError(
             f"cannot reach PostgreSQL at {describe_server(url)}: {reason}"
@@ -198,7 +197,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         if server is not None:
             try:
                 await _ensure_database(server.get_uri(), EMBEDDED_DATABASE)
-            except _CONNECT_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 raise UserFacingError(f"cannot use the embedded PostgreSQL: {exc}") from None
             url = server.get_uri(database=EMBEDDED_DATABASE)
         assert url is not None

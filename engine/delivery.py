@@ -47,7 +47,6 @@ from protocols.signal import Event
 log = structlog.get_logger("engine.delivery")
 
 _event_decoder = msgspec.json.Decoder(Event)
-_DB_ERRORS = DATABASE_ERRORS
 
 
 CLAIM_SQL = """
@@ -258,7 +257,7 @@ class Dispatcher:
         await self.voice.stop()
         waiting = sorted(self._held)
         if waiting:  # otherwise their leases expire and another engine sends them a bit later
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await self._pool.execute(_RELEASE_SQL, waiting, self.owner)
 
     async def _run(self) -> None:
@@ -272,7 +271,7 @@ class Dispatcher:
             if room > 0:
                 try:
                     claimed = await self._pool.fetch(CLAIM_SQL, room, self.owner, self._lease)
-                except _DB_ERRORS as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
                     await asyncio.sleep(self._poll_s)
                     continue
@@ -330,7 +329,7 @@ class Dispatcher:
             ids = sorted(self._held)  # id order, like the outcome batches
             if not ids:
                 continue
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await self._relaxed.execute(
                     "UPDATE deliveries SET lease_until = now() + $3::interval "
                     "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' "
@@ -347,7 +346,7 @@ class Dispatcher:
         try:
             group = self._registry().group(row.primary_receiver, row.backup_receiver)
         except (KeyError, ValueError) as exc:
-            metrics.DELIVERIES.labels(row.primary_receiver, "no_receiver").inc()
+            metrics.child(metrics.DELIVERIES, row.primary_receiver, "no_receiver").inc()
             await self._failed(row, f"receiver not available: {exc}", receiver=row.primary_receiver)
             _bound(row).error("delivery_no_receiver", error=str(exc))
             return False
@@ -435,7 +434,7 @@ class Dispatcher:
                         sent_at,
                     )
                     released = await conn.fetch(_RELEASE_LANE_SQL, row.lane, self.owner, row.id)
-            except _DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
@@ -456,7 +455,7 @@ class Dispatcher:
         for attempt in range(5):
             try:
                 await self._pool.execute(sql, *args)
-            except _DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
             else:

@@ -383,7 +383,6 @@ def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, 
         parent, _, leaf = path.rpartition(".")
         return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
     for pattern, words in _PATTERN_WORDS.items():
-        text = text.replace(f"expected `str` matching regex {pattern!r}", words)
         text = text.replace(f"expected str matching regex {pattern!r}", words)
     choices = _choices(path)
     if choices and text.startswith("invalid enum value"):

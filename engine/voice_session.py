@@ -50,7 +50,6 @@ from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.voice_session")
 
-_DB_ERRORS = DATABASE_ERRORS
 
 _RECORD_SQL = """
 UPDATE deliveries SET voice_session_state = $2, voice_session_error = $3,
@@ -227,7 +226,7 @@ class VoiceSessions:
         for attempt in range(5):
             try:
                 await self._pool.execute(_RECORD_SQL, row.id, state, error, attempts)
-            except _DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("voice_session_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
             else:

@@ -535,10 +535,7 @@ class Dc09ReceiverPool:
                 slot = heapq.heapreplace(idle, slot)
         else:
             slot = await self._wait_for_connection()
-        try:
-            return await slot[1].send(account=account, event=event, seq=seq)
-        finally:
-            self._release(slot)
+        return await self._send_on(slot, account=account, event=event, seq=seq)
 
     async def send_unless(
         self, give_up: Callable[[], bool], *, account: str, event: Event, seq: str | None = None
@@ -552,6 +549,11 @@ class Dc09ReceiverPool:
         if give_up():
             self._release(slot)
             return None
+        return await self._send_on(slot, account=account, event=event, seq=seq)
+
+    async def _send_on(
+        self, slot: _Slot, *, account: str, event: Event, seq: str | None
+    ) -> DeliveryAttempt:
         try:
             return await slot[1].send(account=account, event=event, seq=seq)
         finally:
