@@ -398,6 +398,7 @@ class Dispatcher:
         *,
         acked_at: datetime | None,
     ) -> None:
+        before = getattr(attempt, "failed_over_from", None)
         await self._outcomes.record(
             Outcome(
                 id=row.id,
@@ -407,6 +408,12 @@ class Dispatcher:
                 acked_at=acked_at,
                 sent_at=sent_at,
                 error=None if state == "delivered" else "DUH",
+                # The primary's failure in this same delivery: when the backup was tried.
+                failed_at=(getattr(attempt, "sent_at", None) or datetime.now(UTC))
+                if before is not None
+                else None,
+                failed_receiver=None if before is None else str(before.receiver),
+                failed_error=None if before is None else str(before.error or "no answer")[:500],
             )
         )
 

@@ -26,9 +26,19 @@ log = structlog.get_logger("engine.delivery")
 _UPDATE = """
 UPDATE deliveries d SET state = t.state, receiver_used = t.receiver, family_sent = t.family,
     acked_at = t.acked_at, first_sent_at = COALESCE(d.first_sent_at, t.sent_at),
-    lease_owner = NULL, lease_until = NULL, last_error = t.error
+    lease_owner = NULL, lease_until = NULL, last_error = t.error,
+    -- the primary's attempt that failed in this same delivery (its group failed over), appended
+    -- to the history as the failure path appends its own (the latest 20 kept)
+    failed_attempts = CASE WHEN t.failed_receiver IS NULL THEN d.failed_attempts
+        ELSE CASE WHEN jsonb_array_length(coalesce(d.failed_attempts, '[]')) >= 20
+                  THEN d.failed_attempts - 0 ELSE coalesce(d.failed_attempts, '[]') END
+             || jsonb_build_array(jsonb_build_object(
+                    'at', t.failed_at, 'receiver', t.failed_receiver, 'error', t.failed_error))
+        END
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-            $6::timestamptz[], $7::text[]) AS t(id, state, receiver, family, acked_at, sent_at, error)
+            $6::timestamptz[], $7::text[], $8::timestamptz[], $9::text[], $10::text[])
+     AS t(id, state, receiver, family, acked_at, sent_at, error, failed_at, failed_receiver,
+          failed_error)
 WHERE d.id = t.id AND d.id = ANY($1::bigint[])  -- (the ANY keeps the primary-key path in every plan)
 """
 
@@ -43,6 +53,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     acked_at: datetime | None
     sent_at: datetime
     error: str | None
+    # When the primary failed within this delivery and its group failed over to the backup
+    # (which then answered): that failed attempt, for the delivery's history.
+    failed_at: datetime | None = None
+    failed_receiver: str | None = None
+    failed_error: str | None = None
 
 
 class OutcomeWriter:
@@ -86,6 +101,9 @@ class OutcomeWriter:
             [o.acked_at for o in outcomes],
             [o.sent_at for o in outcomes],
             [o.error for o in outcomes],
+            [o.failed_at for o in outcomes],
+            [o.failed_receiver for o in outcomes],
+            [o.failed_error for o in outcomes],
         )
         for attempt in range(self._retries):
             try:

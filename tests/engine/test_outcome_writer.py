@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -128,3 +129,42 @@ class TestOutcomeWriter:
         ]
         states = dict(await db_pool.fetch("SELECT id, state FROM deliveries"))
         assert states == {first: "pending", second: "delivered"}
+
+    async def test_a_failover_appends_the_primary_failure_keeping_the_latest_twenty(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """An outcome that carries the primary's failure (its group failed over in the same
+        delivery) appends it to the history after the earlier failures, dropping the oldest
+        beyond 20; an outcome without one leaves the history as it was."""
+        failover, plain = await _deliveries(db_pool, 2)
+        earlier = [{"at": f"2026-01-01T00:00:{i:02d}+00:00", "receiver": "rx-a", "error": f"e{i}"}
+                   for i in range(20)]  # fmt: skip
+        await db_pool.execute(
+            "UPDATE deliveries SET failed_attempts = $1::jsonb",
+            msgspec.json.encode(earlier).decode(),
+        )
+        now = datetime.now(UTC)
+        writer = OutcomeWriter(db_pool)
+        await writer.record(
+            Outcome(
+                id=failover, state="delivered", receiver="rx-b", family_sent="cid", acked_at=now,
+                sent_at=now, error=None, failed_at=now, failed_receiver="rx-a",
+                failed_error="no answer within the ACK timeout",
+            )
+        )  # fmt: skip
+        await writer.record(
+            Outcome(
+                id=plain, state="delivered", receiver="rx-a", family_sent="cid", acked_at=now,
+                sent_at=now, error=None,
+            )
+        )  # fmt: skip
+        rows = dict(await db_pool.fetch("SELECT id, failed_attempts::text FROM deliveries"))
+        after = msgspec.json.decode(rows[failover])
+        assert len(after) == 20
+        assert [a["error"] for a in after[:19]] == [f"e{i}" for i in range(1, 20)]
+        assert (after[-1]["receiver"], after[-1]["error"]) == (
+            "rx-a",
+            "no answer within the ACK timeout",
+        )
+        assert datetime.fromisoformat(after[-1]["at"]) == now
+        assert msgspec.json.decode(rows[plain]) == earlier

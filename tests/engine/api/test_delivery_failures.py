@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import httpx
 
 from engine.delivery import Dispatcher
+from engine.station_model import ReceiverConfig
+from engine.station_sim import StationSimulator
 from receivers.registry import ReceiverRegistry
 from tests.engine.api.catalog_setup import create_packages, imei, security_request
 from tests.engine.api.conftest import Api
@@ -15,7 +17,82 @@ from tests.engine.api.conftest import Api
 SERIAL = imei("49015420323751")
 
 
+async def _customer_with_delivery(
+    api: Api, admin: httpx.AsyncClient, *, primary: str, backup: str | None = None
+) -> int:
+    """A customer whose one stored alarm has a pending delivery to ``primary`` (and ``backup``)."""
+    await create_packages(admin)
+    dealer = await api.dealer("Acme")
+    created = await admin.post("/v1/customers", json=security_request(dealer, SERIAL))
+    customer = created.json()["customer"]
+    await api.pool.execute(
+        "UPDATE customers SET created_at = now() - interval '1 minute' WHERE id = $1",
+        customer["id"],
+    )
+    now = datetime.now(UTC)
+    signal = await api.pool.fetchval(
+        "INSERT INTO signals (received_at, account, transport, kind, seq, events, categories) "
+        "VALUES ($1, $2, 'tcp', 'event', '0001', '[]', '{alarms}') RETURNING id",
+        now,
+        SERIAL,
+    )
+    await api.pool.execute(
+        """INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority,
+                                   event, primary_receiver, backup_receiver, seq, received_at)
+           VALUES ($1, 0, $2, 'lane', '1234', 0, $3::jsonb, $4, $5, '0001', $6)""",
+        signal,
+        SERIAL,
+        '{"family":"cid","code":"130","qualifier":"1","zone":3,"classification":{"category":"alarms"}}',
+        primary,
+        backup,
+        now,
+    )
+    return int(customer["id"])
+
+
 class TestFailedAttempts:
+    async def test_primary_failure_within_a_failover_is_listed(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The primary does not answer and the group fails over to the backup within the same
+        delivery: the backup's ACK is the outcome, and the primary's failure is in the history
+        before it (not only in the logs and metrics)."""
+        dead = StationSimulator()
+        dead_port = await dead.start()
+        await dead.stop()  # nothing listens there any more: the primary refuses connections
+        backup = StationSimulator()
+        await backup.start()
+        customer = await _customer_with_delivery(api, admin, primary="rx-a", backup="rx-b")
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(name="rx-a", host="127.0.0.1", port=dead_port, ack_timeout_s=1.0),
+                ReceiverConfig(name="rx-b", host="127.0.0.1", port=backup.port, ack_timeout_s=1.0),
+            ],
+            failover_after=1,  # the first failure fails the group over, in that same delivery
+        )
+        dispatcher = Dispatcher(api.pool, lambda: registry, poll_s=0.01)
+        dispatcher.start()
+        try:
+            async with asyncio.timeout(30):
+                while await api.pool.fetchval("SELECT state FROM deliveries") != "delivered":
+                    await asyncio.sleep(0.02)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await backup.stop()
+        assert [(r.account, r.events[0].code) for r in backup.received] == [("1234", "130")]
+        items = (await admin.get(f"/v1/customers/{customer}/signals")).json()["items"]
+        [delivery] = items[0]["deliveries"]
+        assert (delivery["state"], delivery["receiver_used"], delivery["attempts"]) == (
+            "delivered",
+            "rx-b",
+            1,
+        )
+        [failure] = delivery["failed_attempts"]
+        assert failure["receiver"] == "rx-a" and failure["error"]
+        assert failure["at"] <= delivery["acked_at"]
+        assert delivery["last_error"] is None
+
     async def test_latest_twenty_failures_listed(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A delivery whose receiver is gone fails again and again; the history lists the latest
         20 failures, oldest first, each with its receiver and error, beside the attempt count."""
