@@ -45,6 +45,7 @@ import uvloop
 from bench.load import BENCH_KEY_ASCII, Result, account_name, run_tcp, signal_data
 from bench.run import (
     ROOT,
+    MachineIdle,
     Measured,
     ProcessWatch,
     _create_database,
@@ -53,6 +54,7 @@ from bench.run import (
     _engine_config,
     _ports,
     child,
+    idle_cell,
 )
 from engine.station_sim import Received
 from protocols.dc09_crypto import AesKey
@@ -319,6 +321,8 @@ def run_once(
                 watch = ProcessWatch(proc.pid, include_postgres=True, database=_database_name(url))
                 station_cpu = station.cpu_s()
                 watch.start()
+                idle = MachineIdle()
+                idle.start()
                 key = AesKey.from_ascii(BENCH_KEY_ASCII) if aes else None
                 spy = None
                 if profile is not None:
@@ -342,6 +346,7 @@ def run_once(
                 result = uvloop.run(
                     run_tcp("127.0.0.1", port, modules, duration, key=key, rate=rate, udp=udp)
                 )
+                idle_pct = idle.stop()  # the load only, not the drain that follows
                 if spy is not None:
                     spy.wait()
                 # Wait until the station has every ACKed signal (identities, not a count).
@@ -383,7 +388,7 @@ def run_once(
         # what reached the station per second, from the first send to the last delivery
         "delivered_per_s": round(check.verified / (summary["seconds"] + drained_s)),
     }
-    return Measured(name, summary, cpu, watch.peak_rss / 2**20), check, extra
+    return Measured(name, summary, cpu, watch.peak_rss / 2**20, idle_pct), check, extra
 
 
 def e2e_table(
@@ -401,14 +406,15 @@ def e2e_table(
     each = ", ".join(f"{r[0].summary['signals_per_s']:.0f}" for r in runs)
     return "\n".join(
         [
-            "| target | runs (ACKed/s each) | ACKed/s (median) | delivered/s | module ACK p50 / p90 / p99 / max ms | module send → station p50 / p90 / p99 / max ms | timeouts | NAK / DUH / errors | CPU s engine | CPU s postgres | CPU s station-sim | CPU s load gen | engine peak RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| target | runs (ACKed/s each) | ACKed/s (median) | delivered/s | module ACK p50 / p90 / p99 / max ms | module send → station p50 / p90 / p99 / max ms | timeouts | NAK / DUH / errors | CPU s engine | CPU s postgres | CPU s station-sim | CPU s load gen | cores idle % | engine peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             f"| {m.name} | {len(runs)} ({each}) | **{s['signals_per_s']:.0f}** | {extra['delivered_per_s']} | "
             f"{s['p50_ms']:.1f} / {s['p90_ms']:.1f} / {s['p99_ms']:.1f} / {s['max_ms']:.1f} | "
             f"**{st['p50']:.1f} / {st['p90']:.1f} / {st['p99']:.1f}** / {st['max']:.1f} | {int(s['timeouts'])} | "
             f"{int(s['naks'])} / {int(s['duhs'])} / {int(s['errors'])} | "
             f"{m.cpu_s.get('target', 0):.1f} | {m.cpu_s.get('postgres', 0):.1f} | "
-            f"{m.cpu_s.get('station-sim', 0):.1f} | {m.cpu_s.get('loadgen', 0):.1f} | {m.peak_rss_mb:.0f} |",
+            f"{m.cpu_s.get('station-sim', 0):.1f} | {m.cpu_s.get('loadgen', 0):.1f} | {idle_cell(m)} | "
+            f"{m.peak_rss_mb:.0f} |",
         ]
     )
 
@@ -485,6 +491,7 @@ def main() -> None:
                     {
                         "summary": m.summary,
                         "cpu_s": m.cpu_s,
+                        "cores_idle_pct": m.idle_pct,
                         "peak_rss_mb": m.peak_rss_mb,
                         "extra": extra,
                         "verification": {

@@ -9,8 +9,9 @@ Scenarios (each run ``--repeats`` times; the table reports the median run by thr
 - ``supervision``: 1,000 vs 1,000,000 supervised modules (a deadline each; the load's frames are
   spread over every account, each one a module's contact moving its deadline).
 
-Run: ``python -m bench.run --scenario ingest --duration 10 --repeats 3`` (prints progress; appends
-nothing by itself: ``--write`` replaces the matching section of bench/RESULTS.md).
+Run: ``python -m bench.run --scenario ingest --duration 10 --repeats 3`` (prints progress on
+stderr, then the Markdown table and the medians; ``--json FILE`` also writes every run's raw
+results; nothing is written to bench/RESULTS.md by itself).
 """
 
 from __future__ import annotations
@@ -49,6 +50,40 @@ class Measured:
     summary: dict[str, float]
     cpu_s: dict[str, float]
     peak_rss_mb: float
+    idle_pct: float | None = None  # both cores' time that nothing used during the load
+
+
+class MachineIdle:
+    """The share of all cores' time that no process used between :meth:`start` and :meth:`stop`
+    (``idle`` + ``iowait`` of /proc/stat's first line): what the processes under test, the peer or
+    alarmrelay with PostgreSQL and the generator, left unused. None where there is no /proc/stat."""
+
+    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
+        self._stat = stat
+        self._start: tuple[int, int] | None = None
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            first = self._stat.read_text(encoding="ascii").split("\n", 1)[0].split()
+        except OSError:
+            return None
+        # cpu user nice system idle iowait irq softirq steal [guest guest_nice: inside user]
+        ticks = [int(v) for v in first[1:9]]
+        return ticks[3] + ticks[4], sum(ticks)
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        return 100.0 * (end[0] - self._start[0]) / (end[1] - self._start[1])
+
+
+def idle_cell(m: Measured) -> str:
+    """The table's "cores idle %" cell."""
+    return "—" if m.idle_pct is None else f"{m.idle_pct:.0f}"
 
 
 class ProcessWatch:
@@ -273,10 +308,13 @@ def measure(
     database: str | None = None,
 ) -> Measured:
     watch = ProcessWatch(proc.pid, include_postgres=postgres, database=database)
+    idle = MachineIdle()
     watch.start()
+    idle.start()
     result: Result = run()
+    idle_pct = idle.stop()
     cpu = watch.stop()
-    return Measured(name, result.summary(), cpu, watch.peak_rss / 2**20)
+    return Measured(name, result.summary(), cpu, watch.peak_rss / 2**20, idle_pct)
 
 
 def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -> list[Measured]:
@@ -567,8 +605,8 @@ def table(results: list[Measured]) -> str:
     for m in results:
         by_name.setdefault(m.name, []).append(m)
     lines = [
-        "| target | runs | signals/s (median) | p50 ms | p90 ms | p99 ms | max ms | timeouts | NAK / DUH / errors | CPU s target | CPU s postgres | CPU s load gen (µs/signal) | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | runs | signals/s (median) | p50 ms | p90 ms | p99 ms | max ms | timeouts | NAK / DUH / errors | CPU s target | CPU s postgres | CPU s load gen (µs/signal) | cores idle % | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in by_name.items():
         ordered = sorted(runs, key=lambda m: m.summary["signals_per_s"])
@@ -580,7 +618,8 @@ def table(results: list[Measured]) -> str:
             f"{s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} | {int(s['timeouts'])} | "
             f"{int(s.get('naks', 0))} / {int(s.get('duhs', 0))} / {int(s.get('errors', 0))} | "
             f"{med.cpu_s.get('target', 0):.1f} | {med.cpu_s.get('postgres', 0):.1f} | "
-            f"{med.cpu_s.get('loadgen', 0):.1f} ({med.cpu_s.get('loadgen', 0) / max(1, s['sent']) * 1e6:.0f}) | {med.peak_rss_mb:.0f} |"
+            f"{med.cpu_s.get('loadgen', 0):.1f} ({med.cpu_s.get('loadgen', 0) / max(1, s['sent']) * 1e6:.0f}) | "
+            f"{idle_cell(med)} | {med.peak_rss_mb:.0f} |"
         )
     return "\n".join(lines)
 
