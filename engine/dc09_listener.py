@@ -152,8 +152,13 @@ class Dc09Handler:
         *,
         transport: Transport,
         started: float,
+        reply: bool = True,
     ) -> bytes | None:
-        """After the commit: count, log, and build the ACK (None: not committed, no ACK)."""
+        """After the commit: count, log, and build the ACK (None: not committed, no ACK).
+
+        ``reply`` False: the module is gone (its connection closed while the commit ran), so no
+        ACK is built or timed; the signal is committed all the same and its resend, if any,
+        is a duplicate."""
         family = _family_label(received)
         error = future.exception()
         if isinstance(error, IngestRefused):
@@ -180,6 +185,15 @@ class Dc09Handler:
             return None
         result = future.result()
         metrics.child(metrics.SIGNALS_RECEIVED, transport.value, family, result.value).inc()
+        if not reply:
+            log.info(
+                "ack_not_sent",
+                account=signal.account,
+                seq=signal.seq,
+                transport=transport.value,
+                reason="connection closed before the commit",
+            )
+            return None
         ack = conn.ack(received.frame, now=self.clock())
         metrics.child(metrics.ACK_LATENCY, transport.value).observe(time.perf_counter() - started)
         if result is IngestResult.DUPLICATE:
@@ -364,6 +378,7 @@ class Dc09StreamProtocol(asyncio.Protocol):
                     head.future,
                     transport=Transport.TCP,
                     started=head.started,
+                    reply=self._transport is not None and not self._transport.is_closing(),
                 )
             else:
                 data = head.data
@@ -459,7 +474,13 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         if future.cancelled():  # shutdown gave up waiting: not acknowledged, the module resends
             return
         ack = self._handler.finish(
-            self._conn, event, signal, future, transport=Transport.UDP, started=started
+            self._conn,
+            event,
+            signal,
+            future,
+            transport=Transport.UDP,
+            started=started,
+            reply=self._transport is not None and not self._transport.is_closing(),
         )
         if ack is not None and self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(ack, addr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -151,3 +152,56 @@ def test_the_open_file_limit_is_raised_or_the_connections_fitted() -> None:
     assert lines[0] == "500 756"  # raised to what 500 need (under the hard limit)
     assert lines[-1] == "1024 1280"  # up to the hard limit, and the connections fitted to it
     assert "dc09_max_connections_lowered" in done.stdout
+
+
+async def test_a_module_gone_before_its_commit_is_not_counted_as_acked(
+    db_pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The module's connection is reset while its signal waits for the commit: the signal is
+    stored and counted as received, but no ACK is built or timed for a connection that is gone
+    (logged instead)."""
+    await db_pool.execute("INSERT INTO accounts (account) VALUES ('1234')")
+
+    def acks() -> float:
+        value = REGISTRY.get_sample_value(
+            "alarmrelay_ack_latency_seconds_count", {"transport": "tcp"}
+        )
+        return value or 0.0
+
+    def accepted() -> float:
+        value = REGISTRY.get_sample_value(
+            "alarmrelay_signals_received_total",
+            {"transport": "tcp", "family": "cid", "result": "accepted"},
+        )
+        return value or 0.0
+
+    async with running_engine(with_dc09(database_url, port=0)) as engine:
+        assert engine.dc09 is not None
+        acks_before, accepted_before = acks(), accepted()
+        async with db_pool.acquire() as blocker:
+            blocked = blocker.transaction()
+            await blocked.start()
+            await blocker.execute("LOCK TABLE signals IN ACCESS EXCLUSIVE MODE")  # the commit waits
+            reader, writer = await asyncio.open_connection("127.0.0.1", engine.dc09.port)
+            writer.write(
+                encode_frame(token="ADM-CID", seq="0001", account="1234", data="#1234|1130 01 003")
+            )
+            await writer.drain()
+            async with asyncio.timeout(5):  # until the batch waits on the lock
+                while not await db_pool.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    await asyncio.sleep(0.01)
+            # An abortive close (RST), as a module that resets or loses its link: the engine's
+            # side of the connection is gone (a plain close would read as a half-close, which
+            # is still owed its ACK).
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+            await asyncio.sleep(0.2)  # the engine sees the reset before the commit returns
+            await blocked.rollback()
+        async with asyncio.timeout(5):
+            while await db_pool.fetchval("SELECT count(*) FROM signals") == 0:
+                await asyncio.sleep(0.02)
+            while accepted() == accepted_before:
+                await asyncio.sleep(0.02)
+        assert acks() == acks_before
+    assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
