@@ -178,6 +178,23 @@ async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
         first = False
 
 
+async def _unsafe_commit_settings(conn: asyncpg.Connection) -> bool:
+    """True when this session's commits would not wait for the WAL flush (``synchronous_commit
+    = off`` from the server's file, the database or the role): the pool must override it. Every
+    other value (``local``, ``on``, ``remote_write``, ``remote_apply``) flushes locally first and
+    is left alone. ``fsync = off`` cannot be overridden by a session: it is logged as an error
+    (an ACKed signal may then be lost in a crash of the server or the machine)."""
+    synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
+    if await conn.fetchval("SHOW fsync") == "off":
+        log.error(
+            "durability_at_risk",
+            setting="fsync",
+            value="off",
+            reason="PostgreSQL does not flush to disk: an ACKed signal can be lost in a crash",
+        )
+    return bool(synchronous_commit == "off")
+
+
 @contextlib.asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """Open (and, for the embedded default, start) the database; migrate; close on exit."""
@@ -212,6 +229,25 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
             async with pool.acquire() as conn:
                 applied = await apply_migrations(conn)
                 await maintain_signals(conn, settings)
+                unsafe = await _unsafe_commit_settings(conn)
+            if unsafe:
+                # The ACK promises the signal is on disk: commit it so whatever the server, the
+                # database or the role says (the startup packet's setting wins over all three).
+                log.warning(
+                    "synchronous_commit_overridden",
+                    configured="off",
+                    used="on",
+                    reason="an ACK is sent only once its signal is flushed to disk",
+                )
+                await pool.close()
+                pool = await connect_pool(
+                    url,
+                    min_size=db.pool_min,
+                    max_size=db.pool_max,
+                    timeout_s=db.connect_timeout_s,
+                    command_timeout_s=db.command_timeout_s,
+                    server_settings={"synchronous_commit": "on"},
+                )
             log.info(
                 "database_ready",
                 server="embedded" if server is not None else describe_server(url),

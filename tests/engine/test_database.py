@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from engine.database import describe_server, maintain_signals, open_database
 from engine.errors import UserFacingError
@@ -106,6 +107,39 @@ class TestOpenDatabase:
             assert db.embedded is None
             assert await db.pool.fetchval("SELECT count(*) FROM schema_migrations") >= 1
         assert not (tmp_path / "postgres").exists()
+
+    @pytest.mark.parametrize(
+        ("configured", "used", "warned"),
+        [("off", "on", True), ("local", "local", False), ("on", "on", False)],
+    )
+    async def test_signals_are_committed_with_a_wal_flush_whatever_the_database_says(
+        self, empty_database_url: str, tmp_path: Path, configured: str, used: str, warned: bool
+    ) -> None:
+        """``synchronous_commit = off`` set for the database (or server, or role) would let an
+        ACKed signal be lost in a PostgreSQL crash: the engine's pool overrides it (logged), and
+        leaves every value that flushes locally as it is. Outcomes keep their relaxed pool."""
+        name = empty_database_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+        admin = await asyncpg.connect(url_for(empty_database_url, "postgres"))
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {configured}')
+        finally:
+            await admin.close()
+        settings = load_settings(
+            None,
+            {"ALARMRELAY_DATABASE_URL": empty_database_url, "ALARMRELAY_DATA_DIR": str(tmp_path)},
+        )
+        with capture_logs() as logs:
+            async with open_database(settings) as db:
+                async with db.pool.acquire() as a, db.pool.acquire() as b:
+                    values = {await c.fetchval("SHOW synchronous_commit") for c in (a, b)}
+                assert db.relaxed_pool is not None
+                relaxed = await db.relaxed_pool.fetchval("SHOW synchronous_commit")
+        assert values == {used}
+        assert relaxed == "off"
+        overridden = [e for e in logs if e["event"] == "synchronous_commit_overridden"]
+        assert bool(overridden) is warned
+        if warned:
+            assert (overridden[0]["configured"], overridden[0]["used"]) == ("off", "on")
 
     async def test_unreachable_server_is_a_clear_error_without_password(self) -> None:
         """A server that does not answer gives one line with host:port and no password."""
