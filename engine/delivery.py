@@ -9,7 +9,10 @@ Two ways a row reaches this engine, both as a lease on the row:
 * **Claim loop.** Rows nobody holds (retries after a failure, rows another engine left when it
   died, rows committed while their lane was busy elsewhere) are claimed in one short transaction:
   the *head* (lowest id) pending row of ready lanes, most urgent first, ``FOR UPDATE SKIP
-  LOCKED``, with a lease. A lane's next row is never a head while the previous one is pending.
+  LOCKED``, with a lease, together with up to ``claim_behind`` rows queued behind each head (up
+  to the first one not free to take), so a backlog (a station back after an outage) drains a
+  lane at a time instead of one claim query per row. A lane's next row is never a head while
+  the previous one is pending.
 
 Rows held in memory wait per lane (one in flight per lane: stop-and-wait order), and lanes wait
 for a free slot most urgent first. Every held row's lease is renewed. When a head fails (no
@@ -27,7 +30,7 @@ import heapq
 import os
 import secrets
 import socket
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -53,14 +56,29 @@ CLAIM_SQL = """
 WITH heads AS (
     SELECT DISTINCT ON (lane) id FROM deliveries WHERE state = 'pending' ORDER BY lane, id
 ), ready AS (
-    SELECT d.id FROM deliveries d JOIN heads h ON d.id = h.id
+    SELECT d.id, d.lane FROM deliveries d JOIN heads h ON d.id = h.id
     WHERE d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
     ORDER BY d.priority, d.id
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
+), behind AS (
+    -- The rows queued behind each head claimed here, in lane order, up to $4 of them and up to
+    -- the first one that is not free to take (leased elsewhere, or waiting for a retry): only
+    -- the engine holding the head's lock takes them, and they go out after it, from memory.
+    SELECT n.id FROM ready r CROSS JOIN LATERAL (
+        SELECT q.id, bool_and(q.free) OVER (ORDER BY q.id) AS prefix
+        FROM (SELECT x.id, x.next_attempt_at <= now()
+                           AND (x.lease_until IS NULL OR x.lease_until < now()) AS free
+              FROM deliveries x
+              WHERE x.lane = r.lane AND x.state = 'pending' AND x.id > r.id
+              ORDER BY x.id LIMIT $4) q
+    ) n
+    WHERE n.prefix
+), claimed AS (
+    SELECT id FROM ready UNION ALL SELECT id FROM behind
 )
 UPDATE deliveries d SET lease_owner = $2, lease_until = now() + $3::interval, attempts = d.attempts + 1
-FROM ready WHERE d.id = ready.id
+FROM claimed WHERE d.id = claimed.id
 RETURNING d.id, d.account, d.lane, d.station_account, d.priority, d.event, d.primary_receiver,
           d.backup_receiver, d.seq, d.attempts, d.received_at, d.two_way_voice, d.signal_id
 """
@@ -147,6 +165,7 @@ class Dispatcher:
         *,
         owner: str | None = None,
         max_in_flight: int = 256,
+        claim_behind: int = 32,
         lease_s: float = 6.0,
         poll_s: float = 1.0,
         retry_base_s: float = 0.5,
@@ -162,6 +181,9 @@ class Dispatcher:
         self._registry = registry
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._max_in_flight = max_in_flight
+        self._claim_behind = claim_behind  # rows taken behind each claimed lane head
+        self._more_ready = False  # the last claim filled every free slot
+        self._lanes_with_more: set[str] = set()  # claimed with a full run behind the head
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -270,16 +292,28 @@ class Dispatcher:
             claimed: list[Any] = []
             if room > 0:
                 try:
-                    claimed = await self._pool.fetch(CLAIM_SQL, room, self.owner, self._lease)
+                    claimed = await self._pool.fetch(
+                        CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
+                    )
                 except DATABASE_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
                     await asyncio.sleep(self._poll_s)
                     continue
-            owned = [owned_from_record(row) for row in claimed]
+            # In id order: each lane's head before the rows behind it (adopt keeps a lane's
+            # first row where it is, as it may be in flight).
+            owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
             self._released.difference_update(r.id for r in owned)  # leased to us again: ours
             self.adopt(owned)
-            if claimed and len(claimed) == room:
-                continue  # there may be more ready right now
+            # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
+            # (a finished lane wakes this loop) rather than at the next poll. Likewise a lane
+            # that came with a full run behind its head may have more rows behind those.
+            per_lane = Counter(r.lane for r in owned)
+            self._more_ready = bool(claimed) and len(per_lane) == room
+            self._lanes_with_more.update(
+                lane for lane, n in per_lane.items() if n > self._claim_behind
+            )
+            if self._more_ready and len(self._in_flight) < self._max_in_flight:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
 
@@ -303,6 +337,14 @@ class Dispatcher:
             heapq.heappush(self._ready, (nxt.priority, nxt.id, nxt.lane))
             return
         del self._lanes[row.lane]
+        more_behind = row.lane in self._lanes_with_more
+        self._lanes_with_more.discard(row.lane)
+        if (self._more_ready or (more_behind and moved_on)) and (
+            self._max_in_flight - len(self._in_flight) >= max(1, self._max_in_flight // 4)
+        ):
+            # More may be ready and a quarter of the slots are free: claim once for them all
+            # (each claim reads every lane's head, so not once per finished lane).
+            self._wake.set()
         if lane:
             # The head waits for a retry: the rows behind it go back to the outbox, unleased,
             # so they are claimed after it (the claim loop takes only lane heads).
