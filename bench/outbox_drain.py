@@ -77,13 +77,14 @@ async def _backlog(url: str, lanes: int, per_lane: int) -> None:
     try:
         await apply_migrations(conn)
         # Row g belongs to lane g % lanes: each lane's rows are spread over the whole id range.
-        # The zone carries the row's place in its lane, so the station can check the order.
+        # The zone carries the row's place in its lane (from 1; Contact ID has 3 digits for it),
+        # so the station can check the order.
         await conn.execute(
             """
             INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
                                     priority, event, primary_receiver, seq, received_at)
             SELECT g, 0, 'A' || (g % $1::int), 'lane-' || (g % $1::int),
-                   lpad((g % $1::int)::text, 6, '0'), g % 3, format($3::text, g / $1::int)::jsonb,
+                   lpad((g % $1::int)::text, 6, '0'), g % 3, format($3::text, g / $1::int + 1)::jsonb,
                    'rx', lpad((g % 9999 + 1)::text, 4, '0'), now()
             FROM generate_series(0, $1::int * $2::int - 1) g
             """,
@@ -126,7 +127,7 @@ async def drain(url: str, lanes: int, per_lane: int, *, limit_s: float = 600.0) 
         await pool.close()
     by_lane: dict[str | None, list[int]] = defaultdict(list)
     for frame in station.received:
-        by_lane[frame.account].append(frame.events[0].zone or 0)
+        by_lane[frame.account].append(frame.events[0].zone or 0)  # place in the lane, from 1
     disordered = sum(1 for zones in by_lane.values() if zones != sorted(zones))
     return Drained(total, elapsed, counting.claims, len(station.received), disordered)
 
@@ -134,11 +135,15 @@ async def drain(url: str, lanes: int, per_lane: int, *, limit_s: float = 600.0) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--lanes", type=int, default=5000, help="station accounts with a backlog")
-    parser.add_argument("--per-lane", type=int, default=20, help="pending rows in each lane")
+    parser.add_argument(
+        "--per-lane", type=int, default=20, help="pending rows in each lane (at most 999)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if min(args.lanes, args.per_lane, args.repeats) < 1:
         parser.error("--lanes, --per-lane and --repeats must be at least 1")
+    if args.per_lane > 999:
+        parser.error("--per-lane: at most 999 (the row's place travels as its Contact ID zone)")
     runs: list[Drained] = []
     for rep in range(args.repeats):
         url = _create_database()
