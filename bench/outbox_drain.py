@@ -55,7 +55,7 @@ class Drained:
         return self.rows / self.seconds
 
 
-class _CountingPool:
+class CountingPool:
     """The dispatcher's pool, counting the claim queries that go through it."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -106,7 +106,7 @@ async def drain(url: str, lanes: int, per_lane: int, *, limit_s: float = 600.0) 
         [ReceiverConfig(name="rx", host="127.0.0.1", port=port, connections=16)]
     )
     pool = await asyncpg.create_pool(url, min_size=2, max_size=8, connection_class=EngineConnection)
-    counting = _CountingPool(pool)
+    counting = CountingPool(pool)
     dispatcher = Dispatcher(counting, lambda: registry)
     total = lanes * per_lane
     try:

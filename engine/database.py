@@ -218,13 +218,18 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 raise UserFacingError(f"cannot use the embedded PostgreSQL: {exc}") from None
             url = server.get_uri(database=EMBEDDED_DATABASE)
         assert url is not None
-        pool = await connect_pool(
-            url,
-            min_size=db.pool_min,
-            max_size=db.pool_max,
-            timeout_s=db.connect_timeout_s,
-            command_timeout_s=db.command_timeout_s,
-        )
+
+        async def engine_pool(server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+            return await connect_pool(
+                url,
+                min_size=db.pool_min,
+                max_size=db.pool_max,
+                timeout_s=db.connect_timeout_s,
+                command_timeout_s=db.command_timeout_s,
+                server_settings=server_settings,
+            )
+
+        pool = await engine_pool()
         try:
             async with pool.acquire() as conn:
                 applied = await apply_migrations(conn)
@@ -240,14 +245,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                     reason="an ACK is sent only once its signal is flushed to disk",
                 )
                 await pool.close()
-                pool = await connect_pool(
-                    url,
-                    min_size=db.pool_min,
-                    max_size=db.pool_max,
-                    timeout_s=db.connect_timeout_s,
-                    command_timeout_s=db.command_timeout_s,
-                    server_settings={"synchronous_commit": "on"},
-                )
+                pool = await engine_pool({"synchronous_commit": "on"})
             log.info(
                 "database_ready",
                 server="embedded" if server is not None else describe_server(url),

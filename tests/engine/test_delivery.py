@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.outbox_drain import CountingPool
 from engine.delivery import CLAIM_SQL, Dispatcher
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
@@ -110,21 +111,23 @@ class TestClaim:
         assert (row["id"], row["seq"], row["attempts"]) == (head, "0001", 2)
 
 
-class _CountingPool:
-    """The dispatcher's pool, counting its claim queries."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self.claims = 0
-
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
-        if query is CLAIM_SQL:
-            self.claims += 1
-        rows: list[Any] = await self._pool.fetch(query, *args)
-        return rows
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
+async def _drain(db_pool: asyncpg.Pool, **options: Any) -> tuple[StationSimulator, CountingPool]:
+    """Run a dispatcher (``options``) against an ACKing station until nothing is pending."""
+    station = StationSimulator()
+    port = await station.start()
+    registry = ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=port)])
+    counting = CountingPool(db_pool)
+    dispatcher = Dispatcher(counting, lambda: registry, **options)
+    dispatcher.start()
+    try:
+        async with asyncio.timeout(20):
+            while await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'"):
+                await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop()
+        await registry.close()
+        await station.stop()
+    return station, counting
 
 
 class TestBacklog:
@@ -150,22 +153,7 @@ class TestBacklog:
             lanes,
             per_lane,
         )
-        station = StationSimulator()
-        port = await station.start()
-        registry = ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=port)])
-        counting = _CountingPool(db_pool)
-        dispatcher = Dispatcher(counting, lambda: registry, max_in_flight=16, claim_behind=16)
-        dispatcher.start()
-        try:
-            async with asyncio.timeout(60):
-                while await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-                ):
-                    await asyncio.sleep(0.05)
-        finally:
-            await dispatcher.stop()
-            await registry.close()
-            await station.stop()
+        station, counting = await _drain(db_pool, max_in_flight=16, claim_behind=16)
         zones: dict[str | None, list[int | None]] = {}
         for frame in station.received:
             zones.setdefault(frame.account, []).append(frame.events[0].zone)
@@ -198,21 +186,6 @@ class TestBacklog:
             FROM generate_series(1, 100) g
             """
         )
-        station = StationSimulator()
-        port = await station.start()
-        registry = ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=port)])
-        counting = _CountingPool(db_pool)
-        dispatcher = Dispatcher(counting, lambda: registry, claim_behind=8, poll_s=30.0)
-        dispatcher.start()
-        try:
-            async with asyncio.timeout(20):
-                while await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-                ):
-                    await asyncio.sleep(0.05)
-        finally:
-            await dispatcher.stop()
-            await registry.close()
-            await station.stop()
+        station, counting = await _drain(db_pool, claim_behind=8, poll_s=30.0)
         assert [f.events[0].zone for f in station.received] == list(range(1, 101))
         assert 12 <= counting.claims <= 14  # 100 rows, 9 a claim (and the one finding none)

@@ -96,30 +96,7 @@ class TestFailedAttempts:
     async def test_latest_twenty_failures_listed(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A delivery whose receiver is gone fails again and again; the history lists the latest
         20 failures, oldest first, each with its receiver and error, beside the attempt count."""
-        await create_packages(admin)
-        dealer = await api.dealer("Acme")
-        created = await admin.post("/v1/customers", json=security_request(dealer, SERIAL))
-        customer = created.json()["customer"]
-        await api.pool.execute(
-            "UPDATE customers SET created_at = now() - interval '1 minute' WHERE id = $1",
-            customer["id"],
-        )
-        now = datetime.now(UTC)
-        signal = await api.pool.fetchval(
-            "INSERT INTO signals (received_at, account, transport, kind, seq, events, categories) "
-            "VALUES ($1, $2, 'tcp', 'event', '0001', '[]', '{alarms}') RETURNING id",
-            now,
-            SERIAL,
-        )
-        await api.pool.execute(
-            """INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority,
-                                       event, primary_receiver, seq, received_at)
-               VALUES ($1, 0, $2, 'lane', '1234', 0, $3::jsonb, 'gone', '0001', $4)""",
-            signal,
-            SERIAL,
-            '{"family":"cid","code":"130","qualifier":"1","zone":3,"classification":{"category":"alarms"}}',
-            now,
-        )
+        customer = await _customer_with_delivery(api, admin, primary="gone")
         registry = ReceiverRegistry([])  # no receiver named "gone": every attempt fails
         dispatcher = Dispatcher(
             api.pool, lambda: registry, poll_s=0.01, retry_base_s=0.001, retry_max_s=0.005
@@ -131,7 +108,7 @@ class TestFailedAttempts:
                     await asyncio.sleep(0.02)
         finally:
             await dispatcher.stop()
-        items = (await admin.get(f"/v1/customers/{customer['id']}/signals")).json()["items"]
+        items = (await admin.get(f"/v1/customers/{customer}/signals")).json()["items"]
         [delivery] = items[0]["deliveries"]
         assert delivery["state"] == "pending" and delivery["attempts"] >= 25
         failures = delivery["failed_attempts"]
