@@ -178,6 +178,13 @@ async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
         first = False
 
 
+# The engine's statements are written for READ COMMITTED, PostgreSQL's default: each statement
+# of the ingest function sees what committed before it (the outbox's lane test), and the claims
+# skip locked rows instead of failing on them. A server, database or role that makes another
+# level the default does not change the engine's connections.
+_READ_COMMITTED = {"default_transaction_isolation": "read committed"}
+
+
 async def _unsafe_commit_settings(conn: asyncpg.Connection) -> bool:
     """True when this session's commits would not wait for the WAL flush (``synchronous_commit
     = off`` from the server's file, the database or the role): the pool must override it. Every
@@ -226,7 +233,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 max_size=db.pool_max,
                 timeout_s=db.connect_timeout_s,
                 command_timeout_s=db.command_timeout_s,
-                server_settings=server_settings,
+                server_settings=_READ_COMMITTED | (server_settings or {}),
             )
 
         pool = await engine_pool()
@@ -258,7 +265,8 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
                 timeout_s=db.connect_timeout_s,
                 command_timeout_s=db.command_timeout_s,
                 # by-id updates only: never a scan of the outbox, however its plan was cached
-                server_settings={"synchronous_commit": "off", "enable_seqscan": "off"},
+                server_settings=_READ_COMMITTED
+                | {"synchronous_commit": "off", "enable_seqscan": "off"},
             )
             try:
                 yield Database(pool, url, server, tuple(applied), relaxed)

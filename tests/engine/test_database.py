@@ -41,6 +41,16 @@ async def empty_database_url(database_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def _alter_database(url: str, setting: str, value: str) -> None:
+    """``ALTER DATABASE … SET setting = value`` for the database of ``url``."""
+    name = url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+    admin = await asyncpg.connect(url_for(url, "postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" SET {setting} = {value}')
+    finally:
+        await admin.close()
+
+
 class TestMigrations:
     async def test_applies_every_file_once_in_order(self, empty_database_url: str) -> None:
         """A fresh database gets every migration in name order; a second run applies nothing."""
@@ -118,12 +128,7 @@ class TestOpenDatabase:
         """``synchronous_commit = off`` set for the database (or server, or role) would let an
         ACKed signal be lost in a PostgreSQL crash: the engine's pool overrides it (logged), and
         leaves every value that flushes locally as it is. Outcomes keep their relaxed pool."""
-        name = empty_database_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
-        admin = await asyncpg.connect(url_for(empty_database_url, "postgres"))
-        try:
-            await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {configured}')
-        finally:
-            await admin.close()
+        await _alter_database(empty_database_url, "synchronous_commit", configured)
         settings = load_settings(
             None,
             {"ALARMRELAY_DATABASE_URL": empty_database_url, "ALARMRELAY_DATA_DIR": str(tmp_path)},
@@ -140,6 +145,29 @@ class TestOpenDatabase:
         assert bool(overridden) is warned
         if warned:
             assert (overridden[0]["configured"], overridden[0]["used"]) == ("off", "on")
+
+    async def test_the_engine_works_in_read_committed_whatever_the_default(
+        self, empty_database_url: str, tmp_path: Path
+    ) -> None:
+        """A database whose default isolation is serializable: the engine's connections (both
+        pools) still run READ COMMITTED, which its statements are written for."""
+        await _alter_database(empty_database_url, "default_transaction_isolation", "serializable")
+        settings = load_settings(
+            None,
+            {"ALARMRELAY_DATABASE_URL": empty_database_url, "ALARMRELAY_DATA_DIR": str(tmp_path)},
+        )
+        other = await asyncpg.connect(empty_database_url)
+        try:
+            assert await other.fetchval("SHOW default_transaction_isolation") == "serializable"
+        finally:
+            await other.close()
+        async with open_database(settings) as db:
+            assert db.relaxed_pool is not None
+            levels = {
+                await pool.fetchval("SHOW transaction_isolation")
+                for pool in (db.pool, db.relaxed_pool)
+            }
+        assert levels == {"read committed"}
 
     async def test_unreachable_server_is_a_clear_error_without_password(self) -> None:
         """A server that does not answer gives one line with host:port and no password."""
