@@ -111,23 +111,64 @@ class TestClaim:
         assert (row["id"], row["seq"], row["attempts"]) == (head, "0001", 2)
 
 
-async def _drain(db_pool: asyncpg.Pool, **options: Any) -> tuple[StationSimulator, CountingPool]:
-    """Run a dispatcher (``options``) against an ACKing station until nothing is pending."""
+async def _drain(
+    db_pool: asyncpg.Pool, *, engines: int = 1, **options: Any
+) -> tuple[StationSimulator, CountingPool, list[int]]:
+    """Run ``engines`` dispatchers (``options``; each with its own receiver connections, as
+    separate engine processes have) against one ACKing station until nothing is pending; the
+    station, the claim count and what each dispatcher delivered."""
     station = StationSimulator()
     port = await station.start()
-    registry = ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=port)])
+    registries = [
+        ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=port)])
+        for _ in range(engines)
+    ]
     counting = CountingPool(db_pool)
-    dispatcher = Dispatcher(counting, lambda: registry, **options)
-    dispatcher.start()
+    dispatchers = [
+        Dispatcher(counting, lambda r=registry: r, owner=f"engine-{i}", **options)
+        for i, registry in enumerate(registries)
+    ]
+    for dispatcher in dispatchers:
+        dispatcher.start()
     try:
         async with asyncio.timeout(20):
             while await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'"):
                 await asyncio.sleep(0.05)
     finally:
-        await dispatcher.stop()
-        await registry.close()
+        for dispatcher in dispatchers:
+            await dispatcher.stop()
+        for registry in registries:
+            await registry.close()
         await station.stop()
-    return station, counting
+    return station, counting, [dispatcher.delivered for dispatcher in dispatchers]
+
+
+async def _backlog(db_pool: asyncpg.Pool, lanes: int, per_lane: int) -> None:
+    """``lanes`` lanes of ``per_lane`` unleased rows, ids interleaved; row g is in lane g %
+    lanes (station account 9000 + lane), its place in the lane (from 1) is its zone."""
+    await db_pool.execute(
+        """
+        INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                priority, event, primary_receiver, seq, received_at)
+        SELECT g, 0, 'A', 'lane-' || lpad((g % $1::int)::text, 2, '0'),
+               '9' || lpad((g % $1::int)::text, 3, '0'), g % 3,
+               jsonb_build_object('family', 'cid', 'code', '130', 'qualifier', '1',
+                                  'zone', g / $1::int + 1, 'classification',
+                                  jsonb_build_object('category', 'alarms')),
+               'rx', '0001', now()
+        FROM generate_series(0, $1::int * $2::int - 1) g
+        """,
+        lanes,
+        per_lane,
+    )
+
+
+def _places(station: StationSimulator) -> dict[str | None, list[int | None]]:
+    """Each station account's zones (the rows' places in their lane) in the order received."""
+    places: dict[str | None, list[int | None]] = {}
+    for frame in station.received:
+        places.setdefault(frame.account, []).append(frame.events[0].zone)
+    return places
 
 
 class TestBacklog:
@@ -138,35 +179,37 @@ class TestBacklog:
         interleaved. The dispatcher (16 lanes in flight, 16 rows behind each head) delivers every
         row once, each lane in id order, with a few claims instead of one per row."""
         lanes, per_lane = 40, 15
-        await db_pool.execute(  # row g: lane g % 40, its place in the lane (the zone) g / 40 + 1
-            """
-            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
-                                    priority, event, primary_receiver, seq, received_at)
-            SELECT g, 0, 'A', 'lane-' || lpad((g % $1::int)::text, 2, '0'),
-                   '9' || lpad((g % $1::int)::text, 3, '0'), g % 3,
-                   jsonb_build_object('family', 'cid', 'code', '130', 'qualifier', '1',
-                                      'zone', g / $1::int + 1, 'classification',
-                                      jsonb_build_object('category', 'alarms')),
-                   'rx', '0001', now()
-            FROM generate_series(0, $1::int * $2::int - 1) g
-            """,
-            lanes,
-            per_lane,
-        )
-        station, counting = await _drain(db_pool, max_in_flight=16, claim_behind=16)
-        zones: dict[str | None, list[int | None]] = {}
-        for frame in station.received:
-            zones.setdefault(frame.account, []).append(frame.events[0].zone)
+        await _backlog(db_pool, lanes, per_lane)
+        station, counting, _ = await _drain(db_pool, max_in_flight=16, claim_behind=16)
+        places = _places(station)
         assert len(station.received) == lanes * per_lane  # each row once
-        assert sorted(zones) == [f"9{lane:03d}" for lane in range(lanes)]  # station accounts
-        assert {
-            a: z for a, z in zones.items() if z != list(range(1, per_lane + 1))
-        } == {}  # in order
+        assert sorted(places) == [f"9{lane:03d}" for lane in range(lanes)]  # station accounts
+        in_order = list(range(1, per_lane + 1))
+        assert {a: p for a, p in places.items() if p != in_order} == {}
         # Heads alone (one row of a lane per claim, 16 lanes a claim) would take at least
         # 600 / 16 = 38 claims; with up to 16 rows behind its head a lane takes one.
         assert counting.claims <= 20
         states = await db_pool.fetch("SELECT DISTINCT state FROM deliveries")
         assert [s["state"] for s in states] == ["delivered"]
+
+    async def test_two_engines_share_a_backlog_each_lane_in_order_and_once(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Two engines drain one backlog at once, with few slots and short runs so that a
+        lane's rows go through several claims and both engines: a lane's next run is only
+        claimable once the previous one is delivered, so every row arrives once, in order."""
+        lanes, per_lane = 30, 12
+        await _backlog(db_pool, lanes, per_lane)
+        station, _, delivered = await _drain(db_pool, engines=2, max_in_flight=6, claim_behind=2)
+        places = _places(station)
+        assert len(station.received) == lanes * per_lane
+        assert sum(delivered) == lanes * per_lane and min(delivered) > 0  # both took part
+        in_order = list(range(1, per_lane + 1))
+        assert {a: p for a, p in places.items() if p != in_order} == {}
+        owners = await db_pool.fetch(
+            "SELECT count(DISTINCT lease_owner) AS n FROM deliveries WHERE lease_owner IS NOT NULL"
+        )
+        assert owners[0]["n"] == 0  # every lease given up with its outcome
 
     async def test_a_long_lane_is_claimed_again_at_once_not_at_the_next_poll(
         self, db_pool: asyncpg.Pool
@@ -186,6 +229,6 @@ class TestBacklog:
             FROM generate_series(1, 100) g
             """
         )
-        station, counting = await _drain(db_pool, claim_behind=8, poll_s=30.0)
+        station, counting, _ = await _drain(db_pool, claim_behind=8, poll_s=30.0)
         assert [f.events[0].zone for f in station.received] == list(range(1, 101))
         assert 12 <= counting.claims <= 14  # 100 rows, 9 a claim (and the one finding none)
