@@ -30,6 +30,7 @@ import heapq
 import os
 import secrets
 import socket
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -56,7 +57,7 @@ CLAIM_SQL = """
 WITH heads AS (
     SELECT DISTINCT ON (lane) id FROM deliveries WHERE state = 'pending' ORDER BY lane, id
 ), ready AS (
-    SELECT d.id, d.lane FROM deliveries d JOIN heads h ON d.id = h.id
+    SELECT d.id, d.lane, d.attempts FROM deliveries d JOIN heads h ON d.id = h.id
     WHERE d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
     ORDER BY d.priority, d.id
     LIMIT $1
@@ -65,7 +66,9 @@ WITH heads AS (
     -- The rows queued behind each head claimed here, in lane order, up to $4 of them and up to
     -- the first one that is not free to take (leased elsewhere, or waiting for a retry): only
     -- the engine holding the head's lock takes them, and they go out after it, from memory.
-    SELECT n.id FROM ready r CROSS JOIN LATERAL (
+    -- A head that was tried before goes alone: its receiver may still be down, and taking and
+    -- handing back its whole run at every retry would only write rows for nothing.
+    SELECT n.id FROM (SELECT * FROM ready WHERE attempts = 0) r CROSS JOIN LATERAL (
         SELECT q.id, bool_and(q.free) OVER (ORDER BY q.id) AS prefix
         FROM (SELECT x.id, x.next_attempt_at <= now()
                            AND (x.lease_until IS NULL OR x.lease_until < now()) AS free
@@ -184,6 +187,11 @@ class Dispatcher:
         self._claim_behind = claim_behind  # rows taken behind each claimed lane head
         self._more_ready = False  # the last claim filled every free slot
         self._lanes_with_more: set[str] = set()  # claimed with a full run behind the head
+        self._empty_claim_at: float | None = None  # monotonic: the last claim found nothing
+        # Failed heads and the rows they hand back are written two at a time: a receiver that
+        # goes down fails every delivery in flight to it at once, and those transactions must
+        # not take every connection of the pool the group commits also need.
+        self._failure_writes = asyncio.Semaphore(2)
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -231,11 +239,18 @@ class Dispatcher:
         self._pump()
 
     def blocked(self, lanes: Iterable[str]) -> None:
-        """Rows of these lanes were committed unleased: claim them once the lane is free here."""
+        """Rows of these lanes were committed unleased: claim them once the lane is free here,
+        or at once when another engine (or a retry) holds the lane, unless the last claim found
+        nothing less than a poll ago. During a station outage every commit leaves its rows
+        unleased behind heads waiting for their retry, and a claim per commit would read every
+        pending head each time for nothing; the poll takes them then."""
         for lane in lanes:
             if lane in self._lanes:
                 self._blocked.add(lane)
-            else:
+            elif (
+                self._empty_claim_at is None
+                or time.monotonic() - self._empty_claim_at >= self._poll_s
+            ):
                 self._wake.set()
 
     def _pump(self) -> None:
@@ -302,6 +317,7 @@ class Dispatcher:
             # In id order: each lane's head before the rows behind it (adopt keeps a lane's
             # first row where it is, as it may be in flight).
             owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
+            self._empty_claim_at = None if owned or room <= 0 else time.monotonic()
             self._released.difference_update(r.id for r in owned)  # leased to us again: ours
             self.adopt(owned)
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
@@ -312,6 +328,8 @@ class Dispatcher:
             self._lanes_with_more.update(
                 lane for lane, n in per_lane.items() if n > self._claim_behind
             )
+            # A retried head comes alone (CLAIM_SQL): its lane may have rows behind it too.
+            self._lanes_with_more.update(r.lane for r in owned if r.attempts > 1)
             if self._more_ready and len(self._in_flight) < self._max_in_flight:
                 continue
             with contextlib.suppress(TimeoutError):
@@ -472,7 +490,11 @@ class Dispatcher:
         delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row.attempts - 1, 10))
         for attempt in range(5):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with (
+                    self._failure_writes,
+                    self._pool.acquire() as conn,
+                    conn.transaction(),
+                ):
                     await conn.execute(_LOCK_LANE_SQL, row.lane)
                     await conn.execute(
                         _FAILED_SQL,
@@ -503,7 +525,8 @@ class Dispatcher:
         # and the row is sent again with the same seq (the receiver dedupes).
         for attempt in range(5):
             try:
-                await self._pool.execute(sql, *args)
+                async with self._failure_writes:
+                    await self._pool.execute(sql, *args)
             except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))

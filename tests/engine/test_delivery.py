@@ -93,6 +93,15 @@ class TestClaim:
         [row] = await db_pool.fetch(CLAIM_SQL, 10, "engine-c", timedelta(seconds=6), 32)
         assert row["id"] == other
 
+    async def test_a_head_tried_before_goes_alone(self, db_pool: asyncpg.Pool) -> None:
+        """A head that failed before (its receiver may still be down) is claimed without the
+        rows behind it: at every retry of an outage they would be leased and handed back."""
+        head = await enqueue(db_pool, "lane", 1, 1)
+        await enqueue(db_pool, "lane", 1, 2)
+        await db_pool.execute("UPDATE deliveries SET attempts = 1 WHERE id = $1", head)
+        [row] = await db_pool.fetch(CLAIM_SQL, 10, "engine-a", timedelta(seconds=6), 32)
+        assert (row["id"], row["attempts"]) == (head, 2)
+
     async def test_at_most_so_many_rows_behind_a_head(self, db_pool: asyncpg.Pool) -> None:
         ids = [await enqueue(db_pool, "lane", 1, zone) for zone in range(5)]
         rows = await db_pool.fetch(CLAIM_SQL, 10, "engine-a", timedelta(seconds=6), 2)
@@ -232,3 +241,17 @@ class TestBacklog:
         station, counting, _ = await _drain(db_pool, claim_behind=8, poll_s=30.0)
         assert [f.events[0].zone for f in station.received] == list(range(1, 101))
         assert 12 <= counting.claims <= 14  # 100 rows, 9 a claim (and the one finding none)
+
+    async def test_a_retried_head_goes_alone_and_its_lane_follows_at_once(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A station back after an outage: the lane's head was tried before, so it is claimed
+        alone; once it is delivered the rest of the lane is claimed straight away (the poll is
+        30 s here), in runs, in order."""
+        await _backlog(db_pool, 1, 20)
+        await db_pool.execute(
+            "UPDATE deliveries SET attempts = 1 WHERE id = (SELECT min(id) FROM deliveries)"
+        )
+        station, counting, _ = await _drain(db_pool, claim_behind=8, poll_s=30.0)
+        assert [f.events[0].zone for f in station.received] == list(range(1, 21))
+        assert counting.claims <= 5  # the head alone, then 19 rows in runs of up to 9
