@@ -317,7 +317,8 @@ class Dispatcher:
             # In id order: each lane's head before the rows behind it (adopt keeps a lane's
             # first row where it is, as it may be in flight).
             owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
-            self._empty_claim_at = None if owned or room <= 0 else time.monotonic()
+            if room > 0:  # a claim ran: remember whether it found nothing
+                self._empty_claim_at = None if owned else time.monotonic()
             self._released.difference_update(r.id for r in owned)  # leased to us again: ours
             self.adopt(owned)
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
