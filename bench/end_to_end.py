@@ -51,10 +51,8 @@ from bench.run import (
     _create_database,
     _database_name,
     _drop_database,
-    _engine_config,
-    _ports,
-    child,
     idle_cell,
+    serve_engine,
 )
 from engine.station_sim import Received
 from protocols.dc09_crypto import AesKey
@@ -312,12 +310,7 @@ def run_once(
         url = _create_database()
         try:
             _provision(url, modules, station_port, aes=aes)
-            config = _engine_config(Path(tmp), url, mqtt_prefix=None)
-            with child(
-                [sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                ready_word="engine_ready",
-            ) as (proc, line):
-                port, _http_port = _ports(line)
+            with serve_engine(url) as (proc, port):
                 watch = ProcessWatch(proc.pid, include_postgres=True, database=_database_name(url))
                 station_cpu = station.cpu_s()
                 watch.start()

@@ -7,8 +7,6 @@ bench/latency_cdf.png; needs matplotlib from the test extras).
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 import uvloop
 
@@ -17,10 +15,9 @@ from bench.run import (
     ROOT,
     _create_database,
     _drop_database,
-    _engine_config,
-    _ports,
     _provision,
     child,
+    serve_engine,
 )
 
 
@@ -28,14 +25,8 @@ def _alarmrelay(modules: int, duration: float) -> Result:
     url = _create_database()
     try:
         _provision(url, modules, key=None)
-        with tempfile.TemporaryDirectory() as tmp:
-            config = _engine_config(Path(tmp), url, mqtt_prefix=None)
-            with child(
-                [sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                ready_word="engine_ready",
-            ) as (_, line):
-                port, _ = _ports(line)
-                return uvloop.run(run_tcp("127.0.0.1", port, modules, duration))
+        with serve_engine(url) as (_, port):
+            return uvloop.run(run_tcp("127.0.0.1", port, modules, duration))
     finally:
         _drop_database(url)
 

@@ -299,6 +299,19 @@ def _ports(line: str) -> tuple[int, int]:
     return int(record["dc09_port"]), int(record["http_port"])
 
 
+@contextmanager
+def serve_engine(url: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``alarmrelay serve`` on database ``url`` with the benchmarks' settings
+    (:func:`_engine_config`, MQTT off), until ready; yield (process, DC-09 port)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = _engine_config(Path(tmp), url, mqtt_prefix=None)
+        with child(
+            [sys.executable, "-m", "engine", "serve", "--config", str(config)],
+            ready_word="engine_ready",
+        ) as (proc, line):
+            yield proc, _ports(line)[0]
+
+
 def measure(
     name: str,
     proc: subprocess.Popen[bytes],
@@ -381,22 +394,16 @@ def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -
         url = _create_database()
         try:
             _provision(url, modules, key=BENCH_KEY_ASCII if aes else None)
-            with tempfile.TemporaryDirectory() as tmp:
-                config = _engine_config(Path(tmp), url, mqtt_prefix=None)
-                with child(
-                    [sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                    ready_word="engine_ready",
-                ) as (proc, line):
-                    port, _ = _ports(line)
-                    out.append(
-                        measure(
-                            "alarmrelay (durable ACK after commit)",
-                            proc,
-                            lambda: load(port),
-                            postgres=True,
-                            database=_database_name(url),
-                        )
+            with serve_engine(url) as (proc, port):
+                out.append(
+                    measure(
+                        "alarmrelay (durable ACK after commit)",
+                        proc,
+                        lambda: load(port),
+                        postgres=True,
+                        database=_database_name(url),
                     )
+                )
         finally:
             _drop_database(url)
         for m in out[-3:]:
@@ -565,25 +572,19 @@ def scenario_accounts(
                     flush=True,
                 )
                 started = time.time()
-                with tempfile.TemporaryDirectory() as tmp:
-                    config = _engine_config(Path(tmp), url, mqtt_prefix=None)
-                    with child(
-                        [sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                        ready_word="engine_ready",
-                    ) as (proc, line):
-                        port, _ = _ports(line)
-                        spread = size if supervised else None
-                        out.append(
-                            measure(
-                                f"alarmrelay, {size:,} {'supervised modules' if supervised else 'accounts'}",
-                                proc,
-                                lambda: uvloop.run(
-                                    run_tcp("127.0.0.1", port, modules, duration, spread=spread)
-                                ),
-                                postgres=True,
-                                database=_database_name(url),
-                            )
+                with serve_engine(url) as (proc, port):
+                    spread = size if supervised else None
+                    out.append(
+                        measure(
+                            f"alarmrelay, {size:,} {'supervised modules' if supervised else 'accounts'}",
+                            proc,
+                            lambda: uvloop.run(
+                                run_tcp("127.0.0.1", port, modules, duration, spread=spread)
+                            ),
+                            postgres=True,
+                            database=_database_name(url),
                         )
+                    )
                 extra = ""
                 if supervised:
                     outcome = _supervision_outcome(url, started)

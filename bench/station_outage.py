@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import uvloop
@@ -31,9 +29,7 @@ from bench.run import (
     _create_database,
     _database_name,
     _drop_database,
-    _engine_config,
-    _ports,
-    child,
+    serve_engine,
 )
 
 
@@ -58,21 +54,15 @@ def run_once(modules: int, duration: float, rate: float) -> Outage:
     url = _create_database()
     try:
         _provision(url, modules, _free_port(), aes=False)  # nothing listens there
-        with tempfile.TemporaryDirectory() as tmp:
-            config = _engine_config(Path(tmp), url, mqtt_prefix=None)
-            with child(
-                [sys.executable, "-m", "engine", "serve", "--config", str(config)],
-                ready_word="engine_ready",
-            ) as (proc, line):
-                port, _ = _ports(line)
-                watch = ProcessWatch(proc.pid, include_postgres=True, database=_database_name(url))
-                idle = MachineIdle()
-                watch.start()
-                idle.start()
-                result = uvloop.run(run_tcp("127.0.0.1", port, modules, duration, rate=rate))
-                idle_pct = idle.stop()
-                cpu = watch.stop()
-                pending = asyncio.run(_pending(url))
+        with serve_engine(url) as (proc, port):
+            watch = ProcessWatch(proc.pid, include_postgres=True, database=_database_name(url))
+            idle = MachineIdle()
+            watch.start()
+            idle.start()
+            result = uvloop.run(run_tcp("127.0.0.1", port, modules, duration, rate=rate))
+            idle_pct = idle.stop()
+            cpu = watch.stop()
+            pending = asyncio.run(_pending(url))
         return Outage(result.summary(), cpu, idle_pct, len(result.acked_signals), pending)
     finally:
         _drop_database(url)
