@@ -91,10 +91,7 @@ _LOCK_LANE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
 _FAILED_SQL = """
 UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now() + $4::interval,
     first_sent_at = COALESCE(first_sent_at, $5), lease_owner = NULL, lease_until = NULL,
-    failed_attempts = CASE WHEN jsonb_array_length(coalesce(failed_attempts, '[]')) >= 20
-                           THEN failed_attempts - 0 ELSE coalesce(failed_attempts, '[]') END
-                      || jsonb_build_array(jsonb_build_object(
-                             'at', now(), 'receiver', $3::text, 'error', $2::text))
+    failed_attempts = failed_attempts_append(failed_attempts, now(), $3::text, $2::text)
 WHERE id = $1
 """
 

@@ -28,13 +28,10 @@ UPDATE deliveries d SET state = t.state, receiver_used = t.receiver, family_sent
     acked_at = t.acked_at, first_sent_at = COALESCE(d.first_sent_at, t.sent_at),
     lease_owner = NULL, lease_until = NULL, last_error = t.error,
     -- the primary's attempt that failed in this same delivery (its group failed over), appended
-    -- to the history as the failure path appends its own (the latest 20 kept)
+    -- to the history as the failure path appends its own (migration 0460)
     failed_attempts = CASE WHEN t.failed_receiver IS NULL THEN d.failed_attempts
-        ELSE CASE WHEN jsonb_array_length(coalesce(d.failed_attempts, '[]')) >= 20
-                  THEN d.failed_attempts - 0 ELSE coalesce(d.failed_attempts, '[]') END
-             || jsonb_build_array(jsonb_build_object(
-                    'at', t.failed_at, 'receiver', t.failed_receiver, 'error', t.failed_error))
-        END
+        ELSE failed_attempts_append(d.failed_attempts, t.failed_at, t.failed_receiver,
+                                    t.failed_error) END
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
             $6::timestamptz[], $7::text[], $8::timestamptz[], $9::text[], $10::text[])
      AS t(id, state, receiver, family, acked_at, sent_at, error, failed_at, failed_receiver,
