@@ -117,6 +117,11 @@ class _Session:
         delay = owner._reconnect_min_s
         while not owner._stopping:
             connection: MqttConnection | None = None
+            # Cleared here, before the connection exists, not once it is subscribed: a resumed
+            # session's redelivered messages arrive right after CONNACK, and one that cannot be
+            # committed asks for a reconnect while we still wait for the SUBACK. Clearing after
+            # that would lose the request and leave the session stalled behind it for good.
+            self.reconnect_now.clear()
             try:
                 connection = await connect(
                     owner._host,
@@ -175,7 +180,6 @@ class _Session:
 
     async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
         """Wait for the connection to end, or for a reconnect or stop request (then close it)."""
-        self.reconnect_now.clear()
         closed = asyncio.ensure_future(connection.wait_closed())
         asked = asyncio.ensure_future(self.reconnect_now.wait())
         try:
@@ -218,8 +222,15 @@ class _Session:
         ack, read from this same connection. The broker's respect of our Receive Maximum and the
         ingest pipeline's own bound (it refuses past ``max_pending``) limit the work in flight.
         """
-        if message.connection is not self.current or not message.packet_id:
-            return  # QoS 0, or its connection is gone: the broker sends it again on the new one
+        if (
+            message.connection is not self.current
+            or not message.packet_id
+            or not message.connection.is_open
+        ):
+            # QoS 0, or its connection is gone: the broker sends it again on the new one. (A
+            # closed connection stays ``current`` until the new one's first message; its late
+            # commits must not ask the new, healthy connection to reconnect.)
+            return
         order = self.order
         while order and order[0].done:
             head = order[0]

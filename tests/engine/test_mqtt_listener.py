@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Sequence
 
 import aiomqtt
 import pytest
@@ -69,6 +70,75 @@ class TestRedelivery:
         assert sink.refused == 1
         assert [s.dedupe_key for s in sink.committed] == ["mqtt:S1:only-once"]
         assert ack == {"v": 1, "msg_id": "only-once", "status": "accepted", "reason": None}
+
+
+class DownSink:
+    """An IngestSink with enqueue that refuses at once while ``down`` (as the pipeline does when
+    the database is unavailable), then commits at once."""
+
+    saturated = False
+
+    def __init__(self) -> None:
+        self.down = True
+        self.refused = 0
+        self.committed: list[InboundSignal] = []
+
+    async def submit(self, signal: InboundSignal) -> IngestResult:
+        return await self.enqueue(signal)
+
+    def enqueue(self, signal: InboundSignal) -> asyncio.Future[IngestResult]:
+        if self.down:
+            self.refused += 1
+            raise IngestUnavailable("database unavailable")
+        self.committed.append(signal)
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        future.set_result(IngestResult.ACCEPTED)
+        return future
+
+
+class TestRedeliveryWhileResuming:
+    async def test_refusal_before_the_suback_still_reconnects(
+        self, mqtt_broker: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A resumed session gets its unacknowledged messages right after CONNACK, before the
+        SUBACK. One refused then must still make the session reconnect; once the database is
+        back the message is committed and acked. (The request used to be cleared once the
+        subscription was done: the session then sat on the message for good.)"""
+        from engine import mqtt_client
+
+        original = mqtt_client.MqttConnection.subscribe
+
+        async def slow_subscribe(
+            self: mqtt_client.MqttConnection,
+            filters: Sequence[tuple[str, int]],
+            *,
+            timeout_s: float = 10.0,
+        ) -> tuple[int, ...]:
+            await asyncio.sleep(0.3)  # the redelivered message arrives before the SUBACK
+            return await original(self, filters, timeout_s=timeout_s)
+
+        monkeypatch.setattr(mqtt_client.MqttConnection, "subscribe", slow_subscribe)
+        prefix = f"resume-{secrets.token_hex(3)}/v1"
+        sink = DownSink()
+        listener = _listener(sink, mqtt_broker, prefix)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+                await module.publish(f"{prefix}/modules/S1/events", _events("held"), qos=1)
+                async with asyncio.timeout(10):
+                    while sink.refused < 3:  # refused on the first connection and two resumed ones
+                        await asyncio.sleep(0.02)
+                sink.down = False
+                [ack] = await _acks(module, 1)
+        finally:
+            await listener.stop()
+            task.cancel()
+        assert (ack["msg_id"], ack["status"]) == ("held", "accepted")
+        assert [s.dedupe_key for s in sink.committed] == ["mqtt:S1:held"]
 
 
 class ControlledSink:
