@@ -170,6 +170,8 @@ def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
         return CheckinV1(v=1)
     result = _decode(_checkin_decoder, data, max_bytes)
     assert isinstance(result, CheckinV1)
+    if result.msg_id is not None and not 1 <= len(result.msg_id) <= 64:
+        raise MqttPayloadError("msg_id must be 1-64 characters")
     return result
 
 

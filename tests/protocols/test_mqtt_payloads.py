@@ -57,6 +57,15 @@ class TestDecode:
         assert payload.entry_delay is not None
         assert payload.entry_delay.partition == 2
 
+    @pytest.mark.parametrize("msg_id", ["", "c" * 65])
+    def test_checkin_msg_id_out_of_bounds_is_refused(self, msg_id: str) -> None:
+        """A check-in's msg_id, when given, is 1-64 characters like an events message's (the
+        ack echoes it back)."""
+        data = json.dumps({"v": 1, "msg_id": msg_id}).encode()
+        with pytest.raises(MqttPayloadError, match="msg_id must be 1-64 characters"):
+            decode_checkin(data)
+        assert decode_checkin(json.dumps({"v": 1, "msg_id": "c" * 64}).encode()).msg_id == "c" * 64
+
     def test_empty_checkin(self) -> None:
         """An empty check-in payload is a bare check-in."""
         assert decode_checkin(b"").v == 1
