@@ -88,10 +88,15 @@ RETURNING d.id, d.account, d.lane, d.station_account, d.priority, d.event, d.pri
 
 _LOCK_LANE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
 
+# $6-$8: the primary's failure when this attempt failed over to the backup (NULL otherwise), put
+# in the history before the backup's.
 _FAILED_SQL = """
 UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now() + $4::interval,
     first_sent_at = COALESCE(first_sent_at, $5), lease_owner = NULL, lease_until = NULL,
-    failed_attempts = failed_attempts_append(failed_attempts, now(), $3::text, $2::text)
+    failed_attempts = failed_attempts_append(
+        CASE WHEN $7::text IS NULL THEN failed_attempts
+             ELSE failed_attempts_append(failed_attempts, $6::timestamptz, $7::text, $8::text) END,
+        now(), $3::text, $2::text)
 WHERE id = $1
 """
 
@@ -432,15 +437,25 @@ class Dispatcher:
             if row.two_way_voice:
                 await self.voice.after_delivery(row, receiver, self._registry(), _bound(row))
             return True
-        if outcome == "duh":
-            await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None)
+        if outcome in ("duh", "unsendable"):
+            # DUH: the receiver refuses this frame for good. Unsendable: no frame can be made
+            # (e.g. a station account the format cannot carry): retrying cannot help either,
+            # and the lane must not wait behind it.
+            reason = (
+                "DUH"
+                if outcome == "duh"
+                else str(getattr(attempt, "error", None) or "frame not built")[:500]
+            )
+            await self._finish(row, "dead", receiver, attempt, sent_at, acked_at=None, error=reason)
             metrics.DEAD_LETTERED.labels(receiver).inc()
             _bound(row).error(
-                "delivery_dead_lettered", receiver=receiver, reason="DUH from receiver"
+                "delivery_dead_lettered",
+                receiver=receiver,
+                reason="DUH from receiver" if outcome == "duh" else reason,
             )
             return True
         error = str(getattr(attempt, "error", None) or "no answer")
-        await self._failed(row, error, receiver=receiver, sent_at=sent_at)
+        await self._failed(row, error, receiver=receiver, sent_at=sent_at, before=before)
         _bound(row).warning(
             "delivery_failed", receiver=receiver, error=error, attempts=row.attempts
         )
@@ -455,6 +470,7 @@ class Dispatcher:
         sent_at: datetime,
         *,
         acked_at: datetime | None,
+        error: str | None = None,
     ) -> None:
         before = getattr(attempt, "failed_over_from", None)
         await self._outcomes.record(
@@ -465,7 +481,7 @@ class Dispatcher:
                 family_sent=getattr(attempt, "family_sent", None),
                 acked_at=acked_at,
                 sent_at=sent_at,
-                error=None if state == "delivered" else "DUH",
+                error=None if state == "delivered" else (error or "DUH"),
                 # The primary's failure in this same delivery: when the backup was tried.
                 failed_at=(getattr(attempt, "sent_at", None) or datetime.now(UTC))
                 if before is not None
@@ -476,7 +492,13 @@ class Dispatcher:
         )
 
     async def _failed(
-        self, row: OwnedDelivery, error: str, *, receiver: str, sent_at: datetime | None = None
+        self,
+        row: OwnedDelivery,
+        error: str,
+        *,
+        receiver: str,
+        sent_at: datetime | None = None,
+        before: Any = None,
     ) -> None:
         """The head waits for a retry: record why, and hand every row of its lane this engine
         holds back to the outbox, in one transaction under the lane's lock.
@@ -501,6 +523,10 @@ class Dispatcher:
                         receiver,
                         timedelta(seconds=delay),
                         sent_at,
+                        # the primary's failure, when this attempt failed over (see _finish)
+                        None if before is None else (getattr(before, "sent_at", None) or sent_at),
+                        None if before is None else str(before.receiver),
+                        None if before is None else str(before.error or "no answer")[:500],
                     )
                     released = await conn.fetch(_RELEASE_LANE_SQL, row.lane, self.owner, row.id)
             except DATABASE_ERRORS as exc:

@@ -55,7 +55,7 @@ def utc_now() -> datetime:
 class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     """What happened to one frame sent to a receiver."""
 
-    outcome: str  # "acked" | "duh" | "failed"
+    outcome: str  # "acked" | "duh" | "failed" | "unsendable" (no frame could be built)
     receiver: str
     seq: str
     sent_at: datetime | None = None
@@ -238,11 +238,12 @@ class Dc09ReceiverClient:
                 out = self._tx.build(
                     token=token, account=account, data=data, seq=frame_seq, now=now
                 )
-            except (ValueError, OverflowError) as exc:  # no frame can be made: a failed attempt
-                self.last_exchange_at = loop.time()
-                self._set_link(False)
+            except (ValueError, OverflowError) as exc:
+                # No frame can be made for this delivery (its station account or event does not
+                # fit DC-09): nothing was sent, so the link is no worse than before, and no
+                # retry or other receiver can help.
                 return DeliveryAttempt(
-                    outcome="failed",
+                    outcome="unsendable",
                     receiver=self.name,
                     seq=frame_seq,
                     sent_at=sent_at,

@@ -47,6 +47,8 @@ class ReceiverGroup:
             if maybe is None:  # failed over while it waited for a connection to the primary
                 return await self.backup.send(account=account, event=event, seq=seq)
             attempt = maybe
+        if attempt.outcome == "unsendable":
+            return attempt  # nothing was sent: says nothing about the primary's link
         if attempt.outcome != "failed":
             self._failures = 0
             return attempt

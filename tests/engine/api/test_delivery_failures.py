@@ -18,7 +18,12 @@ SERIAL = imei("49015420323751")
 
 
 async def _customer_with_delivery(
-    api: Api, admin: httpx.AsyncClient, *, primary: str, backup: str | None = None
+    api: Api,
+    admin: httpx.AsyncClient,
+    *,
+    primary: str,
+    backup: str | None = None,
+    station_account: str = "1234",
 ) -> int:
     """A customer whose one stored alarm has a pending delivery to ``primary`` (and ``backup``)."""
     await create_packages(admin)
@@ -39,13 +44,14 @@ async def _customer_with_delivery(
     await api.pool.execute(
         """INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority,
                                    event, primary_receiver, backup_receiver, seq, received_at)
-           VALUES ($1, 0, $2, 'lane', '1234', 0, $3::jsonb, $4, $5, '0001', $6)""",
+           VALUES ($1, 0, $2, 'lane', $7, 0, $3::jsonb, $4, $5, '0001', $6)""",
         signal,
         SERIAL,
         '{"family":"cid","code":"130","qualifier":"1","zone":3,"classification":{"category":"alarms"}}',
         primary,
         backup,
         now,
+        station_account,
     )
     return int(customer["id"])
 
@@ -120,3 +126,104 @@ class TestFailedAttempts:
         )
         assert [f["at"] for f in failures] == sorted(f["at"] for f in failures)
         assert delivery["last_error"] == failures[-1]["error"]
+
+    async def test_primary_and_backup_failing_in_one_delivery_are_both_listed(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The primary fails, the group fails over and the backup fails too, in the same
+        delivery: the history has the primary's failure, then the backup's."""
+        ports = []
+        for _ in range(2):
+            gone = StationSimulator()
+            ports.append(await gone.start())
+            await gone.stop()  # nothing listens there any more: connections are refused
+        customer = await _customer_with_delivery(api, admin, primary="rx-a", backup="rx-b")
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(name="rx-a", host="127.0.0.1", port=ports[0], ack_timeout_s=1.0),
+                ReceiverConfig(name="rx-b", host="127.0.0.1", port=ports[1], ack_timeout_s=1.0),
+            ],
+            failover_after=1,
+        )
+        dispatcher = Dispatcher(api.pool, lambda: registry, poll_s=0.01, retry_base_s=60)
+        dispatcher.start()
+        try:
+            async with asyncio.timeout(30):
+                while not await api.pool.fetchval(
+                    "SELECT attempts > 0 AND last_error IS NOT NULL FROM deliveries"
+                ):
+                    await asyncio.sleep(0.02)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+        items = (await admin.get(f"/v1/customers/{customer}/signals")).json()["items"]
+        [delivery] = items[0]["deliveries"]
+        assert (delivery["state"], delivery["attempts"], delivery["receiver_used"]) == (
+            "pending",
+            1,
+            "rx-b",
+        )
+        assert [f["receiver"] for f in delivery["failed_attempts"]] == ["rx-a", "rx-b"]
+        assert all(f["error"] for f in delivery["failed_attempts"])
+        assert delivery["last_error"] == delivery["failed_attempts"][-1]["error"]
+
+
+class TestUnsendable:
+    async def test_a_frame_that_cannot_be_built_is_dead_lettered_and_the_lane_moves_on(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A station account DC-09 cannot carry (here from before imports checked it): the
+        delivery is dead-lettered at once with the reason, not retried for ever with the
+        account's later alarms waiting behind it, and the receiver is not failed over."""
+        station = StationSimulator()
+        await station.start()
+        backup = StationSimulator()
+        await backup.start()
+        customer = await _customer_with_delivery(
+            api, admin, primary="rx-a", backup="rx-b", station_account="12-34"
+        )
+        row = await api.pool.fetchrow("SELECT signal_id, event, received_at FROM deliveries")
+        await api.pool.execute(
+            """INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                       priority, event, primary_receiver, backup_receiver, seq,
+                                       received_at)
+               VALUES ($1, 1, $2, 'lane', '1234', 0, $3::jsonb, 'rx-a', 'rx-b', '0002', $4)""",
+            row["signal_id"],
+            SERIAL,
+            row["event"],
+            row["received_at"],
+        )
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(name="rx-a", host="127.0.0.1", port=station.port, ack_timeout_s=1.0),
+                ReceiverConfig(name="rx-b", host="127.0.0.1", port=backup.port, ack_timeout_s=1.0),
+            ],
+            failover_after=1,
+        )
+        dispatcher = Dispatcher(api.pool, lambda: registry, poll_s=0.01)
+        dispatcher.start()
+        try:
+            async with asyncio.timeout(30):
+                while await api.pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+                ):
+                    await asyncio.sleep(0.02)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await station.stop()
+            await backup.stop()
+        states = await api.pool.fetch(
+            "SELECT seq, state, attempts, last_error FROM deliveries ORDER BY seq"
+        )
+        assert [(r["seq"], r["state"], r["attempts"]) for r in states] == [
+            ("0001", "dead", 1),
+            ("0002", "delivered", 1),
+        ]
+        assert "frame not built" in states[0]["last_error"]
+        assert "12-34" in states[0]["last_error"]
+        # The later alarm went to the primary: the bad frame did not fail the group over.
+        assert [(r.account, r.seq) for r in station.received] == [("1234", "0002")]
+        assert backup.received == []
+        items = (await admin.get(f"/v1/customers/{customer}/signals")).json()["items"]
+        assert {d["state"] for d in items[0]["deliveries"]} == {"dead", "delivered"}
