@@ -79,6 +79,16 @@ def account_problem(account: Account) -> str | None:
         except (ZoneInfoNotFoundError, ValueError):
             return f"local_time_zone: unknown time zone {account.local_time_zone!r}"
     forwarding = account.forwarding
+    station_account = forwarding.station_account
+    if station_account is not None and (
+        not 3 <= len(station_account) <= 16 or not set(station_account.upper()) <= _HEX
+    ):
+        # As the admin API requires: every frame to the station carries it (PROTOCOLS.md §1),
+        # so an account the format cannot carry would dead-letter each of its deliveries.
+        return (
+            "forwarding.station_account: must be 3-16 hex characters (0-9, A-F), "
+            f"got {station_account!r}"
+        )
     if forwarding.ul_listed:
         missing = [c.value for c in _UL_REQUIRED if c not in forwarding.categories]
         if missing:
@@ -180,6 +190,15 @@ def parse_accounts(data: bytes, source: str) -> list[Account]:
         problem = account_problem(account)
         if problem is not None:
             raise UserFacingError(f"{where} (account {account.account}): {problem}")
+        station_account = account.forwarding.station_account
+        if station_account is not None and station_account != station_account.upper():
+            # Stored as the admin API stores it: the frame's #acct takes upper case only.
+            account = msgspec.structs.replace(
+                account,
+                forwarding=msgspec.structs.replace(
+                    account.forwarding, station_account=station_account.upper()
+                ),
+            )
         number = account.account.upper()
         if number in numbers:
             raise UserFacingError(f"{where}: account {number} is also entry {numbers[number]}")

@@ -251,6 +251,15 @@ class TestParseAccounts:
             "accounts.json: entry 1: account AB is also entry 0"
         )
 
+    def test_station_account_is_stored_upper_case(self) -> None:
+        """A lower-case station account is taken (hex, any case) and kept upper case, as the
+        admin API keeps it: a DC-09 frame's #acct has no lower case."""
+        [account] = parse_accounts(
+            msgspec.json.encode([{"account": "1", "forwarding": {"station_account": "c12ab"}}]),
+            "a.json",
+        )
+        assert account.forwarding.station_account == "C12AB"
+
     def test_repeated_serial(self) -> None:
         """Two accounts with one module serial are refused."""
         document = [{"account": "1", "module_serial": "S"}, {"account": "2", "module_serial": "S"}]
@@ -290,6 +299,18 @@ class TestAccountProblem:
             (
                 Account(account="1", forwarding=ForwardingSettings(two_way_voice=True)),
                 "forwarding.two_way_voice: the module is not two-way-voice capable",
+            ),
+            (
+                Account(account="1", forwarding=ForwardingSettings(station_account="12-34")),
+                "forwarding.station_account: must be 3-16 hex characters",
+            ),
+            (
+                Account(account="1", forwarding=ForwardingSettings(station_account="12")),
+                "forwarding.station_account: must be 3-16 hex characters",
+            ),
+            (
+                Account(account="1", forwarding=ForwardingSettings(station_account="1" * 17)),
+                "forwarding.station_account: must be 3-16 hex characters",
             ),
         ],
     )
