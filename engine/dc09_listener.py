@@ -106,7 +106,7 @@ def signal_from_frame(
         receiver=frame.receiver,
         line=frame.line,
         xdata=frame.xdata,
-        sent_at=frame.timestamp,
+        sent_at=received.sent_at,  # UTC (a local-time panel's time converted)
         dedupe_key=None if is_null else dedupe_key(frame),
     )
 

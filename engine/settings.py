@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from engine.errors import UserFacingError
+from protocols.dc09_frame import MAX_FRAME_BYTES
 
 ENV_PREFIX = "ALARMRELAY_"
 # The one shortcut without "__": the most common override in containers and CI.
@@ -90,7 +91,7 @@ class Dc09Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     idle_timeout_s: PositiveFloat = 300.0
     max_connections: Positive = 10_000
     rate_limit_per_s: PositiveFloat = 50.0  # frames per second per connection (also the burst)
-    max_frame_bytes: Annotated[int, msgspec.Meta(ge=64)] = 4096
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=64)] = MAX_FRAME_BYTES  # the largest legal
     max_pending_commits: Positive = 10_000  # signals waiting for a commit before reads pause
 
 

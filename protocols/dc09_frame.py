@@ -28,7 +28,9 @@ from protocols.dc09_timestamp import TIMESTAMP_LENGTH, format_timestamp, parse_t
 from protocols.errors import RemoteProtocolError, Reply
 from protocols.signal import XData
 
-MAX_FRAME_BYTES = 4096  # the length field tops out at 0xFFF plus framing
+# The largest legal frame: LF, 4 CRC characters, 4 length characters ("0LLL"), 0xFFF bytes the
+# length counts, CR.
+MAX_FRAME_BYTES = 1 + 4 + 4 + 0xFFF + 1
 LF, CR = 0x0A, 0x0D
 
 # Header after the CRC and length: "id" seq [R..] [L..] [#acct] [A..] then '['.

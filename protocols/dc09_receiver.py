@@ -15,6 +15,7 @@ import msgspec
 
 from protocols.dc09_crypto import AesKey
 from protocols.dc09_frame import (
+    MAX_FRAME_BYTES,
     CrcStyle,
     Frame,
     FrameHeader,
@@ -24,7 +25,7 @@ from protocols.dc09_frame import (
     encode_reply,
 )
 from protocols.dc09_payload import parse_payload
-from protocols.dc09_timestamp import TimestampWindow, as_local_time
+from protocols.dc09_timestamp import TimestampWindow, local_time_readings
 from protocols.errors import RemoteProtocolError, Reply
 from protocols.signal import Event
 
@@ -51,7 +52,7 @@ class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True):
     window: TimestampWindow = TimestampWindow()
     check_plain_timestamps: bool = True  # plain frames that carry a timestamp are checked too
     unknown_account_reply: Reply = Reply.DUH  # or Reply.NONE (silent)
-    max_frame_bytes: int = 4096  # LF … CR; larger frames are dropped silently (length ≤ 0xFFF)
+    max_frame_bytes: int = MAX_FRAME_BYTES  # LF … CR; no larger frame is legal (length ≤ 0xFFF)
     max_buffer_bytes: int = 65_536  # one read is parsed in slices of this size; the retained
     # buffer between reads never exceeds max_frame_bytes
 
@@ -61,6 +62,9 @@ class FrameReceived(msgspec.Struct, frozen=True, kw_only=True):
 
     frame: Frame
     events: tuple[Event, ...]
+    # The frame's timestamp as a UTC instant: ``frame.timestamp`` itself, or for an account whose
+    # panel writes local time, its reading in UTC. None without a timestamp.
+    sent_at: datetime | None = None
 
 
 class FrameRejected(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,31 +161,44 @@ class Dc09ReceiverConnection:
         if header.encrypted and crypto.key is None:
             raise RemoteProtocolError("encrypted frame but the account has no key", reply=Reply.DUH)
         frame = decode_body(header, crypto.key)
-        self._check_time(frame, crypto, now)
+        sent_at = self._check_time(frame, crypto, now)
         events = parse_payload(frame.token, frame.data)
         if crypto.key is not None and header.account is not None:
             # Remembered so the *ACK uses the key that decrypted the frame even if the directory
             # changes in between; bounded by the number of keyed accounts seen here.
             self._keys[header.account] = crypto.key
-        return FrameReceived(frame=frame, events=events)
+        return FrameReceived(frame=frame, events=events, sent_at=sent_at)
 
-    def _check_time(self, frame: Frame, crypto: AccountCrypto, now: datetime) -> None:
-        if frame.timestamp is None:
+    def _check_time(self, frame: Frame, crypto: AccountCrypto, now: datetime) -> datetime | None:
+        """The frame's time in UTC (None without one); RemoteProtocolError (NAK) when it is
+        checked and outside the window."""
+        stamp = frame.timestamp
+        if stamp is None:
             if frame.encrypted:
                 # §1.9: every encrypted message carries a timestamp.
                 raise RemoteProtocolError("encrypted frame without timestamp", reply=Reply.NAK)
-            return
-        if not frame.encrypted and not self.config.check_plain_timestamps:
-            return
-        stamp = frame.timestamp
+            return None
+        checked = frame.encrypted or self.config.check_plain_timestamps
         if crypto.local_time_zone is not None:
-            stamp = as_local_time(stamp, crypto.local_time_zone)
-        window = crypto.window or self.config.window
-        if not window.check(stamp, now):
-            raise RemoteProtocolError(
-                f"timestamp {stamp.isoformat()} outside the window -{window.past_s}/+{window.future_s} s",
-                reply=Reply.NAK,
-            )
+            try:
+                readings = local_time_readings(stamp, crypto.local_time_zone)
+            except ValueError as exc:
+                raise RemoteProtocolError(f"timestamp: {exc}", reply=Reply.NAK) from None
+            if len(readings) > 1:
+                # The hour the clocks went back (or skipped): either reading may be meant.
+                window = crypto.window or self.config.window
+                inside = [r for r in readings if window.check(r, now)]
+                if inside or not checked:
+                    return (inside or readings)[0]
+            stamp = readings[0]
+        if checked:
+            window = crypto.window or self.config.window
+            if not window.check(stamp, now):
+                raise RemoteProtocolError(
+                    f"timestamp {stamp.isoformat()} outside the window -{window.past_s}/+{window.future_s} s",
+                    reply=Reply.NAK,
+                )
+        return stamp
 
     def _with_reply(
         self, exc: RemoteProtocolError, header: FrameHeader, now: datetime

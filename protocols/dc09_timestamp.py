@@ -82,6 +82,29 @@ def format_timestamp(moment: datetime) -> str:
     )
 
 
-def as_local_time(timestamp: datetime, zone: tzinfo) -> datetime:
-    """Reinterpret a frame time that the panel wrote in local time (Trikdis, pysiaalarm#52)."""
-    return timestamp.replace(tzinfo=zone).astimezone(UTC)
+def local_time_readings(timestamp: datetime, zone: tzinfo) -> tuple[datetime, ...]:
+    """The UTC instants a frame time that the panel wrote in local time (Trikdis, pysiaalarm#52)
+    can mean: one, or two in the hour that repeats when clocks go back (and in the hour skipped
+    when they go forward), earliest first.
+
+    Raises ValueError when the local time has no UTC instant datetime can hold (year 1 or 9999
+    at the edge of the range)."""
+    try:
+        first = timestamp.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = timestamp.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"local time {timestamp:%Y-%m-%d %H:%M:%S} in {zone} is out of range"
+        ) from None
+    if first == second:
+        return (first,)
+    return (first, second) if first < second else (second, first)
+
+
+def as_local_time(timestamp: datetime, zone: tzinfo, now: datetime | None = None) -> datetime:
+    """The UTC instant of a frame time written in local time: of its readings
+    (:func:`local_time_readings`), the one nearest ``now`` when given, else the earliest."""
+    readings = local_time_readings(timestamp, zone)
+    if now is None or len(readings) == 1:
+        return readings[0]
+    return min(readings, key=lambda reading: abs(reading - now))

@@ -204,7 +204,11 @@ def decode(
     timestamp_ok: bool | None = None
     stamp = inspection.timestamp
     if stamp is not None and zone is not None:
-        stamp = as_local_time(stamp, zone)
+        try:
+            stamp = as_local_time(stamp, zone, now)
+        except ValueError as exc:
+            error = error or f"timestamp: {exc} (NAK)"
+            stamp = None
     if now is not None and inspection.frame is not None:
         timestamp_ok = None if stamp is None else window.check(stamp, now)
         if timestamp_ok is False and error is None:

@@ -243,7 +243,68 @@ class TestInboundRules:
             FrameRejected,
         )
         conn = connection(accounts={"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
-        assert isinstance(conn.receive_data(raw, now=NOW)[0], FrameReceived)
+        [received] = conn.receive_data(raw, now=NOW)
+        assert isinstance(received, FrameReceived)
+        assert received.sent_at == NOW  # the panel's local time read back in UTC
+        assert received.frame.timestamp == local
+
+    def test_local_time_out_of_range_gets_a_nak_and_the_next_frame_is_read(self) -> None:
+        """A local time with no UTC instant datetime can hold (31 Dec 9999 in New York) is a
+        NAK like any bad timestamp; the frame after it in the same read is still handled."""
+        zone = ZoneInfo("America/New_York")
+        conn = connection(accounts={"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
+        bad = encode_frame(
+            token="NULL",
+            seq="0001",
+            account="9413",
+            data="",
+            timestamp=datetime(9999, 12, 31, 23, 30, tzinfo=UTC),
+            key=KEY,
+        )
+        good = encode_frame(
+            token="NULL",
+            seq="0002",
+            account="9413",
+            data="",
+            timestamp=NOW.astimezone(zone).replace(tzinfo=UTC),
+            key=KEY,
+        )
+        rejected, received = conn.receive_data(bad + good, now=NOW)
+        assert isinstance(rejected, FrameRejected) and rejected.error.reply is Reply.NAK
+        assert "out of range" in str(rejected.error)
+        assert rejected.error.reply_bytes and b'"NAK"' in rejected.error.reply_bytes
+        assert isinstance(received, FrameReceived) and received.frame.seq == "0002"
+
+    @pytest.mark.parametrize(
+        ("now", "meant"),
+        [
+            # 01:30 on 3 Nov 2024 in New York happens twice: at 05:30 UTC (EDT), then at 06:30 UTC
+            # (EST) after the clocks went back. A panel keeping local time sends 01:30 both times.
+            (datetime(2024, 11, 3, 5, 30, 5, tzinfo=UTC), datetime(2024, 11, 3, 5, 30, tzinfo=UTC)),
+            (datetime(2024, 11, 3, 6, 30, 5, tzinfo=UTC), datetime(2024, 11, 3, 6, 30, tzinfo=UTC)),
+        ],
+    )
+    def test_local_time_in_the_hour_the_clocks_go_back(
+        self, now: datetime, meant: datetime
+    ) -> None:
+        """Either reading of the repeated hour is taken when it lies in the window, and sent_at
+        is that reading (the panel's frames were NAKed for the whole second hour)."""
+        zone = ZoneInfo("America/New_York")
+        conn = connection(accounts={"9413": AccountCrypto(key=KEY, local_time_zone=zone)})
+        raw = encode_frame(
+            token="NULL",
+            seq="0001",
+            account="9413",
+            data="",
+            timestamp=datetime(2024, 11, 3, 1, 30, tzinfo=UTC),  # local wall clock, as if UTC
+            key=KEY,
+        )
+        [received] = conn.receive_data(raw, now=now)
+        assert isinstance(received, FrameReceived)
+        assert received.sent_at == meant
+        # Two hours later neither reading is inside the window: NAK, as for any stale frame.
+        [late] = conn.receive_data(raw, now=now + timedelta(hours=2))
+        assert isinstance(late, FrameRejected) and late.error.reply is Reply.NAK
 
     def test_plain_timestamp_checked_when_configured(self) -> None:
         """Plain frames with an old timestamp are NAKed when check_plain_timestamps is on."""
@@ -290,6 +351,41 @@ class TestInboundRules:
         )
         assert [type(e).__name__ for e in events][-1] == "FrameReceived"
         assert any(isinstance(e, FrameRejected) for e in events)
+
+
+class TestLargestFrame:
+    def test_the_largest_legal_frame_is_accepted_over_tcp_and_udp(self) -> None:
+        """A length field of 0xFFF makes a frame of 4,105 bytes, LF to CR: legal, and accepted
+        whole and byte by byte (it was over the 4,096-byte limit and dropped without a reply)."""
+        base = encode_frame(
+            token="SIA-DCS",
+            seq="0001",
+            account="1234",
+            data="#1234|NBA01",
+            timestamp=NOW,
+            xdata=(XData(id="V", value="x"),),
+        )
+        raw = encode_frame(
+            token="SIA-DCS",
+            seq="0001",
+            account="1234",
+            data="#1234|NBA01",
+            timestamp=NOW,
+            xdata=(XData(id="V", value="x" * (4105 - len(base) + 1)),),
+        )
+        assert len(raw) == 4105 and raw[5:9] == b"0FFF"
+        accounts = {"1234": AccountCrypto()}
+        for events in (
+            feed_whole(connection(None, accounts), raw),
+            feed_bytewise(connection(None, accounts), raw),
+            connection(None, accounts).receive_datagram(raw, now=NOW),
+        ):
+            [received] = events
+            assert isinstance(received, FrameReceived)
+            assert received.frame.xdata[0].value == "x" * (4105 - len(base) + 1)
+        # One byte more cannot carry a valid length: dropped as before, without a reply.
+        [too_big] = feed_whole(connection(None, accounts), raw[:-1] + b"x\r")
+        assert isinstance(too_big, FrameRejected) and too_big.error.reply is Reply.NONE
 
 
 class TestReplies:

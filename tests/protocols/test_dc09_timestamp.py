@@ -13,6 +13,7 @@ from protocols.dc09_timestamp import (
     TimestampWindow,
     as_local_time,
     format_timestamp,
+    local_time_readings,
     parse_timestamp,
     parse_timestamp_bytes,
 )
@@ -139,3 +140,32 @@ class TestLocalTime:
         assert as_local_time(written, ZoneInfo("Europe/Vilnius")) == datetime(
             2023, 9, 7, 15, 1, 50, tzinfo=UTC
         )
+
+    def test_the_repeated_hour_has_two_readings(self) -> None:
+        """01:30 on the night New York's clocks go back is 05:30 and 06:30 UTC; a plain hour
+        has one reading; as_local_time picks the one nearest now."""
+        zone = ZoneInfo("America/New_York")
+        written = datetime(2024, 11, 3, 1, 30, tzinfo=UTC)
+        first, second = (
+            datetime(2024, 11, 3, 5, 30, tzinfo=UTC),
+            datetime(2024, 11, 3, 6, 30, tzinfo=UTC),
+        )
+        assert local_time_readings(written, zone) == (first, second)
+        assert local_time_readings(written.replace(hour=3), zone) == (
+            datetime(2024, 11, 3, 8, 30, tzinfo=UTC),
+        )
+        assert as_local_time(written, zone) == first
+        assert as_local_time(written, zone, second + timedelta(seconds=5)) == second
+
+    @pytest.mark.parametrize(
+        ("written", "zone"),
+        [
+            (datetime(9999, 12, 31, 23, 30, tzinfo=UTC), "America/New_York"),
+            (datetime(1, 1, 1, 0, 0, tzinfo=UTC), "Europe/Vilnius"),
+        ],
+    )
+    def test_out_of_range_is_a_value_error(self, written: datetime, zone: str) -> None:
+        """A local time whose UTC instant datetime cannot hold raises ValueError (a NAK), not
+        OverflowError."""
+        with pytest.raises(ValueError, match="out of range"):
+            local_time_readings(written, ZoneInfo(zone))
