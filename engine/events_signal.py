@@ -17,6 +17,7 @@ def signal_from_events(
     peer: str,
     raw: bytes,
     dedupe_key: str,
+    dedupe_window_s: int | None = None,
 ) -> InboundSignal:
     """The event signal of a validated payload: classified events, entry delay, dialer flag."""
     entry = payload.entry_delay
@@ -31,6 +32,7 @@ def signal_from_events(
         sent_at=payload.sent_at,
         seq=payload.msg_id,
         dedupe_key=dedupe_key,
+        dedupe_window_s=dedupe_window_s,
         dialer_failed=payload.dialer_failed,
         entry_delay=EntryDelay(
             partition=entry.partition, zone=entry.zone, entry_delay_s=entry.entry_delay_s

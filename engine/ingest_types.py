@@ -56,6 +56,9 @@ class InboundSignal(msgspec.Struct, frozen=True, kw_only=True):
     xdata: tuple[XData, ...] = ()
     sent_at: datetime | None = None  # the module's own timestamp, when given
     dedupe_key: str | None = None  # same key within the duplicate window → stored once, flagged
+    # Hold the key at least this long (seconds) when longer than dc09.duplicate_window_s: for
+    # MQTT, the broker may deliver a committed message again until the session expires.
+    dedupe_window_s: int | None = None
     reject_reason: str | None = None  # for SignalKind.REJECTED
     dialer_failed: bool = False  # the panel's own dialer could not deliver this (MQTT flag)
     entry_delay: EntryDelay | None = None  # armed system, entry door opened (Crash & Smash)

@@ -530,6 +530,9 @@ class MqttListener:
                 peer=serial,
                 raw=raw,
                 dedupe_key=f"mqtt:{serial}:{payload.msg_id}",
+                # The broker delivers a committed message again when its PUBACK was lost, up to
+                # the session's expiry later: a copy must still be known as one then.
+                dedupe_window_s=self._session_expiry_s,
             ),
             payload.msg_id,
         )

@@ -63,6 +63,7 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True):
     dk: str | None  # dedupe_key
     rr: str | None  # reject_reason
     n: int  # copies folded into this row
+    w: int | None  # the dedupe key's own window (s) when longer than the batch's
 
 
 class StoredSignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +150,7 @@ class SignalRows:
                     dk=s.dedupe_key,
                     rr=s.reject_reason,
                     n=copies.get(i, 0),
+                    w=s.dedupe_window_s,
                 )
                 for i, s in ((i, signals[i]) for i in self.sent)
             ]

@@ -69,6 +69,8 @@ class TestRedelivery:
             task.cancel()
         assert sink.refused == 1
         assert [s.dedupe_key for s in sink.committed] == ["mqtt:S1:only-once"]
+        # Its key is held as long as the session can bring the message again (its expiry).
+        assert [s.dedupe_window_s for s in sink.committed] == [3600]
         assert ack == {"v": 1, "msg_id": "only-once", "status": "accepted", "reason": None}
 
 

@@ -230,6 +230,27 @@ class TestDuplicates:
         [third] = await store(pool, [event(at=T0 + timedelta(seconds=WINDOW_S + 2))])
         assert third.signal_id == second.signal_id
 
+    async def test_a_longer_window_of_its_own_holds_the_key_longer(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """A signal whose key carries its own window (an MQTT message: the broker may deliver it
+        again up to the session expiry later) is still the original after the batch's window;
+        a window shorter than the batch's does not shorten it."""
+        own = msgspec.structs.replace(event(), dedupe_window_s=3600)
+        [first] = await store(pool, [own])
+        [again] = await store(pool, [event(at=T0 + timedelta(seconds=WINDOW_S + 600))])
+        assert again.result is IngestResult.DUPLICATE
+        assert again.signal_id == first.signal_id
+        [after] = await store(pool, [event(at=T0 + timedelta(seconds=3601))])
+        assert after.result is IngestResult.ACCEPTED
+        short = msgspec.structs.replace(
+            event(key="other", at=T0 + timedelta(seconds=3601)), dedupe_window_s=10
+        )
+        [held] = await store(pool, [short])
+        [copy] = await store(pool, [event(key="other", at=T0 + timedelta(seconds=3601 + 300))])
+        assert (held.result, copy.result) == (IngestResult.ACCEPTED, IngestResult.DUPLICATE)
+        assert await pool.fetchval("SELECT count(*) FROM signals") == 3
+
     async def test_signals_without_key_are_never_duplicates(self, pool: asyncpg.Pool) -> None:
         """Without a dedupe key every copy is stored."""
         results = await store(pool, [event(key=None), event(key=None)])
