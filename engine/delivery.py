@@ -143,7 +143,7 @@ def owned_from_record(row: Any) -> OwnedDelivery:
 class Attempt(Protocol):
     """What a receiver group reports for one delivery (receivers.DeliveryAttempt)."""
 
-    outcome: str  # "acked" | "duh" | "failed"
+    outcome: str  # "acked" | "duh" | "failed" | "unsendable"
     receiver: str
     seq: str
     error: str | None
@@ -208,6 +208,10 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked: set[str] = set()  # lanes with rows committed unleased behind ours
         self._released: set[int] = set()  # ids handed back after a failure (bounded)
+        # Lanes whose failed head could not be recorded: lane → (head id, monotonic time its
+        # lease surely ended). Until then the head is still leased to us in the outbox, so a
+        # commit may lease us a row behind it; that row must not go before the head's retry.
+        self._unrecorded: dict[str, tuple[int, float]] = {}
         self._released_order: deque[int] = deque()
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -221,9 +225,16 @@ class Dispatcher:
 
     def adopt(self, rows: Iterable[OwnedDelivery]) -> None:
         """Take over rows leased to this engine (in id order per lane) and start what can go."""
+        behind_unrecorded: list[int] = []
         for row in rows:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
+            stalled = self._unrecorded.get(row.lane)
+            if stalled is not None:
+                if row.id > stalled[0] and time.monotonic() < stalled[1]:
+                    behind_unrecorded.append(row.id)  # back to the outbox, behind its head
+                    continue
+                del self._unrecorded[row.lane]  # the head itself, claimed again: in order
             self._held.add(row.id)
             lane = self._lanes.get(row.lane)
             if lane is None:
@@ -238,6 +249,11 @@ class Dispatcher:
                     else 1
                 )
                 lane.insert(at, row)
+        if behind_unrecorded:
+            self._forget(behind_unrecorded)
+            task = asyncio.create_task(self._release(behind_unrecorded), name="outbox-release")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         self._pump()
 
     def blocked(self, lanes: Iterable[str]) -> None:
@@ -535,7 +551,13 @@ class Dispatcher:
                 continue
             self._forget([r["id"] for r in released])
             return
-        # Could not record it: the leases expire and the lane is claimed again, in order.
+        # Could not record it: the leases expire and the lane is claimed again, in order. Until
+        # the head's has, rows a commit leases us behind it go back to the outbox (adopt).
+        self._unrecorded[row.lane] = (row.id, time.monotonic() + self.lease_s)
+        if len(self._unrecorded) > 100_000:  # bounded: drop the oldest entries (long expired)
+            for lane in list(self._unrecorded)[:10_000]:
+                del self._unrecorded[lane]
+        _bound(row).error("delivery_failure_not_recorded", error=error)
 
     def _forget(self, ids: list[int]) -> None:
         """Rows handed back to the outbox: never send them from memory (a late :meth:`adopt`)."""

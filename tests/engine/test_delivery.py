@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from bench.outbox_drain import CountingPool
-from engine.delivery import CLAIM_SQL, Dispatcher
+from engine.delivery import CLAIM_SQL, Dispatcher, owned_from_record
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
 from receivers.registry import ReceiverRegistry
@@ -255,3 +255,79 @@ class TestBacklog:
         station, counting, _ = await _drain(db_pool, claim_behind=8, poll_s=30.0)
         assert [f.events[0].zone for f in station.received] == list(range(1, 21))
         assert counting.claims <= 5  # the head alone, then 19 rows in runs of up to 9
+
+
+class TestUnrecordedFailure:
+    async def test_a_row_leased_behind_a_head_whose_failure_was_not_recorded_waits_for_it(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The head times out and its failure cannot be written (every try of the statement
+        fails); its lease is still ours for a while, so a commit may lease us the lane's next
+        row. That row goes back to the outbox instead of being sent at once: the head's retry,
+        once its lease ends, is delivered first, then the row."""
+        station = StationSimulator(mode="drop")  # the head's first send gets no answer
+        await station.start()
+        head = await enqueue(db_pool, "ABC", 0, 1)  # the lane is the station account here
+        await db_pool.execute(
+            """
+            CREATE SEQUENCE test_refusals;  -- counts the refusals (a sequence is not rolled back)
+            CREATE FUNCTION test_refuse_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM nextval('test_refusals');
+                RAISE EXCEPTION 'test: the failure write is refused';
+            END $$;
+            CREATE TRIGGER test_refuse_failure BEFORE UPDATE ON deliveries FOR EACH ROW
+            WHEN (NEW.last_error IS DISTINCT FROM OLD.last_error)
+            EXECUTE FUNCTION test_refuse_failure();
+            """
+        )
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port, ack_timeout_s=0.5)]
+        )
+        dispatcher = Dispatcher(
+            db_pool, lambda: registry, poll_s=0.05, lease_s=3.0, retry_base_s=0.05
+        )
+        dispatcher.start()
+        try:
+            async with asyncio.timeout(20):
+                while await db_pool.fetchval("SELECT last_value FROM test_refusals") < 5:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(1.5)  # the pause after the fifth: the dispatcher gives up
+            await db_pool.execute(
+                "DROP TRIGGER test_refuse_failure ON deliveries; DROP FUNCTION test_refuse_failure()"
+            )
+            station.set_mode("ack")
+            # What a commit does when the lane's last pending row is ours with a live lease.
+            behind = await db_pool.fetchrow(
+                """
+                INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                        priority, event, primary_receiver, seq, received_at,
+                                        lease_owner, lease_until)
+                SELECT 2, 0, account, lane, station_account, priority, event, primary_receiver,
+                       '0002', now(), $1, now() + interval '1 minute'
+                FROM deliveries WHERE id = $2
+                RETURNING *
+                """,
+                dispatcher.owner,
+                head,
+            )
+            dispatcher.adopt([owned_from_record(behind)])
+            async with asyncio.timeout(30):
+                while (
+                    await db_pool.fetchval(
+                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                    )
+                    < 2
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await station.stop()
+            await db_pool.execute(
+                "DROP TRIGGER IF EXISTS test_refuse_failure ON deliveries; "
+                "DROP FUNCTION IF EXISTS test_refuse_failure(); DROP SEQUENCE IF EXISTS test_refusals"
+            )
+        acked = [r.seq for r in station.received if r.reply == "ack"]
+        assert acked == ["0001", "0002"]
+        assert [r.seq for r in station.received if r.reply == "drop"] == ["0001"]
