@@ -1,9 +1,10 @@
 """The live receiver registry: built from the ``receivers`` table, rebuilt when it changes.
 
 A trigger (migration 0100) sends ``NOTIFY alarmrelay_receivers`` on any change; the registry is
-then rebuilt (new connections, same names) so the dispatcher always delivers with the current
-configuration. The previous registry stays open for ``retire_after_s`` so sends in flight on it
-get their ACK.
+then rebuilt so the dispatcher always delivers with the current configuration: receivers whose
+settings changed get new connections, the others keep theirs with their link and failover state.
+A replaced receiver's old connections stay open for ``retire_after_s`` so sends in flight on
+them get their ACK.
 """
 
 from __future__ import annotations
@@ -62,14 +63,16 @@ class ReceiverDirectory:
         await self._listener.stop()
         for task, old in list(self._retiring.items()):
             task.cancel()
-            await old.close()
+            await old.close(keep=self.registry.pools())
         self._retiring.clear()
         await self.registry.close()
 
     async def _load(self) -> None:
         receivers = await StationStore(self._pool).ip_receivers()
         old = self.registry
-        self.registry = ReceiverRegistry(receivers, failover_after=self._failover_after)
+        self.registry = ReceiverRegistry(
+            receivers, failover_after=self._failover_after, previous=old
+        )
         self.registry.start()
         # New deliveries use the new registry at once. Sends still waiting for a station's ACK on
         # the old connections finish there; the old registry is closed after retire_after_s
@@ -81,7 +84,9 @@ class ReceiverDirectory:
 
     async def _retire(self, old: ReceiverRegistry) -> None:
         await asyncio.sleep(self._retire_after_s)
-        await old.close()
+        # Connections the current registry (or another still retiring) took over stay open.
+        others = [r for r in (self.registry, *self._retiring.values()) if r is not old]
+        await old.close(keep=[pool for registry in others for pool in registry.pools()])
 
     async def _run(self) -> None:
         while True:

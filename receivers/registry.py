@@ -38,17 +38,39 @@ class ReceiverRegistry:
         *,
         failover_after: int = 3,
         connections: int | None = None,
+        previous: ReceiverRegistry | None = None,
     ) -> None:
-        """``connections``: per receiver, overriding each receiver's own ``connections``."""
-        self._clients = {
-            r.name: Dc09ReceiverPool(
-                r, connections=connections if connections is not None else r.connections
-            )
-            for r in receivers
-            if r.kind == "ip"
-        }
+        """``connections``: per receiver, overriding each receiver's own ``connections``.
+
+        ``previous``: the registry this one replaces. A receiver whose settings did not change
+        keeps its connections, link state and NULL polls, and a group whose receivers all did
+        keeps its failover state: a change to another station's receivers must not send alarms
+        back to a primary known to be down (each would wait out its ACK timeouts again)."""
+        before = previous._clients if previous is not None else {}
+        self._clients: dict[str, Dc09ReceiverPool] = {}
+        for r in receivers:
+            if r.kind != "ip":
+                continue
+            count = connections if connections is not None else r.connections
+            old = before.get(r.name)
+            if old is not None and old.config == r and len(old.connections) == count:
+                self._clients[r.name] = old
+            else:
+                self._clients[r.name] = Dc09ReceiverPool(r, connections=count)
         self._groups: dict[tuple[str, str | None], ReceiverGroup] = {}
         self._failover_after = failover_after
+        if previous is not None and previous._failover_after == failover_after:
+            for key, group in previous._groups.items():
+                if self._members(*key) == (group.primary, group.backup):
+                    self._groups[key] = group
+
+    def _members(
+        self, primary: str, backup: str | None
+    ) -> tuple[Dc09ReceiverPool | None, Dc09ReceiverPool | None]:
+        """The (delivering, backup) receivers of a pair's group, as :meth:`group` builds it."""
+        first = self._clients.get(primary)
+        second = self._clients.get(backup) if backup else None
+        return (first or second, second if first is not None else None)
 
     @property
     def names(self) -> list[str]:
@@ -89,13 +111,9 @@ class ReceiverRegistry:
                     missing=missing,
                     known=self.names,
                 )
-            only = first or second
+            only, behind = self._members(primary, backup)
             assert only is not None
-            group = ReceiverGroup(
-                only,
-                second if first is not None else None,
-                failover_after=self._failover_after,
-            )
+            group = ReceiverGroup(only, behind, failover_after=self._failover_after)
             self._groups[key] = group
         return group
 
@@ -112,7 +130,14 @@ class ReceiverRegistry:
         for client in self._clients.values():
             client.start()
 
-    async def close(self) -> None:
-        """Stop polls and close every connection."""
+    def pools(self) -> list[Dc09ReceiverPool]:
+        """Every IP receiver's connections (shared with a successor that kept them)."""
+        return list(self._clients.values())
+
+    async def close(self, *, keep: Iterable[Dc09ReceiverPool] = ()) -> None:
+        """Stop polls and close every connection, except those of ``keep`` (still in use by
+        the registry that replaced this one)."""
+        kept = {id(pool) for pool in keep}
         for client in self._clients.values():
-            await client.close()
+            if id(client) not in kept:
+                await client.close()

@@ -1,0 +1,77 @@
+"""The live receiver registry across reloads: what did not change keeps its connections, link
+polls and failover state; what changed is replaced, its old connections closed after the
+retirement delay."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from engine.receiver_directory import ReceiverDirectory
+from receivers.dc09_client import Dc09ReceiverPool
+from receivers.registry import ReceiverRegistry
+
+
+async def _add_receiver(pool: asyncpg.Pool, station: str, name: str, port: int) -> None:
+    await pool.execute("INSERT INTO stations (name) VALUES ($1) ON CONFLICT DO NOTHING", station)
+    await pool.execute(
+        "INSERT INTO receivers (name, station, host, port, ack_timeout_s, connections) "
+        "VALUES ($1, $2, '127.0.0.1', $3, 1, 2)",
+        name,
+        station,
+        port,
+    )
+
+
+async def _next_registry(directory: ReceiverDirectory, old: ReceiverRegistry) -> ReceiverRegistry:
+    async with asyncio.timeout(10):
+        while directory.current() is old:
+            await asyncio.sleep(0.01)
+    return directory.current()
+
+
+def _polling(pool: Dc09ReceiverPool) -> bool:
+    """Its NULL polls (link supervision, fail-back) are running: it was not closed."""
+    return pool.connections[0]._poller is not None
+
+
+class TestReload:
+    async def test_an_unrelated_change_keeps_connections_and_failover_state(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A primary is down and its group failed over; a receiver is added at another station.
+        The reloaded registry delivers through the same group, still failed over, on the same
+        connections, which stay open after the old registry is retired. Changing the primary's
+        own settings gives it new connections and a new group; its old ones are closed."""
+        await _add_receiver(db_pool, "central", "rx-a", 1)  # nothing listens on port 1
+        await _add_receiver(db_pool, "central", "rx-b", 2)
+        directory = ReceiverDirectory(db_pool, failover_after=1, retire_after_s=0.05)
+        await directory.start()
+        try:
+            first = directory.current()
+            group = first.group("rx-a", "rx-b")
+            group.failed_over = True  # as after the primary's failures
+            primary = first.client("rx-a")
+
+            await _add_receiver(db_pool, "elsewhere", "rx-c", 3)
+            second = await _next_registry(directory, first)
+            assert second.names == ["rx-a", "rx-b", "rx-c"]
+            assert second.group("rx-a", "rx-b") is group and group.failed_over
+            assert second.client("rx-a") is primary
+            assert second.link_states()["rx-a"].failed_over
+            await asyncio.sleep(0.3)  # the first registry is retired
+            assert _polling(primary) and _polling(second.client("rx-b"))
+
+            await db_pool.execute("UPDATE receivers SET port = 4 WHERE name = 'rx-a'")
+            third = await _next_registry(directory, second)
+            assert third.client("rx-a") is not primary
+            assert third.client("rx-a").config.port == 4
+            assert third.group("rx-a", "rx-b") is not group
+            assert not third.group("rx-a", "rx-b").failed_over
+            assert third.client("rx-b") is second.client("rx-b")
+            await asyncio.sleep(0.3)
+            assert not _polling(primary)  # replaced: closed once retired
+            assert _polling(third.client("rx-a")) and _polling(third.client("rx-b"))
+        finally:
+            await directory.stop()
