@@ -206,6 +206,7 @@ class Dispatcher:
         self._held: set[int] = set()  # ids of every held row
         self._ready: list[tuple[int, int, str]] = []  # (priority, id, lane) heads awaiting a slot
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._sending: set[int] = set()  # ids of the lane heads being delivered
         self._blocked: set[str] = set()  # lanes with rows committed unleased behind ours
         self._released: set[int] = set()  # ids handed back after a failure (bounded)
         # Lanes whose failed head could not be recorded: lane → (head id, monotonic time its
@@ -242,12 +243,11 @@ class Dispatcher:
                 heapq.heappush(self._ready, (row.priority, row.id, row.lane))
             elif row.id > lane[-1].id:
                 lane.append(row)
-            else:  # an older row of the lane arrived late (a claim racing a commit): keep id order
-                at = (
-                    next(i for i in range(1, len(lane)) if lane[i].id > row.id)
-                    if len(lane) > 1
-                    else 1
-                )
+            else:
+                # An older row of the lane arrived late (a claim racing a commit): keep id
+                # order, before the head too while the head still waits for a slot.
+                start = 1 if lane[0].id in self._sending else 0
+                at = next((i for i in range(start, len(lane)) if lane[i].id > row.id), len(lane))
                 lane.insert(at, row)
         if behind_unrecorded:
             self._forget(behind_unrecorded)
@@ -275,6 +275,7 @@ class Dispatcher:
         while self._ready and len(self._in_flight) < self._max_in_flight and not self._stopping:
             _, _, name = heapq.heappop(self._ready)
             row = self._lanes[name][0]
+            self._sending.add(row.id)
             task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -359,6 +360,12 @@ class Dispatcher:
         try:
             moved_on = await self._deliver_one(row)
         finally:
+            # This slot is free now, not only once the task's done-callback has run: with every
+            # slot busy, a head waiting for one (a fire alarm among them) would otherwise wait
+            # for the next claim or commit to start it, up to a poll later.
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.discard(task)
             self._lane_done(row, moved_on)
             self._pump()
 
@@ -366,6 +373,7 @@ class Dispatcher:
         """The head is finished: start the lane's next row, or let go of the lane."""
         lane = self._lanes.get(row.lane)
         self._held.discard(row.id)
+        self._sending.discard(row.id)
         if lane is None:
             return
         lane.popleft()
@@ -387,9 +395,14 @@ class Dispatcher:
             # so they are claimed after it (the claim loop takes only lane heads).
             ids = [r.id for r in lane]
             self._held.difference_update(ids)
-            task = asyncio.create_task(self._release(ids), name="outbox-release")
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            # Those the failure's own transaction released already are not released again: a
+            # second release, queued behind other failure writes, could come after we claimed
+            # them again and clear those leases (another engine would then send them too).
+            unreleased = [i for i in ids if i not in self._released]
+            if unreleased:
+                task = asyncio.create_task(self._release(unreleased), name="outbox-release")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
         if row.lane in self._blocked or lane:
             self._blocked.discard(row.lane)
             self._wake.set()

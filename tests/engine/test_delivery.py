@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from bench.outbox_drain import CountingPool
+from engine import delivery
 from engine.delivery import CLAIM_SQL, Dispatcher, owned_from_record
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
@@ -331,3 +332,135 @@ class TestUnrecordedFailure:
         acked = [r.seq for r in station.received if r.reply == "ack"]
         assert acked == ["0001", "0002"]
         assert [r.seq for r in station.received if r.reply == "drop"] == ["0001"]
+
+
+async def _leased(db_pool: asyncpg.Pool, owner: str, lane: str, seq: str, signal: int) -> Any:
+    """A row of ``lane`` (its station account too) leased to ``owner``, as a commit leases it."""
+    return await db_pool.fetchrow(
+        """
+        INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority,
+                                event, primary_receiver, seq, received_at, lease_owner, lease_until)
+        VALUES ($1, 0, 'A', $2, $2, 0,
+                '{"family":"cid","code":"130","qualifier":"1","zone":1,"classification":{"category":"alarms"}}'::jsonb,
+                'rx', $3, now(), $4, now() + interval '1 minute')
+        RETURNING *
+        """,
+        signal,
+        lane,
+        seq,
+        owner,
+    )
+
+
+class ReleaseCounting(CountingPool):
+    """The dispatcher's pool, also counting the statements that hand rows back to the outbox."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.releases = 0
+
+    async def execute(self, query: str, *args: Any) -> str:
+        if query is delivery._RELEASE_SQL:
+            self.releases += 1
+        return str(await self._pool.execute(query, *args))
+
+
+class TestLaneOrderInMemory:
+    async def test_an_older_row_arriving_late_goes_before_a_head_still_waiting(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Every slot is busy; the lane's newer row arrives first and waits for a slot, then its
+        older row (a claim racing a commit). The older one is sent first."""
+        station = StationSimulator(mode="delay")
+        station.delay_ms = 300
+        await station.start()
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)]
+        )
+        dispatcher = Dispatcher(db_pool, lambda: registry, max_in_flight=1, poll_s=30.0)
+        dispatcher.start()
+        try:
+            busy = await _leased(db_pool, dispatcher.owner, "ABD", "0001", 1)
+            older = await _leased(db_pool, dispatcher.owner, "ABC", "0001", 2)
+            newer = await _leased(db_pool, dispatcher.owner, "ABC", "0002", 3)
+            dispatcher.adopt([owned_from_record(busy)])  # takes the only slot for 300 ms
+            dispatcher.adopt([owned_from_record(newer)])
+            dispatcher.adopt([owned_from_record(older)])
+            async with asyncio.timeout(20):
+                while await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await station.stop()
+        assert [r.seq for r in station.received if r.account == "ABC"] == ["0001", "0002"]
+
+    async def test_a_head_waiting_for_a_slot_starts_when_one_frees_not_at_the_next_poll(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Every slot is busy and a fire alarm waits for one: it is sent as soon as the busy
+        delivery is done. (The finishing delivery still counted itself as busy, so the alarm
+        waited for the next claim, here 30 s.)"""
+        station = StationSimulator(mode="delay")
+        station.delay_ms = 200
+        await station.start()
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)]
+        )
+        dispatcher = Dispatcher(db_pool, lambda: registry, max_in_flight=1, poll_s=30.0)
+        dispatcher.start()
+        try:
+            busy = await _leased(db_pool, dispatcher.owner, "ABD", "0001", 1)
+            fire = await _leased(db_pool, dispatcher.owner, "ABC", "0001", 2)
+            dispatcher.adopt([owned_from_record(busy)])
+            dispatcher.adopt([owned_from_record(fire)])
+            async with asyncio.timeout(10):
+                while await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+                ):
+                    await asyncio.sleep(0.02)
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await station.stop()
+        assert [r.account for r in station.received] == ["ABD", "ABC"]
+
+    async def test_rows_the_failure_released_are_not_released_a_second_time(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The head fails: its transaction hands the rows behind it back to the outbox. No
+        second release follows (queued behind other failure writes, it could clear the leases
+        of those rows once claimed again)."""
+        station = StationSimulator(mode="drop")
+        await station.start()
+        for zone in (1, 2, 3):
+            await enqueue(db_pool, "ABC", 0, zone)
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port, ack_timeout_s=0.5)]
+        )
+        counting = ReleaseCounting(db_pool)
+        dispatcher = Dispatcher(
+            counting,  # type: ignore[arg-type]
+            lambda: registry,
+            poll_s=0.05,
+            retry_base_s=60.0,
+        )
+        dispatcher.start()
+        try:
+            async with asyncio.timeout(20):
+                while not await db_pool.fetchval(
+                    "SELECT bool_and(lease_owner IS NULL) AND bool_or(last_error IS NOT NULL) "
+                    "FROM deliveries"
+                ):
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)  # a second release would have run by now
+        finally:
+            await dispatcher.stop()
+            await registry.close()
+            await station.stop()
+        rows = await db_pool.fetch("SELECT attempts, last_error FROM deliveries ORDER BY id")
+        assert [r["attempts"] for r in rows] == [1, 0, 0]
+        assert rows[0]["last_error"] and rows[1]["last_error"] is None
+        assert counting.releases == 0
