@@ -199,6 +199,11 @@ class MqttConnection(asyncio.Protocol):
             self._send(encode_publish(topic, payload))
             return
         if self._send_quota <= 0 or self._waiting:
+            size = self._server_max_packet and len(encode_publish(topic, payload, 1, 1))
+            if size and size > self._server_max_packet:
+                # Refused now, to the caller: sent later from the PUBACK of another message,
+                # the error would escape the read callback and lose this one's callback.
+                raise MqttError(f"packet of {size} bytes exceeds the broker's maximum")
             self._waiting.append((topic, payload, callback))
             return
         self._send_qos1(topic, payload, callback)

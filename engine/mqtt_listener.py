@@ -46,6 +46,7 @@ from protocols.mqtt_payloads import (
     MqttPayloadError,
     StartVoiceSessionV1,
     TopicKind,
+    bounded_reason,
     decode_checkin,
     decode_events,
     encode,
@@ -434,7 +435,11 @@ class MqttListener:
             self._reply(
                 message,
                 serial,
-                AckV1(msg_id=msg_id, status=AckStatus.REJECTED, reason=f"not stored: {error}"),
+                AckV1(
+                    msg_id=msg_id,
+                    status=AckStatus.REJECTED,
+                    reason=bounded_reason(f"not stored: {error}"),
+                ),
             )
             return
         if error is not None:

@@ -20,6 +20,7 @@ from protocols.signal import Event, Family
 VERSION = 1
 MAX_EVENTS_PER_MESSAGE = 32
 MAX_TEXT = 256
+MAX_REASON = 200  # characters of a rejected ack's reason (it may quote the module's field names)
 
 
 class MqttPayloadError(Exception):
@@ -140,9 +141,15 @@ def _decode(
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise MqttPayloadError(f"invalid payload: {exc}") from None
+        raise MqttPayloadError(bounded_reason(f"invalid payload: {exc}")) from None
     except msgspec.DecodeError as exc:
-        raise MqttPayloadError(f"malformed JSON: {exc}") from None
+        raise MqttPayloadError(bounded_reason(f"malformed JSON: {exc}")) from None
+
+
+def bounded_reason(text: str) -> str:
+    """``text`` cut to :data:`MAX_REASON` characters: the ack carrying it stays small (an
+    unknown field's 10 KB name must not make an ack the broker refuses)."""
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 class _MsgIdOnly(msgspec.Struct):

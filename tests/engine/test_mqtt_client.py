@@ -152,6 +152,23 @@ class TestMqttClient:
         finally:
             conn.disconnect()
 
+    async def test_an_oversize_publish_is_refused_to_the_caller_when_it_would_queue(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """A broker that announced a Maximum Packet Size, every send slot in use: a publish
+        over the limit raises to its caller instead of being queued (sent later from another
+        message's PUBACK, its error escaped the read callback and its callback was lost)."""
+        conn = await _client(mqtt_broker)
+        try:
+            conn._server_max_packet = 100  # as a broker announcing Maximum Packet Size 100
+            conn._send_quota = 0  # the broker's Receive Maximum used up: publishes wait
+            with pytest.raises(MqttError, match="exceeds the broker's maximum"):
+                conn.publish("t/oversize", b"x" * 200, 1, lambda code: None)
+            conn.publish("t/small", b"x", 1, lambda code: None)  # still queued, as before
+            assert [item[0] for item in conn._waiting] == ["t/small"]
+        finally:
+            conn.disconnect()
+
     async def test_session_taken_over(self, mqtt_broker: tuple[str, int]) -> None:
         """A second connection with our client id ends ours (Mosquitto 2.0 closes it without a
         DISCONNECT 0x8E): the connection reports why and refuses publishes."""

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.mqtt_payloads import (
+    MAX_REASON,
     AckStatus,
     AckV1,
     MqttPayloadError,
@@ -65,6 +66,16 @@ class TestDecode:
         with pytest.raises(MqttPayloadError, match="msg_id must be 1-64 characters"):
             decode_checkin(data)
         assert decode_checkin(json.dumps({"v": 1, "msg_id": "c" * 64}).encode()).msg_id == "c" * 64
+
+    def test_a_long_reason_is_cut_short(self) -> None:
+        """An unknown field named with 10,000 characters: the reason (sent back in the ack)
+        stays within MAX_REASON characters, so the ack stays small."""
+        data = json.dumps({"v": 1, "msg_id": "m", "events": [], "x" * 10_000: 1}).encode()
+        with pytest.raises(MqttPayloadError) as caught:
+            decode_events(data)
+        reason = str(caught.value)
+        assert reason.startswith("invalid payload: Object contains unknown field")
+        assert len(reason) == MAX_REASON and reason.endswith("…")
 
     def test_empty_checkin(self) -> None:
         """An empty check-in payload is a bare check-in."""
