@@ -436,6 +436,9 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         self._handler = server.handler
         self._conn = self._handler.new_connection()
         self._transport: asyncio.DatagramTransport | None = None
+        # Shutting down: new datagrams are not taken (the module resends them to the engine that
+        # takes over), but the socket stays open for the ACKs of the commits still in flight.
+        self.stopping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(
@@ -443,6 +446,8 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         )  # uvloop's UDPTransport is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.stopping:
+            return
         started = time.perf_counter()
         now = self._handler.clock()
         peer = f"{addr[0]}:{addr[1]}"
@@ -513,6 +518,7 @@ class Dc09Server:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_protocol: Dc09DatagramProtocol | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -540,13 +546,14 @@ class Dc09Server:
             raise self._bind_error("TCP", exc) from None
         self.port = self._tcp.sockets[0].getsockname()[1]
         try:
-            udp, _ = await loop.create_datagram_endpoint(
+            udp, protocol = await loop.create_datagram_endpoint(
                 lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
             )
         except OSError as exc:
             self._tcp.close()
             raise self._bind_error("UDP", exc) from None
         self._udp = udp
+        self._udp_protocol = protocol
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="dc09-idle-sweep")
         log.info("dc09_listening", host=self.host, port=self.port, transports="tcp+udp")
 
@@ -587,7 +594,9 @@ class Dc09Server:
         """Stop taking new connections and datagrams (existing connections stay for draining)."""
         if self._tcp is not None:
             self._tcp.close()
-        if self._udp is not None:
+        if self._udp_protocol is not None:
+            self._udp_protocol.stopping = True  # the socket closes in drain(), after the ACKs
+        elif self._udp is not None:
             self._udp.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -610,6 +619,8 @@ class Dc09Server:
             task.cancel()
         for conn in list(self._connections):
             conn.close()
+        if self._udp is not None:
+            self._udp.close()
         if self._tcp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tcp.wait_closed(), 2.0)

@@ -262,6 +262,33 @@ async def _true(value: bool) -> bool:
     return value
 
 
+class TestShutdown:
+    async def test_a_udp_signal_committed_during_shutdown_is_still_acked(
+        self, engine: Engine, db_pool: asyncpg.Pool
+    ) -> None:
+        """SIGTERM while a UDP frame's commit is in flight: the engine takes no new datagrams,
+        but the ACK of the one it is committing still goes out (the socket used to close first:
+        the module got nothing for a signal we had stored)."""
+        port = port_of(engine)
+        raw = encode_frame(token="ADM-CID", seq="0021", account="1234", data="#1234|1130 01 003")
+        later = encode_frame(token="ADM-CID", seq="0022", account="1234", data="#1234|1130 01 004")
+        async with db_pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            # The commit updates the account's last contact: it waits for this row lock.
+            await conn.execute("SELECT 1 FROM accounts WHERE account = '1234' FOR UPDATE")
+            reply = asyncio.create_task(send_udp("127.0.0.1", port, raw, timeout=10))
+            await asyncio.sleep(0.5)
+            engine.stop.set()
+            await asyncio.sleep(0.3)
+            assert await send_udp("127.0.0.1", port, later, timeout=0.5) is None
+            await tx.rollback()
+        ack = decode_frame(await reply or b"")
+        assert (ack.token, ack.seq, ack.account) == ("ACK", "0021", "1234")
+        rows = await db_pool.fetch("SELECT seq FROM signals WHERE account = '1234'")
+        assert [r["seq"] for r in rows] == ["0021"]
+
+
 class TestDatabaseGoesAway:
     async def test_no_ack_while_down_and_recovery(
         self, db_pool: asyncpg.Pool, database_url: str
