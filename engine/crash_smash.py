@@ -132,9 +132,18 @@ class CrashSmashStage:
         """
         opens: dict[tuple[str, int], EntryOpen] = {}
         closes: dict[tuple[str, int | None], EntryClose] = {}
+        keys: set[str] = set()
         for o, signal in enumerate(signals):
             if signal.transport is Transport.SERVER or signal.kind is not SignalKind.EVENT:
                 continue
+            dedupe = signal.dedupe_key
+            if dedupe is not None:
+                # A copy of an earlier signal of the batch (a retransmission, a resend) is
+                # stored as that one: it is the same event, and its own position is never
+                # written, so an open or close tagged with it would be dropped.
+                if dedupe in keys:
+                    continue
+                keys.add(dedupe)
             account = signal.account
             if signal.entry_delay is not None:
                 entry = signal.entry_delay

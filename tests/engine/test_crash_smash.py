@@ -191,6 +191,28 @@ class TestTimer:
         [(_, state, _, deadline)] = await world.entries()
         assert (state, deadline) == ("pending", T0 + timedelta(seconds=86))
 
+    async def test_a_copy_in_the_same_batch_neither_cancels_an_entry_nor_a_disarm(
+        self, world: World
+    ) -> None:
+        """An entry and its resend (same msg_id) committed together open the timer; a disarm and
+        its retransmission (same seq) committed together close it. (The copy's position, which
+        is not stored, used to replace the original's: the open or the close was dropped, and a
+        disarmed system raised Crash & Smash.)"""
+        first = msgspec.structs.replace(entry(), dedupe_key="mqtt:S:e1")
+        await world.writer(
+            [first, msgspec.structs.replace(first, received_at=T0 + timedelta(seconds=1))]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+        disarm = msgspec.structs.replace(
+            cid("1401 01 002", at=T0 + timedelta(seconds=15)), dedupe_key="dc09:7777:0042"
+        )
+        await world.writer(
+            [disarm, msgspec.structs.replace(disarm, received_at=T0 + timedelta(seconds=16))]
+        )
+        assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
     async def test_a_dc09_entry_code_opens_a_timer(self, world: World) -> None:
         """A configured Contact ID code (Q=1) opens the timer with crash_smash.entry_delay_s; its
         restore (Q=3) opens none."""
