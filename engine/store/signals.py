@@ -29,7 +29,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from engine.ingest_types import InboundSignal, IngestResult, SignalKind
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.store.ingest_batch import BatchWrite, write_batch
 from engine.store.pg_text import storable_json
 from protocols.signal import Event, XData
@@ -38,6 +38,7 @@ _encoder = msgspec.json.Encoder()
 _CONTACT_ONLY = frozenset({SignalKind.LINK_TEST, SignalKind.CHECKIN})
 _REJECTED = SignalKind.REJECTED
 _EVENT = SignalKind.EVENT
+_SERVER = Transport.SERVER
 
 
 class _Row(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,7 +100,9 @@ class SignalRows:
         contacts: dict[str, tuple[datetime, datetime]] = {}  # account → (earliest, latest)
         for i, s in enumerate(signals):
             kind = s.kind
-            if kind is not _REJECTED:
+            # A module's contact: anything it sent that was not refused. The engine's own
+            # signals (Panel Not Responding, Crash & Smash) are not contacts from the module.
+            if kind is not _REJECTED and s.transport is not _SERVER:
                 seen = contacts.get(s.account)
                 at = s.received_at
                 contacts[s.account] = (

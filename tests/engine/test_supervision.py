@@ -151,6 +151,17 @@ class TestDeadlines:
         await world.writer([server])
         assert await world.deadline("1234") == T0 + timedelta(seconds=DAY)
 
+    async def test_panel_not_responding_leaves_the_last_contact_alone(self, world: World) -> None:
+        """The miss the engine commits is not a contact from the module: the account's last
+        contact stays the module's own (it showed the time of the Panel Not Responding)."""
+        await world.writer([contact("200", T0)])
+        assert await world.timer().fire_due(T0 + timedelta(seconds=200)) == 1
+        assert await world.server_signals() == [("200", "356", "1")]
+        last = await world.pool.fetchval(
+            "SELECT last_contact_at FROM accounts WHERE account = '200'"
+        )
+        assert last == T0
+
     async def test_each_module_has_its_own_interval(self, world: World) -> None:
         """24 h standard, 6 h with the add-on, 200 s (UL's shortest) per account."""
         await world.writer([contact(a, T0) for a in ("1234", "6666", "200")])
