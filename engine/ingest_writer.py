@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
+import structlog
 
 from engine.crash_smash import CrashSmashStage
 from engine.deadline_timer import Clock, utc_now
@@ -30,6 +31,8 @@ from engine.ingest_types import InboundSignal, IngestResult, SignalKind
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
+
+log = structlog.get_logger("engine.ingest")
 
 
 class IngestWriter:
@@ -81,7 +84,18 @@ class IngestWriter:
             self._crash_smash.record(done.opened, done.closed)
         self._hand_over(handover, done)
         if done.restores:
-            await self._restore(done.restores)
+            try:
+                await self._restore(done.restores)
+            except Exception as exc:
+                # The batch is committed and its signals are answered as such; the restore is a
+                # transaction of its own. Failing it leaves the miss, and the next contact
+                # restores it (docs/forwarding.md).
+                log.warning(
+                    "supervision_restore_failed",
+                    accounts=done.restores[:20],
+                    error=repr(exc),
+                    exc_info=not isinstance(exc, asyncpg.PostgresError | OSError),
+                )
         return [s.result for s in done.stored]
 
     def _base_plan(self, signals: Sequence[InboundSignal], rows: SignalRows) -> BatchWrite:

@@ -254,6 +254,38 @@ class TestTimer:
         assert await world.pool.fetchval("SELECT missed FROM supervision") is False
         assert await world.deadline("200") == back + timedelta(seconds=201)
 
+    async def test_a_restore_that_fails_leaves_the_contact_stored_and_the_miss(
+        self, world: World
+    ) -> None:
+        """The restore cannot be written (here every engine signal is refused): the contact that
+        came back is still committed and answered ACCEPTED, the miss stays, and the next
+        contact restores it. (The failure used to fail the whole committed batch: no ACK, or
+        the batch written again.)"""
+        await world.writer([contact("200", T0)])
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 1
+        await world.pool.execute(
+            """
+            CREATE FUNCTION test_refuse_server() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'test: engine signals refused'; END $$;
+            CREATE TRIGGER test_refuse_server BEFORE INSERT ON signals FOR EACH ROW
+            WHEN (NEW.transport = 'server') EXECUTE FUNCTION test_refuse_server();
+            """
+        )
+        back = T0 + timedelta(hours=2)
+        try:
+            results = await world.writer([contact("200", back, SignalKind.EVENT)])
+        finally:
+            await world.pool.execute(
+                "DROP TRIGGER test_refuse_server ON signals; DROP FUNCTION test_refuse_server()"
+            )
+        assert results == [IngestResult.ACCEPTED]
+        stored = await world.pool.fetch("SELECT received_at FROM signals WHERE transport = 'tcp'")
+        assert [r["received_at"] for r in stored] == [back]  # the event that came back
+        assert await world.pool.fetchval("SELECT missed FROM supervision") is True
+        await world.writer([contact("200", back + timedelta(seconds=1))])
+        assert await world.server_signals() == [("200", "356", "1"), ("200", "356", "3")]
+        assert await world.pool.fetchval("SELECT missed FROM supervision") is False
+
     async def test_the_restore_is_stamped_by_the_supervision_clock(
         self, db_pool: asyncpg.Pool
     ) -> None:
