@@ -217,7 +217,7 @@ def check_customer(info: CustomerInfo, errors: list[FieldError]) -> CustomerInfo
             )
         )
     digits = re.sub(r"[\s().+-]", "", info.phone)
-    if not digits.isdigit() or not 7 <= len(digits) <= 15:
+    if not (digits.isascii() and digits.isdigit()) or not 7 <= len(digits) <= 15:
         errors.append(
             FieldError(
                 field="customer.phone", rule="phone", message="a phone number has 7-15 digits"

@@ -57,7 +57,7 @@ def zone_for_zip(zip_code: str, country: str = "US") -> str | None:
     if country.upper() not in {"US", "USA", "PR", "GU"}:
         return None
     head = zip_code.strip()[:5]
-    if len(head) != 5 or not head.isdigit():
+    if len(head) != 5 or not (head.isascii() and head.isdigit()):  # not "²²²²²" nor "٧٨٧٠١"
         return None
     prefix = int(head[:3])
     for low, high, zone in _RANGES:

@@ -63,6 +63,17 @@ class TestValuesTheDatabaseCannotHold:
         assert response.status_code == 400
         assert response.json()["detail"] == "query parameter cursor is out of range"
 
+    async def test_other_digits_beside_a_cursor_out_of_range_do_not_break_the_answer(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """A cursor beyond 64 bits next to a parameter of superscript digits or of 4,400
+        digits (more than int() reads): still the 400 naming the cursor, not a crash of the
+        error handler itself."""
+        for other in ("%C2%B2%C2%B2", "1" * 4400):
+            response = await admin.get(f"/v1/audit?cursor=9223372036854775808&resource_id={other}")
+            assert response.status_code == 400, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+
     async def test_a_nul_character_is_named(self, admin: httpx.AsyncClient) -> None:
         response = await admin.post("/v1/dealers", json={"name": "a\u0000b"})
         assert response.status_code == 400

@@ -113,6 +113,9 @@ class TestTimeZones:
         assert zone_for_zip("94105-1234") == "America/Los_Angeles"
         assert zone_for_zip("96813") == "Pacific/Honolulu"
         assert zone_for_zip("99501") == "America/Anchorage"
+        # Digits of other scripts are not a ZIP (int("²²²") raised: a 500 on validate)
+        assert zone_for_zip("²²²²²") is None
+        assert zone_for_zip("٧٨٧٠١") is None
         assert zone_for_zip("H2X1Y", "CA") is None
         assert zone_for_zip("ABCDE") is None
 
