@@ -22,6 +22,7 @@ import psutil
 import structlog
 
 from engine.errors import DATABASE_ERRORS, UserFacingError
+from engine.metrics import MAINTENANCE_DEFERRED
 from engine.migrate import apply_migrations
 from engine.pg_connection import EngineConnection
 from engine.retention import purge_past_retention
@@ -137,14 +138,45 @@ async def connect_pool(
     return pool
 
 
+# How long a partition change may wait for the signals table. Creating or dropping a partition
+# locks the whole table; while it waits for a long reader (a backup, a history query), every
+# group commit queues behind it. Beyond this it gives up until the next run: the days ahead
+# and the DEFAULT partition leave room for that.
+PARTITION_LOCK_TIMEOUT = "500ms"
+
+
+async def _partition_change(
+    conn: asyncpg.Connection, step: str, sql: str, argument: int
+) -> int | None:
+    """Run one partition function under PARTITION_LOCK_TIMEOUT; None when it was put off."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+            return int(await conn.fetchval(sql, argument))
+    except asyncpg.LockNotAvailableError:
+        MAINTENANCE_DEFERRED.labels(step).inc()
+        log.warning(
+            "signal_maintenance_deferred",
+            step=step,
+            reason=f"the signals table was held longer than {PARTITION_LOCK_TIMEOUT}",
+        )
+        return None
+
+
 async def maintain_signals(conn: asyncpg.Connection, settings: Settings) -> None:
     """Create upcoming daily partitions, drop those past retention, forget expired dedupe keys."""
     retention = settings.retention
-    created = await conn.fetchval(
-        "SELECT ensure_signal_partitions($1)", retention.partitions_ahead_days
+    created = await _partition_change(
+        conn,
+        "create_partitions",
+        "SELECT ensure_signal_partitions($1)",
+        retention.partitions_ahead_days,
     )
-    dropped = await conn.fetchval(
-        "SELECT drop_signal_partitions_before($1)", retention.signals_days
+    dropped = await _partition_change(
+        conn,
+        "drop_partitions",
+        "SELECT drop_signal_partitions_before($1)",
+        retention.signals_days,
     )
     expired = await conn.execute("DELETE FROM signal_dedupe WHERE expires_at < now()")
     log.info(

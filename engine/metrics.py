@@ -53,6 +53,12 @@ COMMIT_FAILURES = Counter(
     "alarmrelay_commit_failures_total",
     "Group commits that failed (signals not acknowledged; modules retry).",
 )
+MAINTENANCE_DEFERRED = Counter(
+    "alarmrelay_signal_maintenance_deferred_total",
+    "Partition changes put off to the next maintenance run because a long transaction held "
+    "the signals table (waiting would have stalled every group commit behind the change).",
+    ["step"],
+)
 COMMIT_ISOLATIONS = Counter(
     "alarmrelay_commit_isolations_total",
     "Failed group commits split in halves and committed apart, so a signal whose own data fails "

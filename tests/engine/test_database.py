@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from engine.database import describe_server, maintain_signals, open_database
@@ -274,6 +275,50 @@ class TestPartitions:
             r["dedupe_key"] for r in await db_pool.fetch("SELECT dedupe_key FROM signal_dedupe")
         ]
         assert keys == ["live"]
+
+
+class TestMaintenanceBesideALongReader:
+    async def test_partition_changes_give_way_and_commits_go_on(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A long transaction has read the signals table (a backup, a history query). The
+        maintenance run needs new partitions: it gives up after PARTITION_LOCK_TIMEOUT instead
+        of waiting, so a signal committed meanwhile is not queued behind it; once the reader is
+        gone the next run creates them."""
+        settings = load_settings(None, {"ALARMRELAY_RETENTION__PARTITIONS_AHEAD_DAYS": "12"})
+        ahead = "signals_" + (datetime.now(UTC) + timedelta(days=12)).strftime("%Y%m%d")
+        await db_pool.execute(f"DROP TABLE IF EXISTS {ahead}")
+        deferred = (
+            REGISTRY.get_sample_value(
+                "alarmrelay_signal_maintenance_deferred_total", {"step": "create_partitions"}
+            )
+            or 0.0
+        )
+        async with db_pool.acquire() as reader, db_pool.acquire() as maintainer:
+            tx = reader.transaction()
+            await tx.start()
+            await reader.fetchval("SELECT count(*) FROM signals")
+            try:
+                async with asyncio.timeout(5):
+                    run = asyncio.create_task(maintain_signals(maintainer, settings))
+                    await asyncio.sleep(0.1)  # the run now waits for the reader's lock
+                    await db_pool.execute(
+                        "INSERT INTO signals (received_at, account, transport, kind) "
+                        "VALUES (now(), 'A1', 'tcp', 'event')"
+                    )
+                    await run
+            finally:
+                await tx.rollback()
+            assert await db_pool.fetchval("SELECT to_regclass($1)", ahead) is None
+            assert (
+                REGISTRY.get_sample_value(
+                    "alarmrelay_signal_maintenance_deferred_total", {"step": "create_partitions"}
+                )
+                == deferred + 1
+            )
+            await maintain_signals(maintainer, settings)
+        assert await db_pool.fetchval("SELECT to_regclass($1)::text", ahead) == ahead
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
 
 
 class TestMigrateCommand:
