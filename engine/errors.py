@@ -32,6 +32,22 @@ class UserFacingError(Exception):
             self.exit_code = exit_code
 
 
+# SQLSTATEs that refuse every write whatever its data: insufficient resources (53: disk full,
+# out of memory, too many connections), system errors (58: I/O error), a read-only transaction
+# (25006: a standby, or default_transaction_read_only).
+_WRITES_REFUSED_CLASSES = ("53", "58")
+_WRITES_REFUSED_STATES = frozenset({"25006"})
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing writes as such (disk full, read-only, I/O error),
+    not this statement's data: retrying the signals one by one cannot help."""
+    state = getattr(exc, "sqlstate", None)
+    if not isinstance(state, str) or not type(exc).__module__.startswith("asyncpg"):
+        return False
+    return state[:2] in _WRITES_REFUSED_CLASSES or state in _WRITES_REFUSED_STATES
+
+
 def is_database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says PostgreSQL is out of reach (connection refused, lost, timed out, the
     server shutting down or refusing connections), as opposed to a bad statement or bad data."""

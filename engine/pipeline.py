@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from engine import metrics
-from engine.errors import is_database_unreachable
+from engine.errors import is_database_unreachable, refuses_writes
 from engine.ingest_types import InboundSignal, IngestRefused, IngestResult, IngestUnavailable
 
 log = structlog.get_logger("engine.pipeline")
@@ -78,6 +78,7 @@ class IngestPipeline:
         self._wakeups = [asyncio.Event() for _ in self._queues]
         self._pending = 0
         self._available = True
+        self._writes_refused = False  # the last failed commit was a refusal of writes as such
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_task: asyncio.Task[None] | None = None
@@ -96,6 +97,12 @@ class IngestPipeline:
     def available(self) -> bool:
         """False while the database is known to be unreachable."""
         return self._available
+
+    @property
+    def healthy(self) -> bool:
+        """Commits can be expected to succeed: reachable, and not refusing writes since the
+        last commit (a read-only or full database answers the probe's SELECT 1 all the same)."""
+        return self._available and not self._writes_refused
 
     async def submit(self, signal: InboundSignal) -> IngestResult:
         """Queue ``signal`` and return once it is committed (or raise IngestUnavailable)."""
@@ -189,7 +196,15 @@ class IngestPipeline:
             # asyncpg raises its own connection errors (not OSError subclasses) when the server
             # goes away mid-transaction; treat every failure as "not committed": no ACK, retry.
             metrics.COMMIT_FAILURES.inc()
-            if is_database_unreachable(exc):
+            if refuses_writes(exc):
+                # Disk full, read-only, I/O error: every statement would fail alike (splitting
+                # the batch would only repeat it). Not ready until a commit succeeds again.
+                if not self._writes_refused:
+                    log.error("database_refuses_writes", error=repr(exc))
+                self._writes_refused = True
+                self._mark_unavailable(exc)
+                self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
+            elif is_database_unreachable(exc):
                 self._mark_unavailable(exc)
                 self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
             elif len(batch) > 1:
@@ -200,6 +215,9 @@ class IngestPipeline:
         metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         metrics.DATABASE_UP.set(1)
+        if self._writes_refused:
+            self._writes_refused = False
+            log.info("database_accepts_writes")
         self.committed += len(batch)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():

@@ -264,7 +264,7 @@ class Engine:
             "dc09": self.dc09 is not None and self.dc09.listening,
             "delivery": self.dispatcher is not None and self.dispatcher.running,
             "database": self.pipeline is not None
-            and self.pipeline.available
+            and self.pipeline.healthy
             and await self._database_answers(),
         }
         if self.settings.mqtt.enabled:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from engine.ingest_types import (
@@ -175,3 +176,59 @@ class TestDatabaseLoss:
         assert [t.result() for t in tasks] == [IngestResult.ACCEPTED] * 5
         with pytest.raises(IngestUnavailable):
             await pipeline.submit(_signal(9))
+
+
+class ReadOnlyThenWritable:
+    """Writes through real PostgreSQL sessions: first read-only ones (as a standby, or
+    default_transaction_read_only, answers), then ordinary ones."""
+
+    def __init__(self, read_only: asyncpg.Pool) -> None:
+        self.pool = read_only
+        self.calls = 0
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        self.calls += 1
+        await self.pool.executemany(
+            "INSERT INTO signals (received_at, account, transport, kind) VALUES ($1, $2, 'tcp', 'event')",
+            [(s.received_at, s.account) for s in signals],
+        )
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestWritesRefused:
+    async def test_a_read_only_database_fails_the_batch_once_and_is_not_healthy(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Every write refused as such (read-only here; disk full alike): the batch is failed
+        once (not split and retried signal by signal, 2n - 1 statements), nothing is ACKed, and
+        the pipeline is not healthy (readiness) although SELECT 1 answers, until a commit
+        succeeds again."""
+        read_only = await asyncpg.create_pool(
+            database_url,
+            min_size=1,
+            max_size=2,
+            server_settings={"default_transaction_read_only": "on"},
+        )
+        writer = ReadOnlyThenWritable(read_only)
+        pipeline = IngestPipeline(
+            writer, window_s=0.05, probe=lambda: db_pool.fetchval("SELECT 1"), probe_interval_s=0.01
+        )
+        pipeline.start()
+        try:
+            results = await asyncio.gather(
+                *(pipeline.submit(_signal(n)) for n in range(8)), return_exceptions=True
+            )
+            assert all(isinstance(r, IngestUnavailable) for r in results)
+            assert writer.calls == 1
+            for _ in range(100):
+                if pipeline.available:
+                    break
+                await asyncio.sleep(0.01)
+            assert pipeline.available and not pipeline.healthy  # SELECT 1 answers; writes do not
+            writer.pool = db_pool
+            assert await pipeline.submit(_signal(9)) is IngestResult.ACCEPTED
+            assert pipeline.healthy
+        finally:
+            await pipeline.close()
+            await read_only.close()
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
