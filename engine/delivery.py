@@ -224,18 +224,21 @@ class Dispatcher:
         """Rows nobody holds may be ready (a commit that left rows unleased, a NOTIFY, a retry)."""
         self._wake.set()
 
-    def adopt(self, rows: Iterable[OwnedDelivery]) -> None:
-        """Take over rows leased to this engine (in id order per lane) and start what can go."""
+    def adopt(self, rows: Iterable[OwnedDelivery], *, claimed: bool = False) -> None:
+        """Take over rows leased to this engine (in id order per lane) and start what can go.
+
+        ``claimed``: the claim loop's rows (lane heads and the runs behind them, in order);
+        otherwise rows a commit leased to us."""
         behind_unrecorded: list[int] = []
         for row in rows:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
             stalled = self._unrecorded.get(row.lane)
             if stalled is not None:
-                if row.id > stalled[0] and time.monotonic() < stalled[1]:
+                if not claimed and row.id > stalled[0] and time.monotonic() < stalled[1]:
                     behind_unrecorded.append(row.id)  # back to the outbox, behind its head
                     continue
-                del self._unrecorded[row.lane]  # the head itself, claimed again: in order
+                del self._unrecorded[row.lane]  # the lane claimed again: in order from here
             self._held.add(row.id)
             lane = self._lanes.get(row.lane)
             if lane is None:
@@ -255,6 +258,16 @@ class Dispatcher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         self._pump()
+
+    def uncertain(self, lanes: Iterable[str]) -> None:
+        """A commit failed without telling whether it happened (the connection went during it):
+        it may have left rows of these lanes leased to us that we never got. Until such a lease
+        has surely ended, rows a commit leases us on these lanes go back to the outbox (adopt),
+        so that the claim loop sends the lane in order, the unknown rows first."""
+        until = time.monotonic() + self.lease_s
+        for lane in lanes:
+            self._unrecorded[lane] = (0, until)
+        self._wake.set()
 
     def blocked(self, lanes: Iterable[str]) -> None:
         """Rows of these lanes were committed unleased: claim them once the lane is free here,
@@ -339,7 +352,7 @@ class Dispatcher:
             if room > 0:  # a claim ran: remember whether it found nothing
                 self._empty_claim_at = None if owned else time.monotonic()
             self._released.difference_update(r.id for r in owned)  # leased to us again: ours
-            self.adopt(owned)
+            self.adopt(owned, claimed=True)
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
             # (a finished lane wakes this loop) rather than at the next poll. Likewise a lane
             # that came with a full run behind its head may have more rows behind those.
@@ -409,6 +422,7 @@ class Dispatcher:
 
     async def _release(self, ids: list[int]) -> None:
         await self._write(_RELEASE_SQL, ids, self.owner)
+        self._wake.set()  # free now: the claim loop may take them (in lane order)
 
     async def _renew_leases(self) -> None:
         """Keep leases of held rows alive, so a short lease only lapses for a dead engine.

@@ -26,6 +26,7 @@ import structlog
 
 from engine.crash_smash import CrashSmashStage
 from engine.deadline_timer import Clock, utc_now
+from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
@@ -49,6 +50,7 @@ class IngestWriter:
         on_enqueued: Callable[[], None] | None = None,
         on_leased: Callable[[Iterable[OwnedDelivery]], None] | None = None,
         on_blocked: Callable[[Iterable[str]], None] | None = None,
+        on_uncertain: Callable[[Iterable[str]], None] | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._pool = pool
@@ -60,6 +62,7 @@ class IngestWriter:
         self._on_enqueued = on_enqueued
         self._on_leased = on_leased
         self._on_blocked = on_blocked
+        self._on_uncertain = on_uncertain
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
         rows = SignalRows(signals)
@@ -67,19 +70,30 @@ class IngestWriter:
         base = self._base_plan(signals, rows)
         handover = Handover() if self._on_leased is not None else None
         careful = forwarding.state_accounts(signals) if forwarding is not None else []
-        async with self._pool.acquire() as conn:
-            if careful:
-                done = await self._careful(conn, signals, base, careful, handover)
-            else:
-                plan = None
-                if forwarding is not None:
-                    events = [o for o in rows.sent if signals[o].kind is SignalKind.EVENT]
-                    plan = forwarding.plan(signals, events)
-                    base.decisions, base.outbox = plan.decisions, plan.outbox
-                    base.owner, base.lease_s = forwarding.owner, forwarding.lease_s
-                done = await write_batch(conn, base, duplicate_window_s=self._duplicate_window_s)
-                if plan is not None and forwarding is not None:
-                    forwarding.finish(plan, done, handover)
+        lanes: set[str] = set()  # of the outbox rows the commit would lease to us
+        try:
+            async with self._pool.acquire() as conn:
+                if careful:
+                    done = await self._careful(conn, signals, base, careful, handover, lanes)
+                else:
+                    plan = None
+                    if forwarding is not None:
+                        events = [o for o in rows.sent if signals[o].kind is SignalKind.EVENT]
+                        plan = forwarding.plan(signals, events)
+                        base.decisions, base.outbox = plan.decisions, plan.outbox
+                        base.owner, base.lease_s = forwarding.owner, forwarding.lease_s
+                        lanes.update(row.lane for row in plan.outbox)
+                    done = await write_batch(
+                        conn, base, duplicate_window_s=self._duplicate_window_s
+                    )
+                    if plan is not None and forwarding is not None:
+                        forwarding.finish(plan, done, handover)
+        except Exception as exc:
+            if lanes and self._on_uncertain is not None and is_database_unreachable(exc):
+                # The connection went during the call: the commit may have happened, leasing
+                # us rows nobody hands to the dispatcher. Its lanes must wait for them.
+                self._on_uncertain(lanes)
+            raise
         if self._crash_smash is not None:
             self._crash_smash.record(done.opened, done.closed)
         self._hand_over(handover, done)
@@ -113,6 +127,7 @@ class IngestWriter:
         base: BatchWrite,
         accounts: list[str],
         handover: Handover | None,
+        lanes: set[str],
     ) -> BatchDone:
         """Lock the state rows, store, decide on what was stored, save the state: one transaction."""
         forwarding = self._forwarding
@@ -123,6 +138,7 @@ class IngestWriter:
             kept = done.kept
             events = [o for o in sorted(kept) if signals[o].kind is SignalKind.EVENT]
             plan = forwarding.plan(signals, events, ids=kept, states=states)
+            lanes.update(row.lane for row in plan.outbox)
             enqueued = await write_batch(
                 conn,
                 BatchWrite(

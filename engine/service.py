@@ -126,6 +126,7 @@ class Engine:
                     on_enqueued=self.dispatcher.wake,
                     on_leased=self.dispatcher.adopt,
                     on_blocked=self.dispatcher.blocked,
+                    on_uncertain=self.dispatcher.uncertain,
                     clock=self._clock,
                 )
                 self.crash_smash_timer = CrashSmashTimer(

@@ -17,12 +17,15 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.delivery import Dispatcher
+from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery, delivery_seq
 from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
@@ -397,3 +400,78 @@ class TestFailureUnderTheLaneLock:
         async with db_pool.acquire() as conn:
             await commit(conn, stage, [signal("A1", 3)], again)
         assert again.leased == [] and again.unleased_lanes == {"9001@rx"}
+
+
+class TestUncertainCommit:
+    async def test_rows_a_lost_commit_may_have_leased_us_are_delivered_first(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A commit leased us a lane's row, but its reply was lost (the connection went after
+        COMMIT), so the dispatcher never got the row. The writer reports the lane uncertain;
+        the lane's next row, leased to us by the next commit, goes back to the outbox, and the
+        claim loop sends the lane in order once the unknown row's lease is over."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=1.0)
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        dispatcher.start()
+        try:
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)])  # its handover is lost
+                dispatcher.uncertain({"9001@rx"})
+                handover = Handover()
+                await commit(conn, stage, [signal("A1", 2)], handover)
+            assert [r.lane for r in handover.leased] == ["9001@rx"]  # leased: the lane looked ours
+            dispatcher.adopt(handover.leased)
+
+            async def both_delivered() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                )
+                return bool(n == 2)
+
+            await wait_until(both_delivered)
+        finally:
+            await dispatcher.stop()
+        assert station.received == [("9001", 1), ("9001", 2)]
+
+    async def test_the_writer_reports_the_lanes_of_a_commit_whose_connection_went(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The connection of a commit is terminated while the statement runs: the batch fails
+        as not committed, and the writer names the lanes it would have leased rows on."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-x", lease_s=6.0)
+        uncertain: list[set[str]] = []
+        writer = IngestWriter(
+            db_pool,
+            duplicate_window_s=WINDOW_S,
+            forwarding=stage,
+            on_leased=lambda rows: None,
+            on_uncertain=lambda lanes: uncertain.append(set(lanes)),
+        )
+        async with db_pool.acquire() as holder:
+            tx = holder.transaction()
+            await tx.start()
+            # The commit updates the account's last contact: it waits for this row lock.
+            await holder.execute("SELECT 1 FROM accounts WHERE account = 'A1' FOR UPDATE")
+            write = asyncio.create_task(writer([signal("A1", 1)]))
+
+            async def waiting_pid() -> bool:
+                return bool(
+                    await db_pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+                    )
+                )
+
+            await wait_until(waiting_pid)
+            await db_pool.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+            )
+            with pytest.raises(Exception) as caught:
+                await asyncio.wait_for(write, 10)
+            await tx.rollback()
+        assert is_database_unreachable(caught.value), repr(caught.value)
+        assert uncertain == [{"9001@rx"}]
