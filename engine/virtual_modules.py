@@ -25,6 +25,7 @@ from engine.deadline_timer import Clock, DeadlineTimer, utc_now
 from engine.events_signal import signal_from_events
 from engine.ingest_types import (
     InboundSignal,
+    IngestRefused,
     IngestResult,
     IngestSink,
     IngestUnavailable,
@@ -93,15 +94,21 @@ class VirtualModules(DeadlineTimer):
         self._sync_interval_s = sync_interval_s
         self._batch = batch
         self._synced_at = float("-inf")
+        # The last round could not hand something to the pipeline (unavailable, shedding): the
+        # next one waits a poll instead of retrying at once (it span every 10 ms before).
+        self._held_back = False
 
     async def fire_due(self, now: datetime) -> int:
         """Sync the schedule with the virtual accounts (every ``sync_interval_s``), then send
         queued requests and the check-ins due at ``now``; returns how many signals were committed."""
+        self._held_back = False
         if time.monotonic() - self._synced_at >= self._sync_interval_s:
             await self.sync_schedule(now)
         return await self.send_requests(now) + await self.send_checkins(now)
 
     async def seconds_to_next(self, now: datetime) -> float:
+        if self._held_back:
+            return self._max_sleep_s
         value = await self._pool.fetchval(_NEXT, now)
         return float(value) if value is not None else self._max_sleep_s
 
@@ -126,6 +133,8 @@ class VirtualModules(DeadlineTimer):
             done = [
                 a for a, r in zip(accounts, results, strict=True) if isinstance(r, IngestResult)
             ]
+            if len(done) < len(accounts):
+                self._held_back = True
             for result in results:
                 VIRTUAL_SIGNALS.labels(
                     "checkin", result.value if isinstance(result, IngestResult) else "unavailable"
@@ -147,6 +156,7 @@ class VirtualModules(DeadlineTimer):
             for row in await conn.fetch(_CLAIM_REQUESTS, self._batch):
                 outcome = await self._send_request(row, now)
                 if outcome is None:
+                    self._held_back = True
                     break  # the pipeline is unavailable: leave this and later ones queued
                 result, at = outcome
                 await conn.execute(
@@ -182,6 +192,10 @@ class VirtualModules(DeadlineTimer):
         )
         try:
             result = await self._sink.submit(signal)
+        except IngestRefused as exc:  # the database refuses this signal's data: for good
+            VIRTUAL_SIGNALS.labels("event", "refused").inc()
+            log.error("virtual_signal_refused", request=row["id"], account=row["account"])
+            return f"not sent: refused by the database ({exc})", None
         except IngestUnavailable:
             VIRTUAL_SIGNALS.labels("event", "unavailable").inc()
             return None

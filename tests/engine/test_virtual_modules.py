@@ -18,7 +18,7 @@ from engine.account_directory import AccountDirectory
 from engine.account_model import Account
 from engine.api.auth import create_key
 from engine.forwarding_stage import ForwardingStage
-from engine.ingest_types import InboundSignal, IngestResult
+from engine.ingest_types import InboundSignal, IngestRefused, IngestResult, IngestUnavailable
 from engine.ingest_writer import IngestWriter
 from engine.service import Engine
 from engine.settings import Settings, VirtualSettings
@@ -259,3 +259,62 @@ class TestCheckinSchedule:
         await AccountStore(db_pool).upsert_many([msgspec.structs.replace(virtual, virtual=False)])
         assert await modules.fire_due(t0 + timedelta(seconds=600)) == 0
         assert await db_pool.fetchval("SELECT count(*) FROM virtual_schedule") == 0
+
+
+class DownSink:
+    """The pipeline while the database is away or it sheds: every submit is refused at once
+    (``refused``: instead, the database refuses the signal's data, for good)."""
+
+    saturated = False
+
+    def __init__(self, error: type[IngestUnavailable] = IngestUnavailable) -> None:
+        self.error = error
+        self.submits = 0
+
+    async def submit(self, signal: InboundSignal) -> IngestResult:
+        self.submits += 1
+        raise self.error("database unavailable")
+
+
+class TestPipelineUnavailable:
+    async def test_an_unavailable_pipeline_is_retried_a_poll_later_not_at_once(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A queued request and a due check-in the pipeline cannot take: the timer tries again
+        after its poll (0.3 s), not every 10 ms with 500 failing submits each round."""
+        virtual = Account(account="ABC1", virtual=True)
+        await AccountStore(db_pool).upsert_many([virtual])
+        await db_pool.execute(
+            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
+            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
+        )
+        sink = DownSink()
+        modules = VirtualModules(
+            db_pool, sink, checkin_interval_s=60, poll_s=0.3, sync_interval_s=0
+        )
+        modules.start()
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            await modules.stop()
+        assert 2 <= sink.submits <= 12  # a request and a check-in per round, ~4 rounds
+        assert await db_pool.fetchval("SELECT done_at FROM virtual_requests") is None
+
+    async def test_a_refused_request_is_recorded_not_retried_for_ever(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The database refuses the request's signal (its data): it is marked done with the
+        reason and the requests behind it go on."""
+        virtual = Account(account="ABC1", virtual=True)
+        await AccountStore(db_pool).upsert_many([virtual])
+        await db_pool.execute(
+            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
+            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
+        )
+        modules = VirtualModules(
+            db_pool, DownSink(IngestRefused), checkin_interval_s=60, poll_s=0.3, sync_interval_s=0
+        )
+        assert await modules.send_requests(datetime.now(UTC)) == 0
+        row = await db_pool.fetchrow("SELECT done_at, result FROM virtual_requests")
+        assert row is not None and row["done_at"] is not None
+        assert row["result"].startswith("not sent: refused by the database")
