@@ -45,8 +45,13 @@ class ReceiverDirectory:
         return self.registry
 
     async def start(self) -> None:
-        await self._load()
+        # LISTEN before the load: a change committed while it runs is notified, then reloaded.
         await self._listener.start()
+        try:
+            await self._load()
+        except BaseException:
+            await self._listener.stop()
+            raise
         self._task = asyncio.create_task(self._run(), name="receiver-directory")
 
     def _on_notify(self, _payload: str) -> None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from engine.receiver_directory import ReceiverDirectory
+from engine.station_model import ReceiverConfig
+from engine.store.stations import StationStore
 from receivers.dc09_client import Dc09ReceiverPool
 from receivers.registry import ReceiverRegistry
 
@@ -73,5 +76,34 @@ class TestReload:
             await asyncio.sleep(0.3)
             assert not _polling(primary)  # replaced: closed once retired
             assert _polling(third.client("rx-a")) and _polling(third.client("rx-b"))
+        finally:
+            await directory.stop()
+
+
+class TestStartGap:
+    async def test_a_change_committed_while_the_receivers_load_is_not_lost(
+        self, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The start's load has read the receivers; a receiver is added before it returns (a
+        slow load). The change is NOTIFYed while the directory listens already: it is reloaded."""
+        await _add_receiver(db_pool, "central", "rx-a", 1)
+        read = StationStore.ip_receivers
+        calls: list[int] = []
+
+        async def slow_read(self: StationStore) -> list[ReceiverConfig]:
+            receivers = await read(self)
+            if not calls:  # the first (start) load: a change commits before it is applied
+                await _add_receiver(db_pool, "central", "rx-late", 2)
+            calls.append(len(receivers))
+            return receivers
+
+        monkeypatch.setattr(StationStore, "ip_receivers", slow_read)
+        directory = ReceiverDirectory(db_pool, retire_after_s=0.05)
+        await directory.start()
+        try:
+            async with asyncio.timeout(10):
+                while "rx-late" not in directory.current().names:
+                    await asyncio.sleep(0.05)
+            assert directory.current().names == ["rx-a", "rx-late"]
         finally:
             await directory.stop()
