@@ -43,8 +43,17 @@ class AccountChangeListener:
         )
 
     async def start(self) -> None:
-        """Start listening (returns once LISTEN is in place)."""
+        """LISTEN, then load every account (errors propagate: the engine is starting).
+
+        In this order a change committed while the load runs (seconds for a million accounts) is
+        notified and applied after it; each apply re-reads its row, so one the load saw is harmless.
+        """
         await self._listener.start()
+        try:
+            await self._resync("accounts_loaded")
+        except BaseException:
+            await self._listener.stop()
+            raise
         self._task = asyncio.create_task(self._run(), name="account-listener")
 
     async def stop(self) -> None:
@@ -61,11 +70,11 @@ class AccountChangeListener:
         except asyncio.QueueFull:
             self._reload.set()  # too many changes at once: reload the whole directory
 
-    async def _resync(self) -> None:
+    async def _resync(self, event: str = "accounts_reloaded") -> None:
         """After a reconnect: reload everything (raises, so the listener retries)."""
         self._reload.clear()
         self._directory.load(await self._store.all())
-        log.info("accounts_reloaded", count=len(self._directory))
+        log.info(event, count=len(self._directory))
 
     async def _run(self) -> None:
         while True:

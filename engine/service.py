@@ -33,7 +33,6 @@ from engine.open_files import fit_max_connections
 from engine.pipeline import IngestPipeline
 from engine.receiver_directory import ReceiverDirectory
 from engine.settings import Settings
-from engine.store.accounts import AccountStore
 from engine.supervision import SupervisionStage, SupervisionTimer
 from engine.virtual_modules import VirtualModules
 from engine.voice_session import VoiceCommandImpossible
@@ -94,9 +93,8 @@ class Engine:
         async with open_database(settings) as database:
             pool: asyncpg.Pool = database.pool
             self.pool = pool
-            await self._load_accounts(pool)
             accounts_listener = AccountChangeListener(pool, self.directory)
-            await accounts_listener.start()
+            await accounts_listener.start()  # LISTEN, then load every account
 
             receivers = ReceiverDirectory(pool)
             # Everything started from here on is stopped in the finally, also when the start
@@ -254,11 +252,6 @@ class Engine:
             unknown_account_reply=Reply.NONE if dc09.unknown_account == "silent" else Reply.DUH,
             max_frame_bytes=dc09.max_frame_bytes,
         )
-
-    async def _load_accounts(self, pool: asyncpg.Pool) -> None:
-        store = AccountStore(pool)
-        self.directory.load(await store.all())
-        log.info("accounts_loaded", count=len(self.directory))
 
     async def _readiness(self) -> dict[str, bool]:
         checks = {

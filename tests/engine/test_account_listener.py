@@ -1,0 +1,76 @@
+"""The in-memory account directory never goes stale: a change committed while every account is
+being loaded (at start, after a lost LISTEN connection) reaches it, and is not undone by the load's
+older snapshot (real PostgreSQL; the load is slowed by committing changes before it returns)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from engine.account_directory import AccountDirectory
+from engine.account_model import Account
+from engine.store.accounts import AccountStore
+from tests.engine.test_ingest_e2e import KEY_HEX, provision, running_engine, settings_for
+
+NEW_KEY = "F0E0D0C0B0A090807060504030201000"
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def _change_accounts(pool: asyncpg.Pool) -> None:
+    """Rotate 5678's key, delete 1409, add ABD1 (each commit NOTIFYs)."""
+    await pool.execute("UPDATE accounts SET key = $1 WHERE account = '5678'", NEW_KEY)
+    await AccountStore(pool).delete("1409")
+    await AccountStore(pool).upsert_many([Account(account="ABD1")])
+
+
+def _current(directory: AccountDirectory) -> bool:
+    rotated = directory.get("5678")
+    return (
+        rotated is not None
+        and rotated.key == NEW_KEY
+        and directory.get("1409") is None
+        and directory.get("ABD1") is not None
+    )
+
+
+def _slow_load(
+    monkeypatch: pytest.MonkeyPatch, during: Callable[[], Any], *, call: int = 0
+) -> list[int]:
+    """``AccountStore.all``'s ``call``-th call (0: the first) awaits ``during()`` after it read
+    every account and before it returns them; returns the list of loads' sizes."""
+    load = AccountStore.all
+    sizes: list[int] = []
+
+    async def slow_all(self: AccountStore, *args: Any, **kwargs: Any) -> list[Account]:
+        accounts = await load(self, *args, **kwargs)
+        if len(sizes) == call:
+            await during()
+        sizes.append(len(accounts))
+        return accounts
+
+    monkeypatch.setattr(AccountStore, "all", slow_all)
+    return sizes
+
+
+class TestStartGap:
+    async def test_changes_committed_while_the_engine_loads_accounts_arrive(
+        self, db_pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The start's load has read every account; before it returns, a key is rotated, an
+        account deleted and one added. The running engine's directory has all three changes."""
+        await provision(db_pool)
+        sizes = _slow_load(monkeypatch, lambda: _change_accounts(db_pool))
+        async with running_engine(settings_for(database_url)) as engine:
+            await _eventually(lambda: _current(engine.directory))
+            assert sizes[0] == 4
+            rotated = engine.directory.get("5678")
+            assert rotated is not None and rotated.key != KEY_HEX
