@@ -4,6 +4,10 @@ A trigger (migration 0050) sends ``NOTIFY alarmrelay_accounts, '<account>'`` on 
 update and delete; this listener re-reads that account. When the listening connection is lost
 (:class:`engine.pg_listener.ChannelListener` reconnects), or a change cannot be read, it reloads
 everything, so an import or API change is never missed for long.
+
+One task makes every change to the directory, so a full load and the notifications never
+overlap: those that arrive while it runs (LISTEN is in place before it starts) are applied after
+it, each re-reading its row, and the load's snapshot cannot undo a newer change.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class AccountChangeListener:
         """
         await self._listener.start()
         try:
-            await self._resync("accounts_loaded")
+            await self._load_all("accounts_loaded")
         except BaseException:
             await self._listener.stop()
             raise
@@ -70,9 +74,15 @@ class AccountChangeListener:
         except asyncio.QueueFull:
             self._reload.set()  # too many changes at once: reload the whole directory
 
-    async def _resync(self, event: str = "accounts_reloaded") -> None:
-        """After a reconnect: reload everything (raises, so the listener retries)."""
-        self._reload.clear()
+    async def _resync(self) -> None:
+        """After a reconnect: have ``_run`` reload everything (changes meanwhile were not notified).
+
+        Not here: notifications applied during the load would then be undone by its older snapshot.
+        """
+        self._reload.set()
+
+    async def _load_all(self, event: str) -> None:
+        self._reload.clear()  # asked again from now on: that needs a newer snapshot than this one
         self._directory.load(await self._store.all())
         log.info(event, count=len(self._directory))
 
@@ -109,7 +119,7 @@ class AccountChangeListener:
         delay = 0.5
         while True:
             try:
-                await self._resync()
+                await self._load_all("accounts_reloaded")
             except Exception as exc:
                 log.warning("account_reload_failed", error=repr(exc), retry_in_s=delay)
                 self._reload.set()

@@ -5,6 +5,7 @@ older snapshot (real PostgreSQL; the load is slowed by committing changes before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from engine.account_directory import AccountDirectory
+from engine.account_listener import AccountChangeListener
 from engine.account_model import Account
 from engine.store.accounts import AccountStore
 from tests.engine.test_ingest_e2e import KEY_HEX, provision, running_engine, settings_for
@@ -74,3 +76,41 @@ class TestStartGap:
             assert sizes[0] == 4
             rotated = engine.directory.get("5678")
             assert rotated is not None and rotated.key != KEY_HEX
+
+
+async def _terminate_listen_backend(pool: asyncpg.Pool) -> None:
+    """End the listener's backend as ``pg_terminate_backend`` by an operator would."""
+    ended = await pool.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%alarmrelay_accounts%'"
+    )
+    assert ended == 1
+
+
+class TestReloadRace:
+    async def test_a_reload_does_not_undo_changes_made_while_it_ran(
+        self, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The LISTEN connection is lost; the reload after the reconnect has read every account
+        when a key is rotated, an account deleted and one added (and notified on the new
+        connection). The directory ends with all three changes, not with the reload's snapshot."""
+        await provision(db_pool)
+        directory = AccountDirectory()
+
+        async def during() -> None:
+            await _change_accounts(db_pool)
+            with contextlib.suppress(TimeoutError):  # let the notifications be handled, if at all
+                await _eventually(lambda: _current(directory), timeout=1.0)
+
+        sizes = _slow_load(monkeypatch, during, call=1)
+        listener = AccountChangeListener(db_pool, directory, check_interval_s=0.2)
+        await listener.start()
+        try:
+            assert directory.get("1409") is not None and directory.get("ABD1") is None
+            await _terminate_listen_backend(db_pool)
+            await _eventually(lambda: len(sizes) == 2)
+            await asyncio.sleep(0.3)
+            await _eventually(lambda: _current(directory))
+            assert sizes == [4, 4]  # the reload's snapshot predates the changes
+        finally:
+            await listener.stop()
