@@ -2,8 +2,10 @@
 
 A trigger (migration 0050) sends ``NOTIFY alarmrelay_accounts, '<account>'`` on every insert,
 update and delete; this listener re-reads that account. When the listening connection is lost
-(:class:`engine.pg_listener.ChannelListener` reconnects), or a change cannot be read, it reloads
-everything, so an import or API change is never missed for long.
+(:class:`engine.pg_listener.ChannelListener` reconnects), or a change cannot be fetched, it
+reloads everything, so an import or API change is never missed for long. A row that makes no
+Account (:class:`~engine.store.accounts.InvalidAccountRow`) is logged, counted and left out of
+the directory (unknown) rather than kept with older settings; the others are not held up by it.
 
 One task makes every change to the directory, so a full load and the notifications never
 overlap: those that arrive while it runs (LISTEN is in place before it starts) are applied after
@@ -18,9 +20,10 @@ import contextlib
 import asyncpg
 import structlog
 
+from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.pg_listener import ChannelListener
-from engine.store.accounts import AccountStore
+from engine.store.accounts import AccountStore, InvalidAccountRow
 
 log = structlog.get_logger("engine.account_listener")
 
@@ -38,6 +41,7 @@ class AccountChangeListener:
         self._task: asyncio.Task[None] | None = None
         self._pending: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._reload = asyncio.Event()
+        self._invalid: set[str] = set()  # accounts left out: their row makes no Account
         self._listener = ChannelListener(
             pool,
             CHANNEL,
@@ -83,8 +87,16 @@ class AccountChangeListener:
 
     async def _load_all(self, event: str) -> None:
         self._reload.clear()  # asked again from now on: that needs a newer snapshot than this one
-        self._directory.load(await self._store.all())
-        log.info(event, count=len(self._directory))
+        invalid: set[str] = set()
+
+        def skip(exc: InvalidAccountRow) -> None:
+            _log_invalid(exc)
+            invalid.add(exc.account)
+
+        self._directory.load(await self._store.all(on_invalid=skip))
+        self._invalid = invalid
+        metrics.ACCOUNTS_INVALID.set(len(invalid))
+        log.info(event, count=len(self._directory), invalid=len(invalid))
 
     async def _run(self) -> None:
         while True:
@@ -105,10 +117,17 @@ class AccountChangeListener:
     async def _apply(self, account: str) -> None:
         try:
             row = await self._store.get(account)
+        except InvalidAccountRow as exc:  # unknown until fixed, rather than its old settings
+            _log_invalid(exc)
+            row = None
+            self._invalid.add(account)
         except Exception as exc:  # any error: reload everything rather than miss the change
             log.warning("account_refresh_failed", account=account, error=repr(exc))
             self._reload.set()
             return
+        else:
+            self._invalid.discard(account)
+        metrics.ACCOUNTS_INVALID.set(len(self._invalid))
         if row is None:
             self._directory.remove(account)
         else:
@@ -127,3 +146,7 @@ class AccountChangeListener:
                 delay = min(delay * 2, 30.0)
                 continue
             return
+
+
+def _log_invalid(exc: InvalidAccountRow) -> None:
+    log.error("account_row_invalid", account=exc.account, error=exc.reason, loaded=False)

@@ -94,6 +94,10 @@ DB_POOL_SIZE = Gauge("alarmrelay_db_pool_connections", "Connections in the datab
 DB_POOL_IDLE = Gauge("alarmrelay_db_pool_idle_connections", "Idle connections in the pool.")
 DATABASE_UP = Gauge("alarmrelay_database_up", "1 while the last database operation succeeded.")
 ACCOUNTS_LOADED = Gauge("alarmrelay_accounts_loaded", "Accounts in the in-memory directory.")
+ACCOUNTS_INVALID = Gauge(
+    "alarmrelay_accounts_invalid",
+    "Accounts whose row cannot be read: left out of the directory (unknown) until fixed.",
+)
 RETENTION_DELETED = Counter(
     "alarmrelay_retention_rows_deleted_total",
     "Rows deleted because their signal is past retention (decisions, finished deliveries).",

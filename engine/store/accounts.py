@@ -7,7 +7,7 @@ with exactly the fields of ``ForwardingSettings`` (as msgspec encodes it).
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -48,9 +48,30 @@ _DEFAULT_FORWARDING = ForwardingSettings()
 _KEY_FORMATS = {f.value: f for f in KeyFormat}
 
 
+class InvalidAccountRow(ValueError):
+    """A stored row that makes no :class:`Account`: a forwarding document with a field or a
+    category this version does not know (a manual jsonb edit, a newer engine in a rolling upgrade).
+    ``reason`` names what is wrong, never a key."""
+
+    def __init__(self, account: str, reason: str) -> None:
+        super().__init__(f"account {account}: {reason}")
+        self.account = account
+        self.reason = reason
+
+
+OnInvalid = Callable[[InvalidAccountRow], None]
+"""Told of each row that makes no Account (which is then skipped)."""
+
+
 def account_from_row(row: Mapping[str, Any]) -> Account:
-    """An Account from a row with the columns of ``_COLUMNS`` (forwarding as json text)."""
-    forwarding = row["forwarding"]
+    """An Account from a row with the columns of ``_COLUMNS`` (forwarding as json text).
+
+    Raises :class:`InvalidAccountRow` when the forwarding document does not decode.
+    """
+    try:
+        forwarding = _forwarding(row["forwarding"])
+    except msgspec.MsgspecError as exc:
+        raise InvalidAccountRow(row["account"], f"forwarding: {exc}") from exc
     return Account(
         account=row["account"],
         module_serial=row["module_serial"],
@@ -63,11 +84,15 @@ def account_from_row(row: Mapping[str, Any]) -> Account:
         supervision_interval_s=row["supervision_interval_s"],
         two_way_voice_capable=row["two_way_voice_capable"],
         virtual=row["virtual"],
-        forwarding=_forwarding_decoder.decode(forwarding)
-        if forwarding not in (None, "{}")
-        else _DEFAULT_FORWARDING,
+        forwarding=forwarding,
         dialer_delay_s=row["dialer_delay_s"],
     )
+
+
+def _forwarding(document: str | None) -> ForwardingSettings:
+    if document in (None, "{}"):
+        return _DEFAULT_FORWARDING
+    return _forwarding_decoder.decode(document)
 
 
 def _columns(accounts: Sequence[Account]) -> list[list[Any]]:
@@ -153,19 +178,31 @@ class AccountStore:
         )
         return account_from_row(row) if row is not None else None
 
-    async def iter_all(self, *, prefetch: int = 5000) -> AsyncIterator[Account]:
+    async def iter_all(
+        self, *, prefetch: int = 5000, on_invalid: OnInvalid | None = None
+    ) -> AsyncIterator[Account]:
         """Every account in account order, streamed with a server-side cursor.
 
-        Holds one connection and a read-only transaction (one snapshot) while iterating.
+        Holds one connection and a read-only transaction (one snapshot) while iterating. A row
+        that makes no Account raises :class:`InvalidAccountRow`, or with ``on_invalid`` is passed
+        to it and skipped.
         """
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
             async for row in conn.cursor(
                 f"SELECT {_COLUMNS} FROM accounts ORDER BY account", prefetch=prefetch
             ):
-                yield account_from_row(row)
+                try:
+                    account = account_from_row(row)
+                except InvalidAccountRow as exc:
+                    if on_invalid is None:
+                        raise
+                    on_invalid(exc)
+                    continue
+                yield account
 
-    async def all(self) -> list[Account]:
-        """Every account, streamed from the server (the engine's directory load at start).
+    async def all(self, *, on_invalid: OnInvalid | None = None) -> list[Account]:
+        """Every account, streamed from the server (the engine's directory load at start);
+        ``on_invalid`` as for :meth:`iter_all`.
 
         The cyclic garbage collector is paused meanwhile: a million new long-lived structs would
         otherwise trigger repeated full traversals and double the load time.
@@ -173,7 +210,7 @@ class AccountStore:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return [account async for account in self.iter_all()]
+            return [account async for account in self.iter_all(on_invalid=on_invalid)]
         finally:
             if was_enabled:
                 gc.enable()

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
@@ -114,3 +115,55 @@ class TestReloadRace:
             assert sizes == [4, 4]  # the reload's snapshot predates the changes
         finally:
             await listener.stop()
+
+
+BAD_FORWARDING = {
+    "unknown_field": "forwarding || '{\"x\": 1}'",
+    "unknown_category": "jsonb_set(forwarding, '{categories}', '[\"alarms\", \"bogus\"]')",
+}
+
+
+def _invalid_gauge() -> float:
+    return REGISTRY.get_sample_value("alarmrelay_accounts_invalid") or 0.0
+
+
+class TestUnreadableRow:
+    @pytest.mark.parametrize("bad", sorted(BAD_FORWARDING))
+    async def test_one_unreadable_row_does_not_stop_other_changes(
+        self, db_pool: asyncpg.Pool, bad: str
+    ) -> None:
+        """1234's forwarding document gets a field (or a category) this version does not know.
+        1234 leaves the directory (unknown: no stale settings) and is counted; a later key
+        rotation on 5678 still arrives; once the row is fixed, 1234 is back."""
+        await provision(db_pool)
+        directory = AccountDirectory()
+        listener = AccountChangeListener(db_pool, directory)
+        await listener.start()
+        try:
+            await db_pool.execute(
+                f"UPDATE accounts SET forwarding = {BAD_FORWARDING[bad]} WHERE account = '1234'"
+            )
+            await db_pool.execute("UPDATE accounts SET key = $1 WHERE account = '5678'", NEW_KEY)
+            await _eventually(lambda: getattr(directory.get("5678"), "key", None) == NEW_KEY)
+            assert directory.get("1234") is None
+            assert _invalid_gauge() == 1
+            await db_pool.execute(
+                "UPDATE accounts SET forwarding = '{}'::jsonb WHERE account = '1234'"
+            )
+            await _eventually(lambda: directory.get("1234") is not None)
+            assert _invalid_gauge() == 0
+        finally:
+            await listener.stop()
+
+    async def test_an_engine_starts_with_an_unreadable_row(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The start's load skips the unreadable row (counted) and takes every other account."""
+        await provision(db_pool)
+        await db_pool.execute(
+            "UPDATE accounts SET forwarding = forwarding || '{\"x\": 1}' WHERE account = '1234'"
+        )
+        async with running_engine(settings_for(database_url)) as engine:
+            assert len(engine.directory) == 3 and engine.directory.get("1234") is None
+            assert engine.directory.get("5678") is not None
+            assert _invalid_gauge() == 1

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings, KeyFormat
-from engine.store.accounts import AccountStore
+from engine.store.accounts import AccountStore, InvalidAccountRow
 from protocols.signal import Category
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -116,6 +116,24 @@ class TestListing:
         await store.upsert_many(list(reversed(accounts)))
         assert [a async for a in store.iter_all(prefetch=4)] == accounts
         assert await store.all() == accounts
+
+    async def test_an_unreadable_row_is_named_or_skipped(self, db_pool: asyncpg.Pool) -> None:
+        """A forwarding document with an unknown field: get and iter_all raise InvalidAccountRow
+        naming the account (not the key); with on_invalid the row is passed to it and skipped."""
+        store = AccountStore(db_pool)
+        await store.upsert_many([full_account("1"), full_account("2", None)])
+        await db_pool.execute(
+            "UPDATE accounts SET forwarding = forwarding || '{\"x\": 1}' WHERE account = '1'"
+        )
+        with pytest.raises(InvalidAccountRow) as raised:
+            await store.get("1")
+        assert raised.value.account == "1" and "x" in raised.value.reason
+        assert full_account().key not in str(raised.value)
+        with pytest.raises(InvalidAccountRow):
+            await store.all()
+        skipped: list[str] = []
+        loaded = await store.all(on_invalid=lambda exc: skipped.append(exc.account))
+        assert [a.account for a in loaded] == ["2"] and skipped == ["1"]
 
     async def test_delete(self, db_pool: asyncpg.Pool) -> None:
         """delete removes one account and says whether it existed."""
