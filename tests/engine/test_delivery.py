@@ -4,6 +4,8 @@ order; never two leases on one row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -365,36 +367,47 @@ class ReleaseCounting(CountingPool):
         return str(await self._pool.execute(query, *args))
 
 
+async def _until_none_pending(db_pool: asyncpg.Pool, timeout_s: float = 20.0) -> None:
+    """Wait until every delivery is delivered or dead."""
+    async with asyncio.timeout(timeout_s):
+        while await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'pending'"):
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def _one_slot(
+    db_pool: asyncpg.Pool, delay_ms: int
+) -> AsyncIterator[tuple[StationSimulator, Dispatcher]]:
+    """A station that ACKs each frame after ``delay_ms``, and a dispatcher with one slot and a
+    poll far away (whatever is sent went without a claim)."""
+    station = StationSimulator(mode="delay")
+    station.delay_ms = delay_ms
+    await station.start()
+    registry = ReceiverRegistry([ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)])
+    dispatcher = Dispatcher(db_pool, lambda: registry, max_in_flight=1, poll_s=30.0)
+    dispatcher.start()
+    try:
+        yield station, dispatcher
+    finally:
+        await dispatcher.stop()
+        await registry.close()
+        await station.stop()
+
+
 class TestLaneOrderInMemory:
     async def test_an_older_row_arriving_late_goes_before_a_head_still_waiting(
         self, db_pool: asyncpg.Pool
     ) -> None:
         """Every slot is busy; the lane's newer row arrives first and waits for a slot, then its
         older row (a claim racing a commit). The older one is sent first."""
-        station = StationSimulator(mode="delay")
-        station.delay_ms = 300
-        await station.start()
-        registry = ReceiverRegistry(
-            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)]
-        )
-        dispatcher = Dispatcher(db_pool, lambda: registry, max_in_flight=1, poll_s=30.0)
-        dispatcher.start()
-        try:
+        async with _one_slot(db_pool, 300) as (station, dispatcher):
             busy = await _leased(db_pool, dispatcher.owner, "ABD", "0001", 1)
             older = await _leased(db_pool, dispatcher.owner, "ABC", "0001", 2)
             newer = await _leased(db_pool, dispatcher.owner, "ABC", "0002", 3)
             dispatcher.adopt([owned_from_record(busy)])  # takes the only slot for 300 ms
             dispatcher.adopt([owned_from_record(newer)])
             dispatcher.adopt([owned_from_record(older)])
-            async with asyncio.timeout(20):
-                while await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-                ):
-                    await asyncio.sleep(0.05)
-        finally:
-            await dispatcher.stop()
-            await registry.close()
-            await station.stop()
+            await _until_none_pending(db_pool)
         assert [r.seq for r in station.received if r.account == "ABC"] == ["0001", "0002"]
 
     async def test_a_head_waiting_for_a_slot_starts_when_one_frees_not_at_the_next_poll(
@@ -403,28 +416,12 @@ class TestLaneOrderInMemory:
         """Every slot is busy and a fire alarm waits for one: it is sent as soon as the busy
         delivery is done. (The finishing delivery still counted itself as busy, so the alarm
         waited for the next claim, here 30 s.)"""
-        station = StationSimulator(mode="delay")
-        station.delay_ms = 200
-        await station.start()
-        registry = ReceiverRegistry(
-            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)]
-        )
-        dispatcher = Dispatcher(db_pool, lambda: registry, max_in_flight=1, poll_s=30.0)
-        dispatcher.start()
-        try:
+        async with _one_slot(db_pool, 200) as (station, dispatcher):
             busy = await _leased(db_pool, dispatcher.owner, "ABD", "0001", 1)
             fire = await _leased(db_pool, dispatcher.owner, "ABC", "0001", 2)
             dispatcher.adopt([owned_from_record(busy)])
             dispatcher.adopt([owned_from_record(fire)])
-            async with asyncio.timeout(10):
-                while await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-                ):
-                    await asyncio.sleep(0.02)
-        finally:
-            await dispatcher.stop()
-            await registry.close()
-            await station.stop()
+            await _until_none_pending(db_pool, timeout_s=10)
         assert [r.account for r in station.received] == ["ABD", "ABC"]
 
     async def test_rows_the_failure_released_are_not_released_a_second_time(
