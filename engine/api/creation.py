@@ -46,6 +46,7 @@ from engine.api.packages import (
 )
 from engine.api.problems import FieldError, decode_error
 from engine.api.serials import (
+    MAX_SERIAL_LENGTH,
     MODULE_TYPES,
     PANEL_TYPES,
     ModuleType,
@@ -377,7 +378,16 @@ async def check_system(
                 message=f"{module.name} is not used for {account_type}",
             )
         )
-    if serial is None and virtual:
+    if serial is not None and len(serial) > MAX_SERIAL_LENGTH:
+        errors.append(
+            FieldError(
+                field="system.serial",
+                rule="max_length",
+                message=f"a module serial has at most {MAX_SERIAL_LENGTH} characters",
+            )
+        )
+        serial = None
+    elif serial is None and virtual:
         serial = "VIRT" + secrets.token_hex(6).upper()  # simulated module
     elif serial is not None and module is not None and not virtual:
         problem = serial_problem(module, serial)

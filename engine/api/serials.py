@@ -141,6 +141,9 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+MAX_SERIAL_LENGTH = 64  # any real serial is far shorter; a virtual module's is free-form
+
+
 def normalize_serial(serial: str) -> str:
     """Upper case without spaces or dashes (how serials are printed varies)."""
     return re.sub(r"[\s-]", "", serial).upper()

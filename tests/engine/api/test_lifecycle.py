@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import httpx
 
 from engine.store.accounts import AccountStore
@@ -204,3 +206,31 @@ class TestVirtual:
         assert customer["virtual"] is True and customer["module_serial"].startswith("VIRT")
         account = await AccountStore(api.pool).get_by_serial(customer["module_serial"])
         assert account is not None and account.virtual is True
+
+    async def test_overlong_virtual_serial_refused(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A virtual module's serial skips the format check but not a length bound: 422, not 500
+        (the unique index on module_serial cannot hold a serial of thousands of characters)."""
+        dealer = await _setup(api, admin)
+        huge = "Q" + secrets.token_hex(3000).upper()  # random: does not compress in the index
+        request = security_request(dealer, "", virtual=True)
+        request["system"] = {"serial": huge, "module_type": "lte"}
+        response = await admin.post("/v1/customers", json=request)
+        assert response.status_code == 422, response.text
+        assert ("system.serial", "max_length") in problem_rules(response.json())
+        del request["system"]
+        created = await admin.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]
+        swapped = await admin.post(
+            f"/v1/customers/{customer['id']}/module-swap",
+            json={"serial": huge, "module_type": "lte"},
+        )
+        assert swapped.status_code == 422, swapped.text
+        assert ("system.serial", "max_length") in problem_rules(swapped.json())
+        ok = await admin.post(
+            f"/v1/customers/{customer['id']}/module-swap",
+            json={"serial": "Q" + "AB" * 31 + "C", "module_type": "lte"},
+        )
+        assert ok.status_code == 200, ok.text
