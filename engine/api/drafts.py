@@ -67,7 +67,7 @@ async def _progress(conn: asyncpg.Connection, caller: Caller, row: asyncpg.Recor
     return Draft(
         id=row["id"],
         dealer_id=row["dealer_id"],
-        document=document,
+        document=_shown(document),
         complete_steps=complete,
         next_step=remaining[0] if remaining else None,
         errors=errors,
@@ -75,6 +75,28 @@ async def _progress(conn: asyncpg.Connection, caller: Caller, row: asyncpg.Recor
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _shown(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as answered: the stored AES key is replaced by ``key_set``."""
+    system = document.get("system")
+    if not isinstance(system, dict) or "key" not in system:
+        return document
+    shown = {k: v for k, v in system.items() if k != "key"}
+    return {**document, "system": {**shown, "key_set": system["key"] is not None}}
+
+
+def _stored(document: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """The steps to store: ``key_set`` (as answered) is dropped, and a ``system`` step without
+    ``key`` keeps the stored key (answers never carry it; ``"key": null`` removes it)."""
+    system = document.get("system")
+    if not isinstance(system, dict):
+        return document
+    system = {k: v for k, v in system.items() if k != "key_set"}
+    old = before.get("system")
+    if "key" not in system and isinstance(old, dict) and "key" in old:
+        system["key"] = old["key"]
+    return {**document, "system": system}
 
 
 def _check_sections(document: dict[str, Any]) -> None:
@@ -124,13 +146,14 @@ async def create_draft(state: State, caller: Caller, data: DraftIn) -> Draft:
     """Store the steps given so far; the answer tells the next step."""
     require_write(caller)
     _check_sections(data.document)
+    document = _stored(data.document, {})
     async with state.pool.acquire() as conn, conn.transaction():
-        dealer_id = await _dealer_of(conn, caller, data.document)
+        dealer_id = await _dealer_of(conn, caller, document)
         row = await conn.fetchrow(
             "INSERT INTO drafts (dealer_id, document, created_by) VALUES ($1, $2::jsonb, $3) "
             "RETURNING id, dealer_id, document::text AS document, created_at, updated_at",
             dealer_id,
-            msgspec.json.encode(data.document).decode(),
+            msgspec.json.encode(document).decode(),
             caller.key_id,
         )
         await audit.record(
@@ -140,7 +163,7 @@ async def create_draft(state: State, caller: Caller, data: DraftIn) -> Draft:
             resource="draft",
             resource_id=row["id"],
             dealer_id=dealer_id,
-            after=data.document,
+            after=document,
         )
         return await _progress(conn, caller, row)
 
@@ -153,7 +176,7 @@ async def update_draft(state: State, caller: Caller, draft_id: int, data: DraftI
     async with state.pool.acquire() as conn, conn.transaction():
         row = await _load(conn, caller, draft_id, for_update=True)
         before = msgspec.json.decode(row["document"])
-        document = {**before, **data.document}
+        document = {**before, **_stored(data.document, before)}
         document = {k: v for k, v in document.items() if v is not None}
         dealer_id = await _dealer_of(conn, caller, document)
         row = await conn.fetchrow(

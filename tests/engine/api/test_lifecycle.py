@@ -50,6 +50,55 @@ class TestDrafts:
         assert (await client.get(f"/v1/drafts/{draft['id']}")).status_code == 404
         assert await AccountStore(api.pool).get(full["system"]["serial"]) is not None
 
+    async def test_aes_key_never_answered(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """A draft's AES key is kept for the submit but no answer shows it, not even to a read-only
+        key: ``system.key_set`` says one is stored, and the system step sent back as answered (with
+        ``key_set``, without ``key``) keeps it."""
+        dealer = await _setup(api, admin)
+        client = api.client(await api.key("dealer", dealer))
+        reader = api.client(await api.key("read-only", dealer))
+        aes = secrets.token_hex(16).upper()
+        full = security_request(dealer, imei("49015420323751"))
+        full["system"]["key"] = aes
+        started = await client.post("/v1/drafts", json={"document": full})
+        assert started.status_code == 201, started.text
+        draft = started.json()
+        assert aes not in started.text
+        assert draft["document"]["system"]["key_set"] is True
+        assert "key" not in draft["document"]["system"]
+        system = {**draft["document"]["system"], "panel_type": "hybrid-wired-panel"}
+        step = await client.patch(
+            f"/v1/drafts/{draft['id']}", json={"document": {"system": system}}
+        )
+        assert step.status_code == 200, step.text
+        assert aes not in step.text and step.json()["next_step"] is None
+        assert step.json()["document"]["system"]["key_set"] is True
+        for answer in (
+            await client.get(f"/v1/drafts/{draft['id']}"),
+            await client.get("/v1/drafts"),
+            await reader.get(f"/v1/drafts/{draft['id']}"),
+            await reader.get("/v1/drafts"),
+        ):
+            assert answer.status_code == 200, answer.text
+            assert aes not in answer.text
+        submitted = await client.post(f"/v1/drafts/{draft['id']}/submit")
+        assert submitted.status_code == 201, submitted.text
+        assert aes not in submitted.text
+        account = await AccountStore(api.pool).get(full["system"]["serial"])
+        assert account is not None and account.key == aes
+
+    async def test_aes_key_removed_with_null(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """``"key": null`` in a system step removes the stored key."""
+        await _setup(api, admin)
+        system = {"serial": imei("49015420323751"), "module_type": "lte", "key": "k" * 16}
+        system["key_format"] = "ascii"
+        draft = (await admin.post("/v1/drafts", json={"document": {"system": system}})).json()
+        assert draft["document"]["system"]["key_set"] is True
+        step = await admin.patch(
+            f"/v1/drafts/{draft['id']}", json={"document": {"system": {**system, "key": None}}}
+        )
+        assert step.json()["document"]["system"]["key_set"] is False
+
     async def test_invalid_step_reported(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A step with a wrong value is listed with its field error and is the next step."""
         dealer = await _setup(api, admin)
