@@ -298,7 +298,8 @@ async def put_receiver(
         raise invalid(errors)
     async with state.pool.acquire() as conn, conn.transaction():
         before = await _visible_station(conn, caller, name, change=True)
-        if not data.two_way_voice or data.kind == "phone":
+        ours = any(r.name == receiver for r in before.receivers)  # else: new, or 409 below
+        if ours and (not data.two_way_voice or data.kind == "phone"):
             # PRODUCT.md: two-way voice needs a receiver that supports it; it stays true.
             using = (await voice_accounts_on(conn, [receiver])).get(receiver, [])
             if using:

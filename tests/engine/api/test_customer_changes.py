@@ -163,6 +163,23 @@ class TestTwoWayVoiceStaysEligible:
         assert await api.pool.fetchval("SELECT two_way_voice FROM receivers") is True
         assert (await admin.put(url, json={**body, "two_way_voice": True})).status_code == 200
 
+    async def test_foreign_receiver_answered_alike_with_voice_in_use(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Another dealer's PUT of this receiver under its own station gets the same 409 whether
+        or not accounts use the receiver with two-way voice: it learns nothing about them."""
+        receiver, _, _ = await self._voice_customer(api, admin)
+        other = await api.dealer("Other")
+        await create_station(api.pool, other, name="S3")
+        client = api.client(await api.key("dealer", other))
+        body = {"name": receiver, "host": "127.0.0.1", "port": 9100, "two_way_voice": False}
+        url = f"/v1/stations/S3/receivers/{receiver}"
+        without = await client.put(url, json=body)
+        with_voice = await client.put(url, json={**body, "two_way_voice": True})
+        assert without.status_code == with_voice.status_code == 409, without.text
+        assert without.json() == with_voice.json()
+        assert "two-way voice" not in without.text
+
     async def test_import_over_a_customer_account_is_refused_unless_asked(
         self, api: Api, admin: httpx.AsyncClient, database_url: str
     ) -> None:
