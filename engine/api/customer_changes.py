@@ -20,6 +20,7 @@ from engine.api.auth import Caller, require_write
 from engine.api.creation import check_forwarding, check_package, supervision_interval_for
 from engine.api.customer_model import Customer, ForwardingStep, PackageStep
 from engine.api.customer_store import document_of, fetch_customer
+from engine.api.packages import Quote, load_packages, quote
 from engine.api.problems import FieldError, ProblemError, invalid
 from engine.api.serials import MODULE_TYPES, ModuleType
 
@@ -58,6 +59,17 @@ async def _current_module(conn: asyncpg.Connection, customer_id: int) -> ModuleT
     return MODULE_TYPES.get(code) if code else None
 
 
+async def _current_package(conn: asyncpg.Connection, doc: dict[str, Any]) -> Quote | None:
+    """The customer's package as sold, even if deactivated since (that only stops new sales)."""
+    step = msgspec.convert(doc.get("package") or {}, PackageStep)
+    if step.base is None:
+        return None
+    packages = await load_packages(conn, [step.base, *step.addons])
+    if step.base not in packages or any(a not in packages for a in step.addons):
+        return None
+    return quote(packages[step.base], [packages[a] for a in step.addons])
+
+
 async def _save_document(conn: asyncpg.Connection, customer_id: int, doc: dict[str, Any]) -> None:
     await conn.execute(
         "UPDATE customers SET document = $2::jsonb, updated_at = now() WHERE id = $1",
@@ -82,10 +94,7 @@ async def set_forwarding(
         doc = document_of(before)
         errors: list[FieldError] = []
         warnings: list[str] = []
-        package_step = msgspec.convert(doc.get("package") or {}, PackageStep)
-        _, package, _ = await check_package(
-            conn, package_step, before.account_type, before.dealer_id, errors
-        )
+        package = await _current_package(conn, doc)
         module = await _current_module(conn, customer_id)
         forwarding = await check_forwarding(
             conn,

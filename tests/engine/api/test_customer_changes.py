@@ -15,7 +15,13 @@ from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
 from engine.supervision import SupervisionStage, SupervisionTimer
-from tests.engine.api.catalog_setup import create_packages, create_station, imei, security_request
+from tests.engine.api.catalog_setup import (
+    PACKAGES,
+    create_packages,
+    create_station,
+    imei,
+    security_request,
+)
 from tests.engine.api.conftest import Api, problem_rules
 from tests.engine.test_accounts_cli import cli
 from tests.support.fake_clock import FakeClock
@@ -55,6 +61,24 @@ class TestForwarding:
             "ABC1",
         )
         assert "update_forwarding" in await _audit_actions(admin)
+
+    async def test_deactivated_package_does_not_freeze_forwarding(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A package deactivated after the sale still counts for the customer's forwarding:
+        forwarding can be changed (and two-way voice, which the package includes, turned on)."""
+        _, receiver, customer = await _customer(api, admin, package={"base": "res-voice"})
+        [voice] = [p for p in PACKAGES if p["code"] == "res-voice"]
+        retired = await admin.put("/v1/packages/res-voice", json={**voice, "active": False})
+        assert retired.status_code == 200, retired.text
+        url = f"/v1/customers/{customer}/forwarding"
+        body = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        on = await admin.put(url, json=body)
+        assert on.status_code == 200, on.text
+        off = await admin.put(url, json={"mode": "never"})
+        assert off.status_code == 200, off.text
+        account = await AccountStore(api.pool).get_by_serial(SERIAL)
+        assert account is not None and account.forwarding.mode.value == "never"
 
     async def test_validation_like_creation(self, api: Api, admin: httpx.AsyncClient) -> None:
         """Missing station account and an unknown receiver are listed; nothing is changed."""
