@@ -219,11 +219,21 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
+# userinfo "user:password@": the password runs to the LAST "@" (it may hold "@", "/", "?", …).
+_URL_PASSWORD = re.compile(r"\A([^:/?#@]*:).*@", re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&\s])(?:ssl)?password=)[^&\s]*", re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced by ``***`` (for logs and errors)."""
+    """The URL with every password replaced by ``***`` (for logs and errors): the userinfo's and
+    the ``password`` / ``sslpassword`` query parameters."""
     if url is None:
         return None
-    return re.sub(r"((?:^|//)[^:/@]*:)[^@/]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = _URL_PASSWORD.sub(r"\1***@", rest, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + rest)
 
 
 def env_name(path: str) -> str:

@@ -44,6 +44,18 @@ class TestOneLineErrors:
         )
         assert "secret" not in done.stderr
 
+    def test_no_password_of_an_unreachable_url(self) -> None:
+        """A password in the query string or holding "@" is not printed with the server."""
+        for url in (
+            "postgresql:///nodb?password=hunter2&port=5999",
+            "postgresql://u:hunter2@x@127.0.0.1:5999/db",
+        ):
+            done = run(url, "state", "1234")
+            assert done.returncode == 2, done.stderr
+            [line] = done.stderr.strip().splitlines()
+            assert line.startswith("alarmrelay: error: cannot reach PostgreSQL at "), line
+            assert "hunter2" not in done.stderr
+
     async def test_a_value_the_database_refuses(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:

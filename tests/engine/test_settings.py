@@ -275,6 +275,21 @@ class TestSecrets:
     def test_redact_url_masks_a_password_without_a_scheme(self) -> None:
         assert redact_url("ar:s3cr3t@db/ar") == "ar:***@db/ar"
 
+    def test_redact_url_masks_every_password(self) -> None:
+        """A password in the query string (libpq's ``password``/``sslpassword``) is masked too,
+        and the userinfo is split at its last "@" (a password may hold "@" or "/")."""
+        assert redact_url("postgresql:///nodb?password=hunter2&port=5999") == (
+            "postgresql:///nodb?password=***&port=5999"
+        )
+        assert redact_url("postgresql://h/db?port=1&sslpassword=k3y&Password=p;w") == (
+            "postgresql://h/db?port=1&sslpassword=***&Password=***"
+        )
+        assert redact_url("postgresql://u:p@ss@host/db") == "postgresql://u:***@host/db"
+        assert redact_url("postgresql://u:p/s?s@host/db") == "postgresql://u:***@host/db"
+        assert redact_url("postgresql://u@host:5432/db?application_name=a@b") == (
+            "postgresql://u@host:5432/db?application_name=a@b"
+        )
+
 
 class TestApiSection:
     def test_smtp_keys_become_the_letter_sender(self) -> None:
