@@ -440,13 +440,17 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
 
 def _check_database_url(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
     url = settings.database.url
-    if url is None or urlsplit(url).scheme in ("postgresql", "postgres"):
-        return
+    try:
+        if url is None or urlsplit(url).scheme in ("postgresql", "postgres"):
+            return
+        problem = "must be a postgresql:// URL"
+    except ValueError:  # an unclosed "[" of an IPv6 host, …: its message may hold the password
+        problem = "is not a valid URL (check the host: an IPv6 address is written [::1])"
     where = origin.get("database.url")
     where = f"environment variable {where}" if where else source
     # The value is not repeated: a URL without its scheme still holds a password.
     raise UserFacingError(
-        f"{where}: database.url must be a postgresql:// URL, "
+        f"{where}: database.url {problem}, "
         "e.g. postgresql://alarmrelay@db.example:5432/alarmrelay (or unset: the embedded server)"
     )
 

@@ -15,14 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(
-    database_url: str, *args: str, env: dict[str, str] | None = None
+    database_url: str | None, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m engine <args>`` on ``database_url`` (and ``env``), without our variables."""
+    """``python -m engine <args>`` on ``database_url`` (None: the config file's) and ``env``,
+    without our variables."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")},
         **(env or {}),
     }
-    env["ALARMRELAY_DATABASE_URL"] = database_url
+    if database_url is not None:
+        env["ALARMRELAY_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],
         cwd=ROOT,
@@ -55,6 +57,16 @@ class TestOneLineErrors:
             [line] = done.stderr.strip().splitlines()
             assert line.startswith("alarmrelay: error: cannot reach PostgreSQL at "), line
             assert "hunter2" not in done.stderr
+
+    def test_a_url_that_cannot_be_split(self, tmp_path: Path) -> None:
+        """database.url with an unclosed IPv6 bracket in the file: a config error, exit 2."""
+        config = tmp_path / "alarmrelay.toml"
+        config.write_text('[database]\nurl = "postgresql://u:pw@[::1/db"\n')
+        done = run(None, "state", "1234", "--config", str(config))
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"alarmrelay: error: {config}: database.url is not a valid URL")
+        assert "pw@" not in line
 
     async def test_a_value_the_database_refuses(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path

@@ -139,6 +139,17 @@ class TestEnvironment:
             assert url not in message and "s3cr3t" not in message
         assert load_settings(None, {"ALARMRELAY_DATABASE_URL": "postgres://u@h/db"}).database.url
 
+    def test_database_url_that_cannot_be_parsed_is_a_config_error(self, tmp_path: Path) -> None:
+        """An unclosed IPv6 bracket (urlsplit raises) is named by file or variable, not a bug;
+        the value (and its password) is not repeated."""
+        url = "postgresql://u:pw@[::1/db"
+        path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+        message = error_of(path)
+        assert message.startswith(f"{path}: database.url is not a valid URL"), message
+        message = error_of(None, {"ALARMRELAY_DATABASE_URL": url})
+        assert message.startswith("environment variable ALARMRELAY_DATABASE_URL: database.url")
+        assert "pw" not in message and url not in message
+
     def test_both_database_url_variables_must_agree(self) -> None:
         """ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL name one key: differing, refused."""
         one, other = "postgresql://u@h:5432/db", "postgresql://u@h:5433/db"
