@@ -128,6 +128,6 @@ def _zone(row: Account) -> tzinfo | None:
         return None
     try:
         return ZoneInfo(row.local_time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         log.error("account_time_zone_invalid", account=row.account, zone=row.local_time_zone)
         return None

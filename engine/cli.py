@@ -58,6 +58,8 @@ def describe_failure(exc: Exception) -> str:
     first = (str(exc).splitlines() or [""])[0]
     if isinstance(exc, asyncpg.DataError):
         return f"the database refused a value: {first}"
+    if isinstance(exc, OSError) and exc.filename is not None:  # a file, not the database
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time (database.command_timeout_s)"
     if is_database_unreachable(exc):

@@ -76,7 +76,7 @@ def account_problem(account: Account) -> str | None:
     if account.local_time_zone is not None:
         try:
             ZoneInfo(account.local_time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             return f"local_time_zone: unknown time zone {account.local_time_zone!r}"
     forwarding = account.forwarding
     station_account = forwarding.station_account

@@ -239,7 +239,7 @@ def run_decode(args: argparse.Namespace) -> int:
     if args.local_time_zone:
         try:
             zone = ZoneInfo(args.local_time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
             raise UserFacingError(
                 f"--local-time-zone: unknown time zone {args.local_time_zone!r}"
             ) from None

@@ -288,6 +288,10 @@ class TestAccountProblem:
                 "local_time_zone: unknown time zone",
             ),
             (
+                Account(account="1", local_time_zone="America"),  # a directory of tzdata
+                "local_time_zone: unknown time zone 'America'",
+            ),
+            (
                 Account(
                     account="1",
                     forwarding=ForwardingSettings(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
+from engine.cli import describe_failure
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -95,6 +97,15 @@ class TestOneLineErrors:
             assert line.startswith("alarmrelay: error: the database refused a value: ")
         assert await db_pool.fetchval("SELECT count(*) FROM accounts") == 0
         assert await db_pool.fetchval("SELECT count(*) FROM receivers") == 0
+
+    def test_a_file_error_is_not_a_database_error(self) -> None:
+        """An OSError naming a file (IsADirectoryError, PermissionError…) no command foresaw is
+        reported as such, never as "lost the connection to PostgreSQL"."""
+        error = IsADirectoryError(21, "Is a directory", "/usr/share/zoneinfo/America")
+        assert describe_failure(error) == "Is a directory: /usr/share/zoneinfo/America"
+        assert describe_failure(ConnectionResetError(104, "Connection reset by peer")).startswith(
+            "lost the connection to PostgreSQL"
+        )
 
     def test_station_sim_port_out_of_range(self) -> None:
         """--port 99999 is a usage error (it used to wrap around to another port)."""

@@ -258,6 +258,11 @@ class TestOptions:
             ),
             (["frame", "decode", "x", "--now", "yesterday"], "--now"),
             (["frame", "decode", "x", "--local-time-zone", "Mars/Olympus"], "time zone"),
+            # A directory of the zone database (IsADirectoryError), not a database error.
+            (
+                ["frame", "decode", "x", "--local-time-zone", "America"],
+                "--local-time-zone: unknown time zone 'America'",
+            ),
             (["frame", "decode", "caf\u0100"], "Windows-1252"),
             (["frame", "encode", "--account", "1234", "--seq", "1"], "seq"),
             (["frame", "encode", "--account", "1234", "--key-ascii", "A" * 16], "timestamp"),
