@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -66,8 +66,12 @@ def register(subparsers: Any) -> None:
     dec.add_argument("--key-hex", help="AES key as 32/48/64 hex characters")
     dec.add_argument("--key-ascii", help="AES key as a 16/24/32-character string")
     dec.add_argument("--now", help="check the timestamp window against this time (ISO 8601)")
-    dec.add_argument("--past", type=int, default=40, help="window seconds before now (default 40)")
-    dec.add_argument("--future", type=int, default=20, help="window seconds after now (default 20)")
+    dec.add_argument(
+        "--past", type=_seconds, default=40, help="window seconds before now (default 40)"
+    )
+    dec.add_argument(
+        "--future", type=_seconds, default=20, help="window seconds after now (default 20)"
+    )
     dec.add_argument("--local-time-zone", help="the panel writes local time in this IANA zone")
     dec.set_defaults(func=run_decode)
 
@@ -101,6 +105,20 @@ def register(subparsers: Any) -> None:
         "--raw", action="store_true", help="write the bytes with LF and CR instead of escaped text"
     )
     enc.set_defaults(func=run_encode)
+
+
+_MAX_WINDOW_S = 10 * 366 * 86400  # ten years: beyond any clock drift, and within datetime
+
+
+def _seconds(text: str) -> int:
+    """A window width for argparse: 0 up to ten years of seconds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= value <= _MAX_WINDOW_S:
+        raise argparse.ArgumentTypeError(f"{value} is not in 0-{_MAX_WINDOW_S} seconds")
+    return value
 
 
 _SIMPLE_ESCAPES = {"r": 0x0D, "n": 0x0A, "t": 0x09, "0": 0x00, "\\": 0x5C}
@@ -158,11 +176,15 @@ def _key(key_hex: str | None, key_ascii: str | None) -> AesKey | None:
 
 
 def _time(text: str, option: str) -> datetime:
+    """The time as UTC (naive: UTC already); frames carry UTC."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UserFacingError(f"{option}: not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is in year 0 in UTC
+        raise UserFacingError(f"{option}: {text!r} is out of range in UTC (years 1-9999)") from None
 
 
 def _event_out(inspection: FrameInspection) -> tuple[list[EventOut], str | None]:
@@ -235,6 +257,14 @@ def decode(
 def run_decode(args: argparse.Namespace) -> int:
     key = _key(args.key_hex, args.key_ascii)
     now = _time(args.now, "--now") if args.now else None
+    if now is not None:
+        try:
+            _ = (now - timedelta(seconds=args.past), now + timedelta(seconds=args.future))
+        except OverflowError:
+            raise UserFacingError(
+                f"--now: the window -{args.past}/+{args.future} s around {args.now!r} "
+                "goes beyond the years 1-9999"
+            ) from None
     zone = None
     if args.local_time_zone:
         try:

@@ -264,6 +264,20 @@ class TestOptions:
                 "--local-time-zone: unknown time zone 'America'",
             ),
             (["frame", "decode", "caf\u0100"], "Windows-1252"),
+            # Times datetime cannot hold once in UTC or with the window around them.
+            (
+                [
+                    "frame",
+                    "encode",
+                    "--account",
+                    "1234",
+                    "--timestamp",
+                    "0001-01-01T00:00:00+05:00",
+                ],
+                "--timestamp: '0001-01-01T00:00:00+05:00' is out of range in UTC",
+            ),
+            (["frame", "decode", "x", "--now", "0001-01-01T00:00:10Z"], "--now: the window"),
+            (["frame", "decode", "x", "--now", "9999-12-31T23:59:59Z"], "--now: the window"),
             (["frame", "encode", "--account", "1234", "--seq", "1"], "seq"),
             (["frame", "encode", "--account", "1234", "--key-ascii", "A" * 16], "timestamp"),
             (["frame", "encode", "--account", "1234", "--now", "soon"], "--now"),
@@ -291,6 +305,31 @@ class TestOptions:
         assert message in err
         assert err.count("\n") == 1
         assert "Traceback" not in err
+
+    @pytest.mark.parametrize("option", ["--past", "--future"])
+    @pytest.mark.parametrize("value", ["99999999999999", "-1", "soon"])
+    def test_window_out_of_range(
+        self, capsys: pytest.CaptureFixture[str], option: str, value: str
+    ) -> None:
+        """A window beyond ten years (datetime overflowed), negative or not a number is a usage
+        error naming the option."""
+        frame = 'A6CC003B"SIA-DCS"1662L0#0000[#0000|Nri0/RP0000]_12:40:52,12-22-2021'
+        with pytest.raises(SystemExit) as exit_info:
+            main(["frame", "decode", frame, "--now", "2026-01-01T00:00:00Z", option, value])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.splitlines()[-1].startswith(
+            f"alarmrelay frame decode: error: argument {option}: "
+        )
+        assert "Traceback" not in captured.err
+
+    def test_window_of_ten_years_accepted(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The widest window still decodes (the capture from years ago is inside it)."""
+        frame = 'A6CC003B"SIA-DCS"1662L0#0000[#0000|Nri0/RP0000]_12:40:52,12-22-2021'
+        now = "2026-01-01T00:00:00Z"
+        code, out, _ = run(capsys, "frame", "decode", frame, "--now", now, "--past", "316224000")
+        assert (code, out["timestamp_ok"]) == (0, True)
 
 
 class TestEncode:
