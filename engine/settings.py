@@ -420,6 +420,8 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             raw = msgspec.toml.decode(text)
         except msgspec.DecodeError as exc:
             raise UserFacingError(f"{path}: invalid TOML: {exc}") from None
+        except RecursionError:  # thousands of "["
+            raise UserFacingError(f"{path}: invalid TOML: nested too deeply") from None
         _empty_means_unset(raw)
         try:
             # Validate the file alone first, strictly, so its mistakes are reported against it.

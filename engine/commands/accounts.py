@@ -171,6 +171,8 @@ def parse_accounts(data: bytes, source: str) -> list[Account]:
         items = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
+    except RecursionError:  # thousands of "[" decoded as Any
+        raise UserFacingError(f"{source}: invalid JSON: nested too deeply") from None
     if not isinstance(items, list):
         raise UserFacingError(f"{source}: expected a JSON list of accounts")
     accounts: list[Account] = []

@@ -224,6 +224,24 @@ class TestParseAccounts:
         with pytest.raises(UserFacingError, match=r"^a\.json: invalid JSON: "):
             parse_accounts(b"[{", "a.json")
 
+    def test_nested_too_deeply(self) -> None:
+        """100,000 "[" is a clear error, not a RecursionError reported as a bug."""
+        with pytest.raises(UserFacingError) as info:
+            parse_accounts(b"[" * 100_000, "a.json")
+        assert str(info.value) == "a.json: invalid JSON: nested too deeply"
+
+    async def test_nested_too_deeply_on_the_command_line(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        """The import command prints that one line, exit 2."""
+        source = tmp_path / "accounts.json"
+        source.write_bytes(b"[" * 100_000)
+        status, _, err = await cli(database_url, "accounts", "import", str(source))
+        assert (status, err.strip()) == (
+            2,
+            f"alarmrelay: error: {source}: invalid JSON: nested too deeply",
+        )
+
     def test_not_a_list(self) -> None:
         """The document must be a list."""
         assert problem_of({"account": "1"}) == "accounts.json: expected a JSON list of accounts"

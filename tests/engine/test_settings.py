@@ -108,6 +108,11 @@ class TestFile:
         assert message.startswith(f"{path}: invalid TOML:")
         assert "line 2" in message
 
+    def test_toml_nested_too_deeply(self, tmp_path: Path) -> None:
+        """A value of 100,000 "[" is a clear error, not a RecursionError reported as a bug."""
+        path = write(tmp_path, "data_dir = " + "[" * 100_000 + "\n")
+        assert error_of(path) == f"{path}: invalid TOML: nested too deeply"
+
     def test_missing_file_is_a_clear_error(self, tmp_path: Path) -> None:
         """A config path that does not exist is named in the error."""
         path = tmp_path / "absent.toml"
