@@ -436,6 +436,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     except msgspec.ValidationError as exc:
         raise UserFacingError(_describe(exc, source, origin)) from None
     _check_bounds(settings, source, origin)
+    _check_pool(settings, source, origin)
     _check_database_url(settings, source, origin)
     return settings
 
@@ -462,6 +463,22 @@ _BOUNDS = (
     ("database.pool_min", "database.pool_max"),
     ("mqtt.reconnect_min_s", "mqtt.reconnect_max_s"),
 )
+
+
+def _check_pool(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
+    """A pool too small for what holds connections: the two LISTEN connections (accounts,
+    receivers) keep theirs, each commit writer takes one, and delivery and the timers need one
+    more. Below that the engine waited for a connection for ever, silently."""
+    db = settings.database
+    needed = db.commit_writers + 3
+    if db.pool_max < needed:
+        where = origin.get("database.pool_max") or origin.get("database.commit_writers")
+        where = f"environment variable {where}" if where else source
+        raise UserFacingError(
+            f"{where}: database.pool_max ({db.pool_max}) must be at least database.commit_writers "
+            f"+ 3 ({needed}): two connections stay open for LISTEN, each commit writer takes one, "
+            "and delivery and the timers need one more"
+        )
 
 
 def _check_bounds(settings: Settings, source: str, origin: Mapping[str, str]) -> None:

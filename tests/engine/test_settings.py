@@ -225,6 +225,20 @@ class TestEnvironment:
             f"{path}: mqtt.reconnect_min_s (10.0) is larger than mqtt.reconnect_max_s (1.0)"
         )
 
+    def test_a_pool_too_small_for_the_writers_is_refused(self, tmp_path: Path) -> None:
+        """pool_max below commit_writers + 3 (the two LISTEN connections, the writers, one for
+        delivery and timers): the engine used to wait for a connection for ever, silently."""
+        message = error_of(
+            None,
+            {"ALARMRELAY_DATABASE__POOL_MAX": "4", "ALARMRELAY_DATABASE__POOL_MIN": "1"},
+        )
+        assert message.startswith(
+            "environment variable ALARMRELAY_DATABASE__POOL_MAX: database.pool_max (4) must be "
+            "at least database.commit_writers + 3 (5)"
+        )
+        path = write(tmp_path, "[database]\npool_min = 1\npool_max = 4\ncommit_writers = 1\n")
+        assert load_settings(path, {}).database.pool_max == 4
+
     def test_list_variable_is_comma_separated(self, tmp_path: Path) -> None:
         """A list key from the environment: items split at commas, spaces trimmed; it replaces the file's list."""
         path = write(tmp_path, '[crash_smash]\nentry_codes = ["sia:BA"]\n')
