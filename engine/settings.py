@@ -30,6 +30,9 @@ ENV_DATABASE_URL = "ALARMRELAY_DATABASE_URL"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: an ephemeral port (tests)
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+# A timestamp window edge: up to ten years. A larger one has no use, and far larger ones put the
+# window's edge outside the dates Python holds: every checked frame failed (no ACK, no NAK).
+WindowSeconds = Annotated[int, msgspec.Meta(ge=0, le=315_576_000)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 # A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
 _ENTRY_CODE = r"^(cid:[0-9]{3}|sia:[A-Z]{2})$"
@@ -83,8 +86,8 @@ class Dc09Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     host: str = "127.0.0.1"
     port: Port = 10009
-    timestamp_past_s: NonNegative = 40  # PROTOCOLS.md §1: accept −40 s …
-    timestamp_future_s: NonNegative = 20  # … +20 s, else NAK with our time
+    timestamp_past_s: WindowSeconds = 40  # PROTOCOLS.md §1: accept −40 s …
+    timestamp_future_s: WindowSeconds = 20  # … +20 s, else NAK with our time
     check_plain_timestamps: bool = True  # also check unencrypted frames that carry a timestamp
     unknown_account: Literal["duh", "silent"] = "duh"
     duplicate_window_s: NonNegative = 600  # same account + seq + data within it: stored once

@@ -20,12 +20,26 @@ class TimestampWindow(msgspec.Struct, frozen=True, kw_only=True):
         """True when ``timestamp`` lies inside the window around ``now`` (both aware)."""
         bounds = _WINDOW_BOUNDS.get((self.past_s, self.future_s))
         if bounds is None:
-            bounds = (timedelta(seconds=self.past_s), timedelta(seconds=self.future_s))
+            bounds = (_span(self.past_s), _span(self.future_s))
             if len(_WINDOW_BOUNDS) >= _CACHE_SIZE:
                 _WINDOW_BOUNDS.clear()
             _WINDOW_BOUNDS[(self.past_s, self.future_s)] = bounds
         past, future = bounds
-        return now - past <= timestamp <= now + future
+        try:
+            return now - past <= timestamp <= now + future
+        except OverflowError:  # an edge beyond the dates datetime holds: that side is open
+            return (past >= now - _EARLIEST or now - past <= timestamp) and (
+                future >= _LATEST - now or timestamp <= now + future
+            )
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _span(seconds: int) -> timedelta:
+    """``seconds`` as a timedelta, at most the largest one (a window edge that large is open)."""
+    return timedelta(seconds=min(seconds, 86_400 * 999_999_999))
 
 
 # Memos of pure functions (sans-I/O: no clock involved). Building two timedeltas per check cost

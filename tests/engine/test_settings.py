@@ -225,6 +225,14 @@ class TestEnvironment:
             f"{path}: mqtt.reconnect_min_s (10.0) is larger than mqtt.reconnect_max_s (1.0)"
         )
 
+    def test_a_timestamp_window_beyond_ten_years_is_refused(self) -> None:
+        """dc09.timestamp_past_s of 10^11 s put the window's edge before year 1: every checked
+        frame raised OverflowError. Refused at load, naming the variable."""
+        message = error_of(None, {"ALARMRELAY_DC09__TIMESTAMP_PAST_S": "99999999999"})
+        assert "ALARMRELAY_DC09__TIMESTAMP_PAST_S" in message
+        assert "315576000" in message
+        assert load_settings(None, {"ALARMRELAY_DC09__TIMESTAMP_PAST_S": "315576000"})
+
     def test_a_pool_too_small_for_the_writers_is_refused(self, tmp_path: Path) -> None:
         """pool_max below commit_writers + 3 (the two LISTEN connections, the writers, one for
         delivery and timers): the engine used to wait for a connection for ever, silently."""

@@ -126,6 +126,24 @@ class TestWindow:
         """The default window accepts 40 s before to 20 s after now, edges included."""
         assert TimestampWindow().check(NOW + timedelta(seconds=offset_s), NOW) is inside
 
+    @pytest.mark.parametrize("seconds", [10**11, 10**15, 10**20])
+    def test_a_window_beyond_the_dates_datetime_holds_is_open_on_that_side(
+        self, seconds: int
+    ) -> None:
+        """Edges past year 1 or 9999 (a window of 10^11 s and more) never raise OverflowError:
+        that side is simply open; the other keeps its edge."""
+        far_past = datetime(1, 1, 2, tzinfo=UTC)
+        assert TimestampWindow(past_s=seconds, future_s=20).check(far_past, NOW)
+        assert not TimestampWindow(past_s=seconds, future_s=20).check(
+            NOW + timedelta(seconds=21), NOW
+        )
+        assert TimestampWindow(past_s=40, future_s=seconds).check(
+            NOW + timedelta(days=365 * 1000), NOW
+        )
+        assert not TimestampWindow(past_s=40, future_s=seconds).check(
+            NOW - timedelta(seconds=41), NOW
+        )
+
     def test_custom_window(self) -> None:
         """past_s and future_s move the edges."""
         window = TimestampWindow(past_s=600, future_s=0)
