@@ -45,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``| head``): not an error of ours, nor the
+        # database's. Point stdout at nothing so the interpreter's final flush stays quiet.
+        import os  # noqa: PLC0415 - only on this path
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as exc:  # never a traceback: one line that says what happened
         message = describe_failure(exc)
         print(f"alarmrelay: error: {message}", file=sys.stderr)

@@ -3,6 +3,7 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import asyncpg
 
+from engine.account_model import Account
 from engine.cli import describe_failure
+from engine.store.accounts import AccountStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +39,24 @@ def run(
         timeout=60,
         check=False,
     )
+
+
+def _export_read_100_bytes(database_url: str) -> tuple[int, str]:
+    """``alarmrelay accounts export`` whose reader stops after 100 bytes: (exit status, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALARMRELAY_")}
+    env["ALARMRELAY_DATABASE_URL"] = database_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "accounts", "export"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()  # the reader is gone
+    returncode = proc.wait(timeout=60)
+    return returncode, proc.stderr.read().decode()
 
 
 class TestOneLineErrors:
@@ -106,6 +127,18 @@ class TestOneLineErrors:
         assert describe_failure(ConnectionResetError(104, "Connection reset by peer")).startswith(
             "lost the connection to PostgreSQL"
         )
+
+    async def test_a_reader_that_stops_early_is_not_a_database_error(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """`accounts export | head -c 100`: the reader goes away mid-document. Exit 141, as a
+        shell reports SIGPIPE, and no "lost the connection to PostgreSQL" on stderr."""
+        await AccountStore(db_pool).upsert_many(
+            [Account(account=f"{0x100000 + i:X}", name="x" * 200) for i in range(2000)]
+        )
+        returncode, stderr = await asyncio.to_thread(_export_read_100_bytes, database_url)
+        assert returncode == 141, stderr
+        assert "PostgreSQL" not in stderr and "Traceback" not in stderr
 
     def test_station_sim_port_out_of_range(self) -> None:
         """--port 99999 is a usage error (it used to wrap around to another port)."""
