@@ -129,20 +129,28 @@ def _send_blocking(smtp: SmtpSettings, letter: Letter, html_body: str, pdf: byte
         client.send_message(message)
 
 
-async def _issue(state: State, caller: Caller, customer_id: int, action: str) -> Letter:
-    """A letter for the customer with a fresh one-time set-up token (earlier unused ones revoked)."""
+_REVOKE_EARLIER = (
+    "UPDATE setup_tokens SET revoked_at = now() "
+    "WHERE customer_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND token_hash <> $2"
+)
+
+
+async def _issue(
+    state: State, caller: Caller, customer_id: int, action: str, *, revoke_earlier: bool = True
+) -> tuple[Letter, str]:
+    """A letter for the customer with a fresh one-time set-up token, and the token's hash.
+    ``revoke_earlier``: the unused earlier links stop working now (else the caller decides)."""
     settings: ApiSettings = state.api_settings
     token = secrets.token_urlsafe(32)
+    token_hash = hash_key(token)
     expires = datetime.now(UTC) + timedelta(hours=settings.setup_link_ttl_h)
     async with state.pool.acquire() as conn, conn.transaction():
         customer: Customer = await fetch_customer(conn, caller, customer_id, for_update=True)
-        await conn.execute(
-            "UPDATE setup_tokens SET revoked_at = now() WHERE customer_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
-            customer_id,
-        )
+        if revoke_earlier:
+            await conn.execute(_REVOKE_EARLIER, customer_id, token_hash)
         await conn.execute(
             "INSERT INTO setup_tokens (token_hash, customer_id, expires_at) VALUES ($1, $2, $3)",
-            hash_key(token),
+            token_hash,
             customer_id,
             expires,
         )
@@ -158,7 +166,7 @@ async def _issue(state: State, caller: Caller, customer_id: int, action: str) ->
         )
     info: dict[str, Any] = customer.document.get("customer") or {}
     package: dict[str, Any] = customer.document.get("package") or {}
-    return Letter(
+    letter = Letter(
         name=f"{info.get('first_name', '')} {info.get('last_name', '')}".strip(),
         email=str(info.get("email", "")),
         language=str(info.get("language", "en")),
@@ -171,6 +179,7 @@ async def _issue(state: State, caller: Caller, customer_id: int, action: str) ->
         link=f"{settings.portal_url.rstrip('/')}/setup/{token}",
         expires=expires,
     )
+    return letter, token_hash
 
 
 @post(
@@ -184,7 +193,7 @@ async def welcome_letter(
 ) -> Response[bytes]:
     """Issues a new one-time set-up link (earlier unused links stop working)."""
     require_write(caller)
-    letter = await _issue(state, caller, customer_id, "welcome_letter")
+    letter, _ = await _issue(state, caller, customer_id, "welcome_letter")
     if format == "pdf":
         pdf = await asyncio.to_thread(render_pdf, letter)
         return Response(pdf, media_type="application/pdf")
@@ -197,21 +206,36 @@ async def welcome_letter(
     status_code=200,
 )
 async def send_welcome_letter(state: State, caller: Caller, customer_id: int) -> SendResult:
-    """Emails HTML with the PDF attached when SMTP is configured; otherwise skipped (and logged)."""
+    """Emails HTML with the PDF attached when SMTP is configured; otherwise skipped (and logged).
+
+    The earlier unused links stop working only once this letter is sent: a letter that could
+    not be sent leaves the customer the link they may already have (its own is revoked)."""
     require_write(caller)
     settings: ApiSettings = state.api_settings
-    letter = await _issue(state, caller, customer_id, "welcome_letter_send")
+    letter, token_hash = await _issue(
+        state, caller, customer_id, "welcome_letter_send", revoke_earlier=False
+    )
     if settings.smtp is None:
+        await _revoke_own(state, token_hash)
         log.info("welcome_letter_not_sent", customer=customer_id, reason="smtp_not_configured")
         return SendResult(sent=False, to=letter.email, reason="SMTP is not configured")
     pdf = await asyncio.to_thread(render_pdf, letter)
     try:
         await asyncio.to_thread(_send_blocking, settings.smtp, letter, render_html(letter), pdf)
     except (OSError, smtplib.SMTPException) as exc:
+        await _revoke_own(state, token_hash)
         log.warning("welcome_letter_send_failed", customer=customer_id, error=type(exc).__name__)
         return SendResult(sent=False, to=letter.email, reason=f"SMTP error: {type(exc).__name__}")
+    await state.pool.execute(_REVOKE_EARLIER, customer_id, token_hash)
     log.info("welcome_letter_sent", customer=customer_id)
     return SendResult(sent=True, to=letter.email)
+
+
+async def _revoke_own(state: State, token_hash: str) -> None:
+    """The link of a letter that was not sent: nobody has it, it must not stay valid."""
+    await state.pool.execute(
+        "UPDATE setup_tokens SET revoked_at = now() WHERE token_hash = $1", token_hash
+    )
 
 
 WELCOME_LETTER_HANDLERS = [welcome_letter, send_welcome_letter]

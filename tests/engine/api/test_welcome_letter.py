@@ -216,6 +216,43 @@ class TestWelcomeLetter:
             await smtp.stop()
             down = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
             assert down["sent"] is False and down["reason"] == "SMTP error: ConnectionRefusedError"
+            # Neither letter left a valid link, and neither revoked one the customer may hold.
+            assert (
+                await api.pool.fetchval(
+                    "SELECT count(*) FROM setup_tokens WHERE revoked_at IS NULL"
+                )
+                == 0
+            )
+        finally:
+            await api.close()
+            await server.stop()
+
+    async def test_a_letter_not_sent_keeps_the_earlier_link(self, db_pool: asyncpg.Pool) -> None:
+        """A letter was sent; the next one cannot be (no SMTP server): the first letter's link
+        still works (it was revoked before the send was tried), the unsent one's does not."""
+        smtp = SmtpServer()
+        await smtp.start()
+        settings = SmtpSettings(
+            host="127.0.0.1",
+            port=smtp.port,
+            starttls=False,
+            username=SMTP_USER,
+            password=SMTP_PASSWORD,
+        )
+        api, server = await _api_with_smtp(db_pool, settings)
+        try:
+            admin = api.client(api.admin_key)
+            customer = await _customer(api, admin)
+            sent = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
+            assert sent["sent"] is True
+            first = await api.pool.fetchval("SELECT token_hash FROM setup_tokens")
+            await smtp.stop()
+            down = (await admin.post(f"/v1/customers/{customer}/welcome-letter/send")).json()
+            assert down["sent"] is False
+            valid = await api.pool.fetch(
+                "SELECT token_hash FROM setup_tokens WHERE revoked_at IS NULL"
+            )
+            assert [r["token_hash"] for r in valid] == [first]
         finally:
             await api.close()
             await server.stop()
