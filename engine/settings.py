@@ -93,7 +93,7 @@ class Dc09Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     duplicate_window_s: NonNegative = 600  # same account + seq + data within it: stored once
     idle_timeout_s: PositiveFloat = 300.0
     max_connections: Positive = 10_000
-    rate_limit_per_s: PositiveFloat = 50.0  # frames per second per connection (also the burst)
+    rate_limit_per_s: PositiveFloat = 50.0  # frames per second per connection (bursts: twice)
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=64)] = MAX_FRAME_BYTES  # the largest legal
     max_pending_commits: Positive = 10_000  # signals waiting for a commit before reads pause
 
