@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,17 @@ from protocols.dc09_timestamp import TimestampWindow
 Mode = Literal["ack", "nak", "duh", "drop", "delay"]
 MODES: tuple[Mode, ...] = ("ack", "nak", "duh", "drop", "delay")
 DEFAULT_DELAY_MS = 1000  # "mode delay" without a delay set
+MAX_SKEW_S = 10 * 365.25 * 86_400  # ten years either way: a clock far off, still a date
+
+
+def clock_skew(seconds: float) -> timedelta:
+    """The station clock's offset; ValueError when not finite or beyond MAX_SKEW_S (a larger one
+    made every frame's time overflow: each connection failed and nothing was answered)."""
+    if not math.isfinite(seconds) or abs(seconds) > MAX_SKEW_S:
+        raise ValueError(f"clock skew must be within ±{MAX_SKEW_S:.0f} s, got {seconds}")
+    return timedelta(seconds=seconds)
+
+
 LOG_FLUSH_S = 0.02  # JSON lines reach the log at most this long after their frame
 
 
@@ -104,7 +116,7 @@ class StationSimulator:
         self.key = key
         self.mode: Mode = mode
         self.delay_ms = delay_ms
-        self.clock_skew = timedelta(seconds=clock_skew_s)
+        self.clock_skew = clock_skew(clock_skew_s)
         self.received: list[Received] = []
         self.frames = 0  # event frames recorded (len(received) when records are kept)
         self.polls = 0
@@ -126,7 +138,7 @@ class StationSimulator:
         self._directory = _AnyAccount(key)
         self._transports: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.disconnects: list[str] = []
+        self.disconnects: deque[str] = deque(maxlen=1000)  # the latest ones (memory stays flat)
 
     def set_mode(self, mode: Mode, *, delay_ms: int | None = None) -> None:
         """Switch what the station answers from now on (``delay``: ACK after ``delay_ms``)."""
@@ -160,7 +172,7 @@ class StationSimulator:
                 case ["delay", ms] if int(ms) >= 0:
                     self.delay_ms = int(ms)
                 case ["skew", seconds]:
-                    self.clock_skew = timedelta(seconds=float(seconds))
+                    self.clock_skew = clock_skew(float(seconds))
                 case ["stats"]:
                     pass
                 case _:
@@ -177,7 +189,10 @@ class StationSimulator:
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                while line := (await reader.readline()).decode(errors="replace").strip():
+                while raw := await reader.readline():  # until the client closes
+                    line = raw.decode(errors="replace").strip()
+                    if not line:
+                        continue  # a blank line is no command
                     writer.write(msgspec.json.encode(self.control(line)) + b"\n")
                     await writer.drain()
             except (ConnectionError, ValueError):

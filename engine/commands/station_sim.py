@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvloop  # noqa: PLC0415
 
-    from engine.station_sim import StationSimulator, run_cli  # noqa: PLC0415
+    from engine.station_sim import StationSimulator, clock_skew, run_cli  # noqa: PLC0415
     from protocols.dc09_crypto import AesKey  # noqa: PLC0415
 
     try:
@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         log = open(args.log, "a", encoding="utf-8") if args.log else sys.stdout  # noqa: SIM115 - closed below
     except OSError as exc:
         raise UserFacingError(f"cannot open {args.log}: {exc.strerror}") from None
+    try:
+        clock_skew(args.clock_skew_s)
+    except ValueError as exc:
+        raise UserFacingError(f"--clock-skew-s: {exc}") from None
     sim = StationSimulator(
         host=args.host,
         port=args.port,

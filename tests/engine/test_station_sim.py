@@ -298,7 +298,20 @@ class TestControl:
         assert answer[field] == value
         assert station.stats()[field] == value
 
-    @pytest.mark.parametrize("command", ["mode bogus", "delay -5", "delay soon", "reboot", "mode"])
+    @pytest.mark.parametrize(
+        "command",
+        [
+            "mode bogus",
+            "delay -5",
+            "delay soon",
+            "reboot",
+            "mode",
+            "skew inf",
+            "skew nan",
+            "skew 1e20",
+            "skew 1e12",
+        ],
+    )
     def test_bad_commands(self, command: str) -> None:
         """A bad command answers ok=false with the usage and changes nothing."""
         station = StationSimulator()
@@ -306,6 +319,21 @@ class TestControl:
         assert answer["ok"] is False
         assert "mode ack|nak|duh|drop|delay" in str(answer["error"])
         assert (station.mode, station.delay_ms) == ("ack", 0)
+        assert station.clock_skew.total_seconds() == 0
+
+    async def test_a_refused_skew_leaves_frames_answered(self, sim: StationSimulator) -> None:
+        """`skew 1e12` (the station's time past year 9999) used to be taken: every frame then
+        failed in the read callback, unanswered and unrecorded. Refused, a frame is still ACKed;
+        blank lines between commands are skipped, not the end of the session."""
+        port = await sim.start_control()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"skew 1e12\n\nskew inf\nstats\n")
+        answers = [json.loads(await reader.readline()) for _ in range(3)]
+        writer.close()
+        assert [a["ok"] for a in answers] == [False, False, True]
+        async with Wire(sim.port) as wire:
+            wire.send(seq="0001")
+            assert await wire.reply() == ("ACK", "0001")
 
     def test_delay_mode_without_delay_gets_default(self) -> None:
         """'mode delay' with no delay set waits a default time rather than none."""
