@@ -309,9 +309,10 @@ class Dc09Transmitter:
             )
         if token == "DUH":
             return Duhed(frame=reply)
+        if sent.encrypted and not reply.encrypted:
+            # §1.4: the ACK (or RSP) to an encrypted message is encrypted; a plain one proves
+            # nothing (anyone on the path can send it), so it never counts as delivered.
+            return Mismatch(frame=reply, reason=f"plain {token} to an encrypted frame")
         if token == "RSP":
             return RspReceived(frame=reply)
-        if sent.encrypted and not reply.encrypted:
-            # §1.4: the ACK to an encrypted message is encrypted; a plain one proves nothing.
-            return Mismatch(frame=reply, reason="plain ACK to an encrypted frame")
         return Acked(frame=reply)

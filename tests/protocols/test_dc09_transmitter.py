@@ -154,6 +154,23 @@ class TestMatch:
         outcome = tx.match(frame, sent, now=NOW)
         assert isinstance(outcome, Mismatch) and "plain ACK" in outcome.reason
 
+    def test_plain_rsp_to_encrypted_frame_is_a_mismatch(self) -> None:
+        """A plain RSP with the right seq and account is no proof either: it used to count as
+        delivered. The encrypted one (*RSP, our key) is taken."""
+        tx = Dc09Transmitter(receiver=None, line="0", key=KEY)
+        sent = sent_frame(tx)
+        plain = decode_frame(encode_frame(token="RSP", seq=sent.seq, account="1234", data=""))
+        outcome = tx.match(plain, sent, now=NOW)
+        assert isinstance(outcome, Mismatch) and "plain RSP" in outcome.reason
+        star = decode_frame(
+            encode_frame(
+                token="RSP", seq=sent.seq, account="1234", data="", key=KEY, timestamp=NOW
+            ),
+            key=KEY,
+        )
+        assert star.encrypted
+        assert isinstance(tx.match(star, sent, now=NOW), RspReceived)
+
     def test_wrong_seq_is_a_mismatch(self) -> None:
         """An ACK for another sequence number is reported as a mismatch."""
         tx = Dc09Transmitter(receiver=None, line="0")
