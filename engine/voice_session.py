@@ -166,6 +166,22 @@ class VoiceSessions:
     async def _command_with_retries(
         self, row: OwnedDelivery, receiver: str, problems: list[str], bound: Any
     ) -> None:
+        try:
+            await self._command_until_done(row, receiver, problems, bound)
+        except asyncio.CancelledError:
+            # The engine stops while the command is under way (even its first attempt, which
+            # can wait 10 s for the PUBACK): leave it visible, never a delivery without a record.
+            await self._record(
+                row,
+                "command_retrying",
+                "; ".join([*problems, "the engine stopped before the voice command was confirmed"]),
+                0,
+            )
+            raise
+
+    async def _command_until_done(
+        self, row: OwnedDelivery, receiver: str, problems: list[str], bound: Any
+    ) -> None:
         give_up_at = time.monotonic() + self._retry_s
         attempts = 0
         last_failure: str | None = None

@@ -21,6 +21,7 @@ from structlog.testing import CapturingLogger
 import engine.delivery
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.commands.accounts import parse_accounts
+from engine.delivery import owned_from_record
 from engine.errors import UserFacingError
 from engine.service import Engine
 from engine.settings import Settings, SupervisionSettings
@@ -28,6 +29,8 @@ from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
+from engine.voice_session import VoiceSessions
+from protocols.signal import Event
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.tcp_proxy import TcpProxy
@@ -403,3 +406,63 @@ class TestCommandFailure:
         assert "voice command not sent" in row["voice_session_error"]
         assert _metric("alarmrelay_voice_commands_total", "failed") == failed + 2
         assert _metric("alarmrelay_voice_sessions_total", "incomplete") == incomplete + 1
+
+
+class _Acked(msgspec.Struct):
+    outcome: str = "acked"
+
+
+class _AckingReceiver:
+    """A receiver whose listen-in is ACKed at once (the station side is not under test here)."""
+
+    config = msgspec.structs.replace(
+        ReceiverConfig(name="rx-a", host="127.0.0.1", port=1), two_way_voice=True
+    )
+
+    async def send(self, *, account: str, event: Event, seq: str | None = None) -> _Acked:
+        return _Acked()
+
+
+class _Registry:
+    def client(self, name: str) -> _AckingReceiver:
+        return _AckingReceiver()
+
+
+class TestStopDuringTheCommand:
+    async def test_an_engine_stopping_during_the_first_attempt_leaves_a_record(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The first publish waits for its PUBACK when the engine stops: the delivery shows
+        command_retrying with why (it had no voice record at all: the first attempt was not yet
+        a failure, and the stop cancelled it)."""
+        delivery = await db_pool.fetchrow(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at,
+                                    two_way_voice)
+            VALUES (1, 0, $1, 'lane', $2, 0, $3::jsonb, 'rx-a', '0001', now(), true)
+            RETURNING *
+            """,
+            ALARM_ACCOUNT,
+            STATION_ACCOUNT,
+            '{"family":"sia","code":"FA","zone":4,"classification":{"category":"alarms"}}',
+        )
+        started = asyncio.Event()
+
+        async def slow_command(account: str, signal_id: int) -> None:
+            started.set()
+            await asyncio.sleep(5)  # no PUBACK yet
+
+        sessions = VoiceSessions(db_pool, slow_command)
+        await sessions.after_delivery(
+            owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        await sessions.stop(timeout_s=0.05)
+        row = await db_pool.fetchrow(
+            "SELECT voice_session_state, voice_session_error FROM deliveries WHERE id = $1",
+            delivery["id"],
+        )
+        assert row is not None
+        assert row["voice_session_state"] == "command_retrying"
+        assert "the engine stopped" in row["voice_session_error"]
