@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiomqtt
 import pytest
@@ -123,22 +124,13 @@ class TestRedeliveryWhileResuming:
         prefix = f"resume-{secrets.token_hex(3)}/v1"
         sink = DownSink()
         listener = _listener(sink, mqtt_broker, prefix)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(listener.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
-                await module.publish(f"{prefix}/modules/S1/events", _events("held"), qos=1)
-                async with asyncio.timeout(10):
-                    while sink.refused < 3:  # refused on the first connection and two resumed ones
-                        await asyncio.sleep(0.02)
-                sink.down = False
-                [ack] = await _acks(module, 1)
-        finally:
-            await listener.stop()
-            task.cancel()
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            await module.publish(f"{prefix}/modules/S1/events", _events("held"), qos=1)
+            async with asyncio.timeout(10):
+                while sink.refused < 3:  # refused on the first connection and two resumed ones
+                    await asyncio.sleep(0.02)
+            sink.down = False
+            [ack] = await _acks(module, 1)
         assert (ack["msg_id"], ack["status"]) == ("held", "accepted")
         assert [s.dedupe_key for s in sink.committed] == ["mqtt:S1:held"]
 
@@ -182,6 +174,23 @@ def _listener(sink: object, broker: tuple[str, int], prefix: str, **kwargs: obje
     )
 
 
+@contextlib.asynccontextmanager
+async def _module_of(
+    listener: MqttListener, broker: tuple[str, int], prefix: str
+) -> AsyncIterator[aiomqtt.Client]:
+    """Run ``listener`` until it is subscribed and yield a module's client that reads every
+    module's ``ack`` topic; stop the listener afterwards."""
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.subscribed.wait(), 10)
+        async with aiomqtt.Client(*broker, identifier=f"m-{secrets.token_hex(3)}") as module:
+            await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
+            yield module
+    finally:
+        await listener.stop()
+        task.cancel()
+
+
 def _events(msg_id: str) -> str:
     return json.dumps(
         {"v": 1, "msg_id": msg_id, "events": [{"family": "cid", "code": "130", "zone": 1}]}
@@ -207,20 +216,11 @@ class TestAcks:
         prefix = f"rej-{secrets.token_hex(3)}/v1"
         sink = FlakySink(failures=0)
         listener = _listener(sink, mqtt_broker, prefix, max_payload_bytes=200)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(listener.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
-                await module.publish(f"{prefix}/modules/X9/events", _events("u1"), qos=1)
-                big = json.dumps({"v": 1, "msg_id": "big", "events": [], "pad": "x" * 3000})
-                await module.publish(f"{prefix}/modules/S2/events", big, qos=1)
-                acks = await _acks(module, 2)
-        finally:
-            await listener.stop()
-            task.cancel()
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            await module.publish(f"{prefix}/modules/X9/events", _events("u1"), qos=1)
+            big = json.dumps({"v": 1, "msg_id": "big", "events": [], "pad": "x" * 3000})
+            await module.publish(f"{prefix}/modules/S2/events", big, qos=1)
+            acks = await _acks(module, 2)
         reasons = sorted(str(a["reason"]) for a in acks)
         assert reasons[0].startswith("payload of ") and "exceeds 200" in reasons[0]
         assert reasons[1] == "unknown module"
@@ -249,26 +249,17 @@ class TestAcks:
         prefix = f"order-{secrets.token_hex(3)}/v1"
         sink = ControlledSink()
         listener = _listener(sink, mqtt_broker, prefix)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(listener.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
-                for n in range(5):
-                    await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
-                await sink.wait_for(5)
-                assert pubacked == []  # nothing committed yet
-                for _, future in reversed(sink.waiting):
-                    future.set_result(IngestResult.ACCEPTED)
-                acks = await _acks(module, 5)
-                async with asyncio.timeout(5):
-                    while len(pubacked) < 5:
-                        await asyncio.sleep(0.01)
-        finally:
-            await listener.stop()
-            task.cancel()
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            for n in range(5):
+                await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
+            await sink.wait_for(5)
+            assert pubacked == []  # nothing committed yet
+            for _, future in reversed(sink.waiting):
+                future.set_result(IngestResult.ACCEPTED)
+            acks = await _acks(module, 5)
+            async with asyncio.timeout(5):
+                while len(pubacked) < 5:
+                    await asyncio.sleep(0.01)
         assert [a["msg_id"] for a in acks] == ["m4", "m3", "m2", "m1", "m0"]
         assert pubacked == sorted(pubacked)
         assert [s.seq for s, _ in sink.waiting] == ["m0", "m1", "m2", "m3", "m4"]
@@ -280,20 +271,11 @@ class TestAcks:
         prefix = f"sessions-{secrets.token_hex(3)}/v1"
         sink = FlakySink(failures=0)
         listener = _listener(sink, mqtt_broker, prefix, connections=3)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(listener.subscribed.wait(), 10)
+        async with _module_of(listener, mqtt_broker, prefix) as module:
             assert listener.connected
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
-                for n in range(60):
-                    await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
-                acks = await _acks(module, 60)
-        finally:
-            await listener.stop()
-            task.cancel()
+            for n in range(60):
+                await module.publish(f"{prefix}/modules/S1/events", _events(f"m{n}"), qos=1)
+            acks = await _acks(module, 60)
         assert sorted(str(a["msg_id"]) for a in acks) == sorted(f"m{n}" for n in range(60))
         assert len(sink.committed) == 60
         assert [s.client_id[-2:] for s in listener._sessions][1:] == ["-1", "-2"]
@@ -308,16 +290,7 @@ class TestPlainSubscription:
         prefix = f"plain-{secrets.token_hex(3)}/v1"
         sink = FlakySink(failures=0)
         listener = _listener(sink, mqtt_broker, prefix, shared_group=None)
-        task = asyncio.create_task(listener.run())
-        try:
-            await asyncio.wait_for(listener.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/+/ack", qos=1)
-                await module.publish(f"{prefix}/modules/S1/events", _events("p1"), qos=1)
-                [ack] = await _acks(module, 1)
-        finally:
-            await listener.stop()
-            task.cancel()
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            await module.publish(f"{prefix}/modules/S1/events", _events("p1"), qos=1)
+            [ack] = await _acks(module, 1)
         assert (ack["msg_id"], ack["status"]) == ("p1", "accepted")
