@@ -2,7 +2,10 @@
 
 The table is PROTOCOLS.md §2.5's "SIA equiv." column: each Contact ID code maps to its SIA code
 for a new event (Q=1) and for a restore / closing (Q=3). The reverse direction picks one canonical
-Contact ID per SIA code (the first in the table). Zone, partition, user and text are kept; the
+Contact ID per SIA code (the first in the table), so the first is one addressed as the SIA code
+is: HA (a zone) becomes 122 silent panic, not 121 duress (a user: the zone would be lost). On
+4xx codes Q=1 is an opening (disarm) and Q=3 a closing (arm): 441/442 armed STAY is OP when
+disarmed and NL (armed perimeter/stay) when armed, never an arming code for a disarm. Zone, partition, user and text are kept; the
 converted event is re-classified in its new family (callers keep the original decision's
 category). A code without an equivalent raises :class:`ConversionError`: deliver it in its own
 family instead.
@@ -31,13 +34,13 @@ def _pairs(spec: str) -> dict[str, tuple[str, str | None]]:
 # CID=NEW/RESTORE, from §2.5 (pysiaalarm ADM_MAPPING where it exists, else the doc's suggestion).
 CID_TO_SIA: dict[str, tuple[str, str | None]] = _pairs(
     "100=MA/MH 101=QA/QH 110,111,112,115,116,117,118=FA/FH 113=SA/SH 114=KA/KH 120,123=PA/PH "
-    "121,122,124,125=HA/HH 130,131,132,133,134,135,136,138,139,140,155=BA/BH 137,144=TA/TR 145=ES/EJ "
+    "122,121,124,125=HA/HH 130,131,132,133,134,135,136,138,139,140,155=BA/BH 137,144=TA/TR 145=ES/EJ "
     "146=HA/HH 143,333,337,338,339,342,343=ET/ER 150=UA/UH 151,162=GA/GH 152,153=ZA/ZH 154=WA/WH "
     "156=BT/BJ 157=GT/GJ 158=KA/KH 159=ZA/ZH 200,201,202,203,204,205,206=FS/FV "
     "300,303,304,307,308,310,321,322,330,331,332,334,380,393=YX/YZ 301=AT/AR 302,309=YT/YR 311=YM/YR "
     "312=YP/YQ 305=RR 306=YG 320,323,324,325,326,327=RC/RO 335=VO/VI 336=VT/VR 341=ES/EJ 344=XQ/XH "
     "350,353,354,355,356,357=YC/YK 351,352=LT/LR 373=FT/FJ 374=EA 375=PT/PJ 376=HT/HR 383=TA/TR 384=XT/XR "
-    "400,401,408=OP/CL 402=OG/CG 403=OA/CA 404=OT/CT 406=OC 407=OQ/CQ 409=OS/CS 441,442=NL/CG 453=OI/CI "
+    "400,401,408=OP/CL 402=OG/CG 403=OA/CA 404=OT/CT 406=OC 407=OQ/CQ 409=OS/CS 441,442=OP/NL 453=OI/CI "
     "457=EE 461=JA 570,572,573,574=BB/BU 571=FB/FU 601=RX 602,603=RP 604=FX 606=LF 607=TS/TE 608=RY "
     "627=LB 628=LX 654=NA"
 )

@@ -1,0 +1,64 @@
+"""Contact ID ↔ SIA conversion for single-family receivers: the meaning, the zone and the
+opening/closing sense survive the trip (PROTOCOLS.md §2.2, §2.5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocols.categories import classify
+from protocols.cid_sia_conversion import ConversionError, to_cid, to_sia
+from protocols.contact_id import format_cid_block, parse_cid_block
+from protocols.signal import Event, Family
+
+
+def sia(code: str, *, zone: int | None = None, partition: int | None = None) -> Event:
+    return Event(
+        family=Family.SIA,
+        code=code,
+        zone=zone,
+        partition=partition,
+        classification=classify(Family.SIA, code),
+    )
+
+
+class TestToContactId:
+    def test_a_hold_up_keeps_its_zone(self) -> None:
+        """SIA HA (hold-up, addressed by zone) becomes 122 silent panic with the zone: it was
+        121 duress, a user-addressed code, and the zone was written as user 000."""
+        event = to_cid(sia("HA", zone=5, partition=1))
+        assert (event.code, event.qualifier, event.zone) == ("122", "1", 5)
+        assert format_cid_block(event, "9").endswith("1122 01 005")
+        assert (to_cid(sia("HH", zone=5)).code, to_cid(sia("HH", zone=5)).qualifier) == ("122", "3")
+
+    def test_armed_stay_is_a_closing(self) -> None:
+        """SIA NL (armed perimeter / stay) becomes 441 with Q=3, a closing (arming): it was Q=1,
+        an opening, so the station saw a disarm."""
+        event = to_cid(sia("NL", partition=2))
+        assert (event.code, event.qualifier) == ("441", "3")
+
+    def test_no_equivalent_is_an_error(self) -> None:
+        with pytest.raises(ConversionError):
+            to_cid(sia("ZZ"))
+
+
+class TestToSia:
+    @pytest.mark.parametrize(
+        ("block", "code"),
+        [
+            ("1441 02 007", "OP"),  # disarmed from STAY: an opening
+            ("3441 02 007", "NL"),  # armed STAY: a closing
+            ("1442 02 007", "OP"),
+            ("3442 02 007", "NL"),
+            ("1401 01 003", "OP"),
+            ("3401 01 003", "CL"),
+        ],
+    )
+    def test_openings_stay_openings_and_closings_closings(self, block: str, code: str) -> None:
+        """Q=1 on 4xx is an opening and Q=3 a closing (§2.2): 441 Q=1 became NL, an arming."""
+        [event] = parse_cid_block(f"#1234|{block}")
+        assert to_sia(event).code == code
+
+    def test_zone_partition_and_user_are_kept(self) -> None:
+        [event] = parse_cid_block("#1234|1130 03 015")
+        converted = to_sia(event)
+        assert (converted.code, converted.zone, converted.partition) == ("BA", 15, 3)
