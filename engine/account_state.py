@@ -1,8 +1,10 @@
 """Per-account state that forwarding decisions depend on, and the pure rule that updates it.
 
 PRODUCT.md "Forwarding semantics": the phone-line state is set by phone-line / communication
-failure signals (Contact ID 351, 352, 354; SIA LT, YC) and cleared by their restores. The caller
-applies each event *before* deciding on it, so the failure signal itself can be forwarded.
+failure signals (Contact ID 351, 352, 354; SIA LT, YC) and cleared by *their* restores: each
+failure is kept apart (line 2's restore does not end line 1's fault), and the line is failed while
+any is. The caller applies each event *before* deciding on it, so the failure signal itself can be
+forwarded.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ _CID_SETS = frozenset({"1", "6", None})
 _CID_CLEARS = "3"
 # SIA DC-03: LT phone line trouble / LR its restore; YC communications fail / YK its restore.
 _SIA_SETS = frozenset({"LT", "YC"})
-_SIA_CLEARS = frozenset({"LR", "YK"})
-_SIA_LINE_CODES = _SIA_SETS | _SIA_CLEARS
+_SIA_RESTORES = {"LR": "LT", "YK": "YC"}  # restore code → the failure it ends
+_SIA_LINE_CODES = _SIA_SETS | frozenset(_SIA_RESTORES)
+# A failure recorded before failures were kept apart (migration 0480): any restore ends it.
+UNKNOWN_FAULT = "unknown"
 # Server-generated signals carry their own category; their code is only the wire form they are
 # sent upstream with and is not re-classified (PRODUCT.md). Panel Not Responding may go out as
 # SIA YC, which must not be read as the panel's own communication failure.
@@ -36,7 +40,11 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     written with the miss and its restore; the policy does not depend on it.
     """
 
-    phone_line_failed: bool = False
+    line_faults: frozenset[str] = frozenset()  # the failures not restored yet: "351", "LT", …
+
+    @property
+    def phone_line_failed(self) -> bool:
+        return bool(self.line_faults)
 
 
 def changes_state(event: Event) -> bool:
@@ -51,29 +59,30 @@ def changes_state(event: Event) -> bool:
 def apply_event(state: AccountState, event: Event) -> AccountState:
     """The state after ``event``; ``state`` itself when nothing changes (no allocation).
 
-    Contact ID 351/352/354: Q=1 (or Q=6 status) sets the failed line, Q=3 clears it. SIA LT and YC
-    set it, LR and YK clear it. Server-generated events (Panel Not Responding, Crash & Smash) never
-    change it.
+    Contact ID 351/352/354: Q=1 (or Q=6 status) records that failure, Q=3 ends it. SIA LT and YC
+    record theirs, LR ends LT and YK ends YC. Server-generated events (Panel Not Responding, Crash
+    & Smash) never change it.
     """
     if event.classification.category in _SYNTHETIC:
         return state
     code = event.code
+    faults = state.line_faults
     if event.family is _CID:
         if code not in _CID_LINE_FAULTS:
             return state
         qualifier = event.qualifier
         if qualifier == _CID_CLEARS:
-            failed = False
+            after = faults - {code, UNKNOWN_FAULT}
         elif qualifier in _CID_SETS:
-            failed = True
+            after = faults | {code}
         else:
             return state
     elif code in _SIA_SETS:
-        failed = True
-    elif code in _SIA_CLEARS:
-        failed = False
+        after = faults | {code}
+    elif code in _SIA_RESTORES:
+        after = faults - {_SIA_RESTORES[code], UNKNOWN_FAULT}
     else:
         return state
-    if failed is state.phone_line_failed:
+    if after == faults:
         return state
-    return msgspec.structs.replace(state, phone_line_failed=failed)
+    return msgspec.structs.replace(state, line_faults=frozenset(after))

@@ -259,11 +259,11 @@ class ForwardingStage:
             accounts,
         )
         rows = await conn.fetch(
-            "SELECT account, phone_line_failed FROM account_state "
+            "SELECT account, line_faults FROM account_state "
             "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
             accounts,
         )
-        return {r["account"]: AccountState(phone_line_failed=r["phone_line_failed"]) for r in rows}
+        return {r["account"]: AccountState(line_faults=frozenset(r["line_faults"])) for r in rows}
 
     @staticmethod
     async def save_states(conn: asyncpg.Connection, states: Mapping[str, AccountState]) -> None:
@@ -272,13 +272,15 @@ class ForwardingStage:
         accounts = sorted(states)
         await conn.execute(
             """
-            INSERT INTO account_state (account, phone_line_failed, updated_at)
-            SELECT a, p, now() FROM unnest($1::text[], $2::boolean[]) AS t(a, p)
+            INSERT INTO account_state (account, phone_line_failed, line_faults, updated_at)
+            SELECT a, cardinality(f) > 0, f, now()
+            FROM unnest($1::text[], $2::text[]) AS t(a, faults),
+                 LATERAL (SELECT string_to_array(faults, ',') AS f) s
             ON CONFLICT (account) DO UPDATE SET phone_line_failed = EXCLUDED.phone_line_failed,
-                updated_at = now()
+                line_faults = EXCLUDED.line_faults, updated_at = now()
             """,
             accounts,
-            [states[a].phone_line_failed for a in accounts],
+            [",".join(sorted(states[a].line_faults)) for a in accounts],
         )
 
     # -- for signals already stored (the timers) ------------------------------------------------

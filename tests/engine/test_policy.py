@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from engine.account_model import ForwardingMode, ForwardingSettings
-from engine.account_state import AccountState, apply_event, changes_state
+from engine.account_state import UNKNOWN_FAULT, AccountState, apply_event, changes_state
 from engine.policy import (
     Decision,
     DecisionReason,
@@ -30,6 +30,10 @@ from protocols.signal import (
 )
 
 ALL_CATEGORIES = (*FORWARDING_CATEGORIES, Category.OTHER, Category.UNCLASSIFIED)
+
+
+# A failed line recorded before failures were kept apart (migration 0480): any restore ends it.
+FAILED_BEFORE = AccountState(line_faults=frozenset({UNKNOWN_FAULT}))
 
 
 def event_in(
@@ -161,7 +165,7 @@ def run(case: Case) -> Decision:
     return decide(
         event_in(case.category, fire=fire, co=co, restore=restore, status=status),
         settings,
-        AccountState(phone_line_failed=case.line_failed),
+        AccountState(line_faults=frozenset({"351"}) if case.line_failed else frozenset()),
         server_generated=case.server_generated,
         dialer_failed=case.dialer_failed,
     )
@@ -389,13 +393,13 @@ class TestApplyEvent:
     @pytest.mark.parametrize(("qualifier", "failed"), [("1", True), ("6", True), ("3", False)])
     def test_contact_id_line_faults(self, code: str, qualifier: str, failed: bool) -> None:
         """351/352/354: Q=1 (and Q=6 status) set the failed line, Q=3 clears it."""
-        for start in (AccountState(), AccountState(phone_line_failed=True)):
+        for start in (AccountState(), FAILED_BEFORE):
             assert apply_event(start, cid(code, qualifier)).phone_line_failed is failed
 
     @pytest.mark.parametrize("code", ["350", "353", "355", "356", "357", "130", "301"])
     def test_other_contact_id_codes_leave_the_line(self, code: str) -> None:
         """Other codes (even other 35x communication codes) do not touch the line state."""
-        for start in (AccountState(), AccountState(phone_line_failed=True)):
+        for start in (AccountState(), FAILED_BEFORE):
             for qualifier in ("1", "3"):
                 assert apply_event(start, cid(code, qualifier)) is start
 
@@ -404,13 +408,32 @@ class TestApplyEvent:
     )
     def test_sia_line_codes(self, code: str, failed: bool) -> None:
         """SIA LT and YC set the failed line, LR and YK clear it."""
-        for start in (AccountState(), AccountState(phone_line_failed=True)):
+        for start in (AccountState(), FAILED_BEFORE):
             assert apply_event(start, sia(code)).phone_line_failed is failed
         assert changes_state(sia(code))
 
+    def test_each_failure_is_ended_by_its_own_restore(self) -> None:
+        """Line 1 fault, then line 2's restore: the line is still failed (it was cleared, and the
+        alarms of an 'only if the phone line fails' account were held back)."""
+        state = apply_event(AccountState(), cid("351"))
+        state = apply_event(state, cid("352", "3"))
+        assert state.phone_line_failed and state.line_faults == {"351"}
+        state = apply_event(apply_event(state, cid("354")), cid("351", "3"))
+        assert state.line_faults == {"354"}
+        assert not apply_event(state, cid("354", "3")).phone_line_failed
+        sia_state = apply_event(AccountState(), sia("LT"))
+        assert apply_event(sia_state, sia("YK")).phone_line_failed  # YK ends YC, not LT
+        assert not apply_event(sia_state, sia("LR")).phone_line_failed
+
+    def test_a_failure_from_before_is_ended_by_any_restore(self) -> None:
+        """A failed line recorded without its cause (before migration 0480) ends at the first
+        line restore, as it did."""
+        assert not apply_event(FAILED_BEFORE, cid("352", "3")).phone_line_failed
+        assert not apply_event(FAILED_BEFORE, sia("YK")).phone_line_failed
+
     def test_unchanged_state_is_returned_as_is(self) -> None:
         """No change, no new object (the per-signal path allocates nothing)."""
-        failed = AccountState(phone_line_failed=True)
+        failed = AccountState(line_faults=frozenset({"351"}))
         assert apply_event(failed, cid("351")) is failed
         assert apply_event(failed, sia("BA")) is failed
 
@@ -431,6 +454,6 @@ class TestApplyEvent:
             sia(a + b) for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         ]
         for event in events:
-            for start in (AccountState(), AccountState(phone_line_failed=True)):
+            for start in (AccountState(), FAILED_BEFORE):
                 if apply_event(start, event) != start:
                     assert changes_state(event), event
