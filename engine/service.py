@@ -163,6 +163,7 @@ class Engine:
                         checkin_interval_s=settings.virtual.checkin_interval_s,
                         poll_s=settings.virtual.poll_s,
                         clock=self._clock,
+                        known=lambda account: self.directory.get(account) is not None,
                     )
                     self.virtual_modules.start()
 

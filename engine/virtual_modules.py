@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import asyncpg
@@ -86,8 +87,14 @@ class VirtualModules(DeadlineTimer):
         sync_interval_s: float = 30.0,
         batch: int = 500,
         clock: Clock = utc_now,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
+        """``known``: whether the engine's account directory has the account yet. A module
+        created a moment ago is not sent for until it has: its signals would be committed
+        without the account's supervision and forwarding settings (the first check-in armed no
+        supervision deadline)."""
         super().__init__(max_sleep_s=poll_s, clock=clock)
+        self._known = known or (lambda account: True)
         self._pool = pool
         self._sink = sink
         self._interval_s = checkin_interval_s
@@ -125,7 +132,9 @@ class VirtualModules(DeadlineTimer):
             rows = await conn.fetch(_CLAIM_CHECKINS, self._batch, now)
             if not rows:
                 return 0
-            accounts = [r["account"] for r in rows]
+            accounts = [r["account"] for r in rows if self._known(r["account"])]
+            if len(accounts) < len(rows):
+                self._held_back = True  # the others stay due: sent once the directory has them
             results = await asyncio.gather(
                 *(self._sink.submit(self._checkin(a, now)) for a in accounts),
                 return_exceptions=True,
@@ -154,6 +163,9 @@ class VirtualModules(DeadlineTimer):
         sent = 0
         async with self._pool.acquire() as conn, conn.transaction():
             for row in await conn.fetch(_CLAIM_REQUESTS, self._batch):
+                if row["live"] and not self._known(row["account"]):
+                    self._held_back = True
+                    break  # in order: this and the later ones wait for the directory
                 outcome = await self._send_request(row, now)
                 if outcome is None:
                     self._held_back = True

@@ -300,6 +300,41 @@ class TestPipelineUnavailable:
         assert 2 <= sink.submits <= 12  # a request and a check-in per round, ~4 rounds
         assert await db_pool.fetchval("SELECT done_at FROM virtual_requests") is None
 
+    async def test_a_module_the_directory_does_not_know_yet_waits(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A virtual module created a moment ago, before the engine's account directory has it:
+        its check-in and its requested signal wait (committed without its settings, the check-in
+        armed no supervision deadline), and go once the directory has it."""
+        virtual = Account(account="ABC1", virtual=True)
+        await AccountStore(db_pool).upsert_many([virtual])
+        await db_pool.execute(
+            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
+            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
+        )
+        directory = AccountDirectory()
+        writer = IngestWriter(
+            db_pool,
+            duplicate_window_s=600,
+            forwarding=ForwardingStage(directory),
+            supervision=SupervisionStage(directory, grace_s=0),
+        )
+        modules = VirtualModules(
+            db_pool,
+            WriterSink(writer),
+            checkin_interval_s=60,
+            poll_s=0.3,
+            sync_interval_s=0,
+            known=lambda account: directory.get(account) is not None,
+        )
+        now = datetime.now(UTC)
+        assert await modules.fire_due(now) == 0
+        assert await modules.seconds_to_next(now) == 0.3  # a poll, not at once
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 0
+        directory.load([virtual])
+        assert await modules.fire_due(now) == 2  # the request and the check-in
+        assert await db_pool.fetchval("SELECT deadline FROM supervision") is not None
+
     async def test_a_refused_request_is_recorded_not_retried_for_ever(
         self, db_pool: asyncpg.Pool
     ) -> None:
