@@ -209,10 +209,11 @@ class Dispatcher:
         self._sending: set[int] = set()  # ids of the lane heads being delivered
         self._blocked: set[str] = set()  # lanes with rows committed unleased behind ours
         self._released: set[int] = set()  # ids handed back after a failure (bounded)
-        # Lanes whose failed head could not be recorded: lane → (head id, monotonic time its
-        # lease surely ended). Until then the head is still leased to us in the outbox, so a
-        # commit may lease us a row behind it; that row must not go before the head's retry.
-        self._unrecorded: dict[str, tuple[int, float]] = {}
+        # Lanes with a row leased to us that we do not hold (its failure could not be recorded,
+        # or a commit's reply was lost): lane → (that row's id, 0 when unknown; monotonic time
+        # its lease surely ended). Until then a row a commit leases us on the lane must not go
+        # before it (see _hold_lane and adopt).
+        self._lease_holds: dict[str, tuple[int, float]] = {}
         self._released_order: deque[int] = deque()
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -229,16 +230,16 @@ class Dispatcher:
 
         ``claimed``: the claim loop's rows (lane heads and the runs behind them, in order);
         otherwise rows a commit leased to us."""
-        behind_unrecorded: list[int] = []
+        behind_held: list[int] = []
         for row in rows:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
-            stalled = self._unrecorded.get(row.lane)
-            if stalled is not None:
-                if not claimed and row.id > stalled[0] and time.monotonic() < stalled[1]:
-                    behind_unrecorded.append(row.id)  # back to the outbox, behind its head
+            hold = self._lease_holds.get(row.lane)
+            if hold is not None:
+                if not claimed and row.id > hold[0] and time.monotonic() < hold[1]:
+                    behind_held.append(row.id)  # back to the outbox, behind the held row
                     continue
-                del self._unrecorded[row.lane]  # the lane claimed again: in order from here
+                del self._lease_holds[row.lane]  # the lane claimed again: in order from here
             self._held.add(row.id)
             lane = self._lanes.get(row.lane)
             if lane is None:
@@ -252,11 +253,9 @@ class Dispatcher:
                 start = 1 if lane[0].id in self._sending else 0
                 at = next((i for i in range(start, len(lane)) if lane[i].id > row.id), len(lane))
                 lane.insert(at, row)
-        if behind_unrecorded:
-            self._forget(behind_unrecorded)
-            task = asyncio.create_task(self._release(behind_unrecorded), name="outbox-release")
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+        if behind_held:
+            self._forget(behind_held)
+            self._release_in_background(behind_held)
         self._pump()
 
     def uncertain(self, lanes: Iterable[str]) -> None:
@@ -264,10 +263,17 @@ class Dispatcher:
         it may have left rows of these lanes leased to us that we never got. Until such a lease
         has surely ended, rows a commit leases us on these lanes go back to the outbox (adopt),
         so that the claim loop sends the lane in order, the unknown rows first."""
-        until = time.monotonic() + self.lease_s
         for lane in lanes:
-            self._unrecorded[lane] = (0, until)
+            self._hold_lane(lane, 0)
         self._wake.set()
+
+    def _hold_lane(self, lane: str, row_id: int) -> None:
+        """Rows a commit leases us on ``lane`` wait behind ``row_id`` (0: an unknown row) until
+        its lease has surely ended (:meth:`adopt`)."""
+        self._lease_holds[lane] = (row_id, time.monotonic() + self.lease_s)
+        if len(self._lease_holds) > 100_000:  # bounded: drop the oldest entries (long expired)
+            for old in list(self._lease_holds)[:10_000]:
+                del self._lease_holds[old]
 
     def blocked(self, lanes: Iterable[str]) -> None:
         """Rows of these lanes were committed unleased: claim them once the lane is free here,
@@ -413,12 +419,16 @@ class Dispatcher:
             # them again and clear those leases (another engine would then send them too).
             unreleased = [i for i in ids if i not in self._released]
             if unreleased:
-                task = asyncio.create_task(self._release(unreleased), name="outbox-release")
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                self._release_in_background(unreleased)
         if row.lane in self._blocked or lane:
             self._blocked.discard(row.lane)
             self._wake.set()
+
+    def _release_in_background(self, ids: list[int]) -> None:
+        """Hand ``ids`` back to the outbox without waiting (tracked, so stop() waits for it)."""
+        task = asyncio.create_task(self._release(ids), name="outbox-release")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def _release(self, ids: list[int]) -> None:
         await self._write(_RELEASE_SQL, ids, self.owner)
@@ -580,10 +590,7 @@ class Dispatcher:
             return
         # Could not record it: the leases expire and the lane is claimed again, in order. Until
         # the head's has, rows a commit leases us behind it go back to the outbox (adopt).
-        self._unrecorded[row.lane] = (row.id, time.monotonic() + self.lease_s)
-        if len(self._unrecorded) > 100_000:  # bounded: drop the oldest entries (long expired)
-            for lane in list(self._unrecorded)[:10_000]:
-                del self._unrecorded[lane]
+        self._hold_lane(row.lane, row.id)
         _bound(row).error("delivery_failure_not_recorded", error=error)
 
     def _forget(self, ids: list[int]) -> None:
