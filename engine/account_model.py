@@ -6,11 +6,16 @@ directory, the policy and the admin API. JSON import/export uses exactly these f
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 import msgspec
 
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
+
+# The customer's account number at the monitoring station, as every frame to it carries it:
+# 3-16 hex digits (stored upper case). The admin API and `accounts import` both check it.
+STATION_ACCOUNT = re.compile(r"[0-9A-Fa-f]{3,16}")
 
 
 class KeyFormat(StrEnum):

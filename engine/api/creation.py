@@ -18,7 +18,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine.account_model import Account, ForwardingMode, ForwardingSettings, KeyFormat
+from engine.account_model import (
+    STATION_ACCOUNT,
+    Account,
+    ForwardingMode,
+    ForwardingSettings,
+    KeyFormat,
+)
 from engine.api.auth import Caller
 from engine.api.catalog import offered_installation_templates
 from engine.api.customer_model import (
@@ -69,7 +75,6 @@ BACKUP_WITHOUT_VOICE_WARNING = (
 )
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")
-_STATION_ACCOUNT = re.compile(r"[0-9A-Fa-f]{3,16}")
 _SUPERVISION_6H_S = 6 * 3600
 _SUPERVISION_DEFAULT_S = 86_400
 
@@ -590,7 +595,7 @@ async def check_forwarding(
     for chosen in (step.primary_receiver, step.backup_receiver):
         if chosen in receivers and receivers[chosen].kind == "phone":
             warnings.append(PHONE_WARNING.format(name=chosen))
-    if step.station_account is not None and not _STATION_ACCOUNT.fullmatch(step.station_account):
+    if step.station_account is not None and not STATION_ACCOUNT.fullmatch(step.station_account):
         errors.append(
             FieldError(field="forwarding.station_account", rule="format", message="3-16 hex digits")
         )

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import msgspec
 
-from engine.account_model import Account
+from engine.account_model import STATION_ACCOUNT, Account
 from engine.errors import UserFacingError
 from engine.logging_setup import configure_logging
 from engine.settings import Settings, load_settings, validation_problem
@@ -80,9 +80,7 @@ def account_problem(account: Account) -> str | None:
             return f"local_time_zone: unknown time zone {account.local_time_zone!r}"
     forwarding = account.forwarding
     station_account = forwarding.station_account
-    if station_account is not None and (
-        not 3 <= len(station_account) <= 16 or not set(station_account.upper()) <= _HEX
-    ):
+    if station_account is not None and not STATION_ACCOUNT.fullmatch(station_account):
         # As the admin API requires: every frame to the station carries it (PROTOCOLS.md §1),
         # so an account the format cannot carry would dead-letter each of its deliveries.
         return (
