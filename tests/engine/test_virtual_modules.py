@@ -261,6 +261,17 @@ class TestCheckinSchedule:
         assert await db_pool.fetchval("SELECT count(*) FROM virtual_schedule") == 0
 
 
+async def _virtual_with_a_request(db_pool: asyncpg.Pool) -> Account:
+    """Virtual module ABC1 with one queued request (a burglary)."""
+    virtual = Account(account="ABC1", virtual=True)
+    await AccountStore(db_pool).upsert_many([virtual])
+    await db_pool.execute(
+        "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
+        '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
+    )
+    return virtual
+
+
 class DownSink:
     """The pipeline while the database is away or it sheds: every submit is refused at once
     (``refused``: instead, the database refuses the signal's data, for good)."""
@@ -282,12 +293,7 @@ class TestPipelineUnavailable:
     ) -> None:
         """A queued request and a due check-in the pipeline cannot take: the timer tries again
         after its poll (0.3 s), not every 10 ms with 500 failing submits each round."""
-        virtual = Account(account="ABC1", virtual=True)
-        await AccountStore(db_pool).upsert_many([virtual])
-        await db_pool.execute(
-            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
-            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
-        )
+        await _virtual_with_a_request(db_pool)
         sink = DownSink()
         modules = VirtualModules(
             db_pool, sink, checkin_interval_s=60, poll_s=0.3, sync_interval_s=0
@@ -306,12 +312,7 @@ class TestPipelineUnavailable:
         """A virtual module created a moment ago, before the engine's account directory has it:
         its check-in and its requested signal wait (committed without its settings, the check-in
         armed no supervision deadline), and go once the directory has it."""
-        virtual = Account(account="ABC1", virtual=True)
-        await AccountStore(db_pool).upsert_many([virtual])
-        await db_pool.execute(
-            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
-            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
-        )
+        virtual = await _virtual_with_a_request(db_pool)
         directory = AccountDirectory()
         writer = IngestWriter(
             db_pool,
@@ -340,12 +341,7 @@ class TestPipelineUnavailable:
     ) -> None:
         """The database refuses the request's signal (its data): it is marked done with the
         reason and the requests behind it go on."""
-        virtual = Account(account="ABC1", virtual=True)
-        await AccountStore(db_pool).upsert_many([virtual])
-        await db_pool.execute(
-            "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
-            '{"v":1,"msg_id":"r1","events":[{"family":"cid","code":"130","zone":1}]}',
-        )
+        await _virtual_with_a_request(db_pool)
         modules = VirtualModules(
             db_pool, DownSink(IngestRefused), checkin_interval_s=60, poll_s=0.3, sync_interval_s=0
         )
