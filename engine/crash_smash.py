@@ -84,6 +84,11 @@ def closes_entry(event: Event) -> str | None:
     return None
 
 
+def _sent_before(close: datetime | None, entry: datetime | None) -> bool:
+    """Whether the module's own times say a close was sent before an entry (both known)."""
+    return close is not None and entry is not None and close < entry
+
+
 class AccountLookup(Protocol):
     """Where the stage finds an account's own dialer delay (the engine's account directory)."""
 
@@ -128,7 +133,8 @@ class CrashSmashStage:
         """The entry delays the batch opens and closes, each tagged with its signal's position.
 
         The batch's write applies only those of signals it stores (a duplicate changes nothing).
-        Within the batch a later disarm or alarm of a partition supersedes its entry.
+        Within the batch a later disarm or alarm of a partition supersedes its entry, unless the
+        module's own times say the close came first (a late copy of an old disarm).
         """
         opens: dict[tuple[str, int], EntryOpen] = {}
         closes: dict[tuple[str, int | None], EntryClose] = {}
@@ -145,47 +151,67 @@ class CrashSmashStage:
                     continue
                 keys.add(dedupe)
             account = signal.account
+            sent = signal.sent_at
             if signal.entry_delay is not None:
                 entry = signal.entry_delay
-                due = (
-                    signal.received_at
-                    + timedelta(seconds=entry.entry_delay_s)
-                    + self._extra_for(account)
-                )
+                extra = timedelta(seconds=entry.entry_delay_s) + self._extra_for(account)
                 opens[(account, entry.partition)] = EntryOpen(
-                    o=o, a=account, p=entry.partition, z=entry.zone, d=due
+                    o=o,
+                    a=account,
+                    p=entry.partition,
+                    z=entry.zone,
+                    d=signal.received_at + extra,
+                    s=sent,
+                    u=None if sent is None else sent + extra,
                 )
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
                     partition = event.partition or 1
-                    due = signal.received_at + self._code_entry + self._extra_for(account)
+                    extra = self._code_entry + self._extra_for(account)
                     opens[(account, partition)] = EntryOpen(
-                        o=o, a=account, p=partition, z=event.zone, d=due
+                        o=o,
+                        a=account,
+                        p=partition,
+                        z=event.zone,
+                        d=signal.received_at + extra,
+                        s=sent,
+                        u=None if sent is None else sent + extra,
                     )
                     continue
                 reason = closes_entry(event)
                 if reason is not None:
                     closes[(account, event.partition)] = EntryClose(
-                        o=o, a=account, p=event.partition, r=reason
+                        o=o, a=account, p=event.partition, r=reason, s=sent
                     )
-                    # an event after the entry in the same batch supersedes it
+                    # an event after the entry in the same batch supersedes it, unless the
+                    # module sent it before the entry
                     for key in [
                         k
-                        for k in opens
-                        if k[0] == account and (event.partition is None or k[1] == event.partition)
+                        for k, opened in opens.items()
+                        if k[0] == account
+                        and (event.partition is None or k[1] == event.partition)
+                        and not _sent_before(sent, opened.s)
                     ]:
                         del opens[key]
         ordered_closes = sorted(closes.values(), key=lambda c: (c.a, -1 if c.p is None else c.p))
         return [opens[k] for k in sorted(opens)], ordered_closes
 
     @staticmethod
-    def record(opened: Sequence[tuple[str, int]], closed: Sequence[tuple[str, int, str]]) -> None:
+    def record(
+        opened: Sequence[tuple[str, int]],
+        closed: Sequence[tuple[str, int, str]],
+        stale: Sequence[tuple[str, int]] = (),
+    ) -> None:
         """Count and log what the batch's write opened and closed."""
         if opened:
             OPENED.inc(len(opened))
         for account, partition, reason in closed:
             CLOSED.labels(reason).inc()
             log.info("crash_smash_closed", account=account, partition=partition, reason=reason)
+        for account, partition in stale:
+            # committed after a disarm the module sent later: it was closed before it got here
+            CLOSED.labels("disarmed_before").inc()
+            log.info("crash_smash_entry_already_disarmed", account=account, partition=partition)
 
 
 class CrashSmashTimer(DeadlineTimer):

@@ -35,6 +35,10 @@ class EntryOpen(msgspec.Struct, frozen=True):
     p: int  # partition
     z: int | None  # entry zone
     d: datetime  # deadline
+    s: datetime | None = None  # the module's time of the entry, when it gave one
+    # s + entry delay + dialer delay + grace: a disarm the module sent in [s, u) closes the
+    # entry even when it was committed first (migration 0520)
+    u: datetime | None = None
 
 
 class EntryClose(msgspec.Struct, frozen=True):
@@ -44,6 +48,7 @@ class EntryClose(msgspec.Struct, frozen=True):
     a: str
     p: int | None
     r: str  # reason
+    s: datetime | None = None  # the module's time of the close, when it gave one
 
 
 class DecisionRow(msgspec.Struct, frozen=True):
@@ -108,6 +113,8 @@ class BatchDone(msgspec.Struct, kw_only=True):
     opened: list[tuple[str, int]]
     closed: list[tuple[str, int, str]]
     deliveries: list[Delivered]
+    # entries not opened: the module had already disarmed the partition after them
+    stale: list[tuple[str, int]] = msgspec.field(default_factory=list)
 
 
 def _doc(rows: Sequence[msgspec.Struct]) -> str | None:
@@ -140,6 +147,7 @@ async def write_batch(
     restores: list[str] = []
     opened: list[tuple[str, int]] = []
     closed: list[tuple[str, int, str]] = []
+    stale: list[tuple[str, int]] = []
     deliveries: list[Delivered] = []
     for r in records:
         kind = r["kind"]
@@ -155,6 +163,8 @@ async def write_batch(
             opened.append((r["account"], r["part"]))
         elif kind == "closed":
             closed.append((r["account"], r["part"], r["reason"]))
+        elif kind == "stale":
+            stale.append((r["account"], r["part"]))
     return BatchDone(
         stored=rows.results(kept, originals) if rows is not None else [],
         kept=kept,
@@ -162,4 +172,5 @@ async def write_batch(
         opened=opened,
         closed=closed,
         deliveries=deliveries,
+        stale=stale,
     )

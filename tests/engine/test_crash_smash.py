@@ -34,6 +34,7 @@ from engine.store.account_status import account_status
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
 from protocols.contact_id import parse_cid_block
+from protocols.sia_dc03 import parse_sia_block
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
@@ -244,6 +245,119 @@ class TestTimer:
             ("7777", True, "forwarded"),
             ("8888", False, "category_not_selected"),
         ]
+
+
+def sent(signal: InboundSignal, at: datetime) -> InboundSignal:
+    """``signal`` carrying the module's own time ``at`` (DC-09 timestamp, MQTT ``sent_at``)."""
+    return msgspec.structs.replace(signal, sent_at=at)
+
+
+class TestModuleOrder:
+    """Entries and disarms ordered by the module's own times where both carry one: a signal whose
+    commit failed comes again after what the panel sent next (an MQTT redelivery, a retry)."""
+
+    async def test_an_entry_committed_after_the_disarm_that_followed_it_opens_nothing(
+        self, world: World
+    ) -> None:
+        """Entry sent at T0 (its commit failed), disarm sent at T0+15 s committed, then the entry
+        again at T0+60 s: the system was disarmed in time, no timer, no Crash & Smash. (It used to
+        open a timer that fired on a disarmed system.)"""
+        before = (
+            REGISTRY.get_sample_value(
+                "alarmrelay_crash_smash_closed_total", {"reason": "disarmed_before"}
+            )
+            or 0.0
+        )
+        disarm_at = T0 + timedelta(seconds=15)
+        await world.writer([sent(cid("1401 01 002", at=disarm_at), disarm_at)])
+        await world.writer([sent(entry(at=T0 + timedelta(seconds=60)), T0)])
+        assert await world.entries() == []
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+        after = REGISTRY.get_sample_value(
+            "alarmrelay_crash_smash_closed_total", {"reason": "disarmed_before"}
+        )
+        assert after == before + 1
+
+    async def test_a_disarm_without_a_partition_covers_every_partition(self, world: World) -> None:
+        """SIA OP with no area (every partition) sent after a partition 2 entry: not opened."""
+        disarm_at = T0 + timedelta(seconds=15)
+        disarm = InboundSignal(
+            account="7777",
+            transport=Transport.TCP,
+            kind=SignalKind.EVENT,
+            received_at=disarm_at,
+            sent_at=disarm_at,
+            events=parse_sia_block("#7777|NOP0001"),
+        )
+        await world.writer([disarm])
+        await world.writer([sent(entry(partition=2, at=T0 + timedelta(seconds=60)), T0)])
+        assert await world.entries() == []
+
+    async def test_an_old_disarm_committed_after_a_new_entry_does_not_close_it(
+        self, world: World
+    ) -> None:
+        """A disarm sent at T0+15 s committed late, after an entry sent at T0+100 s: the entry
+        stays pending and fires (the late disarm used to close it: a break-in raised nothing)."""
+        entry_at = T0 + timedelta(seconds=100)
+        await world.writer([sent(entry(at=entry_at), entry_at)])
+        await world.writer(
+            [sent(cid("1401 01 002", at=T0 + timedelta(seconds=110)), T0 + timedelta(seconds=15))]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+        assert await world.timer().fire_due(entry_at + timedelta(seconds=80)) == 1
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+
+    async def test_the_same_orders_hold_within_one_batch(self, world: World) -> None:
+        """Disarm (T0+15) then the late entry (T0) in one batch: nothing opens. A new entry
+        (T0+100) then a late copy of an old disarm (T0+20) in one batch: the entry opens."""
+        disarm_at = T0 + timedelta(seconds=15)
+        await world.writer(
+            [
+                sent(cid("1401 01 002", at=disarm_at), disarm_at),
+                sent(entry(at=T0 + timedelta(seconds=16)), T0),
+            ]
+        )
+        assert await world.entries() == []
+        entry_at = T0 + timedelta(seconds=100)
+        await world.writer(
+            [
+                sent(entry(at=entry_at), entry_at),
+                sent(cid("1401 01 002", at=entry_at), T0 + timedelta(seconds=20)),
+            ]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+
+    async def test_a_disarm_long_after_the_entry_by_the_panel_clock_does_not_cancel_it(
+        self, world: World
+    ) -> None:
+        """The panel's clock was reset (power loss) and stamps the entry 2000-01-01, after a
+        disarm stamped with the real time: the disarm is not evidence that the entry ended in time,
+        so the entry opens and fires (a missed Crash & Smash is worse than a late one)."""
+        disarm_at = T0 + timedelta(seconds=15)
+        await world.writer([sent(cid("1401 01 002", at=disarm_at), disarm_at)])
+        await world.writer(
+            [sent(entry(at=T0 + timedelta(seconds=60)), datetime(2000, 1, 1, tzinfo=UTC))]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+        assert await world.timer().fire_due(T0 + timedelta(seconds=140)) == 1
+
+    async def test_a_disarm_after_the_entry_timer_ran_out_does_not_cancel_it(
+        self, world: World
+    ) -> None:
+        """Entry sent at T0 with 20 s + 30 s + 30 s; a disarm sent at T0+80 s (too late: in order,
+        Crash & Smash would have fired at T0+80 s) committed first: the entry still opens."""
+        disarm_at = T0 + timedelta(seconds=80)
+        await world.writer([sent(cid("1401 01 002", at=disarm_at), disarm_at)])
+        await world.writer([sent(entry(at=T0 + timedelta(seconds=90)), T0)])
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+
+    async def test_without_module_times_the_commit_order_decides(self, world: World) -> None:
+        """Neither signal carries the module's time: nothing says the entry is old, so it opens
+        (the documented limit; docs/forwarding.md)."""
+        await world.writer([cid("1401 01 002", at=T0 + timedelta(seconds=15))])
+        await world.writer([entry(at=T0 + timedelta(seconds=60))])
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
 
 
 class TestMetrics:
