@@ -142,16 +142,41 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
     if len(data) > 1024:
         raise _duh("SIA block too long")
     account, segments = _split_account(data)
-    block: str | None = None
-    free_text: str | None = None
+    # Each 'N' segment is a new-event block with its own modifiers (§3.1); an 'A' segment is the
+    # free text of the block before it. Every block is read: an event left out would be ACKed
+    # and never forwarded.
+    blocks: list[tuple[str, str | None]] = []
     for segment in segments:
-        if block is None and segment.startswith("N"):
-            block = segment[1:]
-        elif segment.startswith("A") and block is not None:
-            free_text = segment[1:]
-    if block is None:
+        if segment.startswith("N"):
+            blocks.append((segment[1:], None))
+        elif segment.startswith("A") and blocks:
+            blocks[-1] = (blocks[-1][0], segment[1:])
+    if not blocks:
         raise _duh(f"SIA block: no 'N' event block in {data[:64]!r}")
+    out: list[Event] = []
+    for block, free_text in blocks:
+        events = _block_events(block, data, room=MAX_EVENTS_PER_BLOCK - len(out))
+        for item in events:
+            code = str(item["code"])
+            text = item["text"] if item["text"] is not None else free_text
+            out.append(
+                Event(
+                    family=Family.SIA,
+                    code=code,
+                    zone=item["zone"],  # type: ignore[arg-type]  # built with int | None
+                    partition=item["partition"],  # type: ignore[arg-type]
+                    user=item["user"],  # type: ignore[arg-type]
+                    time=item["time"],  # type: ignore[arg-type]
+                    text=text,  # type: ignore[arg-type]
+                    account=account,
+                    classification=classify(Family.SIA, code),
+                )
+            )
+    return tuple(out)
 
+
+def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]]:
+    """The events of one 'N' block (without the 'N'), at most ``room`` of them."""
     events: list[dict[str, object]] = []
     area: int | None = None
     user: int | None = None
@@ -191,7 +216,7 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
         if len(pair) == 2 and pair.isascii() and pair.isalpha() and pair.isupper():
             address, i = _digits(block, i + 2, MAX_ADDRESS_DIGITS)
             number = int(address) if address else None
-            if len(events) >= MAX_EVENTS_PER_BLOCK:
+            if len(events) >= room:
                 raise _duh("SIA block: too many event codes")
             zone: int | None = None
             event_user = user
@@ -216,24 +241,7 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
         raise _duh(f"SIA block: unexpected {block[i : i + 8]!r}")
     if not events:
         raise _duh(f"SIA block: no event code in {data[:64]!r}")
-    out = []
-    for item in events:
-        code = str(item["code"])
-        text = item["text"] if item["text"] is not None else free_text
-        out.append(
-            Event(
-                family=Family.SIA,
-                code=code,
-                zone=item["zone"],  # type: ignore[arg-type]  # built above with int | None
-                partition=item["partition"],  # type: ignore[arg-type]
-                user=item["user"],  # type: ignore[arg-type]
-                time=item["time"],  # type: ignore[arg-type]
-                text=text,  # type: ignore[arg-type]
-                account=account,
-                classification=classify(Family.SIA, code),
-            )
-        )
-    return tuple(out)
+    return events
 
 
 def format_sia_block(event: Event, account: str) -> str:

@@ -122,6 +122,23 @@ class TestSiaBlocks:
             parse_sia_block(data)
         assert info.value.reply is Reply.DUH
 
+    def test_every_new_event_block_is_read(self) -> None:
+        """Each 'N' block of the data is parsed with its own modifiers; none is dropped."""
+        events = parse_sia_block("#1234|Nri1/BA01|Nri2/FA03|Afire")
+        assert [(e.code, e.zone, e.partition, e.text) for e in events] == [
+            ("BA", 1, 1, None),
+            ("FA", 3, 2, "fire"),
+        ]
+        assert events[1].classification.fire
+
+    def test_free_text_belongs_to_its_own_block(self) -> None:
+        """An '|A' text names the events of the 'N' block before it only."""
+        events = parse_sia_block("#1234|Nid3/OP1|Aowner|NBA2")
+        assert [(e.code, e.user, e.text) for e in events] == [
+            ("OP", 1, "owner"),
+            ("BA", None, None),
+        ]
+
 
 class TestDispatch:
     def test_null_with_cid_body(self) -> None:
