@@ -20,7 +20,8 @@ USER_CODES = frozenset(
     | {f"{n}" for n in range(411, 421)}
 )  # fmt: skip
 
-_BLOCK = re.compile(r"(?:#([0-9A-Za-z]{1,16})\|)?([136])(\d{3}) (\d{2}) (\d{3})")
+# The account part may be left out, '|' and all or keeping the '|' (§1.7: "[|Nri1/CL501]").
+_BLOCK = re.compile(r"(?:#([0-9A-Za-z]{1,16})\||\|)?([136])(\d{3}) (\d{2}) (\d{3})")
 _DTMF_VALUES = {
     **{str(d): d for d in range(1, 10)},
     "0": 10,

@@ -47,6 +47,12 @@ class TestContactIdBlocks:
         assert (e.account, e.partition, e.zone) == ("B12345", None, None)
         assert e.classification.category is Category.PHONE_TESTS
 
+    @pytest.mark.parametrize("data", ["|1130 01 001", "1130 01 001"])
+    def test_without_account(self, data: str) -> None:
+        """No account in the data block, with or without its '|' (§1.7): the event is read."""
+        [e] = parse_cid_block(data)
+        assert (e.code, e.qualifier, e.partition, e.zone, e.account) == ("130", "1", 1, 1, None)
+
     @pytest.mark.parametrize(
         "data", ["#1234|1130 1 001", "#1234|2130 01 001", "#1234|1130 01 0011", "garbage", ""]
     )
