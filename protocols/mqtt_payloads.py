@@ -204,7 +204,7 @@ def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
 
 def _check_event(event: MqttEvent) -> str | None:
     if event.family == "cid":
-        if len(event.code) != 3 or not event.code.isdigit():
+        if len(event.code) != 3 or not (event.code.isascii() and event.code.isdigit()):
             return f"Contact ID code must be 3 digits, got {event.code!r}"
     elif (
         len(event.code) != 2

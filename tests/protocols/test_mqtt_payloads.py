@@ -100,6 +100,17 @@ class TestDecode:
                 "3 digits",
             ),
             (
+                # Arabic-Indic digits: str.isdigit() says yes, no Contact ID code is spelt so.
+                json.dumps(
+                    {
+                        "v": 1,
+                        "msg_id": "x",
+                        "events": [{"family": "cid", "code": "\u0661\u0663\u0660"}],
+                    }
+                ).encode(),
+                "3 digits",
+            ),
+            (
                 json.dumps(
                     {"v": 1, "msg_id": "x", "events": [{"family": "sia", "code": "ba"}]}
                 ).encode(),
