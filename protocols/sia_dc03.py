@@ -158,7 +158,9 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
         events = _block_events(block, data, room=MAX_EVENTS_PER_BLOCK - len(out))
         for item in events:
             code = str(item["code"])
-            text = item["text"] if item["text"] is not None else free_text
+            text = next(
+                (t for t in (item["text"], free_text, item["names"]) if t is not None), None
+            )
             out.append(
                 Event(
                     family=Family.SIA,
@@ -181,6 +183,11 @@ def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]
     area: int | None = None
     user: int | None = None
     time: str | None = None
+    # A ^text^ names what comes just before it: the event code and address (zone name) or a
+    # modifier (dc09_spt writes "ri2^Ground floor^" and "id5^John^"). Modifier names are kept
+    # until that modifier changes and are the text of an event that has none of its own.
+    names: dict[str, str] = {}
+    last: str | None = None  # "event", a modifier ("ri", "id", …) or None at the start
     i = 0
     n = len(block)
     while i < n:
@@ -192,13 +199,18 @@ def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]
             end = block.find("^", i + 1)
             if end == -1:
                 raise _duh("SIA block: unterminated ^text^")
-            if not events:
-                raise _duh("SIA block: ^text^ before any event code")
-            events[-1]["text"] = block[i + 1 : end]
+            if last is None:
+                raise _duh("SIA block: ^text^ before any event code or modifier")
+            if last == "event":
+                events[-1]["text"] = block[i + 1 : end]
+            else:
+                names[last] = block[i + 1 : end]
             i = end + 1
             continue
         pair = block[i : i + 2]
         if len(pair) == 2 and pair.isascii() and pair.isalpha() and pair.islower():
+            names.pop(pair, None)
+            last = pair
             if pair == "ti":
                 end = i + 2
                 while end < n and (block[end].isdigit() or block[end] == ":") and end - i < 12:
@@ -235,8 +247,10 @@ def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]
                     "partition": partition,
                     "time": time,
                     "text": None,
+                    "names": ", ".join(names.values()) or None,
                 }
             )
+            last = "event"
             continue
         raise _duh(f"SIA block: unexpected {block[i : i + 8]!r}")
     if not events:

@@ -64,6 +64,18 @@ class TestTheirFramesInOurReceiver:
         codes = [(e.code, e.zone) for e in event.events]
         assert ("BA", 12) in codes
 
+    def test_sia_dcs_with_names(self, key: bytes | None) -> None:
+        """dc09-spt's area, user and zone names (``ri2^Ground^id5^John^BA12^Kitchen^``) are read."""
+        spt = dc09_msg("1234", key=key)
+        params = {"code": "BA", "zone": 12, "area": 2, "user": 5}
+        names = {"areaname": "Ground", "username": "John", "zonename": "Kitchen"}
+        block = spt.dc09block(5, "SIA-DCS", dc03_msg.dc03event("1234", params | names))
+        [event] = receiver(key).receive_data(block.encode(), now=now())
+        assert isinstance(event, FrameReceived), event
+        assert [(e.code, e.zone, e.partition, e.user, e.text) for e in event.events] == [
+            ("BA", 12, 2, 5, "Kitchen")
+        ]
+
     def test_adm_cid(self, key: bytes | None) -> None:
         """dc09-spt's ADM-CID block is accepted with the right event."""
         spt = dc09_msg("1234", key=key)

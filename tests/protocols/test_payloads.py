@@ -137,6 +137,25 @@ class TestSiaBlocks:
         ]
         assert events[1].classification.fire
 
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            # dc09_spt writes area and user names right after their modifier.
+            ("#1234|Nri2^Ground floor^BA12^Kitchen^", [("BA", 12, 2, None, "Kitchen")]),
+            ("#1234|Nri2^Ground floor^BA12", [("BA", 12, 2, None, "Ground floor")]),
+            ("#1234|Nid5^John^BA12|Aback door", [("BA", 12, None, 5, "back door")]),
+            (
+                "#1234|Nri1^Shop^id5^John^CG1/ri2BA3",
+                [("CG", None, 1, 5, "Shop, John"), ("BA", 3, 2, 5, "John")],
+            ),
+        ],
+    )
+    def test_names_after_modifiers(self, data: str, expected: list[tuple[object, ...]]) -> None:
+        """A ^name^ after ri/id names that area or user: the event is read, the name is its text
+        when it has none of its own."""
+        events = parse_sia_block(data)
+        assert [(e.code, e.zone, e.partition, e.user, e.text) for e in events] == expected
+
     def test_free_text_belongs_to_its_own_block(self) -> None:
         """An '|A' text names the events of the 'N' block before it only."""
         events = parse_sia_block("#1234|Nid3/OP1|Aowner|NBA2")
