@@ -114,10 +114,15 @@ class Dc09ReceiverConnection:
         raw = data.strip(b"\x00")
         if not raw:
             return []
-        if raw[:1] != b"\n" or (
-            raw.find(b"\r", 3) in (-1, len(raw) - 1) and raw.find(b"\n", 3) == -1
-        ):
-            return [self._handle(raw, now)]  # one frame (the usual case), or one without its LF
+        if raw[:1] != b"\n":
+            # No LF: one frame, its CR optional. A line end or spaces after it are not part of
+            # it (no frame ends in one); left on, they broke the CRC and the frame met silence.
+            end = len(raw.rstrip(b"\r\n "))
+            if raw[end : end + 1] == b"\r":
+                end += 1  # the frame's own CR stays in Frame.raw
+            return [self._handle(raw[:end] or raw, now)]
+        if raw.find(b"\r", 3) in (-1, len(raw) - 1) and raw.find(b"\n", 3) == -1:
+            return [self._handle(raw, now)]  # one frame (the usual case)
         splitter = FrameSplitter(max_frame_bytes=self.config.max_frame_bytes)
         items = splitter.feed(raw)
         rest = splitter.take_rest()

@@ -706,6 +706,16 @@ class TestMoreRules:
         [event] = connection(None, {"1234": AccountCrypto()}).receive_datagram(GOOD + tail, now=NOW)
         assert isinstance(event, FrameReceived) and event.frame.seq == "0002"
 
+    @pytest.mark.parametrize("tail", [b"\r\n", b"\n", b" ", b"\r \r\n"])
+    def test_datagram_without_lf_with_a_line_end_after_it(self, tail: bytes) -> None:
+        """No LF: the frame (CR optional) is still read when a line end or spaces follow it."""
+        conn = connection(None, {"1234": AccountCrypto()})
+        for frame in (GOOD[1:-1], GOOD[1:]):
+            [event] = conn.receive_datagram(frame + tail, now=NOW)
+            assert isinstance(event, FrameReceived), event
+            assert event.frame.seq == "0002"
+            assert event.frame.raw in (GOOD[1:-1], GOOD[1:])  # the tail is not the frame's
+
     def test_two_frames_in_one_datagram_are_both_taken(self) -> None:
         second = encode_frame(token="SIA-DCS", seq="0003", account="1234", data="#1234|NBA02")
         for data in (GOOD + second, GOOD + b"\r\n" + second[:-1]):  # the last CR is optional
