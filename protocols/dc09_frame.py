@@ -58,6 +58,8 @@ _STANDARD_FRAME = re.compile(
 _STANDARD_TAIL = re.compile(
     rb"([^\]]*)\]((?:\[[A-Za-z][^\]]*\])*)(_\d\d:\d\d:\d\d,\d\d-\d\d-\d\d\d\d)?"
 )
+# The end of a decrypted region when the key was right (every encrypted frame has a timestamp).
+_ENDS_WITH_TIMESTAMP = re.compile(rb"_\d\d:\d\d:\d\d,\d\d-\d\d-\d\d\d\d\Z")
 MAX_XDATA_BLOCKS = 32
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 _BLANK = b"\x00\r\n "  # bytes between frames that are noise, not garbage
@@ -333,9 +335,12 @@ def decode_body(header: FrameHeader, key: AesKey | None) -> Frame:
         try:
             data, xdata, timestamp = _parse_tail(tail)
         except RemoteProtocolError as exc:
-            raise _duh(
-                f"decrypt failed: wrong key or key format (hex vs ascii)? ({exc.message})"
-            ) from None
+            # The right key gives the timestamp every encrypted frame ends with (§1.9); a wrong
+            # one gives random bytes, which end so by no chance worth counting. Saying "wrong
+            # key" for a frame the key did decrypt sends field support after the wrong fault.
+            if _ENDS_WITH_TIMESTAMP.search(tail) is None:
+                raise _duh("decrypt failed: wrong key or key format (hex vs ascii)?") from None
+            raise _duh(f"decrypted with the account's key, but {exc.message}") from None
     else:
         data, xdata, timestamp = _parse_tail(header.body)
     return Frame(

@@ -363,6 +363,23 @@ class TestMoreQuirks:
             decode_frame(raw)
         assert info.value.reply is Reply.DUH
 
+    def test_decrypted_but_malformed_is_not_called_a_wrong_key(self) -> None:
+        """The right key with a content fault (dc09_spt's [$P…] GPS block) says what is wrong;
+        "wrong key" is kept for a key that does not decrypt the frame."""
+        key = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
+        content = b"#1234|NBA1][$P52.1,5.9]_12:00:00,01-01-2024"
+        region = b'"*SIA-DCS"0001L0#1234[' + key.encrypt_region(content).encode()
+        raw = f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw, key=key)
+        assert info.value.reply is Reply.DUH
+        assert "wrong key" not in info.value.message
+        assert "$P52.1,5.9" in info.value.message
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw, key=AesKey.from_ascii("1234567890123456"))
+        assert info.value.reply is Reply.DUH
+        assert "decrypt failed: wrong key" in info.value.message
+
 
 class TestEncodeValidation:
     @pytest.mark.parametrize(
