@@ -155,7 +155,9 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
         raise _duh(f"SIA block: no 'N' event block in {data[:64]!r}")
     out: list[Event] = []
     for block, free_text in blocks:
-        events = _block_events(block, data, room=MAX_EVENTS_PER_BLOCK - len(out))
+        # A bare 'N' carries nothing (an error only when no block has an event); a block with
+        # content but no event code (lower-case "ba01" reads as a modifier) is one.
+        events = _block_events(block, room=MAX_EVENTS_PER_BLOCK - len(out)) if block else []
         for item in events:
             code = str(item["code"])
             text = next(
@@ -174,10 +176,12 @@ def parse_sia_block_general(data: str) -> tuple[Event, ...]:
                     classification=classify(Family.SIA, code),
                 )
             )
+    if not out:
+        raise _duh(f"SIA block: no event code in {data[:64]!r}")
     return tuple(out)
 
 
-def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]]:
+def _block_events(block: str, *, room: int) -> list[dict[str, object]]:
     """The events of one 'N' block (without the 'N'), at most ``room`` of them."""
     events: list[dict[str, object]] = []
     area: int | None = None
@@ -254,7 +258,7 @@ def _block_events(block: str, data: str, *, room: int) -> list[dict[str, object]
             continue
         raise _duh(f"SIA block: unexpected {block[i : i + 8]!r}")
     if not events:
-        raise _duh(f"SIA block: no event code in {data[:64]!r}")
+        raise _duh(f"SIA block: no event code in 'N{block[:64]}'")
     return events
 
 

@@ -120,7 +120,16 @@ class TestSiaBlocks:
         assert [(e.code, e.zone, e.partition, e.user, e.text, e.time) for e in events] == expected
 
     @pytest.mark.parametrize(
-        "data", ["#1234|", "#1234|X", "#1234|Nri1/ba01", "#1234|N^x^", "#1234|NBA^unterminated"]
+        "data",
+        [
+            "#1234|",
+            "#1234|X",
+            "#1234|Nri1/ba01",
+            "#1234|N^x^",
+            "#1234|NBA^unterminated",
+            "#1234|N|N",
+            "#1234|NBA1|Nri1/ba01",
+        ],
     )
     def test_malformed(self, data: str) -> None:
         """Malformed SIA blocks are DUH errors."""
@@ -136,6 +145,8 @@ class TestSiaBlocks:
             ("FA", 3, 2, "fire"),
         ]
         assert events[1].classification.fire
+        for data in ("#1234|NBA01|N", "#1234|N|NBA01"):
+            assert [e.code for e in parse_sia_block(data)] == ["BA"]  # a bare N carries nothing
 
     @pytest.mark.parametrize(
         ("data", "expected"),
