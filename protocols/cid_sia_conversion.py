@@ -7,13 +7,15 @@ is: HA (a zone) becomes 122 silent panic, not 121 duress (a user: the zone would
 4xx codes Q=1 is an opening (disarm) and Q=3 a closing (arm): 441/442 armed STAY is OP when
 disarmed and NL (armed perimeter/stay) when armed, never an arming code for a disarm. Zone, partition, user and text are kept; the
 converted event is re-classified in its new family (callers keep the original decision's
-category). A code without an equivalent raises :class:`ConversionError`: deliver it in its own
-family instead.
+category). A code without an equivalent, or a SIA event whose zone, user or partition Contact ID
+cannot hold (zone over 999, partition over 99), raises :class:`ConversionError`: deliver it in its
+own family instead.
 """
 
 from __future__ import annotations
 
 from protocols.categories import classify
+from protocols.contact_id import cid_fits
 from protocols.signal import Event, Family
 
 
@@ -84,7 +86,7 @@ def to_cid(event: Event) -> Event:
     if pair is None:
         raise ConversionError(f"SIA {event.code} has no Contact ID equivalent")
     code, qualifier = pair
-    return Event(
+    converted = Event(
         family=Family.CID,
         code=code,
         qualifier=qualifier,
@@ -96,3 +98,9 @@ def to_cid(event: Event) -> Event:
         time=event.time,
         classification=classify(Family.CID, code, qualifier),
     )
+    if not cid_fits(converted):
+        raise ConversionError(
+            f"SIA {event.code} with partition {event.partition}, zone {event.zone}, user "
+            f"{event.user} does not fit Contact ID (partition 0-99, zone/user 0-999)"
+        )
+    return converted

@@ -103,16 +103,33 @@ def parse_dtmf(message: str) -> Event:
     return _event(account, qualifier, code, group, ccc)
 
 
+def cid_fits(event: Event) -> bool:
+    """Whether ``event``'s partition fits Contact ID's GG (0-99) and its zone, or its user for a
+    user code, fits CCC (0-999). Panels and MQTT modules number zones up to 999999 (SIA)."""
+    number = event.user if event.code in USER_CODES else event.zone
+    return 0 <= (event.partition or 0) <= 99 and 0 <= (number or 0) <= 999
+
+
+def _gg_ccc(event: Event) -> str:
+    """``GG CCC`` of ``event``; a number Contact ID cannot hold is an error, never cut down (zone
+    1234 written as 234 would send the station to the wrong zone)."""
+    if not cid_fits(event):
+        raise ValueError(
+            f"Contact ID holds partitions 0-99 and zones/users 0-999: partition "
+            f"{event.partition}, zone {event.zone}, user {event.user}"
+        )
+    number = event.user if event.code in USER_CODES else event.zone
+    return f"{event.partition or 0:02d} {number or 0:03d}"
+
+
 def format_cid_block(event: Event, account: str) -> str:
     """The ``ADM-CID`` data for ``event`` under ``account``: ``#ACCT|QXYZ GG CCC``."""
     if event.family is not Family.CID:
         raise ValueError("format_cid_block needs a Contact ID event")
-    number = event.user if event.code in USER_CODES else event.zone
-    return f"#{account}|{event.qualifier or '1'}{event.code} {(event.partition or 0) % 100:02d} {(number or 0) % 1000:03d}"
+    return f"#{account}|{event.qualifier or '1'}{event.code} {_gg_ccc(event)}"
 
 
 def format_dtmf(event: Event, account: str, message_type: str = "18") -> str:
     """The 16-digit DTMF message for ``event`` (account of 4 digits)."""
-    number = event.user if event.code in USER_CODES else event.zone
-    body = f"{account[-4:]:0>4}{message_type}{event.qualifier or '1'}{event.code}{(event.partition or 0) % 100:02d}{(number or 0) % 1000:03d}"
+    body = f"{account[-4:]:0>4}{message_type}{event.qualifier or '1'}{event.code}{_gg_ccc(event).replace(' ', '')}"
     return body + contact_id_checksum(body)

@@ -28,7 +28,7 @@ import structlog
 
 from engine.station_model import ReceiverConfig
 from protocols.cid_sia_conversion import ConversionError, to_cid, to_sia
-from protocols.contact_id import format_cid_block
+from protocols.contact_id import cid_fits, format_cid_block
 from protocols.dc09_crypto import AesKey
 from protocols.dc09_transmitter import (
     Acked,
@@ -186,9 +186,31 @@ class Dc09ReceiverClient:
                 event = to_sia(event)
         except ConversionError as exc:
             note = f"sent unconverted to a {families}-only receiver: {exc}"
+        if event.family is Family.CID and not cid_fits(event):
+            # Zone 1234 or partition 120 (an MQTT module's) does not fit Contact ID: SIA carries
+            # it where the receiver takes SIA; a Contact ID-only one gets the event without the
+            # number (000 / 00: "none"), never a cut-down, wrong one.
+            event, note = self._cid_overflow(event, families)
         if event.family is Family.CID:
             return "ADM-CID", format_cid_block(event, account), "cid", note
         return "SIA-DCS", format_sia_block(event, account), "sia", note
+
+    @staticmethod
+    def _cid_overflow(event: Event, families: str) -> tuple[Event, str]:
+        """``event`` (Contact ID, a number too large for it) in a form this receiver can take."""
+        numbers = f"partition {event.partition}, zone {event.zone}, user {event.user}"
+        if families != "cid":
+            try:
+                return to_sia(event), f"sent as SIA: Contact ID cannot hold {numbers}"
+            except ConversionError:
+                pass
+        fitted = msgspec.structs.replace(
+            event,
+            partition=event.partition if 0 <= (event.partition or 0) <= 99 else None,
+            zone=event.zone if 0 <= (event.zone or 0) <= 999 else None,
+            user=event.user if 0 <= (event.user or 0) <= 999 else None,
+        )
+        return fitted, f"sent without the numbers Contact ID cannot hold ({numbers})"
 
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
         """Send one event for ``account`` (the station's account number).
@@ -526,6 +548,23 @@ class Dc09ReceiverPool:
     async def close(self) -> None:
         for client in self._clients:
             await client.close()
+
+    @staticmethod
+    def _cid_overflow(event: Event, families: str) -> tuple[Event, str]:
+        """``event`` (Contact ID, a number too large for it) in a form this receiver can take."""
+        numbers = f"partition {event.partition}, zone {event.zone}, user {event.user}"
+        if families != "cid":
+            try:
+                return to_sia(event), f"sent as SIA: Contact ID cannot hold {numbers}"
+            except ConversionError:
+                pass
+        fitted = msgspec.structs.replace(
+            event,
+            partition=event.partition if 0 <= (event.partition or 0) <= 99 else None,
+            zone=event.zone if 0 <= (event.zone or 0) <= 999 else None,
+            user=event.user if 0 <= (event.user or 0) <= 999 else None,
+        )
+        return fitted, f"sent without the numbers Contact ID cannot hold ({numbers})"
 
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
         """Send on the first idle connection, or on the first one to become idle."""

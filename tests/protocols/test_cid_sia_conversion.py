@@ -7,7 +7,7 @@ import pytest
 
 from protocols.categories import classify
 from protocols.cid_sia_conversion import ConversionError, to_cid, to_sia
-from protocols.contact_id import format_cid_block, parse_cid_block
+from protocols.contact_id import format_cid_block, format_dtmf, parse_cid_block
 from protocols.signal import Event, Family
 
 
@@ -19,6 +19,34 @@ def sia(code: str, *, zone: int | None = None, partition: int | None = None) -> 
         partition=partition,
         classification=classify(Family.SIA, code),
     )
+
+
+class TestContactIdLimits:
+    def test_numbers_contact_id_cannot_hold_are_errors_not_cut_down(self) -> None:
+        """Zone 999 and partition 99 are written; zone 1000/1234 or partition 100 raise (they
+        were written as 000/234 and 00: the station was sent to the wrong zone)."""
+        event = parse_cid_block("#9|1130 99 999")[0]
+        assert format_cid_block(event, "9") == "#9|1130 99 999"
+        for zone, partition in ((1000, 1), (1234, 1), (5, 100)):
+            wide = Event(
+                family=Family.CID,
+                code="130",
+                qualifier="1",
+                zone=zone,
+                partition=partition,
+                classification=classify(Family.CID, "130", "1"),
+            )
+            with pytest.raises(ValueError, match="Contact ID holds"):
+                format_cid_block(wide, "9")
+            with pytest.raises(ValueError, match="Contact ID holds"):
+                format_dtmf(wide, "1234")
+
+    def test_a_sia_zone_over_999_has_no_contact_id_form(self) -> None:
+        with pytest.raises(ConversionError, match="does not fit Contact ID"):
+            to_cid(sia("BA", zone=1234, partition=1))
+        with pytest.raises(ConversionError, match="does not fit Contact ID"):
+            to_cid(sia("BA", zone=3, partition=120))
+        assert to_cid(sia("BA", zone=999, partition=99)).zone == 999
 
 
 class TestToContactId:

@@ -186,6 +186,40 @@ class TestFamilies:
         assert "XW" in attempt.note
         assert got.token == "SIA-DCS"
 
+    async def test_a_contact_id_zone_over_999_goes_as_sia_where_the_receiver_takes_sia(
+        self, sim: StationSimulator, make_client: ClientFactory
+    ) -> None:
+        """Contact ID 130 on zone 1234 (an MQTT module's numbering) to a receiver taking both
+        families: sent as SIA BA1234, noted. (It went out as zone 234: the wrong zone.)"""
+        client = make_client(sim.port, families="both")
+        attempt = await client.send(account="77", event=burglary(1234))
+        [got] = await sim.wait_for(1, WAIT_S)
+        assert (attempt.outcome, attempt.family_sent) == ("acked", "sia")
+        assert attempt.note is not None
+        assert "1234" in attempt.note
+        assert [(e.family, e.code, e.zone) for e in got.events] == [("sia", "BA", 1234)]
+
+    async def test_a_contact_id_only_receiver_gets_no_zone_rather_than_a_wrong_one(
+        self, sim: StationSimulator, make_client: ClientFactory
+    ) -> None:
+        """The same alarm to a Contact ID-only receiver: 130 with zone 000 ("none"), noted; a SIA
+        alarm on zone 1234 goes unconverted (SIA) with a note."""
+        client = make_client(sim.port, families="cid")
+        first = await client.send(account="77", event=burglary(1234))
+        second = await client.send(account="77", event=sia_event("BA", 1234))
+        await sim.wait_for(2, WAIT_S)
+        assert (first.outcome, first.family_sent, second.family_sent) == ("acked", "cid", "sia")
+        assert first.note is not None
+        assert second.note is not None
+        assert "1234" in first.note
+        assert "1234" in second.note
+        assert [
+            (e.family, e.code, e.zone, e.partition) for r in sim.received for e in r.events
+        ] == [
+            ("cid", "130", None, 1),
+            ("sia", "BA", 1234, 1),
+        ]
+
     async def test_both_families_sent_as_is(
         self, sim: StationSimulator, make_client: ClientFactory
     ) -> None:
