@@ -84,6 +84,17 @@ def closes_entry(event: Event) -> str | None:
     return None
 
 
+def _until(sent: datetime | None, extra: timedelta) -> datetime | None:
+    """The latest module time of a disarm that closes an entry sent at ``sent`` (None when the
+    module gave no time, or one so near year 9999 that nothing later can be written)."""
+    if sent is None:
+        return None
+    try:
+        return sent + extra
+    except OverflowError:
+        return None
+
+
 def _sent_before(close: datetime | None, entry: datetime | None) -> bool:
     """Whether the module's own times say a close was sent before an entry (both known)."""
     return close is not None and entry is not None and close < entry
@@ -162,7 +173,7 @@ class CrashSmashStage:
                     z=entry.zone,
                     d=signal.received_at + extra,
                     s=sent,
-                    u=None if sent is None else sent + extra,
+                    u=_until(sent, extra),
                 )
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
@@ -175,7 +186,7 @@ class CrashSmashStage:
                         z=event.zone,
                         d=signal.received_at + extra,
                         s=sent,
-                        u=None if sent is None else sent + extra,
+                        u=_until(sent, extra),
                     )
                     continue
                 reason = closes_entry(event)

@@ -8,9 +8,9 @@ the reason sent back in a ``rejected`` ack.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -171,6 +171,9 @@ def msg_id_of(data: bytes, *, max_bytes: int = 16_384) -> str | None:
     return msg_id if isinstance(msg_id, str) and 1 <= len(msg_id) <= 64 else None
 
 
+_Sent = TypeVar("_Sent", CheckinV1, EventsV1)
+
+
 def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
     """A check-in payload (an empty payload is accepted as a bare check-in)."""
     if not data.strip():
@@ -179,7 +182,7 @@ def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
     assert isinstance(result, CheckinV1)
     if result.msg_id is not None and not 1 <= len(result.msg_id) <= 64:
         raise MqttPayloadError("msg_id must be 1-64 characters")
-    return result
+    return _in_utc(result)
 
 
 def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
@@ -199,7 +202,17 @@ def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
         problem = _check_event(event)
         if problem:
             raise MqttPayloadError(f"events[{index}]: {problem}")
-    return result
+    return _in_utc(result)
+
+
+def _in_utc(payload: _Sent) -> _Sent:
+    """``payload`` with a ``sent_at`` that gives no time zone read as UTC (as DC-09 times are):
+    left naive, it was read in the database session's zone and could not be compared with the
+    module's other times."""
+    sent = payload.sent_at
+    if sent is None or sent.tzinfo is not None:
+        return payload
+    return msgspec.structs.replace(payload, sent_at=sent.replace(tzinfo=UTC))
 
 
 def _check_event(event: MqttEvent) -> str | None:

@@ -352,6 +352,16 @@ class TestModuleOrder:
         await world.writer([sent(entry(at=T0 + timedelta(seconds=90)), T0)])
         assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
 
+    async def test_an_entry_sent_at_the_end_of_time_opens_as_without_a_time(
+        self, world: World
+    ) -> None:
+        """An MQTT module whose clock says 9999-12-31T23:59:59Z: its entry's timer window cannot
+        be written, the batch still commits and the entry opens (by the commit order)."""
+        end = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+        await world.writer([sent(cid("1401 01 002", at=T0), end)])
+        await world.writer([sent(entry(at=T0 + timedelta(seconds=60)), end)])
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+
     async def test_without_module_times_the_commit_order_decides(self, world: World) -> None:
         """Neither signal carries the module's time: nothing says the entry is old, so it opens
         (the documented limit; docs/forwarding.md)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -154,6 +155,29 @@ class TestDecode:
         for decoder in (decode_events, decode_checkin):
             with contextlib.suppress(MqttPayloadError):
                 decoder(data)
+
+
+class TestSentAt:
+    def test_a_time_without_a_zone_is_utc(self) -> None:
+        """``sent_at`` without an offset is read as UTC, as DC-09 times are (it was left naive:
+        read in the database session's zone, and not comparable with the module's other
+        times)."""
+        checkin = decode_checkin(b'{"v": 1, "sent_at": "2026-11-22T12:00:00"}')
+        events = decode_events(
+            b'{"v": 1, "msg_id": "m", "sent_at": "2026-11-22T12:00:00",'
+            b' "events": [{"family": "cid", "code": "130"}]}'
+        )
+        expected = datetime(2026, 11, 22, 12, tzinfo=UTC)
+        for sent in (checkin.sent_at, events.sent_at):
+            assert sent is not None
+            assert sent.utcoffset() == timedelta(0)
+            assert sent == expected
+
+    def test_a_time_with_an_offset_is_kept(self) -> None:
+        checkin = decode_checkin(b'{"v": 1, "sent_at": "2026-11-22T13:00:00+01:00"}')
+        assert checkin.sent_at == datetime(2026, 11, 22, 12, tzinfo=UTC)
+        assert checkin.sent_at is not None
+        assert checkin.sent_at.utcoffset() == timedelta(hours=1)
 
 
 class TestTopicsAndEncode:
