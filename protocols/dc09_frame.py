@@ -307,7 +307,10 @@ def parse_tail_tolerant(tail: bytes) -> _Tail:
             raise _duh("x-data block is not closed with ']'")
         block = rest[1:end]
         if not block or not (0x41 <= block[0] <= 0x5A or 0x61 <= block[0] <= 0x7A):
-            raise _duh(f"x-data block {_text(block)!r} does not start with an identifier letter")
+            # its beginning only: the reason is logged, and an encrypted frame's content is not
+            raise _duh(
+                f"x-data block {_text(block[:16])!r} does not start with an identifier letter"
+            )
         xdata.append(XData(id=chr(block[0]).upper(), value=_text(block[1:])))
         rest = rest[end + 1 :]
         if len(xdata) > MAX_XDATA_BLOCKS:

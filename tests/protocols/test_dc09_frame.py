@@ -380,6 +380,19 @@ class TestMoreQuirks:
         assert info.value.reply is Reply.DUH
         assert "decrypt failed: wrong key" in info.value.message
 
+    def test_a_bad_x_data_block_is_quoted_by_its_beginning_only(self) -> None:
+        """The DUH reason (which is logged) names at most 16 characters of the block: an
+        encrypted frame's content, such as a GPS position, is not written out whole."""
+        key = AesKey.from_hex("000102030405060708090A0B0C0D0E0F")
+        position = "$P52.123456,5.987654,alt=12.5,acc=3.1"
+        content = f"#1234|NBA1][{position}]_12:00:00,01-01-2024".encode()
+        region = b'"*SIA-DCS"0001L0#1234[' + key.encrypt_region(content).encode()
+        raw = f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_frame(raw, key=key)
+        assert position[:16] in info.value.message
+        assert position[16:] not in info.value.message
+
 
 class TestEncodeValidation:
     @pytest.mark.parametrize(
