@@ -45,13 +45,16 @@ log = structlog.get_logger("engine.service")
 
 def ingest_stages(
     settings: Settings, directory: AccountDirectory
-) -> tuple[SupervisionStage | None, CrashSmashStage | None]:
-    """The batch writer's supervision and Crash & Smash stages, as the settings enable them."""
-    supervision = (
-        SupervisionStage(directory, grace_s=settings.supervision.grace_s)
-        if settings.supervision.enabled
-        else None
-    )
+) -> tuple[SupervisionStage, CrashSmashStage | None]:
+    """The batch writer's supervision and Crash & Smash stages, as the settings enable them.
+
+    The supervision stage runs whatever ``supervision.enabled`` says, which starts or not only
+    the timer that raises misses: contacts keep every deadline current either way. Otherwise the
+    deadlines of modules heard while it was off (or heard by an engine that has it off, beside one
+    that has it on) would still be those of their last contact before, and the timer would raise
+    a false Panel Not Responding for each of them at once.
+    """
+    supervision = SupervisionStage(directory, grace_s=settings.supervision.grace_s)
     crash_smash = (
         CrashSmashStage(
             dialer_delay_s=settings.crash_smash.dialer_delay_s,

@@ -23,6 +23,7 @@ from engine.deadline_timer import Clock, utc_now
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
+from engine.service import ingest_stages
 from engine.settings import Settings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
@@ -216,6 +217,24 @@ class TestDeadlines:
         world.directory.upsert(shorter)
         timer = world.timer()
         assert await timer.fire_due(T0 + timedelta(seconds=SIX_HOURS)) == 1
+
+    async def test_contacts_move_deadlines_while_the_timer_is_off(self, world: World) -> None:
+        """With supervision.enabled off (this engine, or for a while) contacts still move the
+        deadline: a module heard meanwhile raises no miss once a timer runs (its deadline was
+        still the one of its contact before, and it was raised at once)."""
+        off = msgspec.structs.replace(
+            Settings(), supervision=SupervisionSettings(enabled=False, grace_s=0)
+        )
+        supervision, _ = ingest_stages(off, world.directory)
+        writer = IngestWriter(
+            world.pool, duplicate_window_s=600, forwarding=world.forwarding, supervision=supervision
+        )
+        await world.writer([contact("200", T0)])
+        heard = T0 + timedelta(seconds=150)
+        await writer([contact("200", heard)])
+        assert await world.deadline("200") == heard + timedelta(seconds=200)
+        assert await world.timer().fire_due(T0 + timedelta(seconds=300)) == 0
+        assert await world.timer().fire_due(heard + timedelta(seconds=200)) == 1
 
 
 class TestTimer:
