@@ -144,6 +144,7 @@ class Engine:
                     max_sleep_s=settings.supervision.max_sleep_s,
                     on_enqueued=self.dispatcher.wake,
                     clock=self._clock,
+                    settle_s=settings.supervision.grace_s,
                 )
                 self.pipeline = IngestPipeline(
                     writer,

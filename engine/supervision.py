@@ -12,7 +12,9 @@ pending deadline at once (a trigger, migration 0352).
 ``supervision_due`` holds only rows that can fire: no scans), and in one transaction marks the
 row missed and commits the Panel Not Responding signal with its decision and outbox row.
 ``FOR UPDATE SKIP LOCKED`` and the persisted ``missed`` flag make each miss fire exactly once
-across engine processes and restarts.
+across engine processes and restarts. A timer raises nothing until ``supervision.grace_s`` after
+its engine started or its database came back: a deadline that passed while no contact could be
+committed is the engine's silence, not the module's, and the modules get that long to reach it.
 
 Upstream the signal is Contact ID 356 (loss of central polling), Q=1 for the miss and Q=3 for the
 restore (SIA YC / YK to a SIA-only receiver); it carries its own category (Panel Not Responding)
@@ -21,8 +23,9 @@ and is not re-classified.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -31,6 +34,7 @@ from prometheus_client import Counter, Gauge
 
 from engine.account_directory import AccountDirectory
 from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer, utc_now
+from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.signals import insert_signals_returning
@@ -134,6 +138,7 @@ class SupervisionTimer(DeadlineTimer):
         batch: int = 500,
         clock: Clock = utc_now,
         supervised_count_s: float = 60.0,
+        settle_s: float = 0.0,
     ) -> None:
         super().__init__(max_sleep_s=max_sleep_s, clock=clock)
         self._pool = pool
@@ -143,24 +148,59 @@ class SupervisionTimer(DeadlineTimer):
         self._batch = batch
         self._count_every_s = supervised_count_s
         self._counted_at = float("-inf")
+        self._settle = timedelta(seconds=settle_s)
+        self._raise_from: datetime | None = None  # no miss before it; None: settle from now
+
+    def _settling_s(self, now: datetime) -> float:
+        """Seconds from ``now`` until misses may be raised (0: they may).
+
+        A deadline that passed while this engine could not hear the modules (before it started,
+        or while the database was out of reach: no contact could be committed) says nothing
+        about the module. Each module gets ``settle_s`` (``supervision.grace_s``) from then to
+        come back; those still silent are raised after it, once as always.
+        """
+        settled = now + self._settle
+        if self._raise_from is None or self._raise_from > settled:  # or the clock was set back
+            self._raise_from = settled
+        return max(0.0, (self._raise_from - now).total_seconds())
+
+    @contextlib.contextmanager
+    def _on_database(self) -> Iterator[None]:
+        """A database out of reach means contacts were not committed: settle again after it."""
+        try:
+            yield
+        except Exception as exc:
+            if is_database_unreachable(exc):
+                self._raise_from = None
+            raise
 
     async def seconds_to_next(self, now: datetime) -> float:
-        """The earliest pending deadline: one probe of the ``supervision_due`` index."""
-        nearest = await self._pool.fetchval(
-            "SELECT min(deadline) FROM supervision WHERE NOT missed"
-        )
-        if time.monotonic() - self._counted_at >= self._count_every_s:
-            # Counting a million rows is not free: the gauge is refreshed once a minute, never per tick.
-            SUPERVISED.set(
-                await self._pool.fetchval("SELECT count(*) FROM supervision WHERE NOT missed")
+        """The earliest pending deadline (one probe of the ``supervision_due`` index), or the end
+        of the settling time when that is later."""
+        settling = self._settling_s(now)
+        with self._on_database():
+            nearest = await self._pool.fetchval(
+                "SELECT min(deadline) FROM supervision WHERE NOT missed"
             )
-            self._counted_at = time.monotonic()
+            if time.monotonic() - self._counted_at >= self._count_every_s:
+                # Counting a million rows is not free: the gauge is refreshed once a minute, never per tick.
+                SUPERVISED.set(
+                    await self._pool.fetchval("SELECT count(*) FROM supervision WHERE NOT missed")
+                )
+                self._counted_at = time.monotonic()
         if nearest is None:
-            return self._max_sleep_s
-        return float((nearest - now).total_seconds())
+            return max(settling, self._max_sleep_s)
+        return max(settling, float((nearest - now).total_seconds()))
 
     async def fire_due(self, now: datetime) -> int:
-        """Raise Panel Not Responding for every deadline due at ``now`` (one transaction per batch)."""
+        """Raise Panel Not Responding for every deadline due at ``now`` (one transaction per batch),
+        unless the engine is still settling (:meth:`_settling_s`)."""
+        if self._settling_s(now) > 0:
+            return 0
+        with self._on_database():
+            return await self._fire(now)
+
+    async def _fire(self, now: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
                 """

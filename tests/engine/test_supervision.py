@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.deadline_timer import Clock, utc_now
+from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
@@ -387,6 +388,57 @@ class TestTimer:
         assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 60
 
 
+class TestSettling:
+    """A deadline that passed while the engine could not hear the modules (it was not running, or
+    its database was out of reach) is the engine's silence: modules get supervision.grace_s to
+    come back before a miss is raised for them."""
+
+    async def test_a_started_engine_gives_modules_the_grace_to_come_back(
+        self, world: World
+    ) -> None:
+        """Both deadlines passed while no engine ran: nothing is raised for 120 s after the start;
+        the module heard meanwhile raises nothing, the silent one its miss once."""
+        await world.writer([contact("200", T0), contact("6666", T0)])
+        start = T0 + timedelta(hours=7)  # both deadlines lie behind
+        timer = SupervisionTimer(world.pool, world.forwarding, duplicate_window_s=600, settle_s=120)
+        assert await timer.fire_due(start) == 0
+        assert await timer.seconds_to_next(start) == 120.0
+        await world.writer([contact("6666", start + timedelta(seconds=30))])  # back
+        assert await timer.fire_due(start + timedelta(seconds=119)) == 0
+        assert await timer.fire_due(start + timedelta(seconds=120)) == 1
+        assert await world.server_signals() == [("200", "356", "1")]
+        # settled: a deadline is raised when it passes, as always
+        deadline = start + timedelta(seconds=30 + SIX_HOURS)
+        assert (
+            await timer.seconds_to_next(start + timedelta(seconds=120))
+            == (deadline - start - timedelta(seconds=120)).total_seconds()
+        )
+        assert await timer.fire_due(deadline) == 1
+
+    async def test_after_the_database_was_out_of_reach_it_settles_again(
+        self, world: World, database_url: str
+    ) -> None:
+        """The timer's connection is cut (no contact could be committed either): deadlines that
+        passed meanwhile wait 120 s after the database answers again."""
+        await world.writer([contact("200", T0)])
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        try:
+            timer = SupervisionTimer(pool, world.forwarding, duplicate_window_s=600, settle_s=120)
+            assert await timer.fire_due(T0) == 0  # settling from the start
+            assert await timer.fire_due(T0 + timedelta(seconds=120)) == 0  # settled, nothing due
+            pid = await pool.fetchval("SELECT pg_backend_pid()")
+            await world.pool.execute("SELECT pg_terminate_backend($1)", pid)
+            away = T0 + timedelta(seconds=150)
+            with pytest.raises(Exception) as lost:  # whichever asyncpg raises for a lost backend
+                await timer.fire_due(away)
+            assert is_database_unreachable(lost.value), lost.value
+            back = T0 + timedelta(seconds=300)  # the deadline (T0 + 200 s) passed meanwhile
+            assert await timer.fire_due(back) == 0
+            assert await timer.fire_due(back + timedelta(seconds=120)) == 1
+        finally:
+            await pool.close()
+
+
 def sample(name: str, **labels: str) -> float:
     """The current value of one exported metric sample (0 before its first use)."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -572,7 +624,8 @@ class TestTwoEngineProcesses:
             "INSERT INTO supervision (account, deadline) "
             "SELECT account, now() + interval '1 hour' FROM accounts"
         )
-        extra = "[mqtt]\nenabled = false\n[supervision]\nmax_sleep_s = 0.2\n[virtual]\nenabled = false\n"
+        # grace_s 0: the deadlines are set to pass just after the start, not settled for 120 s
+        extra = "[mqtt]\nenabled = false\n[supervision]\nmax_sleep_s = 0.2\ngrace_s = 0\n[virtual]\nenabled = false\n"
         engines = [
             EngineProcess(
                 write_config(
