@@ -166,45 +166,41 @@ class VoiceSessions:
     async def _command_with_retries(
         self, row: OwnedDelivery, receiver: str, problems: list[str], bound: Any
     ) -> None:
-        try:
-            await self._command_until_done(row, receiver, problems, bound)
-        except asyncio.CancelledError:
-            # The engine stops while the command is under way (even its first attempt, which
-            # can wait 10 s for the PUBACK): leave it visible, never a delivery without a record.
-            await self._record(
-                row,
-                "command_retrying",
-                "; ".join([*problems, "the engine stopped before the voice command was confirmed"]),
-                0,
-            )
-            raise
-
-    async def _command_until_done(
-        self, row: OwnedDelivery, receiver: str, problems: list[str], bound: Any
-    ) -> None:
         give_up_at = time.monotonic() + self._retry_s
         attempts = 0
         last_failure: str | None = None
         sent = False
-        while True:
-            attempts += 1
-            failure = await self._send_command(row)
-            if failure is None:
-                sent = True
-                metrics.VOICE_COMMANDS.labels("sent").inc()
-                break
-            last_failure, permanent = failure
-            metrics.VOICE_COMMANDS.labels("failed").inc()
-            delay = min(self._retry_max_s, self._retry_base_s * 2 ** (attempts - 1))
-            retrying = not permanent and time.monotonic() + delay <= give_up_at
-            bound.warning(
-                "voice_command_failed", error=last_failure, attempts=attempts, retrying=retrying
-            )
-            if not retrying:
-                break
-            if attempts == 1:  # visible while it is retried (and if this engine stops meanwhile)
-                await self._record(row, "command_retrying", "; ".join([*problems, last_failure]), 1)
-            await asyncio.sleep(delay)
+        try:
+            while True:
+                attempts += 1
+                failure = await self._send_command(row)
+                if failure is None:
+                    sent = True
+                    metrics.VOICE_COMMANDS.labels("sent").inc()
+                    break
+                last_failure, permanent = failure
+                metrics.VOICE_COMMANDS.labels("failed").inc()
+                delay = min(self._retry_max_s, self._retry_base_s * 2 ** (attempts - 1))
+                retrying = not permanent and time.monotonic() + delay <= give_up_at
+                bound.warning(
+                    "voice_command_failed", error=last_failure, attempts=attempts, retrying=retrying
+                )
+                if not retrying:
+                    break
+                # Visible while it is retried (and if this engine stops meanwhile).
+                if attempts == 1:
+                    await self._record(
+                        row, "command_retrying", "; ".join([*problems, last_failure]), 1
+                    )
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            # The engine stops while the command is under way (even its first attempt, which
+            # can wait 10 s for the PUBACK): leave it visible, never a delivery without a record,
+            # and keep why the attempts made so far failed.
+            stopped = "the engine stopped before the voice command was confirmed"
+            notes = [*problems, *([last_failure] if last_failure else []), stopped]
+            await self._record(row, "command_retrying", "; ".join(notes), attempts)
+            raise
         notes = list(problems)
         if not sent:
             notes.append(f"{last_failure} (gave up after {attempts} attempt{'s' * (attempts > 1)})")

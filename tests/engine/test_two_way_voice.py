@@ -428,6 +428,23 @@ class _Registry:
         return _AckingReceiver()
 
 
+async def _fire_delivery(pool: asyncpg.Pool) -> asyncpg.Record:
+    """A delivered fire alarm's delivery row, with two-way voice."""
+    row: asyncpg.Record = await pool.fetchrow(
+        """
+        INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                priority, event, primary_receiver, seq, received_at,
+                                two_way_voice)
+        VALUES (1, 0, $1, 'lane', $2, 0, $3::jsonb, 'rx-a', '0001', now(), true)
+        RETURNING *
+        """,
+        ALARM_ACCOUNT,
+        STATION_ACCOUNT,
+        '{"family":"sia","code":"FA","zone":4,"classification":{"category":"alarms"}}',
+    )
+    return row
+
+
 class TestStopDuringTheCommand:
     async def test_an_engine_stopping_during_the_first_attempt_leaves_a_record(
         self, db_pool: asyncpg.Pool
@@ -435,18 +452,7 @@ class TestStopDuringTheCommand:
         """The first publish waits for its PUBACK when the engine stops: the delivery shows
         command_retrying with why (it had no voice record at all: the first attempt was not yet
         a failure, and the stop cancelled it)."""
-        delivery = await db_pool.fetchrow(
-            """
-            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
-                                    priority, event, primary_receiver, seq, received_at,
-                                    two_way_voice)
-            VALUES (1, 0, $1, 'lane', $2, 0, $3::jsonb, 'rx-a', '0001', now(), true)
-            RETURNING *
-            """,
-            ALARM_ACCOUNT,
-            STATION_ACCOUNT,
-            '{"family":"sia","code":"FA","zone":4,"classification":{"category":"alarms"}}',
-        )
+        delivery = await _fire_delivery(db_pool)
         started = asyncio.Event()
 
         async def slow_command(account: str, signal_id: int) -> None:
@@ -460,9 +466,45 @@ class TestStopDuringTheCommand:
         await asyncio.wait_for(started.wait(), 5)
         await sessions.stop(timeout_s=0.05)
         row = await db_pool.fetchrow(
-            "SELECT voice_session_state, voice_session_error FROM deliveries WHERE id = $1",
+            "SELECT voice_session_state, voice_session_error, voice_command_attempts "
+            "FROM deliveries WHERE id = $1",
             delivery["id"],
         )
         assert row is not None
         assert row["voice_session_state"] == "command_retrying"
+        assert "the engine stopped" in row["voice_session_error"]
+        assert row["voice_command_attempts"] == 1  # the one under way
+
+    async def test_an_engine_stopping_between_retries_keeps_why_they_failed(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Two publishes failed and the engine stops while the next one waits: the record keeps
+        the failure and the attempts made, and adds the stop (it said only "the engine
+        stopped", with 0 attempts)."""
+        delivery = await _fire_delivery(db_pool)
+        failed = asyncio.Event()
+        calls = 0
+
+        async def unreachable_broker(account: str, signal_id: int) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                failed.set()
+            raise RuntimeError("not connected to the MQTT broker")
+
+        sessions = VoiceSessions(db_pool, unreachable_broker, retry_base_s=0.5)
+        await sessions.after_delivery(
+            owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
+        )
+        await asyncio.wait_for(failed.wait(), 5)
+        await sessions.stop(timeout_s=0.05)
+        row = await db_pool.fetchrow(
+            "SELECT voice_session_state, voice_session_error, voice_command_attempts "
+            "FROM deliveries WHERE id = $1",
+            delivery["id"],
+        )
+        assert row is not None
+        assert row["voice_session_state"] == "command_retrying"
+        assert row["voice_command_attempts"] == 2
+        assert "not connected to the MQTT broker" in row["voice_session_error"]
         assert "the engine stopped" in row["voice_session_error"]
