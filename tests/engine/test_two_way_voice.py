@@ -29,7 +29,7 @@ from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
-from engine.voice_session import VoiceSessions
+from engine.voice_session import VoiceCommand, VoiceSessions
 from protocols.signal import Event
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
@@ -428,9 +428,12 @@ class _Registry:
         return _AckingReceiver()
 
 
-async def _fire_delivery(pool: asyncpg.Pool) -> asyncpg.Record:
-    """A delivered fire alarm's delivery row, with two-way voice."""
-    row: asyncpg.Record = await pool.fetchrow(
+async def _record_after_stop(
+    pool: asyncpg.Pool, command: VoiceCommand, reached: asyncio.Event, **retry: float
+) -> asyncpg.Record:
+    """Start the voice session of a delivered fire alarm with ``command``, stop the sessions once
+    ``reached`` is set (as an engine stopping), and return the delivery's voice record."""
+    delivery = await pool.fetchrow(
         """
         INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
                                 priority, event, primary_receiver, seq, received_at,
@@ -442,6 +445,18 @@ async def _fire_delivery(pool: asyncpg.Pool) -> asyncpg.Record:
         STATION_ACCOUNT,
         '{"family":"sia","code":"FA","zone":4,"classification":{"category":"alarms"}}',
     )
+    sessions = VoiceSessions(pool, command, **retry)
+    await sessions.after_delivery(
+        owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
+    )
+    await asyncio.wait_for(reached.wait(), 5)
+    await sessions.stop(timeout_s=0.05)
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "SELECT voice_session_state, voice_session_error, voice_command_attempts "
+        "FROM deliveries WHERE id = $1",
+        delivery["id"],
+    )
+    assert row is not None
     return row
 
 
@@ -452,25 +467,13 @@ class TestStopDuringTheCommand:
         """The first publish waits for its PUBACK when the engine stops: the delivery shows
         command_retrying with why (it had no voice record at all: the first attempt was not yet
         a failure, and the stop cancelled it)."""
-        delivery = await _fire_delivery(db_pool)
         started = asyncio.Event()
 
         async def slow_command(account: str, signal_id: int) -> None:
             started.set()
             await asyncio.sleep(5)  # no PUBACK yet
 
-        sessions = VoiceSessions(db_pool, slow_command)
-        await sessions.after_delivery(
-            owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
-        )
-        await asyncio.wait_for(started.wait(), 5)
-        await sessions.stop(timeout_s=0.05)
-        row = await db_pool.fetchrow(
-            "SELECT voice_session_state, voice_session_error, voice_command_attempts "
-            "FROM deliveries WHERE id = $1",
-            delivery["id"],
-        )
-        assert row is not None
+        row = await _record_after_stop(db_pool, slow_command, started)
         assert row["voice_session_state"] == "command_retrying"
         assert "the engine stopped" in row["voice_session_error"]
         assert row["voice_command_attempts"] == 1  # the one under way
@@ -481,7 +484,6 @@ class TestStopDuringTheCommand:
         """Two publishes failed and the engine stops while the next one waits: the record keeps
         the failure and the attempts made, and adds the stop (it said only "the engine
         stopped", with 0 attempts)."""
-        delivery = await _fire_delivery(db_pool)
         failed = asyncio.Event()
         calls = 0
 
@@ -492,18 +494,7 @@ class TestStopDuringTheCommand:
                 failed.set()
             raise RuntimeError("not connected to the MQTT broker")
 
-        sessions = VoiceSessions(db_pool, unreachable_broker, retry_base_s=0.5)
-        await sessions.after_delivery(
-            owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
-        )
-        await asyncio.wait_for(failed.wait(), 5)
-        await sessions.stop(timeout_s=0.05)
-        row = await db_pool.fetchrow(
-            "SELECT voice_session_state, voice_session_error, voice_command_attempts "
-            "FROM deliveries WHERE id = $1",
-            delivery["id"],
-        )
-        assert row is not None
+        row = await _record_after_stop(db_pool, unreachable_broker, failed, retry_base_s=0.5)
         assert row["voice_session_state"] == "command_retrying"
         assert row["voice_command_attempts"] == 2
         assert "not connected to the MQTT broker" in row["voice_session_error"]
