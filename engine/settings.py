@@ -30,9 +30,12 @@ ENV_DATABASE_URL = "ALARMRELAY_DATABASE_URL"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: an ephemeral port (tests)
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-# A timestamp window edge: up to ten years. A larger one has no use, and far larger ones put the
-# window's edge outside the dates Python holds: every checked frame failed (no ACK, no NAK).
-WindowSeconds = Annotated[int, msgspec.Meta(ge=0, le=315_576_000)]
+TEN_YEARS_S = 315_576_000
+# A duration added to the time of a frame or signal (a timestamp window edge, the duplicate
+# window, a supervision or Crash & Smash margin): up to ten years. A larger one has no use, and
+# far larger ones put dates outside what Python or PostgreSQL hold: every frame or batch failed.
+DurationSeconds = Annotated[int, msgspec.Meta(ge=0, le=TEN_YEARS_S)]
+WindowSeconds = DurationSeconds
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 # A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
 _ENTRY_CODE = r"^(cid:[0-9]{3}|sia:[A-Z]{2})$"
@@ -90,7 +93,7 @@ class Dc09Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     timestamp_future_s: WindowSeconds = 20  # … +20 s, else NAK with our time
     check_plain_timestamps: bool = True  # also check unencrypted frames that carry a timestamp
     unknown_account: Literal["duh", "silent"] = "duh"
-    duplicate_window_s: NonNegative = 600  # same account + seq + data within it: stored once
+    duplicate_window_s: DurationSeconds = 600  # same account + seq + data within it: stored once
     idle_timeout_s: PositiveFloat = 300.0
     max_connections: Positive = 10_000
     rate_limit_per_s: PositiveFloat = 50.0  # frames per second per connection (bursts: twice)
@@ -159,8 +162,12 @@ class LoggingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
 class RetentionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[retention]``: how long signals are kept, and the partition maintenance job."""
 
-    signals_days: Positive = 90  # whole daily partitions older than this are dropped
-    partitions_ahead_days: Positive = 3  # daily partitions created ahead of time
+    signals_days: Annotated[int, msgspec.Meta(gt=0, le=36_525)] = (
+        90  # at most 100 years; whole daily partitions older than this are dropped
+    )
+    partitions_ahead_days: Annotated[int, msgspec.Meta(gt=0, le=366)] = (
+        3  # daily partitions created ahead of time
+    )
     maintenance_interval_s: PositiveFloat = 3600.0  # partitions, retention, dedupe cleanup
 
 
@@ -168,7 +175,7 @@ class SupervisionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fi
     """``[supervision]``: Panel Not Responding when a module stays silent."""
 
     enabled: bool = True
-    grace_s: NonNegative = 120  # added to each account's supervision interval
+    grace_s: DurationSeconds = 120  # added to each account's supervision interval
     max_sleep_s: PositiveFloat = 5.0  # the timer sleeps until the next deadline, at most this long
 
 
@@ -176,12 +183,12 @@ class CrashSmashSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fie
     """``[crash_smash]``: entry delays that are neither disarmed nor alarmed become alarms."""
 
     enabled: bool = True
-    dialer_delay_s: NonNegative = 30  # the panel's dialer delay, added to the entry delay
-    grace_s: NonNegative = 30  # transmission latency margin
+    dialer_delay_s: DurationSeconds = 30  # the panel's dialer delay, added to the entry delay
+    grace_s: DurationSeconds = 30  # transmission latency margin
     entry_codes: tuple[
         EntryCode, ...
     ] = ()  # DC-09 codes meaning "entry delay started", e.g. "cid:134"
-    entry_delay_s: NonNegative = (
+    entry_delay_s: DurationSeconds = (
         30  # the entry delay assumed for those codes (they do not carry it)
     )
 
@@ -190,7 +197,9 @@ class VirtualSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     """``[virtual]``: modules of virtual (demo, training) customers, simulated by the engine."""
 
     enabled: bool = True
-    checkin_interval_s: Annotated[int, msgspec.Meta(ge=10)] = 300  # each virtual module's check-in
+    checkin_interval_s: Annotated[int, msgspec.Meta(ge=10, le=TEN_YEARS_S)] = (
+        300  # each virtual module's check-in
+    )
     poll_s: PositiveFloat = 1.0  # how often queued "send a signal" requests are looked for
 
 

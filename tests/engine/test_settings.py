@@ -233,6 +233,28 @@ class TestEnvironment:
         assert "315576000" in message
         assert load_settings(None, {"ALARMRELAY_DC09__TIMESTAMP_PAST_S": "315576000"})
 
+    @pytest.mark.parametrize(
+        ("variable", "limit"),
+        [
+            ("ALARMRELAY_DC09__DUPLICATE_WINDOW_S", 315_576_000),
+            ("ALARMRELAY_SUPERVISION__GRACE_S", 315_576_000),
+            ("ALARMRELAY_CRASH_SMASH__DIALER_DELAY_S", 315_576_000),
+            ("ALARMRELAY_CRASH_SMASH__GRACE_S", 315_576_000),
+            ("ALARMRELAY_CRASH_SMASH__ENTRY_DELAY_S", 315_576_000),
+            ("ALARMRELAY_VIRTUAL__CHECKIN_INTERVAL_S", 315_576_000),
+            ("ALARMRELAY_RETENTION__SIGNALS_DAYS", 36_525),
+            ("ALARMRELAY_RETENTION__PARTITIONS_AHEAD_DAYS", 366),
+        ],
+    )
+    def test_durations_added_to_dates_are_bounded(self, variable: str, limit: int) -> None:
+        """A duration added to a signal's time (supervision.grace_s of 10^12 s: every deadline
+        past year 9999, every batch failed and its frames were answered DUH) is refused at load,
+        naming the variable and its limit; the limit itself is taken."""
+        message = error_of(None, {variable: "99999999999"})
+        assert variable in message
+        assert str(limit) in message
+        assert load_settings(None, {variable: str(limit)})
+
     def test_a_pool_too_small_for_the_writers_is_refused(self, tmp_path: Path) -> None:
         """pool_max below commit_writers + 3 (the two LISTEN connections, the writers, one for
         delivery and timers): the engine used to wait for a connection for ever, silently."""
