@@ -117,7 +117,9 @@ class CrashSmashStage:
         entry_codes: frozenset[str] = frozenset(),
         entry_delay_s: int = 30,
         accounts: AccountLookup | None = None,
+        opens: bool = True,
     ) -> None:
+        self._opens = opens  # False (crash_smash.enabled off): entries are only closed
         self._extra = timedelta(seconds=dialer_delay_s + grace_s)
         self._grace_s = grace_s
         self._accounts = accounts  # per-account dialer delay overrides the default
@@ -205,6 +207,8 @@ class CrashSmashStage:
                     ]:
                         del opens[key]
         ordered_closes = sorted(closes.values(), key=lambda c: (c.a, -1 if c.p is None else c.p))
+        if not self._opens:
+            return [], ordered_closes
         return [opens[k] for k in sorted(opens)], ordered_closes
 
     @staticmethod

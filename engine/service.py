@@ -45,7 +45,7 @@ log = structlog.get_logger("engine.service")
 
 def ingest_stages(
     settings: Settings, directory: AccountDirectory
-) -> tuple[SupervisionStage, CrashSmashStage | None]:
+) -> tuple[SupervisionStage, CrashSmashStage]:
     """The batch writer's supervision and Crash & Smash stages, as the settings enable them.
 
     The supervision stage runs whatever ``supervision.enabled`` says, which starts or not only
@@ -55,16 +55,17 @@ def ingest_stages(
     a false Panel Not Responding for each of them at once.
     """
     supervision = SupervisionStage(directory, grace_s=settings.supervision.grace_s)
-    crash_smash = (
-        CrashSmashStage(
-            dialer_delay_s=settings.crash_smash.dialer_delay_s,
-            grace_s=settings.crash_smash.grace_s,
-            entry_codes=frozenset(settings.crash_smash.entry_codes),
-            entry_delay_s=settings.crash_smash.entry_delay_s,
-            accounts=directory,
-        )
-        if settings.crash_smash.enabled
-        else None
+    # Likewise with ``crash_smash.enabled`` off no entry opens a timer, but disarms and alarms
+    # still close the entries opened before: turned back on, it must not raise Crash & Smash for
+    # an entry that was disarmed meanwhile (nor an engine with it on, for one disarmed through an
+    # engine with it off).
+    crash_smash = CrashSmashStage(
+        dialer_delay_s=settings.crash_smash.dialer_delay_s,
+        grace_s=settings.crash_smash.grace_s,
+        entry_codes=frozenset(settings.crash_smash.entry_codes),
+        entry_delay_s=settings.crash_smash.entry_delay_s,
+        accounts=directory,
+        opens=settings.crash_smash.enabled,
     )
     return supervision, crash_smash
 

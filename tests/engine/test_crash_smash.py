@@ -26,8 +26,8 @@ from engine.crash_smash import CrashSmashStage, CrashSmashTimer
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import EntryDelay, InboundSignal, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
-from engine.service import Engine
-from engine.settings import CrashSmashSettings, SupervisionSettings
+from engine.service import Engine, ingest_stages
+from engine.settings import CrashSmashSettings, Settings, SupervisionSettings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.account_status import account_status
@@ -180,6 +180,23 @@ class TestTimer:
         assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending"), (2, "closed")]
         assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
         assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+
+    async def test_with_crash_smash_off_disarms_still_close_entries_and_none_open(
+        self, world: World
+    ) -> None:
+        """crash_smash.enabled off (this engine, or for a while): an entry opens nothing, and a
+        disarm closes the entry opened before, so the timer raises nothing once it runs again
+        (the disarm used to be ignored and the entry fired: a disarmed system's Crash & Smash)."""
+        off = msgspec.structs.replace(Settings(), crash_smash=CrashSmashSettings(enabled=False))
+        _, stage = ingest_stages(off, world.directory)
+        writer = IngestWriter(
+            world.pool, duplicate_window_s=600, forwarding=world.forwarding, crash_smash=stage
+        )
+        await world.writer([entry(partition=1)])
+        await writer([entry(partition=2), cid("1401 01 002", at=T0 + timedelta(seconds=15))])
+        assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
 
     async def test_a_disarm_before_the_entry_in_one_batch_does_not_close_it(
         self, world: World
