@@ -213,6 +213,23 @@ class SupervisionTimer(DeadlineTimer):
             )
             if not due:
                 return 0
+            # A contact committed between a customer's termination and the engines learning of
+            # it writes a deadline for an account that no longer exists: dropped, not raised (its
+            # miss would reach a new customer given the number, as a restore with no miss).
+            gone = {
+                r["account"]
+                for r in await conn.fetch(
+                    "DELETE FROM supervision s WHERE s.account = ANY($1::text[]) "
+                    "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = s.account) "
+                    "RETURNING s.account",
+                    [r["account"] for r in due],
+                )
+            }
+            if gone:
+                log.info("supervision_dropped_unknown_accounts", accounts=sorted(gone)[:20])
+                due = [r for r in due if r["account"] not in gone]
+                if not due:
+                    return 0
             accounts = [r["account"] for r in due]
             await conn.execute(
                 "UPDATE supervision SET missed = true, missed_at = $2, updated_at = now() WHERE account = ANY($1::text[])",

@@ -219,6 +219,22 @@ class TestDeadlines:
         timer = world.timer()
         assert await timer.fire_due(T0 + timedelta(seconds=SIX_HOURS)) == 1
 
+    async def test_a_deadline_written_after_a_termination_raises_nothing(
+        self, world: World
+    ) -> None:
+        """The customer is terminated (its account and supervision rows deleted) while a contact
+        is on its way: the engine, not yet told, writes a deadline again. When it falls due the
+        row is dropped, no Panel Not Responding (it was raised for an account that no longer
+        exists); the other account's miss is raised as usual."""
+        await world.writer([contact("200", T0), contact("6666", T0)])
+        await world.pool.execute("DELETE FROM accounts WHERE account = '200'")
+        await world.pool.execute("DELETE FROM supervision WHERE account = '200'")
+        await world.writer([contact("200", T0 + timedelta(seconds=5))])
+        assert await world.deadline("200") is not None
+        assert await world.timer().fire_due(T0 + timedelta(days=1)) == 1
+        assert await world.deadline("200") is None
+        assert await world.server_signals() == [("6666", "356", "1")]
+
     async def test_contacts_move_deadlines_while_the_timer_is_off(self, world: World) -> None:
         """With supervision.enabled off (this engine, or for a while) contacts still move the
         deadline: a module heard meanwhile raises no miss once a timer runs (its deadline was
