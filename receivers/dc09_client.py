@@ -549,23 +549,6 @@ class Dc09ReceiverPool:
         for client in self._clients:
             await client.close()
 
-    @staticmethod
-    def _cid_overflow(event: Event, families: str) -> tuple[Event, str]:
-        """``event`` (Contact ID, a number too large for it) in a form this receiver can take."""
-        numbers = f"partition {event.partition}, zone {event.zone}, user {event.user}"
-        if families != "cid":
-            try:
-                return to_sia(event), f"sent as SIA: Contact ID cannot hold {numbers}"
-            except ConversionError:
-                pass
-        fitted = msgspec.structs.replace(
-            event,
-            partition=event.partition if 0 <= (event.partition or 0) <= 99 else None,
-            zone=event.zone if 0 <= (event.zone or 0) <= 999 else None,
-            user=event.user if 0 <= (event.user or 0) <= 999 else None,
-        )
-        return fitted, f"sent without the numbers Contact ID cannot hold ({numbers})"
-
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
         """Send on the first idle connection, or on the first one to become idle."""
         idle = self._idle
