@@ -543,7 +543,11 @@ class Dc09ReceiverPool:
         return max(self._clients, key=lambda c: c.last_exchange_at).link_up
 
     def start(self) -> None:
-        self._clients[0].start()  # one connection's NULL polls supervise the link
+        """NULL polls on every connection (PRODUCT.md): an idle connection whose flow died
+        silently (a NAT or firewall timeout, a receiver gone without a FIN) is found and
+        replaced by its own polls, not by the next alarm waiting out an ACK timeout on it."""
+        for client in self._clients:
+            client.start()
 
     async def close(self) -> None:
         for client in self._clients:
@@ -554,8 +558,15 @@ class Dc09ReceiverPool:
         idle = self._idle
         if idle:
             slot = heapq.heappop(idle)
-            if idle and slot[1].busy:  # a NULL poll is out on it: take the next idle one
-                slot = heapq.heapreplace(idle, slot)
+            if idle and slot[1].busy:
+                # A NULL poll is out on it (each connection polls while idle): take the first
+                # idle one without a poll, if any.
+                free = min((s for s in idle if not s[1].busy), default=None)
+                if free is not None:
+                    idle.remove(free)
+                    idle.append(slot)
+                    heapq.heapify(idle)
+                    slot = free
         else:
             slot = await self._wait_for_connection()
         return await self._send_on(slot, account=account, event=event, seq=seq)

@@ -4,6 +4,7 @@ receiver that takes connections and never reads. Each costs an attempt, never th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -156,3 +157,76 @@ async def test_deliveries_waiting_for_a_dead_primary_go_to_the_backup_on_failove
         await primary.close()
         await backup.close()
         await backup_sim.stop()
+
+
+class MutingProxy:
+    """Forwards TCP to a receiver; ``mute()`` silently blackholes the connections open now (a
+    NAT or firewall that dropped idle flows, a receiver that lost them without a FIN), while new
+    connections are forwarded as usual."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._open: list[list[bool]] = []  # one [muted] flag per proxied connection
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def mute(self) -> None:
+        for flag in self._open:
+            flag[0] = True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        muted = [False]
+        self._open.append(muted)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    if not muted[0]:
+                        dst.write(data)
+            dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+async def test_every_connection_of_a_pool_is_supervised_by_null_polls() -> None:
+    """PRODUCT.md: "NULL polls on every receiver connection". A connection that sat idle while
+    its flow died silently is found by its own polls and replaced, so an alarm sent on it later
+    is ACKed at once: it does not wait out an ACK timeout on a dead socket (and count towards
+    a failover of a receiver that is up)."""
+    station = StationSimulator()
+    proxy = MutingProxy(await station.start())
+    pool = Dc09ReceiverPool(
+        config(await proxy.start(), null_poll_interval_s=0.3, ack_timeout_s=1.0), connections=2
+    )
+    try:
+        pool.start()
+        both = await asyncio.gather(*(pool.send(account="1234", event=burglary(z)) for z in (1, 2)))
+        assert [a.outcome for a in both] == ["acked", "acked"]  # both connections open
+        proxy.mute()  # every open flow dies silently
+        await asyncio.sleep(3.0)  # polls at 0.3 s idle, their timeout (1 s), reconnect 0.5 s later
+        again = await asyncio.gather(
+            *(pool.send(account="1234", event=burglary(z)) for z in (3, 4))
+        )
+        assert [(a.outcome, a.error) for a in again] == [("acked", None), ("acked", None)]
+    finally:
+        await pool.close()
+        await proxy.stop()
+        await station.stop()
