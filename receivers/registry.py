@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
 
 from engine.station_model import ReceiverConfig
+from receivers import metrics
 from receivers.dc09_client import Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
 
@@ -137,7 +139,14 @@ class ReceiverRegistry:
     async def close(self, *, keep: Iterable[Dc09ReceiverPool] = ()) -> None:
         """Stop polls and close every connection, except those of ``keep`` (still in use by
         the registry that replaced this one)."""
-        kept = {id(pool) for pool in keep}
+        kept = list(keep)
+        kept_ids = {id(pool) for pool in kept}
+        kept_names = {pool.name for pool in kept}
         for client in self._clients.values():
-            if id(client) not in kept:
+            if id(client) not in kept_ids:
                 await client.close()
+                if client.name not in kept_names:
+                    # Deleted (or no longer an IP receiver): its link gauge goes too, rather than
+                    # keep its last value (a 0 would keep the receiver-down alert firing).
+                    with contextlib.suppress(KeyError):
+                        metrics.LINK_UP.remove(client.name)

@@ -253,3 +253,48 @@ class TestReceiverRegistry:
             await sim.stop()
         assert attempt.outcome == "acked"
         assert sim.polls >= 1
+
+    async def test_a_removed_receiver_leaves_no_link_gauge_behind(self) -> None:
+        """A receiver deleted from its station drops out of ``alarmrelay_receiver_link_up`` when
+        its connections close: a last value of 0 would keep AlarmrelayReceiverDown firing for a
+        receiver that no longer exists. Receivers still configured keep their sample, a changed
+        one (new connections, same name) too."""
+        sim = StationSimulator()
+        port = await sim.start()
+        n = next(_names)
+        gone, stays, changed = f"gone-{n}", f"stays-{n}", f"changed-{n}"
+
+        def rx(name: str, **extra: float) -> ReceiverConfig:
+            return ReceiverConfig(
+                name=name, host="127.0.0.1", port=port, null_poll_interval_s=0.1, **extra
+            )  # type: ignore[arg-type]
+
+        old = ReceiverRegistry([rx(gone), rx(stays), rx(changed)], connections=1)
+        old.start()
+        new: ReceiverRegistry | None = None
+        try:
+            async with asyncio.timeout(WAIT_S):
+                for name in (gone, stays, changed):
+                    await old.client(name).connections[0].wait_for_link(True)
+            sim.set_mode("drop")  # the removed receiver was down when it was deleted
+            async with asyncio.timeout(WAIT_S):
+                await old.client(gone).connections[0].wait_for_link(False)
+            assert REGISTRY.get_sample_value("alarmrelay_receiver_link_up", {"receiver": gone}) == 0
+            sim.set_mode("ack")
+            new = ReceiverRegistry(
+                [rx(stays), rx(changed, ack_timeout_s=2.0)], connections=1, previous=old
+            )
+            new.start()
+            await old.close(keep=new.pools())
+            async with asyncio.timeout(WAIT_S):
+                await new.client(changed).connections[0].wait_for_link(True)
+            assert (
+                REGISTRY.get_sample_value("alarmrelay_receiver_link_up", {"receiver": gone}) is None
+            )
+            assert sample("alarmrelay_receiver_link_up", receiver=stays) == 1
+            assert sample("alarmrelay_receiver_link_up", receiver=changed) == 1
+        finally:
+            await old.close()
+            if new is not None:
+                await new.close()
+            await sim.stop()
