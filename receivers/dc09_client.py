@@ -217,7 +217,10 @@ class Dc09ReceiverClient:
 
         ``seq`` is given for a retransmission (the attempt's ``seq`` from the failed try), so the
         receiver can recognise the copy (§1.5); None takes this connection's next number.
+        The account is hex (§1.6): one stored in lower case goes out upper case, as a frame's
+        ``#acct`` must be.
         """
+        account = account.upper()
         token, data, family, note = self._encode_event(event, account)
         if note is not None:
             log.warning("receiver_family_unconverted", receiver=self.name, note=note)

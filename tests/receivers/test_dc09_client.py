@@ -148,6 +148,19 @@ class TestAck:
         assert [r.seq for r in sim.received] == ["0001", "0002", "0003", "0004", "0005"]
         assert len({r.peer for r in sim.received}) == 1  # one persistent connection
 
+    @pytest.mark.parametrize("families", ["cid", "sia"])
+    async def test_lower_case_station_account_is_sent_upper_case(
+        self, sim: StationSimulator, make_client: ClientFactory, families: str
+    ) -> None:
+        """A station account stored in lower case (accounts imported before it was kept upper
+        case) is the same hex account: it goes out as C12AB and is ACKed, rather than every
+        delivery for it being dead-lettered as unsendable."""
+        client = make_client(sim.port, families=families)
+        attempt = await client.send(account="c12ab", event=burglary(2), seq="0007")
+        [got] = await sim.wait_for(1, WAIT_S)
+        assert (attempt.outcome, attempt.error) == ("acked", None)
+        assert (got.account, [e.zone for e in got.events]) == ("C12AB", [2])
+
 
 class TestFamilies:
     async def test_sia_event_converted_for_cid_only_receiver(
