@@ -105,6 +105,10 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self._client._on_datagram(self, data)
 
+    def error_received(self, exc: Exception) -> None:
+        # E.g. ICMP port unreachable: nothing listens at the receiver's port.
+        self._client._on_udp_error(self, exc)
+
 
 def _expire(waiter: asyncio.Future[Outcome]) -> None:
     """The ACK timeout of one frame (a ``call_at`` handle, cancelled when the reply comes)."""
@@ -389,6 +393,13 @@ class Dc09ReceiverClient:
     def _on_datagram(self, endpoint: _UdpEndpoint, data: bytes) -> None:
         if endpoint is self._udp_endpoint:
             self._resolve(self._tx.receive_datagram(data))
+
+    def _on_udp_error(self, endpoint: _UdpEndpoint, exc: Exception) -> None:
+        """The socket reported an error (connection refused): the frame outstanding fails now,
+        not at the end of its ACK timeout."""
+        waiter = self._waiter
+        if endpoint is self._udp_endpoint and waiter is not None and not waiter.done():
+            waiter.set_exception(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     def _on_lost(self, conn: _TcpConnection, exc: Exception | None) -> None:
         if conn is not self._tcp:

@@ -841,3 +841,20 @@ class TestPoolScheduling:
             await pool.close()
         assert attempt.outcome == "acked"
         assert pool.connections[1].link_up
+
+
+class TestUdpRefused:
+    async def test_a_udp_receiver_with_nothing_listening_fails_at_once(
+        self, make_client: ClientFactory
+    ) -> None:
+        """The host answers the datagram with ICMP port unreachable: the attempt fails then,
+        with the reason, instead of waiting out the ACK timeout (the group's failover and the
+        alarm's retry come that much sooner)."""
+        client = make_client(free_port(), protocol="udp", ack_timeout_s=WAIT_S)
+        started = asyncio.get_running_loop().time()
+        attempt = await client.send(account="1234", event=burglary(1))
+        took = asyncio.get_running_loop().time() - started
+        assert attempt.outcome == "failed"
+        assert "ConnectionRefused" in (attempt.error or ""), attempt.error
+        assert took < WAIT_S / 2
+        assert not client.link_up
