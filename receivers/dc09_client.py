@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import secrets
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -119,7 +120,15 @@ def _expire(waiter: asyncio.Future[Outcome]) -> None:
 class Dc09ReceiverClient:
     """Sends frames to one receiver; callers are serialised (stop-and-wait)."""
 
-    def __init__(self, config: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        next_seq: Callable[[], str] | None = None,
+    ) -> None:
+        """``next_seq``: numbers frames sent without a seq (shared by a pool's connections);
+        by default this connection's own 0001, 0002, …"""
         if config.kind != "ip" or not config.host or config.port is None:
             raise ValueError(f"receiver {config.name!r} is not an IP receiver with host and port")
         self.config = config
@@ -130,6 +139,7 @@ class Dc09ReceiverClient:
         self._tx = Dc09Transmitter(
             receiver=config.receiver_number, line=config.line_prefix or "0", key=key
         )
+        self._next_seq = next_seq or self._tx.next_seq
         self._udp_mode = config.protocol == "udp"
         self._timeout = config.ack_timeout_s
         self._lock = asyncio.Lock()
@@ -258,7 +268,7 @@ class Dc09ReceiverClient:
         note: str | None = None,
     ) -> DeliveryAttempt:
         sent_at: datetime | None = None
-        frame_seq = seq or self._tx.next_seq()
+        frame_seq = seq or self._next_seq()
         loop = asyncio.get_running_loop()
         for _ in range(2):  # the second round only after a NAK (clock corrected)
             now = self._clock()
@@ -526,6 +536,20 @@ def _describe(exc: BaseException) -> str:
 _Slot = tuple[int, Dc09ReceiverClient]  # (index in the pool, connection)
 
 
+class _Numbering:
+    """Sequence numbers 0001 … 9999 (§1.5) for the frames a pool sends without a seq of their
+    own (listen-ins): one numbering for all its connections, from a random start, so neither
+    two connections nor a restarted engine repeat a number just used for the same account
+    (a station deduplicates on account, seq and data)."""
+
+    def __init__(self) -> None:
+        self._last = secrets.randbelow(9999)  # the first number is this + 1
+
+    def next(self) -> str:
+        self._last = self._last % 9999 + 1
+        return f"{self._last:04d}"
+
+
 class Dc09ReceiverPool:
     """Several connections to one receiver, so different lanes can be in flight at once.
 
@@ -538,7 +562,10 @@ class Dc09ReceiverPool:
     def __init__(self, config: ReceiverConfig, *, connections: int = 4) -> None:
         self.config = config
         self.name = config.name
-        self._clients = [Dc09ReceiverClient(config) for _ in range(max(1, connections))]
+        numbering = _Numbering()
+        self._clients = [
+            Dc09ReceiverClient(config, next_seq=numbering.next) for _ in range(max(1, connections))
+        ]
         self._idle: list[_Slot] = list(enumerate(self._clients))  # a heap, by index
         self._waiting: deque[asyncio.Future[_Slot]] = deque()
 

@@ -779,6 +779,27 @@ class TestProtocolExchange:
 
 
 class TestPoolScheduling:
+    async def test_frames_without_a_seq_are_numbered_once_per_receiver(
+        self, sim: StationSimulator
+    ) -> None:
+        """Frames sent without a seq of their own (listen-ins after two-way-voice alarms) are
+        numbered by the receiver, not per connection: two sent at once on two connections do
+        not both say 0001 (a station that deduplicates on account, seq and data, §1.5, would
+        drop the second listen-in for the same zone as a copy of the first)."""
+        sim.set_mode("delay", delay_ms=50)
+        pool = Dc09ReceiverPool(
+            ReceiverConfig(name=unique("pool"), host="127.0.0.1", port=sim.port), connections=2
+        )
+        try:
+            attempts = await asyncio.gather(
+                *(pool.send(account="1234", event=burglary(5)) for _ in range(2))
+            )
+        finally:
+            await pool.close()
+        assert [a.outcome for a in attempts] == ["acked", "acked"]
+        assert len({r.peer for r in sim.received}) == 2  # one on each connection
+        assert attempts[0].seq != attempts[1].seq
+
     async def test_all_busy_waits_for_first_free(self, sim: StationSimulator) -> None:
         """More callers than connections: each waits for the first connection to be free; all
         are ACKed over exactly that many connections."""
