@@ -292,7 +292,8 @@ class Dc09ReceiverClient:
                 )
             try:
                 outcome = await self._exchange(out, loop)
-            except (OSError, TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, ConnectionError, UnicodeError) as exc:
+                # (UnicodeError: a host name no resolver takes, e.g. with an empty label.)
                 self.last_exchange_at = loop.time()
                 self._set_link(False)
                 self._disconnect()
@@ -301,7 +302,9 @@ class Dc09ReceiverClient:
                     receiver=self.name,
                     seq=frame_seq,
                     sent_at=sent_at,
-                    error=_describe(exc),
+                    error=_describe(exc)
+                    if not isinstance(exc, UnicodeError)
+                    else f"receiver host {self.config.host!r} is not a valid host name: {exc}",
                     family_sent=family,
                     note=note,
                 )

@@ -879,3 +879,27 @@ class TestUdpRefused:
         assert "ConnectionRefused" in (attempt.error or ""), attempt.error
         assert took < WAIT_S / 2
         assert not client.link_up
+
+
+class TestBadHost:
+    @pytest.mark.parametrize("protocol", ["tcp", "udp"])
+    async def test_a_host_name_no_resolver_takes_is_a_failed_attempt(
+        self, make_client: ClientFactory, protocol: str
+    ) -> None:
+        """A receiver host with an empty label (a typo such as ``station..example.com``) cannot
+        even be looked up: each attempt fails with that reason (retried, counted, the group may
+        fail over), and a NULL poll fails too, instead of an exception escaping to the
+        dispatcher (a traceback per retry) and to the poller."""
+        client = make_client(1234, protocol=protocol, ack_timeout_s=2.0)
+        client = Dc09ReceiverClient(
+            msgspec.structs.replace(client.config, host="station..example.com")
+        )
+        try:
+            attempt = await client.send(account="1234", event=burglary(1))
+            polled = await client.poll()
+        finally:
+            await client.close()
+        assert attempt.outcome == "failed"
+        assert "station..example.com" in (attempt.error or ""), attempt.error
+        assert polled is False
+        assert not client.link_up
