@@ -170,10 +170,13 @@ class Dc09ReceiverClient:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start NULL link polls."""
+    def start(self, *, probe: bool = True) -> None:
+        """Start NULL link polls. ``probe``: also while the link is down, to see it come back
+        (else polls pause until a send has brought this connection up again)."""
         if self._poller is None:
-            self._poller = asyncio.create_task(self._poll_loop(), name=f"receiver-poll-{self.name}")
+            self._poller = asyncio.create_task(
+                self._poll_loop(probe), name=f"receiver-poll-{self.name}"
+            )
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -498,9 +501,10 @@ class Dc09ReceiverClient:
         # the latest exchange on any of them (as Dc09ReceiverPool.link_up does).
         self._link_gauge.set(1 if up else 0)
 
-    async def _poll_loop(self) -> None:
+    async def _poll_loop(self, probe: bool) -> None:
         """NULL polls while idle (any answered frame supervises the link, §1.11); while the link
-        is down, reconnect attempts (a poll each) back off exponentially up to the poll interval."""
+        is down, reconnect attempts (a poll each) back off exponentially up to the poll interval,
+        or, without ``probe``, none until a send brings the link up."""
         loop = asyncio.get_running_loop()
         interval = self.config.null_poll_interval_s
         backoff = min(_FIRST_RETRY_S, interval)
@@ -508,6 +512,9 @@ class Dc09ReceiverClient:
             if self.link_up:
                 backoff = min(_FIRST_RETRY_S, interval)
                 delay = self.last_exchange_at + interval - loop.time()
+            elif not probe:
+                await self.wait_for_link(True)
+                continue
             else:
                 delay = backoff
                 backoff = min(backoff * 2, interval)
@@ -589,9 +596,12 @@ class Dc09ReceiverPool:
     def start(self) -> None:
         """NULL polls on every connection (PRODUCT.md): an idle connection whose flow died
         silently (a NAT or firewall timeout, a receiver gone without a FIN) is found and
-        replaced by its own polls, not by the next alarm waiting out an ACK timeout on it."""
-        for client in self._clients:
-            client.start()
+        replaced by its own polls, not by the next alarm waiting out an ACK timeout on it.
+        While the link is down only the first probes for its return: the others, closed by
+        their failure, reconnect with their next send, and do not hold up sends with polls
+        waiting out their timeouts on a receiver that is gone."""
+        for index, client in enumerate(self._clients):
+            client.start(probe=index == 0)
 
     async def close(self) -> None:
         for client in self._clients:
