@@ -29,6 +29,12 @@ class ReceiverGroup:
         self._failures = 0
         self.failed_over = False
 
+    @property
+    def on_backup(self) -> bool:
+        """Whether the next delivery goes to the backup: failed over, and the primary's link
+        is not up again (the next delivery fails back then)."""
+        return self.failed_over and self.backup is not None and not self.primary.link_up
+
     async def deliver(
         self, *, account: str, event: Event, seq: str | None = None
     ) -> DeliveryAttempt:

@@ -121,7 +121,9 @@ class ReceiverRegistry:
 
     def link_states(self) -> dict[str, LinkState]:
         """Each IP receiver's current link state (for the admin API's station status)."""
-        failed_over = {primary for (primary, _), g in self._groups.items() if g.failed_over}
+        # Where the next delivery goes: a group whose primary is back is no longer failed over,
+        # even before a delivery has come to fail it back.
+        failed_over = {primary for (primary, _), g in self._groups.items() if g.on_backup}
         return {
             name: LinkState(link_up=client.link_up, failed_over=name in failed_over)
             for name, client in self._clients.items()

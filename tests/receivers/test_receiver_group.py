@@ -298,3 +298,46 @@ class TestReceiverRegistry:
             if new is not None:
                 await new.close()
             await sim.stop()
+
+    async def test_failed_over_is_reported_until_the_primary_is_back_not_until_traffic(
+        self,
+    ) -> None:
+        """The station status's ``failed_over`` says where the next delivery goes: once the
+        primary's polls bring its link up again, it is no longer failed over, even if no
+        delivery has come since (on a quiet night it would otherwise read "failed over" for
+        hours after the primary recovered)."""
+        backup_sim = StationSimulator()
+        backup_port = await backup_sim.start()
+        primary_sim = StationSimulator()
+        primary_port = await primary_sim.start()
+        await primary_sim.stop()  # down
+        n = next(_names)
+        primary, backup = f"p-{n}", f"b-{n}"
+        registry = ReceiverRegistry(
+            [
+                ReceiverConfig(
+                    name=primary,
+                    host="127.0.0.1",
+                    port=primary_port,
+                    ack_timeout_s=0.5,
+                    null_poll_interval_s=0.2,
+                ),
+                ReceiverConfig(name=backup, host="127.0.0.1", port=backup_port),
+            ],
+            failover_after=1,
+            connections=1,
+        )
+        registry.start()
+        back = StationSimulator(port=primary_port)
+        try:
+            attempt = await registry.group(primary, backup).deliver(account="9", event=burglary(1))
+            assert attempt.receiver == backup
+            assert registry.link_states()[primary].failed_over
+            await back.start()
+            async with asyncio.timeout(WAIT_S):
+                await registry.client(primary).connections[0].wait_for_link(True)
+            assert not registry.link_states()[primary].failed_over
+        finally:
+            await registry.close()
+            await back.stop()
+            await backup_sim.stop()
