@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from engine.station_model import ReceiverConfig
+from engine.station_model import ReceiverConfig, receiver_problem
 from receivers import metrics
 from receivers.dc09_client import Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
@@ -57,8 +57,14 @@ class ReceiverRegistry:
             old = before.get(r.name)
             if old is not None and old.config == r and len(old.connections) == count:
                 self._clients[r.name] = old
-            else:
-                self._clients[r.name] = Dc09ReceiverPool(r, connections=count)
+                continue
+            problem = receiver_problem(r)
+            if problem is not None:
+                # A row no validated path writes (a manual edit): left out, as if deleted, so
+                # that the others load (and the engine starts); never logs the key.
+                log.error("receiver_row_invalid", receiver=r.name, error=problem)
+                continue
+            self._clients[r.name] = Dc09ReceiverPool(r, connections=count)
         self._groups: dict[tuple[str, str | None], ReceiverGroup] = {}
         self._failover_after = failover_after
         if previous is not None and previous._failover_after == failover_after:

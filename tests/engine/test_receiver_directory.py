@@ -8,6 +8,7 @@ import asyncio
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from engine.receiver_directory import ReceiverDirectory
 from engine.station_model import ReceiverConfig
@@ -107,3 +108,30 @@ class TestStartGap:
             assert directory.current().names == ["rx-a", "rx-late"]
         finally:
             await directory.stop()
+
+
+class TestInvalidRow:
+    async def test_a_receiver_row_this_engine_cannot_use_is_left_out_not_fatal(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A receiver row with a key no AES key can be made of (a manual edit: nothing else
+        stores one) is logged and left out; the other receivers load, so the engine starts and
+        delivers to them (one bad row used to fail every load: no engine start at all)."""
+        await _add_receiver(db_pool, "central", "rx-good", 1)
+        await _add_receiver(db_pool, "central", "rx-bad", 2)
+        await db_pool.execute("UPDATE receivers SET key = 'not-a-key' WHERE name = 'rx-bad'")
+        directory = ReceiverDirectory(db_pool, retire_after_s=0.05)
+        with capture_logs() as logs:
+            await directory.start()
+        try:
+            registry = directory.current()
+            assert registry.names == ["rx-good"]
+            group = registry.group("rx-bad", "rx-good")  # the backup delivers alone
+            assert (group.primary, group.backup) == (registry.client("rx-good"), None)
+        finally:
+            await directory.stop()
+        [invalid] = [e for e in logs if e["event"] == "receiver_row_invalid"]
+        assert invalid["receiver"] == "rx-bad"
+        assert invalid["log_level"] == "error"
+        assert "hex key" in invalid["error"]
+        assert "not-a-key" not in repr(logs)  # never the key
