@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import heapq
 import secrets
+import socket
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -305,9 +306,7 @@ class Dc09ReceiverClient:
                     receiver=self.name,
                     seq=frame_seq,
                     sent_at=sent_at,
-                    error=_describe(exc)
-                    if not isinstance(exc, UnicodeError)
-                    else f"receiver host {self.config.host!r} is not a valid host name: {exc}",
+                    error=self._describe_failure(exc),
                     family_sent=family,
                     note=note,
                 )
@@ -365,6 +364,15 @@ class Dc09ReceiverClient:
             family_sent=family,
             note=note,
         )
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        """Why an exchange failed; a host name that cannot be looked up is named (quoted, so a
+        stray space or a typo shows)."""
+        if isinstance(exc, UnicodeError):
+            return f"receiver host {self.config.host!r} is not a valid host name: {exc}"
+        if isinstance(exc, socket.gaierror):
+            return f"receiver host {self.config.host!r} not found: {exc}"
+        return _describe(exc)
 
     async def _exchange(self, out: OutgoingFrame, loop: asyncio.AbstractEventLoop) -> Outcome:
         """Send ``out`` and wait for its reply; the ACK timeout covers connecting too.

@@ -903,3 +903,17 @@ class TestBadHost:
         assert "station..example.com" in (attempt.error or ""), attempt.error
         assert polled is False
         assert not client.link_up
+
+    async def test_a_host_that_does_not_resolve_is_named_in_the_error(
+        self, make_client: ClientFactory
+    ) -> None:
+        """A host the resolver does not find (here a stray leading space from a copy and paste)
+        is named, quoted, in the attempt's error, not only "Name or service not known"."""
+        client = make_client(1234, ack_timeout_s=2.0)
+        client = Dc09ReceiverClient(msgspec.structs.replace(client.config, host=" 127.0.0.1"))
+        try:
+            attempt = await client.send(account="1234", event=burglary(1))
+        finally:
+            await client.close()
+        assert attempt.outcome == "failed"
+        assert (attempt.error or "").startswith("receiver host ' 127.0.0.1' not found: ")
