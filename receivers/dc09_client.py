@@ -151,6 +151,9 @@ class Dc09ReceiverClient:
         self._sent: OutgoingFrame | None = None
         self._waiter: asyncio.Future[Outcome] | None = None
         self._replied_at: datetime | None = None  # when the reply that resolved it arrived
+        # The last reply to another frame that came while this one waited ("ACK for seq 0000"),
+        # named in a timeout's error: the receiver answers, not with our seq.
+        self._other_reply: str | None = None
         self._poller: asyncio.Task[None] | None = None
         # loop.time() of the last exchange that ended (answered or failed); 0 before the first.
         self.last_exchange_at = 0.0
@@ -367,7 +370,9 @@ class Dc09ReceiverClient:
 
     def _describe_failure(self, exc: BaseException) -> str:
         """Why an exchange failed; a host name that cannot be looked up is named (quoted, so a
-        stray space or a typo shows)."""
+        stray space or a typo shows), and so is a reply to another frame that came instead."""
+        if isinstance(exc, TimeoutError) and self._other_reply is not None:
+            return f"{_describe(exc)} (the receiver answered {self._other_reply} instead)"
         if isinstance(exc, UnicodeError):
             return f"receiver host {self.config.host!r} is not a valid host name: {exc}"
         if isinstance(exc, socket.gaierror):
@@ -381,6 +386,7 @@ class Dc09ReceiverClient:
         closed or reset before the reply).
         """
         deadline = loop.time() + self._timeout
+        self._other_reply = None
         write: Callable[[bytes], None]
         if self._udp_mode:
             udp = self._udp
@@ -454,7 +460,9 @@ class Dc09ReceiverClient:
                 and event.frame.seq != sent.seq
                 and event.frame.token != "NAK"  # a NAK always says 0000: it answers ours
             ):
-                continue  # a late reply to an earlier frame: keep waiting for ours
+                # A late reply to an earlier frame: keep waiting for ours.
+                self._other_reply = f"{event.frame.token} for seq {event.frame.seq}"
+                continue
             self._replied_at = now  # the reply's arrival: acked_at
             waiter.set_result(outcome)
             return

@@ -13,7 +13,7 @@ import pytest
 
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
-from protocols.dc09_frame import encode_frame
+from protocols.dc09_frame import encode_frame, encode_reply
 from receivers.dc09_client import Dc09ReceiverClient, Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
 from tests.receivers.test_receiver_group import burglary, sample
@@ -230,3 +230,25 @@ async def test_every_connection_of_a_pool_is_supervised_by_null_polls() -> None:
         await pool.close()
         await proxy.stop()
         await station.stop()
+
+
+async def test_a_receiver_that_acks_with_another_seq_is_named_in_the_error(
+    fakes: list[FakeReceiver],
+) -> None:
+    """A receiver that answers every frame with ``ACK`` for seq 0000 (its NULL polls then look
+    fine) never answers ours: the attempt fails at the ACK timeout, and its error says what
+    came instead, not only "no answer" (which sends the operator looking for a receiver that
+    is down)."""
+    fake = FakeReceiver(lambda _: encode_reply(token="ACK", seq="0000", account="1234"))
+    fakes.append(fake)
+    client = Dc09ReceiverClient(config(await fake.start(), ack_timeout_s=0.5))
+    try:
+        attempt = await client.send(account="1234", event=burglary(1), seq="0042")
+        again = await client.send(account="1234", event=burglary(1), seq="0042")
+    finally:
+        await client.close()
+    for failed in (attempt, again):
+        assert failed.outcome == "failed"
+        assert failed.error == (
+            "no answer within the ACK timeout (the receiver answered ACK for seq 0000 instead)"
+        )
