@@ -237,7 +237,8 @@ class Dc09ReceiverClient:
         """Send one event for ``account`` (the station's account number).
 
         ``seq`` is given for a retransmission (the attempt's ``seq`` from the failed try), so the
-        receiver can recognise the copy (§1.5); None takes this connection's next number.
+        receiver can recognise the copy (§1.5); None takes the next number (its pool's numbering,
+        or this connection's own).
         The account is hex (§1.6): one stored in lower case goes out upper case, as a frame's
         ``#acct`` must be.
         """
