@@ -151,7 +151,9 @@ class Attempt(Protocol):
 
 
 class ReceiverGroupLike(Protocol):
-    async def deliver(self, *, account: str, event: Event, seq: str | None = None) -> Any: ...
+    async def deliver(
+        self, *, account: str, event: Event, seq: str | None = None, priority: int = 0
+    ) -> Any: ...
 
 
 class RegistryLike(Protocol):
@@ -468,7 +470,11 @@ class Dispatcher:
             return False
         sent_at = datetime.now(UTC)
         try:
-            attempt = await group.deliver(account=row.station_account, event=event, seq=row.seq)
+            # The row's priority also orders it among deliveries waiting for one of the
+            # receiver's connections (an alarm does not queue behind a routine backlog there).
+            attempt = await group.deliver(
+                account=row.station_account, event=event, seq=row.seq, priority=row.priority
+            )
         except Exception as exc:  # a bug in a connector must not lose the row: retry later
             await self._failed(row, f"{type(exc).__name__}: {exc}", receiver=row.primary_receiver)
             _bound(row).exception("delivery_error")

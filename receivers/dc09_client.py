@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import secrets
 import socket
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -583,7 +583,8 @@ class Dc09ReceiverPool:
     Each connection is stop-and-wait; order within a lane is the dispatcher's job (one delivery
     per lane in flight), so spreading lanes over connections keeps it. A send takes the first
     idle connection (lowest index); when all are busy it waits for whichever becomes free first
-    (callers in arrival order).
+    (callers by priority, 0 first, then in arrival order: an alarm does not queue behind a
+    backlog of routine signals waiting for the receiver).
     """
 
     def __init__(self, config: ReceiverConfig, *, connections: int = 4) -> None:
@@ -594,7 +595,9 @@ class Dc09ReceiverPool:
             Dc09ReceiverClient(config, next_seq=numbering.next) for _ in range(max(1, connections))
         ]
         self._idle: list[_Slot] = list(enumerate(self._clients))  # a heap, by index
-        self._waiting: deque[asyncio.Future[_Slot]] = deque()
+        # Callers waiting for a connection: a heap of (priority, arrival, waiter).
+        self._waiting: list[tuple[int, int, asyncio.Future[_Slot]]] = []
+        self._arrivals = itertools.count()
 
     @property
     def connections(self) -> tuple[Dc09ReceiverClient, ...]:
@@ -624,8 +627,13 @@ class Dc09ReceiverPool:
         for client in self._clients:
             await client.close()
 
-    async def send(self, *, account: str, event: Event, seq: str | None = None) -> DeliveryAttempt:
-        """Send on the first idle connection, or on the first one to become idle."""
+    async def send(
+        self, *, account: str, event: Event, seq: str | None = None, priority: int = 0
+    ) -> DeliveryAttempt:
+        """Send on the first idle connection, or on the first one to become idle.
+
+        ``priority``: while every connection is busy, callers with a lower one get a connection
+        first (the outbox's: 0 alarms, panics, fire, and listen-ins; 1 routine)."""
         idle = self._idle
         if idle:
             slot = heapq.heappop(idle)
@@ -639,18 +647,24 @@ class Dc09ReceiverPool:
                     heapq.heapify(idle)
                     slot = free
         else:
-            slot = await self._wait_for_connection()
+            slot = await self._wait_for_connection(priority)
         return await self._send_on(slot, account=account, event=event, seq=seq)
 
     async def send_unless(
-        self, give_up: Callable[[], bool], *, account: str, event: Event, seq: str | None = None
+        self,
+        give_up: Callable[[], bool],
+        *,
+        account: str,
+        event: Event,
+        seq: str | None = None,
+        priority: int = 0,
     ) -> DeliveryAttempt | None:
         """As :meth:`send`; but when it had to wait for a connection and ``give_up()`` has
         become true meanwhile (its group failed over), nothing is sent: None."""
         idle = self._idle
         if idle:
-            return await self.send(account=account, event=event, seq=seq)
-        slot = await self._wait_for_connection()
+            return await self.send(account=account, event=event, seq=seq, priority=priority)
+        slot = await self._wait_for_connection(priority)
         if give_up():
             self._release(slot)
             return None
@@ -664,9 +678,9 @@ class Dc09ReceiverPool:
         finally:
             self._release(slot)
 
-    async def _wait_for_connection(self) -> _Slot:
+    async def _wait_for_connection(self, priority: int) -> _Slot:
         waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), waiter))
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -677,7 +691,7 @@ class Dc09ReceiverPool:
     def _release(self, slot: _Slot) -> None:
         waiting = self._waiting
         while waiting:
-            waiter = waiting.popleft()
+            _, _, waiter = heapq.heappop(waiting)
             if not waiter.done():  # skip callers cancelled while waiting
                 waiter.set_result(slot)
                 return

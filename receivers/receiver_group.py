@@ -36,22 +36,27 @@ class ReceiverGroup:
         return self.failed_over and self.backup is not None and not self.primary.link_up
 
     async def deliver(
-        self, *, account: str, event: Event, seq: str | None = None
+        self, *, account: str, event: Event, seq: str | None = None, priority: int = 0
     ) -> DeliveryAttempt:
-        """Send ``event`` to the active receiver (and to the backup at once when failing over)."""
+        """Send ``event`` to the active receiver (and to the backup at once when failing over).
+
+        ``priority`` (0 first): the order in which deliveries waiting for one of a receiver's
+        connections get it (the outbox row's)."""
         if self.failed_over and self.primary.link_up:
             self.failed_over = False
             self._failures = 0
             metrics.FAILBACKS.labels(self.primary.name).inc()
             log.info("receiver_failback", primary=self.primary.name)
         if self.failed_over and self.backup is not None:
-            return await self.backup.send(account=account, event=event, seq=seq)
+            return await _send(self.backup, account, event, seq, priority)
         if self.backup is None:
-            attempt = await self.primary.send(account=account, event=event, seq=seq)
+            attempt = await _send(self.primary, account, event, seq, priority)
         else:
-            maybe = await self._send_to_primary(account=account, event=event, seq=seq)
+            maybe = await self._send_to_primary(
+                account=account, event=event, seq=seq, priority=priority
+            )
             if maybe is None:  # failed over while it waited for a connection to the primary
-                return await self.backup.send(account=account, event=event, seq=seq)
+                return await _send(self.backup, account, event, seq, priority)
             attempt = maybe
         if attempt.outcome == "unsendable":
             return attempt  # nothing was sent: says nothing about the primary's link
@@ -69,18 +74,32 @@ class ReceiverGroup:
                     backup=self.backup.name,
                     failures=self._failures,
                 )
-            moved = await self.backup.send(account=account, event=event, seq=seq)
+            moved = await _send(self.backup, account, event, seq, priority)
             return msgspec.structs.replace(moved, failed_over_from=attempt)
         return attempt
 
     async def _send_to_primary(
-        self, *, account: str, event: Event, seq: str | None
+        self, *, account: str, event: Event, seq: str | None, priority: int
     ) -> DeliveryAttempt | None:
         """The primary's attempt; None when the group failed over while this send waited for
         one of the primary's connections (the others' timeouts): it goes to the backup at once
         instead of waiting out its own timeout on a receiver known to be down."""
         if isinstance(self.primary, Dc09ReceiverPool):
             return await self.primary.send_unless(
-                lambda: self.failed_over, account=account, event=event, seq=seq
+                lambda: self.failed_over, account=account, event=event, seq=seq, priority=priority
             )
         return await self.primary.send(account=account, event=event, seq=seq)
+
+
+async def _send(
+    target: Dc09ReceiverClient | Dc09ReceiverPool,
+    account: str,
+    event: Event,
+    seq: str | None,
+    priority: int,
+) -> DeliveryAttempt:
+    """``target.send``; a pool's callers waiting for a connection go by ``priority`` (one
+    connection's go in call order)."""
+    if isinstance(target, Dc09ReceiverPool):
+        return await target.send(account=account, event=event, seq=seq, priority=priority)
+    return await target.send(account=account, event=event, seq=seq)

@@ -210,7 +210,10 @@ class FakeGroup:
     def __init__(self, station: FakeStation) -> None:
         self.station = station
 
-    async def deliver(self, *, account: str, event: Event, seq: str | None = None) -> Any:
+    async def deliver(
+        self, *, account: str, event: Event, seq: str | None = None, priority: int = 0
+    ) -> Any:
+        self.station.priorities.append((event.code, priority))
         return await self.station.receive(account, event)
 
 
@@ -229,6 +232,7 @@ class FakeStation:
         self.fail_zones = set(fail_zones or ())
         self.in_flight: dict[str, int] = {}
         self.max_in_flight_per_account = 0
+        self.priorities: list[tuple[str, int]] = []  # (code, priority) per delivery asked for
 
     async def receive(self, account: str, event: Event) -> Attempt:
         self.in_flight[account] = self.in_flight.get(account, 0) + 1
@@ -252,6 +256,10 @@ class FakeRegistry:
 
     def group(self, primary: str, backup: str | None) -> FakeGroup:
         return self._group
+
+
+async def _done(value: bool) -> bool:
+    return value
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -300,6 +308,39 @@ class TestDispatcherHoldsLanes:
         assert station.max_in_flight_per_account == 1
         rows = await db_pool.fetch("SELECT lease_owner, acked_at FROM deliveries")
         assert all(r["lease_owner"] is None and r["acked_at"] is not None for r in rows)
+
+    async def test_the_rows_priority_goes_with_it_to_the_receiver(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The receivers order deliveries waiting for a connection by it: an alarm 0, an
+        opening (routine) 1."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=3600)
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        handover = Handover()
+        opening = Event(
+            family=Family.CID,
+            code="401",
+            qualifier="1",
+            zone=1,
+            partition=1,
+            classification=Classification(category=Category.ARMING),
+        )
+        async with db_pool.acquire() as conn:
+            await commit(
+                conn,
+                stage,
+                [signal("A1", 1), msgspec.structs.replace(signal("A1", 2), events=(opening,))],
+                handover,
+            )
+        dispatcher.start()
+        try:
+            dispatcher.adopt(handover.leased)
+            await wait_until(lambda: _done(len(station.received) == 2))
+        finally:
+            await dispatcher.stop()
+        assert station.priorities == [("130", 0), ("401", 1)]
 
     async def test_a_failed_head_hands_its_lane_back_and_order_holds(
         self, db_pool: asyncpg.Pool

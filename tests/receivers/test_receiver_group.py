@@ -13,7 +13,7 @@ from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
 from protocols.categories import classify
 from protocols.signal import Event, Family
-from receivers.dc09_client import Dc09ReceiverClient
+from receivers.dc09_client import Dc09ReceiverClient, Dc09ReceiverPool
 from receivers.receiver_group import ReceiverGroup
 from receivers.registry import ReceiverRegistry, UnknownReceiverError
 
@@ -341,3 +341,37 @@ class TestReceiverRegistry:
             await registry.close()
             await back.stop()
             await backup_sim.stop()
+
+
+class TestPriority:
+    async def test_an_alarm_waiting_for_a_connection_goes_before_routine_signals(
+        self,
+    ) -> None:
+        """Every connection to the receiver busy (a backlog draining after an outage): an
+        alarm (priority 0) that has to wait for a connection is sent on the first one free,
+        before the routine signals (priority 1) that were waiting longer, not after them all."""
+        sim = StationSimulator()
+        port = await sim.start()
+        sim.set_mode("delay", delay_ms=50)
+        pool = Dc09ReceiverPool(
+            ReceiverConfig(name=f"prio-{next(_names)}", host="127.0.0.1", port=port),
+            connections=1,
+        )
+        group = ReceiverGroup(pool, None)
+        try:
+            routine = [
+                asyncio.create_task(
+                    group.deliver(account="1", event=burglary(z), seq=f"{z:04d}", priority=1)
+                )
+                for z in range(1, 6)
+            ]
+            await asyncio.sleep(0.01)  # all five sent or waiting, in that order
+            alarm = asyncio.create_task(
+                group.deliver(account="2", event=burglary(9), seq="0009", priority=0)
+            )
+            attempts = await asyncio.wait_for(asyncio.gather(*routine, alarm), WAIT_S)
+        finally:
+            await pool.close()
+            await sim.stop()
+        assert [a.outcome for a in attempts] == ["acked"] * 6
+        assert [r.events[0].zone for r in sim.received] == [1, 9, 2, 3, 4, 5]
