@@ -543,7 +543,11 @@ class Dc09ReceiverClient:
             if self.link_up and loop.time() - self.last_exchange_at < interval:
                 continue
             try:
-                await self.poll()
+                up_before = self.link_up
+                if not await self.poll() and up_before and not probe and not self.link_up:
+                    # This connection's own flow may be what died (a NAT or firewall dropped
+                    # it): one more poll, on a new connection, says whether the receiver is.
+                    await self.poll()
             except Exception:  # the poller must outlive any one bad poll
                 log.exception("receiver_poll_error", receiver=self.name)
                 # ... and never spin: the next one only after a pause (an error raised before

@@ -19,6 +19,7 @@ from receivers.receiver_group import ReceiverGroup
 from tests.receivers.test_receiver_group import burglary, sample
 
 Answer = Callable[[bytes], bytes | None]
+WAIT_S = 10  # upper bound for anything awaited; never a pass/fail timing criterion
 
 
 class FakeReceiver:
@@ -252,3 +253,28 @@ async def test_a_receiver_that_acks_with_another_seq_is_named_in_the_error(
         assert failed.error == (
             "no answer within the ACK timeout (the receiver answered ACK for seq 0000 instead)"
         )
+
+
+async def test_a_connection_whose_flow_died_is_replaced_by_its_next_poll_at_once() -> None:
+    """An idle connection's poll finds its flow dead (no answer) while the receiver is up: it
+    polls again at once on a new connection and is up again, without waiting for a send (its
+    failed poll said "link down" until then: with a long poll interval, a false "receiver
+    down" alert)."""
+    station = StationSimulator()
+    proxy = MutingProxy(await station.start())
+    pool = Dc09ReceiverPool(
+        config(await proxy.start(), null_poll_interval_s=1.0, ack_timeout_s=0.3), connections=2
+    )
+    try:
+        pool.start()
+        both = await asyncio.gather(*(pool.send(account="1234", event=burglary(z)) for z in (1, 2)))
+        assert [a.outcome for a in both] == ["acked", "acked"]
+        proxy.mute()  # both flows die silently; the receiver is up
+        second = pool.connections[1]
+        async with asyncio.timeout(WAIT_S):
+            await second.wait_for_link(False)  # its idle poll found the dead flow
+            await second.wait_for_link(True)  # ... and the next one, at once, a new one
+    finally:
+        await pool.close()
+        await proxy.stop()
+        await station.stop()
