@@ -98,6 +98,9 @@ UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now
              ELSE failed_attempts_append(failed_attempts, $6::timestamptz, $7::text, $8::text) END,
         now(), $3::text, $2::text)
 WHERE id = $1
+  -- only while this engine holds it (see outcome_writer._UPDATE): a late write must not end
+  -- another engine's lease on the row, nor touch a row that is finished
+  AND state = 'pending' AND (lease_owner IS NULL OR lease_owner = $9)
 """
 
 # Every row of the lane this engine holds, behind a failed head: back to the outbox, unsent.
@@ -202,7 +205,7 @@ class Dispatcher:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self.voice = VoiceSessions(pool, voice_command, retry_s=voice_retry_s)
-        self._outcomes = OutcomeWriter(self._relaxed)
+        self._outcomes = OutcomeWriter(self._relaxed, owner=self.owner)
         self._wake = asyncio.Event()
         self._lanes: dict[str, deque[OwnedDelivery]] = {}  # held rows per lane, head first
         self._held: set[int] = set()  # ids of every held row
@@ -586,6 +589,7 @@ class Dispatcher:
                         None if before is None else (getattr(before, "sent_at", None) or sent_at),
                         None if before is None else str(before.receiver),
                         None if before is None else str(before.error or "no answer")[:500],
+                        self.owner,
                     )
                     released = await conn.fetch(_RELEASE_LANE_SQL, row.lane, self.owner, row.id)
             except DATABASE_ERRORS as exc:

@@ -37,6 +37,11 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
      AS t(id, state, receiver, family, acked_at, sent_at, error, failed_at, failed_receiver,
           failed_error)
 WHERE d.id = t.id AND d.id = ANY($1::bigint[])  -- (the ANY keeps the primary-key path in every plan)
+  -- Written by the engine that holds the row only: one whose lease lapsed (stalled, cut off
+  -- from the database) while another engine took the row over must not end that engine's lease
+  -- nor overwrite the state it recorded (a late 'dead' over 'delivered').
+  AND d.state = 'pending' AND (d.lease_owner IS NULL OR $11::text IS NULL OR d.lease_owner = $11)
+RETURNING d.id
 """
 
 
@@ -60,8 +65,16 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 class OutcomeWriter:
     """Collects outcomes and writes them in as few statements as the database round trips allow."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500, retries: int = 5) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        owner: str | None = None,
+        max_batch: int = 500,
+        retries: int = 5,
+    ) -> None:
         self._pool = pool
+        self._owner = owner  # the dispatcher's lease owner: rows another engine holds are left
         self._max_batch = max_batch
         self._retries = retries
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
@@ -101,10 +114,11 @@ class OutcomeWriter:
             [o.failed_at for o in outcomes],
             [o.failed_receiver for o in outcomes],
             [o.failed_error for o in outcomes],
+            self._owner,
         )
         for attempt in range(self._retries):
             try:
-                await self._pool.execute(_UPDATE, *columns)
+                written = await self._pool.fetch(_UPDATE, *columns)
             except DATABASE_ERRORS as exc:
                 log.warning(
                     "delivery_record_failed", error=repr(exc), attempt=attempt, rows=len(outcomes)
@@ -112,4 +126,11 @@ class OutcomeWriter:
                 await asyncio.sleep(0.2 * (attempt + 1))
             else:
                 self.statements += 1
+                if len(written) < len(outcomes):
+                    done = {r["id"] for r in written}
+                    log.warning(
+                        "delivery_outcome_superseded",
+                        ids=[o.id for o in outcomes if o.id not in done][:20],
+                        reason="finished or taken over by another engine",
+                    )
                 return

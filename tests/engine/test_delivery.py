@@ -336,6 +336,49 @@ class TestUnrecordedFailure:
         assert [r.seq for r in station.received if r.reply == "drop"] == ["0001"]
 
 
+class TestLateFailureWrite:
+    async def test_a_failure_written_after_another_engine_took_the_row_leaves_its_lease(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """This engine's lease lapsed while it waited for the receiver; another engine claimed
+        the row. This engine's failure write must not clear that engine's lease (a third could
+        then claim the row and send it at the same time) nor the row's state once delivered."""
+        station = StationSimulator(mode="ack")
+        await station.start()
+        registry = ReceiverRegistry(
+            [ReceiverConfig(name="rx", host="127.0.0.1", port=station.port)]
+        )
+        dispatcher = Dispatcher(db_pool, lambda: registry, poll_s=30.0)
+        try:
+            taken = owned_from_record(await _leased(db_pool, dispatcher.owner, "L1", "0001", 1))
+            finished = owned_from_record(await _leased(db_pool, dispatcher.owner, "L2", "0002", 2))
+            await db_pool.execute(
+                "UPDATE deliveries SET lease_owner = 'other', lease_until = now() + interval "
+                "'1 minute' WHERE id = $1",
+                taken.id,
+            )
+            await db_pool.execute(
+                "UPDATE deliveries SET state = 'delivered', lease_owner = NULL, lease_until = NULL"
+                " WHERE id = $1",
+                finished.id,
+            )
+            for row in (taken, finished):
+                await dispatcher._failed(row, "no answer within the ACK timeout", receiver="rx")
+            rows = {
+                r["id"]: (r["state"], r["lease_owner"], r["last_error"])
+                for r in await db_pool.fetch(
+                    "SELECT id, state, lease_owner, last_error FROM deliveries"
+                )
+            }
+        finally:
+            await registry.close()
+            await station.stop()
+        assert rows == {
+            taken.id: ("pending", "other", None),
+            finished.id: ("delivered", None, None),
+        }
+
+
 async def _leased(db_pool: asyncpg.Pool, owner: str, lane: str, seq: str, signal: int) -> Any:
     """A row of ``lane`` (its station account too) leased to ``owner``, as a commit leases it."""
     return await db_pool.fetchrow(

@@ -168,3 +168,50 @@ class TestOutcomeWriter:
         )
         assert datetime.fromisoformat(after[-1]["at"]) == now
         assert msgspec.json.decode(rows[plain]) == earlier
+
+    async def test_a_row_another_engine_holds_or_finished_is_left_as_it_is(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """An engine whose lease lapsed (stalled, cut off) records its outcomes late: the row
+        another engine has since taken over keeps that engine's lease, and the row it has since
+        delivered stays delivered (a late 'dead' overwrote it); its own row is written. The rows
+        left alone are logged."""
+        taken, finished, own = await _deliveries(db_pool, 3)
+        await db_pool.execute("UPDATE deliveries SET lease_owner = 'other' WHERE id = $1", taken)
+        await db_pool.execute(
+            "UPDATE deliveries SET state = 'delivered', lease_owner = NULL, lease_until = NULL, "
+            "receiver_used = 'rx-other' WHERE id = $1",
+            finished,
+        )
+        writer = OutcomeWriter(db_pool, owner="me")
+        now = datetime.now(UTC)
+        with capture_logs() as logs:
+            await asyncio.gather(
+                *(
+                    writer.record(
+                        Outcome(
+                            id=delivery,
+                            state="dead",
+                            receiver="rx",
+                            family_sent="cid",
+                            acked_at=None,
+                            sent_at=now,
+                            error="DUH",
+                        )
+                    )
+                    for delivery in (taken, finished, own)
+                )
+            )
+        rows = {
+            r["id"]: (r["state"], r["lease_owner"], r["receiver_used"])
+            for r in await db_pool.fetch(
+                "SELECT id, state, lease_owner, receiver_used FROM deliveries"
+            )
+        }
+        assert rows == {
+            taken: ("pending", "other", None),
+            finished: ("delivered", None, "rx-other"),
+            own: ("dead", None, "rx"),
+        }
+        [superseded] = [e for e in logs if e["event"] == "delivery_outcome_superseded"]
+        assert sorted(superseded["ids"]) == sorted([taken, finished])
