@@ -195,7 +195,7 @@ class IngestPipeline:
         except Exception as exc:
             # asyncpg raises its own connection errors (not OSError subclasses) when the server
             # goes away mid-transaction; treat every failure as "not committed": no ACK, retry.
-            metrics.COMMIT_FAILURES.inc()
+            # (Counted once: here, or by _mark_unavailable.)
             if refuses_writes(exc):
                 # Disk full, read-only, I/O error: every statement would fail alike (splitting
                 # the batch would only repeat it). Not ready until a commit succeeds again.
@@ -208,8 +208,10 @@ class IngestPipeline:
                 self._mark_unavailable(exc)
                 self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
             elif len(batch) > 1:
+                metrics.COMMIT_FAILURES.inc()
                 await self._isolate(batch, exc)
             else:
+                metrics.COMMIT_FAILURES.inc()
                 self._fail_one(batch[0], exc)
             return
         metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
@@ -298,7 +300,10 @@ class IngestPipeline:
                 log.debug("database_probe_failed", error=repr(exc))
                 continue
             self._available = True
-            metrics.DATABASE_UP.set(1)
+            # A database refusing writes answers SELECT 1 all the same: the gauge says whether
+            # signals can be committed, so it stays 0 until a commit succeeds.
+            if not self._writes_refused:
+                metrics.DATABASE_UP.set(1)
             log.info("database_available")
             return
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.ingest_types import (
     InboundSignal,
@@ -232,3 +233,47 @@ class TestWritesRefused:
             await pipeline.close()
             await read_only.close()
         assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
+
+    async def test_database_up_stays_0_while_writes_are_refused(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """``alarmrelay_database_up`` (alert AlarmrelayDatabaseDown) says whether signals can be
+        committed: a read-only or full database answers the probe's SELECT 1, yet the gauge
+        stays 0 until a commit succeeds again (not back to 1 a second after each refusal, which
+        kept the alert from ever firing while no alarm was stored). Each failed commit counts
+        once in ``alarmrelay_commit_failures_total``."""
+        read_only = await asyncpg.create_pool(
+            database_url,
+            min_size=1,
+            max_size=2,
+            server_settings={"default_transaction_read_only": "on"},
+        )
+        writer = ReadOnlyThenWritable(read_only)
+        pipeline = IngestPipeline(
+            writer, window_s=0, probe=lambda: db_pool.fetchval("SELECT 1"), probe_interval_s=0.01
+        )
+        failures_before = _sample("alarmrelay_commit_failures_total")
+        pipeline.start()
+        try:
+            with pytest.raises(IngestUnavailable):
+                await pipeline.submit(_signal(1))
+            for _ in range(100):
+                if pipeline.available:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the probe has answered
+            assert pipeline.available and not pipeline.healthy
+            assert _sample("alarmrelay_database_up") == 0
+            assert _sample("alarmrelay_commit_failures_total") == failures_before + 1
+            writer.pool = db_pool
+            assert await pipeline.submit(_signal(2)) is IngestResult.ACCEPTED
+            assert _sample("alarmrelay_database_up") == 1
+        finally:
+            await pipeline.close()
+            await read_only.close()
+
+
+def _sample(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
