@@ -24,12 +24,14 @@ async def restart_on_failure(
     task: str, loop: Callable[[], Awaitable[None]], *, pause_s: float = 1.0
 ) -> None:
     """Run ``loop()`` until it returns; after an unexpected exception, log it and run it again."""
+    # The task's series exists at 0 before its first failure, or increase() would not see it.
+    failures = metrics.BACKGROUND_TASK_FAILURES.labels(task=task)
     while True:
         try:
             await loop()
         except Exception as exc:
             log.error("background_task_failed", task=task, error=repr(exc), exc_info=True)
-            metrics.BACKGROUND_TASK_FAILURES.labels(task=task).inc()
+            failures.inc()
             await asyncio.sleep(pause_s)
         else:
             return

@@ -168,3 +168,17 @@ VOICE_COMMANDS = Counter(
     "Attempts to publish a module's start_voice_session command, by result (sent, failed).",
     ["result"],
 )
+
+
+# The series the alert rules select by label value exist from the start, at 0: increase() and
+# rate() see nothing of a series' first sample, so one that appeared with its first event (at 1)
+# would never alert on it (the first refused signal, the first incomplete voice session).
+for _transport in ("tcp", "udp"):
+    for _reply in ("none", "nak", "duh"):
+        FRAMES_REJECTED.labels(_transport, _reply)
+    for _family in ("sia", "cid", "null"):
+        SIGNALS_RECEIVED.labels(_transport, _family, "refused")
+for _result in ("started", "incomplete", "receiver_unsupported", "receiver_unknown"):
+    VOICE_SESSIONS.labels(_result)
+for _result in ("sent", "failed"):
+    VOICE_COMMANDS.labels(_result)

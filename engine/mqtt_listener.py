@@ -70,6 +70,10 @@ MQTT_OVERRUNS = Counter(
     "QoS 1 messages the broker sent beyond our Receive Maximum (taken, not refused).",
 )
 
+# At 0 from the start (see engine.metrics): a refused message alerts on its first occurrence.
+for _kind in (TopicKind.CHECKIN, TopicKind.EVENTS):
+    MQTT_MESSAGES.labels(_kind.value, "refused")
+
 _RESULT_STATUS = {
     IngestResult.ACCEPTED: AckStatus.ACCEPTED,
     IngestResult.DUPLICATE: AckStatus.DUPLICATE,

@@ -15,6 +15,7 @@ import contextlib
 import asyncpg
 import structlog
 
+from engine import metrics
 from engine.pg_listener import ChannelListener
 from engine.store.stations import StationStore
 from receivers.registry import ReceiverRegistry
@@ -79,6 +80,9 @@ class ReceiverDirectory:
             receivers, failover_after=self._failover_after, previous=old
         )
         self.registry.start()
+        for name in self.registry.names:
+            # At 0 before its first dead letter (AlarmrelayDeadLetters alerts on increase()).
+            metrics.DEAD_LETTERED.labels(name)
         # New deliveries use the new registry at once. Sends still waiting for a station's ACK on
         # the old connections finish there; the old registry is closed after retire_after_s
         # (closing it now would fail them and make them retry with a second attempt).
@@ -92,6 +96,13 @@ class ReceiverDirectory:
         # Connections the current registry (or another still retiring) took over stay open.
         others = [r for r in (self.registry, *self._retiring.values()) if r is not old]
         await old.close(keep=[pool for registry in others for pool in registry.pools()])
+        # A receiver no registry has any more is gone: so is its dead-letter series (closing
+        # its connections dropped its link and failover series).
+        configured = {name for registry in others for name in registry.names}
+        for name in old.names:
+            if name not in configured:
+                with contextlib.suppress(KeyError):
+                    metrics.DEAD_LETTERED.remove(name)
 
     async def _run(self) -> None:
         while True:

@@ -161,6 +161,9 @@ class Dc09ReceiverClient:
         self.link_up = False
         self._link_gauge = metrics.LINK_UP.labels(self.name)
         self._link_gauge.set(0)
+        # At 0 before the first failover: increase() sees nothing of a series' first sample.
+        metrics.FAILOVERS.labels(self.name)
+        metrics.FAILBACKS.labels(self.name)
 
     @property
     def clock_offset(self) -> timedelta:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge
 
 LINK_UP = Gauge(
@@ -24,3 +26,12 @@ FAILBACKS = Counter(
     "Returns from the backup to the primary receiver.",
     ["primary"],
 )
+
+
+def forget_receiver(name: str) -> None:
+    """Drop a receiver's series once it is no longer configured (deleted, renamed, made a phone
+    receiver): its last link state would otherwise stay exported, a 0 paging "receiver down"
+    until the engine restarts."""
+    for metric in (LINK_UP, FAILOVERS, FAILBACKS):
+        with contextlib.suppress(KeyError):
+            metric.remove(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -154,7 +153,6 @@ class ReceiverRegistry:
             if id(client) not in kept_ids:
                 await client.close()
                 if client.name not in kept_names:
-                    # Deleted (or no longer an IP receiver): its link gauge goes too, rather than
-                    # keep its last value (a 0 would keep the receiver-down alert firing).
-                    with contextlib.suppress(KeyError):
-                        metrics.LINK_UP.remove(client.name)
+                    # Deleted (or no longer an IP receiver): its series go too, rather than
+                    # keep their last values (a 0 would keep the receiver-down alert firing).
+                    metrics.forget_receiver(client.name)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prometheus_client import REGISTRY
 
 import engine.metrics
 import engine.mqtt_listener
 import engine.service
 import receivers.metrics
+from engine.background_task import restart_on_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -58,3 +61,109 @@ class TestObservabilityConfig:
         names |= {n[: -len("_bucket")] for n in exported() if n.endswith("_bucket")}
         assert names <= documented, names - documented
         assert documented <= names, documented - names
+
+
+# -- what the alert expressions select ---------------------------------------------------------
+
+_SELECTOR = re.compile(r"(alarmrelay_[a-z0-9_]+)\{([^}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"')
+_BY = re.compile(r"\bby\s*\(([^)]*)\)")
+_TEMPLATE_LABEL = re.compile(r"\$labels\.(\w+)")
+_TARGET_LABELS = frozenset({"instance", "job"})  # added by Prometheus at scrape time
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load((CONFIG / "prometheus-alerts.yaml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def label_names(series: str) -> set[str]:
+    """The label names of the metric a series name (``…_total``, ``…_bucket``) belongs to."""
+    collector = REGISTRY._names_to_collectors[series]  # the registry's own index
+    names = set(getattr(collector, "_labelnames", ()))
+    return names | ({"le"} if series.endswith("_bucket") else set())
+
+
+def has_sample(series: str, label: str, value: str) -> bool:
+    return any(
+        sample.name == series and sample.labels.get(label) == value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+    )
+
+
+def label_problems(rule: dict[str, Any]) -> list[str]:
+    """Labels ``rule`` matches on, aggregates by or names in its text that its metrics lack."""
+    name, expr = rule["alert"], rule["expr"]
+    metrics = referenced(expr)
+    labels = set().union(*(label_names(m) for m in metrics)) if metrics else set()
+    problems = [
+        f"{name}: {series} has no label {label}"
+        for series, matchers in _SELECTOR.findall(expr)
+        for label, _, _ in _MATCHER.findall(matchers)
+        if label not in label_names(series)
+    ]
+    grouped = {g.strip() for by in _BY.findall(expr) for g in by.split(",") if g.strip()}
+    problems += [
+        f"{name}: by ({label}): no metric of it has that label"
+        for label in grouped - labels - _TARGET_LABELS - {"le"}
+    ]
+    kept = grouped - {"le"} if grouped else labels | _TARGET_LABELS
+    text = json.dumps(rule.get("annotations", {}))
+    problems += [
+        f"{name}: $labels.{label} is not in the alert's labels"
+        for label in set(_TEMPLATE_LABEL.findall(text)) - kept
+    ]
+    return problems
+
+
+def selected_values(expr: str) -> list[tuple[str, str, str]]:
+    """(series, label, value) for each value an ``=`` or ``=~`` matcher of ``expr`` names."""
+    return [
+        (series, label, one)
+        for series, matchers in _SELECTOR.findall(expr)
+        for label, op, value in _MATCHER.findall(matchers)
+        if op in ("=", "=~")
+        for one in value.split("|")
+    ]
+
+
+class TestAlertExpressions:
+    def test_labels_in_alerts_exist_on_their_metrics(self) -> None:
+        """Every label an alert matches on, aggregates by or names in its text is one the
+        metric has (a typo there matches nothing and the alert never fires)."""
+        assert [p for rule in alert_rules() for p in label_problems(rule)] == []
+
+    def test_counted_series_exist_before_their_first_event(self) -> None:
+        """increase() and rate() see nothing of a series' first sample: a labelled counter
+        whose series appears only with its first event (at 1) never fires an alert for a
+        single event (the first DUH, the first incomplete voice session, the first refused
+        signal). Every series an alert selects by label value is exported at 0 from the
+        start, for each value the alert names."""
+        missing = [
+            f"{rule['alert']}: {series}{{{label}={value!r}}}"
+            for rule in alert_rules()
+            for series, label, value in selected_values(rule["expr"])
+            if not has_sample(series, label, value)
+        ]
+        assert missing == []
+
+    def test_timer_lag_series_exist_before_the_first_firing(self) -> None:
+        """AlarmrelayTimerLag: the lag after an outage is observed in one burst at restart,
+        which rate() would not see if the series appeared with it."""
+        for timer in ("supervision", "crash_smash"):
+            assert has_sample("alarmrelay_timer_lag_seconds_count", "timer", timer), timer
+
+    async def test_a_background_task_failure_series_exists_before_it_fails(self) -> None:
+        """AlarmrelayBackgroundTaskFailing fires on the first failure of a loop."""
+
+        async def loop() -> None:
+            return
+
+        await restart_on_failure("observability-test-loop", loop)
+        assert (
+            REGISTRY.get_sample_value(
+                "alarmrelay_background_task_failures_total", {"task": "observability-test-loop"}
+            )
+            == 0
+        )

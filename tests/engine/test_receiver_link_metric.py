@@ -1,6 +1,7 @@
-"""``alarmrelay_receiver_link_up{receiver}`` (alert AlarmrelayReceiverDown) covers the receivers
-configured now: a deleted receiver's series goes, one whose settings changed keeps following
-its new connections (real PostgreSQL, NOTIFY and rebuild)."""
+"""The per-receiver series the alerts use cover the receivers configured now:
+``alarmrelay_receiver_link_up{receiver}`` (AlarmrelayReceiverDown) of a deleted receiver goes, one
+whose settings changed keeps following its new connections; the failover and dead-letter counters
+exist at 0 before their first event (real PostgreSQL, NOTIFY and rebuild)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def _link_up(name: str) -> float | None:
     return REGISTRY.get_sample_value("alarmrelay_receiver_link_up", {"receiver": name})
 
 
+def _sample(series: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(series, labels)
+
+
 async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
@@ -43,7 +48,7 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
         await asyncio.sleep(0.05)
 
 
-class TestReceiverLinkMetric:
+class TestReceiverMetrics:
     async def test_a_deleted_receiver_leaves_no_link_series(self, db_pool: asyncpg.Pool) -> None:
         """A station decommissions a receiver that no longer answers: its link_up series (0)
         would have paged AlarmrelayReceiverDown until the engine restarted. It goes once the
@@ -58,12 +63,18 @@ class TestReceiverLinkMetric:
         try:
             assert _link_up("rx-gone") == 0
             assert _link_up("rx-kept") == 0
+            # counted series alerts use increase() on exist at 0 before their first event
+            for name in ("rx-gone", "rx-kept"):
+                assert _sample("alarmrelay_receiver_failovers_total", primary=name) == 0
+                assert _sample("alarmrelay_deliveries_dead_lettered_total", receiver=name) == 0
             async with db_pool.acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM receivers WHERE name = 'rx-gone'")
                 await conn.execute("UPDATE receivers SET line_prefix = '9' WHERE name = 'rx-kept'")
             await _until(lambda: directory.current().names == ["rx-kept"])
             await asyncio.sleep(0.5)  # the old registry is retired
             assert _link_up("rx-gone") is None
+            assert _sample("alarmrelay_receiver_failovers_total", primary="rx-gone") is None
+            assert _sample("alarmrelay_deliveries_dead_lettered_total", receiver="rx-gone") is None
             assert _link_up("rx-kept") == 0
             # the new connections still drive the series
             kept = directory.current().client("rx-kept").connections[0]
