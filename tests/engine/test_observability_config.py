@@ -167,3 +167,11 @@ class TestAlertExpressions:
             )
             == 0
         )
+
+    def test_alerts_cover_signals_the_database_refused(self) -> None:
+        """A signal whose data the database refuses is answered DUH (DC-09) or rejected (MQTT)
+        and stored nowhere, its raw frame only in the log: an alarm lost unless someone
+        recovers it, so an alert names it, for both transports."""
+        exprs = " ".join(rule["expr"] for rule in alert_rules())
+        assert 'alarmrelay_signals_received_total{result="refused"}' in exprs
+        assert 'alarmrelay_mqtt_messages_total{result="refused"}' in exprs
