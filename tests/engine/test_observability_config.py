@@ -175,3 +175,47 @@ class TestAlertExpressions:
         exprs = " ".join(rule["expr"] for rule in alert_rules())
         assert 'alarmrelay_signals_received_total{result="refused"}' in exprs
         assert 'alarmrelay_mqtt_messages_total{result="refused"}' in exprs
+
+
+_WINDOW = re.compile(r"\[([^\]]+)\]")
+_QUANTILE = re.compile(r"histogram_quantile\(\s*0?\.(\d+)")
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = json.loads((CONFIG / "grafana-dashboard.json").read_text())[
+        "panels"
+    ]
+    return panels
+
+
+def _seconds(window: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(window[:-1]) * units[window[-1]]
+
+
+class TestDashboard:
+    def test_rate_windows_hold_several_scrapes(self) -> None:
+        """A rate over [1m] is empty at Prometheus's default 1 m scrape interval (it needs two
+        samples in the window): every panel's window is Grafana's $__rate_interval or at
+        least 5 m."""
+        short = [
+            f"{panel['title']}: [{window}]"
+            for panel in dashboard_panels()
+            for target in panel.get("targets", [])
+            for window in _WINDOW.findall(target["expr"])
+            if window != "$__rate_interval" and _seconds(window) < 300
+        ]
+        assert short == []
+
+    def test_quantiles_in_a_title_are_plotted(self) -> None:
+        """A panel titled "p50 / p99" plots both quantiles."""
+        missing = []
+        for panel in dashboard_panels():
+            named = set(re.findall(r"\bp(\d+)\b", panel["title"]))
+            plotted = {
+                q.rstrip("0") or "0"
+                for target in panel.get("targets", [])
+                for q in _QUANTILE.findall(target["expr"])
+            }
+            missing += [f"{panel['title']}: p{q}" for q in named if q.rstrip("0") not in plotted]
+        assert missing == []
