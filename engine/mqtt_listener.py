@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from engine.events_signal import signal_from_events
 from engine.ingest_types import (
@@ -65,6 +65,10 @@ MQTT_MESSAGES = Counter(
     ["kind", "result"],
 )
 MQTT_RECONNECTS = Counter("alarmrelay_mqtt_reconnects_total", "Reconnections to the MQTT broker.")
+MQTT_CONNECTED = Gauge(
+    "alarmrelay_mqtt_connected",
+    "1 while every MQTT session of the engine is connected to the broker and subscribed.",
+)
 MQTT_OVERRUNS = Counter(
     "alarmrelay_mqtt_receive_maximum_exceeded_total",
     "QoS 1 messages the broker sent beyond our Receive Maximum (taken, not refused).",
@@ -347,9 +351,11 @@ class MqttListener:
     def _session_up(self) -> None:
         if all(session.active is not None for session in self._sessions):
             self.subscribed.set()
+            MQTT_CONNECTED.set(1)
 
     def _session_down(self) -> None:
         self.subscribed.clear()
+        MQTT_CONNECTED.set(0)
 
     @property
     def stopping(self) -> bool:

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiomqtt
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.ingest_types import InboundSignal, IngestResult, IngestUnavailable
 from engine.mqtt_listener import REJECTED_RAW_KEPT, MqttListener
+from tests.support.tcp_proxy import TcpProxy
 
 
 class FlakySink:
@@ -294,3 +296,41 @@ class TestPlainSubscription:
             await module.publish(f"{prefix}/modules/S1/events", _events("p1"), qos=1)
             [ack] = await _acks(module, 1)
         assert (ack["msg_id"], ack["status"]) == ("p1", "accepted")
+
+
+def _mqtt_connected() -> float | None:
+    return REGISTRY.get_sample_value("alarmrelay_mqtt_connected")
+
+
+async def _until_gauge(value: float, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while _mqtt_connected() != value:
+            await asyncio.sleep(0.05)
+
+
+class TestConnectedGauge:
+    async def test_the_gauge_follows_the_broker_connection(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """alarmrelay_mqtt_connected (alert AlarmrelayMqttDisconnected) is 1 while the engine
+        is subscribed, 0 while the broker is out of reach (modules' signals wait at the broker
+        or are lost), 1 again once it is back."""
+        proxy = TcpProxy(*mqtt_broker)
+        await proxy.start()
+        prefix = f"gauge-{secrets.token_hex(3)}/v1"
+        listener = _listener(FlakySink(failures=0), ("127.0.0.1", proxy.port), prefix)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            assert _mqtt_connected() == 1
+            proxy.cut()
+            await _until_gauge(0)
+            assert not listener.connected
+            proxy.restore()
+            await _until_gauge(1)
+        finally:
+            await listener.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await proxy.stop()

@@ -176,6 +176,13 @@ class TestAlertExpressions:
         assert 'alarmrelay_signals_received_total{result="refused"}' in exprs
         assert 'alarmrelay_mqtt_messages_total{result="refused"}' in exprs
 
+    def test_an_alert_covers_the_mqtt_connection(self) -> None:
+        """With the broker out of reach no MQTT module's signal arrives: an alert says so."""
+        assert any(
+            rule["expr"].startswith("alarmrelay_mqtt_connected == 0") and "for" in rule
+            for rule in alert_rules()
+        )
+
 
 _WINDOW = re.compile(r"\[([^\]]+)\]")
 _QUANTILE = re.compile(r"histogram_quantile\(\s*0?\.(\d+)")
