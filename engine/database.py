@@ -22,7 +22,7 @@ import psutil
 import structlog
 
 from engine.errors import DATABASE_ERRORS, UserFacingError
-from engine.metrics import MAINTENANCE_DEFERRED
+from engine.metrics import MAINTENANCE_DEFERRED, MAINTENANCE_FAILURES
 from engine.migrate import apply_migrations
 from engine.pg_connection import EngineConnection
 from engine.retention import purge_past_retention
@@ -206,6 +206,7 @@ async def run_maintenance(pool: asyncpg.Pool, settings: Settings) -> None:
                     await maintain_signals(conn, settings)
             await purge_past_retention(pool)
         except DATABASE_ERRORS as exc:
+            MAINTENANCE_FAILURES.inc()
             log.warning("signal_maintenance_failed", error=str(exc))
         first = False
 

@@ -59,6 +59,11 @@ MAINTENANCE_DEFERRED = Counter(
     "the signals table (waiting would have stalled every group commit behind the change).",
     ["step"],
 )
+MAINTENANCE_FAILURES = Counter(
+    "alarmrelay_signal_maintenance_failures_total",
+    "Maintenance runs (partitions, retention, dedupe cleanup) the database failed; retried at "
+    "the next interval.",
+)
 COMMIT_ISOLATIONS = Counter(
     "alarmrelay_commit_isolations_total",
     "Failed group commits split in halves and committed apart, so a signal whose own data fails "
@@ -178,6 +183,8 @@ for _transport in ("tcp", "udp"):
         FRAMES_REJECTED.labels(_transport, _reply)
     for _family in ("sia", "cid", "null"):
         SIGNALS_RECEIVED.labels(_transport, _family, "refused")
+for _step in ("create_partitions", "drop_partitions"):
+    MAINTENANCE_DEFERRED.labels(_step)
 for _result in ("started", "incomplete", "receiver_unsupported", "receiver_unknown"):
     VOICE_SESSIONS.labels(_result)
 for _result in ("sent", "failed"):

@@ -176,6 +176,13 @@ class TestAlertExpressions:
         assert 'alarmrelay_signals_received_total{result="refused"}' in exprs
         assert 'alarmrelay_mqtt_messages_total{result="refused"}' in exprs
 
+    def test_an_alert_covers_stalled_signal_maintenance(self) -> None:
+        """Partition changes put off or failing run after run (docs/operations.md, Data):
+        partitions are not created ahead nor dropped past retention, and an alert says so."""
+        exprs = " ".join(rule["expr"] for rule in alert_rules())
+        assert "alarmrelay_signal_maintenance_deferred_total" in exprs
+        assert "alarmrelay_signal_maintenance_failures_total" in exprs
+
     def test_an_alert_covers_the_mqtt_connection(self) -> None:
         """With the broker out of reach no MQTT module's signal arrives: an alert says so."""
         assert any(

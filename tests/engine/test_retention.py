@@ -141,3 +141,33 @@ async def test_the_maintenance_task_purges_at_start(db_pool: asyncpg.Pool) -> No
         assert not task.done()  # it sleeps until the next interval
     finally:
         task.cancel()
+
+
+async def test_a_failed_maintenance_run_is_counted(
+    db_pool: asyncpg.Pool, database_url: str
+) -> None:
+    """A run the database fails (read-only here) is logged and retried at the next interval,
+    and counted in alarmrelay_signal_maintenance_failures_total (AlarmrelaySignalMaintenanceStalled):
+    run after run, partitions are neither created ahead nor dropped past retention."""
+    read_only = await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=1,
+        server_settings={"default_transaction_read_only": "on"},
+    )
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("alarmrelay_signal_maintenance_failures_total") or 0.0
+
+    before = failures()
+    settings = load_settings(None, {"ALARMRELAY_RETENTION__MAINTENANCE_INTERVAL_S": "0.05"})
+    task = asyncio.create_task(run_maintenance(read_only, settings))
+    try:
+        async with asyncio.timeout(10):
+            while failures() < before + 2:  # the purge at start, then a whole run
+                await asyncio.sleep(0.02)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await read_only.close()
