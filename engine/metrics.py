@@ -99,8 +99,9 @@ DB_POOL_SIZE = Gauge("alarmrelay_db_pool_connections", "Connections in the datab
 DB_POOL_IDLE = Gauge("alarmrelay_db_pool_idle_connections", "Idle connections in the pool.")
 DATABASE_UP = Gauge(
     "alarmrelay_database_up",
-    "1 while signals can be committed; 0 after a group commit failed because the database is "
-    "unreachable (until it answers again) or refuses writes (until a commit succeeds).",
+    "1 while signals can be committed; 0 while the database does not answer (checked every 5 s), "
+    "or after a group commit failed because it is unreachable (until it answers again) or "
+    "refuses writes (until a commit succeeds).",
 )
 ACCOUNTS_LOADED = Gauge("alarmrelay_accounts_loaded", "Accounts in the in-memory directory.")
 ACCOUNTS_INVALID = Gauge(

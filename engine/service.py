@@ -26,6 +26,7 @@ from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
 from engine.deadline_timer import Clock, utc_now
 from engine.delivery import Dispatcher
+from engine.errors import DATABASE_ERRORS
 from engine.forwarding_stage import ForwardingStage
 from engine.http_server import AppFactory, HttpServer, build_app
 from engine.ingest_writer import IngestWriter
@@ -321,7 +322,22 @@ class Engine:
             await self._mqtt_task
 
     async def _pool_metrics(self, pool: asyncpg.Pool) -> None:
+        """Every 5 s: the pool gauges, and whether the database answers at all. The pipeline
+        learns of an outage only at its next commit, which with no signal coming in (a quiet
+        night) is the first alarm after it: ``alarmrelay_database_up`` goes to 0 here first."""
+        answering = True
         while True:
             metrics.DB_POOL_SIZE.set(pool.get_size())
             metrics.DB_POOL_IDLE.set(pool.get_idle_size())
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0)
+            except DATABASE_ERRORS as exc:
+                metrics.DATABASE_UP.set(0)
+                if answering:
+                    log.warning("database_not_answering", error=repr(exc))
+                answering = False
+            else:
+                answering = True
+                if self.pipeline is not None and self.pipeline.healthy:
+                    metrics.DATABASE_UP.set(1)  # else the pipeline sets it once commits succeed
             await asyncio.sleep(5)

@@ -7,6 +7,7 @@ import asyncio
 
 import asyncpg
 import httpx
+from prometheus_client import REGISTRY
 
 from tests.engine.test_ingest_e2e import provision, running_engine, settings_for
 from tests.support.tcp_proxy import proxied_database
@@ -45,3 +46,30 @@ class TestReadiness:
                     assert down["checks"] == {"dc09": True, "delivery": True, "database": False}
                     proxy.restore()
                     await _ready(client, True)
+
+    async def test_database_up_follows_the_database_without_signals(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """No module sends anything (a quiet night, panels that test once a day): with the
+        database cut off, alarmrelay_database_up (AlarmrelayDatabaseDown) goes to 0 anyway,
+        not only once the first alarm fails its commit; 1 again once it is back."""
+        await provision(db_pool)
+        async with (
+            proxied_database(database_url) as (proxy, url),
+            running_engine(settings_for(url)),
+        ):
+            assert _database_up() == 1
+            proxy.cut()
+            await _until_database_up(0)
+            proxy.restore()
+            await _until_database_up(1)
+
+
+def _database_up() -> float | None:
+    return REGISTRY.get_sample_value("alarmrelay_database_up")
+
+
+async def _until_database_up(value: float, timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while _database_up() != value:
+            await asyncio.sleep(0.1)
