@@ -233,3 +233,20 @@ class TestDashboard:
             }
             missing += [f"{panel['title']}: p{q}" for q in named if q.rstrip("0") not in plotted]
         assert missing == []
+
+
+class TestScrapeJob:
+    def test_the_scrape_job_the_alerts_expect_is_documented(self) -> None:
+        """AlarmrelayDown selects up{job="…"}: with the scrape job named otherwise it matches
+        nothing and never fires, so docs/operations.md shows the job to configure."""
+        jobs = {job for rule in alert_rules() for job in re.findall(r'job="([^"]+)"', rule["expr"])}
+        assert jobs
+        operations = (ROOT / "docs" / "operations.md").read_text()
+        for job in jobs:
+            assert f"job_name: {job}" in operations, job
+
+    def test_an_engine_gone_from_discovery_is_alerted(self) -> None:
+        """up == 0 needs the target to exist: when every engine has vanished from service
+        discovery (a deleted deployment) there is no up series at all, and absent() says so."""
+        exprs = " ".join(rule["expr"] for rule in alert_rules())
+        assert 'absent(up{job="alarmrelay"})' in exprs
