@@ -184,6 +184,8 @@ for _transport in ("tcp", "udp"):
         FRAMES_REJECTED.labels(_transport, _reply)
     for _family in ("sia", "cid", "null"):
         SIGNALS_RECEIVED.labels(_transport, _family, "refused")
+for _reason in ("no_station_account", "no_receiver"):
+    DECISIONS.labels("false", _reason)
 for _step in ("create_partitions", "drop_partitions"):
     MAINTENANCE_DEFERRED.labels(_step)
 for _result in ("started", "incomplete", "receiver_unsupported", "receiver_unknown"):

@@ -176,6 +176,19 @@ class TestAlertExpressions:
         assert 'alarmrelay_signals_received_total{result="refused"}' in exprs
         assert 'alarmrelay_mqtt_messages_total{result="refused"}' in exprs
 
+    def test_an_alert_covers_alarms_not_forwarded_for_a_misconfiguration(self) -> None:
+        """An event that should go to the station but whose account lacks its station account
+        number or primary receiver is recorded as not forwarded (docs/forwarding.md): the
+        station never hears of it, so an alert names it."""
+        selected = {
+            (series, label, value)
+            for rule in alert_rules()
+            for series, label, value in selected_values(rule["expr"])
+        }
+        for reason in ("no_station_account", "no_receiver"):
+            assert ("alarmrelay_decisions_total", "reason", reason) in selected, reason
+        assert ("alarmrelay_decisions_total", "forward", "false") in selected
+
     def test_an_alert_covers_stalled_signal_maintenance(self) -> None:
         """Partition changes put off or failing run after run (docs/operations.md, Data):
         partitions are not created ahead nor dropped past retention, and an alert says so."""
