@@ -21,6 +21,7 @@ from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_listener import AccountChangeListener
 from engine.api.app import create_app
+from engine.background_task import restart_on_failure
 from engine.crash_smash import CrashSmashStage, CrashSmashTimer
 from engine.database import open_database, run_maintenance
 from engine.dc09_listener import Dc09Handler, Dc09Server
@@ -201,7 +202,16 @@ class Engine:
                 self.ready.set()
                 tasks.append(asyncio.create_task(self._pool_metrics(pool), name="pool-metrics"))
                 tasks.append(
-                    asyncio.create_task(run_maintenance(pool, settings), name="signal-maintenance")
+                    asyncio.create_task(
+                        # An error it does not expect would end partition creation and retention
+                        # for good, silently: logged, counted and run again, as the other loops.
+                        restart_on_failure(
+                            "signal-maintenance",
+                            lambda: run_maintenance(pool, settings),
+                            pause_s=min(60.0, settings.retention.maintenance_interval_s),
+                        ),
+                        name="signal-maintenance",
+                    )
                 )
                 await self.stop.wait()
             finally:

@@ -6,11 +6,15 @@ import asyncio
 import itertools
 
 import asyncpg
+import msgspec
+import pytest
 from prometheus_client import REGISTRY
 
+from engine import database
 from engine.database import run_maintenance
 from engine.retention import purge_past_retention
-from engine.settings import load_settings
+from engine.settings import RetentionSettings, load_settings
+from tests.engine.test_ingest_e2e import running_engine, settings_for
 
 OLD_DAY = "2000-01-01 12:00+00"
 
@@ -171,3 +175,41 @@ async def test_a_failed_maintenance_run_is_counted(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await read_only.close()
+
+
+async def test_an_unforeseen_maintenance_error_restarts_the_loop(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error maintenance does not expect (not a database error) ended it for good, with the
+    engine up and nothing said: partitions stopped being created and retention stopped. It is
+    logged and counted (alarmrelay_background_task_failures_total{task="signal-maintenance"}),
+    and the loop runs again."""
+    calls = 0
+
+    async def purge(pool: asyncpg.Pool) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("test: a bug in the purge")
+        return 0
+
+    monkeypatch.setattr(database, "purge_past_retention", purge)
+
+    def failures() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "alarmrelay_background_task_failures_total", {"task": "signal-maintenance"}
+            )
+            or 0.0
+        )
+
+    before = failures()
+    settings = msgspec.structs.replace(
+        settings_for(database_url),
+        retention=RetentionSettings(maintenance_interval_s=0.05),
+    )
+    async with running_engine(settings):
+        async with asyncio.timeout(10):
+            while calls < 3:
+                await asyncio.sleep(0.02)
+    assert failures() == before + 1
