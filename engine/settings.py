@@ -36,7 +36,11 @@ TEN_YEARS_S = 315_576_000
 # far larger ones put dates outside what Python or PostgreSQL hold: every frame or batch failed.
 DurationSeconds = Annotated[int, msgspec.Meta(ge=0, le=TEN_YEARS_S)]
 WindowSeconds = DurationSeconds
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# Seconds (or a rate) as a finite positive number, at most a year: TOML and the environment
+# also read "inf", which made a sleep last for ever (maintenance never ran again, a timer with no
+# deadline never woke for a new one, MQTT never reconnected).
+ONE_YEAR_S = 31_557_600
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=ONE_YEAR_S)]
 # A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
 _ENTRY_CODE = r"^(cid:[0-9]{3}|sia:[A-Z]{2})$"
 EntryCode = Annotated[str, msgspec.Meta(pattern=_ENTRY_CODE)]
@@ -77,7 +81,7 @@ class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_field
     commit_batch_max: Positive = 256  # signals per group-commit transaction
     # Wait this long for more signals before committing a small batch. 0: an idle writer commits
     # at once (lowest latency); under load batches still form while the previous commit runs.
-    commit_window_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    commit_window_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 0.0
     # Concurrent group-commit writers (signals sharded by account, so per-account order holds).
     commit_writers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
     command_timeout_s: PositiveFloat = 10.0
@@ -125,7 +129,7 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # MQTT sessions of this engine in the shared group (client ids client_id, client_id-1, ...).
     connections: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
     # How long a module command that could not be published (start_voice_session) is retried.
-    command_retry_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    command_retry_s: Annotated[float, msgspec.Meta(ge=0, le=ONE_YEAR_S)] = 60.0
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

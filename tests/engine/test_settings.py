@@ -255,6 +255,27 @@ class TestEnvironment:
         assert str(limit) in message
         assert load_settings(None, {variable: str(limit)})
 
+    @pytest.mark.parametrize(
+        ("variable", "limit"),
+        [
+            ("ALARMRELAY_RETENTION__MAINTENANCE_INTERVAL_S", "31557600"),
+            ("ALARMRELAY_SUPERVISION__MAX_SLEEP_S", "31557600"),
+            ("ALARMRELAY_MQTT__RECONNECT_MAX_S", "31557600"),
+            ("ALARMRELAY_MQTT__COMMAND_RETRY_S", "31557600"),
+            ("ALARMRELAY_VIRTUAL__POLL_S", "31557600"),
+            ("ALARMRELAY_DATABASE__COMMIT_WINDOW_MS", "1000"),
+        ],
+    )
+    def test_an_endless_interval_is_refused(self, variable: str, limit: str) -> None:
+        """ "inf" (which TOML and the environment read as a number) made a sleep last for ever:
+        maintenance never ran again, a timer slept through new deadlines, no commit window
+        closed, MQTT reconnect delays grew without limit. Refused at load, naming the variable and its
+        limit."""
+        message = error_of(None, {variable: "inf"})
+        assert variable in message
+        assert limit in message
+        assert load_settings(None, {variable: limit})
+
     def test_a_pool_too_small_for_the_writers_is_refused(self, tmp_path: Path) -> None:
         """pool_max below commit_writers + 3 (the two LISTEN connections, the writers, one for
         delivery and timers): the engine used to wait for a connection for ever, silently."""
