@@ -278,6 +278,24 @@ class CrashSmashTimer(DeadlineTimer):
             )
             if not due:
                 return 0
+            # An entry committed between a customer's termination and the engines learning of it
+            # belongs to an account that no longer exists: closed, not raised.
+            gone = {
+                r["account"]
+                for r in await conn.fetch(
+                    "UPDATE pending_entries e SET state = 'closed', closed_reason = 'terminated', "
+                    "closed_at = $2 WHERE e.account = ANY($1::text[]) AND e.state = 'pending' "
+                    "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account) "
+                    "RETURNING e.account",
+                    sorted({r["account"] for r in due}),
+                    now,
+                )
+            }
+            if gone:
+                log.info("crash_smash_dropped_unknown_accounts", accounts=sorted(gone)[:20])
+                due = [r for r in due if r["account"] not in gone]
+                if not due:
+                    return 0
             signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
             stored = await insert_signals_returning(
                 conn, signals, duplicate_window_s=self._duplicate_window_s

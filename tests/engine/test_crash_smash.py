@@ -134,6 +134,19 @@ class TestTimer:
         assert decision is not None
         assert (decision["category"], decision["reason"]) == ("crash_smash", "forwarded")
 
+    async def test_an_entry_committed_after_a_termination_raises_nothing(
+        self, world: World
+    ) -> None:
+        """The customer is terminated (its account row deleted, its entries closed) while an
+        entry is on its way: the engine, not yet told, opens a timer again. When it falls due
+        the entry is closed as 'terminated', no Crash & Smash is raised for an account that no
+        longer exists."""
+        await world.pool.execute("DELETE FROM accounts WHERE account = '7777'")
+        await world.writer([entry()])
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 0
+        assert [(s, r) for _, s, r, _ in await world.entries()] == [("closed", "terminated")]
+        assert await world.alarms() == []
+
     async def test_the_fired_entry_names_its_alarm(self, world: World) -> None:
         """The account's state leads from the fired entry to the Crash & Smash alarm it raised."""
         await world.writer([entry()])
