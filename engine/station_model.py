@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Literal
 
 import msgspec
@@ -47,6 +49,13 @@ def receiver_problem(receiver: ReceiverConfig) -> str | None:
         return None
     if not receiver.host or receiver.port is None:
         return "an IP receiver needs host and port"
+    if not _is_host(receiver.host):
+        # A pasted space or a typo like "station..example.com" was stored and then failed every
+        # delivery to the receiver.
+        return (
+            f"host {receiver.host[:80]!r} is neither an IP address nor a host name (labels of "
+            "1-63 letters, digits, '-' or '_', separated by '.')"
+        )
     if not 1 <= receiver.port <= 65535:
         return "port must be 1-65535"
     if not 1 <= receiver.connections <= 64:
@@ -62,9 +71,27 @@ def receiver_problem(receiver: ReceiverConfig) -> str | None:
             AesKey.parse(receiver.key, receiver.key_format)
         except ValueError as exc:
             return f"key: {exc}"
-    if receiver.ack_timeout_s <= 0 or receiver.null_poll_interval_s <= 0:
-        return "ack_timeout_s and null_poll_interval_s must be positive"
+    if not 0 < receiver.ack_timeout_s <= 300:
+        # a receiver that never answered would never be failed over from
+        return "ack_timeout_s must be above 0 and at most 300 seconds"
+    if not 0 < receiver.null_poll_interval_s <= 86_400:
+        return "null_poll_interval_s must be above 0 and at most 86400 seconds (a day)"
     return None
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4/IPv6 address, or a DNS name the resolver can take."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
 
 
 PHONE_WARNING = (
