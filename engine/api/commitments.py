@@ -43,7 +43,7 @@ class Activation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """The module that turns a commitment into a customer (and optional late steps)."""
 
     system: SystemInfo
-    pathway: Pathway | None = None
+    pathway: Pathway | None = None  # replaces the stored pathway when given
     forwarding: ForwardingStep | None = None  # replaces the stored forwarding step when given
 
 
@@ -123,7 +123,8 @@ async def activate_commitment(
             "email"
         ]  # confirmed at creation
         document["system"] = msgspec.to_builtins(data.system)
-        document["pathway"] = data.pathway
+        if data.pathway is not None:  # else the commitment's choice (or the module's default)
+            document["pathway"] = data.pathway
         if data.forwarding is not None:
             document["forwarding"] = msgspec.to_builtins(data.forwarding)
         try:

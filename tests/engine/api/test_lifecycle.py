@@ -185,6 +185,34 @@ class TestCommitments:
         assert response.status_code == 422
         assert await api.pool.fetchval("SELECT status FROM customers") == "commitment"
 
+    async def test_activation_keeps_the_chosen_pathway(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The pathway chosen in the commitment is kept when the activation does not give one
+        (it became the module's default); one given at activation replaces it."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "", pathway="broadband")
+        del request["system"]
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={"system": {"serial": "DP00A1B2C3D4", "panel_type": "wireless-panel"}},
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["summary"]["pathway"] == "broadband"
+        assert activated.json()["customer"]["document"]["pathway"] == "broadband"
+        request["login"] = {"login_name": "second"}
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={
+                "system": {"serial": "DP00A1B2C3D5", "panel_type": "wireless-panel"},
+                "pathway": "cellular",
+            },
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["summary"]["pathway"] == "cellular"
+
     async def test_commitment_refuses_system(self, api: Api, admin: httpx.AsyncClient) -> None:
         """The module is given at activation, not in the commitment."""
         dealer = await _setup(api, admin)
