@@ -220,7 +220,8 @@ async def set_dialer_delay(
 
 @post("/customers/{customer_id:int}/terminate", summary="Terminate a customer", status_code=200)
 async def terminate(state: State, caller: Caller, customer_id: int, data: Termination) -> Customer:
-    """The module stops being accepted (DUH) and is no longer supervised; billing ends.
+    """The module stops being accepted (DUH) and is no longer supervised; billing ends; unused
+    welcome-letter set-up links stop working.
 
     The customer, its signal history and its audit trail stay readable. Deliveries already
     queued for the station are still delivered: an acknowledged alarm is never dropped. A
@@ -244,6 +245,12 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
             )
         await conn.execute(
             "UPDATE customer_modules SET until = now() WHERE customer_id = $1 AND until IS NULL",
+            customer_id,
+        )
+        # A welcome letter's unused set-up link would still open the portal for a former customer.
+        await conn.execute(
+            "UPDATE setup_tokens SET revoked_at = now() "
+            "WHERE customer_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
             customer_id,
         )
         ended: datetime | None = await conn.fetchval(

@@ -26,6 +26,7 @@ from engine.api.app_settings import ApiSettings, SmtpSettings
 from engine.api.auth import Caller, hash_key, require_write
 from engine.api.customer_model import Customer
 from engine.api.customer_store import fetch_customer
+from engine.api.problems import ProblemError
 
 log = structlog.get_logger("engine.api.welcome_letter")
 
@@ -146,6 +147,10 @@ async def _issue(
     expires = datetime.now(UTC) + timedelta(hours=settings.setup_link_ttl_h)
     async with state.pool.acquire() as conn, conn.transaction():
         customer: Customer = await fetch_customer(conn, caller, customer_id, for_update=True)
+        if customer.status == "terminated":
+            raise ProblemError(
+                409, "Conflict", "the customer is terminated: it gets no portal set-up link"
+            )
         if revoke_earlier:
             await conn.execute(_REVOKE_EARLIER, customer_id, token_hash)
         await conn.execute(

@@ -263,3 +263,22 @@ class TestWelcomeLetter:
         other = await api.dealer("Other")
         client = api.client(await api.key("dealer", other))
         assert (await client.post(f"/v1/customers/{customer}/welcome-letter")).status_code == 404
+
+    async def test_termination_ends_the_set_up_links(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A terminated customer's unused set-up link stops working, and no new letter (with a
+        new link to the portal) is issued for it: 409."""
+        customer = await _customer(api, admin)
+        assert (await admin.post(f"/v1/customers/{customer}/welcome-letter")).status_code == 200
+        terminated = await admin.post(f"/v1/customers/{customer}/terminate", json={"reason": "x"})
+        assert terminated.status_code == 200, terminated.text
+        valid = await api.pool.fetchval(
+            "SELECT count(*) FROM setup_tokens WHERE revoked_at IS NULL AND used_at IS NULL"
+        )
+        assert valid == 0
+        for path in ("welcome-letter", "welcome-letter/send"):
+            response = await admin.post(f"/v1/customers/{customer}/{path}")
+            assert response.status_code == 409, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+        assert await api.pool.fetchval("SELECT count(*) FROM setup_tokens") == 1
