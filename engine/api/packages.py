@@ -174,6 +174,22 @@ def check_selection(
     return errors
 
 
+# Live customers with this package (base or add-on) and two-way voice on whose package, as
+# stored now, no longer includes two-way voice.
+_VOICE_WITHOUT_PACKAGE = """
+SELECT count(*) FROM customers c JOIN accounts a ON a.account = c.account
+WHERE c.status = 'active' AND (a.forwarding->>'two_way_voice')::boolean
+  AND (c.document->'package'->>'base' = $1
+       OR coalesce(c.document->'package'->'addons', '[]'::jsonb) ? $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM service_packages p
+      WHERE 'two_way_voice' = ANY(p.includes)
+        AND (p.code = c.document->'package'->>'base'
+             OR p.code IN (SELECT jsonb_array_elements_text(
+                               coalesce(c.document->'package'->'addons', '[]'::jsonb)))))
+"""
+
+
 @post("/packages", summary="Create a service package or add-on")
 async def create_package(state: State, caller: Caller, data: PackageIn) -> Package:
     """Admin only."""
@@ -211,7 +227,8 @@ async def create_package(state: State, caller: Caller, data: PackageIn) -> Packa
 
 @put("/packages/{code:str}", summary="Replace a service package")
 async def update_package(state: State, caller: Caller, code: str, data: PackageIn) -> Package:
-    """Admin only; ``code`` in the body must match the path."""
+    """Admin only; ``code`` in the body must match the path. A package cannot lose
+    ``two_way_voice`` while a live account relying on it has two-way voice on."""
     require_admin(caller)
     _check_package(data)
     if data.code != code:
@@ -238,6 +255,20 @@ async def update_package(state: State, caller: Caller, code: str, data: PackageI
             data.description,
             data.active,
         )
+        if "two_way_voice" in before["includes"] and "two_way_voice" not in data.includes:
+            using = await conn.fetchval(_VOICE_WITHOUT_PACKAGE, code)
+            if using:
+                # PRODUCT.md: two-way voice needs a package that includes it; it stays included.
+                raise invalid(
+                    [
+                        FieldError(
+                            field="includes",
+                            rule="two_way_voice_in_use",
+                            message=f"{using} account(s) with this package use two-way voice: "
+                            "turn it off in their forwarding first",
+                        )
+                    ]
+                )
         package = _package(row)
         await audit.record(
             conn,

@@ -124,6 +124,29 @@ class TestForwarding:
         assert downgrade.status_code == 422
         assert ("package", "two_way_voice_in_use") in problem_rules(downgrade.json())
 
+    async def test_package_keeps_two_way_voice_while_an_account_uses_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """PUT of the package without two_way_voice is refused while a live account with it has
+        two-way voice on (it would keep its voice sessions on a package that no longer sells
+        them); once two-way voice is off there, the package can change."""
+        _, receiver, customer = await _customer(api, admin, package={"base": "res-voice"})
+        url = f"/v1/customers/{customer}/forwarding"
+        voice = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        assert (await admin.put(url, json=voice)).status_code == 200
+        [package] = [p for p in PACKAGES if p["code"] == "res-voice"]
+        without = {**package, "includes": []}
+        refused = await admin.put("/v1/packages/res-voice", json=without)
+        assert refused.status_code == 422, refused.text
+        assert ("includes", "two_way_voice_in_use") in problem_rules(refused.json())
+        stored = (await admin.get("/v1/packages/res-voice")).json()
+        assert stored["includes"] == ["two_way_voice"]
+        renamed = await admin.put("/v1/packages/res-voice", json={**package, "name": "Voice+"})
+        assert renamed.status_code == 200, renamed.text
+        assert (await admin.put(url, json={**voice, "two_way_voice": False})).status_code == 200
+        changed = await admin.put("/v1/packages/res-voice", json=without)
+        assert changed.status_code == 200, changed.text
+
     async def test_receiver_without_voice_named(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A receiver that does not support two-way voice is named as what is missing."""
         dealer, _, customer = await _customer(api, admin, package={"base": "res-voice"})
