@@ -43,6 +43,8 @@ from engine.api.customer_model import (
 )
 from engine.api.login_names import login_problem, suggest_login
 from engine.api.packages import (
+    SUPERVISION_6H_S,
+    SUPERVISION_DEFAULT_S,
     Package,
     Quote,
     check_selection,
@@ -75,8 +77,6 @@ BACKUP_WITHOUT_VOICE_WARNING = (
 )
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")
-_SUPERVISION_6H_S = 6 * 3600
-_SUPERVISION_DEFAULT_S = 86_400
 
 
 _VOICE_MISSING = {
@@ -88,7 +88,7 @@ _VOICE_MISSING = {
 
 def supervision_interval_for(package: Quote) -> int:
     """The module's supervision interval: 6 h with the 6-hour supervision add-on, else 24 h."""
-    return _SUPERVISION_6H_S if "supervision_6h" in package.includes else _SUPERVISION_DEFAULT_S
+    return SUPERVISION_6H_S if "supervision_6h" in package.includes else SUPERVISION_DEFAULT_S
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,9 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
     monthly_price_cents: int
 
 
+SUPERVISION_6H_S = 6 * 3600  # with a package or add-on that includes supervision_6h
+SUPERVISION_DEFAULT_S = 86_400
+
 _COLUMNS = "code, name, kind, account_types, commercial, monthly_price_cents, includes, description, active, created_at, updated_at"
 
 
@@ -174,6 +177,28 @@ def check_selection(
     return errors
 
 
+# The supervision interval of the live customers with this package (base or add-on) follows
+# their package as stored now; an interval of the account's own (not 6 h or 24 h) is kept.
+_SUPERVISION_FOLLOWS_PACKAGE = """
+UPDATE accounts a SET supervision_interval_s = f.interval, updated_at = now()
+FROM (
+    SELECT c.account,
+           CASE WHEN EXISTS (
+               SELECT 1 FROM service_packages p
+               WHERE 'supervision_6h' = ANY(p.includes)
+                 AND (p.code = c.document->'package'->>'base'
+                      OR p.code IN (SELECT jsonb_array_elements_text(
+                                        coalesce(c.document->'package'->'addons', '[]'::jsonb)))))
+                THEN $2::integer ELSE $3::integer END AS interval
+    FROM customers c
+    WHERE c.status = 'active' AND c.account IS NOT NULL
+      AND (c.document->'package'->>'base' = $1
+           OR coalesce(c.document->'package'->'addons', '[]'::jsonb) ? $1)
+) f
+WHERE a.account = f.account AND a.supervision_interval_s IN ($2, $3)
+  AND a.supervision_interval_s <> f.interval
+"""
+
 # Live customers with this package (base or add-on) and two-way voice on whose package, as
 # stored now, no longer includes two-way voice.
 _VOICE_WITHOUT_PACKAGE = """
@@ -228,7 +253,8 @@ async def create_package(state: State, caller: Caller, data: PackageIn) -> Packa
 @put("/packages/{code:str}", summary="Replace a service package")
 async def update_package(state: State, caller: Caller, code: str, data: PackageIn) -> Package:
     """Admin only; ``code`` in the body must match the path. A package cannot lose
-    ``two_way_voice`` while a live account relying on it has two-way voice on."""
+    ``two_way_voice`` while a live account relying on it has two-way voice on. When it gains or
+    loses ``supervision_6h``, its live customers' supervision interval follows (6 h or 24 h)."""
     require_admin(caller)
     _check_package(data)
     if data.code != code:
@@ -269,6 +295,12 @@ async def update_package(state: State, caller: Caller, code: str, data: PackageI
                         )
                     ]
                 )
+        if ("supervision_6h" in before["includes"]) != ("supervision_6h" in data.includes):
+            # Like PUT /customers/{id}/package: 6 h with supervision_6h, else 24 h (the pending
+            # deadlines move with the interval: 0352_supervision_interval.sql).
+            await conn.execute(
+                _SUPERVISION_FOLLOWS_PACKAGE, code, SUPERVISION_6H_S, SUPERVISION_DEFAULT_S
+            )
         package = _package(row)
         await audit.record(
             conn,

@@ -334,6 +334,37 @@ class TestPackage:
         assert (await admin.put(url, json={"base": "res-basic"})).status_code == 200
         assert await api.pool.fetchval(left) == 23
 
+    async def test_supervision_follows_a_changed_package(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A package that gains supervision_6h supervises its live customers' modules every 6 h
+        at once (and 24 h again when it loses it); an account's own interval (UL 200 s) stays."""
+        _, _, customer = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{customer}")).json()["account"]
+        other = await admin.post(
+            "/v1/customers",
+            json=security_request(
+                await api.dealer("Other"), imei("49015420323752"), login={"login_name": "ul200"}
+            ),
+        )
+        assert other.status_code == 201, other.text
+        ul = other.json()["customer"]["account"]
+        await api.pool.execute(
+            "UPDATE accounts SET supervision_interval_s = 200 WHERE account = $1", ul
+        )
+        interval = "SELECT supervision_interval_s FROM accounts WHERE account = $1"
+        [basic] = [p for p in PACKAGES if p["code"] == "res-basic"]
+        six = await admin.put(
+            "/v1/packages/res-basic", json={**basic, "includes": ["supervision_6h"]}
+        )
+        assert six.status_code == 200, six.text
+        assert await api.pool.fetchval(interval, account) == 6 * 3600
+        assert await api.pool.fetchval(interval, ul) == 200
+        back = await admin.put("/v1/packages/res-basic", json=basic)
+        assert back.status_code == 200, back.text
+        assert await api.pool.fetchval(interval, account) == 86_400
+        assert await api.pool.fetchval(interval, ul) == 200
+
     async def test_unknown_package_refused(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A package that does not exist is a 422 naming the field."""
         _, _, customer = await _customer(api, admin)
