@@ -115,7 +115,9 @@ async def activate_commitment(
             raise ProblemError(
                 409,
                 "Conflict",
-                "this commitment is already active",
+                "this commitment is already active"
+                if before.status == "active"
+                else "this commitment was terminated: create a new customer",
                 type_="urn:alarmrelay:problem:conflict",
             )
         document = document_of(before)

@@ -213,6 +213,33 @@ class TestCommitments:
         assert activated.status_code == 200, activated.text
         assert activated.json()["summary"]["pathway"] == "cellular"
 
+    async def test_terminated_commitment_not_activated(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A terminated commitment cannot be activated; the 409 says it was terminated (not
+        "already active"), and nothing is billed or created."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "")
+        del request["system"]
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        ended = await admin.post(f"/v1/customers/{commitment['id']}/terminate", json={})
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["billing_started_at"] is None
+        assert ended.json()["billing_ended_at"] is None
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={
+                "system": {
+                    "serial": imei("49015420323751"),
+                    "module_type": "lte",
+                    "panel_type": "wireless-panel",
+                }
+            },
+        )
+        assert activated.status_code == 409
+        assert "terminated" in activated.json()["detail"]
+        assert await api.pool.fetchval("SELECT count(*) FROM accounts") == 0
+
     async def test_commitment_refuses_system(self, api: Api, admin: httpx.AsyncClient) -> None:
         """The module is given at activation, not in the commitment."""
         dealer = await _setup(api, admin)
