@@ -96,7 +96,10 @@ async def list_audit(
         SELECT id, at, key_id, role, actor_dealer, dealer_id, action, resource, resource_id,
                before::text AS before, after::text AS after
         FROM audit_log
-        WHERE ($1::bigint[] IS NULL OR dealer_id = ANY($1) OR actor_dealer = ANY($1))
+        WHERE ($1::bigint[] IS NULL OR dealer_id = ANY($1) OR actor_dealer = ANY($1)
+               -- a customer of a dealer above, served by the caller's tree as its sub-dealer
+               OR (resource = 'customer' AND resource_id IN (
+                   SELECT id::text FROM customers WHERE sub_dealer_id = ANY($1))))
           AND ($2::text IS NULL OR resource = $2) AND ($3::text IS NULL OR resource_id = $3)
           AND ($4::bigint IS NULL OR id < $4)
         ORDER BY id DESC LIMIT $5

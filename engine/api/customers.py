@@ -108,13 +108,14 @@ async def list_customers(
     limit: int = Parameter(default=50, ge=1, le=500),
     cursor: int | None = Parameter(default=None, ge=0),
 ) -> Page[Customer]:
-    """The caller's customers (a dealer: its own and its sub-dealers'), in id order."""
+    """The caller's customers (a dealer: its own and its sub-dealers'), in id order.
+    ``dealer_id``: that dealer's customers, also those it serves as their sub-dealer."""
     visible = await visible_dealers(state.pool, caller)
     limit = clamp_limit(limit)
     rows = await state.pool.fetch(
         CUSTOMER_SELECT
         + """ WHERE ($1::bigint[] IS NULL OR c.dealer_id = ANY($1) OR c.sub_dealer_id = ANY($1))
-              AND ($2::text IS NULL OR c.status = $2) AND ($3::bigint IS NULL OR c.dealer_id = $3)
+              AND ($2::text IS NULL OR c.status = $2) AND ($3::bigint IS NULL OR c.dealer_id = $3 OR c.sub_dealer_id = $3)
               AND c.id > $4 ORDER BY c.id LIMIT $5""",
         visible,
         status,

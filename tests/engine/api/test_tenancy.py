@@ -155,3 +155,29 @@ class TestCustomerRoutes:
             assert (await client.get(f"/v1/customers/{customer}")).status_code == status
             signals = await client.get(f"/v1/customers/{customer}/signals")
             assert signals.status_code == status
+
+    async def test_sub_dealer_customer_listed_and_audited_for_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A customer of sub-dealer North (dealer Acme) is listed under ``dealer_id=North`` (as
+        North's own key lists it), and North sees its audit trail; South sees neither."""
+        await create_packages(admin)
+        acme = await api.dealer("Acme")
+        north = await api.dealer("North", acme)
+        south = await api.dealer("South", acme)
+        acme_client = api.client(await api.key("dealer", acme))
+        request = security_request(acme, imei("49015420323751"))
+        request["dealer"]["sub_dealer_id"] = north
+        created = await acme_client.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]["id"]
+        for client, dealer_id in ((acme_client, north), (admin, north)):
+            listed = await client.get("/v1/customers", params={"dealer_id": dealer_id})
+            assert [c["id"] for c in listed.json()["items"]] == [customer]
+        listed = await acme_client.get("/v1/customers", params={"dealer_id": south})
+        assert listed.json()["items"] == []
+        trail = {"resource": "customer", "resource_id": str(customer)}
+        for dealer, entries in ((north, ["create"]), (south, [])):
+            client = api.client(await api.key("dealer", dealer))
+            audit = (await client.get("/v1/audit", params=trail)).json()["items"]
+            assert [e["action"] for e in audit] == entries
