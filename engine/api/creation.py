@@ -502,7 +502,7 @@ async def check_package(
             FieldError(field="package.base", rule="required", message="choose a service package")
         )
         return step, None, {}
-    packages = await load_packages(conn, [base, *addons])
+    packages = await load_packages(conn, [base, *addons], for_share=True)
     problems = check_selection(base, addons, packages, account_type)
     errors.extend(problems)
     selected = msgspec.structs.replace(step, base=base, addons=addons)

@@ -64,7 +64,7 @@ async def _current_package(conn: asyncpg.Connection, doc: dict[str, Any]) -> Quo
     step = msgspec.convert(doc.get("package") or {}, PackageStep)
     if step.base is None:
         return None
-    packages = await load_packages(conn, [step.base, *step.addons])
+    packages = await load_packages(conn, [step.base, *step.addons], for_share=True)
     if step.base not in packages or any(a not in packages for a in step.addons):
         return None
     return quote(packages[step.base], [packages[a] for a in step.addons])

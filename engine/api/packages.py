@@ -105,11 +105,15 @@ def _check_package(data: PackageIn) -> None:
 
 
 async def load_packages(
-    conn: asyncpg.Connection | asyncpg.Pool, codes: Sequence[str]
+    conn: asyncpg.Connection | asyncpg.Pool, codes: Sequence[str], *, for_share: bool = False
 ) -> dict[str, Package]:
-    """The packages with these codes (missing ones are simply absent)."""
+    """The packages with these codes (missing ones are simply absent). ``for_share``: locked
+    until the transaction ends, so a concurrent PUT /packages waits and then sees what this one
+    wrote (two-way voice eligibility rests on the package's features)."""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM service_packages WHERE code = ANY($1)", list(codes)
+        f"SELECT {_COLUMNS} FROM service_packages WHERE code = ANY($1)"
+        + (" FOR SHARE" if for_share else ""),
+        list(codes),
     )
     return {r["code"]: _package(r) for r in rows}
 

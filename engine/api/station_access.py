@@ -18,7 +18,9 @@ _RECEIVER_COLUMNS = ", ".join("r." + c.strip() for c in RECEIVER_COLUMNS.split("
 async def usable_receivers(
     conn: asyncpg.Connection | asyncpg.Pool, dealer_id: int
 ) -> dict[str, ReceiverConfig]:
-    """Receivers (by name) of the stations the dealer may use."""
+    """Receivers (by name) of the stations the dealer may use, locked until the transaction
+    ends: a concurrent PUT of a receiver waits, then sees the accounts this one set up (two-way
+    voice rests on the receiver supporting it)."""
     dealers = await dealer_ancestors(conn, dealer_id)
     rows = await conn.fetch(
         f"""
@@ -26,6 +28,7 @@ async def usable_receivers(
         LEFT JOIN dealer_stations ds ON ds.station = s.name
         WHERE s.own OR ds.dealer_id = ANY($1)
         ORDER BY r.name
+        FOR SHARE OF r
         """,  # noqa: S608 - a module constant
         dealers,
     )

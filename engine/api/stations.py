@@ -297,6 +297,9 @@ async def put_receiver(
     if errors:
         raise invalid(errors)
     async with state.pool.acquire() as conn, conn.transaction():
+        # Locked first: a forwarding change choosing this receiver (usable_receivers, FOR SHARE)
+        # either commits before the check below sees it, or waits for this change.
+        await conn.execute("SELECT 1 FROM receivers WHERE name = $1 FOR UPDATE", receiver)
         before = await _visible_station(conn, caller, name, change=True)
         ours = any(r.name == receiver for r in before.receivers)  # else: new, or 409 below
         if ours and (not data.two_way_voice or data.kind == "phone"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,76 @@ class TestTwoWayVoiceStaysEligible:
         assert status != 0
         assert f"{receiver}: {account.account}" in err
         assert await api.pool.fetchval("SELECT two_way_voice FROM receivers") is True
+
+
+async def _while_forwarding_waits(
+    api: Api,
+    admin: httpx.AsyncClient,
+    customer: int,
+    voice: dict[str, Any],
+    other: Awaitable[httpx.Response],
+) -> tuple[httpx.Response, httpx.Response]:
+    """Turn two-way voice on for ``customer`` and, while that request waits to write the engine's
+    account row (held here), run ``other``; both answers, the forwarding first."""
+    account = (await admin.get(f"/v1/customers/{customer}")).json()["account"]
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    async with api.pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE", account)
+        forwarding = asyncio.ensure_future(
+            admin.put(f"/v1/customers/{customer}/forwarding", json=voice)
+        )
+        for _ in range(200):
+            if await api.pool.fetchval(waiting) >= 1:
+                break
+            await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(other)
+        await asyncio.sleep(0.5)  # the second request runs as far as it can meanwhile
+        await transaction.rollback()
+    return await forwarding, await second
+
+
+class TestConcurrentTwoWayVoice:
+    async def test_package_losing_voice_while_it_is_turned_on(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A package edited without two_way_voice while an account's two-way voice is being
+        turned on: one of the two is refused, never both written."""
+        _, receiver, customer = await _customer(api, admin, package={"base": "res-voice"})
+        voice = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        [package] = [p for p in PACKAGES if p["code"] == "res-voice"]
+        on, edit = await _while_forwarding_waits(
+            api,
+            admin,
+            customer,
+            voice,
+            admin.put("/v1/packages/res-voice", json={**package, "includes": []}),
+        )
+        assert on.status_code == 200, on.text
+        assert edit.status_code == 422, edit.text
+        assert ("includes", "two_way_voice_in_use") in problem_rules(edit.json())
+
+    async def test_receiver_losing_voice_while_it_is_turned_on(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The same with the receiver: PUT without two_way_voice while an account turns it on."""
+        _, receiver, customer = await _customer(api, admin, package={"base": "res-voice"})
+        voice = {"mode": "always", "primary_receiver": receiver, "station_account": "1234", "two_way_voice": True}  # fmt: skip
+        body = {"name": receiver, "host": "127.0.0.1", "port": 9999, "receiver_number": "1", "line_prefix": "1", "two_way_voice": False}  # fmt: skip
+        on, edit = await _while_forwarding_waits(
+            api,
+            admin,
+            customer,
+            voice,
+            admin.put(f"/v1/stations/Central/receivers/{receiver}", json=body),
+        )
+        assert on.status_code == 200, on.text
+        assert edit.status_code == 422, edit.text
+        assert ("two_way_voice", "two_way_voice_in_use") in problem_rules(edit.json())
 
 
 class TestPackage:
