@@ -35,7 +35,7 @@ from engine.api.customer_model import (
 )
 from engine.api.customer_store import document_of, fetch_customer, insert_account, insert_customer
 from engine.api.problems import FieldError, ProblemError, conflict, invalid, not_found
-from engine.api.serials import Pathway
+from engine.api.serials import MODULE_TYPES, Pathway, detect_module_type, normalize_serial
 from engine.api.tenancy import visible_dealers
 
 
@@ -54,6 +54,11 @@ class ModuleSwap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     module_type: str | None = None  # detected from the serial format when absent
     key: str | None = None  # a new DC-09 AES key (None: keep the current one)
     key_format: Literal["hex", "ascii"] = "hex"
+    # The panel, when it changes too (default: detected for a panel with the module built in,
+    # else the current one).
+    panel_type: str | None = None
+    # Default: the current pathway when the new module supports it, else the module's default.
+    pathway: Pathway | None = None
 
 
 class ModuleRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +191,10 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
                 ]
             )
         errors: list[FieldError] = []
+        current_panel = (before.document.get("system") or {}).get("panel_type")
+        built_in = MODULE_TYPES.get(data.module_type or "") or (
+            detect_module_type(normalize_serial(data.serial)) if data.module_type is None else None
+        )
         system, module = await check_system(
             conn,
             SystemInfo(
@@ -194,7 +203,10 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
                 key=data.key,
                 key_format=data.key_format,
                 dc09_account=before.account,
-                panel_type=(before.document.get("system") or {}).get("panel_type"),
+                # A module built into its panel brings the panel (a touchscreen replacing a
+                # wireless panel and its communicator): the current one is not a mismatch.
+                panel_type=data.panel_type
+                or (None if built_in is not None and built_in.panel_type else current_panel),
             ),
             before.account_type,
             before.virtual,
@@ -218,6 +230,19 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
                     "two-way-voice capable: turn it off in forwarding first",
                 )
             )
+        pathway = data.pathway
+        if module is not None:
+            if pathway is None:
+                current = before.document.get("pathway")
+                pathway = current if current in module.pathways else module.default_pathway
+            elif pathway not in module.pathways:
+                errors.append(
+                    FieldError(
+                        field="pathway",
+                        rule="module_pathway",
+                        message=f"{module.name} supports {', '.join(module.pathways)}",
+                    )
+                )
         if errors:
             raise invalid(errors)
         assert system.serial is not None
@@ -254,7 +279,9 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
             **(document.get("system") or {}),
             "serial": system.serial,
             "module_type": module.code,
+            "panel_type": system.panel_type,
         }
+        document["pathway"] = pathway
         await conn.execute(
             "UPDATE customers SET module_serial = $2, document = $3::jsonb, updated_at = now() WHERE id = $1",
             customer_id,
@@ -268,8 +295,17 @@ async def swap_module(state: State, caller: Caller, customer_id: int, data: Modu
             resource="customer",
             resource_id=customer_id,
             dealer_id=before.dealer_id,
-            before={"module_serial": before.module_serial},
-            after={"module_serial": system.serial, "module_type": module.code},
+            before={
+                "module_serial": before.module_serial,
+                "panel_type": current_panel,
+                "pathway": before.document.get("pathway"),
+            },
+            after={
+                "module_serial": system.serial,
+                "module_type": module.code,
+                "panel_type": system.panel_type,
+                "pathway": pathway,
+            },
         )
         return await fetch_customer(conn, caller, customer_id)
 

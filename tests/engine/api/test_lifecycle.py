@@ -295,6 +295,57 @@ class TestModuleSwap:
         assert response.status_code == 422
         assert ("system.serial", "unique") in problem_rules(response.json())
 
+    async def test_swap_to_a_panel_with_the_module_built_in(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A touchscreen panel (module built in) replacing a wireless panel and its LTE module:
+        the panel type follows the new module (it was refused as a mismatch with the old panel,
+        a field the swap could not change); a panel type can also be given."""
+        dealer = await _setup(api, admin)
+        created = (
+            await admin.post("/v1/customers", json=security_request(dealer, imei("49015420323751")))
+        ).json()["customer"]
+        swapped = await admin.post(
+            f"/v1/customers/{created['id']}/module-swap", json={"serial": "TS0123456789"}
+        )
+        assert swapped.status_code == 200, swapped.text
+        system = swapped.json()["document"]["system"]
+        assert (system["module_type"], system["panel_type"]) == ("touchscreen", "touchscreen-panel")
+        back = await admin.post(
+            f"/v1/customers/{created['id']}/module-swap",
+            json={
+                "serial": imei("35693803564381"),
+                "module_type": "lte-voice",
+                "panel_type": "hybrid-wired-panel",
+            },
+        )
+        assert back.status_code == 200, back.text
+        assert back.json()["document"]["system"]["panel_type"] == "hybrid-wired-panel"
+
+    async def test_swap_keeps_the_pathway_only_when_the_module_has_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A dual-path module on broadband swapped for a cellular-only LTE module: the pathway
+        becomes cellular (it stayed broadband); a pathway the new module lacks is refused."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "DP00A1B2C3D4", pathway="broadband")
+        request["system"]["module_type"] = "dual-path"
+        created = await admin.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        url = f"/v1/customers/{created.json()['customer']['id']}/module-swap"
+        lte = {"serial": imei("35693803564381"), "module_type": "lte"}
+        refused = await admin.post(url, json={**lte, "pathway": "broadband"})
+        assert refused.status_code == 422
+        assert ("pathway", "module_pathway") in problem_rules(refused.json())
+        swapped = await admin.post(url, json=lte)
+        assert swapped.status_code == 200, swapped.text
+        assert swapped.json()["document"]["pathway"] == "cellular"
+        kept = await admin.post(url, json={"serial": "DP00A1B2C3D5", "pathway": "broadband"})
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["document"]["pathway"] == "broadband"
+        again = await admin.post(url, json={"serial": "DP00A1B2C3D6"})
+        assert again.json()["document"]["pathway"] == "broadband"
+
 
 class TestVirtual:
     async def test_virtual_customer_gets_simulated_module(
