@@ -58,11 +58,12 @@ async def _progress(conn: asyncpg.Connection, caller: Caller, row: asyncpg.Recor
         errors, warnings = exc.errors, exc.warnings
     failing = {e.field.split(".", 1)[0].split("[", 1)[0] for e in errors}
     complete = [s for s in STEP_ORDER if s in document and s not in failing]
+    # Nothing failing: ready to submit (a virtual customer's draft has no system step).
     remaining = [
         s
         for s in STEP_ORDER
         if s in failing
-        or (s not in document and s in {"account_type", "customer", "system", "package"})
+        or (errors and s not in document and s in {"account_type", "customer", "system", "package"})
     ]
     return Draft(
         id=row["id"],

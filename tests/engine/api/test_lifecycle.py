@@ -50,6 +50,20 @@ class TestDrafts:
         assert (await client.get(f"/v1/drafts/{draft['id']}")).status_code == 404
         assert await AccountStore(api.pool).get(full["system"]["serial"]) is not None
 
+    async def test_virtual_draft_ready_without_system(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A virtual customer's draft needs no system step: with nothing failing its next_step
+        is null (ready), as its submit shows (it answered "system")."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "", virtual=True)
+        del request["system"]
+        draft = await admin.post("/v1/drafts", json={"document": request})
+        assert draft.status_code == 201, draft.text
+        assert (draft.json()["errors"], draft.json()["next_step"]) == ([], None)
+        submitted = await admin.post(f"/v1/drafts/{draft.json()['id']}/submit")
+        assert submitted.status_code == 201, submitted.text
+
     async def test_aes_key_never_answered(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A draft's AES key is kept for the submit but no answer shows it, not even to a read-only
         key: ``system.key_set`` says one is stored, and the system step sent back as answered (with
