@@ -48,6 +48,7 @@ from engine.api.packages import (
     Package,
     Quote,
     check_selection,
+    enterprise_eligible,
     load_packages,
     offered_templates,
     quote,
@@ -718,7 +719,7 @@ async def plan_creation(
                     message=f"{module.name} supports {', '.join(module.pathways)}",
                 )
             )
-    package_step, package_quote, _ = await check_package(
+    package_step, package_quote, packages = await check_package(
         conn, steps.get("package", PackageStep()), account_type, dealer_id, errors
     )
     forwarding = await check_forwarding(
@@ -739,10 +740,9 @@ async def plan_creation(
             errors.append(
                 FieldError(field="enterprise_group", rule="length", message="1-100 characters")
             )
-        if (
-            package_quote is None
-            or not package_quote.commercial
-            or "enterprise" not in package_quote.includes
+        if package_quote is None or not enterprise_eligible(
+            packages.get(package_step.base or ""),
+            [packages[a] for a in package_step.addons if a in packages],
         ):
             errors.append(
                 FieldError(

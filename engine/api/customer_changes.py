@@ -20,7 +20,7 @@ from engine.api.auth import Caller, require_write
 from engine.api.creation import check_forwarding, check_package, supervision_interval_for
 from engine.api.customer_model import Customer, ForwardingStep, PackageStep
 from engine.api.customer_store import document_of, fetch_customer
-from engine.api.packages import Quote, load_packages, quote
+from engine.api.packages import Quote, enterprise_eligible, load_packages, quote
 from engine.api.problems import FieldError, ProblemError, invalid
 from engine.api.serials import MODULE_TYPES, ModuleType
 
@@ -135,7 +135,8 @@ async def set_package(
 ) -> Customer:
     """Step 6 again: the supervision interval follows the package (6 h with ``supervision_6h``).
 
-    A package without two-way voice is refused while the account's forwarding has it on.
+    A package without two-way voice is refused while the account's forwarding has it on, and
+    one that does not allow an enterprise group while the customer has one.
     """
     require_write(caller)
     async with state.pool.acquire() as conn, conn.transaction():
@@ -143,9 +144,25 @@ async def set_package(
         account = _live(before)
         doc = document_of(before)
         errors: list[FieldError] = []
-        selected, package, _ = await check_package(
+        selected, package, packages = await check_package(
             conn, data, before.account_type, before.dealer_id, errors
         )
+        if (
+            package is not None
+            and before.enterprise_group is not None
+            and not enterprise_eligible(
+                packages.get(selected.base or ""),
+                [packages[a] for a in selected.addons if a in packages],
+            )
+        ):
+            errors.append(
+                FieldError(
+                    field="package",
+                    rule="enterprise_group_in_use",
+                    message="the customer is in an enterprise group, which needs a commercial "
+                    "package and the enterprise add-on: clear the group first",
+                )
+            )
         voice_on = bool((doc.get("forwarding") or {}).get("two_way_voice"))
         if package is not None and voice_on and "two_way_voice" not in package.includes:
             errors.append(

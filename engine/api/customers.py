@@ -35,7 +35,7 @@ from engine.api.customer_store import (
     fetch_customer,
     insert_customer,
 )
-from engine.api.packages import load_packages
+from engine.api.packages import enterprise_eligible, load_packages
 from engine.api.pagination import Page, clamp_limit
 from engine.api.problems import FieldError, ProblemError, invalid
 from engine.api.tenancy import visible_dealers
@@ -215,9 +215,7 @@ async def set_enterprise_group(
             codes = [package.get("base"), *(package.get("addons") or [])]
             packages = await load_packages(conn, [c for c in codes if c])
             base = packages.get(package.get("base") or "")
-            has_addon = any(
-                "enterprise" in p.includes for p in packages.values() if p.kind == "addon"
-            )
+            addons = [packages[a] for a in package.get("addons") or [] if a in packages]
             if not data.enterprise_group.strip() or len(data.enterprise_group) > 100:
                 raise invalid(
                     [
@@ -226,7 +224,7 @@ async def set_enterprise_group(
                         )
                     ]
                 )
-            if base is None or not base.commercial or not has_addon:
+            if not enterprise_eligible(base, addons):
                 raise invalid(
                     [
                         FieldError(

@@ -134,6 +134,15 @@ def quote(base: Package, addons: Sequence[Package]) -> Quote:
     )
 
 
+def enterprise_eligible(base: Package | None, addons: Sequence[Package]) -> bool:
+    """An enterprise group needs a commercial base package and an add-on including enterprise."""
+    return (
+        base is not None
+        and base.commercial
+        and any(a.kind == "addon" and "enterprise" in a.includes for a in addons)
+    )
+
+
 def check_selection(
     base_code: str | None,
     addon_codes: Sequence[str],

@@ -490,6 +490,49 @@ class TestEnterpriseGroupOfLiveCustomer:
         ]
         assert groups == [("HQ", None), (None, "HQ")]
 
+    async def test_package_change_keeps_the_group_eligible(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A customer with an enterprise group cannot drop the enterprise add-on (or the
+        commercial base) it pays for the group with: 422 until the group is cleared."""
+        acme = await _dealer(api, admin)
+        created = await admin.post(
+            "/v1/customers",
+            json=security_request(
+                acme,
+                SERIAL,
+                package={"base": "biz", "addons": ["enterprise"]},
+                enterprise_group="HQ",
+            ),
+        )
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]["id"]
+        package = f"/v1/customers/{customer}/package"
+        for body in ({"base": "biz"}, {"base": "res-basic", "addons": ["enterprise"]}):
+            refused = await admin.put(package, json=body)
+            assert refused.status_code == 422, refused.text
+            assert ("package", "enterprise_group_in_use") in problem_rules(refused.json())
+        stored = (await admin.get(f"/v1/customers/{customer}")).json()
+        assert stored["document"]["package"]["addons"] == ["enterprise"]
+        cleared = await admin.put(
+            f"/v1/customers/{customer}/enterprise-group", json={"enterprise_group": None}
+        )
+        assert cleared.status_code == 200, cleared.text
+        assert (await admin.put(package, json={"base": "biz"})).status_code == 200
+
+    async def test_enterprise_from_the_base_is_not_the_add_on(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Creation asks for the enterprise add-on like PUT enterprise-group does: a commercial
+        base that itself includes enterprise was taken at creation, then refused by the PUT."""
+        acme = await _dealer(api, admin)
+        base = {"code": "biz-ent", "name": "Business Enterprise", "kind": "base", "account_types": ["security_system"], "commercial": True, "includes": ["enterprise"]}  # fmt: skip
+        assert (await admin.post("/v1/packages", json=base)).status_code == 201
+        request = security_request(acme, SERIAL, package={"base": "biz-ent"}, enterprise_group="HQ")
+        refused = await admin.post("/v1/customers", json=request)
+        assert refused.status_code == 422, refused.text
+        assert ("enterprise_group", "enterprise_eligible") in problem_rules(refused.json())
+
 
 class TestStationWarnings:
     async def test_station_without_receivers_and_phone_receiver(
