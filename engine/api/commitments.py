@@ -135,7 +135,10 @@ async def activate_commitment(
         if data.forwarding is not None:
             document["forwarding"] = msgspec.to_builtins(data.forwarding)
         try:
-            plan = await plan_creation(conn, caller, document, exclude_customer=customer_id)
+            # The caller sees this commitment (its dealer's, or as the sub-dealer installing it).
+            plan = await plan_creation(
+                conn, caller, document, exclude_customer=customer_id, dealer_checked=True
+            )
         except Invalid as exc:
             raise invalid(exc.errors, warnings=exc.warnings) from None
         account = plan.account

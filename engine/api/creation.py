@@ -277,7 +277,12 @@ def _operations(ops: Operations, today: date, errors: list[FieldError]) -> Opera
 
 
 async def _dealer(
-    conn: asyncpg.Connection, caller: Caller, step: DealerStep, errors: list[FieldError]
+    conn: asyncpg.Connection,
+    caller: Caller,
+    step: DealerStep,
+    errors: list[FieldError],
+    *,
+    check_visible: bool = True,
 ) -> DealerStep | None:
     dealer_id = step.dealer_id if step.dealer_id is not None else caller.dealer_id
     if dealer_id is None:
@@ -285,7 +290,7 @@ async def _dealer(
             FieldError(field="dealer.dealer_id", rule="required", message="choose the dealer")
         )
         return None
-    visible = await visible_dealers(conn, caller)
+    visible = await visible_dealers(conn, caller) if check_visible else None
     exists = await conn.fetchval("SELECT true FROM dealers WHERE id = $1", dealer_id)
     if not exists or (visible is not None and dealer_id not in visible):
         errors.append(
@@ -672,15 +677,22 @@ async def plan_creation(
     commitment: bool = False,
     exclude_customer: int | None = None,
     today: date | None = None,
+    dealer_checked: bool = False,
 ) -> Plan:
-    """Validate a creation document; the Plan, or :class:`Invalid` with every field error."""
+    """Validate a creation document; the Plan, or :class:`Invalid` with every field error.
+
+    ``dealer_checked``: the caller may act for the document's dealer already (a commitment it
+    sees, possibly as the sub-dealer serving it): the dealer step is not checked against the
+    caller's own dealers again."""
     errors: list[FieldError] = []
     warnings: list[str] = []
     today = today or datetime.now(UTC).date()
     steps = _decode_steps(document, errors, required=REQUIRED_STEPS)
     account_type: str | None = steps.get("account_type")
     virtual = bool(steps.get("virtual", False))
-    dealer = await _dealer(conn, caller, steps.get("dealer", DealerStep()), errors)
+    dealer = await _dealer(
+        conn, caller, steps.get("dealer", DealerStep()), errors, check_visible=not dealer_checked
+    )
     dealer_id = dealer.dealer_id if dealer else None
     info = check_customer(steps["customer"], errors) if "customer" in steps else None
     ops = _operations(steps.get("operations", Operations()), today, errors)

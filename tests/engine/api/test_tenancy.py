@@ -181,3 +181,33 @@ class TestCustomerRoutes:
             client = api.client(await api.key("dealer", dealer))
             audit = (await client.get("/v1/audit", params=trail)).json()["items"]
             assert [e["action"] for e in audit] == entries
+
+    async def test_sub_dealer_activates_the_commitment_it_serves(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Acme's commitment assigned to sub-dealer North is activated by North's installer (it
+        was refused on dealer.dealer_id, a field not in the activation, though North sees the
+        commitment); the customer stays Acme's. South still gets 404."""
+        await create_packages(admin)
+        acme = await api.dealer("Acme")
+        north = await api.dealer("North", acme)
+        south = await api.dealer("South", acme)
+        request = security_request(acme, "")
+        del request["system"]
+        request["dealer"]["sub_dealer_id"] = north
+        created = await api.client(await api.key("dealer", acme)).post(
+            "/v1/commitments", json=request
+        )
+        assert created.status_code == 201, created.text
+        url = f"/v1/commitments/{created.json()['customer']['commitment_id']}/activate"
+        activation = {"system": {"serial": imei("49015420323751"), "module_type": "lte", "panel_type": "wireless-panel"}}  # fmt: skip
+        outsider = api.client(await api.key("dealer", south))
+        assert (await outsider.post(url, json=activation)).status_code == 404
+        activated = await api.client(await api.key("dealer", north)).post(url, json=activation)
+        assert activated.status_code == 200, activated.text
+        customer = activated.json()["customer"]
+        assert (customer["status"], customer["dealer_id"], customer["sub_dealer_id"]) == (
+            "active",
+            acme,
+            north,
+        )
