@@ -14,7 +14,7 @@ account number. The old module is kept in the customer's module history.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -24,7 +24,7 @@ from litestar.datastructures import State
 
 from engine.api import audit
 from engine.api.auth import Caller, require_write
-from engine.api.creation import Invalid, check_system, plan_creation
+from engine.api.creation import Invalid, add_months, check_system, plan_creation
 from engine.api.creation_body import report_decode_errors
 from engine.api.customer_model import (
     Customer,
@@ -129,6 +129,13 @@ async def activate_commitment(
         document["customer"]["email_confirm"] = document["customer"][
             "email"
         ]  # confirmed at creation
+        operations = document.get("operations") or {}
+        length = operations.get("contract_length_months")
+        derived = add_months(before.created_at.astimezone(UTC).date(), length) if length else None
+        if derived is not None and operations.get("contract_end_date") == derived.isoformat():
+            # The end date was derived from the length when the commitment was stored: the
+            # contract runs from the activation (billing starts now), derived again from today.
+            operations["contract_end_date"] = None
         document["system"] = msgspec.to_builtins(data.system)
         if data.pathway is not None:  # else the commitment's choice (or the module's default)
             document["pathway"] = data.pathway

@@ -152,7 +152,8 @@ def decode_errors(document: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
-def _add_months(start: date, months: int) -> date:
+def add_months(start: date, months: int) -> date:
+    """The same day ``months`` later (the month's last day when it has no such day)."""
     month = start.month - 1 + months
     year, month = start.year + month // 12, month % 12 + 1
     return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
@@ -256,7 +257,7 @@ def _operations(ops: Operations, today: date, errors: list[FieldError]) -> Opera
                 )
             )
         elif end is None:
-            end = _add_months(today, ops.contract_length_months)
+            end = add_months(today, ops.contract_length_months)
     if end is not None and end <= today:
         errors.append(
             FieldError(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 
+from engine.api.creation import add_months
 from engine.store.accounts import AccountStore
 from tests.engine.api.catalog_setup import create_packages, imei, security_request
 from tests.engine.api.conftest import Api, problem_rules
@@ -226,6 +228,55 @@ class TestCommitments:
         )
         assert activated.status_code == 200, activated.text
         assert activated.json()["summary"]["pathway"] == "cellular"
+
+    async def test_contract_runs_from_the_activation(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A commitment stored with a 1-month contract and activated five weeks later: the end
+        date is derived from the length again at activation (it stayed the commitment's,
+        already past, and the activation was refused on operations.contract_end_date, a field
+        it cannot change); an end date given explicitly is kept."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "")
+        del request["system"]
+        request["operations"] = {"contract_length_months": 1}
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        five_weeks_ago = datetime.now(UTC) - timedelta(weeks=5)
+        await api.pool.execute(
+            "UPDATE customers SET created_at = $2, document = jsonb_set(document, "
+            "'{operations,contract_end_date}', to_jsonb($3::text)) WHERE id = $1",
+            commitment["id"],
+            five_weeks_ago,
+            add_months(five_weeks_ago.date(), 1).isoformat(),  # as derived back then: past now
+        )
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={
+                "system": {
+                    "serial": imei("49015420323751"),
+                    "module_type": "lte",
+                    "panel_type": "wireless-panel",
+                }
+            },
+        )
+        assert activated.status_code == 200, activated.text
+        end = date.fromisoformat(activated.json()["summary"]["contract_end_date"])
+        assert end > datetime.now(UTC).date() + timedelta(days=27)
+        request["operations"] = {"contract_length_months": 1, "contract_end_date": "2099-01-31"}
+        request["login"] = {"login_name": "explicit"}
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={
+                "system": {
+                    "serial": imei("49015420323752"),
+                    "module_type": "lte",
+                    "panel_type": "wireless-panel",
+                }
+            },
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["summary"]["contract_end_date"] == "2099-01-31"
 
     async def test_terminated_commitment_not_activated(
         self, api: Api, admin: httpx.AsyncClient
