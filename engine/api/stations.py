@@ -341,11 +341,14 @@ async def station_status(state: State, caller: Caller, name: str) -> StationStat
     rows = await state.pool.fetch(
         """
         SELECT r.name AS receiver,
-               count(d.id) FILTER (WHERE d.state = 'pending') AS pending,
-               min(d.committed_at) FILTER (WHERE d.state = 'pending') AS oldest_pending_at,
-               count(d.id) FILTER (WHERE d.state = 'dead') AS dead,
-               count(d.id) FILTER (WHERE d.state = 'delivered' AND d.acked_at > now() - interval '1 hour') AS delivered_last_hour
-        FROM receivers r LEFT JOIN deliveries d ON d.primary_receiver = r.name
+               count(d.id) FILTER (WHERE d.state = 'pending' AND d.primary_receiver = r.name) AS pending,
+               min(d.committed_at) FILTER (WHERE d.state = 'pending' AND d.primary_receiver = r.name) AS oldest_pending_at,
+               count(d.id) FILTER (WHERE d.state = 'dead' AND d.primary_receiver = r.name) AS dead,
+               -- by the receiver that acknowledged: a backup delivering after a failover counts
+               count(d.id) FILTER (WHERE d.state = 'delivered' AND d.receiver_used = r.name
+                                     AND d.acked_at > now() - interval '1 hour') AS delivered_last_hour
+        FROM receivers r
+        LEFT JOIN deliveries d ON d.primary_receiver = r.name OR d.receiver_used = r.name
         WHERE r.station = $1 GROUP BY r.name ORDER BY r.name
         """,
         station.name,

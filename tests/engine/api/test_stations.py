@@ -156,6 +156,30 @@ class TestStations:
         # This API runs without an engine: no live link to report.
         assert status["receivers"][0]["link_up"] is None
 
+    async def test_delivered_counted_at_the_receiver_that_acknowledged(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """After a failover the backup delivers: its delivered_last_hour counts those (they were
+        counted at the primary that was down, and the backup showed 0); pending stays with the
+        primary, whose lane it is."""
+        backup = {**RECEIVER, "name": "cs-r2", "port": 9101}
+        await admin.post("/v1/stations", json={"name": "Central", "receivers": [RECEIVER, backup]})
+        now = datetime.now(UTC)
+        for i, (state, used) in enumerate((("delivered", "cs-r2"), ("delivered", "cs-r2"), ("pending", None))):  # fmt: skip
+            await api.pool.execute(
+                "INSERT INTO deliveries (signal_id, event_index, account, lane, station_account, priority, event, primary_receiver, backup_receiver, state, seq, received_at, receiver_used, acked_at) "
+                "VALUES ($1, 0, 'A1', 'l', 'ABCD', 1, '{}', 'cs-r1', 'cs-r2', $2, '0001', $3, $4, CASE WHEN $2 = 'delivered' THEN $3::timestamptz END)",
+                i + 1,
+                state,
+                now,
+                used,
+            )
+        status = (await admin.get("/v1/stations/Central/status")).json()
+        counts = {
+            r["receiver"]: (r["pending"], r["delivered_last_hour"]) for r in status["receivers"]
+        }
+        assert counts == {"cs-r1": (1, 0), "cs-r2": (0, 2)}
+
 
 class TestHistory:
     async def test_history_with_decisions_deliveries_and_filters(
