@@ -491,6 +491,7 @@ async def check_package(
     account_type: str | None,
     dealer_id: int | None,
     errors: list[FieldError],
+    kept: frozenset[str] = frozenset(),
 ) -> tuple[PackageStep, Quote | None, dict[str, Package]]:
     base, addons = step.base, list(step.addons)
     if step.template_id is not None:
@@ -510,7 +511,7 @@ async def check_package(
         )
         return step, None, {}
     packages = await load_packages(conn, [base, *addons], for_share=True)
-    problems = check_selection(base, addons, packages, account_type)
+    problems = check_selection(base, addons, packages, account_type, kept=kept)
     errors.extend(problems)
     selected = msgspec.structs.replace(step, base=base, addons=addons)
     if problems:

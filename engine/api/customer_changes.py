@@ -144,8 +144,11 @@ async def set_package(
         account = _live(before)
         doc = document_of(before)
         errors: list[FieldError] = []
+        current = doc.get("package") or {}
+        # The base and add-ons the customer has stay choosable even if deactivated since.
+        kept = frozenset(c for c in [current.get("base"), *(current.get("addons") or [])] if c)
         selected, package, packages = await check_package(
-            conn, data, before.account_type, before.dealer_id, errors
+            conn, data, before.account_type, before.dealer_id, errors, kept=kept
         )
         if (
             package is not None

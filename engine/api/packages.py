@@ -149,11 +149,14 @@ def check_selection(
     packages: dict[str, Package],
     account_type: str | None,
     field: str = "package",
+    kept: frozenset[str] = frozenset(),
 ) -> list[FieldError]:
-    """Errors of a package selection: base exists and is a base, add-ons are add-ons, types fit."""
+    """Errors of a package selection: base exists and is a base, add-ons are add-ons, types fit.
+    ``kept``: codes the customer already has, which count even if deactivated since (that only
+    stops new sales)."""
     errors: list[FieldError] = []
     base = packages.get(base_code) if base_code else None
-    if base is None or base.kind != "base" or not base.active:
+    if base is None or base.kind != "base" or not (base.active or base.code in kept):
         errors.append(
             FieldError(field=f"{field}.base", rule="exists", message="no such active base package")
         )
@@ -167,7 +170,7 @@ def check_selection(
         )
     for i, code in enumerate(addon_codes):
         addon = packages.get(code)
-        if addon is None or addon.kind != "addon" or not addon.active:
+        if addon is None or addon.kind != "addon" or not (addon.active or addon.code in kept):
             errors.append(
                 FieldError(
                     field=f"{field}.addons[{i}]",

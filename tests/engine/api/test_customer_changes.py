@@ -437,6 +437,31 @@ class TestPackage:
         assert await api.pool.fetchval(interval, account) == 86_400
         assert await api.pool.fetchval(interval, ul) == 200
 
+    async def test_deactivated_package_the_customer_has_can_be_kept(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A customer on a base package deactivated since (no longer sold) can add an add-on and
+        keep its base (it was refused as "no such active base package", forcing it off its
+        plan); another customer still cannot choose that base."""
+        _, _, customer = await _customer(api, admin, package={"base": "res-voice"})
+        [voice] = [p for p in PACKAGES if p["code"] == "res-voice"]
+        assert (await admin.put("/v1/packages/res-voice", json={**voice, "active": False})).status_code == 200  # fmt: skip
+        url = f"/v1/customers/{customer}/package"
+        kept = await admin.put(url, json={"base": "res-voice", "addons": ["sup6"]})
+        assert kept.status_code == 200, kept.text
+        assert kept.json()["document"]["package"] == {"base": "res-voice", "addons": ["sup6"], "template_id": None}  # fmt: skip
+        other = await admin.post(
+            "/v1/customers",
+            json=security_request(
+                await api.dealer("Other"),
+                imei("49015420323752"),
+                login={"login_name": "other"},
+                package={"base": "res-voice"},
+            ),
+        )
+        assert other.status_code == 422
+        assert ("package.base", "exists") in problem_rules(other.json())
+
     async def test_unknown_package_refused(self, api: Api, admin: httpx.AsyncClient) -> None:
         """A package that does not exist is a 422 naming the field."""
         _, _, customer = await _customer(api, admin)
