@@ -143,8 +143,17 @@ async def activate_commitment(
             document["forwarding"] = msgspec.to_builtins(data.forwarding)
         try:
             # The caller sees this commitment (its dealer's, or as the sub-dealer installing it).
+            sold = document.get("package") or {}
             plan = await plan_creation(
-                conn, caller, document, exclude_customer=customer_id, dealer_checked=True
+                conn,
+                caller,
+                document,
+                exclude_customer=customer_id,
+                dealer_checked=True,
+                # sold with the commitment: a package deactivated since still counts for it
+                kept_packages=frozenset(
+                    c for c in [sold.get("base"), *(sold.get("addons") or [])] if c
+                ),
             )
         except Invalid as exc:
             raise invalid(exc.errors, warnings=exc.warnings) from None

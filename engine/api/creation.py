@@ -680,12 +680,14 @@ async def plan_creation(
     exclude_customer: int | None = None,
     today: date | None = None,
     dealer_checked: bool = False,
+    kept_packages: frozenset[str] = frozenset(),
 ) -> Plan:
     """Validate a creation document; the Plan, or :class:`Invalid` with every field error.
 
     ``dealer_checked``: the caller may act for the document's dealer already (a commitment it
     sees, possibly as the sub-dealer serving it): the dealer step is not checked against the
-    caller's own dealers again."""
+    caller's own dealers again. ``kept_packages``: package codes already sold to this customer
+    (a commitment's), accepted even if deactivated since."""
     errors: list[FieldError] = []
     warnings: list[str] = []
     today = today or datetime.now(UTC).date()
@@ -734,7 +736,7 @@ async def plan_creation(
                 )
             )
     package_step, package_quote, packages = await check_package(
-        conn, steps.get("package", PackageStep()), account_type, dealer_id, errors
+        conn, steps.get("package", PackageStep()), account_type, dealer_id, errors, kept_packages
     )
     forwarding = await check_forwarding(
         conn,

@@ -9,7 +9,7 @@ import httpx
 
 from engine.api.creation import add_months
 from engine.store.accounts import AccountStore
-from tests.engine.api.catalog_setup import create_packages, imei, security_request
+from tests.engine.api.catalog_setup import PACKAGES, create_packages, imei, security_request
 from tests.engine.api.conftest import Api, problem_rules
 
 
@@ -277,6 +277,32 @@ class TestCommitments:
         )
         assert activated.status_code == 200, activated.text
         assert activated.json()["summary"]["contract_end_date"] == "2099-01-31"
+
+    async def test_package_deactivated_after_the_commitment(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The package a commitment was sold with is deactivated before the installation: the
+        activation goes through (it was refused on package.base, which it cannot change)."""
+        dealer = await _setup(api, admin)
+        request = security_request(dealer, "", package={"base": "res-basic", "addons": ["sup6"]})
+        del request["system"]
+        commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
+        for package in PACKAGES:
+            if package["code"] in {"res-basic", "sup6"}:
+                retired = await admin.put(f"/v1/packages/{package['code']}", json={**package, "active": False})  # fmt: skip
+                assert retired.status_code == 200, retired.text
+        activated = await admin.post(
+            f"/v1/commitments/{commitment['commitment_id']}/activate",
+            json={
+                "system": {
+                    "serial": imei("49015420323751"),
+                    "module_type": "lte",
+                    "panel_type": "wireless-panel",
+                }
+            },
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["summary"]["supervision_interval_s"] == 6 * 3600
 
     async def test_terminated_commitment_not_activated(
         self, api: Api, admin: httpx.AsyncClient
