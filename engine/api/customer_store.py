@@ -26,8 +26,9 @@ SELECT c.id, c.status, c.commitment_id, c.account_type, c.dealer_id, c.sub_deale
        a.first_contact_at,
        -- the last contact lives on the supervision row once the account is supervised
        GREATEST(a.last_contact_at, v.last_contact_at) AS last_contact_at
-FROM customers c LEFT JOIN accounts a ON a.account = c.account
-LEFT JOIN supervision v ON v.account = c.account
+-- a terminated customer has no engine account: its number may belong to a new customer now
+FROM customers c LEFT JOIN accounts a ON a.account = c.account AND c.status <> 'terminated'
+LEFT JOIN supervision v ON v.account = c.account AND c.status <> 'terminated'
 """
 
 

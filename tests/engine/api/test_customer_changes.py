@@ -553,6 +553,47 @@ class TestTerminate:
         ]
         assert terminations[0]["after"]["reason"] == "moved away"
 
+    async def test_reused_account_number_shows_nothing_of_the_new_customer(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The serial (and so the account number) of a terminated customer given to another
+        dealer's new customer: the old customer shows none of the new module's contacts (it
+        showed its first and last contact and can_log_in true)."""
+        _, _, old = await _customer(api, admin)
+        assert (await admin.post(f"/v1/customers/{old}/terminate", json={})).status_code == 200
+        other = await api.dealer("Other")
+        new = await admin.post(
+            "/v1/customers",
+            json=security_request(other, SERIAL, login={"login_name": "newcomer"}),
+        )
+        assert new.status_code == 201, new.text
+        account = new.json()["customer"]["account"]
+        await api.pool.execute(
+            "UPDATE accounts SET first_contact_at = now(), last_contact_at = now() WHERE account = $1",
+            account,
+        )
+        await api.pool.execute(
+            "INSERT INTO supervision (account, deadline, last_contact_at) VALUES ($1, now() + interval '1 day', now())",
+            account,
+        )
+        assert (await admin.get(f"/v1/customers/{new.json()['customer']['id']}")).json()[
+            "can_log_in"
+        ]
+        for answer in (
+            (await admin.get(f"/v1/customers/{old}")).json(),
+            *[c for c in (await admin.get("/v1/customers")).json()["items"] if c["id"] == old],
+        ):
+            assert answer["status"] == "terminated"
+            assert (
+                answer["first_contact_at"],
+                answer["last_contact_at"],
+                answer["can_log_in"],
+            ) == (
+                None,
+                None,
+                False,
+            )
+
     async def test_read_only_and_other_dealer_cannot_change(
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
