@@ -130,9 +130,13 @@ def _send_blocking(smtp: SmtpSettings, letter: Letter, html_body: str, pdf: byte
         client.send_message(message)
 
 
+# Only the links issued before this one: of two letters sent at once, the one sent first must
+# not revoke the newer one's link (each revoking the other left the customer none that works).
 _REVOKE_EARLIER = (
     "UPDATE setup_tokens SET revoked_at = now() "
-    "WHERE customer_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND token_hash <> $2"
+    "WHERE customer_id = $1 AND used_at IS NULL AND revoked_at IS NULL "
+    "AND (created_at, token_hash) < "
+    "(SELECT created_at, token_hash FROM setup_tokens WHERE token_hash = $2)"
 )
 
 
@@ -151,14 +155,14 @@ async def _issue(
             raise ProblemError(
                 409, "Conflict", "the customer is terminated: it gets no portal set-up link"
             )
-        if revoke_earlier:
-            await conn.execute(_REVOKE_EARLIER, customer_id, token_hash)
         await conn.execute(
             "INSERT INTO setup_tokens (token_hash, customer_id, expires_at) VALUES ($1, $2, $3)",
             token_hash,
             customer_id,
             expires,
         )
+        if revoke_earlier:
+            await conn.execute(_REVOKE_EARLIER, customer_id, token_hash)
         dealer = await conn.fetchval("SELECT name FROM dealers WHERE id = $1", customer.dealer_id)
         await audit.record(
             conn,

@@ -257,6 +257,47 @@ class TestWelcomeLetter:
             await api.close()
             await server.stop()
 
+    async def test_two_letters_sent_at_once_leave_a_working_link(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Two sends at once (a double click) with a slow mail server: both letters go out and
+        the newer one's link works (each revoked the other's after sending: neither worked)."""
+
+        class SlowSmtp(SmtpServer):
+            async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+                await asyncio.sleep(0.5)
+                return await super().handle_DATA(server, session, envelope)
+
+        smtp = SlowSmtp()
+        await smtp.start()
+        settings = SmtpSettings(
+            host="127.0.0.1",
+            port=smtp.port,
+            starttls=False,
+            username=SMTP_USER,
+            password=SMTP_PASSWORD,
+        )
+        api, server = await _api_with_smtp(db_pool, settings)
+        try:
+            admin = api.client(api.admin_key)
+            customer = await _customer(api, admin)
+            url = f"/v1/customers/{customer}/welcome-letter/send"
+            answers = await asyncio.gather(
+                api.client(api.admin_key).post(url), api.client(api.admin_key).post(url)
+            )
+            assert [a.json()["sent"] for a in answers] == [True, True]
+            valid = await api.pool.fetch(
+                "SELECT token_hash FROM setup_tokens WHERE revoked_at IS NULL AND used_at IS NULL"
+            )
+            newest = await api.pool.fetchval(
+                "SELECT token_hash FROM setup_tokens ORDER BY created_at DESC LIMIT 1"
+            )
+            assert [r["token_hash"] for r in valid] == [newest]
+        finally:
+            await api.close()
+            await server.stop()
+            await smtp.stop()
+
     async def test_other_dealer_404(self, api: Api, admin: httpx.AsyncClient) -> None:
         """Another dealer cannot get a customer's letter."""
         customer = await _customer(api, admin)
