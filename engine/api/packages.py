@@ -215,6 +215,22 @@ WHERE a.account = f.account AND a.supervision_interval_s IN ($2, $3)
   AND a.supervision_interval_s <> f.interval
 """
 
+# Customers (not terminated) in an enterprise group with this package (base or add-on) whose
+# package, as stored now, no longer allows one (commercial base + enterprise add-on).
+_GROUP_WITHOUT_PACKAGE = """
+SELECT count(*) FROM customers c
+WHERE c.status <> 'terminated' AND c.enterprise_group IS NOT NULL
+  AND (c.document->'package'->>'base' = $1
+       OR coalesce(c.document->'package'->'addons', '[]'::jsonb) ? $1)
+  AND NOT (
+      EXISTS (SELECT 1 FROM service_packages p
+              WHERE p.code = c.document->'package'->>'base' AND p.commercial)
+      AND EXISTS (SELECT 1 FROM service_packages p
+                  WHERE p.kind = 'addon' AND 'enterprise' = ANY(p.includes)
+                    AND p.code IN (SELECT jsonb_array_elements_text(
+                                       coalesce(c.document->'package'->'addons', '[]'::jsonb)))))
+"""
+
 # Live customers with this package (base or add-on) and two-way voice on whose package, as
 # stored now, no longer includes two-way voice.
 _VOICE_WITHOUT_PACKAGE = """
@@ -269,7 +285,8 @@ async def create_package(state: State, caller: Caller, data: PackageIn) -> Packa
 @put("/packages/{code:str}", summary="Replace a service package")
 async def update_package(state: State, caller: Caller, code: str, data: PackageIn) -> Package:
     """Admin only; ``code`` in the body must match the path. A package cannot lose
-    ``two_way_voice`` while a live account relying on it has two-way voice on. When it gains or
+    ``two_way_voice`` while a live account relying on it has two-way voice on, nor what allows
+    the enterprise group of a customer that has one. When it gains or
     loses ``supervision_6h``, its live customers' supervision interval follows (6 h or 24 h)."""
     require_admin(caller)
     _check_package(data)
@@ -308,6 +325,23 @@ async def update_package(state: State, caller: Caller, code: str, data: PackageI
                             rule="two_way_voice_in_use",
                             message=f"{using} account(s) with this package use two-way voice: "
                             "turn it off in their forwarding first",
+                        )
+                    ]
+                )
+        lost_commercial = before["commercial"] and not data.commercial
+        if lost_commercial or (
+            "enterprise" in before["includes"] and "enterprise" not in data.includes
+        ):
+            grouped = await conn.fetchval(_GROUP_WITHOUT_PACKAGE, code)
+            if grouped:
+                raise invalid(
+                    [
+                        FieldError(
+                            field="commercial" if lost_commercial else "includes",
+                            rule="enterprise_group_in_use",
+                            message=f"{grouped} customer(s) with this package are in an "
+                            "enterprise group, which needs a commercial package and the "
+                            "enterprise add-on: clear their groups first",
                         )
                     ]
                 )

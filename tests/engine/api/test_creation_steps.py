@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 
 from engine.store.accounts import AccountStore
-from tests.engine.api.catalog_setup import create_packages, create_station, imei, security_request
+from tests.engine.api.catalog_setup import (
+    PACKAGES,
+    create_packages,
+    create_station,
+    imei,
+    security_request,
+)
 from tests.engine.api.conftest import Api, problem_rules
 
 SERIAL = imei("49015420323751")
@@ -519,6 +525,39 @@ class TestEnterpriseGroupOfLiveCustomer:
         )
         assert cleared.status_code == 200, cleared.text
         assert (await admin.put(package, json={"base": "biz"})).status_code == 200
+
+    async def test_catalogue_keeps_the_group_eligible(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The enterprise add-on cannot lose ``enterprise``, nor the base its ``commercial``,
+        while a customer is in an enterprise group with them (it kept the group, no longer
+        paid for)."""
+        acme = await _dealer(api, admin)
+        created = await admin.post(
+            "/v1/customers",
+            json=security_request(
+                acme,
+                SERIAL,
+                package={"base": "biz", "addons": ["enterprise"]},
+                enterprise_group="HQ",
+            ),
+        )
+        assert created.status_code == 201, created.text
+        [biz] = [p for p in PACKAGES if p["code"] == "biz"]
+        [addon] = [p for p in PACKAGES if p["code"] == "enterprise"]
+        for code, body, field in (
+            ("biz", {**biz, "commercial": False}, "commercial"),
+            ("enterprise", {**addon, "includes": []}, "includes"),
+        ):
+            refused = await admin.put(f"/v1/packages/{code}", json=body)
+            assert refused.status_code == 422, refused.text
+            assert (field, "enterprise_group_in_use") in problem_rules(refused.json())
+        assert (await admin.put("/v1/packages/biz", json={**biz, "name": "Business+"})).status_code == 200  # fmt: skip
+        customer = created.json()["customer"]["id"]
+        await admin.put(
+            f"/v1/customers/{customer}/enterprise-group", json={"enterprise_group": None}
+        )
+        assert (await admin.put("/v1/packages/biz", json={**biz, "commercial": False})).status_code == 200  # fmt: skip
 
     async def test_enterprise_from_the_base_is_not_the_add_on(
         self, api: Api, admin: httpx.AsyncClient
