@@ -213,7 +213,8 @@ async def set_enterprise_group(
         if data.enterprise_group is not None:
             package = before.document.get("package") or {}
             codes = [package.get("base"), *(package.get("addons") or [])]
-            packages = await load_packages(conn, [c for c in codes if c])
+            # FOR SHARE: a concurrent PUT /packages taking what allows the group waits for this.
+            packages = await load_packages(conn, [c for c in codes if c], for_share=True)
             base = packages.get(package.get("base") or "")
             addons = [packages[a] for a in package.get("addons") or [] if a in packages]
             if not data.enterprise_group.strip() or len(data.enterprise_group) > 100:

@@ -4,6 +4,7 @@ and the phone-line mode, installation templates, and the enterprise group of a l
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -558,6 +559,37 @@ class TestEnterpriseGroupOfLiveCustomer:
             f"/v1/customers/{customer}/enterprise-group", json={"enterprise_group": None}
         )
         assert (await admin.put("/v1/packages/biz", json={**biz, "commercial": False})).status_code == 200  # fmt: skip
+
+    async def test_group_set_while_the_add_on_loses_enterprise(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """PUT enterprise-group and a PUT of the add-on without ``enterprise`` at once: one of
+        the two is refused, never both written (held here: the group's audit entry)."""
+        acme = await _dealer(api, admin)
+        created = await admin.post(
+            "/v1/customers",
+            json=security_request(acme, SERIAL, package={"base": "biz", "addons": ["enterprise"]}),
+        )
+        customer = created.json()["customer"]["id"]
+        [addon] = [p for p in PACKAGES if p["code"] == "enterprise"]
+        async with api.pool.acquire() as holder:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("LOCK TABLE audit_log IN SHARE MODE")
+            group = asyncio.ensure_future(
+                admin.put(
+                    f"/v1/customers/{customer}/enterprise-group", json={"enterprise_group": "HQ"}
+                )
+            )
+            await asyncio.sleep(0.5)  # the group request waits to write its audit entry
+            edit = asyncio.ensure_future(
+                admin.put("/v1/packages/enterprise", json={**addon, "includes": []})
+            )
+            await asyncio.sleep(0.5)
+            await transaction.rollback()
+        set_, changed = await group, await edit
+        assert set_.status_code == 200, set_.text
+        assert changed.status_code == 422, changed.text
 
     async def test_enterprise_from_the_base_is_not_the_add_on(
         self, api: Api, admin: httpx.AsyncClient
