@@ -94,8 +94,9 @@ class TestOneLineErrors:
     async def test_a_value_the_database_refuses(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        """An account name with a NUL, a receiver timeout beyond float32: one line each, exit 2,
-        nothing written."""
+        """An account name with a NUL, a station name with one: one line each, exit 2, nothing
+        written. (A receiver timeout beyond float32, the other example here, is now refused
+        before the database: test_station_model.py.)"""
         accounts = tmp_path / "accounts.json"
         accounts.write_text(json.dumps([{"account": "1234", "name": "x\u0000y"}]))
         stations = tmp_path / "stations.json"
@@ -103,10 +104,8 @@ class TestOneLineErrors:
             json.dumps(
                 [
                     {
-                        "name": "s",
-                        "receivers": [
-                            {"name": "r", "host": "127.0.0.1", "port": 9, "ack_timeout_s": 1e308}
-                        ],
+                        "name": "s\u0000t",
+                        "receivers": [{"name": "r", "host": "127.0.0.1", "port": 9}],
                     }
                 ]
             )
