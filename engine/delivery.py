@@ -99,8 +99,9 @@ UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now
         now(), $3::text, $2::text)
 WHERE id = $1
   -- only while this engine holds it (see outcome_writer._UPDATE): a late write must not end
-  -- another engine's lease on the row, nor touch a row that is finished
-  AND state = 'pending' AND (lease_owner IS NULL OR lease_owner = $9)
+  -- another engine's lease on the row, nor touch a row that is finished (written so that it
+  -- does not match the partial index on pending rows: the primary key finds the row)
+  AND state NOT IN ('delivered', 'dead') AND (lease_owner IS NULL OR lease_owner = $9)
 """
 
 # Every row of the lane this engine holds, behind a failed head: back to the outbox, unsent.

@@ -39,8 +39,11 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
 WHERE d.id = t.id AND d.id = ANY($1::bigint[])  -- (the ANY keeps the primary-key path in every plan)
   -- Written by the engine that holds the row only: one whose lease lapsed (stalled, cut off
   -- from the database) while another engine took the row over must not end that engine's lease
-  -- nor overwrite the state it recorded (a late 'dead' over 'delivered').
-  AND d.state = 'pending' AND (d.lease_owner IS NULL OR $11::text IS NULL OR d.lease_owner = $11)
+  -- nor overwrite the state it recorded (a late 'dead' over 'delivered'). Not "state =
+  -- 'pending'": that matches the partial index deliveries_pending_lane, which the planner then
+  -- scanned whole for the ids (every pending row, per statement: a backlog fed itself).
+  AND d.state NOT IN ('delivered', 'dead')
+  AND (d.lease_owner IS NULL OR $11::text IS NULL OR d.lease_owner = $11)
 RETURNING d.id
 """
 
