@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -16,6 +17,22 @@ from tests.engine.api.conftest import Api, problem_rules
 async def _setup(api: Api, admin: httpx.AsyncClient) -> int:
     await create_packages(admin)
     return await api.dealer("Acme")
+
+
+async def _activate_lte(
+    admin: httpx.AsyncClient, commitment: dict[str, Any], digits: str
+) -> httpx.Response:
+    """Activate ``commitment`` with an LTE module (IMEI from ``digits``) in a wireless panel."""
+    return await admin.post(
+        f"/v1/commitments/{commitment['commitment_id']}/activate",
+        json={
+            "system": {
+                "serial": imei(digits),
+                "module_type": "lte",
+                "panel_type": "wireless-panel",
+            }
+        },
+    )
 
 
 class TestDrafts:
@@ -249,32 +266,14 @@ class TestCommitments:
             five_weeks_ago,
             add_months(five_weeks_ago.date(), 1).isoformat(),  # as derived back then: past now
         )
-        activated = await admin.post(
-            f"/v1/commitments/{commitment['commitment_id']}/activate",
-            json={
-                "system": {
-                    "serial": imei("49015420323751"),
-                    "module_type": "lte",
-                    "panel_type": "wireless-panel",
-                }
-            },
-        )
+        activated = await _activate_lte(admin, commitment, "49015420323751")
         assert activated.status_code == 200, activated.text
         end = date.fromisoformat(activated.json()["summary"]["contract_end_date"])
         assert end > datetime.now(UTC).date() + timedelta(days=27)
         request["operations"] = {"contract_length_months": 1, "contract_end_date": "2099-01-31"}
         request["login"] = {"login_name": "explicit"}
         commitment = (await admin.post("/v1/commitments", json=request)).json()["customer"]
-        activated = await admin.post(
-            f"/v1/commitments/{commitment['commitment_id']}/activate",
-            json={
-                "system": {
-                    "serial": imei("49015420323752"),
-                    "module_type": "lte",
-                    "panel_type": "wireless-panel",
-                }
-            },
-        )
+        activated = await _activate_lte(admin, commitment, "49015420323752")
         assert activated.status_code == 200, activated.text
         assert activated.json()["summary"]["contract_end_date"] == "2099-01-31"
 
@@ -291,16 +290,7 @@ class TestCommitments:
             if package["code"] in {"res-basic", "sup6"}:
                 retired = await admin.put(f"/v1/packages/{package['code']}", json={**package, "active": False})  # fmt: skip
                 assert retired.status_code == 200, retired.text
-        activated = await admin.post(
-            f"/v1/commitments/{commitment['commitment_id']}/activate",
-            json={
-                "system": {
-                    "serial": imei("49015420323751"),
-                    "module_type": "lte",
-                    "panel_type": "wireless-panel",
-                }
-            },
-        )
+        activated = await _activate_lte(admin, commitment, "49015420323751")
         assert activated.status_code == 200, activated.text
         assert activated.json()["summary"]["supervision_interval_s"] == 6 * 3600
 
@@ -317,16 +307,7 @@ class TestCommitments:
         assert ended.status_code == 200, ended.text
         assert ended.json()["billing_started_at"] is None
         assert ended.json()["billing_ended_at"] is None
-        activated = await admin.post(
-            f"/v1/commitments/{commitment['commitment_id']}/activate",
-            json={
-                "system": {
-                    "serial": imei("49015420323751"),
-                    "module_type": "lte",
-                    "panel_type": "wireless-panel",
-                }
-            },
-        )
+        activated = await _activate_lte(admin, commitment, "49015420323751")
         assert activated.status_code == 409
         assert "terminated" in activated.json()["detail"]
         assert await api.pool.fetchval("SELECT count(*) FROM accounts") == 0
