@@ -40,6 +40,9 @@ _HEADER = re.compile(
     rb'"(\*?)([A-Za-z0-9\-]{1,16})"(\d{4})'
     rb"(?:R([0-9A-Fa-f]{0,6}?))?"
     rb"(?:L([0-9A-Fa-f]{0,6}?))?"
+    # R after L: pysiaalarm's NAK ("NAK"0000L0R0A0[]ts, PROTOCOLS.md §1.10); taken only when
+    # no R came first
+    rb"(?:R([0-9A-Fa-f]{0,6}?))?"
     rb"(?:#([0-9A-Za-z]{1,16}))?"
     rb"(?:A([0-9A-Fa-f]{0,6}))?"
     rb"\["
@@ -236,7 +239,11 @@ def _decode_header_strict(raw: bytes) -> FrameHeader:
     match = _HEADER.match(region)
     if match is None:
         raise _duh('unparsable header: expected "id"seq[R..][L..]#acct[')
-    star, token, seq, receiver, line, account, _a = match.groups()
+    star, token, seq, receiver, line, late_receiver, account, _a = match.groups()
+    if receiver is None:
+        receiver = late_receiver
+    elif late_receiver is not None:
+        raise _duh("unparsable header: R given twice")
     return FrameHeader(
         token=token.decode("ascii"),
         encrypted=bool(star),
@@ -383,7 +390,8 @@ def inspect_frame(raw: bytes, key: AesKey | None = None) -> FrameInspection:
     out.length_ok = declared == len(region) + (1 if eldes else 0)
     match = _HEADER.match(region)
     if match is not None:
-        star, token, seq, receiver, line, account, _a = match.groups()
+        star, token, seq, receiver, line, late_receiver, account, _a = match.groups()
+        receiver = receiver if receiver is not None else late_receiver
         out.id = token.decode("ascii")
         out.encrypted = bool(star)
         out.seq = seq.decode("ascii")

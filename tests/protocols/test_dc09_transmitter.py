@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols.crc import crc16_arc
 from protocols.dc09_crypto import AesKey
 from protocols.dc09_frame import decode_frame, encode_frame
 from protocols.dc09_receiver import (
@@ -220,6 +221,19 @@ class TestNak:
         )
         assert again.seq == sent.seq
         assert decode_frame(again.bytes).timestamp == datetime(2025, 9, 24, 16, 20, 1, tzinfo=UTC)
+
+    def test_pysiaalarms_nak_with_l_before_r_is_a_nak(self) -> None:
+        """pysiaalarm's NAKEvent writes ``"NAK"0000L0R0A0[]ts`` (PROTOCOLS.md §1.10): read as a
+        NAK and its time adopted. (It was an unparsable reply: the attempt failed, the clock was
+        never corrected, and every retry to that receiver failed the same way.)"""
+        tx = Dc09Transmitter(receiver=None, line="0")
+        sent = sent_frame(tx)
+        body = b'"NAK"0000L0R0A0[]_16:20:01,09-24-2025'
+        nak = b"\n" + f"{crc16_arc(body):04X}0{len(body):03X}".encode() + body + b"\r"
+        arrived = datetime(2025, 9, 24, 16, 0, 1, tzinfo=UTC)
+        outcome = tx.match(only_frame(tx.receive_data(nak)).frame, sent, now=arrived)
+        assert isinstance(outcome, Naked)
+        assert outcome.offset == timedelta(minutes=20) == tx.clock_offset
 
     @pytest.mark.parametrize(
         ("receiver_time", "adopted"),
