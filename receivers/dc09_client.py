@@ -224,10 +224,8 @@ class Dc09ReceiverClient:
         """``event`` (Contact ID, a number too large for it) in a form this receiver can take."""
         numbers = f"partition {event.partition}, zone {event.zone}, user {event.user}"
         if families != "cid":
-            try:
+            with contextlib.suppress(ConversionError):
                 return to_sia(event), f"sent as SIA: Contact ID cannot hold {numbers}"
-            except ConversionError:
-                pass
         fitted = msgspec.structs.replace(
             event,
             partition=event.partition if 0 <= (event.partition or 0) <= 99 else None,
