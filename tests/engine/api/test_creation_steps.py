@@ -28,6 +28,23 @@ async def _dealer(api: Api, admin: httpx.AsyncClient) -> int:
     return await api.dealer("Acme")
 
 
+async def _enterprise_customer(api: Api, admin: httpx.AsyncClient) -> int:
+    """A customer of Acme's on the commercial base with the enterprise add-on, in group HQ."""
+    acme = await _dealer(api, admin)
+    created = await admin.post(
+        "/v1/customers",
+        json=security_request(
+            acme,
+            SERIAL,
+            package={"base": "biz", "addons": ["enterprise"]},
+            enterprise_group="HQ",
+        ),
+    )
+    assert created.status_code == 201, created.text
+    customer: int = created.json()["customer"]["id"]
+    return customer
+
+
 async def _refused(client: httpx.AsyncClient, request: dict[str, Any]) -> set[tuple[str, str]]:
     response = await client.post("/v1/customers", json=request)
     assert response.status_code == 422, response.text
@@ -502,18 +519,7 @@ class TestEnterpriseGroupOfLiveCustomer:
     ) -> None:
         """A customer with an enterprise group cannot drop the enterprise add-on (or the
         commercial base) it pays for the group with: 422 until the group is cleared."""
-        acme = await _dealer(api, admin)
-        created = await admin.post(
-            "/v1/customers",
-            json=security_request(
-                acme,
-                SERIAL,
-                package={"base": "biz", "addons": ["enterprise"]},
-                enterprise_group="HQ",
-            ),
-        )
-        assert created.status_code == 201, created.text
-        customer = created.json()["customer"]["id"]
+        customer = await _enterprise_customer(api, admin)
         package = f"/v1/customers/{customer}/package"
         for body in ({"base": "biz"}, {"base": "res-basic", "addons": ["enterprise"]}):
             refused = await admin.put(package, json=body)
@@ -533,17 +539,7 @@ class TestEnterpriseGroupOfLiveCustomer:
         """The enterprise add-on cannot lose ``enterprise``, nor the base its ``commercial``,
         while a customer is in an enterprise group with them (it kept the group, no longer
         paid for)."""
-        acme = await _dealer(api, admin)
-        created = await admin.post(
-            "/v1/customers",
-            json=security_request(
-                acme,
-                SERIAL,
-                package={"base": "biz", "addons": ["enterprise"]},
-                enterprise_group="HQ",
-            ),
-        )
-        assert created.status_code == 201, created.text
+        customer = await _enterprise_customer(api, admin)
         [biz] = [p for p in PACKAGES if p["code"] == "biz"]
         [addon] = [p for p in PACKAGES if p["code"] == "enterprise"]
         for code, body, field in (
@@ -554,7 +550,6 @@ class TestEnterpriseGroupOfLiveCustomer:
             assert refused.status_code == 422, refused.text
             assert (field, "enterprise_group_in_use") in problem_rules(refused.json())
         assert (await admin.put("/v1/packages/biz", json={**biz, "name": "Business+"})).status_code == 200  # fmt: skip
-        customer = created.json()["customer"]["id"]
         await admin.put(
             f"/v1/customers/{customer}/enterprise-group", json={"enterprise_group": None}
         )
