@@ -77,6 +77,13 @@ class SmtpServer:
         await self.server.wait_closed()
 
 
+def _local_smtp(port: int) -> SmtpSettings:
+    """The test SMTP server on ``port``, plain, with the accepted credentials."""
+    return SmtpSettings(
+        host="127.0.0.1", port=port, starttls=False, username=SMTP_USER, password=SMTP_PASSWORD
+    )
+
+
 async def _api_with_smtp(db_pool: asyncpg.Pool, smtp: SmtpSettings) -> tuple[Api, HttpServer]:
     settings = ApiSettings(portal_url="https://portal.example/p", smtp=smtp)
     server = HttpServer(create_app(pool=db_pool, settings=settings), host="127.0.0.1", port=0)
@@ -232,14 +239,7 @@ class TestWelcomeLetter:
         still works (it was revoked before the send was tried), the unsent one's does not."""
         smtp = SmtpServer()
         await smtp.start()
-        settings = SmtpSettings(
-            host="127.0.0.1",
-            port=smtp.port,
-            starttls=False,
-            username=SMTP_USER,
-            password=SMTP_PASSWORD,
-        )
-        api, server = await _api_with_smtp(db_pool, settings)
+        api, server = await _api_with_smtp(db_pool, _local_smtp(smtp.port))
         try:
             admin = api.client(api.admin_key)
             customer = await _customer(api, admin)
@@ -270,14 +270,7 @@ class TestWelcomeLetter:
 
         smtp = SlowSmtp()
         await smtp.start()
-        settings = SmtpSettings(
-            host="127.0.0.1",
-            port=smtp.port,
-            starttls=False,
-            username=SMTP_USER,
-            password=SMTP_PASSWORD,
-        )
-        api, server = await _api_with_smtp(db_pool, settings)
+        api, server = await _api_with_smtp(db_pool, _local_smtp(smtp.port))
         try:
             admin = api.client(api.admin_key)
             customer = await _customer(api, admin)
