@@ -102,6 +102,18 @@ class Mismatch(msgspec.Struct, frozen=True, kw_only=True):
 ReplyOutcome = Acked | Naked | Duhed | RspReceived | Mismatch
 
 
+class SequenceNumbers:
+    """DC-09 sequence numbers: 0001 … 9999, then 0001 again (§1.5). ``last`` is the number the
+    first :meth:`next` follows (0: it is 0001)."""
+
+    def __init__(self, last: int = 0) -> None:
+        self._last = last % _SEQ_MAX
+
+    def next(self) -> str:
+        self._last = self._last % _SEQ_MAX + 1
+        return f"{self._last:04d}"
+
+
 class Dc09Transmitter:
     """Transmitter-side DC-09 state for one path to one receiver: sequence, clock offset, key."""
 
@@ -112,7 +124,7 @@ class Dc09Transmitter:
         self.receiver = receiver
         self.line = line
         self.key = key
-        self._seq = 0  # last sequence number used
+        self._numbers = SequenceNumbers()
         self._clock_offset = timedelta(0)
         self._splitter = FrameSplitter()
         # (token, account) → (quoted token, "R…L…#account[") for frames encode_frame accepted.
@@ -127,8 +139,7 @@ class Dc09Transmitter:
 
     def next_seq(self) -> str:
         """The next sequence number: 0001 … 9999, then 0001 again (§1.5)."""
-        self._seq = self._seq % _SEQ_MAX + 1
-        return f"{self._seq:04d}"
+        return self._numbers.next()
 
     def build(
         self,

@@ -42,6 +42,7 @@ from protocols.dc09_transmitter import (
     ReplyEvent,
     ReplyRejected,
     RspReceived,
+    SequenceNumbers,
 )
 from protocols.sia_dc03 import format_sia_block
 from protocols.signal import Event, Family
@@ -568,20 +569,6 @@ def _describe(exc: BaseException) -> str:
 _Slot = tuple[int, Dc09ReceiverClient]  # (index in the pool, connection)
 
 
-class _Numbering:
-    """Sequence numbers 0001 … 9999 (§1.5) for the frames a pool sends without a seq of their
-    own (listen-ins): one numbering for all its connections, from a random start, so neither
-    two connections nor a restarted engine repeat a number just used for the same account
-    (a station deduplicates on account, seq and data)."""
-
-    def __init__(self) -> None:
-        self._last = secrets.randbelow(9999)  # the first number is this + 1
-
-    def next(self) -> str:
-        self._last = self._last % 9999 + 1
-        return f"{self._last:04d}"
-
-
 class Dc09ReceiverPool:
     """Several connections to one receiver, so different lanes can be in flight at once.
 
@@ -595,7 +582,11 @@ class Dc09ReceiverPool:
     def __init__(self, config: ReceiverConfig, *, connections: int = 4) -> None:
         self.config = config
         self.name = config.name
-        numbering = _Numbering()
+        # Frames sent without a seq of their own (listen-ins) take one numbering for all the
+        # connections, from a random start, so neither two connections nor a restarted engine
+        # repeat a number just used for the same account (a station deduplicates on account,
+        # seq and data).
+        numbering = SequenceNumbers(last=secrets.randbelow(9999))
         self._clients = [
             Dc09ReceiverClient(config, next_seq=numbering.next) for _ in range(max(1, connections))
         ]
