@@ -487,11 +487,23 @@ class Dispatcher:
         receiver = str(getattr(attempt, "receiver", row.primary_receiver))
         metrics.child(metrics.DELIVERIES, receiver, outcome).inc()
         before = getattr(attempt, "failed_over_from", None)
-        if before is not None:  # the primary failed first, in this same delivery
-            metrics.child(metrics.DELIVERIES, before.receiver, "failed").inc()
-            _bound(row).warning(
-                "delivery_failed", receiver=before.receiver, error=before.error, failed_over=True
-            )
+        if before is not None:  # the primary failed or refused first, in this same delivery
+            refused = getattr(before, "outcome", None) == "duh"
+            metrics.child(metrics.DELIVERIES, before.receiver, "duh" if refused else "failed").inc()
+            if refused:
+                _bound(row).warning(
+                    "delivery_refused",
+                    receiver=before.receiver,
+                    reason="DUH from receiver",
+                    tried_backup=receiver,
+                )
+            else:
+                _bound(row).warning(
+                    "delivery_failed",
+                    receiver=before.receiver,
+                    error=before.error,
+                    failed_over=True,
+                )
         if outcome == "acked":
             acked_at = getattr(attempt, "acked_at", None) or datetime.now(UTC)
             await self._finish(row, "delivered", receiver, attempt, sent_at, acked_at=acked_at)

@@ -192,3 +192,11 @@ for _result in ("started", "incomplete", "receiver_unsupported", "receiver_unkno
     VOICE_SESSIONS.labels(_result)
 for _result in ("sent", "failed"):
     VOICE_COMMANDS.labels(_result)
+
+
+def export_receiver_counters(name: str) -> None:
+    """A configured receiver's counters the alerts select, at 0 before their first event
+    (``increase()`` does not count a series' first sample): its dead letters
+    (AlarmrelayDeadLetters) and the frames it refused (AlarmrelayReceiverRefusing)."""
+    DEAD_LETTERED.labels(name)
+    child(DELIVERIES, name, "duh")

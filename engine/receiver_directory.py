@@ -81,8 +81,7 @@ class ReceiverDirectory:
         )
         self.registry.start()
         for name in self.registry.names:
-            # At 0 before its first dead letter (AlarmrelayDeadLetters alerts on increase()).
-            metrics.DEAD_LETTERED.labels(name)
+            metrics.export_receiver_counters(name)
         # New deliveries use the new registry at once. Sends still waiting for a station's ACK on
         # the old connections finish there; the old registry is closed after retire_after_s
         # (closing it now would fail them and make them retry with a second attempt).

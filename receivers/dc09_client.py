@@ -66,7 +66,8 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     family_sent: str | None = None
     note: str | None = None  # e.g. why the event went in its own family to a one-family receiver
-    # The primary's failed attempt when its group failed over within this same delivery.
+    # The primary's attempt when this same delivery went on to the backup: it failed (its
+    # group failed over) or the primary refused the frame (DUH).
     failed_over_from: DeliveryAttempt | None = None
 
 

@@ -1,5 +1,6 @@
 """A primary receiver with an optional backup: fail over after N consecutive failures, fail back
-when the primary's link is healthy again (a successful NULL poll)."""
+when the primary's link is healthy again (a successful NULL poll). A frame the primary refuses
+(DUH) goes to the backup in the same delivery, without failing over."""
 
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ class ReceiverGroup:
             attempt = maybe
         if attempt.outcome == "unsendable":
             return attempt  # nothing was sent: says nothing about the primary's link
+        if attempt.outcome == "duh" and self.backup is not None:
+            # The primary refuses this frame (an account or key only the backup has, data it
+            # cannot read): its link works, so no failover, but the backup may take it. The
+            # delivery is dead only when the backup refuses it too.
+            self._failures = 0
+            moved = await _send(self.backup, account, event, seq, priority)
+            return msgspec.structs.replace(moved, failed_over_from=attempt)
         if attempt.outcome != "failed":
             self._failures = 0
             return attempt

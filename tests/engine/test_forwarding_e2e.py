@@ -224,6 +224,55 @@ class TestFailures:
         assert after == failed + 3
         assert await db_pool.fetchval("SELECT receiver_used FROM deliveries") == "rx-backup"
 
+    async def test_a_signal_the_primary_refuses_is_delivered_by_the_backup(
+        self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
+    ) -> None:
+        """The primary DUHs (an account only the backup knows): the backup gets the alarm in
+        the same delivery, the history keeps the primary's refusal, nothing is dead-lettered."""
+        refusing = StationSimulator()
+        await refusing.start()
+        refusing.set_mode("duh")
+        try:
+            await StationStore(db_pool).upsert(
+                [
+                    Station(
+                        name="central",
+                        receivers=(
+                            receiver("rx-primary", refusing.port),
+                            receiver("rx-backup", station.port),
+                        ),
+                    )
+                ]
+            )
+            await provision(db_pool, backup="rx-backup")
+            refused = (
+                REGISTRY.get_sample_value(
+                    "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "duh"}
+                )
+                or 0.0
+            )
+            async with running_engine(settings_for(database_url)) as engine:
+                assert engine.dc09 is not None
+                module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
+                await module.connect()
+                assert await module.send("ADM-CID", "#1234|1130 01 014") is not None
+                await module.close()
+                [got] = await station.wait_for(1, timeout_s=30)
+                await wait_state(db_pool, "SELECT state FROM deliveries", "delivered")
+        finally:
+            await refusing.stop()
+        assert got.events[0].zone == 14
+        assert [r.events[0].zone for r in refusing.received] == [14]
+        row = await db_pool.fetchrow("SELECT receiver_used, failed_attempts FROM deliveries")
+        assert row is not None and row["receiver_used"] == "rx-backup"
+        assert "rx-primary" in str(row["failed_attempts"]) and "DUH" in str(row["failed_attempts"])
+        assert (
+            REGISTRY.get_sample_value(
+                "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "duh"}
+            )
+            == refused + 1
+        )
+
     @pytest.mark.parametrize(
         ("primary", "backup"), [("rx-primary", "central-2"), ("central-1", "rx-primary")]
     )

@@ -139,7 +139,9 @@ class TestAlertExpressions:
         whose series appears only with its first event (at 1) never fires an alert for a
         single event (the first DUH, the first incomplete voice session, the first refused
         signal). Every series an alert selects by label value is exported at 0 from the
-        start, for each value the alert names."""
+        start, for each value the alert names (a receiver's, once it is configured:
+        test_receiver_link_metric shows the engine exports them on loading its receivers)."""
+        engine.metrics.export_receiver_counters("observability-test-receiver")
         missing = [
             f"{rule['alert']}: {series}{{{label}={value!r}}}"
             for rule in alert_rules()

@@ -118,14 +118,41 @@ class TestFailover:
         assert not group.failed_over
         assert pair.backup_sim.received == []
 
-    async def test_duh_is_not_a_failure(self, pair: Pair) -> None:
-        """DUH is a refusal by a working receiver: reported as is, no failover."""
+    async def test_a_frame_the_primary_refuses_goes_to_the_backup_without_failover(
+        self, pair: Pair
+    ) -> None:
+        """DUH is a refusal by a working receiver (say an account only the backup has): the
+        backup gets that frame in the same delivery, the group does not fail over, and the
+        next delivery tries the primary again."""
         pair.primary_sim.set_mode("duh")
         group = ReceiverGroup(pair.primary, pair.backup, failover_after=1)
-        results = [await deliver(group, z) for z in (1, 2)]
-        assert results == [(pair.primary_name, "duh"), (pair.primary_name, "duh")]
+        attempt = await group.deliver(account="1", event=burglary(1), seq="0001")
+        assert (attempt.receiver, attempt.outcome) == (pair.backup_name, "acked")
+        assert attempt.failed_over_from is not None
+        assert (attempt.failed_over_from.receiver, attempt.failed_over_from.outcome) == (
+            pair.primary_name,
+            "duh",
+        )
         assert not group.failed_over
-        assert pair.backup_sim.received == []
+        pair.primary_sim.set_mode("ack")
+        assert await deliver(group, 2) == (pair.primary_name, "acked")
+        assert [r.seq for r in pair.primary_sim.received] == ["0001", "0002"]
+        assert [r.seq for r in pair.backup_sim.received] == ["0001"]
+
+    async def test_a_frame_both_refuse_is_refused(self, pair: Pair) -> None:
+        """Primary and backup both DUH: the delivery is refused (the caller dead-letters it),
+        still without failover."""
+        pair.primary_sim.set_mode("duh")
+        pair.backup_sim.set_mode("duh")
+        group = ReceiverGroup(pair.primary, pair.backup, failover_after=1)
+        assert await deliver(group, 1) == (pair.backup_name, "duh")
+        assert not group.failed_over
+
+    async def test_without_backup_a_duh_is_returned(self, pair: Pair) -> None:
+        pair.primary_sim.set_mode("duh")
+        group = ReceiverGroup(pair.primary, None, failover_after=1)
+        assert [await deliver(group, z) for z in (1, 2)] == [(pair.primary_name, "duh")] * 2
+        assert not group.failed_over
 
     async def test_without_backup_failures_are_returned(self, pair: Pair) -> None:
         """With no backup the failures go back to the caller, which retries with the same seq."""
