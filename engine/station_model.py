@@ -25,6 +25,8 @@ class ReceiverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     families: Literal["cid", "sia", "both"] = "both"
     two_way_voice: bool = False
     null_poll_interval_s: float = 60.0
+    # The account NULL polls carry: one the receiver knows, for a receiver that ignores others.
+    poll_account: str = "0000"
     ack_timeout_s: float = 5.0
     phone_number: str | None = None
     connections: int = 4  # DC-09 connections kept open (deliveries of different lanes in flight)
@@ -77,9 +79,12 @@ def receiver_problem(receiver: ReceiverConfig) -> str | None:
         return "ack_timeout_s must be above 0 and at most 300 seconds"
     if not 0 < receiver.null_poll_interval_s <= 86_400:
         return "null_poll_interval_s must be above 0 and at most 86400 seconds (a day)"
+    if not _POLL_ACCOUNT.fullmatch(receiver.poll_account):
+        return "poll_account must be 1-16 characters 0-9, A-Z (a DC-09 account)"
     return None
 
 
+_POLL_ACCOUNT = re.compile(r"[0-9A-Za-z]{1,16}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 

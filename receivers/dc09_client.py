@@ -263,7 +263,9 @@ class Dc09ReceiverClient:
     async def poll(self) -> bool:
         """Send one NULL link test now; True when the receiver ACKed."""
         async with self._lock:
-            attempt = await self._send_frame(token="NULL", account="0000", data="", seq="0000")
+            attempt = await self._send_frame(
+                token="NULL", account=self.config.poll_account.upper(), data="", seq="0000"
+            )
         ok = attempt.outcome == "acked"
         metrics.POLLS.labels(self.name, "ok" if ok else "failed").inc()
         return ok

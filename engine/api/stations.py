@@ -57,6 +57,7 @@ class ReceiverOut(msgspec.Struct, frozen=True, kw_only=True):
     families: Literal["cid", "sia", "both"]
     two_way_voice: bool
     null_poll_interval_s: float
+    poll_account: str
     ack_timeout_s: float
     phone_number: str | None
     connections: int

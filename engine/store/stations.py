@@ -11,11 +11,11 @@ from engine.station_model import ReceiverConfig, Station
 
 RECEIVER_COLUMNS = (
     "name, kind, host, port, protocol, receiver_number, line_prefix, key, key_format, families, "
-    "two_way_voice, null_poll_interval_s, ack_timeout_s, phone_number, connections"
+    "two_way_voice, null_poll_interval_s, ack_timeout_s, phone_number, connections, poll_account"
 )
 _INSERT_RECEIVER = f"""
 INSERT INTO receivers (station, {RECEIVER_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 """
 _ON_CONFLICT = """
 ON CONFLICT (name) DO UPDATE SET station = EXCLUDED.station, kind = EXCLUDED.kind,
@@ -24,7 +24,8 @@ ON CONFLICT (name) DO UPDATE SET station = EXCLUDED.station, kind = EXCLUDED.kin
     key = EXCLUDED.key, key_format = EXCLUDED.key_format, families = EXCLUDED.families,
     two_way_voice = EXCLUDED.two_way_voice, null_poll_interval_s = EXCLUDED.null_poll_interval_s,
     ack_timeout_s = EXCLUDED.ack_timeout_s, phone_number = EXCLUDED.phone_number,
-    connections = EXCLUDED.connections, updated_at = now()
+    connections = EXCLUDED.connections, poll_account = EXCLUDED.poll_account,
+    updated_at = now()
 """
 ReceiverWrite = Literal["insert", "replace", "replace_same_station"]
 
@@ -61,6 +62,7 @@ async def write_receiver(
         r.ack_timeout_s,
         r.phone_number,
         r.connections,
+        r.poll_account,
     )
     return status
 
@@ -82,6 +84,7 @@ def receiver_from_row(row: Any) -> ReceiverConfig:
         ack_timeout_s=float(row["ack_timeout_s"]),
         phone_number=row["phone_number"],
         connections=row["connections"],
+        poll_account=row["poll_account"],
     )
 
 

@@ -30,6 +30,15 @@ class TestReceiverProblem:
         assert problem is not None
         assert problem.startswith(f"host {host!r} is neither an IP address nor a host name")
 
+    @pytest.mark.parametrize("account", ["", "12-34", "1" * 17, "0000 ", "١٢٣٤"])
+    def test_a_poll_account_dc09_cannot_carry_is_refused(self, account: str) -> None:
+        problem = receiver_problem(msgspec.structs.replace(GOOD, poll_account=account))
+        assert problem == "poll_account must be 1-16 characters 0-9, A-Z (a DC-09 account)"
+
+    @pytest.mark.parametrize("account", ["0000", "A1B2", "a1b2", "1" * 16])
+    def test_a_poll_account_is_taken(self, account: str) -> None:
+        assert receiver_problem(msgspec.structs.replace(GOOD, poll_account=account)) is None
+
     @pytest.mark.parametrize(
         ("field", "value", "message"),
         [

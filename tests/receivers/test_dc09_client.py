@@ -420,6 +420,19 @@ class TestLinkPolls:
         assert sample("alarmrelay_receiver_polls_total", receiver=name, result="ok") >= 2
         assert sample("alarmrelay_receiver_polls_total", receiver=name, result="failed") >= 1
 
+    async def test_polls_carry_the_receivers_poll_account(self, make_client: ClientFactory) -> None:
+        """A receiver that ignores accounts it does not know (a Bosch D6600 needs each account
+        created first) never answered polls from 0000: the link stayed down for ever. The polls
+        carry the receiver's ``poll_account`` (upper case, as DC-09 writes accounts)."""
+        station = StationSimulator(include_nulls=True)
+        port = await station.start()
+        try:
+            client = make_client(port, null_poll_interval_s=0.1, poll_account="a1b2")
+            assert await client.poll()
+        finally:
+            await station.stop()
+        assert [(r.token, r.account) for r in station.received] == [("NULL", "A1B2")]
+
     async def test_polls_reconnect_after_station_returns(self, make_client: ClientFactory) -> None:
         """With the station gone the link goes down; when it is back, polls reconnect on their own."""
         station = StationSimulator()

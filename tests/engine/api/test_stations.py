@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from engine.store.stations import StationStore
 from tests.engine.api.catalog_setup import create_packages, imei, security_request
 from tests.engine.api.conftest import Api
 
@@ -61,6 +62,25 @@ class TestStations:
         )
         assert bad.status_code == 422
         assert "connections must be 1-64" in bad.text
+
+    async def test_receiver_poll_account_stored_and_checked(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A receiver's NULL-poll account is stored, listed (default 0000) and reaches the
+        engine's receiver list; one DC-09 cannot carry is a field error."""
+        known = {**RECEIVER, "name": "known", "poll_account": "9999"}
+        plain = {**RECEIVER, "name": "plain", "port": 9101}
+        created = await admin.post("/v1/stations", json={"name": "C4", "receivers": [known, plain]})
+        assert created.status_code == 201, created.text
+        accounts = {r["name"]: r["poll_account"] for r in created.json()["receivers"]}
+        assert accounts == {"known": "9999", "plain": "0000"}
+        stored = {r.name: r.poll_account for r in await StationStore(api.pool).ip_receivers()}
+        assert stored == {"known": "9999", "plain": "0000"}
+        bad = await admin.put(
+            "/v1/stations/C4/receivers/known", json={**known, "poll_account": "12-34"}
+        )
+        assert bad.status_code == 422
+        assert "poll_account must be 1-16 characters" in bad.text
 
     async def test_other_dealer_cannot_see_or_use_station(
         self, api: Api, admin: httpx.AsyncClient
