@@ -45,7 +45,7 @@ from engine.background_task import restart_on_failure
 from engine.errors import DATABASE_ERRORS
 from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
-from engine.voice_session import VoiceCommand, VoiceReceiver, VoiceSessions
+from engine.voice_session import VoiceCommand, VoiceCommandProblem, VoiceReceiver, VoiceSessions
 from protocols.signal import Event
 
 log = structlog.get_logger("engine.delivery")
@@ -182,6 +182,7 @@ class Dispatcher:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         voice_command: VoiceCommand | None = None,
+        voice_command_problem: VoiceCommandProblem | None = None,
         voice_retry_s: float = 60.0,
         outcome_pool: asyncpg.Pool | None = None,
     ) -> None:
@@ -205,7 +206,9 @@ class Dispatcher:
         self._poll_s = poll_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
-        self.voice = VoiceSessions(pool, voice_command, retry_s=voice_retry_s)
+        self.voice = VoiceSessions(
+            pool, voice_command, command_problem=voice_command_problem, retry_s=voice_retry_s
+        )
         self._outcomes = OutcomeWriter(self._relaxed, owner=self.owner)
         self._wake = asyncio.Event()
         self._lanes: dict[str, deque[OwnedDelivery]] = {}  # held rows per lane, head first

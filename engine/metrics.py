@@ -188,7 +188,9 @@ for _reason in ("no_station_account", "no_receiver"):
     DECISIONS.labels("false", _reason)
 for _step in ("create_partitions", "drop_partitions"):
     MAINTENANCE_DEFERRED.labels(_step)
-for _result in ("started", "incomplete", "receiver_unsupported", "receiver_unknown"):
+for _result in (
+    "started", "incomplete", "receiver_unsupported", "receiver_unknown", "command_impossible"
+):
     VOICE_SESSIONS.labels(_result)
 for _result in ("sent", "failed"):
     VOICE_COMMANDS.labels(_result)

@@ -113,6 +113,7 @@ class Engine:
                     pool,
                     receivers.current,
                     voice_command=self._voice_command,
+                    voice_command_problem=self._voice_command_problem,
                     voice_retry_s=settings.mqtt.command_retry_s,
                     outcome_pool=database.relaxed_pool,
                 )
@@ -304,17 +305,24 @@ class Engine:
         )
         self._mqtt_task = asyncio.create_task(self._mqtt.run(), name="mqtt-listener")
 
+    def _voice_command_problem(self, account: str) -> str | None:
+        """Why the module of ``account`` can never be sent a voice command, or None."""
+        if not self.settings.mqtt.enabled:
+            return "MQTT is disabled"
+        row = self.directory.get(account)
+        if row is None or not row.module_serial:
+            return f"account {account} has no module serial for MQTT commands"
+        return None
+
     async def _voice_command(self, account: str, signal_id: int) -> None:
         """Tell the module to open a two-way-voice session with its siren off."""
         from protocols.mqtt_payloads import StartVoiceSessionV1  # noqa: PLC0415
 
-        if not self.settings.mqtt.enabled:
-            raise VoiceCommandImpossible("MQTT is disabled")
+        # Checked before the listen-in too; the serial may have been removed since.
+        problem = self._voice_command_problem(account)
         row = self.directory.get(account)
-        if row is None or not row.module_serial:
-            raise VoiceCommandImpossible(
-                f"account {account} has no module serial for MQTT commands"
-            )
+        if problem is not None or row is None or not row.module_serial:
+            raise VoiceCommandImpossible(problem or f"account {account} has no module serial")
         if self._mqtt is None:  # a delivery claimed at start-up, before the MQTT client: retried
             raise RuntimeError("the MQTT client is not started yet")
         await self._mqtt.send_command(

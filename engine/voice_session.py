@@ -18,6 +18,11 @@ the command would turn the siren off with nobody listening (FIELD_NOTES §4: the
 ``alarmrelay_voice_sessions_total{result="receiver_unsupported"}`` counts it (``receiver_unknown``
 when the receiver was removed since).
 
+**A module that can never get the command** (MQTT disabled, an account without a module serial):
+the listen-in is not sent either. It would tell the operator to wait for audio that cannot come,
+and the operator would not call the premises meanwhile. The delivery records ``not_started``
+(``alarmrelay_voice_sessions_total{result="command_impossible"}``).
+
 **A command that cannot be published** (broker unreachable, connection lost before the PUBACK, no
 PUBACK, refused) is not dropped. Each failed attempt is logged (``voice_command_failed``) and
 counted (``alarmrelay_voice_commands_total{result="failed"}``); the delivery shows
@@ -64,6 +69,9 @@ class VoiceCommandImpossible(Exception):
 
 
 VoiceCommand = Callable[[str, int], Awaitable[None]]
+# Why the account's module cannot be sent a voice command at all (MQTT disabled, no module
+# serial), or None.
+VoiceCommandProblem = Callable[[str], str | None]
 
 
 class VoiceReceiver(Protocol):
@@ -107,12 +115,14 @@ class VoiceSessions:
         pool: asyncpg.Pool,
         command: VoiceCommand | None,
         *,
+        command_problem: VoiceCommandProblem | None = None,
         retry_s: float = 60.0,
         retry_base_s: float = 1.0,
         retry_max_s: float = 10.0,
     ) -> None:
         self._pool = pool
         self._command = command
+        self._command_problem = command_problem
         self._retry_s = retry_s
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
@@ -135,6 +145,15 @@ class VoiceSessions:
                 "receiver_unsupported",
                 f"the alarm was delivered to {role} {receiver!r}, which does not support "
                 "two-way voice: no listen-in sent, no voice command",
+                bound,
+            )
+            return
+        impossible = self._impossible(row.account)
+        if impossible is not None:
+            await self._not_started(
+                row,
+                "command_impossible",
+                f"voice command not possible: {impossible}: no listen-in sent",
                 bound,
             )
             return
@@ -213,6 +232,11 @@ class VoiceSessions:
             "voice_session", receiver=receiver, state=state, errors=notes or None,
             command_attempts=attempts,
         )  # fmt: skip
+
+    def _impossible(self, account: str) -> str | None:
+        if self._command is None:
+            return "MQTT is disabled"
+        return self._command_problem(account) if self._command_problem is not None else None
 
     async def _send_command(self, row: OwnedDelivery) -> tuple[str, bool] | None:
         """None when the module's command was published (PUBACKed), else (why not, permanent)."""

@@ -408,6 +408,59 @@ class TestCommandFailure:
         assert _metric("alarmrelay_voice_sessions_total", "incomplete") == incomplete + 1
 
 
+class TestModuleThatCannotGetTheCommand:
+    async def test_mqtt_disabled_no_listen_in_is_announced(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """MQTT off: the module can never be told to open the session. The station got 606/LF
+        anyway and its operator waited for audio that could not come; now the alarm alone
+        goes, and the delivery says why no session started."""
+        station = StationSimulator()
+        await station.start()
+        await _provision(db_pool, (_receiver("rx-a", station.port, voice=True),))
+        settings = msgspec.structs.replace(
+            settings_for(database_url), supervision=SupervisionSettings(enabled=False)
+        )
+        impossible = _metric("alarmrelay_voice_sessions_total", "command_impossible")
+        try:
+            async with running_engine(settings) as engine:
+                await _fire(engine)
+                row = await _voice_row(db_pool, "not_started")
+                await asyncio.sleep(0.3)  # a listen-in would follow the alarm's ACK at once
+        finally:
+            await station.stop()
+        assert [r.events[0].code for r in station.received] == ["FA"]
+        assert row["voice_session_error"] == (
+            "voice command not possible: MQTT is disabled: no listen-in sent"
+        )
+        assert row["voice_command_attempts"] == 0
+        assert _metric("alarmrelay_voice_sessions_total", "command_impossible") == impossible + 1
+
+    async def test_an_account_without_module_serial_gets_no_listen_in(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """No module serial (nothing to publish to): no listen-in, no command attempt."""
+        receiver = _RecordingReceiver()
+        commands: list[str] = []
+
+        async def command(account: str, signal_id: int) -> None:
+            commands.append(account)
+
+        def problem(account: str) -> str | None:
+            return f"account {account} has no module serial for MQTT commands"
+
+        sessions = VoiceSessions(db_pool, command, command_problem=problem)
+        delivery = await _fire_delivery(db_pool)
+        await sessions.after_delivery(
+            owned_from_record(delivery), "rx-a", _Registry(receiver), structlog.get_logger()
+        )
+        await sessions.stop()
+        state = await db_pool.fetchval(
+            "SELECT voice_session_state FROM deliveries WHERE id = $1", delivery["id"]
+        )
+        assert (state, receiver.sent, commands) == ("not_started", [], [])
+
+
 class _Acked(msgspec.Struct):
     outcome: str = "acked"
 
@@ -423,17 +476,26 @@ class _AckingReceiver:
         return _Acked()
 
 
+class _RecordingReceiver(_AckingReceiver):
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, *, account: str, event: Event, seq: str | None = None) -> _Acked:
+        self.sent.append(event.code)
+        return _Acked()
+
+
 class _Registry:
+    def __init__(self, receiver: _AckingReceiver | None = None) -> None:
+        self._receiver = receiver or _AckingReceiver()
+
     def client(self, name: str) -> _AckingReceiver:
-        return _AckingReceiver()
+        return self._receiver
 
 
-async def _record_after_stop(
-    pool: asyncpg.Pool, command: VoiceCommand, reached: asyncio.Event, **retry: float
-) -> asyncpg.Record:
-    """Start the voice session of a delivered fire alarm with ``command``, stop the sessions once
-    ``reached`` is set (as an engine stopping), and return the delivery's voice record."""
-    delivery = await pool.fetchrow(
+async def _fire_delivery(pool: asyncpg.Pool) -> asyncpg.Record:
+    """A delivered fire alarm's outbox row with two-way voice on."""
+    delivery: asyncpg.Record | None = await pool.fetchrow(
         """
         INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
                                 priority, event, primary_receiver, seq, received_at,
@@ -445,6 +507,16 @@ async def _record_after_stop(
         STATION_ACCOUNT,
         '{"family":"sia","code":"FA","zone":4,"classification":{"category":"alarms"}}',
     )
+    assert delivery is not None
+    return delivery
+
+
+async def _record_after_stop(
+    pool: asyncpg.Pool, command: VoiceCommand, reached: asyncio.Event, **retry: float
+) -> asyncpg.Record:
+    """Start the voice session of a delivered fire alarm with ``command``, stop the sessions once
+    ``reached`` is set (as an engine stopping), and return the delivery's voice record."""
+    delivery = await _fire_delivery(pool)
     sessions = VoiceSessions(pool, command, **retry)
     await sessions.after_delivery(
         owned_from_record(delivery), "rx-a", _Registry(), structlog.get_logger()
