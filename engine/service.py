@@ -314,8 +314,9 @@ class Engine:
             return f"account {account} has no module serial for MQTT commands"
         return None
 
-    async def _voice_command(self, account: str, signal_id: int) -> None:
-        """Tell the module to open a two-way-voice session with its siren off."""
+    async def _voice_command(self, account: str, signal_id: int, siren_off: bool) -> None:
+        """Tell the module to open a two-way-voice session (with its siren off when an
+        operator is known to be listening: the station ACKed the listen-in)."""
         from protocols.mqtt_payloads import StartVoiceSessionV1  # noqa: PLC0415
 
         # Checked before the listen-in too; the serial may have been removed since.
@@ -326,7 +327,7 @@ class Engine:
         if self._mqtt is None:  # a delivery claimed at start-up, before the MQTT client: retried
             raise RuntimeError("the MQTT client is not started yet")
         await self._mqtt.send_command(
-            row.module_serial, StartVoiceSessionV1(siren_off=True, signal_id=signal_id)
+            row.module_serial, StartVoiceSessionV1(siren_off=siren_off, signal_id=signal_id)
         )
 
     async def _stop_mqtt(self) -> None:

@@ -23,6 +23,11 @@ the listen-in is not sent either. It would tell the operator to wait for audio t
 and the operator would not call the premises meanwhile. The delivery records ``not_started``
 (``alarmrelay_voice_sessions_total{result="command_impossible"}``).
 
+**A listen-in the receiver did not acknowledge.** The command still goes, so the module calls
+the station, but with ``siren_off: false``: nobody is known to be listening, and the siren is
+the occupants' fire or CO warning (it is silenced only so that a call can be heard). Recorded as
+``incomplete``, with why and "siren left on".
+
 **A command that cannot be published** (broker unreachable, connection lost before the PUBACK, no
 PUBACK, refused) is not dropped. Each failed attempt is logged (``voice_command_failed``) and
 counted (``alarmrelay_voice_commands_total{result="failed"}``); the delivery shows
@@ -68,7 +73,8 @@ class VoiceCommandImpossible(Exception):
     """The command cannot be sent at all (MQTT disabled, no module serial): never retried."""
 
 
-VoiceCommand = Callable[[str, int], Awaitable[None]]
+# (account, signal id, siren off): publish the module's start_voice_session command.
+VoiceCommand = Callable[[str, int, bool], Awaitable[None]]
 # Why the account's module cannot be sent a voice command at all (MQTT disabled, no module
 # serial), or None.
 VoiceCommandProblem = Callable[[str], str | None]
@@ -192,7 +198,7 @@ class VoiceSessions:
         try:
             while True:
                 attempts += 1
-                failure = await self._send_command(row)
+                failure = await self._send_command(row, siren_off=not problems)
                 if failure is None:
                     sent = True
                     metrics.VOICE_COMMANDS.labels("sent").inc()
@@ -221,6 +227,8 @@ class VoiceSessions:
             await self._record(row, "command_retrying", "; ".join(notes), attempts)
             raise
         notes = list(problems)
+        if sent and problems:
+            notes.append("siren left on: no operator is known to be listening")
         if not sent:
             notes.append(f"{last_failure} (gave up after {attempts} attempt{'s' * (attempts > 1)})")
         elif last_failure is not None:  # sent in the end: the failures stay on record
@@ -238,12 +246,14 @@ class VoiceSessions:
             return "MQTT is disabled"
         return self._command_problem(account) if self._command_problem is not None else None
 
-    async def _send_command(self, row: OwnedDelivery) -> tuple[str, bool] | None:
+    async def _send_command(
+        self, row: OwnedDelivery, *, siren_off: bool
+    ) -> tuple[str, bool] | None:
         """None when the module's command was published (PUBACKed), else (why not, permanent)."""
         if self._command is None:
             return "voice command not sent: MQTT is disabled", True
         try:
-            await self._command(row.account, row.signal_id)
+            await self._command(row.account, row.signal_id, siren_off)
         except VoiceCommandImpossible as exc:
             return f"voice command not sent: {exc}", True
         except Exception as exc:  # any publish failure is retried

@@ -99,7 +99,8 @@ class AckV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class StartVoiceSessionV1(_Payload, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Engine → module: open a two-way-voice session, siren off so the call can be heard."""
+    """Engine → module: open a two-way-voice session; ``siren_off`` so the call can be heard,
+    false when the station did not acknowledge the listen-in (nobody is known to be listening)."""
 
     v: Literal[1] = 1
     command: Literal["start_voice_session"] = "start_voice_session"

@@ -443,7 +443,7 @@ class TestModuleThatCannotGetTheCommand:
         receiver = _RecordingReceiver()
         commands: list[str] = []
 
-        async def command(account: str, signal_id: int) -> None:
+        async def command(account: str, signal_id: int, siren_off: bool) -> None:
             commands.append(account)
 
         def problem(account: str) -> str | None:
@@ -463,6 +463,7 @@ class TestModuleThatCannotGetTheCommand:
 
 class _Acked(msgspec.Struct):
     outcome: str = "acked"
+    error: str | None = None
 
 
 class _AckingReceiver:
@@ -483,6 +484,12 @@ class _RecordingReceiver(_AckingReceiver):
     async def send(self, *, account: str, event: Event, seq: str | None = None) -> _Acked:
         self.sent.append(event.code)
         return _Acked()
+
+
+class _UnansweredReceiver(_RecordingReceiver):
+    async def send(self, *, account: str, event: Event, seq: str | None = None) -> _Acked:
+        self.sent.append(event.code)
+        return _Acked(outcome="failed", error="no answer within the ACK timeout")
 
 
 class _Registry:
@@ -541,7 +548,7 @@ class TestStopDuringTheCommand:
         a failure, and the stop cancelled it)."""
         started = asyncio.Event()
 
-        async def slow_command(account: str, signal_id: int) -> None:
+        async def slow_command(account: str, signal_id: int, siren_off: bool) -> None:
             started.set()
             await asyncio.sleep(5)  # no PUBACK yet
 
@@ -559,7 +566,7 @@ class TestStopDuringTheCommand:
         failed = asyncio.Event()
         calls = 0
 
-        async def unreachable_broker(account: str, signal_id: int) -> None:
+        async def unreachable_broker(account: str, signal_id: int, siren_off: bool) -> None:
             nonlocal calls
             calls += 1
             if calls == 2:
@@ -571,3 +578,38 @@ class TestStopDuringTheCommand:
         assert row["voice_command_attempts"] == 2
         assert "not connected to the MQTT broker" in row["voice_session_error"]
         assert "the engine stopped" in row["voice_session_error"]
+
+
+class TestListenInNotAcknowledged:
+    @pytest.mark.parametrize(
+        ("receiver", "siren_off", "state"),
+        [(_RecordingReceiver, True, "started"), (_UnansweredReceiver, False, "incomplete")],
+    )
+    async def test_the_siren_is_silenced_only_when_an_operator_is_listening(
+        self, db_pool: asyncpg.Pool, receiver: type[_RecordingReceiver], siren_off: bool, state: str
+    ) -> None:
+        """The station did not ACK the listen-in: nobody is known to be listening, so the
+        module is told to call with its siren on (it was turned off, silencing the fire or CO
+        warning for a call that may go unheard)."""
+        station = receiver()
+        commands: list[tuple[str, bool]] = []
+
+        async def command(account: str, signal_id: int, siren: bool) -> None:
+            commands.append((account, siren))
+
+        sessions = VoiceSessions(db_pool, command)
+        delivery = await _fire_delivery(db_pool)
+        await sessions.after_delivery(
+            owned_from_record(delivery), "rx-a", _Registry(station), structlog.get_logger()
+        )
+        await sessions.stop()
+        row = await db_pool.fetchrow(
+            "SELECT voice_session_state, voice_session_error FROM deliveries WHERE id = $1",
+            delivery["id"],
+        )
+        assert row is not None
+        assert (station.sent, commands) == (["LF"], [(ALARM_ACCOUNT, siren_off)])
+        assert row["voice_session_state"] == state
+        if not siren_off:
+            assert "listen-in not acknowledged" in row["voice_session_error"]
+            assert "siren left on" in row["voice_session_error"]
