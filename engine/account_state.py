@@ -3,8 +3,9 @@
 PRODUCT.md "Forwarding semantics": the phone-line state is set by phone-line / communication
 failure signals (Contact ID 351, 352, 354; SIA LT, YC) and cleared by *their* restores: each
 failure is kept apart (line 2's restore does not end line 1's fault), and the line is failed while
-any is. The caller applies each event *before* deciding on it, so the failure signal itself can be
-forwarded.
+any is. Contact ID names the line by its code (351 telco 1, 352 telco 2); SIA LT / LR by their
+address, the line number (PROTOCOLS.md §3.2), so ``LT1`` and ``LT2`` are two failures. The caller
+applies each event *before* deciding on it, so the failure signal itself can be forwarded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _CID_CLEARS = "3"
 _SIA_SETS = frozenset({"LT", "YC"})
 _SIA_RESTORES = {"LR": "LT", "YK": "YC"}  # restore code → the failure it ends
 _SIA_LINE_CODES = _SIA_SETS | frozenset(_SIA_RESTORES)
+_SIA_PER_LINE = "LT"  # its address is the line number: one failure per line
 # A failure recorded before failures were kept apart (migration 0480): any restore ends it.
 UNKNOWN_FAULT = "unknown"
 # Server-generated signals carry their own category; their code is only the wire form they are
@@ -40,7 +42,7 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     written with the miss and its restore; the policy does not depend on it.
     """
 
-    line_faults: frozenset[str] = frozenset()  # the failures not restored yet: "351", "LT", …
+    line_faults: frozenset[str] = frozenset()  # the failures not restored yet: "351", "LT2", …
 
     @property
     def phone_line_failed(self) -> bool:
@@ -60,8 +62,9 @@ def apply_event(state: AccountState, event: Event) -> AccountState:
     """The state after ``event``; ``state`` itself when nothing changes (no allocation).
 
     Contact ID 351/352/354: Q=1 (or Q=6 status) records that failure, Q=3 ends it. SIA LT and YC
-    record theirs, LR ends LT and YK ends YC. Server-generated events (Panel Not Responding, Crash
-    & Smash) never change it.
+    record theirs, LR ends LT and YK ends YC. LT is kept per line: LR2 ends LT2 (and an LT that
+    named no line), not LT1; an LR that names no line ends every LT. Server-generated events
+    (Panel Not Responding, Crash & Smash) never change it.
     """
     if event.classification.category in _SYNTHETIC:
         return state
@@ -78,11 +81,31 @@ def apply_event(state: AccountState, event: Event) -> AccountState:
         else:
             return state
     elif code in _SIA_SETS:
-        after = faults | {code}
+        after = faults | {_sia_fault(code, event.zone)}
     elif code in _SIA_RESTORES:
-        after = faults - {_SIA_RESTORES[code], UNKNOWN_FAULT}
+        failure = _SIA_RESTORES[code]
+        if failure == _SIA_PER_LINE and not event.zone:
+            # No line named: it ends the failure of every line.
+            after = frozenset(
+                f for f in faults if f != UNKNOWN_FAULT and not _is_line_fault(f, failure)
+            )
+        else:
+            after = faults - {failure, _sia_fault(failure, event.zone), UNKNOWN_FAULT}
     else:
         return state
     if after == faults:
         return state
     return msgspec.structs.replace(state, line_faults=frozenset(after))
+
+
+def _sia_fault(code: str, zone: int | None) -> str:
+    """The failure a SIA line code stands for: ``LT2`` for line 2, ``LT`` when no line is named,
+    ``YC`` whatever its address."""
+    if code == _SIA_PER_LINE and zone:
+        return f"{code}{zone}"
+    return code
+
+
+def _is_line_fault(fault: str, code: str) -> bool:
+    """Whether ``fault`` is ``code`` itself or ``code`` for one line (``LT``, ``LT1``, …)."""
+    return fault.startswith(code) and (len(fault) == len(code) or fault[len(code) :].isdigit())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
@@ -14,6 +15,7 @@ from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
 from protocols.contact_id import parse_cid_block
+from protocols.sia_dc03 import parse_sia_block
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -30,9 +32,12 @@ def cid(block: str, n: int) -> InboundSignal:
     )
 
 
-async def test_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -> None:
-    """Line 1 fault, line 2's restore, then a burglary: forwarded (the restore used to clear the
-    line and the alarm was held back as phone_line_ok); line 1's own restore ends it."""
+def sia(block: str, n: int) -> InboundSignal:
+    return msgspec.structs.replace(cid("1130 01 001", n), events=parse_sia_block(f"#7000|{block}"))
+
+
+async def line_failure_account(db_pool: asyncpg.Pool) -> IngestWriter:
+    """Account 7000 in "only if the phone line fails" with its line connected; its writer."""
     account = Account(
         account="7000",
         forwarding=ForwardingSettings(
@@ -45,7 +50,22 @@ async def test_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -
     await AccountStore(db_pool).upsert_many([account])
     directory = AccountDirectory()
     directory.load([account])
-    writer = IngestWriter(db_pool, duplicate_window_s=600, forwarding=ForwardingStage(directory))
+    return IngestWriter(db_pool, duplicate_window_s=600, forwarding=ForwardingStage(directory))
+
+
+async def reasons(db_pool: asyncpg.Pool, *seqs: str) -> list[tuple[str, str]]:
+    rows = await db_pool.fetch(
+        "SELECT s.seq, d.reason FROM decisions d JOIN signals s ON s.id = d.signal_id "
+        "WHERE s.seq = ANY($1::text[]) ORDER BY s.seq",
+        list(seqs),
+    )
+    return [(r["seq"], r["reason"]) for r in rows]
+
+
+async def test_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -> None:
+    """Line 1 fault, line 2's restore, then a burglary: forwarded (the restore used to clear the
+    line and the alarm was held back as phone_line_ok); line 1's own restore ends it."""
+    writer = await line_failure_account(db_pool)
     for n, block in enumerate(["1351 01 000", "3352 01 000", "1130 01 003"], start=1):
         await writer([cid(block, n)])
     state = await db_pool.fetchrow(
@@ -57,11 +77,7 @@ async def test_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -
     )
     for n, block in enumerate(["3351 01 000", "1130 01 004"], start=4):
         await writer([cid(block, n)])
-    decisions = await db_pool.fetch(
-        "SELECT s.seq, d.reason FROM decisions d JOIN signals s ON s.id = d.signal_id "
-        "WHERE s.seq IN ('0003', '0005') ORDER BY s.seq"
-    )
-    assert [(r["seq"], r["reason"]) for r in decisions] == [
+    assert await reasons(db_pool, "0003", "0005") == [
         ("0003", "forwarded"),
         ("0005", "phone_line_ok"),
     ]
@@ -69,3 +85,20 @@ async def test_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -
         await db_pool.fetchval("SELECT phone_line_failed FROM account_state WHERE account = '7000'")
         is False
     )
+
+
+async def test_sia_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Pool) -> None:
+    """The same in SIA, where the line is LT's address: LT1, LT2, LR2, then a burglary is
+    forwarded (LR2 used to end LT1 too, and the alarm was held back as phone_line_ok)."""
+    writer = await line_failure_account(db_pool)
+    for n, block in enumerate(["Nri1/LT1", "Nri1/LT2", "Nri1/LR2", "Nri1/BA3"], start=1):
+        await writer([sia(block, n)])
+    assert await db_pool.fetchval(
+        "SELECT line_faults FROM account_state WHERE account = '7000'"
+    ) == ["LT1"]
+    for n, block in enumerate(["Nri1/LR1", "Nri1/BA4"], start=5):
+        await writer([sia(block, n)])
+    assert await reasons(db_pool, "0004", "0006") == [
+        ("0004", "forwarded"),
+        ("0006", "phone_line_ok"),
+    ]

@@ -425,6 +425,24 @@ class TestApplyEvent:
         assert apply_event(sia_state, sia("YK")).phone_line_failed  # YK ends YC, not LT
         assert not apply_event(sia_state, sia("LR")).phone_line_failed
 
+    def test_sia_line_trouble_is_kept_per_line(self) -> None:
+        """SIA LT / LR carry the line number as their address (PROTOCOLS.md §3.2): line 2's
+        restore does not end line 1's fault (it did: both were one "LT"); LR without a line ends
+        every line's, and LR2 ends an LT that named no line."""
+
+        def line(code: str, number: int | None) -> Event:
+            return msgspec.structs.replace(sia(code), zone=number)
+
+        state = apply_event(AccountState(), line("LT", 1))
+        state = apply_event(state, line("LT", 2))
+        state = apply_event(state, line("LR", 2))
+        assert state.phone_line_failed and state.line_faults == {"LT1"}
+        assert not apply_event(state, line("LR", 1)).phone_line_failed
+        both = apply_event(apply_event(state, line("LT", 2)), sia("YC"))
+        assert apply_event(both, line("LR", None)).line_faults == {"YC"}
+        assert not apply_event(apply_event(AccountState(), sia("LT")), line("LR", 2)).line_faults
+        assert not apply_event(FAILED_BEFORE, line("LR", 2)).phone_line_failed
+
     def test_a_failure_from_before_is_ended_by_any_restore(self) -> None:
         """A failed line recorded without its cause (before migration 0480) ends at the first
         line restore, as it did."""
