@@ -24,7 +24,7 @@ import msgspec
 from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_model import ForwardingMode
-from engine.account_state import AccountState, apply_event, changes_state
+from engine.account_state import UNKNOWN_FAULT, AccountState, apply_event, changes_state
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.policy import Decision, TwoWayVoiceAction, decide
 from engine.store.ingest_batch import BatchDone, BatchWrite, DecisionRow, OutboxRow, write_batch
@@ -32,6 +32,10 @@ from engine.store.signals import StoredSignal
 from protocols.signal import Category, Event
 
 _DEFAULT_STATE = AccountState()
+# The line of an "only if the phone line fails" account whose state this batch did not read (its
+# settings changed to that mode after the batch chose the accounts to lock): not known to work,
+# so its signals are forwarded rather than held back as phone_line_ok. Never saved.
+_UNREAD_LINE = AccountState(line_faults=frozenset({UNKNOWN_FAULT}))
 _PHONE_LINE_FAILURE = ForwardingMode.PHONE_LINE_FAILURE
 _SERVER = Transport.SERVER
 _LISTEN_IN = TwoWayVoiceAction.LISTEN_IN_AFTER_DELIVERY
@@ -145,8 +149,13 @@ class ForwardingStage:
                 continue
             name = signal.account
             account = directory.get(name)
-            state = current.get(name, _DEFAULT_STATE)
             tracked = name in current
+            if tracked:
+                state = current[name]
+            elif account is not None and account.forwarding.mode is _PHONE_LINE_FAILURE:
+                state = _UNREAD_LINE
+            else:
+                state = _DEFAULT_STATE
             signal_id = ids[o] if ids is not None else None
             position = None if ids is not None else o
             server = signal.transport is _SERVER

@@ -102,3 +102,34 @@ async def test_sia_line_two_restored_leaves_line_one_failed(db_pool: asyncpg.Poo
         ("0004", "forwarded"),
         ("0006", "phone_line_ok"),
     ]
+
+
+def test_mode_changed_while_the_batch_is_written_forwards_rather_than_holds_back() -> None:
+    """An account switched to "only if the phone line fails" between the batch choosing the
+    accounts whose line state it locks and its decisions (the account listener runs at any
+    await): its line state was not read, so its alarm is forwarded. It was decided on a line
+    assumed to work and held back as phone_line_ok, also while the line was down."""
+    always = Account(
+        account="7000",
+        forwarding=ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account="7000", primary_receiver="rx"
+        ),
+    )
+    directory = AccountDirectory()
+    directory.load([always])
+    stage = ForwardingStage(directory)
+    alarm = [cid("1130 01 003", 1)]
+    assert stage.state_accounts(alarm) == []  # mode always, no line event: nothing to lock
+    directory.upsert(
+        msgspec.structs.replace(
+            always,
+            forwarding=msgspec.structs.replace(
+                always.forwarding,
+                mode=ForwardingMode.PHONE_LINE_FAILURE,
+                phone_line_connected=True,
+            ),
+        )
+    )
+    plan = stage.plan(alarm, [0], states={})
+    assert [(d.forward, d.reason) for d in plan.decided] == [(True, "forwarded")]
+    assert plan.states == {}  # the unread state is not saved
