@@ -5,7 +5,9 @@ for a new event (Q=1) and for a restore / closing (Q=3). The reverse direction p
 Contact ID per SIA code (the first in the table), so the first is one addressed as the SIA code
 is: HA (a zone) becomes 122 silent panic, not 121 duress (a user: the zone would be lost). On
 4xx codes Q=1 is an opening (disarm) and Q=3 a closing (arm): 441/442 armed STAY is OP when
-disarmed and NL (armed perimeter/stay) when armed, never an arming code for a disarm. Zone, partition, user and text are kept; the
+disarmed and NL (armed perimeter/stay) when armed, never an arming code for a disarm. The phone
+line keeps its number: 352 (telco 2) is LT / LR with address 2, and SIA LT2 is 352, not 351.
+Zone, partition, user and text are kept; the
 converted event is re-classified in its new family (callers keep the original decision's
 category). A code without an equivalent, or a SIA event whose zone, user or partition Contact ID
 cannot hold (zone over 999, partition over 99), raises :class:`ConversionError`: deliver it in its
@@ -47,6 +49,11 @@ CID_TO_SIA: dict[str, tuple[str, str | None]] = _pairs(
     "627=LB 628=LX 654=NA"
 )
 
+# The phone line: Contact ID names it by the code (351 telco 1, 352 telco 2), SIA LT / LR by their
+# address, the line number (§3.2). Converted, the line is kept: SIA LT2 is 352, not 351.
+_TELCO_LINE = {"351": 1, "352": 2}
+_LINE_CODES = frozenset({"LT", "LR"})
+
 SIA_TO_CID: dict[str, tuple[str, str]] = {}
 for _cid, (_new, _restore) in CID_TO_SIA.items():
     SIA_TO_CID.setdefault(_new, (_cid, "1"))
@@ -65,10 +72,13 @@ def to_sia(event: Event) -> Event:
     code = restore if event.qualifier == "3" else new
     if code is None:
         raise ConversionError(f"Contact ID {event.code} with qualifier 3 has no SIA equivalent")
+    zone = event.zone
+    if not zone and event.code in _TELCO_LINE:
+        zone = _TELCO_LINE[event.code]  # LT's address is the line
     return Event(
         family=Family.SIA,
         code=code,
-        zone=event.zone,
+        zone=zone,
         partition=event.partition,
         user=event.user,
         text=event.text,
@@ -86,6 +96,8 @@ def to_cid(event: Event) -> Event:
     if pair is None:
         raise ConversionError(f"SIA {event.code} has no Contact ID equivalent")
     code, qualifier = pair
+    if event.code in _LINE_CODES and event.zone == _TELCO_LINE["352"]:
+        code = "352"  # line 2's trouble is telco 2, not telco 1
     converted = Event(
         family=Family.CID,
         code=code,

@@ -68,6 +68,23 @@ class TestToContactId:
         with pytest.raises(ConversionError):
             to_cid(sia("ZZ"))
 
+    @pytest.mark.parametrize(
+        ("code", "line", "expected"),
+        [
+            ("LT", 2, ("352", "1")),
+            ("LR", 2, ("352", "3")),
+            ("LT", 1, ("351", "1")),
+            ("LR", None, ("351", "3")),
+        ],
+    )
+    def test_phone_line_two_stays_line_two(
+        self, code: str, line: int | None, expected: tuple[str, str]
+    ) -> None:
+        """SIA LT / LR carry the line number as their address (§3.2): line 2's trouble becomes
+        352 telco 2 (it became 351, and a Contact ID station was told telco 1 failed)."""
+        event = to_cid(sia(code, zone=line))
+        assert (event.code, event.qualifier) == expected
+
 
 class TestToSia:
     @pytest.mark.parametrize(
@@ -85,6 +102,24 @@ class TestToSia:
         """Q=1 on 4xx is an opening and Q=3 a closing (§2.2): 441 Q=1 became NL, an arming."""
         [event] = parse_cid_block(f"#1234|{block}")
         assert to_sia(event).code == code
+
+    @pytest.mark.parametrize(
+        ("block", "expected"),
+        [
+            ("1351 00 000", ("LT", 1)),
+            ("1352 00 000", ("LT", 2)),
+            ("3352 00 000", ("LR", 2)),
+            ("1352 00 007", ("LT", 7)),
+        ],
+    )
+    def test_the_telco_line_becomes_the_address(
+        self, block: str, expected: tuple[str, int]
+    ) -> None:
+        """Contact ID names the line by its code; SIA by LT's address. 352 without a number was
+        sent as a bare LT, so a SIA station could not tell line 2 from line 1."""
+        [event] = parse_cid_block(f"#1234|{block}")
+        converted = to_sia(event)
+        assert (converted.code, converted.zone) == expected
 
     def test_zone_partition_and_user_are_kept(self) -> None:
         [event] = parse_cid_block("#1234|1130 03 015")
