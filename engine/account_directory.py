@@ -54,8 +54,8 @@ class AccountDirectory:
     def upsert(self, account: Account) -> None:
         """Add or replace one account (a module swap drops the old serial)."""
         old = self._accounts.get(account.account)
-        if old is not None and old.module_serial and old.module_serial != account.module_serial:
-            self._by_serial.pop(old.module_serial, None)
+        if old is not None and old.module_serial != account.module_serial:
+            self._forget_serial(old)
         self._crypto.pop(account.account, None)
         self._put(account)
         metrics.ACCOUNTS_LOADED.set(len(self._accounts))
@@ -63,8 +63,8 @@ class AccountDirectory:
     def remove(self, account_number: str) -> None:
         """Forget one account."""
         old = self._accounts.pop(account_number, None)
-        if old is not None and old.module_serial:
-            self._by_serial.pop(old.module_serial, None)
+        if old is not None:
+            self._forget_serial(old)
         self._crypto.pop(account_number, None)
         metrics.ACCOUNTS_LOADED.set(len(self._accounts))
 
@@ -92,6 +92,13 @@ class AccountDirectory:
         if len(self._crypto) > self._crypto_cache_size:
             self._crypto.popitem(last=False)
         return crypto
+
+    def _forget_serial(self, old: Account) -> None:
+        """Drop ``old``'s serial, unless it is another account's now: a renumbered account (its
+        new number is notified before the old one) or a serial moved to another account."""
+        serial = old.module_serial
+        if serial and self._by_serial.get(serial) == old.account:
+            del self._by_serial[serial]
 
     def _put(self, account: Account) -> None:
         self._accounts[account.account] = account

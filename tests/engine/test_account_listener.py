@@ -167,3 +167,27 @@ class TestUnreadableRow:
             assert len(engine.directory) == 3 and engine.directory.get("1234") is None
             assert engine.directory.get("5678") is not None
             assert _invalid_gauge() == 1
+
+
+class TestRenumbered:
+    async def test_a_renumbered_account_keeps_its_module_serial(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """An account's DC-09 number changes (the trigger notifies the new number, then the old):
+        its MQTT module is still found by serial. Forgetting the old number dropped the serial,
+        and the module's signals were refused as unknown until the next full reload."""
+        await AccountStore(db_pool).upsert_many(
+            [Account(account="7001", module_serial="490154203237518")]
+        )
+        directory = AccountDirectory()
+        listener = AccountChangeListener(db_pool, directory)
+        await listener.start()
+        try:
+            await db_pool.execute("UPDATE accounts SET account = '7002' WHERE account = '7001'")
+            await _eventually(
+                lambda: directory.get("7001") is None and directory.get("7002") is not None
+            )
+            await asyncio.sleep(0.2)  # both notifications handled
+            assert directory.account_for_serial("490154203237518") == "7002"
+        finally:
+            await listener.stop()
