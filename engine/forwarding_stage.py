@@ -25,6 +25,7 @@ from engine import metrics
 from engine.account_directory import AccountDirectory
 from engine.account_model import ForwardingMode
 from engine.account_state import UNKNOWN_FAULT, AccountState, apply_event, changes_state
+from engine.delivery_lane import lane_for
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.policy import Decision, TwoWayVoiceAction, decide
 from engine.store.ingest_batch import BatchDone, BatchWrite, DecisionRow, OutboxRow, write_batch
@@ -96,7 +97,7 @@ def delivery_seq(delivery_id: int) -> str:
 
 def lane_of(decision: Decision) -> str:
     """The delivery lane: order holds per station account at the primary receiver."""
-    return f"{decision.station_account}@{decision.primary_receiver}"
+    return lane_for(decision.station_account, decision.primary_receiver)
 
 
 class ForwardingStage:

@@ -1,0 +1,156 @@
+"""Deliveries sent again on an operator's request (``alarmrelay deliveries requeue``).
+
+A dead-lettered alarm (the receiver answered DUH: an account or key the station did not have, a
+frame it could not read) stays in the outbox as ``dead``; a delivery waiting for its retry goes
+on trying the receiver and station account it was decided with. Once the cause is fixed (the
+account created at the station, the key or the account's receivers corrected), the operator
+sends them again: each selected row becomes pending, due now, routed by its account's
+forwarding settings as they are now (station account, primary and backup receiver), and an
+engine's claim loop sends it within its poll (``delivery.poll_s``), with its own DC-09 seq.
+
+What is not touched: rows an engine is sending right now (leased), delivered rows, and the
+forwarding decision (the policy is not applied again: the row was meant for the station). A
+row whose account is gone, or no longer names a station account and primary receiver, keeps
+its own route. A requeued row may reach the station after signals its account sent later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+import structlog
+
+from engine.account_model import ForwardingSettings
+from engine.delivery_lane import lane_for
+
+log = structlog.get_logger("engine.delivery_requeue")
+_decode_forwarding = msgspec.json.Decoder(ForwardingSettings)
+
+_SELECT_SQL = """
+SELECT d.id, d.account, d.state, d.lane, d.station_account, d.primary_receiver,
+       d.backup_receiver, d.last_error, d.received_at, a.forwarding::text AS forwarding,
+       coalesce(d.state = 'pending' AND d.lease_until >= now(), false) AS in_flight
+FROM deliveries d LEFT JOIN accounts a ON a.account = d.account
+WHERE d.state = ANY($1::text[])
+  AND ($2::text IS NULL OR $2 IN (d.primary_receiver, d.backup_receiver, d.receiver_used))
+  AND ($3::text IS NULL OR d.account = $3)
+  AND ($4::timestamptz IS NULL OR d.received_at >= $4)
+ORDER BY d.id
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+# Lane locks are taken after the row locks, as the dispatcher's failure writes do.
+_LOCK_LANE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
+
+_REQUEUE_SQL = """
+UPDATE deliveries d SET state = 'pending', lane = u.lane, station_account = u.station_account,
+    primary_receiver = u.primary_receiver, backup_receiver = u.backup_receiver,
+    next_attempt_at = now(), lease_owner = NULL, lease_until = NULL,
+    last_error = left('requeued by an operator; before: ' || coalesce(d.last_error, d.state), 500)
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS u(id, lane, station_account, primary_receiver, backup_receiver)
+WHERE d.id = u.id
+"""
+
+
+class RequeuedDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One row sent again: where it was going and where it goes now."""
+
+    id: int
+    account: str
+    was: str  # dead | pending
+    received_at: datetime
+    last_error: str | None
+    lane_before: str
+    lane: str
+
+
+class RequeueReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a requeue did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool
+    requeued: int
+    rerouted: int  # of those, now going to another station account or receiver
+    in_flight: int  # pending rows an engine is sending right now: left alone
+    deliveries: list[RequeuedDelivery]
+
+
+def _route(row: asyncpg.Record) -> tuple[str, str, str | None]:
+    """(station account, primary, backup) the row goes to: its account's settings now, when
+    they name a station account and a primary receiver; else its own."""
+    own = (row["station_account"], row["primary_receiver"], row["backup_receiver"])
+    if row["forwarding"] is None:
+        return own
+    try:
+        settings = _decode_forwarding.decode(row["forwarding"])
+    except msgspec.DecodeError:  # an unreadable document (see account_row_invalid): keep it
+        return own
+    if not settings.station_account or not settings.primary_receiver:
+        return own
+    return settings.station_account, settings.primary_receiver, settings.backup_receiver
+
+
+async def requeue_deliveries(
+    pool: asyncpg.Pool,
+    *,
+    states: tuple[str, ...],
+    receiver: str | None = None,
+    account: str | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> RequeueReport:
+    """Send the selected ``dead`` and/or waiting ``pending`` deliveries again (one transaction)."""
+    if not states or not set(states) <= {"dead", "pending"}:
+        raise ValueError("states must be 'dead' and/or 'pending'")
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            _SELECT_SQL, list(states), receiver, account.upper() if account else None, since
+        )
+        chosen = [r for r in rows if not r["in_flight"]]
+        routes = [_route(r) for r in chosen]
+        lanes = [lane_for(sa, primary) for sa, primary, _ in routes]
+        report = RequeueReport(
+            dry_run=dry_run,
+            requeued=len(chosen),
+            rerouted=sum(
+                (sa, p, b) != (r["station_account"], r["primary_receiver"], r["backup_receiver"])
+                for r, (sa, p, b) in zip(chosen, routes, strict=True)
+            ),
+            in_flight=len(rows) - len(chosen),
+            deliveries=[
+                RequeuedDelivery(
+                    id=r["id"],
+                    account=r["account"],
+                    was=r["state"],
+                    received_at=r["received_at"],
+                    last_error=r["last_error"],
+                    lane_before=r["lane"],
+                    lane=lane,
+                )
+                for r, lane in zip(chosen, lanes, strict=True)
+            ],
+        )
+        if dry_run or not chosen:
+            return report
+        for lane in sorted({*lanes, *(r["lane"] for r in chosen)}):
+            await conn.execute(_LOCK_LANE_SQL, lane)
+        await conn.execute(
+            _REQUEUE_SQL,
+            [r["id"] for r in chosen],
+            lanes,
+            [sa for sa, _, _ in routes],
+            [p for _, p, _ in routes],
+            [b for _, _, b in routes],
+        )
+    log.warning(
+        "deliveries_requeued",
+        requeued=report.requeued,
+        rerouted=report.rerouted,
+        in_flight=report.in_flight,
+        states=list(states),
+        receiver=receiver,
+        account=account,
+    )
+    return report

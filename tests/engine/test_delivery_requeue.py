@@ -1,0 +1,184 @@
+"""``alarmrelay deliveries requeue``: dead-lettered and waiting deliveries sent again once their
+cause is fixed (real PostgreSQL, a running engine, station-sim)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.station_model import Station
+from engine.station_sim import StationSimulator
+from engine.store.accounts import AccountStore
+from engine.store.delivery_requeue import requeue_deliveries
+from engine.store.stations import StationStore
+from tests.engine.test_accounts_cli import cli
+from tests.engine.test_forwarding_e2e import receiver, wait_state
+from tests.engine.test_ingest_e2e import running_engine, settings_for
+from tests.support.dc09_module import Dc09TcpModule
+
+
+def forwarding(primary: str, station_account: str = "9876") -> ForwardingSettings:
+    return ForwardingSettings(
+        mode=ForwardingMode.ALWAYS, station_account=station_account, primary_receiver=primary
+    )
+
+
+async def provision(pool: asyncpg.Pool, settings: ForwardingSettings) -> None:
+    await AccountStore(pool).upsert_many([Account(account="1234", forwarding=settings)])
+
+
+async def send_alarm(port: int, zone: int) -> None:
+    module = Dc09TcpModule("127.0.0.1", port, account="1234")
+    await module.connect()
+    assert await module.send("ADM-CID", f"#1234|1130 01 {zone:03d}") is not None
+    await module.close()
+
+
+@pytest.fixture
+async def station() -> AsyncIterator[StationSimulator]:
+    sim = StationSimulator()
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+class TestRequeue:
+    async def test_a_dead_lettered_alarm_is_delivered_once_the_station_takes_it(
+        self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
+    ) -> None:
+        """The station DUHed the alarm (its account not created there yet): dead-lettered.
+        Once the station takes it, a requeue sends it again, with the same seq, and it is
+        delivered; the history keeps the refusal."""
+        station.set_mode("duh")
+        await StationStore(db_pool).upsert(
+            [Station(name="central", receivers=(receiver("rx-primary", station.port),))]
+        )
+        await provision(db_pool, forwarding("rx-primary"))
+        async with running_engine(settings_for(database_url)) as engine:
+            assert engine.dc09 is not None
+            await send_alarm(engine.dc09.port, 21)
+            await wait_state(db_pool, "SELECT state FROM deliveries", "dead")
+            station.set_mode("ack")
+            report = await requeue_deliveries(db_pool, states=("dead",))
+            await wait_state(db_pool, "SELECT state FROM deliveries", "delivered")
+        assert (report.requeued, report.rerouted, report.in_flight) == (1, 0, 0)
+        assert report.deliveries[0].was == "dead"
+        assert [(r.seq, r.events[0].zone) for r in station.received] == [
+            (station.received[0].seq, 21)
+        ] * 2
+        row = await db_pool.fetchrow("SELECT receiver_used, failed_attempts FROM deliveries")
+        assert row is not None and row["receiver_used"] == "rx-primary"
+
+    async def test_waiting_deliveries_follow_the_accounts_new_receiver(
+        self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
+    ) -> None:
+        """The account's receiver is dead; the dealer moves the account to a working one. The
+        alarms already queued kept retrying the dead receiver; requeued, they go to the new
+        receiver (their lane follows), in order."""
+        dead = StationSimulator()
+        dead_port = await dead.start()
+        await dead.stop()
+        await StationStore(db_pool).upsert(
+            [
+                Station(
+                    name="central",
+                    receivers=(receiver("rx-dead", dead_port), receiver("rx-new", station.port)),
+                )
+            ]
+        )
+        await provision(db_pool, forwarding("rx-dead"))
+        async with running_engine(settings_for(database_url)) as engine:
+            assert engine.dc09 is not None
+            for zone in (31, 32):
+                await send_alarm(engine.dc09.port, zone)
+            await wait_state(
+                db_pool, "SELECT count(*) FROM deliveries WHERE last_error IS NOT NULL", 1
+            )
+            await provision(db_pool, forwarding("rx-new", station_account="ABCD"))
+            dry = await requeue_deliveries(db_pool, states=("pending",), dry_run=True)
+            assert dry.dry_run and dry.requeued + dry.in_flight == 2
+            assert (
+                await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE primary_receiver = 'rx-dead'"
+                )
+                == 2
+            )  # a dry run changes nothing
+            requeued = 0
+            for _ in range(50):  # a row being retried right now is left alone: ask again
+                report = await requeue_deliveries(db_pool, states=("pending",))
+                requeued += report.requeued
+                if requeued == 2:
+                    break
+            await wait_state(
+                db_pool, "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 2, 30
+            )
+            received = await station.wait_for(2, timeout_s=30)
+        assert requeued == 2
+        assert [(r.account, r.events[0].zone) for r in received] == [("ABCD", 31), ("ABCD", 32)]
+        lanes = await db_pool.fetch("SELECT DISTINCT lane, receiver_used FROM deliveries")
+        assert [(r["lane"], r["receiver_used"]) for r in lanes] == [("ABCD@rx-new", "rx-new")]
+
+    async def test_a_delivery_being_sent_is_left_alone(self, db_pool: asyncpg.Pool) -> None:
+        """A pending row an engine holds (leased) is reported in flight and not touched."""
+        await db_pool.execute(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at,
+                                    lease_owner, lease_until)
+            VALUES (1, 0, '1234', '9876@rx', '9876', 0, '{}'::jsonb, 'rx', '0001', now(),
+                    'engine-1', now() + interval '1 minute')
+            """
+        )
+        report = await requeue_deliveries(db_pool, states=("pending", "dead"))
+        assert (report.requeued, report.in_flight) == (0, 1)
+        assert await db_pool.fetchval("SELECT lease_owner FROM deliveries") == "engine-1"
+
+
+class TestCommand:
+    async def test_dry_run_prints_what_would_be_requeued(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        await provision(db_pool, forwarding("rx-2", station_account="C55"))
+        await db_pool.execute(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at, state,
+                                    last_error)
+            VALUES (1, 0, '1234', '9876@rx', '9876', 0, '{}'::jsonb, 'rx', '0001', now(),
+                    'dead', 'DUH')
+            """
+        )
+        status, out, err = await cli(
+            database_url, "deliveries", "requeue", "--dead", "--receiver", "rx", "--dry-run"
+        )
+        assert status == 0, err
+        report = json.loads(out)
+        assert (report["dry_run"], report["requeued"], report["rerouted"]) == (True, 1, 1)
+        assert report["deliveries"][0]["lane"] == "C55@rx-2"
+        assert report["deliveries"][0]["last_error"] == "DUH"
+        assert await db_pool.fetchval("SELECT state FROM deliveries") == "dead"
+        status, out, err = await cli(database_url, "deliveries", "requeue", "--dead")
+        assert status == 0, err
+        row = await db_pool.fetchrow("SELECT state, lane, last_error FROM deliveries")
+        assert row is not None
+        assert (row["state"], row["lane"]) == ("pending", "C55@rx-2")
+        assert row["last_error"] == "requeued by an operator; before: DUH"
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            ((), "say which deliveries: --dead, --pending or both"),
+            (("--dead", "--since", "yesterday"), "'yesterday' is not an ISO 8601 time"),
+        ],
+    )
+    async def test_bad_requests_are_one_clear_line(
+        self, database_url: str, args: tuple[str, ...], message: str
+    ) -> None:
+        status, out, err = await cli(database_url, "deliveries", "requeue", *args)
+        assert status == 2
+        assert message in err
+        assert "Traceback" not in err and out == ""
