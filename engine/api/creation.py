@@ -64,7 +64,7 @@ from engine.api.serials import (
     normalize_serial,
     serial_problem,
 )
-from engine.api.station_access import usable_receivers
+from engine.api.station_access import stations_of, usable_receivers
 from engine.api.tenancy import visible_dealers
 from engine.api.timezones import valid_zone, zone_for_zip
 from engine.policy import TwoWayVoiceRequirement, check_two_way_voice_eligibility
@@ -75,6 +75,11 @@ NO_STATION_WARNING = "no monitoring station or receiver number registered"
 BACKUP_WITHOUT_VOICE_WARNING = (
     "backup receiver '{name}' has no two-way voice: after a failover to it, alarms are delivered "
     "but no voice session is started"
+)
+BACKUP_AT_OTHER_STATION_WARNING = (
+    "backup receiver '{backup}' is at station '{backup_station}', the primary at "
+    "'{primary_station}': after a failover the backup gets the same station account number "
+    "{account}, so it must be this customer's number at '{backup_station}' too"
 )
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")
@@ -603,6 +608,25 @@ async def check_forwarding(
     for chosen in (step.primary_receiver, step.backup_receiver):
         if chosen in receivers and receivers[chosen].kind == "phone":
             warnings.append(PHONE_WARNING.format(name=chosen))
+    if (
+        step.primary_receiver in receivers
+        and step.backup_receiver in receivers
+        and step.station_account is not None
+    ):
+        stations = await stations_of(conn, [step.primary_receiver, step.backup_receiver])
+        primary_station = stations.get(step.primary_receiver)
+        backup_station = stations.get(step.backup_receiver)
+        if primary_station != backup_station:
+            # One station account number goes to both (engine/delivery.py): at another station
+            # it may be another customer's.
+            warnings.append(
+                BACKUP_AT_OTHER_STATION_WARNING.format(
+                    backup=step.backup_receiver,
+                    backup_station=backup_station,
+                    primary_station=primary_station,
+                    account=step.station_account.upper(),
+                )
+            )
     if step.station_account is not None and not STATION_ACCOUNT.fullmatch(step.station_account):
         errors.append(
             FieldError(field="forwarding.station_account", rule="format", message="3-16 hex digits")

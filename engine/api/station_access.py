@@ -33,3 +33,9 @@ async def usable_receivers(
         dealers,
     )
     return {r["name"]: receiver_from_row(r) for r in rows}
+
+
+async def stations_of(conn: asyncpg.Connection | asyncpg.Pool, names: list[str]) -> dict[str, str]:
+    """The station of each named receiver (those that exist)."""
+    rows = await conn.fetch("SELECT name, station FROM receivers WHERE name = ANY($1)", names)
+    return {r["name"]: r["station"] for r in rows}

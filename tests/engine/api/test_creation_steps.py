@@ -357,6 +357,13 @@ class TestForwardingStep:
         )
         created = await admin.post("/v1/customers", json=request)
         assert created.status_code == 201, created.text
+        # One station account number goes to both receivers: at another station it may be
+        # another customer's, so the dealer is told.
+        assert created.json()["warnings"] == [
+            f"backup receiver '{backup}' is at station 'Backup', the primary at 'Central': after "
+            "a failover the backup gets the same station account number 00AF, so it must be "
+            "this customer's number at 'Backup' too"
+        ]
         assert created.json()["summary"]["categories"] == [
             "alarms",
             "arming",
@@ -374,6 +381,29 @@ class TestForwardingStep:
         assert forwarding.phone_line_connected is True and forwarding.ul_listed is True
         assert (forwarding.primary_receiver, forwarding.backup_receiver) == (primary, backup)
         assert forwarding.station_account == "00AF"
+
+    async def test_a_backup_at_the_primarys_station_is_no_warning(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        acme = await _dealer(api, admin)
+        primary = await create_station(api.pool, acme)
+        await api.pool.execute(
+            "INSERT INTO receivers (name, station, kind, host, port, receiver_number, line_prefix, "
+            "two_way_voice) VALUES ('Central-r2', 'Central', 'ip', '127.0.0.1', 9998, '2', '1', true)"
+        )
+        request = security_request(
+            acme,
+            SERIAL,
+            forwarding={
+                "mode": "always",
+                "primary_receiver": primary,
+                "backup_receiver": "Central-r2",
+                "station_account": "00af",
+            },
+        )
+        created = await admin.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        assert created.json()["warnings"] == []
 
     async def test_chosen_events_and_bad_station_account(
         self, api: Api, admin: httpx.AsyncClient
