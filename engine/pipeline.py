@@ -178,6 +178,10 @@ class IngestPipeline:
                 # Short window for stragglers so a burst shares one commit.
                 await asyncio.sleep(self._window_s)
             batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
+            if not batch:
+                # Another writer's failed commit failed this queue during the window: an empty
+                # commit would succeed even on a full disk and say writes are accepted again.
+                continue
             self._pending -= len(batch)
             metrics.PENDING_COMMITS.set(self._pending)
             await self._commit(batch)

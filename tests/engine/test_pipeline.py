@@ -273,6 +273,62 @@ class TestWritesRefused:
             await read_only.close()
 
 
+class DiskFullFor:
+    """Refuses every write of the batches holding ``account`` as a full disk does (SQLSTATE
+    53100), at once; commits the others."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        accounts = [s.account for s in signals]
+        self.batches.append(accounts)
+        if self.account in accounts:
+            raise asyncpg.DiskFullError("could not extend file: No space left on device")
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+def _on_other_writers(writers: int) -> tuple[InboundSignal, InboundSignal]:
+    """Two signals the pipeline shards to different writers (the shard is the account's hash)."""
+    first = _signal(1)
+    shard = hash(first.account) % writers
+    other = next(s for s in map(_signal, range(2, 100)) if hash(s.account) % writers != shard)
+    return first, other
+
+
+class TestSeveralWriters:
+    async def test_a_writer_whose_queue_was_failed_meanwhile_commits_nothing(self) -> None:
+        """Writer A's commit is refused (disk full) while writer B waits out its batch window:
+        B's queued signal fails with A's (not ACKed), and B does not then commit an empty
+        batch, whose success said the database accepted writes again (readiness and
+        alarmrelay_database_up back to ready while no alarm could be stored)."""
+        refused, queued = _on_other_writers(2)
+        writer = DiskFullFor(refused.account)
+        probe_answers = asyncio.Event()
+
+        async def probe() -> None:  # SELECT 1 answers on a full disk
+            probe_answers.set()
+
+        pipeline = IngestPipeline(
+            writer, writers=2, window_s=0.05, probe=probe, probe_interval_s=0.01
+        )
+        pipeline.start()
+        try:
+            first = pipeline.enqueue(refused)
+            await asyncio.sleep(0.02)  # B's window ends after A's commit failed
+            second = pipeline.enqueue(queued)
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            assert all(isinstance(r, IngestUnavailable) for r in results)
+            await asyncio.wait_for(probe_answers.wait(), 2)
+            await asyncio.sleep(0.1)  # B's window is over
+            assert [] not in writer.batches
+            assert not pipeline.healthy
+            assert _sample("alarmrelay_database_up") == 0
+        finally:
+            await pipeline.close()
+
+
 def _sample(name: str) -> float:
     value = REGISTRY.get_sample_value(name)
     assert value is not None, name
