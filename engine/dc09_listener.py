@@ -447,6 +447,7 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self.stopping:
+            metrics.SIGNALS_SHED.labels("udp", "shutting_down").inc()  # not read: no reply
             return
         started = time.perf_counter()
         now = self._handler.clock()

@@ -14,6 +14,7 @@ import aiomqtt
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_model import Account
 from engine.deadline_timer import Clock, utc_now
@@ -262,13 +263,21 @@ async def _true(value: bool) -> bool:
     return value
 
 
+def _shed_udp_shutting_down() -> float:
+    value = REGISTRY.get_sample_value(
+        "alarmrelay_signals_shed_total", {"transport": "udp", "reason": "shutting_down"}
+    )
+    return value or 0.0
+
+
 class TestShutdown:
     async def test_a_udp_signal_committed_during_shutdown_is_still_acked(
         self, engine: Engine, db_pool: asyncpg.Pool
     ) -> None:
-        """SIGTERM while a UDP frame's commit is in flight: the engine takes no new datagrams,
-        but the ACK of the one it is committing still goes out (the socket used to close first:
-        the module got nothing for a signal we had stored)."""
+        """SIGTERM while a UDP frame's commit is in flight: the engine takes no new datagrams
+        (each counted as shed, reason shutting_down), but the ACK of the one it is committing
+        still goes out (the socket used to close first: the module got nothing for a signal we
+        had stored)."""
         port = port_of(engine)
         raw = encode_frame(token="ADM-CID", seq="0021", account="1234", data="#1234|1130 01 003")
         later = encode_frame(token="ADM-CID", seq="0022", account="1234", data="#1234|1130 01 004")
@@ -281,7 +290,9 @@ class TestShutdown:
             await asyncio.sleep(0.5)
             engine.stop.set()
             await asyncio.sleep(0.3)
+            shed = _shed_udp_shutting_down()
             assert await send_udp("127.0.0.1", port, later, timeout=0.5) is None
+            assert _shed_udp_shutting_down() == shed + 1
             await tx.rollback()
         ack = decode_frame(await reply or b"")
         assert (ack.token, ack.seq, ack.account) == ("ACK", "0021", "1234")
