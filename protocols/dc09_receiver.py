@@ -109,8 +109,10 @@ class Dc09ReceiverConnection:
         """Feed one UDP datagram: one frame, LF and CR optional, NULs around it ignored; as on
         TCP, blank bytes after it (a CR LF line end, spaces) and further frames in the same
         datagram are taken too (one event each)."""
-        if len(data) > self.config.max_frame_bytes:
-            return [_rejected_none(f"datagram exceeds {self.config.max_frame_bytes} bytes")]
+        # The frame limit bounds each frame (the splitter's, _one_frame's): frames under it that
+        # came together, or with a NUL or line end after them, are not refused for their sum.
+        if len(data) > self.config.max_buffer_bytes:
+            return [_rejected_none(f"datagram exceeds {self.config.max_buffer_bytes} bytes")]
         raw = data.strip(b"\x00")
         if not raw:
             return []
@@ -120,10 +122,13 @@ class Dc09ReceiverConnection:
             end = len(raw.rstrip(b"\r\n "))
             if raw[end : end + 1] == b"\r":
                 end += 1  # the frame's own CR stays in Frame.raw
-            return [self._handle(raw[:end] or raw, now)]
+            return [self._one_frame(raw[:end] or raw, now)]
         if raw.find(b"\r", 3) in (-1, len(raw) - 1) and raw.find(b"\n", 3) == -1:
-            return [self._handle(raw, now)]  # one frame (the usual case)
-        splitter = FrameSplitter(max_frame_bytes=self.config.max_frame_bytes)
+            return [self._one_frame(raw, now)]  # one frame (the usual case)
+        splitter = FrameSplitter(
+            max_frame_bytes=self.config.max_frame_bytes,
+            max_buffer_bytes=self.config.max_buffer_bytes,
+        )
         items = splitter.feed(raw)
         rest = splitter.take_rest()
         if rest.strip(b"\x00\r\n "):
@@ -136,6 +141,12 @@ class Dc09ReceiverConnection:
         ]
 
     # -- validation ---------------------------------------------------------------------------
+
+    def _one_frame(self, raw: bytes, now: datetime) -> ReceiverEvent:
+        """A datagram's single frame: over the frame limit it is dropped, as on TCP."""
+        if len(raw) > self.config.max_frame_bytes:
+            return _rejected_none(f"frame exceeds {self.config.max_frame_bytes} bytes")
+        return self._handle(raw, now)
 
     def _handle(self, raw: bytes, now: datetime) -> ReceiverEvent:
         try:

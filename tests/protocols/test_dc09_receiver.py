@@ -727,6 +727,38 @@ class TestMoreRules:
                 ("FrameReceived", "0003"),
             ]
 
+    def test_frames_under_the_limit_are_taken_from_a_datagram_over_it(self) -> None:
+        """The frame limit bounds each frame, not the datagram: two frames that together exceed
+        it (or a frame of the largest legal size with a NUL after it) used to be dropped
+        silently, every resend alike; a frame over the limit is still dropped alone."""
+        photos = tuple(
+            XData(id="V", value=f"https://cam.example/{i}/" + "x" * 230) for i in range(8)
+        )
+        frames = [
+            encode_frame(token="SIA-DCS", seq=f"{n:04d}", account="1234", data=f"#1234|Nri1/BA0{n}", xdata=photos)
+            for n in (1, 2)
+        ]  # fmt: skip
+        assert 2000 < len(frames[0]) < 4105
+        config = ReceiverConfig(check_plain_timestamps=False, max_frame_bytes=len(frames[0]))
+        conn = Dc09ReceiverConnection(config, Directory({"1234": AccountCrypto()}))
+        for data in (frames[0] + frames[1], frames[0] + b"\r\n" + frames[1][:-1]):
+            events = conn.receive_datagram(data, now=NOW)
+            assert [getattr(getattr(e, "frame", None), "seq", None) for e in events] == [
+                "0001",
+                "0002",
+            ], events
+        [event] = conn.receive_datagram(frames[0] + b"\x00\r\n", now=NOW)
+        assert isinstance(event, FrameReceived) and event.frame.seq == "0001"
+        [event] = conn.receive_datagram(frames[0][1:] + b"\r\n", now=NOW)  # no LF
+        assert isinstance(event, FrameReceived) and event.frame.seq == "0001"
+        small = Dc09ReceiverConnection(
+            ReceiverConfig(max_frame_bytes=len(frames[0]) - 3), Directory({"1234": AccountCrypto()})
+        )
+        for data in (frames[0], frames[0][1:-1], frames[0] + GOOD):
+            events = small.receive_datagram(data, now=NOW)
+            assert isinstance(events[0], FrameRejected) and events[0].error.reply_bytes == b""
+            assert [getattr(e, "frame", None) and e.frame.seq for e in events[1:]] in ([], ["0002"])
+
     def test_binary_crc_datagram_with_a_line_end_after_it(self) -> None:
         """Bytes 1-2 of a binary-CRC frame may be CR or LF: the frame is still cut at its end."""
         for seq in range(1, 60):  # some of these CRCs hold a CR or LF byte
