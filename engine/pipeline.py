@@ -33,6 +33,8 @@ log = structlog.get_logger("engine.pipeline")
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a batch.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+# After a statement timeout, how long the probe may take to show the database is there.
+_ANSWER_TIMEOUT_S = 2.0
 
 
 class BatchWriter(Protocol):
@@ -193,6 +195,9 @@ class IngestPipeline:
         try:
             results = await self._writer(signals)
         except _UNAVAILABLE_ERRORS as exc:
+            if isinstance(exc, TimeoutError) and await self._answers():
+                self._timed_out(batch)
+                return
             self._mark_unavailable(exc)
             self._fail(batch, IngestUnavailable(f"database unavailable: {exc}"))
             return
@@ -257,6 +262,29 @@ class IngestPipeline:
         )
         error = IngestRefused if refused else IngestUnavailable
         self._fail([pending], error(f"commit failed: {exc.__class__.__name__}"))
+
+    async def _answers(self) -> bool:
+        """Whether the database answers the probe at once (False without a probe)."""
+        if self._probe is None:
+            return False
+        try:
+            await asyncio.wait_for(self._probe(), _ANSWER_TIMEOUT_S)
+        except Exception:
+            return False
+        return True
+
+    def _timed_out(self, batch: list[_Pending]) -> None:
+        """A statement timeout while the database answers: this batch waited (a row lock held
+        by another transaction, a slow statement). It is not committed (the modules resend);
+        the other writers' signals and new ones are not failed with it."""
+        metrics.COMMIT_FAILURES.inc()
+        log.warning(
+            "commit_timed_out",
+            batch=len(batch),
+            accounts=sorted({p.signal.account for p in batch})[:20],
+            reason="the database answers: a lock held elsewhere or a slow statement",
+        )
+        self._fail(batch, IngestUnavailable("commit timed out"))
 
     def _fail(self, batch: list[_Pending], error: IngestUnavailable) -> None:
         for pending in batch:

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
+from engine.account_model import Account
 from engine.ingest_types import (
     InboundSignal,
     IngestResult,
@@ -21,7 +22,9 @@ from engine.ingest_types import (
     SignalKind,
     Transport,
 )
+from engine.ingest_writer import IngestWriter
 from engine.pipeline import IngestPipeline
+from engine.store.accounts import AccountStore
 
 
 def _signal(n: int) -> InboundSignal:
@@ -327,6 +330,58 @@ class TestSeveralWriters:
             assert _sample("alarmrelay_database_up") == 0
         finally:
             await pipeline.close()
+
+
+def _now_signal(account: str) -> InboundSignal:
+    return InboundSignal(
+        account=account,
+        transport=Transport.TCP,
+        kind=SignalKind.EVENT,
+        received_at=datetime.now(UTC),
+        seq="0001",
+    )
+
+
+class TestARowLockHeldElsewhere:
+    async def test_the_batch_waiting_on_it_fails_not_the_database(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """An account row held (an open transaction in psql) past the statement timeout fails
+        the batch that waits on it (no ACK; its module resends), not the whole engine: every
+        such timeout declared the database unavailable, failing the queued signals of every
+        account and refusing new ones, and alarmrelay_database_up fell to 0, while the
+        database answered."""
+        held, other = _on_other_writers(2)
+        later = _now_signal(other.account)
+        await AccountStore(db_pool).upsert_many(
+            [Account(account=held.account), Account(account=other.account)]
+        )
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4, command_timeout=0.5)
+        pipeline = IngestPipeline(
+            IngestWriter(pool, duplicate_window_s=600),
+            writers=2,
+            window_s=0,
+            probe=lambda: pool.fetchval("SELECT 1"),
+        )
+        pipeline.start()
+        try:
+            async with db_pool.acquire() as holder, holder.transaction():
+                await holder.execute(
+                    "SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE", held.account
+                )
+                waiting = pipeline.enqueue(_now_signal(held.account))
+                await asyncio.sleep(0.1)  # its commit waits on the row lock
+                assert await pipeline.enqueue(_now_signal(other.account)) is IngestResult.ACCEPTED
+                with pytest.raises(IngestUnavailable):
+                    await waiting
+                assert pipeline.available and pipeline.healthy
+                assert _sample("alarmrelay_database_up") == 1
+                assert await pipeline.enqueue(later) is IngestResult.ACCEPTED
+            assert await pipeline.submit(_now_signal(held.account)) is IngestResult.ACCEPTED
+        finally:
+            await pipeline.close()
+            await pool.close()
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 3
 
 
 def _sample(name: str) -> float:
