@@ -350,7 +350,7 @@ def decode_body(header: FrameHeader, key: AesKey | None) -> Frame:
             # key" for a frame the key did decrypt sends field support after the wrong fault.
             if _ENDS_WITH_TIMESTAMP.search(tail) is None:
                 raise _duh("decrypt failed: wrong key or key format (hex vs ascii)?") from None
-            raise _duh(f"decrypted with the account's key, but {exc.message}") from None
+            raise _duh(f"decrypted with the account key, but {exc.message}") from None
     else:
         data, xdata, timestamp = _parse_tail(header.body)
     return Frame(

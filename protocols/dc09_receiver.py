@@ -8,6 +8,7 @@ the reply to send at once (NAK, DUH) or nothing (bad CRC or length: silence, §1
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, tzinfo
 from typing import Protocol
 
@@ -176,9 +177,14 @@ class Dc09ReceiverConnection:
             )
         if header.encrypted and crypto.key is None:
             raise RemoteProtocolError("encrypted frame but the account has no key", reply=Reply.DUH)
-        frame = decode_body(header, crypto.key)
-        sent_at = self._check_time(frame, crypto, now)
-        events = parse_payload(frame.token, frame.data)
+        try:
+            frame = decode_body(header, crypto.key)
+            sent_at = self._check_time(frame, crypto, now)
+            events = parse_payload(frame.token, frame.data)
+        except RemoteProtocolError as exc:
+            if header.encrypted:
+                raise _without_content(exc) from None
+            raise
         if crypto.key is not None and header.account is not None:
             # Remembered so the *ACK uses the key that decrypted the frame even if the directory
             # changes in between; bounded by the number of keyed accounts seen here.
@@ -282,6 +288,23 @@ def _echo_line(line: str | None) -> str | None:
     if line == "":
         return "0"
     return line
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _without_content(exc: RemoteProtocolError) -> RemoteProtocolError:
+    """``exc`` without the decrypted content its reason quotes: the reason is logged, and an
+    encrypted frame's content (a GPS position, a user's name) is not. The parsers quote content
+    as Python literals (``'…'`` or ``"…"``); each becomes ``…``."""
+    reason, quoted = _QUOTED.subn("…", exc.message)
+    if not quoted:
+        return exc
+    return RemoteProtocolError(
+        f"{reason} (decrypted content not logged: `alarmrelay frame decode` with the key shows it)",
+        reply=exc.reply,
+        reply_bytes=exc.reply_bytes,
+    )
 
 
 def _rejected_none(message: str) -> FrameRejected:

@@ -187,6 +187,37 @@ class TestInboundRules:
         assert ack.timestamp == NOW + timedelta(seconds=3)
 
     @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (
+                "#1234|NBA1][$P52.123456,5.987654",
+                "decrypted with the account key, but x-data block … does",
+            ),
+            ("#1234|Xwhere-am-i 52.12,5.98", "SIA block: no … event block in …"),
+        ],
+    )
+    def test_an_encrypted_frames_content_is_not_in_its_rejection(
+        self, data: str, reason: str
+    ) -> None:
+        """The rejection reason is logged (frame_rejected), and decrypted content never is:
+        for an encrypted frame it says what is wrong without quoting the content (a GPS
+        position here); the same plain frame's reason quotes it for field support."""
+        conn = connection(accounts={"1234": AccountCrypto(key=KEY)})
+        region = (
+            b'"*SIA-DCS"0001L0#1234['
+            + KEY.encrypt_region(f"{data}]_{NOW:%H:%M:%S,%m-%d-%Y}".encode()).encode()
+        )
+        raw = b"\n" + f"{crc16_arc(region):04X}0{len(region):03X}".encode() + region + b"\r"
+        [event] = conn.receive_data(raw, now=NOW)
+        assert isinstance(event, FrameRejected) and event.error.reply is Reply.DUH
+        message = event.error.message
+        assert message.startswith(reason)
+        assert "decrypted content not logged" in message
+        for secret in ("52.1", "5.98", "where-am-i"):
+            assert secret not in message
+        assert event.error.reply_bytes  # still answered DUH
+
+    @pytest.mark.parametrize(
         ("offset_s", "accepted"), [(-40, True), (-41, False), (20, True), (21, False)]
     )
     def test_timestamp_window_edges(self, offset_s: int, accepted: bool) -> None:
