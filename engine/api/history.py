@@ -100,14 +100,18 @@ async def signal_history(
 ) -> Page[SignalEntry]:
     """Newest first (by signal id), filtered by time range, category and forwarded or not."""
     customer = await fetch_customer(state.pool, caller, customer_id)
-    accounts = [
-        r["account"]
-        for r in await state.pool.fetch(
-            "SELECT DISTINCT account FROM customer_modules WHERE customer_id = $1", customer_id
-        )
-    ]
+    # Each account number from the day this customer's module got it: a commitment activated
+    # with a module that an earlier (terminated) customer had shows none of that one's signals.
+    windows = await state.pool.fetch(
+        "SELECT account, min(since) AS since FROM customer_modules WHERE customer_id = $1 "
+        "GROUP BY account",
+        customer_id,
+    )
+    accounts = [r["account"] for r in windows]
+    starts = [r["since"] for r in windows]
     if customer.account and customer.account not in accounts:
         accounts.append(customer.account)
+        starts.append(customer.created_at)
     limit = clamp_limit(limit)
     rows = await state.pool.fetch(
         """
@@ -134,7 +138,8 @@ async def signal_history(
           AND ($4::text IS NULL OR $4 = ANY(s.categories))
           AND ($5::boolean IS NULL OR $5 = EXISTS (SELECT 1 FROM decisions d WHERE d.signal_id = s.id AND d.forward))
           AND ($6::bigint IS NULL OR s.id < $6)
-          AND s.received_at >= $8 AND ($9::timestamptz IS NULL OR s.received_at <= $9)
+          AND s.received_at >= ($8::timestamptz[])[array_position($1::text[], s.account)]
+          AND ($9::timestamptz IS NULL OR s.received_at <= $9)
         ORDER BY s.id DESC LIMIT $7
         """,
         accounts,
@@ -144,7 +149,7 @@ async def signal_history(
         forwarded,
         cursor,
         limit + 1,
-        customer.created_at,  # an account number reused after a termination: only this customer's
+        starts,  # an account number reused after a termination: only this customer's
         customer.terminated_at,
     )
     items = [

@@ -213,9 +213,13 @@ class TestHistory:
             await admin.post("/v1/customers", json=security_request(dealer, serial))
         ).json()["customer"]
         # The signals below are dated up to 10 minutes back; history lists only signals from the
-        # customer's lifetime, so the customer is dated an hour back.
+        # customer's lifetime (from its module's installation), so both are dated an hour back.
         await api.pool.execute(
             "UPDATE customers SET created_at = now() - interval '1 hour' WHERE id = $1",
+            customer["id"],
+        )
+        await api.pool.execute(
+            "UPDATE customer_modules SET since = now() - interval '1 hour' WHERE customer_id = $1",
             customer["id"],
         )
         now = datetime.now(UTC)
