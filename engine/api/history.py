@@ -7,7 +7,7 @@ DC-09 account the customer has had (module history), newest first.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -18,6 +18,7 @@ from litestar.params import Parameter
 from engine.api.auth import Caller
 from engine.api.customer_store import fetch_customer
 from engine.api.pagination import Page, clamp_limit
+from engine.api.problems import FieldError, ProblemError
 from protocols.signal import Category
 
 
@@ -82,6 +83,24 @@ class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: list[Delivery]
 
 
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    """A time filter in UTC. Without an offset it is UTC already (the database driver would read
+    it in the engine host's local zone); 400 when UTC is beyond the calendar (year 1-9999)."""
+    if value is None or value.tzinfo is None:
+        return None if value is None else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        message = f"{value.isoformat()} is beyond the years 1-9999 in UTC"
+        raise ProblemError(
+            400,
+            "Bad Request",
+            f"query parameter {name}: {message}",
+            errors=[FieldError(field=name, rule="range", message=message)],
+            type_="urn:alarmrelay:problem:bad-request",
+        ) from None
+
+
 @get("/customers/{customer_id:int}/signals", summary="Signal history of a customer's account")
 async def signal_history(
     state: State,
@@ -99,6 +118,7 @@ async def signal_history(
     ),
 ) -> Page[SignalEntry]:
     """Newest first (by signal id), filtered by time range, category and forwarded or not."""
+    since, until = _utc("since", since), _utc("until", until)
     customer = await fetch_customer(state.pool, caller, customer_id)
     # Each account number from the day this customer's module got it: a commitment activated
     # with a module that an earlier (terminated) customer had shows none of that one's signals.

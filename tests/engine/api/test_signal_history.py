@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import httpx
+import pytest
 
 from tests.engine.api.catalog_setup import create_packages, imei, security_request
 from tests.engine.api.conftest import Api
@@ -17,6 +21,71 @@ async def _signal(api: Api, account: str, seq: str) -> None:
         account,
         seq,
     )
+
+
+@pytest.fixture
+def engine_host_in_chicago(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The engine host's local time zone is America/Chicago (UTC-6 in January)."""
+    monkeypatch.setenv("TZ", "America/Chicago")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def _customer_with_signals_at(api: Api, admin: httpx.AsyncClient, *times: str) -> int:
+    """A customer (dated back to 2025) whose module sent one signal at each UTC time."""
+    await create_packages(admin)
+    dealer = await api.dealer("Acme")
+    created = await admin.post("/v1/customers", json=security_request(dealer, SERIAL))
+    assert created.status_code == 201, created.text
+    customer = int(created.json()["customer"]["id"])
+    await api.pool.execute(
+        "UPDATE customer_modules SET since = '2025-01-01T00:00:00Z' WHERE customer_id = $1",
+        customer,
+    )
+    for i, at in enumerate(times):
+        await api.pool.execute(
+            "INSERT INTO signals (received_at, account, transport, kind, seq) "
+            "VALUES ($1::text::timestamptz, $2, 'tcp', 'event', $3)",
+            at,
+            SERIAL,
+            f"{i:04d}",
+        )
+    return customer
+
+
+class TestTimeFilters:
+    async def test_a_time_without_offset_is_utc_whatever_the_engine_hosts_zone(
+        self, api: Api, admin: httpx.AsyncClient, engine_host_in_chicago: None
+    ) -> None:
+        """since/until without an offset are UTC, as with Z: not the engine host's local time,
+        which moved the window by six hours on a host set to Chicago time."""
+        customer = await _customer_with_signals_at(
+            api, admin, "2026-01-01T02:00:00Z", "2026-01-01T08:00:00Z"
+        )
+        url = f"/v1/customers/{customer}/signals"
+        for since in ("2026-01-01T01:00:00", "2026-01-01T01:00:00Z"):
+            for until in ("2026-01-01T03:00:00", "2026-01-01T03:00:00Z"):
+                answer = await admin.get(url, params={"since": since, "until": until})
+                assert answer.status_code == 200, answer.text
+                assert [s["seq"] for s in answer.json()["items"]] == ["0000"], (since, until)
+
+    async def test_a_time_beyond_the_calendar_in_utc_names_its_parameter(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The last second of year 9999 at UTC-5 is past the year 9999 in UTC: a 400 naming
+        the parameter (it answered "a value is out of range")."""
+        customer = await _customer_with_signals_at(api, admin)
+        url = f"/v1/customers/{customer}/signals"
+        for name, value in (
+            ("until", "9999-12-31T23:59:59-05:00"),
+            ("since", "0001-01-01T00:00:00+05:00"),
+        ):
+            answer = await admin.get(url, params={name: value})
+            assert answer.status_code == 400, answer.text
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert [(e["field"], e["rule"]) for e in answer.json()["errors"]] == [(name, "range")]
 
 
 class TestHistoryWindow:
