@@ -117,11 +117,29 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     extra = exc.extra if isinstance(exc.extra, list) else []
     for item in extra:
         if isinstance(item, dict):
-            key = str(item.get("key") or item.get("source") or "body")
+            raw_key = str(item.get("key") or item.get("source") or "body")
             # litestar names the request body "data" (the handler's parameter) for errors of
             # its top-level object: the field paths of the body itself are what a client knows.
-            key = "body" if key == "data" else key.removeprefix("data.")
-            errors.append(decode_error(key, str(item.get("message", ""))))
+            key = "body" if raw_key == "data" else raw_key.removeprefix("data.")
+            message = str(item.get("message", ""))
+            if raw_key == "data" and message == "'data'":
+                # No body at all: litestar's message is the KeyError of its missing "data".
+                errors.append(
+                    FieldError(
+                        field="body", rule="required", message="the request needs a JSON body"
+                    )
+                )
+                continue
+            errors.append(decode_error(key, message))
+    missing = _MISSING_PARAMETER.match(str(exc.detail))
+    if missing and not errors:
+        errors.append(
+            FieldError(
+                field=missing.group(1),
+                rule="required",
+                message=f"the query parameter {missing.group(1)} is required",
+            )
+        )
     return _response(
         Problem(
             type="urn:alarmrelay:problem:bad-request",
@@ -134,6 +152,7 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
 
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_MISSING_PARAMETER = re.compile(r"Missing required query parameter '([^']+)'")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 
 

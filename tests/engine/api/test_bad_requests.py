@@ -49,6 +49,22 @@ class TestUndecodableBodies:
             assert response.status_code == 400, (path, body, response.text)
             assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == expected
 
+    async def test_a_missing_body_or_query_parameter_is_named_required(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """No body at all (curl without -d) is rule required on the body with a sentence (the
+        error said only "'data'"); a missing query parameter is named too (no errors listed)."""
+        for path in ("/v1/dealers", "/v1/api-keys", "/v1/customers", "/v1/customers/validate"):
+            response = await admin.post(path, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, (path, response.text)
+            assert response.headers["content-type"].startswith(PROBLEM)
+            errors = response.json()["errors"]
+            assert [(e["field"], e["rule"]) for e in errors] == [("body", "required")], path
+            assert errors[0]["message"] == "the request needs a JSON body", path
+        response = await admin.get("/v1/time-zone")
+        assert response.status_code == 400
+        assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("zip", "required")]
+
 
 class TestValuesTheDatabaseCannotHold:
     async def test_an_id_beyond_64_bits_is_not_found(self, admin: httpx.AsyncClient) -> None:
