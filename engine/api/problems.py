@@ -16,7 +16,6 @@ from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
-    NotAuthorizedException,
     ValidationException,
 )
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
@@ -98,12 +97,18 @@ def conflict(field: str, rule: str, message: str) -> ProblemError:
     )
 
 
+_CHALLENGE = 'Bearer realm="alarmrelay"'
+
+
 def _response(problem: Problem) -> Response[Any]:
-    return Response(
+    response: Response[Any] = Response(
         content=msgspec.json.encode(problem),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
     )
+    if problem.status == 401:  # RFC 9110 §15.5.2: a 401 names the scheme to authenticate with
+        response.headers["WWW-Authenticate"] = _CHALLENGE
+    return response
 
 
 def problem_handler(_: Request[Any, Any, Any], exc: ProblemError) -> Response[Any]:
@@ -172,12 +177,9 @@ def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]
     """Any other litestar HTTP error (404 route, 405, 401, …) as a problem document."""
     if type(exc) is ClientException and exc.status_code == 400:
         return _bad_body("json", str(exc.detail))  # the body is not JSON (truncated, malformed)
-    response = _response(
+    return _response(
         Problem(title=_title(exc.status_code), status=exc.status_code, detail=str(exc.detail))
     )
-    if isinstance(exc, NotAuthorizedException):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="alarmrelay"'
-    return response
 
 
 def _bad_body(rule: str, message: str) -> Response[Any]:

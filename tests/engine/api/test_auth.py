@@ -20,6 +20,14 @@ class TestAuth:
         response = await api.client("ar_not-a-key").get("/v1/me")
         assert response.status_code == 401
 
+    async def test_401_says_how_to_authenticate(self, api: Api) -> None:
+        """Every 401 carries WWW-Authenticate (RFC 9110 §15.5.2: a 401 must), so a client or
+        proxy that answers the challenge knows to send a bearer key; it had none."""
+        for key in (None, "ar_not-a-key"):
+            response = await api.client(key).get("/v1/dealers")
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == 'Bearer realm="alarmrelay"'
+
     async def test_x_api_key_header(self, api: Api) -> None:
         """X-API-Key works like the bearer header."""
         client = httpx.AsyncClient(base_url=api.base_url, headers={"X-API-Key": api.admin_key})
