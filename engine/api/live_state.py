@@ -21,7 +21,12 @@ async def customer_state(state: State, caller: Caller, customer_id: int) -> Acco
     """409 for a commitment or a terminated customer (no engine account)."""
     customer = await fetch_customer(state.pool, caller, customer_id)
     status = (
-        await account_status(state.pool, customer.account)
+        await account_status(
+            state.pool,
+            customer.account,
+            # billing starts when the account does (at creation, or a commitment's activation)
+            since=customer.billing_started_at or customer.created_at,
+        )
         if customer.account is not None and customer.status == "active"
         else None
     )

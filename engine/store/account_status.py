@@ -37,8 +37,12 @@ class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
     deliveries_dead: int
 
 
-async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | None:
-    """The status of ``account`` (None when there is no such account)."""
+async def account_status(
+    pool: asyncpg.Pool, account: str, *, since: datetime | None = None
+) -> AccountStatus | None:
+    """The status of ``account`` (None when there is no such account). ``since``: count only the
+    deliveries of signals received from then on (a customer's own, when its account number was
+    an earlier customer's)."""
     account = account.upper()
     row = await pool.fetchrow(
         """
@@ -47,14 +51,17 @@ async def account_status(pool: asyncpg.Pool, account: str) -> AccountStatus | No
                coalesce(s.phone_line_failed, false) AS phone_line_failed,
                v.deadline AS supervision_deadline, coalesce(v.missed, false) AS missed,
                v.missed_at,
-               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'pending') AS pending,
-               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'dead') AS dead
+               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'pending'
+                   AND ($2::timestamptz IS NULL OR d.received_at >= $2)) AS pending,
+               (SELECT count(*) FROM deliveries d WHERE d.account = a.account AND d.state = 'dead'
+                   AND ($2::timestamptz IS NULL OR d.received_at >= $2)) AS dead
         FROM accounts a
         LEFT JOIN account_state s ON s.account = a.account
         LEFT JOIN supervision v ON v.account = a.account
         WHERE a.account = $1
         """,
         account,
+        since,
     )
     if row is None:
         return None
