@@ -90,7 +90,14 @@ class HttpServer:
         """Start serving; returns once the socket is bound. A port that cannot be bound (in use,
         an address not on this host) is a UserFacingError naming it."""
         try:
-            sock = socket.create_server((self.host, self.port))
+            # An IPv6 address ("::1", "::") cannot be bound by the AF_INET socket create_server
+            # makes by default; a name with an IPv4 address (localhost) stays on IPv4 as before.
+            found = await asyncio.get_running_loop().getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            families = [info[0] for info in found]
+            family = socket.AF_INET if socket.AF_INET in families else families[0]
+            sock = socket.create_server((self.host, self.port), family=family)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise UserFacingError(
