@@ -267,6 +267,13 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
             "UPDATE customer_modules SET until = now() WHERE customer_id = $1 AND until IS NULL",
             customer_id,
         )
+        # A virtual module's queued signals: an engine sends a request to whichever virtual
+        # account has its number, which may be another customer's by the time it runs.
+        await conn.execute(
+            "UPDATE virtual_requests SET done_at = now(), result = 'not sent: the customer was "
+            "terminated' WHERE customer_id = $1 AND done_at IS NULL",
+            customer_id,
+        )
         # A welcome letter's unused set-up link would still open the portal for a former customer.
         await conn.execute(
             "UPDATE setup_tokens SET revoked_at = now() "
