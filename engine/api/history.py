@@ -83,6 +83,16 @@ class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: list[Delivery]
 
 
+def _out_of_range(name: str, message: str) -> ProblemError:
+    return ProblemError(
+        400,
+        "Bad Request",
+        f"query parameter {name}: {message}",
+        errors=[FieldError(field=name, rule="range", message=message)],
+        type_="urn:alarmrelay:problem:bad-request",
+    )
+
+
 def _utc(name: str, value: datetime | None) -> datetime | None:
     """A time filter in UTC. Without an offset it is UTC already (the database driver would read
     it in the engine host's local zone); 400 when UTC is beyond the calendar (year 1-9999)."""
@@ -92,13 +102,7 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
         return value.astimezone(UTC)
     except OverflowError:
         message = f"{value.isoformat()} is beyond the years 1-9999 in UTC"
-        raise ProblemError(
-            400,
-            "Bad Request",
-            f"query parameter {name}: {message}",
-            errors=[FieldError(field=name, rule="range", message=message)],
-            type_="urn:alarmrelay:problem:bad-request",
-        ) from None
+        raise _out_of_range(name, message) from None
 
 
 @get("/customers/{customer_id:int}/signals", summary="Signal history of a customer's account")
@@ -119,6 +123,9 @@ async def signal_history(
 ) -> Page[SignalEntry]:
     """Newest first (by signal id), filtered by time range, category and forwarded or not."""
     since, until = _utc("since", since), _utc("until", until)
+    if since is not None and until is not None and until < since:
+        # swapped by mistake: an empty page would read as "no signals in that time"
+        raise _out_of_range("until", "until is before since")
     customer = await fetch_customer(state.pool, caller, customer_id)
     # Each account number from the day this customer's module got it: a commitment activated
     # with a module that an earlier (terminated) customer had shows none of that one's signals.

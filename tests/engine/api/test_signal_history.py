@@ -87,6 +87,18 @@ class TestTimeFilters:
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert [(e["field"], e["rule"]) for e in answer.json()["errors"]] == [(name, "range")]
 
+    async def test_until_before_since_is_a_400(self, api: Api, admin: httpx.AsyncClient) -> None:
+        """since and until swapped answered an empty page, read as "no signals in that time"
+        although the customer had one: now a 400 on until (rule range)."""
+        customer = await _customer_with_signals_at(api, admin, "2026-01-01T02:00:00Z")
+        answer = await admin.get(
+            f"/v1/customers/{customer}/signals",
+            params={"since": "2026-01-01T03:00:00Z", "until": "2026-01-01T01:00:00Z"},
+        )
+        assert answer.status_code == 400, answer.text
+        assert [(e["field"], e["rule"]) for e in answer.json()["errors"]] == [("until", "range")]
+        assert "until is before since" in answer.json()["detail"]
+
 
 class TestHistoryWindow:
     async def test_commitment_activated_with_a_reused_module_shows_none_of_the_old_customer(
