@@ -66,6 +66,33 @@ class TestUndecodableBodies:
         assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("zip", "required")]
 
 
+class TestUnknownQueryParameters:
+    async def test_a_mistyped_filter_is_a_400_not_an_unfiltered_answer(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """?categroy=alarms on the history was ignored and answered every signal, which reads
+        as the filtered list; an unknown query parameter is now named (rule unknown) with the
+        ones the endpoint takes."""
+        response = await admin.get("/v1/customers/1/signals", params={"categroy": "alarms"})
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith(PROBLEM)
+        [error] = response.json()["errors"]
+        assert (error["field"], error["rule"]) == ("categroy", "unknown")
+        assert "category" in error["message"] and "cursor" in error["message"]
+        assert "customer_id" not in error["message"] and "caller" not in error["message"]
+        listed = await admin.get("/v1/customers", params={"dealer": "5", "limit": "2"})
+        assert listed.status_code == 400
+        assert [e["field"] for e in listed.json()["errors"]] == ["dealer"]
+
+    async def test_the_parameters_an_endpoint_takes_still_work(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """Aliased (zip), paginated and plain parameters are taken as before."""
+        assert (await admin.get("/v1/customers", params={"limit": "2"})).status_code == 200
+        zone = await admin.get("/v1/time-zone", params={"zip": "60601"})
+        assert zone.status_code == 200, zone.text
+
+
 class TestValuesTheDatabaseCannotHold:
     async def test_an_id_beyond_64_bits_is_not_found(self, admin: httpx.AsyncClient) -> None:
         response = await admin.get("/v1/dealers/99999999999999999999")

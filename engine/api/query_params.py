@@ -1,0 +1,71 @@
+"""Query parameters an endpoint does not take are refused (400, rule ``unknown``).
+
+Unknown body fields already are. A mistyped filter (``?categroy=alarms``, ``?dealer=5`` on a
+list that has no such filter) was ignored, so the answer looked filtered and was not: while
+investigating an alarm that reads as "these are all of them".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Request
+from litestar.params import BodyKwarg, DependencyKwarg, ParameterKwarg
+
+from engine.api.problems import FieldError, ProblemError
+
+# Handler parameters litestar fills from the request itself, never from the query string.
+_RESERVED = frozenset(
+    {"request", "state", "scope", "headers", "cookies", "query", "data", "socket", "body"}
+)
+_PATH_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+_taken: dict[int, frozenset[str]] = {}
+
+
+def query_parameters(handler: Any) -> frozenset[str]:
+    """The query parameter names ``handler`` takes (cached per handler)."""
+    names = _taken.get(id(handler))
+    if names is None:
+        skip = set(_RESERVED) | set(handler.resolve_dependencies())
+        for path in handler.paths:
+            skip.update(_PATH_PARAMETER.findall(path))
+        taken: set[str] = set()
+        for name, parameter in handler.parsed_fn_signature.parameters.items():
+            kwarg = parameter.kwarg_definition
+            if name in skip or isinstance(kwarg, BodyKwarg | DependencyKwarg):
+                continue
+            if isinstance(kwarg, ParameterKwarg):
+                if kwarg.header or kwarg.cookie:
+                    continue
+                taken.add(kwarg.query or name)
+            else:
+                taken.add(name)
+        names = _taken[id(handler)] = frozenset(taken)
+    return names
+
+
+async def refuse_unknown_query_parameters(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of the ``/v1`` router."""
+    if not request.scope.get("query_string"):
+        return
+    taken = query_parameters(request.route_handler)
+    unknown = sorted(set(request.query_params) - taken)
+    if not unknown:
+        return
+    accepted = ", ".join(sorted(taken)) or "none"
+    raise ProblemError(
+        400,
+        "Bad Request",
+        f"unknown query parameter{'s' * (len(unknown) > 1)}: {', '.join(unknown)} "
+        f"(this endpoint takes: {accepted})",
+        errors=[
+            FieldError(
+                field=name[:100],
+                rule="unknown",
+                message=f"unknown query parameter (this endpoint takes: {accepted})",
+            )
+            for name in unknown[:20]
+        ],
+        type_="urn:alarmrelay:problem:bad-request",
+    )
