@@ -15,6 +15,9 @@ from engine.api.pagination import Page, clamp_limit
 from engine.api.problems import FieldError, invalid, not_found
 
 
+MAX_LABEL_LENGTH = 200  # a note to recognise a key by; listed with every key
+
+
 class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A new key: its role, and the dealer it acts for (required for dealer keys)."""
 
@@ -51,6 +54,14 @@ async def create_api_key(state: State, caller: Caller, data: KeyCreate) -> KeyCr
     if data.role == "dealer" and data.dealer_id is None:
         raise invalid(
             [FieldError(field="dealer_id", rule="required", message="a dealer key needs dealer_id")]
+        )
+    if data.label is not None and len(data.label) > MAX_LABEL_LENGTH:
+        raise invalid(
+            [
+                FieldError(
+                    field="label", rule="length", message=f"at most {MAX_LABEL_LENGTH} characters"
+                )
+            ]
         )
     if data.role == "admin" and data.dealer_id is not None:
         raise invalid(

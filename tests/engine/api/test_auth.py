@@ -63,6 +63,14 @@ class TestAuth:
         assert response.status_code == 422
         assert response.json()["errors"][0]["field"] == "dealer_id"
 
+    async def test_a_label_is_bounded(self, admin: httpx.AsyncClient) -> None:
+        """A 100 kB label was stored and then listed with the key every time."""
+        response = await admin.post("/v1/api-keys", json={"role": "read-only", "label": "x" * 201})
+        assert response.status_code == 422
+        assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("label", "length")]
+        taken = await admin.post("/v1/api-keys", json={"role": "read-only", "label": "x" * 200})
+        assert taken.status_code == 201, taken.text
+
     async def test_dealer_cannot_create_keys(self, api: Api) -> None:
         """Key management is admin only."""
         dealer = await api.dealer("Acme")
