@@ -228,15 +228,18 @@ class MqttConnection(asyncio.Protocol):
         return code
 
     async def subscribe(
-        self, filters: Sequence[tuple[str, int]], *, timeout_s: float = 10.0
+        self,
+        filters: Sequence[tuple[str, int]],
+        *,
+        retain_handling: int = 0,
+        timeout_s: float = 10.0,
     ) -> tuple[int, ...]:
         """SUBSCRIBE and wait for the SUBACK; MqttError when a filter is refused."""
         packet_id = self._allocate_id()
         future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
         self._subacks[packet_id] = future
-        self._send(
-            encode_subscribe(Subscribe(packet_id=packet_id, subscriptions=subscriptions(filters)))
-        )
+        entries = subscriptions(filters, retain_handling=retain_handling)
+        self._send(encode_subscribe(Subscribe(packet_id=packet_id, subscriptions=entries)))
         try:
             codes = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:

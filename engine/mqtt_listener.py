@@ -148,7 +148,13 @@ class _Session:
                 base = f"{owner._prefix}/modules/+"
                 if owner._group:
                     base = f"$share/{owner._group}/{base}"
-                await connection.subscribe([(f"{base}/checkin", 1), (f"{base}/events", 1)])
+                # Retain Handling 2: no retained message at subscription. A module's retained
+                # check-in or alarm is taken when it is published; sent again at each
+                # resubscription it would be a new contact (hiding a dead module from
+                # supervision) and, past its dedupe window, an alarm forwarded again.
+                await connection.subscribe(
+                    [(f"{base}/checkin", 1), (f"{base}/events", 1)], retain_handling=2
+                )
                 self.active = connection
                 self.subscribed.set()
                 owner._session_up()

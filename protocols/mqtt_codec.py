@@ -991,6 +991,12 @@ class MqttDecoder:
         )
 
 
-def subscriptions(filters: Sequence[tuple[str, int]]) -> tuple[Subscription, ...]:
-    """``[(filter, qos), …]`` as SUBSCRIBE entries."""
-    return tuple(Subscription(topic_filter, qos) for topic_filter, qos in filters)
+def subscriptions(
+    filters: Sequence[tuple[str, int]], *, retain_handling: int = 0
+) -> tuple[Subscription, ...]:
+    """``[(filter, qos), …]`` as SUBSCRIBE entries (``retain_handling`` 2: no retained messages
+    are sent for the subscription, 3.8.3.1)."""
+    return tuple(
+        Subscription(topic_filter, qos, retain_handling=retain_handling)
+        for topic_filter, qos in filters
+    )

@@ -116,11 +116,10 @@ class TestRedeliveryWhileResuming:
         async def slow_subscribe(
             self: mqtt_client.MqttConnection,
             filters: Sequence[tuple[str, int]],
-            *,
-            timeout_s: float = 10.0,
+            **options: float,
         ) -> tuple[int, ...]:
             await asyncio.sleep(0.3)  # the redelivered message arrives before the SUBACK
-            return await original(self, filters, timeout_s=timeout_s)
+            return await original(self, filters, **options)  # type: ignore[arg-type]
 
         monkeypatch.setattr(mqtt_client.MqttConnection, "subscribe", slow_subscribe)
         prefix = f"resume-{secrets.token_hex(3)}/v1"
@@ -334,3 +333,56 @@ class TestConnectedGauge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await proxy.stop()
+
+
+class TestRetainedMessages:
+    async def test_a_retained_message_is_not_taken_again_at_each_subscription(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """A module that publishes with the retain flag leaves its last check-in and alarm on the
+        broker, which sends them to every new subscription. Taken as new messages, each
+        reconnect of an engine (its resubscription) stored the check-in again (the module's
+        last contact moved on: a dead module's Panel Not Responding never came while the engine
+        reconnected now and then) and, once the alarm's dedupe window had passed, stored and
+        forwarded the alarm again. The engine subscribes with Retain Handling 2: each message
+        comes once, when it is published."""
+        proxy = TcpProxy(*mqtt_broker)
+        await proxy.start()
+        prefix = f"retained-{secrets.token_hex(3)}/v1"
+        sink = FlakySink(failures=0)
+        listener = _listener(sink, ("127.0.0.1", proxy.port), prefix)
+        try:
+            async with _module_of(listener, mqtt_broker, prefix) as module:
+                checkin = json.dumps({"v": 1, "msg_id": "c-1"})
+                await module.publish(f"{prefix}/modules/S1/checkin", checkin, qos=1, retain=True)
+                await module.publish(
+                    f"{prefix}/modules/S1/events", _events("r-1"), qos=1, retain=True
+                )
+                await _acks(module, 2)
+                for _ in range(2):  # the broker connection drops; the engine subscribes again
+                    proxy.cut()
+                    await _until_gauge(0)
+                    proxy.restore()
+                    await _until_gauge(1)
+                # The retained check-in also goes to a second engine's new session.
+                other = FlakySink(failures=0)
+                second = _listener(other, mqtt_broker, prefix)
+                task = asyncio.create_task(second.run())
+                try:
+                    await asyncio.wait_for(second.subscribed.wait(), 10)
+                    await asyncio.sleep(0.5)
+                finally:
+                    await second.stop()
+                    task.cancel()
+                for suffix in ("checkin", "events"):  # clear them
+                    await module.publish(f"{prefix}/modules/S1/{suffix}", b"", qos=1, retain=True)
+                await _acks(module, 2)
+        finally:
+            await proxy.stop()
+        assert [(s.kind.value, s.seq) for s in sink.committed][:2] == [
+            ("checkin", None),
+            ("event", "r-1"),
+        ]
+        # After them only the clearing publishes (an empty check-in, an empty events payload).
+        assert [s.kind.value for s in sink.committed[2:]] == ["checkin", "rejected"]
+        assert other.committed == []
