@@ -123,6 +123,7 @@ class _Session:
     async def run(self) -> None:
         """Connect, subscribe and wait for the connection to end; again, with backoff."""
         owner = self.listener
+        loop = asyncio.get_running_loop()
         delay = owner._reconnect_min_s
         while not owner._stopping:
             connection: MqttConnection | None = None
@@ -158,7 +159,7 @@ class _Session:
                 self.active = connection
                 self.subscribed.set()
                 owner._session_up()
-                delay = owner._reconnect_min_s
+                up_since = loop.time()
                 log.info(
                     "mqtt_connected",
                     host=owner._host,
@@ -167,6 +168,11 @@ class _Session:
                     session_present=bool(connection.connack and connection.connack.session_present),
                 )
                 reason = await self._until_closed(connection)
+                if loop.time() - up_since >= owner._reconnect_max_s:
+                    # It was working: come back fast. A connection dropped soon after it was
+                    # made (a message the database refused at once, redelivered, refused
+                    # again) keeps the backoff growing: no reconnect loop during an outage.
+                    delay = owner._reconnect_min_s
                 if reason is not None and not owner.stopping:
                     log.warning(
                         "mqtt_disconnected",

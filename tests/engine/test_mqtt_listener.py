@@ -386,3 +386,35 @@ class TestRetainedMessages:
         # After them only the clearing publishes (an empty check-in, an empty events payload).
         assert [s.kind.value for s in sink.committed[2:]] == ["checkin", "rejected"]
         assert other.committed == []
+
+
+class TestBackoffWhileNotCommitting:
+    async def test_a_database_outage_does_not_make_a_reconnect_loop(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """While the database is down every redelivered message is refused at once, and each
+        refusal drops the session so that the broker delivers it again. The backoff went back
+        to its minimum at every successful subscription, so the engine reconnected every
+        0.25-0.5 s for the whole outage (each time taking, refusing and logging every message
+        in flight again). A connection that did not stay up for reconnect_max_s does not reset
+        the backoff: the reconnects slow down to one per reconnect_max_s, and the messages are
+        still committed once the database is back."""
+        prefix = f"backoff-{secrets.token_hex(3)}/v1"
+        sink = DownSink()
+        listener = _listener(sink, mqtt_broker, prefix, reconnect_max_s=0.8)
+
+        def reconnects() -> float:
+            return REGISTRY.get_sample_value("alarmrelay_mqtt_reconnects_total") or 0.0
+
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            before = reconnects()
+            for n in range(5):
+                await module.publish(f"{prefix}/modules/S1/events", _events(f"o{n}"), qos=1)
+            await asyncio.sleep(3)
+            during = reconnects() - before
+            sink.down = False
+            acks = await _acks(module, 5)
+        # Sleeps of 0.05-0.1, 0.1-0.2, 0.2-0.4, then 0.4-0.8 s: at most 9 in 3 s (it was 30 and more).
+        assert 3 <= during <= 10
+        assert sorted(str(a["msg_id"]) for a in acks) == [f"o{n}" for n in range(5)]
+        assert {a["status"] for a in acks} == {"accepted"}
