@@ -97,7 +97,7 @@ class MqttConnection(asyncio.Protocol):
         self._connack: asyncio.Future[Connack] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._pending: dict[int, PublishCallback | None] = {}  # our QoS 1 publishes awaiting PUBACK
-        self._waiting: deque[tuple[str, bytes, PublishCallback | None]] = deque()
+        self._waiting: deque[tuple[str, bytes, PublishCallback | None, Properties | None]] = deque()
         self._send_quota = 65_535  # the broker's Receive Maximum, from CONNACK
         self._server_max_packet = 0  # 0: no limit announced
         self._next_id = 0
@@ -188,6 +188,8 @@ class MqttConnection(asyncio.Protocol):
         payload: bytes,
         qos: int = 0,
         callback: PublishCallback | None = None,
+        *,
+        properties: Properties | None = None,
     ) -> None:
         """Send a PUBLISH. QoS 1: ``callback`` gets the PUBACK's reason code (or CONNECTION_LOST).
 
@@ -196,19 +198,28 @@ class MqttConnection(asyncio.Protocol):
         if self._transport is None or self._closed.done():
             raise MqttConnectionLost("not connected")
         if not qos:
-            self._send(encode_publish(topic, payload))
+            self._send(encode_publish(topic, payload, properties=properties))
             return
         if self._send_quota <= 0 or self._waiting:
-            size = self._server_max_packet and len(encode_publish(topic, payload, 1, 1))
+            size = self._server_max_packet and len(
+                encode_publish(topic, payload, 1, 1, properties=properties)
+            )
             if size and size > self._server_max_packet:
                 # Refused now, to the caller: sent later from the PUBACK of another message,
                 # the error would escape the read callback and lose this one's callback.
                 raise MqttError(f"packet of {size} bytes exceeds the broker's maximum")
-            self._waiting.append((topic, payload, callback))
+            self._waiting.append((topic, payload, callback, properties))
             return
-        self._send_qos1(topic, payload, callback)
+        self._send_qos1(topic, payload, callback, properties)
 
-    async def publish_wait(self, topic: str, payload: bytes, *, timeout_s: float = 10.0) -> int:
+    async def publish_wait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        timeout_s: float = 10.0,
+        properties: Properties | None = None,
+    ) -> int:
         """Publish at QoS 1 and wait for the PUBACK; its reason code. MqttError on failure."""
         done: asyncio.Future[int] = self._loop.create_future()
 
@@ -216,7 +227,7 @@ class MqttConnection(asyncio.Protocol):
             if not done.done():
                 done.set_result(code)
 
-        self.publish(topic, payload, 1, resolve)
+        self.publish(topic, payload, 1, resolve, properties=properties)
         try:
             code = await asyncio.wait_for(done, timeout_s)
         except TimeoutError:
@@ -296,9 +307,15 @@ class MqttConnection(asyncio.Protocol):
                 return self._next_id
         raise MqttError("no free packet identifier")
 
-    def _send_qos1(self, topic: str, payload: bytes, callback: PublishCallback | None) -> None:
+    def _send_qos1(
+        self,
+        topic: str,
+        payload: bytes,
+        callback: PublishCallback | None,
+        properties: Properties | None = None,
+    ) -> None:
         packet_id = self._allocate_id()
-        data = encode_publish(topic, payload, 1, packet_id)
+        data = encode_publish(topic, payload, 1, packet_id, properties=properties)
         if self._server_max_packet and len(data) > self._server_max_packet:
             raise MqttError(f"packet of {len(data)} bytes exceeds the broker's maximum")
         self._send_quota -= 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from engine.ingest_types import (
     Transport,
 )
 from engine.mqtt_client import CONNECTION_LOST, MqttConnection, MqttError, connect
-from protocols.mqtt_codec import Publish, reason_name
+from protocols.mqtt_codec import Properties, Publish, reason_name
 from protocols.mqtt_payloads import (
     AckStatus,
     AckV1,
@@ -293,6 +294,7 @@ class MqttListener:
         keep_alive_s: int = 30,
         session_expiry_s: int = 3600,
         connections: int = 1,
+        command_expiry_s: float = 60.0,
     ) -> None:
         self._sink = sink
         enqueue = getattr(sink, "enqueue", None)
@@ -311,6 +313,12 @@ class MqttListener:
         self._max_packet = max(max_packet_bytes, max_payload_bytes + 1024)
         self._keep_alive_s = keep_alive_s
         self._session_expiry_s = session_expiry_s
+        # A command is of use only while the station's operator waits for it (the voice
+        # session after an alarm): the broker drops it after this, instead of delivering it
+        # to a module that comes back later (its siren turned off long after the alarm).
+        self._command_properties = Properties(
+            message_expiry_interval=max(1, math.ceil(command_expiry_s))
+        )
         count = max(1, connections)
         per_session = max(1, min(65_535, -(-max_inflight // count)))
         self._sessions = [
@@ -347,6 +355,7 @@ class MqttListener:
             max_packet_bytes=settings.max_packet_bytes,
             keep_alive_s=settings.keep_alive_s,
             connections=settings.connections,
+            command_expiry_s=settings.command_retry_s,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -391,12 +400,17 @@ class MqttListener:
             session.reconnect_now.set()
 
     async def send_command(self, serial: str, command: StartVoiceSessionV1) -> None:
-        """Publish a command (QoS 1) on the module's commands topic and wait for the PUBACK."""
+        """Publish a command (QoS 1) on the module's commands topic and wait for the PUBACK.
+
+        It expires on the broker after ``command_expiry_s``: a module offline longer never
+        gets it."""
         connection = self._active
         if connection is None:
             raise RuntimeError("not connected to the MQTT broker")
         await connection.publish_wait(
-            topic(self._prefix, serial, TopicKind.COMMANDS), encode(command)
+            topic(self._prefix, serial, TopicKind.COMMANDS),
+            encode(command),
+            properties=self._command_properties,
         )
 
     # -- one message ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from engine.ingest_types import InboundSignal, IngestResult, IngestUnavailable
 from engine.mqtt_listener import REJECTED_RAW_KEPT, MqttListener
+from protocols.mqtt_payloads import StartVoiceSessionV1
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -359,6 +360,10 @@ class TestRetainedMessages:
                     f"{prefix}/modules/S1/events", _events("r-1"), qos=1, retain=True
                 )
                 await _acks(module, 2)
+                async with asyncio.timeout(5):  # both PUBACKed (else they come again, rightly)
+                    while listener._sessions[0].order:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # the PUBACKs leave
                 for _ in range(2):  # the broker connection drops; the engine subscribes again
                     proxy.cut()
                     await _until_gauge(0)
@@ -418,3 +423,55 @@ class TestBackoffWhileNotCommitting:
         assert 3 <= during <= 10
         assert sorted(str(a["msg_id"]) for a in acks) == [f"o{n}" for n in range(5)]
         assert {a["status"] for a in acks} == {"accepted"}
+
+
+def _persistent_module(broker: tuple[str, int], identifier: str) -> aiomqtt.Client:
+    """A module's MQTT 5 client with a persistent session (the broker queues for it offline)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 300
+    return aiomqtt.Client(
+        *broker,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=properties,
+    )
+
+
+class TestCommandExpiry:
+    async def test_a_module_offline_past_the_command_window_does_not_get_it_later(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """A start_voice_session command turns the module's siren off so that the station's
+        call can be heard. Published while the module was offline, the broker kept it in the
+        module's session without limit and delivered it whenever the module came back (an hour
+        later: siren silenced during a fire, a call nobody waits for). The command carries a
+        Message Expiry Interval of mqtt.command_retry_s: an online module gets it at once, one
+        that comes back later does not get it at all."""
+        prefix = f"cmd-{secrets.token_hex(3)}/v1"
+        commands = f"{prefix}/modules/S1/commands"
+        listener = _listener(FlakySink(failures=0), mqtt_broker, prefix, command_expiry_s=1)
+        module_id = f"m-{secrets.token_hex(3)}"
+        async with _module_of(listener, mqtt_broker, prefix):
+            async with _persistent_module(mqtt_broker, module_id) as module:
+                await module.subscribe(commands, qos=1)
+                await listener.send_command("S1", StartVoiceSessionV1(signal_id=1))
+                async with asyncio.timeout(5):
+                    async for message in module.messages:
+                        online = json.loads(message.payload)  # type: ignore[arg-type]
+                        break
+            # The module is offline; the command of the next alarm waits at the broker.
+            await listener.send_command("S1", StartVoiceSessionV1(signal_id=2))
+            await asyncio.sleep(2.5)
+            late: list[object] = []
+            async with _persistent_module(mqtt_broker, module_id) as module:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.5):
+                        async for message in module.messages:
+                            late = [json.loads(message.payload)]  # type: ignore[arg-type]
+                            break
+        assert online["signal_id"] == 1
+        assert late == []
