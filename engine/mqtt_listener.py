@@ -94,6 +94,9 @@ def _count(kind: str, result: str) -> None:
     child.inc()
 
 
+_REDELIVER = MqttError("reconnecting so the broker redelivers an uncommitted message")
+
+
 class _Message:
     """One received message until it is acknowledged (or its connection is gone)."""
 
@@ -133,6 +136,7 @@ class _Session:
             # committed asks for a reconnect while we still wait for the SUBACK. Clearing after
             # that would lose the request and leave the session stalled behind it for good.
             self.reconnect_now.clear()
+            redelivery = False  # dropped on purpose, so that the broker redelivers
             try:
                 connection = await connect(
                     owner._host,
@@ -174,12 +178,15 @@ class _Session:
                     # made (a message the database refused at once, redelivered, refused
                     # again) keeps the backoff growing: no reconnect loop during an outage.
                     delay = owner._reconnect_min_s
+                if reason is _REDELIVER and not owner.stopping:
+                    reason = await self._redeliver_after(connection, delay)
+                    redelivery = reason is _REDELIVER
                 if reason is not None and not owner.stopping:
                     log.warning(
                         "mqtt_disconnected",
                         client_id=self.client_id,
                         error=str(reason),
-                        retry_in_s=delay,
+                        retry_in_s=0 if redelivery else delay,
                     )
             except MqttError as exc:
                 if owner.stopping:
@@ -196,12 +203,14 @@ class _Session:
             if owner.stopping:
                 break
             MQTT_RECONNECTS.inc()
-            # Jittered: engines that lost the same broker do not all come back in one instant.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not a secret
+            if not redelivery:  # (a redelivery waited its turn while still subscribed)
+                # Jittered: engines that lost the same broker do not all come back in one instant.
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not a secret
             delay = min(delay * 2, owner._reconnect_max_s)
 
     async def _until_closed(self, connection: MqttConnection) -> BaseException | None:
-        """Wait for the connection to end, or for a reconnect or stop request (then close it)."""
+        """Wait for the connection to end (why), or for a reconnect request (:data:`_REDELIVER`,
+        the connection still open) or a stop (None, the connection closed)."""
         closed = asyncio.ensure_future(connection.wait_closed())
         asked = asyncio.ensure_future(self.reconnect_now.wait())
         try:
@@ -212,13 +221,39 @@ class _Session:
             return closed.result()
         closed.cancel()
         if self.listener.stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.listener._drained.wait(), 10)
-            connection.disconnect()
+            await self._close_for_stop(connection)
             return None
-        # A message was not committed: drop the connection so the broker delivers it again.
+        return _REDELIVER
+
+    async def _redeliver_after(
+        self, connection: MqttConnection, delay: float
+    ) -> BaseException | None:
+        """A message was not committed: drop the connection so that the broker delivers it
+        again, after the backoff ``delay`` (jittered). The wait is spent still subscribed:
+        during a database outage the session is not seen as cut from the broker (metric,
+        alert, readiness), commands can still be published, and a message committed meanwhile
+        still gets its ``ack``. Returns :data:`_REDELIVER`, or why the connection ended first
+        (None: stopped)."""
+        closed = asyncio.ensure_future(connection.wait_closed())
+        stop = asyncio.ensure_future(self.listener._stop_requested.wait())
+        wait_s = delay * random.uniform(0.5, 1.0)  # noqa: S311 - not a secret
+        try:
+            await asyncio.wait({closed, stop}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if closed.done():
+            return closed.result()
+        closed.cancel()
+        if self.listener.stopping:
+            await self._close_for_stop(connection)
+            return None
         connection.disconnect()
-        return MqttError("reconnecting so the broker redelivers an uncommitted message")
+        return _REDELIVER
+
+    async def _close_for_stop(self, connection: MqttConnection) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listener._drained.wait(), 10)
+        connection.disconnect()
 
     def on_publish(self, connection: MqttConnection, packet: Publish) -> None:
         """A message from the broker (in the read callback)."""
@@ -329,6 +364,7 @@ class MqttListener:
         self._drained = asyncio.Event()
         self._drained.set()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self.subscribed = asyncio.Event()  # every session is connected and subscribed
         self._ack_topics: dict[str, str] = {}
         self._topics: dict[str, tuple[str, TopicKind]] = {}  # topic → (serial, kind), parsed once
@@ -394,6 +430,7 @@ class MqttListener:
     async def stop(self) -> None:
         """Stop taking messages; those in flight finish first (at most 10 s)."""
         self._stopping = True
+        self._stop_requested.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), 10)
         for session in self._sessions:

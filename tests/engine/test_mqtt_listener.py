@@ -475,3 +475,38 @@ class TestCommandExpiry:
                             break
         assert online["signal_id"] == 1
         assert late == []
+
+
+class TestRedeliveryWait:
+    async def test_the_session_waits_subscribed_while_the_database_is_down(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """The backoff before a redelivery was waited out disconnected, so during a database
+        outage the engine showed as cut from the broker nearly all the time
+        (alarmrelay_mqtt_connected 0: AlarmrelayMqttDisconnected, a critical alert pointing
+        at the broker; readiness 'mqtt' false) and a two-way-voice command found no connection
+        to publish on. The wait is spent subscribed; only the reconnect itself is a gap."""
+        prefix = f"waits-{secrets.token_hex(3)}/v1"
+        sink = DownSink()
+        listener = _listener(sink, mqtt_broker, prefix, reconnect_max_s=0.8)
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            await module.subscribe(f"{prefix}/modules/S1/commands", qos=1)
+            await module.publish(f"{prefix}/modules/S1/events", _events("w1"), qos=1)
+            samples = []
+            for _ in range(60):  # 3 s
+                await asyncio.sleep(0.05)
+                samples.append(_mqtt_connected() == 1 and listener.connected)
+            assert sink.refused >= 3  # redelivered and refused again meanwhile
+            await listener.send_command("S1", StartVoiceSessionV1(signal_id=7))
+            sink.down = False
+            received = []
+            async with asyncio.timeout(10):
+                async for message in module.messages:
+                    received.append(json.loads(message.payload))  # type: ignore[arg-type]
+                    if len(received) == 2:
+                        break
+        assert sum(samples) >= 50  # it was 0 of 60
+        assert {str(m.get("command") or m.get("status")) for m in received} == {
+            "start_voice_session",
+            "accepted",
+        }
