@@ -8,7 +8,7 @@ the reason sent back in a ``rejected`` ack.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
 
@@ -173,6 +173,7 @@ def msg_id_of(data: bytes, *, max_bytes: int = 16_384) -> str | None:
 
 
 _Sent = TypeVar("_Sent", CheckinV1, EventsV1)
+_ZERO = timedelta(0)
 
 
 def decode_checkin(data: bytes, *, max_bytes: int = 16_384) -> CheckinV1:
@@ -207,13 +208,22 @@ def decode_events(data: bytes, *, max_bytes: int = 16_384) -> EventsV1:
 
 
 def _in_utc(payload: _Sent) -> _Sent:
-    """``payload`` with a ``sent_at`` that gives no time zone read as UTC (as DC-09 times are):
-    left naive, it was read in the database session's zone and could not be compared with the
-    module's other times."""
+    """``payload`` with its ``sent_at`` in UTC. One that gives no time zone is read as UTC (as
+    DC-09 times are): left naive, it was read in the database session's zone and could not be
+    compared with the module's other times. One with an offset is the same instant in UTC:
+    JSON allows offsets up to ±23:59, PostgreSQL reads at most ±15:59 (a larger one failed the
+    commit, and the alarm was refused)."""
     sent = payload.sent_at
-    if sent is None or sent.tzinfo is not None:
+    if sent is None:
         return payload
-    return msgspec.structs.replace(payload, sent_at=sent.replace(tzinfo=UTC))
+    if sent.tzinfo is None:
+        return msgspec.structs.replace(payload, sent_at=sent.replace(tzinfo=UTC))
+    if sent.utcoffset() == _ZERO:
+        return payload
+    try:
+        return msgspec.structs.replace(payload, sent_at=sent.astimezone(UTC))
+    except OverflowError:  # within hours of year 1 or 9999: kept as written
+        return payload
 
 
 def _check_event(event: MqttEvent) -> str | None:

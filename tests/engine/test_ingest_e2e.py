@@ -384,3 +384,52 @@ class TestMqttIngest:
             ("event", "mqtt"),
             ("rejected", "mqtt"),
         ]
+
+    async def test_a_sent_at_with_any_offset_is_stored(
+        self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """JSON allows any UTC offset up to ±23:59 in ``sent_at``; PostgreSQL reads at most
+        ±15:59. An alarm whose module wrote a larger one (a firmware's time zone bug) passed
+        validation, then failed its commit: the module was acked 'rejected' / 'not stored'
+        (an alarm lost, the critical AlarmrelaySignalsRefused), and an entry delay's time
+        failed the same way. The time is kept as the same instant in UTC: the alarm is stored."""
+        await provision(db_pool)
+        prefix = f"test-{secrets.token_hex(4)}/v1"
+        settings = settings_for(
+            database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
+        )
+        async with running_engine(settings) as engine:
+            await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/SERIAL-1234/ack", qos=1)
+                topic = f"{prefix}/modules/SERIAL-1234/events"
+                alarm = {
+                    "v": 1,
+                    "msg_id": "tz-1",
+                    "sent_at": "2026-11-22T12:00:00+23:00",
+                    "events": [{"family": "cid", "code": "130", "qualifier": "1", "zone": 4}],
+                }
+                entry = {
+                    "v": 1,
+                    "msg_id": "tz-2",
+                    "sent_at": "2026-11-22T12:00:00-20:30",
+                    "entry_delay": {"partition": 1, "zone": 3, "entry_delay_s": 30},
+                }
+                acks = []
+                for body in (alarm, entry):
+                    await module.publish(topic, json.dumps(body), qos=1)
+                    async with asyncio.timeout(10):
+                        async for message in module.messages:
+                            acks.append(msgspec.json.decode(message.payload))  # type: ignore[arg-type]
+                            break
+        assert [(a["msg_id"], a["status"]) for a in acks] == [
+            ("tz-1", "accepted"),
+            ("tz-2", "accepted"),
+        ]
+        rows = await db_pool.fetch("SELECT seq, sent_at FROM signals ORDER BY id")
+        assert [(r["seq"], r["sent_at"]) for r in rows] == [
+            ("tz-1", datetime(2026, 11, 21, 13, tzinfo=UTC)),
+            ("tz-2", datetime(2026, 11, 23, 8, 30, tzinfo=UTC)),
+        ]

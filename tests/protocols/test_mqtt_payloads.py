@@ -173,11 +173,25 @@ class TestSentAt:
             assert sent.utcoffset() == timedelta(0)
             assert sent == expected
 
-    def test_a_time_with_an_offset_is_kept(self) -> None:
+    def test_a_time_with_an_offset_is_the_same_instant_in_utc(self) -> None:
+        """Any offset JSON allows (up to ±23:59; PostgreSQL reads at most ±15:59)."""
         checkin = decode_checkin(b'{"v": 1, "sent_at": "2026-11-22T13:00:00+01:00"}')
         assert checkin.sent_at == datetime(2026, 11, 22, 12, tzinfo=UTC)
         assert checkin.sent_at is not None
-        assert checkin.sent_at.utcoffset() == timedelta(hours=1)
+        assert checkin.sent_at.utcoffset() == timedelta(0)
+        events = decode_events(
+            b'{"v": 1, "msg_id": "m", "sent_at": "2026-11-22T12:00:00+23:59",'
+            b' "events": [{"family": "cid", "code": "130"}]}'
+        )
+        assert events.sent_at == datetime(2026, 11, 21, 12, 1, tzinfo=UTC)
+        assert events.sent_at is not None
+        assert events.sent_at.utcoffset() == timedelta(0)
+
+    def test_a_time_at_the_end_of_the_calendar_is_kept_as_written(self) -> None:
+        """Not representable in UTC in Python: left as the module wrote it (not refused)."""
+        checkin = decode_checkin(b'{"v": 1, "sent_at": "9999-12-31T23:00:00-02:00"}')
+        assert checkin.sent_at is not None
+        assert checkin.sent_at.utcoffset() == timedelta(hours=-2)
 
 
 class TestTopicsAndEncode:
