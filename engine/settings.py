@@ -44,9 +44,19 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=ONE_YEAR_S)]
 # A DC-09 event code: "cid:" and three digits, or "sia:" and two capital letters.
 _ENTRY_CODE = r"^(cid:[0-9]{3}|sia:[A-Z]{2})$"
 EntryCode = Annotated[str, msgspec.Meta(pattern=_ENTRY_CODE)]
+# An MQTT shared subscription's group (MQTT 5 §4.8.2: no '/', '+' or '#'). With a '/' the broker
+# reads the group as ending there and the rest as the topic filter: the engine subscribed, but to
+# topics no module publishes on, and showed as connected while it received nothing.
+_SHARE_NAME = r"^[^/+#]*$"
+ShareName = Annotated[str, msgspec.Meta(pattern=_SHARE_NAME)]
+# A topic prefix is a topic name (the acks and commands are published under it): no wildcards.
+_TOPIC_PREFIX = r"^[^+#]+$"
+TopicPrefix = Annotated[str, msgspec.Meta(pattern=_TOPIC_PREFIX)]
 # What a person is told instead of a pattern's regex.
 _PATTERN_WORDS = {
-    _ENTRY_CODE: "expected 'cid:' and a 3-digit Contact ID code (cid:134), or 'sia:' and a 2-letter SIA code (sia:BA)"
+    _ENTRY_CODE: "expected 'cid:' and a 3-digit Contact ID code (cid:134), or 'sia:' and a 2-letter SIA code (sia:BA)",
+    _SHARE_NAME: "expected a share group name without '/', '+' or '#' (it is the <group> of $share/<group>/…)",
+    _TOPIC_PREFIX: "expected a topic prefix without the wildcards '+' and '#' (e.g. alarmrelay/v1)",
 }
 
 
@@ -117,8 +127,8 @@ class MqttSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     password: str | None = None  # never shown in repr or logs
     client_id: str = "alarmrelay-engine"  # one per engine process: the broker keeps its session
     # $share/<group>/… so several engines split the load; unset: a plain subscription
-    shared_group: str | None = "alarmrelay"
-    topic_prefix: str = "alarmrelay/v1"
+    shared_group: ShareName | None = "alarmrelay"
+    topic_prefix: TopicPrefix = "alarmrelay/v1"
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 5.0
     max_inflight: Annotated[int, msgspec.Meta(gt=0, le=65_535)] = 1000  # our Receive Maximum

@@ -331,6 +331,33 @@ class TestEnvironment:
         assert env_name("data_dir") == "ALARMRELAY_DATA_DIR"
 
 
+class TestMqttTopics:
+    def test_a_share_group_with_a_slash_or_a_wildcard_is_refused(self) -> None:
+        """'$share/alarm/relay/alarmrelay/v1/modules/+/events' is group 'alarm' on the filter
+        'relay/alarmrelay/v1/…' for Mosquitto: the engine started, showed as connected
+        (alarmrelay_mqtt_connected 1, ready) and received no module's message. A '+' or '#'
+        made the broker drop each connection at the SUBSCRIBE. Refused at start-up."""
+        for group in ("alarm/relay", "alarm+relay", "alarm#"):
+            message = error_of(None, {"ALARMRELAY_MQTT__SHARED_GROUP": group})
+            assert message == (
+                "environment variable ALARMRELAY_MQTT__SHARED_GROUP: mqtt.shared_group: expected "
+                "a share group name without '/', '+' or '#' (it is the <group> of $share/<group>/…)"
+            )
+        assert load_settings(None, {"ALARMRELAY_MQTT__SHARED_GROUP": "alarmrelay-eu"})
+        assert load_settings(None, {"ALARMRELAY_MQTT__SHARED_GROUP": ""}).mqtt.shared_group is None
+
+    def test_a_topic_prefix_with_a_wildcard_is_refused(self) -> None:
+        """With '+' the engine subscribed to every prefix but took each message as under no
+        topic of its own (PUBACKed, no ack, a mqtt_bad_topic warning); with '#' the broker
+        dropped each connection at the SUBSCRIBE. The prefix also names the topics acks and
+        commands are published on, where no wildcard is allowed. Refused at start-up."""
+        for prefix in ("+/v1", "alarmrelay/#"):
+            message = error_of(None, {"ALARMRELAY_MQTT__TOPIC_PREFIX": prefix})
+            assert "mqtt.topic_prefix: expected a topic prefix without the wildcards" in message
+        settings = load_settings(None, {"ALARMRELAY_MQTT__TOPIC_PREFIX": "acme/alarms/v1"})
+        assert settings.mqtt.topic_prefix == "acme/alarms/v1"
+
+
 class TestSecrets:
     def test_password_is_not_in_repr(self) -> None:
         """The MQTT password never shows in repr (logs, tracebacks)."""
