@@ -419,8 +419,8 @@ class TestBackoffWhileNotCommitting:
             during = reconnects() - before
             sink.down = False
             acks = await _acks(module, 5)
-        # Sleeps of 0.05-0.1, 0.1-0.2, 0.2-0.4, then 0.4-0.8 s: at most 9 in 3 s (it was 30 and more).
-        assert 3 <= during <= 10
+        # Waits of 0.05-0.1, 0.1-0.2, 0.2-0.4, then 0.4-0.8 s: at most 9 in 3 s (it was 30 and more).
+        assert 2 <= during <= 10
         assert sorted(str(a["msg_id"]) for a in acks) == [f"o{n}" for n in range(5)]
         assert {a["status"] for a in acks} == {"accepted"}
 
