@@ -14,7 +14,6 @@ from engine.api.auth import Caller, Role, create_key, require_admin
 from engine.api.pagination import Page, clamp_limit
 from engine.api.problems import FieldError, invalid, not_found
 
-
 MAX_LABEL_LENGTH = 200  # a note to recognise a key by; listed with every key
 
 
