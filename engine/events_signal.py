@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+
+import msgspec
 
 from engine.ingest_types import EntryDelay, InboundSignal, SignalKind, Transport
 from protocols.mqtt_payloads import EventsV1, to_events
+
+
+def mqtt_dedupe_key(serial: str, payload: EventsV1) -> str:
+    """Same module + ``msg_id`` + content (events, entry delay, dialer flag; not ``sent_at``),
+    as DC-09 dedupes on account + seq + data. A module whose counter restarts after a reboot
+    reuses ids: its new alarms must not be acknowledged ``duplicate`` and dropped."""
+    content = msgspec.json.encode((payload.events, payload.entry_delay, payload.dialer_failed))
+    digest = hashlib.blake2b(content, digest_size=12).hexdigest()
+    return f"mqtt:{serial}:{payload.msg_id}:{digest}"
 
 
 def signal_from_events(

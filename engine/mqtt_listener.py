@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge
 
-from engine.events_signal import signal_from_events
+from engine.events_signal import mqtt_dedupe_key, signal_from_events
 from engine.ingest_types import (
     InboundSignal,
     IngestRefused,
@@ -607,7 +607,7 @@ class MqttListener:
                 received_at=now,
                 peer=serial,
                 raw=raw,
-                dedupe_key=f"mqtt:{serial}:{payload.msg_id}",
+                dedupe_key=mqtt_dedupe_key(serial, payload),
                 # The broker delivers a committed message again when its PUBACK was lost, up to
                 # the session's expiry later: a copy must still be known as one then.
                 dedupe_window_s=self._session_expiry_s,

@@ -385,6 +385,50 @@ class TestMqttIngest:
             ("rejected", "mqtt"),
         ]
 
+    async def test_a_reused_msg_id_with_new_content_is_a_new_alarm(
+        self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """A module whose msg_id counter restarts after a reboot sends its next alarm as m-1
+        again: it was acked 'duplicate' and never stored nor forwarded. The key is now the
+        msg_id and the content (as DC-09's seq and data): the same content again, even with
+        a new sent_at, is still a duplicate."""
+        await provision(db_pool)
+        prefix = f"test-{secrets.token_hex(4)}/v1"
+        settings = settings_for(
+            database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
+        )
+
+        def events(code: str, sent_at: str) -> dict[str, object]:
+            return {
+                "v": 1,
+                "msg_id": "m-1",
+                "sent_at": sent_at,
+                "events": [{"family": "cid", "code": code, "qualifier": "1", "zone": 4}],
+            }
+
+        async with running_engine(settings) as engine:
+            await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+            async with aiomqtt.Client(
+                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
+            ) as module:
+                await module.subscribe(f"{prefix}/modules/SERIAL-1234/ack", qos=1)
+                topic = f"{prefix}/modules/SERIAL-1234/events"
+                statuses = []
+                for body in (
+                    events("130", "2026-12-07T19:00:00Z"),  # burglary
+                    events("130", "2026-12-07T19:00:05Z"),  # its resend
+                    events("110", "2026-12-07T19:20:00Z"),  # fire, after a reboot
+                ):
+                    await module.publish(topic, json.dumps(body), qos=1)
+                    async with asyncio.timeout(10):
+                        async for message in module.messages:
+                            statuses.append(msgspec.json.decode(message.payload)["status"])  # type: ignore[arg-type]
+                            break
+        assert statuses == ["accepted", "duplicate", "accepted"]
+        rows = await db_pool.fetch("SELECT events FROM signals WHERE kind = 'event' ORDER BY id")
+        assert ["130" in str(rows[0]["events"]), "110" in str(rows[1]["events"])] == [True, True]
+        assert len(rows) == 2
+
     async def test_a_sent_at_with_any_offset_is_stored(
         self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
     ) -> None:
