@@ -244,8 +244,9 @@ class CrashSmashTimer(DeadlineTimer):
         on_enqueued: Callable[[], None] | None = None,
         batch: int = 200,
         clock: Clock = utc_now,
+        settle_s: float = 0.0,
     ) -> None:
-        super().__init__(max_sleep_s=max_sleep_s, clock=clock)
+        super().__init__(max_sleep_s=max_sleep_s, clock=clock, settle_s=settle_s)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
@@ -253,19 +254,31 @@ class CrashSmashTimer(DeadlineTimer):
         self._batch = batch
 
     async def seconds_to_next(self, now: datetime) -> float:
+        settling = self._settling_s(now)
         # The partial index ``pending_entries_due`` holds only pending timers (a handful), so the
         # count for the gauge costs as little as the minimum.
-        row = await self._pool.fetchrow(
-            "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries WHERE state = 'pending'"
-        )
+        with self._on_database():
+            row = await self._pool.fetchrow(
+                "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries "
+                "WHERE state = 'pending'"
+            )
         if row is None or row["next"] is None:
             PENDING.set(0)
-            return self._max_sleep_s
+            return max(settling, self._max_sleep_s)
         PENDING.set(row["n"])
-        return float((row["next"] - now).total_seconds())
+        return max(settling, float((row["next"] - now).total_seconds()))
 
     async def fire_due(self, now: datetime) -> int:
-        """Raise a Crash & Smash alarm for every entry timer due at ``now``."""
+        """Raise a Crash & Smash alarm for every entry timer due at ``now``, unless the engine is
+        still settling (``crash_smash.grace_s`` after it started or its database came back: a
+        disarm sent meanwhile could not be committed, and the module gets that long to send it
+        again)."""
+        if self._settling_s(now) > 0:
+            return 0
+        with self._on_database():
+            return await self._fire(now)
+
+    async def _fire(self, now: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
                 """

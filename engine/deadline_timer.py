@@ -7,6 +7,11 @@ pending rows only). It then sleeps that long, never longer than ``max_sleep_s`` 
 deadline committed by another engine is picked up), or until :meth:`DeadlineTimer.wake`. Tests
 give a fake clock and call ``fire_due(now)`` directly. Database trouble is logged and retried after
 ``max_sleep_s``.
+
+A timer with ``settle_s`` raises nothing until that long after its engine started or its database
+came back (:meth:`DeadlineTimer._settling_s`): a deadline that passed while no signal could be
+committed (a contact, a disarm) is the engine's silence, not the module's, and the modules get
+that long to reach it.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter, Histogram
 
 from engine.background_task import restart_on_failure
-from engine.errors import DATABASE_ERRORS
+from engine.errors import DATABASE_ERRORS, is_database_unreachable
 
 log = structlog.get_logger("engine.timers")
 
@@ -55,12 +60,39 @@ class DeadlineTimer(ABC):
 
     name = "timer"
 
-    def __init__(self, *, max_sleep_s: float, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, *, max_sleep_s: float, clock: Clock = utc_now, settle_s: float = 0.0
+    ) -> None:
         self._max_sleep_s = max_sleep_s
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.fired = 0
+        self._settle = timedelta(seconds=settle_s)
+        self._raise_from: datetime | None = None  # nothing fires before it; None: settle from now
+
+    def _settling_s(self, now: datetime) -> float:
+        """Seconds from ``now`` until deadlines may fire (0: they may).
+
+        A deadline that passed while this engine could not hear the modules (before it started,
+        or while the database was out of reach: nothing could be committed) says nothing about
+        the module. Each module gets ``settle_s`` from then to come back; what is still due after
+        it fires, once as always.
+        """
+        settled = now + self._settle
+        if self._raise_from is None or self._raise_from > settled:  # or the clock was set back
+            self._raise_from = settled
+        return max(0.0, (self._raise_from - now).total_seconds())
+
+    @contextlib.contextmanager
+    def _on_database(self) -> Iterator[None]:
+        """A database out of reach means nothing was committed: settle again after it."""
+        try:
+            yield
+        except Exception as exc:
+            if is_database_unreachable(exc):
+                self._raise_from = None
+            raise
 
     @abstractmethod
     async def fire_due(self, now: datetime) -> int:

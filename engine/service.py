@@ -140,6 +140,7 @@ class Engine:
                     duplicate_window_s=settings.dc09.duplicate_window_s,
                     on_enqueued=self.dispatcher.wake,
                     clock=self._clock,
+                    settle_s=settings.crash_smash.grace_s,
                 )
                 self.supervision_timer = SupervisionTimer(
                     pool,

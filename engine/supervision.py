@@ -23,9 +23,8 @@ and is not re-classified.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -34,7 +33,6 @@ from prometheus_client import Counter, Gauge
 
 from engine.account_directory import AccountDirectory
 from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer, utc_now
-from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.signals import insert_signals_returning
@@ -140,7 +138,7 @@ class SupervisionTimer(DeadlineTimer):
         supervised_count_s: float = 60.0,
         settle_s: float = 0.0,
     ) -> None:
-        super().__init__(max_sleep_s=max_sleep_s, clock=clock)
+        super().__init__(max_sleep_s=max_sleep_s, clock=clock, settle_s=settle_s)
         self._pool = pool
         self._forwarding = forwarding
         self._duplicate_window_s = duplicate_window_s
@@ -148,31 +146,6 @@ class SupervisionTimer(DeadlineTimer):
         self._batch = batch
         self._count_every_s = supervised_count_s
         self._counted_at = float("-inf")
-        self._settle = timedelta(seconds=settle_s)
-        self._raise_from: datetime | None = None  # no miss before it; None: settle from now
-
-    def _settling_s(self, now: datetime) -> float:
-        """Seconds from ``now`` until misses may be raised (0: they may).
-
-        A deadline that passed while this engine could not hear the modules (before it started,
-        or while the database was out of reach: no contact could be committed) says nothing
-        about the module. Each module gets ``settle_s`` (``supervision.grace_s``) from then to
-        come back; those still silent are raised after it, once as always.
-        """
-        settled = now + self._settle
-        if self._raise_from is None or self._raise_from > settled:  # or the clock was set back
-            self._raise_from = settled
-        return max(0.0, (self._raise_from - now).total_seconds())
-
-    @contextlib.contextmanager
-    def _on_database(self) -> Iterator[None]:
-        """A database out of reach means contacts were not committed: settle again after it."""
-        try:
-            yield
-        except Exception as exc:
-            if is_database_unreachable(exc):
-                self._raise_from = None
-            raise
 
     async def seconds_to_next(self, now: datetime) -> float:
         """The earliest pending deadline (one probe of the ``supervision_due`` index), or the end

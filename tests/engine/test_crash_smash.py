@@ -8,6 +8,7 @@ station simulator, and move the engine's timer clock instead of waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.crash_smash import CrashSmashStage, CrashSmashTimer
+from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import EntryDelay, InboundSignal, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
@@ -473,6 +475,15 @@ class TestSingleFire:
 async def setup(
     db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
 ) -> AsyncIterator[tuple[Engine, StationSimulator, str, FakeClock]]:
+    async with station_and_engine(db_pool, database_url) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def station_and_engine(
+    db_pool: asyncpg.Pool, database_url: str, *, grace_s: int = 0
+) -> AsyncIterator[tuple[Engine, StationSimulator, str, FakeClock]]:
+    """A station simulator and an engine with Crash & Smash (dialer delay 0, ``grace_s``)."""
     sim = StationSimulator()
     port = await sim.start()
     await StationStore(db_pool).upsert(
@@ -500,14 +511,16 @@ async def setup(
     prefix = f"cs-{secrets.token_hex(3)}/v1"
     settings = msgspec.structs.replace(
         settings_for(database_url, mqtt=True, prefix=prefix, client_id=f"cs-{secrets.token_hex(3)}"),
-        crash_smash=CrashSmashSettings(dialer_delay_s=0, grace_s=0, entry_codes=(ENTRY_CODE,), entry_delay_s=30),
+        crash_smash=CrashSmashSettings(dialer_delay_s=0, grace_s=grace_s, entry_codes=(ENTRY_CODE,), entry_delay_s=30),
         supervision=SupervisionSettings(enabled=False),
     )  # fmt: skip
     clock = FakeClock(ticking=True)
-    async with running_engine(settings, clock=clock) as engine:
-        await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-        yield engine, sim, prefix, clock
-    await sim.stop()
+    try:
+        async with running_engine(settings, clock=clock) as engine:
+            await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+            yield engine, sim, prefix, clock
+    finally:
+        await sim.stop()
 
 
 async def publish(prefix: str, messages: list[dict[str, Any]]) -> None:
@@ -602,3 +615,78 @@ class TestAtTheStation:
         assert engine.crash_smash_timer is not None and engine.crash_smash_timer.fired == 0
         assert [r.events[0].code for r in sim.received] == ["134"]
         assert await db_pool.fetchval("SELECT closed_reason FROM pending_entries") == "alarm"
+
+
+class TestSettling:
+    """An entry whose deadline passed while its disarm could not be committed (no engine ran, or
+    the database was out of reach) waits crash_smash.grace_s for the module to send it again."""
+
+    async def test_a_started_timer_gives_disarms_the_grace_to_arrive(self, world: World) -> None:
+        """Two entries expired while no engine ran: nothing fires for 30 s after the start; the
+        partition disarmed meanwhile raises nothing, the other its Crash & Smash once."""
+        await world.writer([entry(partition=1), entry(partition=2)])
+        start = T0 + timedelta(minutes=10)
+        timer = CrashSmashTimer(world.pool, world.forwarding, duplicate_window_s=600, settle_s=30)
+        assert await timer.fire_due(start) == 0
+        assert await timer.seconds_to_next(start) == 30.0
+        await world.writer([cid("1401 02 002", at=start + timedelta(seconds=5))])
+        assert await timer.fire_due(start + timedelta(seconds=29)) == 0
+        assert await timer.fire_due(start + timedelta(seconds=30)) == 1
+        assert [(p, state) for p, state, _, _ in await world.entries()] == [
+            (1, "fired"),
+            (2, "closed"),
+        ]
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+
+    async def test_after_the_database_was_out_of_reach_it_settles_again(
+        self, world: World, database_url: str
+    ) -> None:
+        """The timer's connection is cut: an entry that expired meanwhile waits 30 s after the
+        database answers again."""
+        out_of_reach = False
+
+        async def connect(conn: asyncpg.Connection) -> None:
+            if out_of_reach:
+                raise ConnectionRefusedError("test: the database is out of reach")
+
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=connect)
+        try:
+            timer = CrashSmashTimer(pool, world.forwarding, duplicate_window_s=600, settle_s=30)
+            assert await timer.fire_due(T0) == 0  # settling from the start
+            assert await timer.fire_due(T0 + timedelta(seconds=30)) == 0  # settled, nothing due
+            await world.writer([entry(at=T0 + timedelta(seconds=30))])  # due at T0 + 110 s
+            pid = await pool.fetchval("SELECT pg_backend_pid()")
+            out_of_reach = True
+            await world.pool.execute("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(Exception) as lost:
+                await timer.fire_due(T0 + timedelta(seconds=60))
+            assert is_database_unreachable(lost.value), lost.value
+            out_of_reach = False
+            back = T0 + timedelta(seconds=200)
+            assert await timer.fire_due(back) == 0
+            assert await timer.fire_due(back + timedelta(seconds=30)) == 1
+        finally:
+            await pool.close()
+
+    async def test_an_engine_started_after_the_deadline_takes_the_disarm_first(
+        self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """The engine went down during an entry delay; the panel's disarm waits for it. When it
+        runs again the disarm arrives within crash_smash.grace_s: no Crash & Smash reaches the
+        station (it fired at once, before the disarm could be committed)."""
+        async with station_and_engine(db_pool, database_url, grace_s=30) as running:
+            engine, sim, prefix, clock = running
+            timer = engine.crash_smash_timer
+            assert timer is not None
+            before = clock() - timedelta(minutes=5)  # committed before the engine stopped
+            await World(db_pool, [Account(account="7777", forwarding=FORWARD)]).writer(
+                [entry(at=before)]
+            )
+            assert await timer.fire_due(clock()) == 0
+            disarm = {"v": 1, "msg_id": "open", "events": [{"family": "cid", "code": "401", "qualifier": "1", "user": 2, "partition": 1}]}  # fmt: skip
+            await publish(prefix, [disarm])
+            await sim.wait_for(1, timeout_s=10)
+            assert await expire(engine, clock) == 0
+            assert timer.fired == 0
+            assert [r.events[0].code for r in sim.received] == ["401"]
+            assert await db_pool.fetchval("SELECT closed_reason FROM pending_entries") == "disarm"
