@@ -311,6 +311,34 @@ class TestModuleOrder:
         )
         assert after == before + 1
 
+    async def test_a_later_disarm_does_not_hide_the_one_that_ended_the_entry(
+        self, world: World
+    ) -> None:
+        """Entry sent at T0 (its MQTT delivery waits for the engine that took it), disarm at
+        T0+15 s; the owner arms and leaves, comes back at T0+30 min (entry, disarm, both
+        committed); the first entry arrives at T0+45 min: the disarm at T0+15 s ended it, no
+        Crash & Smash. (Only the latest disarm was remembered: the late entry opened a timer that
+        fired on a disarmed system.)"""
+        first = T0 + timedelta(seconds=15)
+        await world.writer([sent(cid("1401 01 002", at=first), first)])
+        back = T0 + timedelta(minutes=30)
+        await world.writer([sent(entry(at=back), back)])
+        await world.writer([sent(cid("1401 01 002", at=back + timedelta(seconds=10)), back)])
+        await world.writer([sent(entry(at=T0 + timedelta(minutes=45)), T0)])
+        assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
+    async def test_disarms_a_day_older_than_the_latest_are_forgotten(self, world: World) -> None:
+        """Each disarm is a row; one a day after another removes it (about a day is kept)."""
+        for at in (T0, T0 + timedelta(hours=1), T0 + timedelta(days=1, hours=1)):
+            await world.writer([sent(cid("1401 01 002", at=at), at)])
+        kept = await world.pool.fetch("SELECT sent_at FROM entry_disarms ORDER BY sent_at")
+        assert [r["sent_at"] for r in kept] == [
+            T0 + timedelta(hours=1),
+            T0 + timedelta(days=1, hours=1),
+        ]
+
     async def test_a_disarm_without_a_partition_covers_every_partition(self, world: World) -> None:
         """SIA OP with no area (every partition) sent after a partition 2 entry: not opened."""
         disarm_at = T0 + timedelta(seconds=15)
