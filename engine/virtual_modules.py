@@ -7,8 +7,9 @@ pipeline like any module's signals, so policy, forwarding and delivery are the r
 
 Both work lists live in PostgreSQL and are claimed with ``FOR UPDATE SKIP LOCKED``, so several
 engine processes share them and each check-in and request is done by one of them. A request's
-signal carries the dedupe key ``virtual:<id>``: if an engine dies between the signal's commit and
-marking the request done, the retry is recognised as a duplicate and not forwarded twice.
+signal carries the dedupe key ``virtual:<id>``, held for a week: if an engine dies between the
+signal's commit and marking the request done, the retry (however long after, within that week) is
+recognised as a duplicate and not forwarded twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ VIRTUAL_SIGNALS = Counter(
     "Signals sent by simulated (virtual) modules, by kind and result",
     ["kind", "result"],
 )
+
+# How long a request's key is held. A retry comes when an engine runs again, which may be long
+# after dc09.duplicate_window_s; the key is the request's own (never reused), so holding it long
+# costs one row per request.
+REQUEST_KEY_HELD_S = 7 * 86_400
 
 _SYNC_SCHEDULE = """
 WITH added AS (
@@ -201,6 +207,7 @@ class VirtualModules(DeadlineTimer):
             peer="virtual",
             raw=raw,
             dedupe_key=f"virtual:{row['id']}",
+            dedupe_window_s=REQUEST_KEY_HELD_S,
         )
         try:
             result = await self._sink.submit(signal)

@@ -261,6 +261,29 @@ class TestCheckinSchedule:
         assert await db_pool.fetchval("SELECT count(*) FROM virtual_schedule") == 0
 
 
+class TestRequestRetry:
+    async def test_a_request_retried_after_a_long_outage_is_still_a_duplicate(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The signal was committed but the request never marked done (the engine died, or the
+        database went away before the claim's commit); the request is sent again an hour later,
+        when an engine runs again: it is recognised as the same signal, stored and forwarded
+        once. (The key was held only dc09.duplicate_window_s, 10 minutes: stored twice.)"""
+        await _virtual_with_a_request(db_pool)
+        directory = AccountDirectory()
+        directory.load([Account(account="ABC1", virtual=True)])
+        writer = IngestWriter(
+            db_pool, duplicate_window_s=600, forwarding=ForwardingStage(directory)
+        )
+        modules = VirtualModules(db_pool, WriterSink(writer), checkin_interval_s=60, poll_s=1.0)
+        t0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+        assert await modules.send_requests(t0) == 1
+        await db_pool.execute("UPDATE virtual_requests SET done_at = NULL, result = NULL")
+        assert await modules.send_requests(t0 + timedelta(hours=1)) == 1
+        assert await db_pool.fetchval("SELECT result FROM virtual_requests") == "duplicate"
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
+
+
 async def _virtual_with_a_request(db_pool: asyncpg.Pool) -> Account:
     """Virtual module ABC1 with one queued request (a burglary)."""
     virtual = Account(account="ABC1", virtual=True)
