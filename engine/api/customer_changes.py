@@ -258,11 +258,10 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
             await conn.execute("DELETE FROM accounts WHERE account = $1", before.account)
             await conn.execute("DELETE FROM supervision WHERE account = $1", before.account)
             await conn.execute("DELETE FROM virtual_schedule WHERE account = $1", before.account)
-            await conn.execute(
-                "UPDATE pending_entries SET state = 'closed', closed_reason = 'terminated', "
-                "closed_at = now() WHERE account = $1 AND state = 'pending'",
-                before.account,
-            )
+            # The number may go to a new customer (another dealer's): it starts with no Crash &
+            # Smash entries and no remembered disarms of this one's module.
+            await conn.execute("DELETE FROM pending_entries WHERE account = $1", before.account)
+            await conn.execute("DELETE FROM entry_disarms WHERE account = $1", before.account)
         await conn.execute(
             "UPDATE customer_modules SET until = now() WHERE customer_id = $1 AND until IS NULL",
             customer_id,

@@ -594,6 +594,43 @@ class TestTerminate:
                 False,
             )
 
+    async def test_reused_account_number_starts_without_the_old_entries(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The old customer's Crash & Smash entries (one fired, one pending) and remembered
+        disarms go with its termination: the new customer given the number, another dealer's,
+        shows none of them in its state (it showed the old entries, the fired one naming the old
+        customer's alarm)."""
+        _, _, old = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{old}")).json()["account"]
+        await api.pool.execute(
+            "INSERT INTO pending_entries (account, partition, zone, deadline, state, "
+            "fired_signal_id) VALUES ($1, 1, 3, now(), 'fired', 42), "
+            "($1, 2, 5, now() + interval '1 minute', 'pending', NULL)",
+            account,
+        )
+        await api.pool.execute(
+            "INSERT INTO entry_disarms (account, partition, sent_at) VALUES ($1, 1, now())",
+            account,
+        )
+        assert (await admin.post(f"/v1/customers/{old}/terminate", json={})).status_code == 200
+        other = await api.dealer("Other")
+        new = await admin.post(
+            "/v1/customers",
+            json=security_request(other, SERIAL, login={"login_name": "newcomer"}),
+        )
+        assert new.status_code == 201, new.text
+        assert new.json()["customer"]["account"] == account
+        state = await admin.get(f"/v1/customers/{new.json()['customer']['id']}/state")
+        assert state.status_code == 200, state.text
+        assert state.json()["entries"] == []
+        assert (
+            await api.pool.fetchval(
+                "SELECT count(*) FROM entry_disarms WHERE account = $1", account
+            )
+            == 0
+        )
+
     async def test_read_only_and_other_dealer_cannot_change(
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
