@@ -20,7 +20,14 @@ from engine.api.auth import Caller, require_write
 from engine.api.creation import check_forwarding, check_package, supervision_interval_for
 from engine.api.customer_model import Customer, ForwardingStep, PackageStep
 from engine.api.customer_store import document_of, fetch_customer
-from engine.api.packages import Quote, enterprise_eligible, load_packages, quote
+from engine.api.packages import (
+    SUPERVISION_6H_S,
+    SUPERVISION_DEFAULT_S,
+    Quote,
+    enterprise_eligible,
+    load_packages,
+    quote,
+)
 from engine.api.problems import FieldError, ProblemError, invalid
 from engine.api.serials import MODULE_TYPES, ModuleType
 
@@ -133,7 +140,8 @@ async def set_forwarding(
 async def set_package(
     state: State, caller: Caller, customer_id: int, data: PackageStep
 ) -> Customer:
-    """Step 6 again: the supervision interval follows the package (6 h with ``supervision_6h``).
+    """Step 6 again: the supervision interval follows the package (6 h with ``supervision_6h``),
+    unless the account has one of its own (UL's 200 s), which stays.
 
     A package without two-way voice is refused while the account's forwarding has it on, and
     one that does not allow an enterprise group while the customer has one.
@@ -178,11 +186,16 @@ async def set_package(
         if errors:
             raise invalid(errors)
         assert package is not None
-        interval = supervision_interval_for(package)
-        await conn.execute(
-            "UPDATE accounts SET supervision_interval_s = $2, updated_at = now() WHERE account = $1",
+        # 6 h with supervision_6h, else 24 h; an interval of the account's own (UL's 200 s, from
+        # the accounts import) is kept, as when a package itself is edited.
+        interval = await conn.fetchval(
+            "UPDATE accounts SET supervision_interval_s = CASE WHEN supervision_interval_s "
+            "IN ($3, $4) THEN $2 ELSE supervision_interval_s END, updated_at = now() "
+            "WHERE account = $1 RETURNING supervision_interval_s",
             account,
-            interval,
+            supervision_interval_for(package),
+            SUPERVISION_6H_S,
+            SUPERVISION_DEFAULT_S,
         )
         doc["package"] = msgspec.to_builtins(selected)
         await _save_document(conn, customer_id, doc)

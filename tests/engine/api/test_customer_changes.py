@@ -386,6 +386,24 @@ class TestPackage:
         account = await store.get_by_serial(SERIAL)
         assert account is not None and account.supervision_interval_s == 86_400
 
+    async def test_an_accounts_own_interval_stays_through_a_package_change(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A UL module supervised every 200 s (its own interval, from the accounts import) keeps
+        it when the customer's package changes, as it does when a package is edited (it became
+        6 h or 24 h: the line-security supervision the UL listing needs was gone)."""
+        _, _, customer = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{customer}")).json()["account"]
+        await api.pool.execute(
+            "UPDATE accounts SET supervision_interval_s = 200 WHERE account = $1", account
+        )
+        url = f"/v1/customers/{customer}/package"
+        interval = "SELECT supervision_interval_s FROM accounts WHERE account = $1"
+        for body in ({"base": "res-basic", "addons": ["sup6"]}, {"base": "res-basic"}):
+            changed = await admin.put(url, json=body)
+            assert changed.status_code == 200, changed.text
+            assert await api.pool.fetchval(interval, account) == 200
+
     async def test_the_pending_deadline_follows_the_package(
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
