@@ -268,9 +268,12 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
         if before.status == "terminated":
             raise ProblemError(409, "Conflict", "the customer is already terminated")
         if before.account is not None:
+            # The virtual module's schedule first: an engine committing its check-in holds that
+            # row until the check-in is committed, which needs the account and supervision rows.
+            # Taken after them, each side waited for the other.
+            await conn.execute("DELETE FROM virtual_schedule WHERE account = $1", before.account)
             await conn.execute("DELETE FROM accounts WHERE account = $1", before.account)
             await conn.execute("DELETE FROM supervision WHERE account = $1", before.account)
-            await conn.execute("DELETE FROM virtual_schedule WHERE account = $1", before.account)
             # The number may go to a new customer (another dealer's): it starts with no Crash &
             # Smash entries and no remembered disarms of this one's module.
             await conn.execute("DELETE FROM pending_entries WHERE account = $1", before.account)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from engine.account_directory import AccountDirectory
 from engine.forwarding_stage import ForwardingStage
-from engine.ingest_types import InboundSignal, SignalKind, Transport
+from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
 from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
 from engine.supervision import SupervisionStage, SupervisionTimer
+from engine.virtual_modules import VirtualModules
 from tests.engine.api.catalog_setup import (
     PACKAGES,
     create_packages,
@@ -611,6 +614,71 @@ class TestTerminate:
                 None,
                 False,
             )
+
+    async def test_a_virtual_customer_terminated_during_its_check_in(
+        self, api: Api, admin: httpx.AsyncClient, database_url: str
+    ) -> None:
+        """The termination comes while an engine is committing the virtual module's check-in
+        (its schedule row claimed): both finish, the check-in first. (The termination deleted the
+        account and supervision rows, then waited for the claimed schedule row, while the
+        check-in's commit waited for those rows: neither could go on until a statement timeout,
+        the pipeline writer stuck meanwhile.)"""
+        await create_packages(admin)
+        request = security_request(await api.dealer("Acme"), "", virtual=True)
+        del request["system"]
+        created = await admin.post("/v1/customers", json=request)
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]
+        account = await AccountStore(api.pool).get(customer["account"])
+        assert account is not None
+        directory = AccountDirectory()
+        directory.load([account])
+        writer = IngestWriter(
+            api.pool,
+            duplicate_window_s=600,
+            forwarding=ForwardingStage(directory),
+            supervision=SupervisionStage(directory, grace_s=0),
+        )
+        await writer([InboundSignal(account=account.account, transport=Transport.VIRTUAL, kind=SignalKind.CHECKIN, received_at=datetime.now(UTC))])  # fmt: skip
+        claimed, go = asyncio.Event(), asyncio.Event()
+
+        class HeldSink:
+            saturated = False
+
+            async def submit(self, signal: InboundSignal) -> IngestResult:
+                claimed.set()
+                await go.wait()  # the termination starts meanwhile
+                [result] = await writer([signal])
+                return result
+
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        modules = VirtualModules(pool, HeldSink(), checkin_interval_s=60, poll_s=1.0)
+        checkin = asyncio.create_task(modules.send_checkins(datetime.now(UTC)))
+        terminated: asyncio.Task[httpx.Response] | None = None
+        try:
+            await asyncio.wait_for(claimed.wait(), 5)
+            terminated = asyncio.create_task(
+                admin.post(f"/v1/customers/{customer['id']}/terminate", json={})
+            )
+            await asyncio.sleep(0.5)
+            go.set()
+            assert await asyncio.wait_for(checkin, 5) == 1
+            answer = await asyncio.wait_for(terminated, 5)
+            assert answer.status_code == 200, answer.text
+        finally:
+            await api.pool.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            for task in (checkin, terminated):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            await pool.close()
+        assert await api.pool.fetchval("SELECT count(*) FROM virtual_schedule") == 0
+        assert await api.pool.fetchval("SELECT count(*) FROM accounts") == 0
+        assert await api.pool.fetchval("SELECT count(*) FROM supervision") == 0
 
     async def test_reused_account_number_starts_without_the_old_entries(
         self, api: Api, admin: httpx.AsyncClient
