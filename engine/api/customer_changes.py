@@ -272,6 +272,9 @@ async def terminate(state: State, caller: Caller, customer_id: int, data: Termin
             # row until the check-in is committed, which needs the account and supervision rows.
             # Taken after them, each side waited for the other.
             await conn.execute("DELETE FROM virtual_schedule WHERE account = $1", before.account)
+            # The number may go to a new customer: its panel's phone line starts working (a
+            # commit that needs the state locks it before the account row, as here).
+            await conn.execute("DELETE FROM account_state WHERE account = $1", before.account)
             await conn.execute("DELETE FROM accounts WHERE account = $1", before.account)
             await conn.execute("DELETE FROM supervision WHERE account = $1", before.account)
             # The number may go to a new customer (another dealer's): it starts with no Crash &

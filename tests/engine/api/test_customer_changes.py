@@ -680,6 +680,32 @@ class TestTerminate:
         assert await api.pool.fetchval("SELECT count(*) FROM accounts") == 0
         assert await api.pool.fetchval("SELECT count(*) FROM supervision") == 0
 
+    async def test_reused_account_number_starts_with_a_working_phone_line(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The old customer's panel reported its phone line failed and was never restored: the
+        new customer given the number starts with the line working (it inherited the failure, so
+        in "only if the phone line fails" mode all its signals were forwarded)."""
+        _, _, old = await _customer(api, admin)
+        account = (await admin.get(f"/v1/customers/{old}")).json()["account"]
+        await api.pool.execute(
+            "INSERT INTO account_state (account, phone_line_failed, line_faults) "
+            "VALUES ($1, true, '{1}')",
+            account,
+        )
+        assert (await admin.post(f"/v1/customers/{old}/terminate", json={})).status_code == 200
+        new = await admin.post(
+            "/v1/customers",
+            json=security_request(
+                await api.dealer("Other"), SERIAL, login={"login_name": "newcomer"}
+            ),
+        )
+        assert new.status_code == 201, new.text
+        assert new.json()["customer"]["account"] == account
+        state = await admin.get(f"/v1/customers/{new.json()['customer']['id']}/state")
+        assert state.status_code == 200, state.text
+        assert state.json()["phone_line_failed"] is False
+
     async def test_reused_account_number_starts_without_the_old_entries(
         self, api: Api, admin: httpx.AsyncClient
     ) -> None:
