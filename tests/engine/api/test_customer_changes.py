@@ -660,7 +660,13 @@ class TestTerminate:
             terminated = asyncio.create_task(
                 admin.post(f"/v1/customers/{customer['id']}/terminate", json={})
             )
-            await asyncio.sleep(0.5)
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM virtual_schedule%'"
+            )
+            async with asyncio.timeout(5):
+                while not await api.pool.fetchval(waiting):  # the claimed row holds it up
+                    await asyncio.sleep(0.02)
             go.set()
             assert await asyncio.wait_for(checkin, 5) == 1
             answer = await asyncio.wait_for(terminated, 5)
