@@ -65,10 +65,19 @@ _CLAIM_CHECKINS = """
 SELECT account FROM virtual_schedule WHERE next_checkin_at <= $2
 ORDER BY next_checkin_at LIMIT $1 FOR UPDATE SKIP LOCKED
 """
+# ``behind``: an earlier request of the same module is still to be sent and was not claimed here
+# (another engine is sending it): this one waits, so a module's signals keep their order.
 _CLAIM_REQUESTS = """
-SELECT r.id, r.account, r.payload::text AS payload, (a.account IS NOT NULL) AS live
-FROM virtual_requests r LEFT JOIN accounts a ON a.account = r.account AND a.virtual
-WHERE r.done_at IS NULL ORDER BY r.id LIMIT $1 FOR UPDATE OF r SKIP LOCKED
+WITH claimed AS MATERIALIZED (
+    SELECT r.id, r.account, r.payload FROM virtual_requests r
+    WHERE r.done_at IS NULL ORDER BY r.id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+SELECT c.id, c.account, c.payload::text AS payload, (a.account IS NOT NULL) AS live,
+       EXISTS (SELECT 1 FROM virtual_requests e
+               WHERE e.done_at IS NULL AND e.account = c.account AND e.id < c.id
+                 AND e.id NOT IN (SELECT k.id FROM claimed k)) AS behind
+FROM claimed c LEFT JOIN accounts a ON a.account = c.account AND a.virtual
+ORDER BY c.id
 """
 _NEXT = """
 SELECT LEAST(
@@ -165,10 +174,14 @@ class VirtualModules(DeadlineTimer):
             return len(done)
 
     async def send_requests(self, now: datetime) -> int:
-        """Send each queued request once, in order, stamped ``now``; record the outcome on it."""
+        """Send each queued request once, in order (a module's requests in their order also
+        across engines), stamped ``now``; record the outcome on it."""
         sent = 0
         async with self._pool.acquire() as conn, conn.transaction():
             for row in await conn.fetch(_CLAIM_REQUESTS, self._batch):
+                if row["behind"]:
+                    self._held_back = True
+                    continue  # sent once the earlier one is done
                 if row["live"] and not self._known(row["account"]):
                     self._held_back = True
                     break  # in order: this and the later ones wait for the directory

@@ -284,6 +284,54 @@ class TestRequestRetry:
         assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
 
 
+class TestRequestOrder:
+    async def test_two_engines_keep_one_modules_requests_in_order(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Engine A is sending a module's entry delay when its disarm is queued; engine B, looking
+        meanwhile, leaves the disarm until the entry is done: the station gets entry, then
+        disarm (B sent the disarm first: a disarm before the entry, and then a Crash & Smash
+        for a disarmed demo system)."""
+        await _virtual_with_a_request(db_pool)
+        directory = AccountDirectory()
+        directory.load([Account(account="ABC1", virtual=True)])
+        writer = IngestWriter(
+            db_pool, duplicate_window_s=600, forwarding=ForwardingStage(directory)
+        )
+        claimed, go = asyncio.Event(), asyncio.Event()
+
+        class HeldSink:
+            saturated = False
+
+            async def submit(self, signal: InboundSignal) -> IngestResult:
+                claimed.set()
+                await go.wait()
+                [result] = await writer([signal])
+                return result
+
+        pools = [await asyncpg.create_pool(database_url, min_size=1, max_size=2) for _ in "ab"]
+        try:
+            first = VirtualModules(pools[0], HeldSink(), checkin_interval_s=60, poll_s=1.0)
+            second = VirtualModules(pools[1], WriterSink(writer), checkin_interval_s=60, poll_s=1.0)
+            t0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+            sending = asyncio.create_task(first.send_requests(t0))
+            await asyncio.wait_for(claimed.wait(), 5)
+            await db_pool.execute(
+                "INSERT INTO virtual_requests (account, payload) VALUES ('ABC1', $1::jsonb)",
+                '{"v":1,"msg_id":"r2","events":[{"family":"cid","code":"401","qualifier":"1"}]}',
+            )
+            assert await second.send_requests(t0 + timedelta(seconds=1)) == 0
+            go.set()
+            assert await asyncio.wait_for(sending, 5) == 1
+            assert await second.send_requests(t0 + timedelta(seconds=2)) == 1
+        finally:
+            go.set()
+            for pool in pools:
+                await pool.close()
+        codes = await db_pool.fetch("SELECT events->0->>'code' AS code FROM signals ORDER BY id")
+        assert [r["code"] for r in codes] == ["130", "401"]
+
+
 async def _virtual_with_a_request(db_pool: asyncpg.Pool) -> Account:
     """Virtual module ABC1 with one queued request (a burglary)."""
     virtual = Account(account="ABC1", virtual=True)
