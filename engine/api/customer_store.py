@@ -63,9 +63,11 @@ async def insert_account(conn: asyncpg.Connection, account: Account) -> None:
             _encoder.encode(account.forwarding).decode(),
         )
         # A number given back by a terminated customer: its phone-line faults and Crash & Smash
-        # entries were that customer's, not this module's (the policy and the live state read them).
+        # entries and disarms were that customer's, not this module's (the policy and the live
+        # state read them). Termination deletes them too; this covers numbers freed before it did.
         await conn.execute("DELETE FROM account_state WHERE account = $1", account.account)
         await conn.execute("DELETE FROM pending_entries WHERE account = $1", account.account)
+        await conn.execute("DELETE FROM entry_disarms WHERE account = $1", account.account)
         if account.virtual:  # the engine's simulated module checks in at once (virtual_modules.py)
             await conn.execute(
                 "INSERT INTO virtual_schedule (account, next_checkin_at) VALUES ($1, now()) "
