@@ -42,6 +42,10 @@ PENDING = Gauge("alarmrelay_crash_smash_pending", "Crash & Smash timers waiting.
 
 # A disarm closes the timer: Contact ID 4xx openings (Q=1) and SIA opening codes.
 _SIA_OPENINGS = frozenset({"OP", "OA", "OG", "OQ", "OS", "OK", "OJ", "OR"})
+# Arming codes whose Q=1 says nobody opened: late to open/close (404), deferred (405), failed to
+# open or close (453, 454), auto-arm failed (455), partial arm (456), recent close (459), auto-arm
+# time extended (464). A break-in during an entry delay must not be closed by one of these.
+_CID_NOT_OPENINGS = frozenset({"404", "405", "453", "454", "455", "456", "459", "464"})
 
 
 def crash_smash_alarm(
@@ -77,6 +81,7 @@ def closes_entry(event: Event) -> str | None:
         and event.code.startswith("4")
         and cls.category is Category.ARMING
         and event.qualifier == "1"
+        and event.code not in _CID_NOT_OPENINGS
     ):
         return "disarm"
     if event.family is Family.SIA and event.code in _SIA_OPENINGS:

@@ -176,6 +176,15 @@ class TestTimer:
         assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
         assert await world.alarms() == []
 
+    @pytest.mark.parametrize("code", ["404", "453", "455"])
+    async def test_a_schedule_exception_is_not_a_disarm(self, world: World, code: str) -> None:
+        """Late to open (404), failed to open (453), auto-arm failed (455), with Q=1: nobody
+        disarmed, so the entry stays open and fires (they closed it as a disarm)."""
+        await world.writer([entry()])
+        await world.writer([cid(f"1{code} 01 002", at=T0 + timedelta(seconds=15))])
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
+
     async def test_an_alarm_from_the_partition_closes_it(self, world: World) -> None:
         """A burglary alarm from the partition: the normal alarm is all that is forwarded."""
         await world.writer([entry()])
