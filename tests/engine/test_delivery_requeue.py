@@ -16,7 +16,7 @@ from engine.store.accounts import AccountStore
 from engine.store.delivery_requeue import requeue_deliveries
 from engine.store.stations import StationStore
 from tests.engine.test_accounts_cli import cli
-from tests.engine.test_forwarding_e2e import receiver, wait_state
+from tests.engine.test_forwarding_e2e import dead_receiver_port, receiver, wait_state
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
 
@@ -79,9 +79,7 @@ class TestRequeue:
         """The account's receiver is dead; the dealer moves the account to a working one. The
         alarms already queued kept retrying the dead receiver; requeued, they go to the new
         receiver (their lane follows), in order."""
-        dead = StationSimulator()
-        dead_port = await dead.start()
-        await dead.stop()
+        dead_port = await dead_receiver_port()
         await StationStore(db_pool).upsert(
             [
                 Station(

@@ -58,6 +58,14 @@ async def station() -> AsyncIterator[StationSimulator]:
     await sim.stop()
 
 
+async def dead_receiver_port() -> int:
+    """A port a station simulator listened on and no longer does (connections are refused)."""
+    dead = StationSimulator()
+    port = await dead.start()
+    await dead.stop()
+    return port
+
+
 async def wait_state(pool: asyncpg.Pool, sql: str, expected: Any, timeout: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (value := await pool.fetchval(sql)) != expected:
@@ -188,9 +196,7 @@ class TestFailures:
         self, db_pool: asyncpg.Pool, database_url: str, station: StationSimulator
     ) -> None:
         """Primary down: after N failures the backup receives the signals."""
-        dead = StationSimulator()
-        dead_port = await dead.start()
-        await dead.stop()
+        dead_port = await dead_receiver_port()
         await StationStore(db_pool).upsert(
             [
                 Station(

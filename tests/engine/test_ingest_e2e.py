@@ -339,6 +339,35 @@ class TestDatabaseGoesAway:
         assert [r["seq"] for r in rows] == ["0201", "0202"]
 
 
+async def publish_one_by_one(
+    pool: asyncpg.Pool,
+    database_url: str,
+    broker: tuple[str, int],
+    payloads: list[dict[str, object]],
+) -> list[dict[str, object]]:
+    """Run an engine with MQTT, publish each events payload as module SERIAL-1234 once the
+    previous one is acked, and return the acks."""
+    await provision(pool)
+    prefix = f"test-{secrets.token_hex(4)}/v1"
+    settings = settings_for(
+        database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
+    )
+    acks: list[dict[str, object]] = []
+    async with running_engine(settings) as engine:
+        await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
+        async with aiomqtt.Client(*broker, identifier=f"m-{secrets.token_hex(3)}") as module:
+            await module.subscribe(f"{prefix}/modules/SERIAL-1234/ack", qos=1)
+            for body in payloads:
+                await module.publish(
+                    f"{prefix}/modules/SERIAL-1234/events", json.dumps(body), qos=1
+                )
+                async with asyncio.timeout(10):
+                    async for message in module.messages:
+                        acks.append(msgspec.json.decode(message.payload))  # type: ignore[arg-type]
+                        break
+    return acks
+
+
 class TestMqttIngest:
     async def test_publish_ack_and_stored(
         self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]
@@ -392,11 +421,6 @@ class TestMqttIngest:
         again: it was acked 'duplicate' and never stored nor forwarded. The key is now the
         msg_id and the content (as DC-09's seq and data): the same content again, even with
         a new sent_at, is still a duplicate."""
-        await provision(db_pool)
-        prefix = f"test-{secrets.token_hex(4)}/v1"
-        settings = settings_for(
-            database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
-        )
 
         def events(code: str, sent_at: str) -> dict[str, object]:
             return {
@@ -406,25 +430,17 @@ class TestMqttIngest:
                 "events": [{"family": "cid", "code": code, "qualifier": "1", "zone": 4}],
             }
 
-        async with running_engine(settings) as engine:
-            await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/SERIAL-1234/ack", qos=1)
-                topic = f"{prefix}/modules/SERIAL-1234/events"
-                statuses = []
-                for body in (
-                    events("130", "2026-12-07T19:00:00Z"),  # burglary
-                    events("130", "2026-12-07T19:00:05Z"),  # its resend
-                    events("110", "2026-12-07T19:20:00Z"),  # fire, after a reboot
-                ):
-                    await module.publish(topic, json.dumps(body), qos=1)
-                    async with asyncio.timeout(10):
-                        async for message in module.messages:
-                            statuses.append(msgspec.json.decode(message.payload)["status"])  # type: ignore[arg-type]
-                            break
-        assert statuses == ["accepted", "duplicate", "accepted"]
+        acks = await publish_one_by_one(
+            db_pool,
+            database_url,
+            mqtt_broker,
+            [
+                events("130", "2026-12-07T19:00:00Z"),  # burglary
+                events("130", "2026-12-07T19:00:05Z"),  # its resend
+                events("110", "2026-12-07T19:20:00Z"),  # fire, after a reboot
+            ],
+        )
+        assert [a["status"] for a in acks] == ["accepted", "duplicate", "accepted"]
         rows = await db_pool.fetch("SELECT events FROM signals WHERE kind = 'event' ORDER BY id")
         assert ["130" in str(rows[0]["events"]), "110" in str(rows[1]["events"])] == [True, True]
         assert len(rows) == 2
@@ -437,37 +453,19 @@ class TestMqttIngest:
         validation, then failed its commit: the module was acked 'rejected' / 'not stored'
         (an alarm lost, the critical AlarmrelaySignalsRefused), and an entry delay's time
         failed the same way. The time is kept as the same instant in UTC: the alarm is stored."""
-        await provision(db_pool)
-        prefix = f"test-{secrets.token_hex(4)}/v1"
-        settings = settings_for(
-            database_url, mqtt=True, prefix=prefix, client_id=f"e-{secrets.token_hex(3)}"
-        )
-        async with running_engine(settings) as engine:
-            await asyncio.wait_for(engine._mqtt.subscribed.wait(), 10)
-            async with aiomqtt.Client(
-                *mqtt_broker, identifier=f"m-{secrets.token_hex(3)}"
-            ) as module:
-                await module.subscribe(f"{prefix}/modules/SERIAL-1234/ack", qos=1)
-                topic = f"{prefix}/modules/SERIAL-1234/events"
-                alarm = {
-                    "v": 1,
-                    "msg_id": "tz-1",
-                    "sent_at": "2026-11-22T12:00:00+23:00",
-                    "events": [{"family": "cid", "code": "130", "qualifier": "1", "zone": 4}],
-                }
-                entry = {
-                    "v": 1,
-                    "msg_id": "tz-2",
-                    "sent_at": "2026-11-22T12:00:00-20:30",
-                    "entry_delay": {"partition": 1, "zone": 3, "entry_delay_s": 30},
-                }
-                acks = []
-                for body in (alarm, entry):
-                    await module.publish(topic, json.dumps(body), qos=1)
-                    async with asyncio.timeout(10):
-                        async for message in module.messages:
-                            acks.append(msgspec.json.decode(message.payload))  # type: ignore[arg-type]
-                            break
+        alarm = {
+            "v": 1,
+            "msg_id": "tz-1",
+            "sent_at": "2026-11-22T12:00:00+23:00",
+            "events": [{"family": "cid", "code": "130", "qualifier": "1", "zone": 4}],
+        }
+        entry = {
+            "v": 1,
+            "msg_id": "tz-2",
+            "sent_at": "2026-11-22T12:00:00-20:30",
+            "entry_delay": {"partition": 1, "zone": 3, "entry_delay_s": 30},
+        }
+        acks = await publish_one_by_one(db_pool, database_url, mqtt_broker, [alarm, entry])
         assert [(a["msg_id"], a["status"]) for a in acks] == [
             ("tz-1", "accepted"),
             ("tz-2", "accepted"),
