@@ -133,13 +133,34 @@ class StationProcess:
         self._offset = 0
         self._partial = b""
         self._decoder = msgspec.json.Decoder(Received)
-        threading.Thread(target=self._stderr, daemon=True).start()
+        self._output: list[bytes] = []  # its stderr, for the message when it does not start
+        self._reader = threading.Thread(target=self._stderr, daemon=True)
+        self._reader.start()
 
     def _stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self._output = [*self._output[-19:], line]
             if b"station_sim_ready" in line:
                 self.ready.set()
+
+    def wait_ready(self, limit_s: float = 30.0) -> None:
+        """Until station-sim listens; one clear line (and its output) when it exits first or
+        is not ready within ``limit_s``, instead of a traceback after the whole wait."""
+        deadline = time.monotonic() + limit_s
+        while not self.ready.wait(0.1):
+            if self.proc.poll() is None and time.monotonic() <= deadline:
+                continue
+            what = (
+                f"exited with code {self.proc.returncode}"
+                if self.proc.poll() is not None
+                else f"was not ready after {limit_s:g} s"
+            )
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            tail = b"".join(self._output).decode("utf-8", "replace").rstrip() or "(no output)"
+            raise SystemExit(f"bench: station-sim {what}; its last output:\n{tail}")
 
     def _sim(self) -> psutil.Process:
         """The station-sim process (py-spy's child when profiled)."""
@@ -304,9 +325,7 @@ def run_once(
         station = StationProcess(
             station_port, Path(tmp) / "station.jsonl", aes=aes, profile=profile_station
         )
-        if not station.ready.wait(30):
-            station.stop()
-            raise RuntimeError("station-sim did not start")
+        station.wait_ready()
         url = _create_database()
         try:
             _provision(url, modules, station_port, aes=aes)

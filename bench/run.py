@@ -173,7 +173,12 @@ class ProcessWatch:
 def child(
     cmd: list[str], *, ready_word: str = "READY", env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start a child and wait until it prints a line containing ``ready_word``; yield (proc, line)."""
+    """Start a child and wait until it prints a line containing ``ready_word``; yield (proc, line).
+
+    A child that exits before it is ready (or is not ready within 120 s) stops the benchmark at
+    once with one line and the end of its output, and so does a child that exits while in use:
+    the run measured a target that was gone, so it gives no number.
+    """
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -195,12 +200,27 @@ def child(
                 line = text
                 ready.set()
 
-    threading.Thread(target=reader, daemon=True).start()
-    if not ready.wait(120):
-        proc.kill()
-        raise RuntimeError(f"{cmd[:4]} did not start:\n{''.join(lines[-20:])}")
+    output = threading.Thread(target=reader, daemon=True)
+    output.start()
+    name = " ".join(cmd[1:4])
+
+    def stop(what: str) -> SystemExit:
+        output.join(5)  # the rest of its output
+        tail = "".join(lines[-20:]).rstrip() or "(no output)"
+        return SystemExit(f"bench: {name} {what}; its last output:\n{tail}")
+
+    deadline = time.monotonic() + 120
+    while not ready.wait(0.1):
+        if proc.poll() is not None:
+            raise stop(f"exited with code {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise stop("was not ready after 120 s")
     try:
         yield proc, line
+        if proc.poll() is not None:
+            raise stop(f"exited with code {proc.returncode} during the run (no result from it)")
     finally:
         proc.terminate()
         try:

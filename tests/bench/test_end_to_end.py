@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from bench.end_to_end import expected_key, verify
+from bench.end_to_end import StationProcess, expected_key, verify
 from bench.load import AckedSignal, Result, account_name, signal_data
 from engine.station_sim import Received, ReceivedEvent
 from protocols.contact_id import format_cid_block
@@ -120,3 +122,16 @@ class TestVerify:
         wrong_zone = msgspec.structs.replace(record, events=events)
         check = verify(_result(_acked(1, 1)), [wrong_account, wrong_zone])
         assert (check.verified, check.missing, check.unacked_at_station) == (0, 1, 2)
+
+
+def test_a_station_sim_that_cannot_start_is_one_clear_line(tmp_path: Path) -> None:
+    """Its port taken: station-sim exits, and the benchmark says so with its output at once."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        station = StationProcess(taken.getsockname()[1], tmp_path / "station.jsonl", aes=False)
+        with pytest.raises(SystemExit) as stopped:
+            station.wait_ready()
+    message = str(stopped.value)
+    assert message.startswith("bench: station-sim exited with code ")
+    assert "its last output:\n" in message and "(no output)" not in message
