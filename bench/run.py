@@ -91,9 +91,10 @@ class ProcessWatch:
 
     With ``database``, PostgreSQL's CPU is that of the client backends serving that database
     plus the server's background processes (WAL writer, checkpointer, background writer: shared
-    with any other database's work, small), each counted from the start of the watch or from
-    when it started. Without it, every ``postgres`` process on the machine is summed, which on a
-    server other sessions use includes their work.
+    with any other database's work, small). Without it, every ``postgres`` process on the
+    machine counts, which on a server other sessions use includes their work. Either way each
+    process counts from the start of the watch or from when it started; one that ended before
+    the stop counts nothing (its CPU cannot be read any more).
     """
 
     def __init__(self, pid: int, *, include_postgres: bool, database: str | None = None) -> None:
@@ -124,7 +125,7 @@ class ProcessWatch:
             # backend, "postgres: 15/main: walwriter" for a background process
             words = " ".join(p.info["cmdline"] or []).rsplit(": ", 1)[-1].split()
             client = len(words) >= 3 and ("(" in words[2] or words[2] == "[local]")
-            if client and words[1] != self.database:
+            if client and self.database is not None and words[1] != self.database:
                 continue
             out[p.pid] = self._total(p)
         return out
@@ -134,12 +135,6 @@ class ProcessWatch:
         out = {
             "target": total(self.proc) + sum(total(c) for c in self.proc.children(recursive=True))
         }
-        if self.include_postgres and self.database is None:
-            out["postgres"] = sum(
-                total(p)
-                for p in psutil.process_iter(["name"])
-                if (p.info["name"] or "").startswith("postgres")
-            )
         out["loadgen"] = total(psutil.Process(os.getpid()))
         return out
 
@@ -154,7 +149,7 @@ class ProcessWatch:
 
     def start(self) -> None:
         self._start_cpu = self._cpu()
-        if self.include_postgres and self.database is not None:
+        if self.include_postgres:
             self._start_pg = self._postgres()
         self._thread.start()
 
@@ -162,7 +157,7 @@ class ProcessWatch:
         self._stop.set()
         end = self._cpu()
         out = {k: end[k] - self._start_cpu.get(k, 0.0) for k in end}
-        if self.include_postgres and self.database is not None:
+        if self.include_postgres:
             out["postgres"] = sum(
                 cpu - self._start_pg.get(pid, 0.0) for pid, cpu in self._postgres().items()
             )
@@ -495,6 +490,7 @@ def scenario_mqtt(modules: int, duration: float, repeats: int) -> list[Measured]
                             proc,
                             load,
                             postgres=True,
+                            database=_database_name(url),
                         )
                     )
                     out[-1].cpu_s["mosquitto"] = broker.seconds()
