@@ -52,6 +52,7 @@ from bench.run import (
     _database_name,
     _drop_database,
     idle_cell,
+    median_run,
     serve_engine,
 )
 from engine.station_sim import Received
@@ -406,13 +407,14 @@ def run_once(
 def e2e_table(
     runs: list[tuple[Measured, Verification, dict[str, Any]]], *, fixed_rate: bool = False
 ) -> str:
-    """The median run by ACKed throughput (at a fixed rate, where every run has the same
-    throughput: by send → station p99), with every run's throughput listed."""
+    """The median run (:func:`bench.run.median_run`) by ACKed throughput (at a fixed rate, where
+    every run has the same throughput: by send → station p99), with every run's throughput listed."""
     if fixed_rate:
-        ordered = sorted(runs, key=lambda r: r[1].latency_ms()["p99"])
+        m, check, extra = median_run(
+            runs, lambda r: r[1].latency_ms()["p99"], higher_is_better=False
+        )
     else:
-        ordered = sorted(runs, key=lambda r: r[0].summary["signals_per_s"])
-    m, check, extra = ordered[len(ordered) // 2]
+        m, check, extra = median_run(runs, lambda r: r[0].summary["signals_per_s"])
     s = m.summary
     st = check.latency_ms()
     each = ", ".join(f"{r[0].summary['signals_per_s']:.0f}" for r in runs)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +28,7 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from bench.run import _create_database, _drop_database
+from bench.run import _create_database, _drop_database, median_run
 from engine.delivery import CLAIM_SQL, Dispatcher
 from engine.migrate import apply_migrations
 from engine.pg_connection import EngineConnection
@@ -184,15 +183,14 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-    median = statistics.median(r.per_s for r in runs)
     print(
         "| backlog | runs (rows/s each) | rows/s (median) | seconds | claim queries | station frames | lanes out of order | lanes not once |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    mid = sorted(runs, key=lambda r: r.per_s)[len(runs) // 2]
+    mid = median_run(runs, lambda r: r.per_s)
     each = ", ".join(f"{r.per_s:.0f}" for r in runs)
     print(
-        f"| {args.lanes} lanes × {args.per_lane} | {len(runs)} ({each}) | **{median:.0f}** | "
+        f"| {args.lanes} lanes × {args.per_lane} | {len(runs)} ({each}) | **{mid.per_s:.0f}** | "
         f"{mid.seconds:.1f} | {mid.claims} | {mid.station_frames} | {mid.out_of_order_lanes} | "
         f"{mid.lanes_not_once} |"
     )

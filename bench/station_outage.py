@@ -29,6 +29,7 @@ from bench.run import (
     _create_database,
     _database_name,
     _drop_database,
+    median_run,
     serve_engine,
 )
 
@@ -69,9 +70,8 @@ def run_once(modules: int, duration: float, rate: float) -> Outage:
 
 
 def table(runs: list[Outage], rate: float) -> str:
-    """The median run by ACK p99, with every run's p99 listed."""
-    ordered = sorted(runs, key=lambda r: r.summary["p99_ms"])
-    m = ordered[len(ordered) // 2]
+    """The median run by ACK p99 (:func:`bench.run.median_run`), with every run's p99 listed."""
+    m = median_run(runs, lambda r: r.summary["p99_ms"], higher_is_better=False)
     s = m.summary
     each = ", ".join(f"{r.summary['p99_ms']:.1f}" for r in runs)
     idle = "—" if m.idle_pct is None else f"{m.idle_pct:.0f}"
