@@ -42,7 +42,14 @@ import msgspec
 import psutil
 import uvloop
 
-from bench.load import BENCH_KEY_ASCII, Result, account_name, run_tcp, signal_data
+from bench.load import (
+    BENCH_KEY_ASCII,
+    Result,
+    account_name,
+    percentile_ms,
+    run_tcp,
+    signal_data,
+)
 from bench.run import (
     ROOT,
     MachineIdle,
@@ -250,12 +257,11 @@ class Verification:
         return self.missing == 0 and self.duplicates == 0
 
     def latency_ms(self) -> dict[str, float]:
-        lat = sorted(self.latencies) or [0.0]
-
-        def pct(p: float) -> float:
-            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
-
-        return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": lat[-1] * 1000}
+        lat = sorted(self.latencies)
+        return {
+            p: percentile_ms(lat, q)
+            for p, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        }
 
 
 def verify(result: Result, records: list[Received]) -> Verification:

@@ -80,6 +80,16 @@ def signal_seq(n: int) -> str:
     return "%04d" % (n % 9999 + 1)  # noqa: UP031  # %-format: the cheapest on the hot path
 
 
+def percentile_ms(ordered: list[float], p: float) -> float:
+    """The ``p``-th percentile of ``ordered`` (seconds, ascending) in ms, by nearest rank: the
+    smallest value with at least ``p`` % of the values at or below it (p99 of 100 latencies is
+    the 99th, not the largest). NaN when there is none: no latency is not a latency of 0."""
+    if not ordered:
+        return math.nan
+    rank = math.ceil(p / 100 * len(ordered) - 1e-9)  # 1-based; the epsilon absorbs float error
+    return ordered[min(len(ordered), max(1, rank)) - 1] * 1000
+
+
 class AckedSignal(NamedTuple):
     """One ACKed signal: who sent it, what it was, and when (``time.perf_counter()``)."""
 
@@ -132,11 +142,7 @@ class Result:
 
     def summary(self) -> dict[str, float]:
         elapsed = max(1e-9, self.ended - self.started)
-        lat = sorted(self.latencies) or [0.0]
-
-        def pct(p: float) -> float:
-            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
-
+        lat = sorted(self.latencies)
         return {
             "signals_per_s": self.acked / elapsed,
             "sent": self.sent,
@@ -147,11 +153,11 @@ class Result:
             "errors": self.errors,
             "retransmits": self.retransmits,
             "stale": self.stale,
-            "p50_ms": pct(50),
-            "p90_ms": pct(90),
-            "p99_ms": pct(99),
-            "max_ms": lat[-1] * 1000,
-            "mean_ms": statistics.fmean(lat) * 1000,
+            "p50_ms": percentile_ms(lat, 50),
+            "p90_ms": percentile_ms(lat, 90),
+            "p99_ms": percentile_ms(lat, 99),
+            "max_ms": percentile_ms(lat, 100),
+            "mean_ms": statistics.fmean(lat) * 1000 if lat else math.nan,
             "seconds": elapsed,
             "loadgen_cpu_s": self.cpu_s,
             "loadgen_us_per_signal": self.cpu_s / max(1, self.sent) * 1e6,

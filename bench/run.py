@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -624,7 +625,13 @@ def median_run(
     Every number a table shows is one run's, so the median is a run, not the mean of two; the
     worse one, so that the choice never flatters the target. The same run everywhere a median
     is reported (the table and the medians printed after it)."""
-    ordered = sorted(runs, key=key, reverse=not higher_is_better)
+    worst = -math.inf if higher_is_better else math.inf
+
+    def rank(run: _Run) -> float:
+        value = key(run)
+        return worst if math.isnan(value) else value  # no number (e.g. no latency): the worst
+
+    ordered = sorted(runs, key=rank, reverse=not higher_is_better)
     return ordered[(len(ordered) - 1) // 2]
 
 

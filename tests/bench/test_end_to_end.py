@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +94,8 @@ class TestVerify:
         )
         assert check.ok
         assert check.latency_ms()["max"] == pytest.approx(240.0, abs=0.01)
-        assert check.latency_ms()["p50"] == pytest.approx(140.0, abs=0.01)
+        # nearest rank: the 6th of the 12 latencies (20, 40, … 240 ms), not the 7th
+        assert check.latency_ms()["p50"] == pytest.approx(120.0, abs=0.01)
 
     def test_missing_duplicate_retransmission_unacked(self) -> None:
         """Missing and delivered-twice (another seq) fail; a same-seq copy and a frame for a
@@ -135,3 +137,9 @@ def test_a_station_sim_that_cannot_start_is_one_clear_line(tmp_path: Path) -> No
     message = str(stopped.value)
     assert message.startswith("bench: station-sim exited with code ")
     assert "its last output:\n" in message and "(no output)" not in message
+
+
+def test_no_signal_at_the_station_has_no_latency_not_zero() -> None:
+    check = verify(_result(_acked(1, 1)), [])
+    assert check.missing == 1
+    assert all(math.isnan(v) for v in check.latency_ms().values())

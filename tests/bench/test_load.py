@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -14,10 +15,12 @@ from bench.load import (
     BENCH_KEY_ASCII,
     KEY_PERIOD,
     SIGNAL_PERIOD,
+    Result,
     _Fleet,
     _Module,
     account_name,
     fresh_first_signal,
+    percentile_ms,
     run_tcp,
     signal_data,
     signal_seq,
@@ -300,3 +303,19 @@ class TestReplies:
             server.close()
         assert (result.sent, result.timeouts, result.retransmits, result.acked) == (6, 6, 4, 0)
         assert seen[0] == seen[1] == seen[2] != seen[3]
+
+
+class TestSummary:
+    def test_percentiles_by_nearest_rank(self) -> None:
+        """p99 of 100 latencies is the 99th (the largest came out), p50 of two the first."""
+        hundred = Result(acked=100, latencies=[i / 1000 for i in range(100, 0, -1)], ended=1.0)
+        summary = hundred.summary()
+        assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"]) == (50.0, 90.0, 99.0)
+        assert summary["max_ms"] == 100.0 and summary["mean_ms"] == pytest.approx(50.5)
+        assert Result(acked=2, latencies=[0.002, 0.001], ended=1.0).summary()["p50_ms"] == 1.0
+        assert percentile_ms([0.005], 99) == 5.0
+
+    def test_no_acks_have_no_latency_not_zero(self) -> None:
+        summary = Result(sent=10, naks=10, ended=1.0).summary()
+        assert summary["signals_per_s"] == 0.0
+        assert all(math.isnan(summary[k]) for k in ("p50_ms", "p99_ms", "max_ms", "mean_ms"))
