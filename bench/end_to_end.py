@@ -14,7 +14,9 @@ event's family, code, qualifier, zone, partition and user. It reports:
 - retransmissions: a signal received again with the same seq (the engine resent a frame whose
   ACK it did not see; allowed by DC-09, the station dedupes);
 - unacked at station: frames for signals no module saw ACKed (committed, but the module's ACK
-  was late or lost; not a failure, counted to be complete).
+  was late or lost; not a failure, counted to be complete);
+- not ACKed by the station: frames the station NAKed, DUHed or left unanswered; they deliver
+  nothing (the engine must send the signal again, and that frame counts).
 
 Latency is measured per signal from the module's first send of the frame to the station's
 receipt of the forwarded frame (both processes stamp ``time.time()`` on the same machine),
@@ -231,6 +233,10 @@ def expected_key(account: str, n: int, family: str) -> _Key:
 
 
 def station_keys(record: Received) -> list[_Key]:
+    """The identities of the signals a station frame delivered: none when the station did not
+    ACK it (a NAKed, DUHed or unanswered frame is not a delivery; the engine sends it again)."""
+    if record.reply != "ack":
+        return []
     return [
         (record.account or "", e.family, e.code, e.qualifier, e.zone, e.partition, e.user)
         for e in record.events
@@ -447,7 +453,8 @@ def verification_lines(runs: list[tuple[Measured, Verification, dict[str, Any]]]
         lines.append(
             f"- run {i}: {verdict}: ACKed {check.acked}, verified at the station {check.verified}, "
             f"missing {check.missing}, duplicates {check.duplicates}, same-seq retransmissions "
-            f"{check.retransmissions}, unACKed signals at the station {check.unacked_at_station}; "
+            f"{check.retransmissions}, unACKed signals at the station {check.unacked_at_station}, "
+            f"frames the station did not ACK {check.not_acked_by_station}; "
             f"{check.at_station} frames, last one {extra['drain_s']} s after the load; "
             f"send → station p50 {st['p50']:.1f} / p99 {st['p99']:.1f} ms; "
             f"CPU s engine {m.cpu_s.get('target', 0):.1f}, postgres {m.cpu_s.get('postgres', 0):.1f}, "

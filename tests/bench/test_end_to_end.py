@@ -143,3 +143,16 @@ def test_no_signal_at_the_station_has_no_latency_not_zero() -> None:
     check = verify(_result(_acked(1, 1)), [])
     assert check.missing == 1
     assert all(math.isnan(v) for v in check.latency_ms().values())
+
+
+def test_a_frame_the_station_did_not_ack_delivers_nothing() -> None:
+    """A NAKed frame alone leaves the signal missing; the ACKed resend after it is the delivery
+    (its receipt the latency), the NAKed one counted apart."""
+    naked = msgspec.structs.replace(_forwarded(1, 1, seq="0001", at=T0 + 0.05), reply="nak")
+    check = verify(_result(_acked(1, 1)), [naked])
+    assert (check.verified, check.missing, check.not_acked_by_station) == (0, 1, 1)
+    assert not check.ok
+    acked_again = _forwarded(1, 1, seq="0001", at=T0 + 0.25)
+    check = verify(_result(_acked(1, 1)), [naked, acked_again])
+    assert (check.verified, check.missing, check.retransmissions) == (1, 0, 0)
+    assert check.latency_ms()["max"] == pytest.approx(250.0, abs=0.01)
