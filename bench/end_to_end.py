@@ -254,7 +254,9 @@ class Verification:
     unacked_at_station: int = 0
     not_acked_by_station: int = 0  # records the station answered other than ACK
     latencies: list[float] = field(default_factory=list)  # module send → station receipt, s
-    last_receipt: float = 0.0  # wall clock of the last station receipt
+    # wall clock of the last ACKed signal's delivery (its first ACKed receipt): where the drain
+    # ends; a later same-seq retransmission or a frame for an unACKed signal delivers nothing new
+    last_receipt: float = 0.0
     missing_examples: list[str] = field(default_factory=list)
     duplicate_examples: list[str] = field(default_factory=list)
 
@@ -281,7 +283,6 @@ def verify(result: Result, records: list[Received]) -> Verification:
         if record.reply != "ack":
             out.not_acked_by_station += 1
         at = record.received_at.timestamp()
-        out.last_receipt = max(out.last_receipt, at)
         for key in station_keys(record):
             received[key].append((record.seq, at))
     for key, sends in expected.items():
@@ -308,6 +309,7 @@ def verify(result: Result, records: list[Received]) -> Verification:
         for sent, at in zip(sorted(sends), firsts, strict=False):
             out.verified += 1
             out.latencies.append(at - sent)
+            out.last_receipt = max(out.last_receipt, at)
     out.unacked_at_station = sum(
         len({seq for seq, _ in got}) for key, got in received.items() if key not in expected
     )
@@ -455,7 +457,8 @@ def verification_lines(runs: list[tuple[Measured, Verification, dict[str, Any]]]
             f"missing {check.missing}, duplicates {check.duplicates}, same-seq retransmissions "
             f"{check.retransmissions}, unACKed signals at the station {check.unacked_at_station}, "
             f"frames the station did not ACK {check.not_acked_by_station}; "
-            f"{check.at_station} frames, last one {extra['drain_s']} s after the load; "
+            f"{check.at_station} frames, the last ACKed signal delivered {extra['drain_s']} s "
+            "after the load; "
             f"send → station p50 {st['p50']:.1f} / p99 {st['p99']:.1f} ms; "
             f"CPU s engine {m.cpu_s.get('target', 0):.1f}, postgres {m.cpu_s.get('postgres', 0):.1f}, "
             f"station-sim {m.cpu_s.get('station-sim', 0):.1f}, load gen {m.cpu_s.get('loadgen', 0):.1f}"

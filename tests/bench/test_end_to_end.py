@@ -156,3 +156,16 @@ def test_a_frame_the_station_did_not_ack_delivers_nothing() -> None:
     check = verify(_result(_acked(1, 1)), [naked, acked_again])
     assert (check.verified, check.missing, check.retransmissions) == (1, 0, 0)
     assert check.latency_ms()["max"] == pytest.approx(250.0, abs=0.01)
+
+
+def test_the_drain_ends_at_the_last_acked_signals_delivery() -> None:
+    """delivered/s runs to the last delivery of an ACKed signal: a late same-seq resend of it
+    and a frame for a signal no module saw ACKed deliver nothing the rate counts."""
+    records = [
+        _forwarded(1, 1, seq="0001", at=T0 + 0.05),
+        _forwarded(1, 1, seq="0001", at=T0 + 5.0),  # the engine missed the ACK: resent
+        _forwarded(1, 2, seq="0002", at=T0 + 6.0),  # committed, the module's ACK never seen
+    ]
+    check = verify(_result(_acked(1, 1)), records)
+    assert (check.verified, check.retransmissions, check.unacked_at_station) == (1, 1, 1)
+    assert check.last_receipt - T0 == pytest.approx(0.05, abs=1e-6)
