@@ -490,6 +490,10 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     args = parser.parse_args()
+    if min(args.modules, args.repeats) < 1 or args.duration <= 0:
+        parser.error("--modules and --repeats at least 1, --duration above 0")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate: signals per second above 0 (leave it out for as fast as possible)")
     runs = []
     for rep in range(args.repeats):
         print(f"[end-to-end] run {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)

@@ -686,6 +686,14 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
     args = parser.parse_args()
+    if min(args.modules, args.repeats) < 1 or args.duration <= 0:
+        parser.error("--modules and --repeats at least 1, --duration above 0")
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: whole numbers separated by commas, not {args.sizes!r}")
+    if min(sizes) < 1:
+        parser.error("--sizes: every size must be at least 1")
     if args.scenario in ("ingest", "ingest-aes"):
         results = scenario_ingest(
             args.modules, args.duration, args.repeats, aes=args.scenario == "ingest-aes"
@@ -697,7 +705,7 @@ def main() -> None:
             args.modules,
             args.duration,
             args.repeats,
-            [int(x) for x in args.sizes.split(",")],
+            sizes,
             supervised=args.scenario == "supervision",
         )
     print(table(results))
