@@ -651,7 +651,15 @@ def main() -> None:
             first_signal=args.first_signal,
         )
     )
-    print(json.dumps(result.summary(), indent=2))
+    print(summary_json(result.summary()))
+
+
+def summary_json(summary: dict[str, float]) -> str:
+    """The summary as strict JSON: a latency there is none of (nan) is null."""
+    return json.dumps(
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()},
+        indent=2,
+    )
 
 
 if __name__ == "__main__":

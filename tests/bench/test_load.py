@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from bench.load import (
     run_tcp,
     signal_data,
     signal_seq,
+    summary_json,
 )
 from bench.peer_minimal import MinimalProtocol
 from engine.dc09_listener import dedupe_key
@@ -319,3 +321,5 @@ class TestSummary:
         summary = Result(sent=10, naks=10, ended=1.0).summary()
         assert summary["signals_per_s"] == 0.0
         assert all(math.isnan(summary[k]) for k in ("p50_ms", "p99_ms", "max_ms", "mean_ms"))
+        printed = json.loads(summary_json(summary), parse_constant=pytest.fail)  # strict JSON
+        assert printed["p99_ms"] is None and printed["naks"] == 10
