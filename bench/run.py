@@ -375,6 +375,7 @@ def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -
         print(
             f"[ingest{'-aes' if aes else ''}] run {rep + 1}/{repeats}", file=sys.stderr, flush=True
         )
+        first = len(out)  # this repeat's runs: three, or two with AES (no minimal receiver)
         if not aes:
             with child([sys.executable, "-m", "bench.peer_minimal", "--port", "0"]) as (proc, line):
                 port = int(line.split()[1])
@@ -422,7 +423,7 @@ def scenario_ingest(modules: int, duration: float, repeats: int, *, aes: bool) -
                 )
         finally:
             _drop_database(url)
-        for m in out[-3:]:
+        for m in out[first:]:
             print(
                 f"    {m.name}: {m.summary['signals_per_s']:.0f}/s p99 {m.summary['p99_ms']:.1f} ms",
                 file=sys.stderr,
