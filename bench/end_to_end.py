@@ -341,7 +341,11 @@ def run_once(
             station_port, Path(tmp) / "station.jsonl", aes=aes, profile=profile_station
         )
         station.wait_ready()
-        url = _create_database()
+        try:
+            url = _create_database()
+        except BaseException:  # PostgreSQL unreachable: no station-sim left behind
+            station.stop()
+            raise
         try:
             _provision(url, modules, station_port, aes=aes)
             with serve_engine(url) as (proc, port):

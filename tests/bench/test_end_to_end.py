@@ -6,10 +6,13 @@ import math
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
+import bench.end_to_end
+import bench.run
 from bench.end_to_end import StationProcess, expected_key, verify
 from bench.load import AckedSignal, Result, account_name, signal_data
 from engine.station_sim import Received, ReceivedEvent
@@ -132,8 +135,12 @@ def test_a_station_sim_that_cannot_start_is_one_clear_line(tmp_path: Path) -> No
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         station = StationProcess(taken.getsockname()[1], tmp_path / "station.jsonl", aes=False)
-        with pytest.raises(SystemExit) as stopped:
-            station.wait_ready()
+        try:
+            with pytest.raises(SystemExit) as stopped:
+                station.wait_ready()
+        finally:
+            station.proc.kill()  # whatever happened, none left running
+            station.proc.wait()
     message = str(stopped.value)
     assert message.startswith("bench: station-sim exited with code ")
     assert "its last output:\n" in message and "(no output)" not in message
@@ -169,3 +176,30 @@ def test_the_drain_ends_at_the_last_acked_signals_delivery() -> None:
     check = verify(_result(_acked(1, 1)), records)
     assert (check.verified, check.retransmissions, check.unacked_at_station) == (1, 1, 1)
     assert check.last_receipt - T0 == pytest.approx(0.05, abs=1e-6)
+
+
+def test_postgresql_unreachable_leaves_no_station_sim_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-line stop when PostgreSQL cannot be reached left station-sim listening."""
+    started: list[StationProcess] = []
+
+    class Recorded(StationProcess):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(bench.run, "ADMIN_URL", f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    monkeypatch.setattr(bench.end_to_end, "StationProcess", Recorded)
+    try:
+        with pytest.raises(SystemExit, match="cannot create a database"):
+            bench.end_to_end.run_once(2, 1.0, aes=False, udp=False, rate=None)
+        [station] = started
+        assert station.proc.poll() is not None
+    finally:
+        for left in started:
+            left.proc.kill()
+            left.proc.wait()
