@@ -90,12 +90,13 @@ def idle_cell(m: Measured) -> str:
 class ProcessWatch:
     """CPU seconds and peak RSS of a process tree (and of the PostgreSQL server processes).
 
-    With ``database``, PostgreSQL's CPU is that of the client backends serving that database
-    plus the server's background processes (WAL writer, checkpointer, background writer: shared
-    with any other database's work, small). Without it, every ``postgres`` process on the
-    machine counts, which on a server other sessions use includes their work. Either way each
-    process counts from the start of the watch or from when it started; one that ended before
-    the stop counts nothing (its CPU cannot be read any more).
+    With ``database``, PostgreSQL's CPU is that of the client backends serving that database,
+    their parallel workers and its autovacuum workers, plus the server's background processes
+    (WAL writer, checkpointer, background writer: shared with any other database's work,
+    small). Without it, every ``postgres`` process on the machine counts, which on a server
+    other sessions use includes their work. Either way each process counts from the start of
+    the watch or from when it started; one that ended before the stop counts nothing (its CPU
+    cannot be read any more).
     """
 
     def __init__(self, pid: int, *, include_postgres: bool, database: str | None = None) -> None:
@@ -118,18 +119,22 @@ class ProcessWatch:
 
     def _postgres(self) -> dict[int, float]:
         """CPU seconds per PostgreSQL process counted for ``database`` (see the class doc)."""
-        out: dict[int, float] = {}
+        titled: list[tuple[psutil.Process, list[str]]] = []
         for p in psutil.process_iter(["name", "cmdline"]):
-            if not (p.info["name"] or "").startswith("postgres"):
-                continue
-            # "postgres: 15/main: <user> <database> <host>(<port>) <state>" for a client
-            # backend, "postgres: 15/main: walwriter" for a background process
-            words = " ".join(p.info["cmdline"] or []).rsplit(": ", 1)[-1].split()
-            client = len(words) >= 3 and ("(" in words[2] or words[2] == "[local]")
-            if client and self.database is not None and words[1] != self.database:
-                continue
-            out[p.pid] = self._total(p)
-        return out
+            if (p.info["name"] or "").startswith("postgres"):
+                # "postgres: 15/main: <user> <database> <host>(<port>) <state>" for a client
+                # backend, "postgres: 15/main: walwriter" for a background process
+                title = " ".join(p.info["cmdline"] or []).rsplit(": ", 1)[-1]
+                titled.append((p, title.split()))
+        database = self.database
+        if database is None:
+            return {p.pid: self._total(p) for p, _ in titled}
+        clients = {p.pid for p, words in titled if client_database(words) == database}
+        return {
+            p.pid: self._total(p)
+            for p, words in titled
+            if works_for(words, database, clients=clients)
+        }
 
     def _cpu(self) -> dict[str, float]:
         total = self._total
@@ -163,6 +168,28 @@ class ProcessWatch:
                 cpu - self._start_pg.get(pid, 0.0) for pid, cpu in self._postgres().items()
             )
         return out
+
+
+def client_database(words: list[str]) -> str | None:
+    """The database of a PostgreSQL client backend from its title's words (``<user> <database>
+    <host>(<port>) <state>``); None for any other process."""
+    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
+        return words[1]
+    return None
+
+
+def works_for(words: list[str], database: str, *, clients: set[int]) -> bool:
+    """Whether the PostgreSQL process with these title words works for ``database``: its client
+    backends, the parallel workers of those (``parallel worker for PID <leader>``), its
+    autovacuum workers (``autovacuum worker <database>``), and the server's own background
+    processes (WAL writer, checkpointer, background writer, …); not another database's."""
+    if (named := client_database(words)) is not None:
+        return named == database
+    if words[:4] == ["parallel", "worker", "for", "PID"] and len(words) > 4:
+        return words[4].isdigit() and int(words[4]) in clients
+    if words[:2] == ["autovacuum", "worker"]:
+        return words[2:3] == [database]
+    return True
 
 
 @contextmanager

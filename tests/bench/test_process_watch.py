@@ -15,7 +15,7 @@ import pytest
 
 import bench.run as bench_run
 from bench.load import Result
-from bench.run import Measured, ProcessWatch
+from bench.run import Measured, ProcessWatch, works_for
 
 
 async def _busy_backend(url: str) -> tuple[asyncpg.Connection, int]:
@@ -71,3 +71,50 @@ def test_the_mqtt_scenario_counts_its_own_databases_backends(
     monkeypatch.setattr(bench_run, "measure", measure)
     bench_run.scenario_mqtt(modules=2, duration=0.1, repeats=1)
     assert measured == [{"postgres": True, "database": databases[0]}]
+
+
+def test_which_postgres_processes_work_for_the_benchmarks_database() -> None:
+    ours, other = "alarmrelay_bench_abc123", "alarmrelay_test_1584259f"
+    clients = {27155}
+
+    def counted(title: str) -> bool:
+        return works_for(title.split(), ours, clients=clients)
+
+    assert counted(f"postgres {ours} 127.0.0.1(34422) INSERT")
+    assert counted(f"postgres {ours} [local] idle")
+    assert not counted(f"postgres {other} 127.0.0.1(34438) idle")
+    assert counted("parallel worker for PID 27155")
+    assert not counted("parallel worker for PID 27156")  # another database's query
+    assert counted(f"autovacuum worker {ours}")
+    assert not counted(f"autovacuum worker {other}")
+    for background in ("walwriter", "checkpointer", "background writer", "autovacuum launcher"):
+        assert counted(background)
+
+
+async def test_another_databases_parallel_worker_is_not_counted(database_url: str) -> None:
+    """A parallel query of another session (a test suite's) ran its worker on our cores'
+    account: it was taken for a background process of the server."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET force_parallel_mode = on")
+        await conn.execute("SET parallel_setup_cost = 0")
+        query = asyncio.ensure_future(
+            conn.execute("SELECT count(*) FROM generate_series(1, 5000000)")  # ~1 s in a worker
+        )
+        workers: list[int] = []
+        for _ in range(100):
+            workers = [
+                p.pid
+                for p in psutil.process_iter(["cmdline"])
+                if "parallel worker for PID" in " ".join(p.info["cmdline"] or [])
+            ]
+            if workers or query.done():
+                break
+            await asyncio.sleep(0.02)
+        counted = ProcessWatch(os.getpid(), include_postgres=True, database="not_this_one")
+        seen = counted._postgres()
+        await query
+    finally:
+        await conn.close()
+    assert workers, "no parallel worker started"
+    assert not set(workers) & set(seen)
