@@ -190,6 +190,10 @@ def parse_accounts(data: bytes, source: str) -> list[Account]:
         problem = account_problem(account)
         if problem is not None:
             raise UserFacingError(f"{where} (account {account.account}): {problem}")
+        if account.account != account.account.upper():
+            # Stored upper case, as the admin API stores it: every check against the database
+            # (an admin-API customer's account, its package) must see the number it will replace.
+            account = msgspec.structs.replace(account, account=account.account.upper())
         station_account = account.forwarding.station_account
         if station_account is not None and station_account != station_account.upper():
             # Stored as the admin API stores it: the frame's #acct takes upper case only.
@@ -199,7 +203,7 @@ def parse_accounts(data: bytes, source: str) -> list[Account]:
                     account.forwarding, station_account=station_account.upper()
                 ),
             )
-        number = account.account.upper()
+        number = account.account
         if number in numbers:
             raise UserFacingError(f"{where}: account {number} is also entry {numbers[number]}")
         numbers[number] = index

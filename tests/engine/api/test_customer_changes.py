@@ -257,6 +257,21 @@ class TestTwoWayVoiceStaysEligible:
         replaced = await AccountStore(api.pool).get(account.account)
         assert replaced is not None and replaced.name is None  # the file's account, as asked
 
+    async def test_import_in_lower_case_over_a_customer_account_is_refused(
+        self, api: Api, admin: httpx.AsyncClient, database_url: str
+    ) -> None:
+        """Account numbers are hex, stored upper case: the file's ``abc123`` is the customer's
+        ``ABC123``, and replacing it is refused as in upper case (it went through, unchecked)."""
+        system = {"serial": SERIAL, "module_type": "lte-voice", "panel_type": "wireless-panel", "dc09_account": "ABC123"}  # fmt: skip
+        _, _, customer = await _customer(api, admin, system=system)
+        account = await AccountStore(api.pool).get("ABC123")
+        assert account is not None and account.name is not None
+        body = json.dumps([{"account": "abc123"}]).encode()
+        status, out, err = await cli(database_url, "accounts", "import", "-", stdin=body)
+        assert (status, out) == (2, ""), err
+        assert f"account ABC123 is customer {customer}'s" in err
+        assert await AccountStore(api.pool).get("ABC123") == account
+
     async def test_imports_check_receiver_and_package(
         self, api: Api, admin: httpx.AsyncClient, database_url: str, tmp_path: Path
     ) -> None:
