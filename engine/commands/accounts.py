@@ -280,7 +280,8 @@ async def import_accounts(
             count = await AccountStore(db.pool).upsert_many(accounts)
         except asyncpg.UniqueViolationError as exc:
             raise UserFacingError(
-                f"a module serial in the file already belongs to another account ({exc.detail})"
+                f"a module serial in the file already belongs to another account ({exc.detail}); "
+                "nothing was imported"
             ) from None
         if missing:
             print(

@@ -152,16 +152,16 @@ class AccountStore:
         self._pool = pool
 
     async def upsert_many(self, accounts: Sequence[Account], *, batch: int = 5000) -> int:
-        """Insert or update accounts by account number, ``batch`` per transaction; returns the count.
+        """Insert or update accounts by account number, ``batch`` per statement, all in one
+        transaction (a refused row writes none of them); returns the count.
 
         An account number given twice counts once (the last one wins). Raises ``asyncpg.UniqueViolationError`` when a module serial already belongs to another
         account.
         """
         accounts = list({a.account.upper(): a for a in accounts}.values())
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
             for start in range(0, len(accounts), batch):
-                async with conn.transaction():
-                    await conn.execute(_UPSERT, *_columns(accounts[start : start + batch]))
+                await conn.execute(_UPSERT, *_columns(accounts[start : start + batch]))
         return len(accounts)
 
     async def get(self, account: str) -> Account | None:

@@ -165,6 +165,21 @@ class TestImportExportCommands:
         assert err.startswith("alarmrelay: error: a module serial in the file already belongs")
         assert "Traceback" not in err
 
+    async def test_a_large_file_the_database_refuses_writes_nothing(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Past the first 5,000 accounts (one batch), a serial the database refuses still
+        leaves every account as it was: the import is one transaction, as documented."""
+        await AccountStore(db_pool).upsert_many([Account(account="777", module_serial="SER-777")])
+        accounts = [Account(account=f"{n:X}", module_serial=f"SER-{n:X}") for n in range(4096, 9097)]
+        accounts[-1] = Account(account="FFFF", module_serial="SER-777")
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", stdin=msgspec.json.encode(accounts)
+        )
+        assert (status, out) == (2, ""), err
+        assert "a module serial in the file already belongs to another account" in err
+        assert await AccountStore(db_pool).count() == 1
+
     async def test_two_way_voice_needs_a_voice_receiver(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
