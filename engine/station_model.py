@@ -84,6 +84,14 @@ def receiver_problem(receiver: ReceiverConfig) -> str | None:
     return None
 
 
+NAME_RULE = "must be 1-100 characters, not blank"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a station or receiver name cannot be stored (the admin API's rule), or None."""
+    return NAME_RULE if not name.strip() or len(name) > 100 else None
+
+
 _POLL_ACCOUNT = re.compile(r"[0-9A-Za-z]{1,16}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 

@@ -13,7 +13,7 @@ import msgspec
 
 from engine.errors import UserFacingError
 from engine.logging_setup import configure_logging
-from engine.station_model import PHONE_WARNING, Station, receiver_problem
+from engine.station_model import PHONE_WARNING, Station, name_problem, receiver_problem
 
 
 def register(subparsers: Any) -> None:
@@ -40,8 +40,20 @@ def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
         raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
     warnings: list[str] = []
     names: set[str] = set()
+    station_names: set[str] = set()
     for station in stations:
+        problem = name_problem(station.name)
+        if problem:
+            raise UserFacingError(f"{source}: station name {station.name!r}: {problem}")
+        if station.name in station_names:
+            raise UserFacingError(f"{source}: station name {station.name!r} appears twice")
+        station_names.add(station.name)
         for receiver in station.receivers:
+            problem = name_problem(receiver.name)
+            if problem:
+                raise UserFacingError(
+                    f"{source}: station {station.name!r}, receiver name {receiver.name!r}: {problem}"
+                )
             problem = receiver_problem(receiver)
             if problem:
                 raise UserFacingError(

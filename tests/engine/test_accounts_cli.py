@@ -383,3 +383,33 @@ class TestStationsCommands:
         assert status == 0, err
         assert msgspec.json.decode(out, type=list[Station]) == stations
         assert "Traceback" not in err
+
+    @pytest.mark.parametrize(
+        ("document", "problem"),
+        [
+            ([{"name": "  "}], "station name '  ': must be 1-100 characters, not blank"),
+            ([{"name": "C" * 101}], f"station name {'C' * 101!r}: must be 1-100 characters, not blank"),
+            (
+                [{"name": "C", "receivers": [{"name": "", "host": "127.0.0.1", "port": 9}]}],
+                "station 'C', receiver name '': must be 1-100 characters, not blank",
+            ),
+            ([{"name": "C"}, {"name": "C", "own": True}], "station name 'C' appears twice"),
+        ],
+    )
+    async def test_names_the_admin_api_refuses_are_refused(
+        self,
+        db_pool: asyncpg.Pool,
+        database_url: str,
+        tmp_path: Path,
+        document: object,
+        problem: str,
+    ) -> None:
+        """Station and receiver names as the admin API takes them (1-100 characters, not blank;
+        a station once per file): a blank name was stored, a station the API cannot address,
+        and a station given twice was imported twice, the second replacing the first."""
+        source = tmp_path / "stations.json"
+        source.write_bytes(msgspec.json.encode(document))
+        status, out, err = await cli(database_url, "stations", "import", str(source))
+        assert (status, out) == (2, ""), err
+        assert err.strip() == f"alarmrelay: error: {source}: {problem}"
+        assert await StationStore(db_pool).all() == []
