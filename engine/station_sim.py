@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
 import sys
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -443,8 +444,11 @@ class _UdpSocket(asyncio.DatagramProtocol):
 
 
 async def run_cli(sim: StationSimulator, control_port: int | None) -> None:
-    """Run until cancelled, announcing the ports on stderr; ``control_port`` (0: any free one)
-    enables the line-based control interface."""
+    """Run until cancelled or SIGTERM, announcing the ports on stderr; ``control_port`` (0: any
+    free one) enables the line-based control interface. SIGTERM (``kill``, ``timeout``, a service
+    manager) stops it as Ctrl-C does: every JSON line written, status 0."""
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     port = await sim.start()
     print(
         msgspec.json.encode({"event": "station_sim_ready", "port": port}).decode(),
@@ -459,6 +463,6 @@ async def run_cli(sim: StationSimulator, control_port: int | None) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        await asyncio.Event().wait()
+        await stopped.wait()
     finally:
         await sim.stop()

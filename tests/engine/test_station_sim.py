@@ -354,8 +354,13 @@ class TestControl:
 
 
 class TestCommand:
-    async def test_cli_runs_logs_and_obeys_control(self, tmp_path: Path) -> None:
-        """`alarmrelay station-sim` announces its ports, logs frames to --log and stops on SIGINT."""
+    @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+    async def test_cli_runs_logs_and_obeys_control(
+        self, tmp_path: Path, stop: signal.Signals
+    ) -> None:
+        """`alarmrelay station-sim` announces its ports, logs frames to --log and stops on SIGINT,
+        or SIGTERM (`kill`, `timeout`, a service manager), with every line written and status 0
+        (SIGTERM ended it at once, losing the lines not yet flushed)."""
         log_path = tmp_path / "frames.jsonl"
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -396,7 +401,7 @@ class TestCommand:
                     writer.close()
                     w.send(seq="0022")
                     assert await w.reply() == ("ACK", "0022")
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(stop)
                 out, _ = await proc.communicate()
         finally:
             if proc.returncode is None:
