@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -340,9 +343,33 @@ def run_export(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return 0
     try:
-        with args.output.open("wb") as out:
+        with whole_file(args.output) as out:
             count = asyncio.run(export_accounts(settings, out))
     except OSError as exc:
         raise UserFacingError(f"cannot write {args.output}: {exc.strerror}") from None
     print(f"exported {count} accounts to {args.output}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def whole_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for writing, replaced only once everything was written: an export that
+    fails (the database out of reach, gone mid-way) leaves the previous file as it was. A path
+    that is not a regular file (``/dev/stdout``, a pipe) is written directly."""
+    if path.exists() and not path.is_file():
+        with path.open("wb") as out:
+            yield out
+        return
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # as open() would have created it
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)

@@ -84,6 +84,18 @@ class TestImportExportCommands:
         assert f"exported 2 accounts to {target}" in err
         assert msgspec.json.decode(target.read_bytes(), type=list[Account]) == ACCOUNTS
 
+    async def test_a_failed_export_leaves_the_file_as_it_was(self, tmp_path: Path) -> None:
+        """--output onto last night's export with the database out of reach: the error, and
+        the old file untouched (it was emptied before the database was asked)."""
+        target = tmp_path / "accounts.json"
+        target.write_bytes(msgspec.json.encode(ACCOUNTS))
+        unreachable = "postgresql://postgres@127.0.0.1:1/none"
+        status, out, err = await cli(unreachable, "accounts", "export", "--output", str(target))
+        assert (status, out) == (2, "")
+        assert "cannot reach PostgreSQL at 127.0.0.1:1" in err
+        assert msgspec.json.decode(target.read_bytes(), type=list[Account]) == ACCOUNTS
+        assert os.listdir(tmp_path) == ["accounts.json"]  # no file left over
+
     async def test_export_of_no_accounts_is_an_empty_list(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:
