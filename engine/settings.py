@@ -411,6 +411,16 @@ def validation_problem(error: msgspec.ValidationError) -> tuple[str, str]:
     return path, text
 
 
+# What Kubernetes puts in every pod's environment for a Service named "alarmrelay" (service links).
+_SERVICE_LINK = re.compile(
+    r"^environment variable ALARMRELAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)$"
+)
+_SERVICE_LINK_HINT = (
+    "Kubernetes sets it for a Service named alarmrelay: set enableServiceLinks: false in the pod "
+    "spec, or name the Service otherwise"
+)
+
+
 def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, str]) -> str:
     path, text = validation_problem(error)
     where = origin.get(re.sub(r"(\[\d+\])+$", "", path), source)  # a list item: its key's
@@ -418,6 +428,8 @@ def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, 
         where = f"environment variable {where}"
     if text == "unknown key":
         parent, _, leaf = path.rpartition(".")
+        if _SERVICE_LINK.match(where):
+            return f"{where}: unknown key {path!r} ({_SERVICE_LINK_HINT})"
         return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
     for pattern, words in _PATTERN_WORDS.items():
         text = text.replace(f"expected str matching regex {pattern!r}", words)

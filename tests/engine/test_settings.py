@@ -195,6 +195,24 @@ class TestEnvironment:
             "environment variable ALARMRELAY_DC09__PROT: unknown key 'dc09.prot' (did you mean 'port'?)"
         )
 
+    @pytest.mark.parametrize(
+        "variable",
+        ["ALARMRELAY_SERVICE_HOST", "ALARMRELAY_SERVICE_PORT", "ALARMRELAY_PORT", "ALARMRELAY_PORT_8080_TCP_ADDR"],
+    )
+    def test_a_kubernetes_service_link_variable_says_where_it_comes_from(
+        self, variable: str
+    ) -> None:
+        """Kubernetes gives every pod variables for each Service (a Service named alarmrelay:
+        ALARMRELAY_SERVICE_HOST, ALARMRELAY_PORT, ...). Still refused, as every unknown key, but
+        with the way out instead of a suggestion that leads nowhere ('supervision'?)."""
+        message = error_of(None, {variable: "10.0.0.1"})
+        key = variable.removeprefix("ALARMRELAY_").lower()
+        assert message == (
+            f"environment variable {variable}: unknown key {key!r} (Kubernetes sets it for a "
+            "Service named alarmrelay: set enableServiceLinks: false in the pod spec, or name "
+            "the Service otherwise)"
+        )
+
     def test_unknown_section_names_the_variable(self) -> None:
         """A variable for a section that does not exist is refused."""
         message = error_of(None, {"ALARMRELAY_MQQT__HOST": "h"})
