@@ -18,6 +18,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# What Windows editors put at the start of a UTF-8 file. The files a person hands us (settings,
+# accounts, stations) are read without it: refused, it showed as an error at line 1, column 1.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 class UserFacingError(Exception):
     """A problem the user can fix: bad config, bad input file, unreachable database, …
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from engine.errors import UserFacingError
+from engine.errors import UTF8_BOM, UserFacingError
 from protocols.dc09_frame import MAX_FRAME_BYTES
 
 ENV_PREFIX = "ALARMRELAY_"
@@ -455,7 +455,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         except OSError as exc:
             raise UserFacingError(f"cannot read config file {path}: {exc.strerror}") from None
         try:
-            raw = msgspec.toml.decode(text)
+            raw = msgspec.toml.decode(text.removeprefix(UTF8_BOM))
         except msgspec.DecodeError as exc:
             raise UserFacingError(f"{path}: invalid TOML: {exc}") from None
         except RecursionError:  # thousands of "["

@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 
 from engine.account_model import STATION_ACCOUNT, Account
-from engine.errors import UserFacingError
+from engine.errors import UTF8_BOM, UserFacingError
 from engine.logging_setup import configure_logging
 from engine.settings import Settings, load_settings, validation_problem
 from protocols.dc09_crypto import AesKey
@@ -169,7 +169,7 @@ async def voice_package_problems(
 def parse_accounts(data: bytes, source: str) -> list[Account]:
     """Decode and validate a JSON list of accounts; errors name the entry index and the field."""
     try:
-        items = msgspec.json.decode(data)
+        items = msgspec.json.decode(data.removeprefix(UTF8_BOM))
     except msgspec.DecodeError as exc:
         raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
     except RecursionError:  # thousands of "[" decoded as Any

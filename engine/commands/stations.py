@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import UserFacingError
+from engine.errors import UTF8_BOM, UserFacingError
 from engine.logging_setup import configure_logging
 from engine.station_model import PHONE_WARNING, Station, name_problem, receiver_problem
 
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
     """Validated stations and the warnings to show (phone receivers)."""
     try:
-        stations = msgspec.json.decode(data, type=list[Station])
+        stations = msgspec.json.decode(data.removeprefix(UTF8_BOM), type=list[Station])
     except msgspec.ValidationError as exc:
         raise UserFacingError(f"{source}: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -246,6 +246,12 @@ class TestParseAccounts:
         """A JSON list of account objects decodes to Accounts."""
         assert parse_accounts(msgspec.json.encode(ACCOUNTS), "a.json") == ACCOUNTS
 
+    def test_a_byte_order_mark_is_not_an_error(self) -> None:
+        """A file saved by a Windows editor starts with a UTF-8 byte order mark: it was refused
+        as "invalid character (byte 0)", which the person holding the file cannot see."""
+        document = b"\xef\xbb\xbf" + msgspec.json.encode(ACCOUNTS)
+        assert parse_accounts(document, "a.json") == ACCOUNTS
+
     def test_not_json(self) -> None:
         """Broken JSON is reported with the source."""
         with pytest.raises(UserFacingError, match=r"^a\.json: invalid JSON: "):

@@ -129,6 +129,12 @@ class TestPhoneLineFailureEndToEnd:
 
 
 class TestStationsImport:
+    def test_a_byte_order_mark_is_not_an_error(self) -> None:
+        """A file saved by a Windows editor starts with a UTF-8 byte order mark."""
+        body = b"\xef\xbb\xbf" + json.dumps([{"name": "c"}]).encode()
+        stations, _ = parse_stations(body, "stations.json")
+        assert [s.name for s in stations] == ["c"]
+
     def test_phone_receiver_is_stored_with_a_warning(self, tmp_path: Path) -> None:
         """Phone receivers are accepted but the import says they cannot be delivered to."""
         body = [{"name": "c", "receivers": [{"name": "ph", "kind": "phone", "phone_number": "+15550100"},

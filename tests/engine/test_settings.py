@@ -73,6 +73,12 @@ class TestFile:
         assert settings.dc09.timestamp_past_s == 40
         assert settings.database.url == "postgresql://u@db:5432/ar"
 
+    def test_a_byte_order_mark_is_not_an_error(self, tmp_path: Path) -> None:
+        """A file saved by a Windows editor starts with a UTF-8 byte order mark ("Invalid
+        statement (at line 1, column 1)" before, on a line that looks right)."""
+        path = write(tmp_path, "\ufeff[dc09]\nport = 11000\n")
+        assert load_settings(path, {}).dc09.port == 11000
+
     def test_unknown_key_names_file_key_and_suggestion(self, tmp_path: Path) -> None:
         """A misspelt key is refused with the file, the dotted key and the closest real key."""
         path = write(tmp_path, "[dc09]\nprot = 1\n")
