@@ -431,6 +431,12 @@ def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, 
         if _SERVICE_LINK.match(where):
             return f"{where}: unknown key {path!r} ({_SERVICE_LINK_HINT})"
         return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
+    empty = re.fullmatch(r"expected (.+), got null", text)
+    if empty and where != source:  # an empty variable: None, which only optional keys take
+        text = (
+            f"empty, and it cannot be unset (expected {empty.group(1)}): give a value, or "
+            "remove the variable for the default"
+        )
     for pattern, words in _PATTERN_WORDS.items():
         text = text.replace(f"expected str matching regex {pattern!r}", words)
     choices = _choices(path)

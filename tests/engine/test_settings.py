@@ -194,6 +194,15 @@ class TestEnvironment:
             == "environment variable ALARMRELAY_DC09__PORT: dc09.port: expected int, got str"
         )
 
+    def test_an_empty_variable_for_a_key_that_cannot_be_unset(self) -> None:
+        """An empty value unsets a key that may be unset; for another key it is refused, saying
+        so (it said "expected int, got null", of a variable that held no null)."""
+        message = error_of(None, {"ALARMRELAY_DC09__PORT": ""})
+        assert message == (
+            "environment variable ALARMRELAY_DC09__PORT: dc09.port: empty, and it cannot be "
+            "unset (expected int): give a value, or remove the variable for the default"
+        )
+
     def test_unknown_key_names_the_variable(self) -> None:
         """A misspelt variable is refused with a suggestion."""
         message = error_of(None, {"ALARMRELAY_DC09__PROT": "1"})
