@@ -18,6 +18,10 @@ from engine.errors import UserFacingError
 log = structlog.get_logger("engine.migrate")
 
 _LOCK_ID = 0x616C61726D  # "alarm": pg_advisory_lock key shared by every engine
+# A migration (an index built on a production table) and the wait for another engine's may take
+# far longer than database.command_timeout_s, which bounds the engine's own statements: cut
+# short, it failed the start of every engine after an upgrade. A day stands for "no limit".
+MIGRATION_TIMEOUT_S = 86_400.0
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -35,7 +39,9 @@ def checksum(sql: str) -> str:
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations on ``conn`` (not inside a transaction); returns the names applied."""
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_ID):
+        log.info("migrations_waiting", reason="another engine is applying migrations")
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID, timeout=MIGRATION_TIMEOUT_S)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -57,7 +63,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                     )
                 continue
             async with conn.transaction():
-                await conn.execute(sql)
+                await conn.execute(sql, timeout=MIGRATION_TIMEOUT_S)
                 await conn.execute(
                     "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", name, digest
                 )

@@ -77,6 +77,22 @@ class TestMigrations:
             for conn in conns:
                 await conn.close()
 
+    async def test_migrations_are_not_cut_short_by_the_command_timeout(
+        self, empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A migration that takes longer than ``database.command_timeout_s`` (an index on a
+        production table: minutes) is applied, and the engine started beside the one applying
+        it waits for it: both failed with a timeout, so after an upgrade no engine started."""
+        files = [*migration_files(), ("9999_slow.sql", "SELECT pg_sleep(1.5)")]
+        monkeypatch.setattr("engine.migrate.migration_files", lambda: files)
+        conns = [await asyncpg.connect(empty_database_url, command_timeout=0.5) for _ in range(2)]
+        try:
+            first, second = await asyncio.gather(*(apply_migrations(c) for c in conns))
+            assert sorted(first + second) == [name for name, _ in files]
+        finally:
+            for conn in conns:
+                await conn.close()
+
     async def test_changed_migration_is_refused(self, empty_database_url: str) -> None:
         """A migration whose text changed after it was applied stops the start with a clear error."""
         conn = await asyncpg.connect(empty_database_url)
