@@ -19,7 +19,9 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-_encoder = msgspec.json.Encoder()
+# A value JSON has no type for (a Path, an exception object) is written as its text: a log call
+# never raises into the code that logs, which is often already handling a failure.
+_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 def _json_bytes(event: Any, **_: Any) -> bytes:

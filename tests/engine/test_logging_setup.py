@@ -87,3 +87,23 @@ def test_the_http_apps_leave_logging_as_configured() -> None:
         "asyncpg.pool",
         "Failed to restore the pool connection floor",
     )
+
+
+ODD_VALUES_SCRIPT = """
+from pathlib import Path
+import structlog
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="json")
+structlog.get_logger("engine").warning("odd_values", path=Path("/srv/ar"), error=ValueError("boom"))
+print("the caller went on")
+"""
+
+
+def test_a_value_json_has_no_type_for_is_logged_as_text() -> None:
+    """A value msgspec cannot encode (a Path, an exception object) raised TypeError out of the
+    log call, into the code that logged (a failure path that only wanted to say so)."""
+    done = _python("-c", ODD_VALUES_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    record, after = done.stdout.splitlines()
+    assert (json.loads(record)["path"], json.loads(record)["error"]) == ("/srv/ar", "boom")
+    assert after == "the caller went on"
