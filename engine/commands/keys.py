@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def run_create(args: argparse.Namespace) -> int:
             )
 
     key_id, key = asyncio.run(main())
-    print(key)
-    print(f"key id {key_id}, role {args.role}: store it now, it is not shown again", flush=True)
+    print(key, flush=True)  # stdout holds the key alone: KEY=$(alarmrelay keys create ...)
+    print(
+        f"key id {key_id}, role {args.role}: store it now, it is not shown again",
+        file=sys.stderr,
+    )
     return 0

@@ -29,6 +29,10 @@ class TestKeysCreate:
         assert result.returncode == 0, result.stderr
         key = result.stdout.splitlines()[0]
         assert key.startswith("ar_")
+        # stdout is the key alone, so KEY=$(alarmrelay keys create ...) is the key (it also
+        # held the note, a second line, and "Bearer $KEY" was refused); the note is on stderr
+        assert result.stdout == f"{key}\n"
+        assert "store it now, it is not shown again" in result.stderr
 
         async def stored() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(database_url)
