@@ -37,8 +37,10 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    # Colours only on a terminal: in a file, a pipe or the journal they are escape codes.
+    colors = sys.stderr.isatty()
     if fmt == "console":
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(structlog.dev.ConsoleRenderer(colors=colors))
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=_json_bytes))
@@ -64,7 +66,9 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(),
+                structlog.dev.ConsoleRenderer(colors=colors)
+                if console
+                else structlog.processors.JSONRenderer(),
             ],
         )
     )

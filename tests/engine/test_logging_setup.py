@@ -107,3 +107,24 @@ def test_a_value_json_has_no_type_for_is_logged_as_text() -> None:
     record, after = done.stdout.splitlines()
     assert (json.loads(record)["path"], json.loads(record)["error"]) == ("/srv/ar", "boom")
     assert after == "the caller went on"
+
+
+CONSOLE_SCRIPT = """
+import logging
+import structlog
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="console")
+structlog.get_logger("engine").warning("own_event", n=1)
+logging.getLogger("asyncpg.pool").warning("library_event")
+"""
+
+
+def test_console_lines_to_a_file_or_pipe_have_no_colour_codes() -> None:
+    """``logging.format = "console"`` under a service manager, or ``2> file``: the lines carried
+    terminal colour codes (ESC[...m) that made them hard to read and to grep."""
+    done = _python("-c", CONSOLE_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2
+    assert "own_event" in lines[0] and "library_event" in lines[1]
+    assert "\x1b[" not in done.stderr
