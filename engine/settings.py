@@ -288,6 +288,11 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
                 raise UserFacingError(
                     f"environment variable {name}: too many '__' (use SECTION__KEY)"
                 )
+            if not key or (len(parts) == 2 and not section):
+                raise UserFacingError(
+                    f"environment variable {name}: a section or key name is empty (use "
+                    "ALARMRELAY_SECTION__KEY, or ALARMRELAY_KEY for a top-level key)"
+                )
             if section and section not in SECTIONS:
                 raise UserFacingError(
                     f"environment variable {name}: unknown section {section!r}{_suggest(section, SECTIONS)}"

@@ -228,6 +228,15 @@ class TestEnvironment:
             "the Service otherwise)"
         )
 
+    @pytest.mark.parametrize("variable", ["ALARMRELAY_", "ALARMRELAY_DC09__", "ALARMRELAY___PORT"])
+    def test_a_variable_without_a_key_or_section_name_is_named(self, variable: str) -> None:
+        """A templated name that came out empty: the error did not name the variable
+        ("defaults: dc09: object contains unknown field ")."""
+        assert error_of(None, {variable: "1"}) == (
+            f"environment variable {variable}: a section or key name is empty "
+            "(use ALARMRELAY_SECTION__KEY, or ALARMRELAY_KEY for a top-level key)"
+        )
+
     def test_unknown_section_names_the_variable(self) -> None:
         """A variable for a section that does not exist is refused."""
         message = error_of(None, {"ALARMRELAY_MQQT__HOST": "h"})
