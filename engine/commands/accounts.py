@@ -24,7 +24,7 @@ import msgspec
 from engine.account_model import STATION_ACCOUNT, Account
 from engine.errors import UTF8_BOM, UserFacingError
 from engine.logging_setup import configure_logging
-from engine.settings import Settings, load_settings, validation_problem
+from engine.settings import TEN_YEARS_S, Settings, load_settings, validation_problem
 from protocols.dc09_crypto import AesKey
 from protocols.signal import Category
 
@@ -72,10 +72,14 @@ def account_problem(account: Account) -> str | None:
             return f"key: {exc}"
     if account.supervision_interval_s < 200:
         return "supervision_interval_s: must be at least 200 (UL's shortest interval)"
-    for name in ("timestamp_past_s", "timestamp_future_s"):
+    for name in ("supervision_interval_s", "timestamp_past_s", "timestamp_future_s"):
         value = getattr(account, name)
         if value is not None and value < 0:
             return f"{name}: must not be negative"
+        if value is not None and value > TEN_YEARS_S:
+            # added to a signal's time, as the settings' durations (and past the column's
+            # range the database refused the whole file, naming no entry)
+            return f"{name}: must be at most {TEN_YEARS_S} seconds (ten years)"
     if account.local_time_zone is not None:
         try:
             ZoneInfo(account.local_time_zone)

@@ -334,6 +334,16 @@ class TestAccountProblem:
                 "supervision_interval_s: must be at least 200",
             ),
             (Account(account="1", timestamp_past_s=-1), "timestamp_past_s: must not be negative"),
+            # beyond what the column holds, the database refused the whole file without naming
+            # the entry ("invalid input for query argument $9"); bounded as the settings are
+            (
+                Account(account="1", supervision_interval_s=99_999_999_999),
+                "supervision_interval_s: must be at most 315576000 seconds (ten years)",
+            ),
+            (
+                Account(account="1", timestamp_future_s=315_576_001),
+                "timestamp_future_s: must be at most 315576000 seconds (ten years)",
+            ),
             (
                 Account(account="1", local_time_zone="Mars/Olympus"),
                 "local_time_zone: unknown time zone",
