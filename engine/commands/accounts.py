@@ -65,6 +65,16 @@ def account_problem(account: Account) -> str | None:
     if not 1 <= len(number) <= 16 or not set(number.upper()) <= _HEX:
         # PROTOCOLS.md §1: 3-16 hex characters; public test vectors also use "0".
         return f"account: must be 1-16 hex characters (0-9, A-F), got {number!r}"
+    texts = {
+        "name": account.name,
+        "module_serial": account.module_serial,
+        "forwarding.primary_receiver": account.forwarding.primary_receiver,
+        "forwarding.backup_receiver": account.forwarding.backup_receiver,
+    }
+    for field, text in texts.items():
+        if text is not None and "\x00" in text:
+            # PostgreSQL stores no NUL in text: it refused the whole file, naming no entry
+            return f"{field}: contains a NUL character"
     if account.key is not None:
         try:
             AesKey.parse(account.key, account.key_format.value)

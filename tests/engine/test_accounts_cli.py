@@ -340,6 +340,11 @@ class TestAccountProblem:
                 Account(account="1", supervision_interval_s=99_999_999_999),
                 "supervision_interval_s: must be at most 315576000 seconds (ten years)",
             ),
+            (Account(account="1", name="Smith\x00"), "name: contains a NUL character"),
+            (
+                Account(account="1", forwarding=ForwardingSettings(backup_receiver="rx\x00")),
+                "forwarding.backup_receiver: contains a NUL character",
+            ),
             (
                 Account(account="1", timestamp_future_s=315_576_001),
                 "timestamp_future_s: must be at most 315576000 seconds (ten years)",

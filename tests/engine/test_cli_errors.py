@@ -94,9 +94,9 @@ class TestOneLineErrors:
     async def test_a_value_the_database_refuses(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        """An account name with a NUL, a station name with one: one line each, exit 2, nothing
-        written. (A receiver timeout beyond float32, the other example here, is now refused
-        before the database: test_station_model.py.)"""
+        """A station name with a NUL: one line, exit 2, nothing written. (A receiver timeout
+        beyond float32, and an account name with a NUL, the other examples here, are now
+        refused before the database, the latter naming its entry: test_accounts_cli.py.)"""
         accounts = tmp_path / "accounts.json"
         accounts.write_text(json.dumps([{"account": "1234", "name": "x\u0000y"}]))
         stations = tmp_path / "stations.json"
@@ -110,11 +110,16 @@ class TestOneLineErrors:
                 ]
             )
         )
-        for args in (("accounts", "import", str(accounts)), ("stations", "import", str(stations))):
-            done = run(database_url, *args)
-            assert done.returncode == 2, done.stderr
-            [line] = done.stderr.strip().splitlines()
-            assert line.startswith("alarmrelay: error: the database refused a value: ")
+        done = run(database_url, "stations", "import", str(stations))
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("alarmrelay: error: the database refused a value: ")
+        done = run(database_url, "accounts", "import", str(accounts))
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line == (
+            f"alarmrelay: error: {accounts}: entry 0 (account 1234): name: contains a NUL character"
+        )
         assert await db_pool.fetchval("SELECT count(*) FROM accounts") == 0
         assert await db_pool.fetchval("SELECT count(*) FROM receivers") == 0
 
