@@ -314,15 +314,22 @@ async def import_accounts(
 async def export_accounts(settings: Settings, out: BinaryIO) -> int:
     """Write every account as a JSON list to ``out``, streaming; returns how many."""
     from engine.database import open_database  # noqa: PLC0415 - keeps `alarmrelay --help` fast
-    from engine.store.accounts import AccountStore  # noqa: PLC0415
+    from engine.store.accounts import AccountStore, InvalidAccountRow  # noqa: PLC0415
 
     count = 0
     async with open_database(settings) as db:
         out.write(b"[")
-        async for account in AccountStore(db.pool).iter_all():
-            out.write(b",\n  " if count else b"\n  ")
-            out.write(_encoder.encode(account))
-            count += 1
+        try:
+            async for account in AccountStore(db.pool).iter_all():
+                out.write(b",\n  " if count else b"\n  ")
+                out.write(_encoder.encode(account))
+                count += 1
+        except InvalidAccountRow as exc:
+            raise UserFacingError(
+                f"account {exc.account} cannot be exported: {exc.reason} (a row this version "
+                "cannot read: a manual edit, or a newer engine's; fix the row, or export with "
+                "the newer engine)"
+            ) from None
         out.write(b"\n]\n" if count else b"]\n")
     return count
 

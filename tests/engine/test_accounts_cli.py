@@ -96,6 +96,27 @@ class TestImportExportCommands:
         assert msgspec.json.decode(target.read_bytes(), type=list[Account]) == ACCOUNTS
         assert os.listdir(tmp_path) == ["accounts.json"]  # no file left over
 
+    async def test_an_account_row_this_version_cannot_read_is_named(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A row with a category this version does not know (a newer engine's, in a rolling
+        upgrade) stopped the export as "unexpected InvalidAccountRow ... (a bug: please report
+        it)", status 1; it is an error the operator can act on, naming the account."""
+        await AccountStore(db_pool).upsert_many(ACCOUNTS)
+        await db_pool.execute(
+            "UPDATE accounts SET forwarding = jsonb_set(forwarding, '{categories}', "
+            """'["alarms", "future_category"]') WHERE account = '1234'"""
+        )
+        status, _, err = await cli(database_url, "accounts", "export")
+        assert status == 2, err
+        [line] = err.strip().splitlines()
+        assert line.startswith("alarmrelay: error: account 1234 cannot be exported: forwarding: ")
+        assert "future_category" in line
+        assert line.endswith(
+            "(a row this version cannot read: a manual edit, or a newer engine's; fix the row, "
+            "or export with the newer engine)"
+        )
+
     async def test_export_of_no_accounts_is_an_empty_list(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:
