@@ -252,16 +252,25 @@ async def customer_account_problems(
     return [f"account {r['account']} is customer {r['id']}'s" for r in rows]
 
 
-async def unknown_receivers(conn: asyncpg.Connection, accounts: Sequence[Account]) -> list[str]:
-    """Receivers the accounts forward to that no station has (as IP receivers), with counts."""
-    known = {r["name"] for r in await conn.fetch("SELECT name FROM receivers WHERE kind = 'ip'")}
+async def undeliverable_receivers(
+    conn: asyncpg.Connection, accounts: Sequence[Account]
+) -> tuple[list[str], list[str]]:
+    """Receivers the accounts forward to that no station has, and those that are phone
+    receivers (stored, but not delivered to), each with its count of accounts."""
+    kinds = {r["name"]: r["kind"] for r in await conn.fetch("SELECT name, kind FROM receivers")}
     missing: dict[str, int] = {}
+    phone: dict[str, int] = {}
     for account in accounts:
         forwarding = account.forwarding
         for name in (forwarding.primary_receiver, forwarding.backup_receiver):
-            if name is not None and name not in known:
-                missing[name] = missing.get(name, 0) + 1
-    return [f"{name!r} ({count} accounts)" for name, count in sorted(missing.items())]
+            if name is None or kinds.get(name) == "ip":
+                continue
+            found = phone if kinds.get(name) == "phone" else missing
+            found[name] = found.get(name, 0) + 1
+    return (
+        [f"{name!r} ({count} accounts)" for name, count in sorted(missing.items())],
+        [f"{name!r} ({count} accounts)" for name, count in sorted(phone.items())],
+    )
 
 
 async def import_accounts(
@@ -285,7 +294,7 @@ async def import_accounts(
             )
             problems = await voice_receiver_problems(conn, accounts)
             problems += await voice_package_problems(conn, accounts)
-            missing = await unknown_receivers(conn, accounts)
+            missing, phone = await undeliverable_receivers(conn, accounts)
         if managed:
             raise UserFacingError(
                 f"{_listed(managed)}: change them through the admin API (/v1/customers/ID), or "
@@ -304,6 +313,14 @@ async def import_accounts(
             print(
                 f"alarmrelay: warning: no station has the receivers {_listed(missing)}: until "
                 "they are added (alarmrelay stations import, or the admin API), an account "
+                "delivers through its other receiver, or keeps its signals in the outbox if it "
+                "has none",
+                file=sys.stderr,
+            )
+        if phone:
+            print(
+                f"alarmrelay: warning: the receivers {_listed(phone)} are phone receivers: "
+                "alarmrelay cannot deliver to them without a telephony gateway, so an account "
                 "delivers through its other receiver, or keeps its signals in the outbox if it "
                 "has none",
                 file=sys.stderr,

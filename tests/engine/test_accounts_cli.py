@@ -166,6 +166,24 @@ class TestImportExportCommands:
         )
         assert len(await AccountStore(db_pool).all()) == 3
 
+    async def test_a_phone_receiver_is_not_called_missing(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """An account forwarding to a phone receiver was warned that "no station has" it, and to
+        add it: it is there, and cannot be delivered to (no telephony gateway); said so."""
+        phone = ReceiverConfig(name="ph", kind="phone", phone_number="+15550100")
+        await StationStore(db_pool).upsert([Station(name="central", receivers=(phone,))])
+        accounts = [Account(account="A1", forwarding=ForwardingSettings(primary_receiver="ph"))]
+        status, out, err = await cli(
+            database_url, "accounts", "import", "-", stdin=msgspec.json.encode(accounts)
+        )
+        assert (status, out.strip()) == (0, "imported 1 accounts"), err
+        assert err.strip() == (
+            "alarmrelay: warning: the receivers 'ph' (1 accounts) are phone receivers: alarmrelay "
+            "cannot deliver to them without a telephony gateway, so an account delivers through "
+            "its other receiver, or keeps its signals in the outbox if it has none"
+        )
+
     async def test_invalid_file_writes_nothing(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
