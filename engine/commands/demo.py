@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
@@ -31,9 +32,35 @@ def register(subparsers: Any) -> None:
         default=None,
         help="TOML settings (default: embedded PostgreSQL under ./var)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--modules", type=int, default=5, help="simulated modules (default 5)")
+    parser.add_argument(
+        "--duration", type=_duration, default=None, help="stop after this many seconds"
+    )
+    parser.add_argument(
+        "--modules", type=_modules, default=5, help="simulated modules (default 5, at most 1000)"
+    )
     parser.set_defaults(func=run)
+
+
+def _modules(text: str) -> int:
+    """1-1000 modules: 0 or fewer ran a demo of nothing until Ctrl-C (a usage error instead)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 1000 simulated modules, got {text!r}")
+    return count
+
+
+def _duration(text: str) -> float:
+    """Seconds above 0 (inf: until Ctrl-C, as without it); nan or 0 or less stopped at once."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 # (token, data template, label); {a} is the module's account.

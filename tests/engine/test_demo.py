@@ -45,3 +45,24 @@ class TestDemo:
             await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'delivered'") > 0
         )
         assert await db_pool.fetchval("SELECT count(*) FROM accounts WHERE virtual") == 3
+
+    @pytest.mark.parametrize(
+        ("args", "problem"),
+        [
+            (["--modules", "0"], "argument --modules: must be 1 to 1000 simulated modules, got '0'"),
+            (["--modules", "-2"], "argument --modules: must be 1 to 1000 simulated modules, got '-2'"),
+            (["--duration", "-5"], "argument --duration: must be a number of seconds above 0, got '-5'"),
+            (["--duration", "nan"], "argument --duration: must be a number of seconds above 0, got 'nan'"),
+        ],
+    )  # fmt: skip
+    def test_a_count_or_duration_that_makes_no_demo_is_a_usage_error(
+        self, args: list[str], problem: str
+    ) -> None:
+        """``--modules 0`` (or -2) ran a demo of nothing until Ctrl-C; ``--duration -5`` or nan
+        started everything to stop it at once. Usage errors, before anything starts."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", "demo", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1] == f"alarmrelay demo: error: {problem}"
