@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import msgspec
 
 from engine.errors import UTF8_BOM, UserFacingError
 from engine.logging_setup import configure_logging
+from engine.settings import validation_problem
 from engine.station_model import PHONE_WARNING, Station, name_problem, receiver_problem
 
 
@@ -35,7 +37,16 @@ def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
     try:
         stations = msgspec.json.decode(data.removeprefix(UTF8_BOM), type=list[Station])
     except msgspec.ValidationError as exc:
-        raise UserFacingError(f"{source}: {exc}") from None
+        path, text = validation_problem(exc)
+        if text == "unknown key":
+            text = "unknown field"
+        index = re.match(r"\[(\d+)\]\.?", path)  # "[0].receivers[0].port"
+        if index is not None:
+            rest = path[index.end() :]
+            where = f"station {index.group(1)}" + (f": {rest}" if rest else "")
+        else:
+            where = path
+        raise UserFacingError(f"{source}: {where}: {text}" if where else f"{source}: {text}") from None
     except msgspec.DecodeError as exc:
         raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
     warnings: list[str] = []

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import pytest
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.commands.stations import parse_stations
+from engine.errors import UserFacingError
 from engine.settings import Settings
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
@@ -129,6 +131,24 @@ class TestPhoneLineFailureEndToEnd:
 
 
 class TestStationsImport:
+    @pytest.mark.parametrize(
+        ("receiver", "problem"),
+        [
+            ({"name": "r", "host": "h", "port": "p"}, "station 0: receivers[0].port: expected int | null, got str"),
+            ({"name": "r", "host": "h", "port": 1, "bogus": 1}, "station 0: receivers[0].bogus: unknown field"),
+            ({"name": "r", "host": "h", "port": 1, "protocol": "sctp"}, "station 0: receivers[0].protocol: invalid enum value 'sctp'"),
+        ],
+    )  # fmt: skip
+    def test_a_wrong_type_names_the_station_and_field(
+        self, receiver: dict[str, object], problem: str
+    ) -> None:
+        """As accounts import does ("entry 0: ..."): the decoder's own wording, "Expected `int |
+        null`, got `str` - at `$[0].receivers[0].port`", was shown as it came."""
+        body = json.dumps([{"name": "c", "receivers": [receiver]}]).encode()
+        with pytest.raises(UserFacingError) as info:
+            parse_stations(body, "stations.json")
+        assert str(info.value) == f"stations.json: {problem}"
+
     def test_a_byte_order_mark_is_not_an_error(self) -> None:
         """A file saved by a Windows editor starts with a UTF-8 byte order mark."""
         body = b"\xef\xbb\xbf" + json.dumps([{"name": "c"}]).encode()
