@@ -404,9 +404,7 @@ def whole_file(path: Path) -> Iterator[BinaryIO]:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # as open() would have created it
+        # Readable by its owner only (mkstemp's 0600): the file holds the modules' AES keys.
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -76,13 +76,16 @@ class TestImportExportCommands:
     async def test_export_to_a_file(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
-        """--output writes the JSON list to the file and says so on stderr."""
+        """--output writes the JSON list to the file and says so on stderr; the file holds
+        the modules' AES keys, so only its owner may read it (it was 0644 under the usual
+        umask)."""
         await AccountStore(db_pool).upsert_many(ACCOUNTS)
         target = tmp_path / "out.json"
         status, out, err = await cli(database_url, "accounts", "export", "--output", str(target))
         assert (status, out) == (0, "")
         assert f"exported 2 accounts to {target}" in err
         assert msgspec.json.decode(target.read_bytes(), type=list[Account]) == ACCOUNTS
+        assert target.stat().st_mode & 0o777 == 0o600
 
     async def test_a_failed_export_leaves_the_file_as_it_was(self, tmp_path: Path) -> None:
         """--output onto last night's export with the database out of reach: the error, and

@@ -32,3 +32,10 @@ def test_the_broker_opens_only_files_the_stack_mounts() -> None:
     # ... and the engine can log in: anonymously, or with the credentials it is given.
     engine = _service("engine")["environment"]
     assert ["allow_anonymous", "true"] in options or "ALARMRELAY_MQTT__PASSWORD" in engine
+
+
+def test_the_anonymous_broker_is_published_on_this_host_only() -> None:
+    """The try-out broker takes anonymous clients: published on every interface, anyone on the
+    network could publish alarms for any module serial."""
+    published = _service("mosquitto")["ports"]
+    assert published and all(port.startswith("127.0.0.1:") for port in published)
