@@ -18,6 +18,9 @@ from engine.api.tenancy import visible_dealers
 _encoder = msgspec.json.Encoder()
 
 
+COMMAND_LINE = Caller(key_id=0, role="admin", dealer_id=None)  # stands for the operator's shell
+
+
 async def record(
     conn: asyncpg.Connection,
     caller: Caller,
@@ -29,14 +32,18 @@ async def record(
     before: Any = None,
     after: Any = None,
 ) -> None:
-    """Append one audit entry (call inside the transaction that makes the change)."""
+    """Append one audit entry (call inside the transaction that makes the change).
+
+    ``COMMAND_LINE`` as the caller: a change made with an ``alarmrelay`` command (database
+    access, no API key), recorded with no key id and role ``command-line``."""
+    command_line = caller is COMMAND_LINE
     await conn.execute(
         """
         INSERT INTO audit_log (key_id, role, actor_dealer, dealer_id, action, resource, resource_id, before, after)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
         """,
-        caller.key_id,
-        caller.role,
+        None if command_line else caller.key_id,
+        "command-line" if command_line else caller.role,
         caller.dealer_id,
         dealer_id,
         action,

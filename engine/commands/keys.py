@@ -34,6 +34,8 @@ def register(subparsers: Any) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     """``keys create``."""
+    from engine.api import audit  # noqa: PLC0415
+    from engine.api.api_keys import MAX_LABEL_LENGTH  # noqa: PLC0415
     from engine.api.auth import create_key  # noqa: PLC0415
     from engine.database import open_database  # noqa: PLC0415
     from engine.logging_setup import configure_logging  # noqa: PLC0415
@@ -43,6 +45,8 @@ def run_create(args: argparse.Namespace) -> int:
         raise UserFacingError("--role dealer needs --dealer ID")
     if args.role == "admin" and args.dealer is not None:
         raise UserFacingError("an admin key has no dealer: drop --dealer")
+    if args.label is not None and len(args.label) > MAX_LABEL_LENGTH:
+        raise UserFacingError(f"--label is at most {MAX_LABEL_LENGTH} characters")
     settings = load_settings(args.config)
     configure_logging(level="warning", fmt="console")
 
@@ -52,9 +56,26 @@ def run_create(args: argparse.Namespace) -> int:
                 "SELECT true FROM dealers WHERE id = $1", args.dealer
             ):
                 raise UserFacingError(f"no dealer with id {args.dealer}")
-            return await create_key(
-                db.pool, role=args.role, dealer_id=args.dealer, label=args.label
-            )
+            async with db.pool.acquire() as conn, conn.transaction():
+                key_id, key = await create_key(
+                    conn, role=args.role, dealer_id=args.dealer, label=args.label
+                )
+                # As the API's key creation is (without the key: its first characters only).
+                await audit.record(
+                    conn,
+                    audit.COMMAND_LINE,
+                    action="create",
+                    resource="api_key",
+                    resource_id=key_id,
+                    dealer_id=args.dealer,
+                    after={
+                        "role": args.role,
+                        "dealer_id": args.dealer,
+                        "label": args.label,
+                        "prefix": key[:8],
+                    },
+                )
+                return key_id, key
 
     key_id, key = asyncio.run(main())
     print(key, flush=True)  # stdout holds the key alone: KEY=$(alarmrelay keys create ...)

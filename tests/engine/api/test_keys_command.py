@@ -52,3 +52,35 @@ class TestKeysCreate:
         assert missing.returncode != 0 and "--dealer" in missing.stderr
         unknown = _keys_create(database_url, "--role", "dealer", "--dealer", "999")
         assert unknown.returncode != 0 and "no dealer with id 999" in unknown.stderr
+
+    def test_a_key_created_on_the_command_line_is_audited(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The API's key creation is in the audit log, the command's was not: a key made with
+        database access left no trace of who or when. It is recorded as the command line's,
+        with the key's first characters only; a label over 200 characters is refused."""
+        result = _keys_create(database_url, "--role", "read-only", "--label", "night shift")
+        assert result.returncode == 0, result.stderr
+        key = result.stdout.strip()
+
+        async def entries() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(database_url)
+            try:
+                return await conn.fetch(
+                    "SELECT key_id, role, action, resource, after::text AS after FROM audit_log"
+                )
+            finally:
+                await conn.close()
+
+        [entry] = asyncio.run(entries())
+        assert (entry["key_id"], entry["role"], entry["action"], entry["resource"]) == (
+            None,
+            "command-line",
+            "create",
+            "api_key",
+        )
+        assert "night shift" in entry["after"] and key[:8] in entry["after"]
+        assert key not in entry["after"]
+        long = _keys_create(database_url, "--role", "read-only", "--label", "x" * 201)
+        assert long.returncode == 2
+        assert "--label is at most 200 characters" in long.stderr
