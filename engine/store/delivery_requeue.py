@@ -38,11 +38,26 @@ WHERE d.state = ANY($1::text[])
   AND ($3::text IS NULL OR d.account = $3)
   AND ($4::timestamptz IS NULL OR d.received_at >= $4)
 ORDER BY d.id
-FOR UPDATE OF d SKIP LOCKED
 """
 
-# Lane locks are taken after the row locks, as the dispatcher's failure writes do.
-_LOCK_LANE_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
+# Lanes are locked before their rows, as the dispatcher's failure writes do (the lane's lock,
+# then its head and the rows released behind it), and in the order of their keys, as an ingest
+# commit locks its lanes: either other order deadlocks with them.
+_LOCK_LANES_SQL = """
+SELECT pg_advisory_xact_lock(l.h)
+FROM (SELECT DISTINCT hashtextextended(t.lane, 0) AS h FROM unnest($1::text[]) AS t(lane)
+      ORDER BY 1) l
+"""
+
+# The selected rows still to requeue once their lanes are locked: an engine may have claimed
+# one meanwhile (it is in flight then), or be writing its outcome (skipped: in flight too).
+_LOCK_ROWS_SQL = """
+SELECT id FROM deliveries
+WHERE id = ANY($1::bigint[]) AND state = ANY($2::text[])
+  AND NOT coalesce(state = 'pending' AND lease_until >= now(), false)
+ORDER BY id
+FOR UPDATE SKIP LOCKED
+"""
 
 _REQUEUE_SQL = """
 UPDATE deliveries d SET state = 'pending', lane = u.lane, station_account = u.station_account,
@@ -109,40 +124,23 @@ async def requeue_deliveries(
             _SELECT_SQL, list(states), receiver, account.upper() if account else None, since
         )
         chosen = [r for r in rows if not r["in_flight"]]
-        routes = [_route(r) for r in chosen]
-        lanes = [lane_for(sa, primary) for sa, primary, _ in routes]
-        report = RequeueReport(
-            dry_run=dry_run,
-            requeued=len(chosen),
-            rerouted=sum(
-                (sa, p, b) != (r["station_account"], r["primary_receiver"], r["backup_receiver"])
-                for r, (sa, p, b) in zip(chosen, routes, strict=True)
-            ),
-            in_flight=len(rows) - len(chosen),
-            deliveries=[
-                RequeuedDelivery(
-                    id=r["id"],
-                    account=r["account"],
-                    was=r["state"],
-                    received_at=r["received_at"],
-                    last_error=r["last_error"],
-                    lane_before=r["lane"],
-                    lane=lane,
-                )
-                for r, lane in zip(chosen, lanes, strict=True)
-            ],
-        )
+        routes = {r["id"]: _route(r) for r in chosen}
+        if not dry_run and chosen:
+            lanes = {r["lane"] for r in chosen} | {lane_for(sa, p) for sa, p, _ in routes.values()}
+            await conn.execute(_LOCK_LANES_SQL, sorted(lanes))
+            locked = {
+                r["id"]
+                for r in await conn.fetch(_LOCK_ROWS_SQL, [r["id"] for r in chosen], list(states))
+            }
+            chosen = [r for r in chosen if r["id"] in locked]
+        report = _report(rows, chosen, routes, dry_run=dry_run)
         if dry_run or not chosen:
             return report
-        for lane in sorted({*lanes, *(r["lane"] for r in chosen)}):
-            await conn.execute(_LOCK_LANE_SQL, lane)
         await conn.execute(
             _REQUEUE_SQL,
             [r["id"] for r in chosen],
-            lanes,
-            [sa for sa, _, _ in routes],
-            [p for _, p, _ in routes],
-            [b for _, _, b in routes],
+            [d.lane for d in report.deliveries],
+            *([routes[r["id"]][i] for r in chosen] for i in range(3)),
         )
     log.warning(
         "deliveries_requeued",
@@ -154,3 +152,33 @@ async def requeue_deliveries(
         account=account,
     )
     return report
+
+
+def _report(
+    rows: list[asyncpg.Record],
+    chosen: list[asyncpg.Record],
+    routes: dict[int, tuple[str, str, str | None]],
+    *,
+    dry_run: bool,
+) -> RequeueReport:
+    own = {
+        r["id"]: (r["station_account"], r["primary_receiver"], r["backup_receiver"]) for r in chosen
+    }
+    return RequeueReport(
+        dry_run=dry_run,
+        requeued=len(chosen),
+        rerouted=sum(routes[r["id"]] != own[r["id"]] for r in chosen),
+        in_flight=len(rows) - len(chosen),
+        deliveries=[
+            RequeuedDelivery(
+                id=r["id"],
+                account=r["account"],
+                was=r["state"],
+                received_at=r["received_at"],
+                last_error=r["last_error"],
+                lane_before=r["lane"],
+                lane=lane_for(*routes[r["id"]][:2]),
+            )
+            for r in chosen
+        ],
+    )

@@ -3,13 +3,16 @@ cause is fixed (real PostgreSQL, a running engine, station-sim)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.delivery import _FAILED_SQL, _RELEASE_LANE_SQL
 from engine.station_model import Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
@@ -180,3 +183,100 @@ class TestCommand:
         assert status == 2
         assert message in err
         assert "Traceback" not in err and out == ""
+
+
+_LOCK_LANE = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
+
+
+async def _until_a_lane_lock_is_awaited(pool: asyncpg.Pool) -> None:
+    for _ in range(250):
+        if await pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the requeue never waited for a lane's lock")
+
+
+class TestConcurrency:
+    async def test_a_failure_write_of_the_lane_does_not_deadlock_with_a_requeue(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """An engine records its in-flight head's failure (lane lock, then the row) while a
+        requeue takes the waiting rows of that lane: neither is aborted as a deadlock (the
+        requeue used to lock the in-flight row too, then wait for the lane's lock)."""
+        head = await db_pool.fetchval(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at,
+                                    lease_owner, lease_until, attempts)
+            VALUES (1, 0, '1234', '9876@rx', '9876', 0, '{}'::jsonb, 'rx', '0001', now(),
+                    'engine-1', now() + interval '1 minute', 1)
+            RETURNING id
+            """
+        )
+        await db_pool.execute(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at,
+                                    next_attempt_at)
+            VALUES (2, 0, '1234', '9876@rx', '9876', 0, '{}'::jsonb, 'rx', '0002', now(),
+                    now() + interval '1 minute')
+            """
+        )
+        engine = await asyncpg.connect(database_url)
+        try:
+            async with engine.transaction():
+                await engine.execute(_LOCK_LANE, "9876@rx")
+                requeue = asyncio.create_task(requeue_deliveries(db_pool, states=("pending",)))
+                await _until_a_lane_lock_is_awaited(db_pool)
+                await engine.execute(
+                    _FAILED_SQL, head, "no answer", "rx", timedelta(seconds=1), None,
+                    None, None, None, "engine-1",
+                )  # fmt: skip
+                await engine.fetch(_RELEASE_LANE_SQL, "9876@rx", "engine-1", head)
+            report = await asyncio.wait_for(requeue, 10)
+        finally:
+            await engine.close()
+        assert (report.requeued, report.in_flight) == (1, 1)
+        assert (
+            await db_pool.fetchval("SELECT lease_owner FROM deliveries WHERE id = $1", head) is None
+        )
+
+    async def test_lanes_are_locked_in_the_order_an_ingest_commit_locks_them(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """An ingest commit locks its lanes in the order of their keys; a requeue of two lanes
+        whose names sort the other way round does not deadlock with it."""
+        first, second = await db_pool.fetchrow(
+            """
+            SELECT a.l AS first, b.l AS second
+            FROM (SELECT format('%s@rx', 1000 + i) AS l FROM generate_series(0, 20) i) a,
+                 (SELECT format('%s@rx', 1000 + i) AS l FROM generate_series(0, 20) i) b
+            WHERE hashtextextended(a.l, 0) < hashtextextended(b.l, 0) AND b.l < a.l
+            LIMIT 1
+            """
+        )  # the ingest commit locks `first`, then `second`; `second` sorts first by name
+        for n, lane in enumerate((first, second)):
+            await db_pool.execute(
+                """
+                INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                        priority, event, primary_receiver, seq, received_at,
+                                        state, last_error)
+                VALUES ($1, 0, '1234', $2, split_part($2, '@', 1), 0, '{}'::jsonb, 'rx', '0001',
+                        now(), 'dead', 'DUH')
+                """,
+                n + 1,
+                lane,
+            )
+        ingest = await asyncpg.connect(database_url)
+        try:
+            async with ingest.transaction():
+                await ingest.execute(_LOCK_LANE, first)
+                requeue = asyncio.create_task(requeue_deliveries(db_pool, states=("dead",)))
+                await _until_a_lane_lock_is_awaited(db_pool)
+                await ingest.execute(_LOCK_LANE, second)
+            report = await asyncio.wait_for(requeue, 10)
+        finally:
+            await ingest.close()
+        assert report.requeued == 2
