@@ -10,8 +10,9 @@ engine's claim loop sends it within its poll (``delivery.poll_s``), with its own
 
 What is not touched: rows an engine is sending right now (leased), delivered rows, and the
 forwarding decision (the policy is not applied again: the row was meant for the station). A
-row whose account is gone, or no longer names a station account and primary receiver, keeps
-its own route. A requeued row may reach the station after signals its account sent later.
+row whose account is gone, is now a later customer's (its number given to another module after
+a termination: the row's signal predates the account), or no longer names a station account
+and primary receiver, keeps its own route. A requeued row may reach the station after signals its account sent later.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ _SELECT_SQL = """
 SELECT d.id, d.account, d.state, d.lane, d.station_account, d.primary_receiver,
        d.backup_receiver, d.last_error, d.received_at, a.forwarding::text AS forwarding,
        coalesce(d.state = 'pending' AND d.lease_until >= now(), false) AS in_flight
-FROM deliveries d LEFT JOIN accounts a ON a.account = d.account
+FROM deliveries d
+     -- the account's settings only when the row is its own: a number given back by a
+     -- terminated customer and now another module's is another customer's account
+     LEFT JOIN accounts a ON a.account = d.account AND a.created_at <= d.received_at
 WHERE d.state = ANY($1::text[])
   AND ($2::text IS NULL OR $2 IN (d.primary_receiver, d.backup_receiver, d.receiver_used))
   AND ($3::text IS NULL OR d.account = $3)

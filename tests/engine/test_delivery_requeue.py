@@ -138,6 +138,28 @@ class TestRequeue:
         assert (report.requeued, report.in_flight) == (0, 1)
         assert await db_pool.fetchval("SELECT lease_owner FROM deliveries") == "engine-1"
 
+    async def test_an_earlier_customers_delivery_keeps_its_own_route(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """The number was a terminated customer's, and a new customer's module has it now (its
+        own station account): that customer's dead letter goes to its own station account, not
+        to the new customer's (another premises, maybe another dealer's station)."""
+        await db_pool.execute(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at, state,
+                                    last_error)
+            VALUES (1, 0, '1234', '9876@rx', '9876', 0, '{}'::jsonb, 'rx', '0001',
+                    now() - interval '1 day', 'dead', 'DUH')
+            """
+        )
+        await provision(db_pool, forwarding("rx-2", station_account="C55"))  # the new customer
+        report = await requeue_deliveries(db_pool, states=("dead",))
+        assert (report.requeued, report.rerouted) == (1, 0)
+        row = await db_pool.fetchrow("SELECT state, lane, station_account FROM deliveries")
+        assert row is not None
+        assert (row["state"], row["lane"], row["station_account"]) == ("pending", "9876@rx", "9876")
+
 
 class TestCommand:
     async def test_dry_run_prints_what_would_be_requeued(
