@@ -258,7 +258,9 @@ def _block_events(block: str, *, room: int) -> list[dict[str, object]]:
             continue
         raise _duh(f"SIA block: unexpected {block[i : i + 8]!r}")
     if not events:
-        raise _duh(f"SIA block: no event code in 'N{block[:64]}'")
+        # quoted as a literal (an apostrophe in a name inside does not end it): an encrypted
+        # frame's reason drops it whole (dc09_receiver._without_content)
+        raise _duh(f"SIA block: no event code in {'N' + block[:64]!r}")
     return events
 
 

@@ -194,6 +194,8 @@ class TestInboundRules:
                 "decrypted with the account key, but x-data block … does",
             ),
             ("#1234|Xwhere-am-i 52.12,5.98", "SIA block: no … event block in …"),
+            # a user's name with an apostrophe, and no event code
+            ("#1234|Nid5^O'Brien 52.12^", "SIA block: no event code in …"),
         ],
     )
     def test_an_encrypted_frames_content_is_not_in_its_rejection(
