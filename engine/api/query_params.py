@@ -20,12 +20,16 @@ _RESERVED = frozenset(
     {"request", "state", "scope", "headers", "cookies", "query", "data", "socket", "body"}
 )
 _PATH_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
-_taken: dict[int, frozenset[str]] = {}
+# By the handler's function and paths, not by id(handler): each app has its own copies of the
+# handlers, and an id freed with an app is soon another handler's (tests and tools build several
+# apps), which then answered with that one's parameters.
+_taken: dict[tuple[Any, frozenset[str]], frozenset[str]] = {}
 
 
 def query_parameters(handler: Any) -> frozenset[str]:
-    """The query parameter names ``handler`` takes (cached per handler)."""
-    names = _taken.get(id(handler))
+    """The query parameter names ``handler`` takes (cached per handler function and paths)."""
+    key = (handler.fn, frozenset(handler.paths))
+    names = _taken.get(key)
     if names is None:
         skip = set(_RESERVED) | set(handler.resolve_dependencies())
         for path in handler.paths:
@@ -41,7 +45,7 @@ def query_parameters(handler: Any) -> frozenset[str]:
                 taken.add(kwarg.query or name)
             else:
                 taken.add(name)
-        names = _taken[id(handler)] = frozenset(taken)
+        names = _taken[key] = frozenset(taken)
     return names
 
 
