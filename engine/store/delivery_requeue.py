@@ -120,32 +120,21 @@ async def requeue_deliveries(
     since: datetime | None = None,
     dry_run: bool = False,
 ) -> RequeueReport:
-    """Send the selected ``dead`` and/or waiting ``pending`` deliveries again (one transaction)."""
+    """Send the selected ``dead`` and/or waiting ``pending`` deliveries again, in transactions
+    of at most :data:`LANES_PER_TRANSACTION` lanes each."""
     if not states or not set(states) <= {"dead", "pending"}:
         raise ValueError("states must be 'dead' and/or 'pending'")
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            _SELECT_SQL, list(states), receiver, account.upper() if account else None, since
-        )
-        chosen = [r for r in rows if not r["in_flight"]]
-        routes = {r["id"]: _route(r) for r in chosen}
-        if not dry_run and chosen:
-            lanes = {r["lane"] for r in chosen} | {lane_for(sa, p) for sa, p, _ in routes.values()}
-            await conn.execute(_LOCK_LANES_SQL, sorted(lanes))
-            locked = {
-                r["id"]
-                for r in await conn.fetch(_LOCK_ROWS_SQL, [r["id"] for r in chosen], list(states))
-            }
-            chosen = [r for r in chosen if r["id"] in locked]
-        report = _report(rows, chosen, routes, dry_run=dry_run)
-        if dry_run or not chosen:
-            return report
-        await conn.execute(
-            _REQUEUE_SQL,
-            [r["id"] for r in chosen],
-            [d.lane for d in report.deliveries],
-            *([routes[r["id"]][i] for r in chosen] for i in range(3)),
-        )
+    rows = await pool.fetch(
+        _SELECT_SQL, list(states), receiver, account.upper() if account else None, since
+    )
+    chosen = [r for r in rows if not r["in_flight"]]
+    routes = {r["id"]: _route(r) for r in chosen}
+    if dry_run or not chosen:
+        return _report(rows, chosen, routes, dry_run=dry_run)
+    requeued: list[asyncpg.Record] = []
+    for part in _parts(chosen, routes):
+        requeued.extend(await _requeue_part(pool, part, routes, states))
+    report = _report(rows, requeued, routes, dry_run=False)
     log.warning(
         "deliveries_requeued",
         requeued=report.requeued,
@@ -156,6 +145,56 @@ async def requeue_deliveries(
         account=account,
     )
     return report
+
+
+# Each lane's lock is an entry of PostgreSQL's shared lock table (max_locks_per_transaction per
+# connection): a station-wide refusal dead-letters one lane per account, and tens of thousands
+# of lanes taken at once ran it out ("out of shared memory"), failing the engines' commits too.
+LANES_PER_TRANSACTION = 500
+
+
+def _parts(
+    chosen: list[asyncpg.Record], routes: dict[int, tuple[str, str, str | None]]
+) -> list[list[asyncpg.Record]]:
+    """``chosen`` (in id order) cut where a part would touch more than the lanes allowed."""
+    parts: list[list[asyncpg.Record]] = []
+    part: list[asyncpg.Record] = []
+    lanes: set[str] = set()
+    for row in chosen:
+        touched = {row["lane"], lane_for(*routes[row["id"]][:2])}
+        if part and len(lanes | touched) > LANES_PER_TRANSACTION:
+            parts.append(part)
+            part, lanes = [], set()
+        part.append(row)
+        lanes |= touched
+    if part:
+        parts.append(part)
+    return parts
+
+
+async def _requeue_part(
+    pool: asyncpg.Pool,
+    part: list[asyncpg.Record],
+    routes: dict[int, tuple[str, str, str | None]],
+    states: tuple[str, ...],
+) -> list[asyncpg.Record]:
+    """Requeue ``part`` in one transaction: its lanes locked, then the rows still to requeue
+    (an engine may have claimed one since they were read). Returns those requeued."""
+    lanes = {r["lane"] for r in part} | {lane_for(*routes[r["id"]][:2]) for r in part}
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK_LANES_SQL, sorted(lanes))
+        locked = {
+            r["id"] for r in await conn.fetch(_LOCK_ROWS_SQL, [r["id"] for r in part], list(states))
+        }
+        done = [r for r in part if r["id"] in locked]
+        if done:
+            await conn.execute(
+                _REQUEUE_SQL,
+                [r["id"] for r in done],
+                [lane_for(*routes[r["id"]][:2]) for r in done],
+                *([routes[r["id"]][i] for r in done] for i in range(3)),
+            )
+    return done
 
 
 def _report(

@@ -302,3 +302,23 @@ class TestConcurrency:
         finally:
             await ingest.close()
         assert report.requeued == 2
+
+    async def test_a_station_wide_refusal_is_requeued_whatever_its_number_of_lanes(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A station refused every account's alarms (one lane each): requeued, the lanes' locks
+        used to fill PostgreSQL's shared lock table ('out of shared memory': nothing requeued,
+        and the engines' commits failing meanwhile)."""
+        await db_pool.execute(
+            """
+            INSERT INTO deliveries (signal_id, event_index, account, lane, station_account,
+                                    priority, event, primary_receiver, seq, received_at, state,
+                                    last_error)
+            SELECT i, 0, 'A' || i, i || '@rx', i::text, 0, '{}'::jsonb, 'rx', '0001', now(),
+                   'dead', 'DUH'
+            FROM generate_series(100000, 129999) i
+            """
+        )
+        report = await requeue_deliveries(db_pool, states=("dead",))
+        assert (report.requeued, report.in_flight) == (30_000, 0)
+        assert await db_pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'") == 0
