@@ -166,6 +166,7 @@ async def signal_history(
           AND ($5::boolean IS NULL OR $5 = EXISTS (SELECT 1 FROM decisions d WHERE d.signal_id = s.id AND d.forward))
           AND ($6::bigint IS NULL OR s.id < $6)
           AND s.received_at >= ($8::timestamptz[])[array_position($1::text[], s.account)]
+          AND s.received_at >= $10  -- the earliest of those: the days before are not read
           AND ($9::timestamptz IS NULL OR s.received_at <= $9)
         ORDER BY s.id DESC LIMIT $7
         """,
@@ -178,6 +179,9 @@ async def signal_history(
         limit + 1,
         starts,  # an account number reused after a termination: only this customer's
         customer.terminated_at,
+        # A bound the planner can prune the daily partitions with (the per-account one above
+        # is a row's expression): without it every day kept was probed for a new customer.
+        min(starts, default=customer.created_at),
     )
     items = [
         SignalEntry(

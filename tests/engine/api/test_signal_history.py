@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -145,3 +146,28 @@ class TestHistoryWindow:
         assert [s["seq"] for s in history] == ["0002"]
         old_history = (await admin.get(f"/v1/customers/{old_id}/signals")).json()["items"]
         assert [s["seq"] for s in old_history] == ["0001"]
+
+
+class TestOlderPartitions:
+    async def test_a_new_customers_history_does_not_read_the_days_before_it(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A customer created today: its history reads today's partitions only, not every day
+        kept (a year of them: tens of milliseconds planning and probing each). A day's partition
+        held by another transaction (retention dropping it, a long maintenance) does not hold up
+        the answer."""
+        await create_packages(admin)
+        dealer = await api.dealer("Acme")
+        created = await admin.post("/v1/customers", json=security_request(dealer, SERIAL))
+        assert created.status_code == 201, created.text
+        customer = int(created.json()["customer"]["id"])
+        await api.pool.execute("SELECT ensure_signal_partitions(2, 30)")
+        old = await api.pool.fetchval(
+            "SELECT 'signals_' || to_char((now() AT TIME ZONE 'UTC')::date - 20, 'YYYYMMDD')"
+        )
+        await _signal(api, SERIAL, "0001")
+        async with api.pool.acquire() as holder, holder.transaction():
+            await holder.execute(f"LOCK TABLE {old} IN ACCESS EXCLUSIVE MODE")
+            answer = await asyncio.wait_for(admin.get(f"/v1/customers/{customer}/signals"), 5)
+        assert answer.status_code == 200, answer.text
+        assert [s["seq"] for s in answer.json()["items"]] == ["0001"]
