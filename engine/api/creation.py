@@ -78,8 +78,9 @@ BACKUP_WITHOUT_VOICE_WARNING = (
 )
 BACKUP_AT_OTHER_STATION_WARNING = (
     "backup receiver '{backup}' is at station '{backup_station}', the primary at "
-    "'{primary_station}': after a failover the backup gets the same station account number "
-    "{account}, so it must be this customer's number at '{backup_station}' too"
+    "'{primary_station}': after a failover, and for each alarm the primary refuses (DUH), the "
+    "backup gets the same station account number {account}, so it must be this customer's number "
+    "at '{backup_station}' too"
 )
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _HEX_ACCOUNT = re.compile(r"[0-9A-F]{3,16}")

@@ -361,8 +361,8 @@ class TestForwardingStep:
         # another customer's, so the dealer is told.
         assert created.json()["warnings"] == [
             f"backup receiver '{backup}' is at station 'Backup', the primary at 'Central': after "
-            "a failover the backup gets the same station account number 00AF, so it must be "
-            "this customer's number at 'Backup' too"
+            "a failover, and for each alarm the primary refuses (DUH), the backup gets the same "
+            "station account number 00AF, so it must be this customer's number at 'Backup' too"
         ]
         assert created.json()["summary"]["categories"] == [
             "alarms",
