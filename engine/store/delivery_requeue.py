@@ -12,7 +12,12 @@ What is not touched: rows an engine is sending right now (leased), delivered row
 forwarding decision (the policy is not applied again: the row was meant for the station). A
 row whose account is gone, is now a later customer's (its number given to another module after
 a termination: the row's signal predates the account), or no longer names a station account
-and primary receiver, keeps its own route. A requeued row may reach the station after signals its account sent later.
+and primary receiver, keeps its own route. A requeued row may reach the station after signals
+its account sent later.
+
+Locks: a part's lanes first (advisory, in key order), then its rows (``SKIP LOCKED``), as the
+dispatcher's failure writes and the ingest commits take them; at most
+:data:`LANES_PER_TRANSACTION` lanes per transaction.
 """
 
 from __future__ import annotations
