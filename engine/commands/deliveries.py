@@ -56,6 +56,7 @@ def _instant(text: str) -> datetime:
 
 
 def run_requeue(args: argparse.Namespace) -> int:
+    from engine.api import audit  # noqa: PLC0415
     from engine.database import open_database  # noqa: PLC0415
     from engine.logging_setup import configure_logging  # noqa: PLC0415
     from engine.settings import load_settings  # noqa: PLC0415
@@ -67,6 +68,24 @@ def run_requeue(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, os.environ)
     configure_logging(level="warning", fmt="console")  # stderr: stdout is the JSON report
 
+    async def record(conn: Any, ids: list[int]) -> None:
+        await audit.record(
+            conn,
+            audit.COMMAND_LINE,
+            action="requeue",
+            resource="deliveries",
+            resource_id=f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else ids[0],
+            dealer_id=None,
+            after={
+                "ids": ids[:1000],
+                "count": len(ids),
+                "states": list(states),
+                "receiver": args.receiver,
+                "account": args.account,
+                "since": args.since.isoformat() if args.since else None,
+            },
+        )
+
     async def main() -> Any:
         async with open_database(settings) as db:
             return await requeue_deliveries(
@@ -76,6 +95,7 @@ def run_requeue(args: argparse.Namespace) -> int:
                 account=args.account,
                 since=args.since,
                 dry_run=args.dry_run,
+                audit=record,
             )
 
     report = asyncio.run(main())

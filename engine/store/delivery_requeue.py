@@ -22,6 +22,7 @@ dispatcher's failure writes and the ingest commits take them; at most
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
@@ -33,6 +34,8 @@ from engine.delivery_lane import lane_for
 
 log = structlog.get_logger("engine.delivery_requeue")
 _decode_forwarding = msgspec.json.Decoder(ForwardingSettings)
+# Records a transaction's requeued delivery ids in it (the audit log).
+Audit = Callable[[asyncpg.Connection, list[int]], Awaitable[None]]
 
 _SELECT_SQL = """
 SELECT d.id, d.account, d.state, d.lane, d.station_account, d.primary_receiver,
@@ -124,9 +127,11 @@ async def requeue_deliveries(
     account: str | None = None,
     since: datetime | None = None,
     dry_run: bool = False,
+    audit: Audit | None = None,
 ) -> RequeueReport:
     """Send the selected ``dead`` and/or waiting ``pending`` deliveries again, in transactions
-    of at most :data:`LANES_PER_TRANSACTION` lanes each."""
+    of at most :data:`LANES_PER_TRANSACTION` lanes each (``audit`` records each transaction's
+    requeued ids in it)."""
     if not states or not set(states) <= {"dead", "pending"}:
         raise ValueError("states must be 'dead' and/or 'pending'")
     rows = await pool.fetch(
@@ -138,7 +143,7 @@ async def requeue_deliveries(
         return _report(rows, chosen, routes, dry_run=dry_run)
     requeued: list[asyncpg.Record] = []
     for part in _parts(chosen, routes):
-        requeued.extend(await _requeue_part(pool, part, routes, states))
+        requeued.extend(await _requeue_part(pool, part, routes, states, audit))
     report = _report(rows, requeued, routes, dry_run=False)
     log.warning(
         "deliveries_requeued",
@@ -182,6 +187,7 @@ async def _requeue_part(
     part: list[asyncpg.Record],
     routes: dict[int, tuple[str, str, str | None]],
     states: tuple[str, ...],
+    audit: Audit | None,
 ) -> list[asyncpg.Record]:
     """Requeue ``part`` in one transaction: its lanes locked, then the rows still to requeue
     (an engine may have claimed one since they were read). Returns those requeued."""
@@ -199,6 +205,8 @@ async def _requeue_part(
                 [lane_for(*routes[r["id"]][:2]) for r in done],
                 *([routes[r["id"]][i] for r in done] for i in range(3)),
             )
+            if audit is not None:
+                await audit(conn, [r["id"] for r in done])
     return done
 
 

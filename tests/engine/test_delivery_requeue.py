@@ -190,6 +190,12 @@ class TestCommand:
         assert row is not None
         assert (row["state"], row["lane"]) == ("pending", "C55@rx-2")
         assert row["last_error"] == "requeued by an operator; before: DUH"
+        # the operator's action is in the audit log (the dry run is not: it changed nothing)
+        audited = await db_pool.fetch("SELECT role, action, resource, after FROM audit_log")
+        assert [(a["role"], a["action"], a["resource"]) for a in audited] == [
+            ("command-line", "requeue", "deliveries")
+        ]
+        assert '"count": 1' in audited[0]["after"] and '"states": ["dead"]' in audited[0]["after"]
 
     @pytest.mark.parametrize(
         ("args", "message"),
