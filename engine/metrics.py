@@ -189,7 +189,12 @@ for _reason in ("no_station_account", "no_receiver"):
 for _step in ("create_partitions", "drop_partitions"):
     MAINTENANCE_DEFERRED.labels(_step)
 for _result in (
-    "started", "incomplete", "receiver_unsupported", "receiver_unknown", "command_impossible"
+    "started",
+    "incomplete",
+    "receiver_unsupported",
+    "receiver_unknown",
+    "command_impossible",
+    "too_late",
 ):
     VOICE_SESSIONS.labels(_result)
 for _result in ("sent", "failed"):

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -67,6 +68,13 @@ UPDATE deliveries SET voice_session_state = $2, voice_session_error = $3,
     voice_session_at = CASE WHEN $2 IN ('started', 'incomplete') THEN now() END
 WHERE id = $1
 """
+
+
+# A session is worth starting only while the alarm is being handled: panels end a session after
+# 90 s, and operators move on to the call list when two-way voice does not answer (FIELD_NOTES
+# §4). An alarm delivered later (requeued, or retried through a station outage) goes alone: a
+# listen-in would announce audio nobody expects, and the command would silence the siren.
+MAX_ALARM_AGE_S = 120
 
 
 class VoiceCommandImpossible(Exception):
@@ -139,6 +147,17 @@ class VoiceSessions:
     ) -> None:
         """The alarm of ``row`` was acknowledged by ``receiver``: send the listen-in there and
         start the module's command (returns once the listen-in is answered)."""
+        age = (datetime.now(UTC) - row.received_at).total_seconds()
+        if age > MAX_ALARM_AGE_S:
+            await self._not_started(
+                row,
+                "too_late",
+                f"the alarm reached the station {age:.0f} s after it came in (a requeue, or "
+                f"retries while the station was out of reach; more than {MAX_ALARM_AGE_S} s): "
+                "no listen-in sent, no voice command",
+                bound,
+            )
+            return
         try:
             client = registry.client(receiver)
         except KeyError as exc:  # the receiver was removed since the alarm was sent

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import aiomqtt
@@ -613,3 +614,32 @@ class TestListenInNotAcknowledged:
         if not siren_off:
             assert "listen-in not acknowledged" in row["voice_session_error"]
             assert "siren left on" in row["voice_session_error"]
+
+
+class TestLateAlarm:
+    async def test_an_alarm_delivered_long_after_it_came_in_starts_no_session(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A fire alarm requeued or retried through a station outage reaches the station ten
+        minutes late: it got a listen-in and a siren-off command as if it had just happened,
+        for a session nobody expects. It goes alone; the delivery says why."""
+        receiver = _RecordingReceiver()
+        commands: list[str] = []
+
+        async def command(account: str, signal_id: int, siren_off: bool) -> None:
+            commands.append(account)
+
+        sessions = VoiceSessions(db_pool, command)
+        delivery = await _fire_delivery(db_pool)
+        late = msgspec.structs.replace(
+            owned_from_record(delivery), received_at=delivery["received_at"] - timedelta(minutes=10)
+        )
+        await sessions.after_delivery(late, "rx-a", _Registry(receiver), structlog.get_logger())
+        await sessions.stop()
+        row = await db_pool.fetchrow(
+            "SELECT voice_session_state, voice_session_error FROM deliveries WHERE id = $1",
+            delivery["id"],
+        )
+        assert row is not None
+        assert (row["voice_session_state"], receiver.sent, commands) == ("not_started", [], [])
+        assert "after it came in" in row["voice_session_error"]
