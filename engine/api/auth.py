@@ -66,7 +66,7 @@ async def create_key(
     return int(key_id), key
 
 
-def _presented_key(request: Request[Any, Any, Any]) -> str | None:
+def presented_key(request: Request[Any, Any, Any]) -> str | None:
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -77,7 +77,7 @@ def _presented_key(request: Request[Any, Any, Any]) -> str | None:
 
 async def provide_caller(request: Request[Any, Any, Any], state: State) -> Caller:
     """Dependency: the caller of this request, or 401."""
-    key = _presented_key(request)
+    key = presented_key(request)
     if key is None:
         raise ProblemError(401, "Unauthorized", "send an API key: Authorization: Bearer <key>")
     row = await state.pool.fetchrow(

@@ -13,6 +13,7 @@ from typing import Any
 from litestar import Request
 from litestar.params import BodyKwarg, DependencyKwarg, ParameterKwarg
 
+from engine.api.auth import presented_key
 from engine.api.problems import FieldError, ProblemError
 
 # Handler parameters litestar fills from the request itself, never from the query string.
@@ -50,8 +51,9 @@ def query_parameters(handler: Any) -> frozenset[str]:
 
 
 async def refuse_unknown_query_parameters(request: Request[Any, Any, Any]) -> None:
-    """``before_request`` of the ``/v1`` router."""
-    if not request.scope.get("query_string"):
+    """``before_request`` of the ``/v1`` router. A request without a key is left to the
+    authentication's 401 (a mistyped parameter must not hide that the key is missing)."""
+    if not request.scope.get("query_string") or presented_key(request) is None:
         return
     taken = query_parameters(request.route_handler)
     unknown = sorted(set(request.query_params) - taken)

@@ -84,6 +84,11 @@ class TestUnknownQueryParameters:
         assert listed.status_code == 400
         assert [e["field"] for e in listed.json()["errors"]] == ["dealer"]
 
+    async def test_a_request_without_a_key_is_a_401_first(self, api: Api) -> None:
+        """No key and a mistyped parameter: the missing key is what the caller must hear."""
+        response = await api.client(None).get("/v1/customers", params={"dealer": "5"})
+        assert response.status_code == 401
+
     async def test_the_parameters_an_endpoint_takes_still_work(
         self, admin: httpx.AsyncClient
     ) -> None:
