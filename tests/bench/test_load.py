@@ -323,3 +323,48 @@ class TestSummary:
         assert all(math.isnan(summary[k]) for k in ("p50_ms", "p99_ms", "max_ms", "mean_ms"))
         printed = json.loads(summary_json(summary), parse_constant=pytest.fail)  # strict JSON
         assert printed["p99_ms"] is None and printed["naks"] == 10
+
+
+class _SlowFirstReply(asyncio.Protocol):
+    """ACKs every frame, the first one only after ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.frames = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.frames += 1
+        reply = _ack(data)[0]
+        if self.frames == 1:
+            asyncio.get_running_loop().call_later(self.delay_s, self.transport.write, reply)
+        else:
+            self.transport.write(reply)
+
+
+class TestFixedRateLateness:
+    async def test_a_send_delayed_by_a_slow_reply_counts_from_when_it_was_due(self) -> None:
+        """At 10/s one module's next signal is due 100 ms after the first; the first reply
+        takes 350 ms, so it goes out 250 ms late. Its latency counted from the delayed send
+        (about 0 ms), hiding the wait a panel's queued event has (coordinated omission); it
+        now counts from when it was due, and the late send is counted."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _SlowFirstReply(0.35), "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            result = await run_tcp("127.0.0.1", port, 1, 0.6, rate=10)
+        finally:
+            server.close()
+        assert result.late_sends >= 1
+        by_n = sorted(
+            zip(result.acked_signals, result.latencies, strict=True), key=lambda p: p[0].n
+        )
+        first_latency, second_latency = by_n[0][1], by_n[1][1]
+        assert first_latency >= 0.35
+        # due 100 ms after the first signal, ACKed after the first reply (350 ms): >= 250 ms
+        assert second_latency >= 0.25
+        assert result.summary()["late_sends"] == result.late_sends
