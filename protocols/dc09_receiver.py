@@ -114,7 +114,9 @@ class Dc09ReceiverConnection:
         # came together, or with a NUL or line end after them, are not refused for their sum.
         if len(data) > self.config.max_buffer_bytes:
             return [_rejected_none(f"datagram exceeds {self.config.max_buffer_bytes} bytes")]
-        raw = data.strip(b"\x00")
+        # Blank bytes before the first LF (a line end, spaces) are not a frame's: left on, the
+        # datagram was read as one frame without LF, and every frame in it was lost.
+        raw = data.strip(b"\x00").lstrip(b"\x00\r ")
         if not raw:
             return []
         if raw[:1] != b"\n":

@@ -760,6 +760,17 @@ class TestMoreRules:
                 ("FrameReceived", "0003"),
             ]
 
+    @pytest.mark.parametrize("head", [b"\r", b" ", b"\x00\r", b" \r"])
+    def test_blank_bytes_before_the_first_frame_lose_nothing(self, head: bytes) -> None:
+        """A datagram starting with a CR or spaces before its first LF was read as one frame
+        without LF: both frames in it met silence on every resend."""
+        second = encode_frame(token="SIA-DCS", seq="0003", account="1234", data="#1234|NBA02")
+        conn = connection(None, {"1234": AccountCrypto()})
+        events = conn.receive_datagram(head + GOOD + second, now=NOW)
+        assert [getattr(e, "frame", None) and e.frame.seq for e in events] == ["0002", "0003"]
+        [one] = conn.receive_datagram(head + GOOD, now=NOW)
+        assert isinstance(one, FrameReceived) and one.frame.seq == "0002"
+
     def test_frames_under_the_limit_are_taken_from_a_datagram_over_it(self) -> None:
         """The frame limit bounds each frame, not the datagram: two frames that together exceed
         it (or a frame of the largest legal size with a NUL after it) used to be dropped
