@@ -39,6 +39,8 @@ async def _serve(settings: Any) -> None:
 
     engine = Engine(settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal or ssh session that ran it closed; without a handler the engine died
+    # at once, in-flight commits and ACKs cut off.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, engine.stop.set)
     await engine.run()
