@@ -267,12 +267,21 @@ def env_name(path: str) -> str:
     return ENV_PREFIX + path.replace(".", "__").upper()
 
 
+# What Kubernetes puts in every pod's environment for each Service of the namespace (service
+# links): a Service named alarmrelay, the usual name, gives ALARMRELAY_SERVICE_HOST,
+# ALARMRELAY_SERVICE_PORT[_NAME], ALARMRELAY_PORT and ALARMRELAY_PORT_<n>_<PROTO>[_…]. None of
+# them is a setting (those are ALARMRELAY_KEY or ALARMRELAY_SECTION__KEY): they are skipped.
+_SERVICE_LINK = re.compile(
+    r"ALARMRELAY_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)"
+)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """(nested overrides, dotted key → variable name) from ``ALARMRELAY_*`` variables."""
     out: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK.fullmatch(name):
             continue
         # An empty variable means "not set" for optional keys (ALARMRELAY_DATABASE_URL= → embedded).
         value: str | None = text if text != "" else None
@@ -416,14 +425,6 @@ def validation_problem(error: msgspec.ValidationError) -> tuple[str, str]:
     return path, text
 
 
-# What Kubernetes puts in every pod's environment for a Service named "alarmrelay" (service links).
-_SERVICE_LINK = re.compile(
-    r"^environment variable ALARMRELAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)$"
-)
-_SERVICE_LINK_HINT = (
-    "Kubernetes sets it for a Service named alarmrelay: set enableServiceLinks: false in the pod "
-    "spec, or name the Service otherwise"
-)
 
 
 def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, str]) -> str:
@@ -433,8 +434,6 @@ def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, 
         where = f"environment variable {where}"
     if text == "unknown key":
         parent, _, leaf = path.rpartition(".")
-        if _SERVICE_LINK.match(where):
-            return f"{where}: unknown key {path!r} ({_SERVICE_LINK_HINT})"
         return f"{where}: unknown key {path!r}{_suggest(leaf, _fields_at(parent))}"
     empty = re.fullmatch(r"expected (.+), got null", text)
     if empty and where != source:  # an empty variable: None, which only optional keys take
