@@ -25,6 +25,11 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="stations_command", metavar="ACTION", required=True)
     imp = sub.add_parser("import", help="insert or update stations and their receivers")
     imp.add_argument("file", type=Path, help="JSON list of stations")
+    imp.add_argument(
+        "--move-receivers",
+        action="store_true",
+        help="let a receiver of another station move to the station the file gives it",
+    )
     imp.add_argument("--config", type=Path, default=None, help="TOML settings file")
     imp.set_defaults(func=run_import)
     exp = sub.add_parser("export", help="write all stations and receivers as JSON")
@@ -100,6 +105,8 @@ def run_import(args: argparse.Namespace) -> int:
                 for r in s.receivers
                 if not r.two_way_voice or r.kind == "phone"
             ]
+            if not args.move_receivers:
+                await _refuse_moves(db.pool, stations, str(args.file))
             using = await voice_accounts_on(db.pool, without_voice)
             if using:
                 # PRODUCT.md: two-way voice needs a receiver that supports it; it stays true.
@@ -115,6 +122,24 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"imported {count} stations")
     return 0
+
+
+async def _refuse_moves(pool: Any, stations: list[Station], source: str) -> None:
+    """A receiver name the file gives another station than the one it belongs to: a copied
+    entry, or a name clash, that would silently move a receiver (and the alarms of every account
+    using it) to another station. The admin API refuses that; so does the import, unless asked."""
+    wanted = {r.name: s.name for s in stations for r in s.receivers}
+    rows = await pool.fetch(
+        "SELECT name, station FROM receivers WHERE name = ANY($1::text[]) ORDER BY name",
+        list(wanted),
+    )
+    moves = [f"{r['name']!r} ({r['station']!r} → {wanted[r['name']]!r})" for r in rows]
+    moves = [m for m, r in zip(moves, rows, strict=True) if r["station"] != wanted[r["name"]]]
+    if moves:
+        raise UserFacingError(
+            f"{source}: receivers of another station would move: {', '.join(moves[:20])}; "
+            "nothing was imported (give --move-receivers to move them)"
+        )
 
 
 def run_export(args: argparse.Namespace) -> int:

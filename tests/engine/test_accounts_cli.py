@@ -459,6 +459,27 @@ class TestStationsCommands:
         assert msgspec.json.decode(out, type=list[Station]) == stations
         assert "Traceback" not in err
 
+    async def test_a_receiver_of_another_station_is_not_moved_silently(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """A file giving station B a receiver named like station A's (a copied entry) moved
+        A's receiver, and the alarms of every account on it, to B without a word; the admin
+        API refuses that. It is refused, nothing written, unless --move-receivers."""
+        rx = ReceiverConfig(name="rx-1", host="127.0.0.1", port=9100)
+        await StationStore(db_pool).upsert([Station(name="A", receivers=(rx,))])
+        source = tmp_path / "stations.json"
+        source.write_bytes(msgspec.json.encode([Station(name="B", receivers=(rx,))]))
+        status, out, err = await cli(database_url, "stations", "import", str(source))
+        assert (status, out) == (2, "")
+        assert "receivers of another station would move: 'rx-1' ('A' → 'B')" in err
+        assert await db_pool.fetchval("SELECT station FROM receivers") == "A"
+        assert await db_pool.fetchval("SELECT count(*) FROM stations") == 1
+        status, out, err = await cli(
+            database_url, "stations", "import", str(source), "--move-receivers"
+        )
+        assert status == 0, err
+        assert await db_pool.fetchval("SELECT station FROM receivers") == "B"
+
     @pytest.mark.parametrize(
         ("document", "problem"),
         [
