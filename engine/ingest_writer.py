@@ -158,19 +158,28 @@ class IngestWriter:
         """Commit the Panel Not Responding restores of accounts found in a miss."""
         assert self._supervision is not None
         handover = Handover() if self._on_leased is not None else None
-        async with self._pool.acquire() as conn, conn.transaction():
-            restores = await self._supervision.restore(conn, accounts, self._clock())
-            if not restores:
-                return  # another engine restored them first
-            rows = SignalRows(restores)
-            plan = BatchWrite(signals=rows)
-            forwarding = self._forwarding
-            fplan = None
-            if forwarding is not None:
-                fplan = forwarding.plan(restores, rows.sent)
-                plan.decisions, plan.outbox = fplan.decisions, fplan.outbox
-                plan.owner, plan.lease_s = forwarding.owner, forwarding.lease_s
-            done = await write_batch(conn, plan, duplicate_window_s=self._duplicate_window_s)
+        forwarding = self._forwarding
+        fplan = None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                restores = await self._supervision.restore(conn, accounts, self._clock())
+                if not restores:
+                    return  # another engine restored them first
+                rows = SignalRows(restores)
+                plan = BatchWrite(signals=rows)
+                if forwarding is not None:
+                    fplan = forwarding.plan(restores, rows.sent)
+                    plan.decisions, plan.outbox = fplan.decisions, fplan.outbox
+                    plan.owner, plan.lease_s = forwarding.owner, forwarding.lease_s
+                done = await write_batch(conn, plan, duplicate_window_s=self._duplicate_window_s)
+        except Exception as exc:
+            # As for the batch (__call__): the restores' rows may be committed, leased to us
+            # and never handed over; their lanes must wait for them, or the account's next
+            # signal would reach the station before its restore.
+            lanes = {row.lane for row in fplan.outbox} if fplan is not None else set()
+            if lanes and self._on_uncertain is not None and is_database_unreachable(exc):
+                self._on_uncertain(lanes)
+            raise
         if fplan is not None and forwarding is not None:
             forwarding.finish(fplan, done, handover)
         self._hand_over(handover, done)

@@ -29,6 +29,7 @@ from engine.ingest_writer import IngestWriter
 from engine.store.accounts import AccountStore
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
+from engine.supervision import SupervisionStage
 from protocols.signal import Category, Classification, Event, Family
 
 WINDOW_S = 600
@@ -515,4 +516,54 @@ class TestUncertainCommit:
                 await asyncio.wait_for(write, 10)
             await tx.rollback()
         assert is_database_unreachable(caught.value), repr(caught.value)
+        assert uncertain == [{"9001@rx"}]
+
+    async def test_the_writer_reports_the_lane_of_a_restore_whose_connection_went(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A contact from an account in a Panel Not Responding miss commits its restore in a
+        transaction of its own, which leases its outbox row to us too. When that connection
+        goes during the restore, the row may be committed, leased to us and never handed over:
+        the writer names its lane as for the batch itself, or the account's next signal would
+        be leased to us and reach the station before the restore."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        stage = ForwardingStage(directory, owner="engine-x", lease_s=6.0)
+        uncertain: list[set[str]] = []
+        writer = IngestWriter(
+            db_pool,
+            duplicate_window_s=WINDOW_S,
+            forwarding=stage,
+            supervision=SupervisionStage(directory, grace_s=0),
+            on_leased=lambda rows: None,
+            on_uncertain=lambda lanes: uncertain.append(set(lanes)),
+        )
+        link_test = msgspec.structs.replace(
+            signal("A1", 1), kind=SignalKind.LINK_TEST, events=(), dedupe_key=None
+        )
+        await writer([link_test])
+        await db_pool.execute("UPDATE supervision SET missed = true, missed_at = now()")
+        async with db_pool.acquire() as holder:
+            tx = holder.transaction()
+            await tx.start()
+            # The restore's outbox row takes its lane's lock: it waits for this one.
+            await holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('9001@rx', 0))")
+            write = asyncio.create_task(
+                writer([msgspec.structs.replace(link_test, received_at=datetime.now(UTC))])
+            )
+
+            async def restore_waiting() -> bool:
+                return bool(
+                    await db_pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+                    )
+                )
+
+            await wait_until(restore_waiting)
+            await db_pool.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+            )
+            await asyncio.wait_for(write, 10)  # the contact itself is committed
+            await tx.rollback()
         assert uncertain == [{"9001@rx"}]
