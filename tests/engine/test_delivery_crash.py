@@ -190,3 +190,114 @@ class TestTwoEngines:
         assert sum(len(v) for v in acked.values()) == 90
         assert len(station.received) == 90
         assert_ordered_once(lanes(station.received), expected, max_repeats=0)
+
+
+async def send_alternating(
+    ports: list[int], account: str, zones: range, acked: list[int], *, tries: int = 6
+) -> None:
+    """Stop-and-wait burglary alarms with the given zones, each to the engine after the one the
+    previous went to (a module behind a load balancer); a frame without an answer is sent
+    again, same seq, to the other engine. Records the ACKed zones."""
+    links: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def send(port: int, raw: bytes) -> str | None:
+        try:
+            if port not in links:
+                links[port] = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+            reader, writer = links[port]
+            writer.write(raw)
+            await writer.drain()
+            return decode_frame(await asyncio.wait_for(reader.readuntil(b"\r"), 2)).token
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            links.pop(port, None)
+            return None
+
+    try:
+        for zone in zones:
+            raw = encode_frame(
+                token="ADM-CID",
+                seq=f"{zone:04d}",
+                account=account,
+                data=f"#{account}|1130 01 {zone:03d}",
+            )
+            for attempt in range(tries):
+                token = await send(ports[(zone + attempt) % len(ports)], raw)
+                if token is not None:
+                    if token == "ACK":
+                        acked.append(zone)
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                return
+    finally:
+        for _, writer in links.values():
+            writer.close()
+
+
+class TestTakeover:
+    async def test_the_survivor_delivers_what_the_dead_engine_held(
+        self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    ) -> None:
+        """Two engines commit the same lanes (each module's frames alternate between them);
+        one is killed -9 mid-stream and stays dead. The survivor takes over the deliveries
+        leased to the dead one once their leases lapse, and every ACKed signal reaches the
+        station in order per lane, stored once (the frames the dead engine left unanswered
+        are sent again to the survivor and recognised as duplicates when committed)."""
+        station = StationSimulator(delay_ms=50)
+        await station.start()
+        engines: list[EngineProcess] = []
+        try:
+            await provision(db_pool, station.port)
+            for n in range(2):
+                config = write_config(
+                    tmp_path / f"e{n}.toml",
+                    database_url=database_url,
+                    data_dir=tmp_path / f"v{n}",
+                    extra="[mqtt]\nenabled = false\n",
+                )
+                engine = EngineProcess(config)
+                await asyncio.to_thread(engine.start)
+                engines.append(engine)
+            acked: dict[str, list[int]] = {a: [] for a in ACCOUNTS}
+            # The first ten signals of each lane go to the engine about to die: committed on
+            # clear lanes, they are leased to it and wait in its memory behind a slow station.
+            await asyncio.gather(
+                *(
+                    send_alternating([engines[0].dc09_port], a, range(1, 11), acked[a])
+                    for a in ACCOUNTS
+                )
+            )
+            # The modules go on through both engines while it dies.
+            ports = [engine.dc09_port for engine in engines]
+            senders = [
+                asyncio.create_task(send_alternating(ports, a, range(11, 61), acked[a]))
+                for a in ACCOUNTS
+            ]
+            assert engines[0].proc is not None
+            held = await db_pool.fetchval(
+                "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_owner LIKE $1",
+                f"%:{engines[0].proc.pid}:%",  # its lease owner: host:pid:random
+            )
+            engines[0].kill9()
+            assert held > 0, "the dead engine held deliveries"
+            await asyncio.gather(*senders)
+            total = sum(len(v) for v in acked.values())
+            assert total == 60 * len(ACCOUNTS), "the survivor answers every frame"
+            await station.wait_for(total, timeout_s=60)
+            for _ in range(200):
+                pending = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state <> 'delivered'"
+                )
+                if pending == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert pending == 0
+        finally:
+            engines[0].kill9()
+            for engine in engines[1:]:
+                engine.terminate()
+            await station.stop()
+        assert await db_pool.fetchval("SELECT count(*) FROM signals") == total
+        expected = {f"77{i}": acked[a] for i, a in enumerate(ACCOUNTS)}
+        # At most the one delivery per lane on the wire when the engine died is repeated.
+        assert_ordered_once(lanes(station.received), expected, max_repeats=1)
