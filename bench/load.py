@@ -321,7 +321,7 @@ class _Module:
         self._next_at = fleet.result.started + fleet.interval * self._index / fleet.modules
         self._wake(self._next_at)
 
-    def _send_new(self) -> None:
+    def _send_new(self, *, behind: bool = False) -> None:
         fleet = self.fleet
         if time.perf_counter() >= fleet.deadline or (
             fleet.max_signals is not None and self._n - fleet.first_signal >= fleet.max_signals
@@ -359,10 +359,12 @@ class _Module:
         self._attempt = 0
         now = time.perf_counter()
         self._first_sent = now
-        if fleet.interval is not None and now - self._next_at > LATE_S:
-            # Behind schedule (the previous reply came late): a panel's event waits in its queue
-            # meanwhile, so its latency counts from when it was due, not from the delayed send
-            # (measuring from the send would hide the delay: coordinated omission).
+        if behind and now - self._next_at > LATE_S:
+            # Behind schedule because the previous reply came after this signal was due: a
+            # panel's event waits in its queue meanwhile, so its latency counts from when it was
+            # due, not from the delayed send (measuring from the send would hide the delay:
+            # coordinated omission). A timer that fires late is the generator's own lag, not the
+            # system's: that send counts from when it went.
             self._first_sent = self._next_at
             fleet.result.late_sends += 1
         self._transmit(now)
@@ -394,7 +396,7 @@ class _Module:
         if self._next_at >= fleet.deadline:
             self.finish()
         elif self._next_at <= time.perf_counter():
-            self._send_new()  # behind schedule: catch up at once (the rate is the target)
+            self._send_new(behind=True)  # behind schedule: catch up at once (rate is the target)
         else:
             self._wake(self._next_at)
 
