@@ -497,7 +497,15 @@ class TestRedeliveryWait:
                 await asyncio.sleep(0.05)
                 samples.append(_mqtt_connected() == 1 and listener.connected)
             assert sink.refused >= 3  # redelivered and refused again meanwhile
-            await listener.send_command("S1", StartVoiceSessionV1(signal_id=7))
+            # A command finds the connection, but may fall in a reconnect's gap (or lose its
+            # PUBACK to one): retried, as the voice session's own retries do.
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await listener.send_command("S1", StartVoiceSessionV1(signal_id=7))
+                        break
+                    except Exception:  # not connected, or the connection went
+                        await asyncio.sleep(0.05)
             sink.down = False
             received = []
             async with asyncio.timeout(10):
