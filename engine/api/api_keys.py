@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import asyncpg
 import msgspec
 from litestar import delete, get, post
 from litestar.datastructures import State
@@ -71,24 +72,33 @@ async def create_api_key(state: State, caller: Caller, data: KeyCreate) -> KeyCr
             "SELECT true FROM dealers WHERE id = $1", data.dealer_id
         ):
             raise invalid([FieldError(field="dealer_id", rule="exists", message="no such dealer")])
-        key_id, key = await create_key(
-            conn, role=data.role, dealer_id=data.dealer_id, label=data.label
-        )
-        await audit.record(
-            conn,
-            caller,
-            action="create",
-            resource="api_key",
-            resource_id=key_id,
-            dealer_id=data.dealer_id,
-            after={
-                "role": data.role,
-                "dealer_id": data.dealer_id,
-                "label": data.label,
-                "prefix": key[:8],
-            },
+        key_id, key = await create_audited_key(
+            conn, caller, role=data.role, dealer_id=data.dealer_id, label=data.label
         )
     return KeyCreated(id=key_id, key=key, role=data.role, dealer_id=data.dealer_id)
+
+
+async def create_audited_key(
+    conn: asyncpg.Connection,
+    caller: Caller,
+    *,
+    role: Role,
+    dealer_id: int | None,
+    label: str | None,
+) -> tuple[int, str]:
+    """A new key and its audit entry (the key's first characters only), in ``conn``'s
+    transaction: the API's and ``alarmrelay keys create``'s (``audit.COMMAND_LINE``)."""
+    key_id, key = await create_key(conn, role=role, dealer_id=dealer_id, label=label)
+    await audit.record(
+        conn,
+        caller,
+        action="create",
+        resource="api_key",
+        resource_id=key_id,
+        dealer_id=dealer_id,
+        after={"role": role, "dealer_id": dealer_id, "label": label, "prefix": key[:8]},
+    )
+    return key_id, key
 
 
 @get("/api-keys", summary="List API keys")

@@ -35,8 +35,7 @@ def register(subparsers: Any) -> None:
 def run_create(args: argparse.Namespace) -> int:
     """``keys create``."""
     from engine.api import audit  # noqa: PLC0415
-    from engine.api.api_keys import MAX_LABEL_LENGTH  # noqa: PLC0415
-    from engine.api.auth import create_key  # noqa: PLC0415
+    from engine.api.api_keys import MAX_LABEL_LENGTH, create_audited_key  # noqa: PLC0415
     from engine.database import open_database  # noqa: PLC0415
     from engine.logging_setup import configure_logging  # noqa: PLC0415
     from engine.settings import load_settings  # noqa: PLC0415
@@ -57,25 +56,13 @@ def run_create(args: argparse.Namespace) -> int:
             ):
                 raise UserFacingError(f"no dealer with id {args.dealer}")
             async with db.pool.acquire() as conn, conn.transaction():
-                key_id, key = await create_key(
-                    conn, role=args.role, dealer_id=args.dealer, label=args.label
-                )
-                # As the API's key creation is (without the key: its first characters only).
-                await audit.record(
+                return await create_audited_key(
                     conn,
                     audit.COMMAND_LINE,
-                    action="create",
-                    resource="api_key",
-                    resource_id=key_id,
+                    role=args.role,
                     dealer_id=args.dealer,
-                    after={
-                        "role": args.role,
-                        "dealer_id": args.dealer,
-                        "label": args.label,
-                        "prefix": key[:8],
-                    },
+                    label=args.label,
                 )
-                return key_id, key
 
     key_id, key = asyncio.run(main())
     print(key, flush=True)  # stdout holds the key alone: KEY=$(alarmrelay keys create ...)
