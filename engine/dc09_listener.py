@@ -34,6 +34,8 @@ from engine.ingest_types import (
     SignalKind,
     Transport,
 )
+from engine.listen_sockets import dual_stack_tcp, dual_stack_udp, is_ipv6_wildcard, peer_text
+from engine.rate_limit import SourceRateLimit, TokenBucket
 from protocols.dc09_frame import Frame
 from protocols.dc09_receiver import (
     AccountDirectory,
@@ -52,27 +54,6 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """The runtime's clock (the protocol layer never reads it)."""
     return datetime.now(UTC)
-
-
-class TokenBucket:
-    """Per-connection rate limit: ``rate`` frames per second with a burst of ``burst``."""
-
-    __slots__ = ("_last", "_rate", "_tokens", "burst")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._last = time.monotonic()
-
-    def take(self, now: float) -> bool:
-        """Take one token; False when the bucket is empty."""
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 def dedupe_key(frame: Frame) -> str:
@@ -274,8 +255,7 @@ class Dc09StreamProtocol(asyncio.Protocol):
         self._transport = cast(
             asyncio.Transport, transport
         )  # uvloop's TCPTransport is not a subclass
-        peername = transport.get_extra_info("peername")
-        self._peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        self._peer = peer_text(transport.get_extra_info("peername"))
         if not self._server.admit(self):
             metrics.CONNECTIONS_REFUSED.inc()
             log.warning("connection_refused", peer=self._peer, reason="max_connections")
@@ -436,6 +416,10 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         self._handler = server.handler
         self._conn = self._handler.new_connection()
         self._transport: asyncio.DatagramTransport | None = None
+        # Each source (address and port) gets the per-connection limit TCP modules get.
+        self._limits = SourceRateLimit(
+            server.rate_limit_per_s, server.rate_limit_burst, max_sources=server.max_connections
+        )
         # Shutting down: new datagrams are not taken (the module resends them to the engine that
         # takes over), but the socket stays open for the ACKs of the commits still in flight.
         self.stopping = False
@@ -451,8 +435,18 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
             return
         started = time.perf_counter()
         now = self._handler.clock()
-        peer = f"{addr[0]}:{addr[1]}"
+        peer = peer_text(addr)
+        clock = time.monotonic()
+        bucket = self._limits.bucket(addr, clock)
         for event in self._conn.receive_datagram(data, now=now):
+            # Every frame, rejected ones too, is charged, as on TCP: a source flooding the port
+            # (or one whose frames all get NAK) must not take the engine's time from the others.
+            if not bucket.take(clock):
+                self._rate_limited(bucket, event, peer)
+                continue
+            if bucket.shed:
+                log.info("rate_limit_ended", peer=peer, frames_dropped=bucket.shed)
+                bucket.shed = 0
             if isinstance(event, FrameRejected):
                 reply = self._handler.rejected(event, transport=Transport.UDP, peer=peer)
                 if reply and self._transport is not None:
@@ -467,6 +461,21 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
             future = self._handler.enqueue(signal)
             future.add_done_callback(partial(self._acknowledge, event, signal, addr, started))
             self._server.track(future)
+
+    def _rate_limited(
+        self, bucket: TokenBucket, event: FrameReceived | FrameRejected, peer: str
+    ) -> None:
+        """Dropped (no reply: the module resends); logged once per run of dropped frames."""
+        metrics.SIGNALS_SHED.labels("udp", "rate_limited").inc()
+        if not bucket.shed:
+            frame = event.frame if isinstance(event, FrameReceived) else event.header
+            log.warning(
+                "rate_limited",
+                peer=peer,
+                account=getattr(frame, "account", None),
+                seq=getattr(frame, "seq", None),
+            )
+        bucket.shed += 1
 
     def _acknowledge(
         self,
@@ -535,21 +544,34 @@ class Dc09Server:
     async def start(self) -> None:
         """Bind TCP first (port 0 picks one), then UDP on the same number."""
         loop = asyncio.get_running_loop()
+        dual_stack = is_ipv6_wildcard(self.host)  # "::": IPv4 and IPv6 on both transports
         try:
-            self._tcp = await loop.create_server(
-                lambda: Dc09StreamProtocol(self),
-                self.host,
-                self.port,
-                reuse_address=True,
-                backlog=1024,
-            )
+            if dual_stack:
+                self._tcp = await loop.create_server(
+                    lambda: Dc09StreamProtocol(self),
+                    sock=dual_stack_tcp(self.host, self.port, backlog=1024),
+                    backlog=1024,
+                )
+            else:
+                self._tcp = await loop.create_server(
+                    lambda: Dc09StreamProtocol(self),
+                    self.host,
+                    self.port,
+                    reuse_address=True,
+                    backlog=1024,
+                )
         except OSError as exc:
             raise self._bind_error("TCP", exc) from None
         self.port = self._tcp.sockets[0].getsockname()[1]
         try:
-            udp, protocol = await loop.create_datagram_endpoint(
-                lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
-            )
+            if dual_stack:
+                udp, protocol = await loop.create_datagram_endpoint(
+                    lambda: Dc09DatagramProtocol(self), sock=dual_stack_udp(self.host, self.port)
+                )
+            else:
+                udp, protocol = await loop.create_datagram_endpoint(
+                    lambda: Dc09DatagramProtocol(self), local_addr=(self.host, self.port)
+                )
         except OSError as exc:
             self._tcp.close()
             raise self._bind_error("UDP", exc) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.commands.stations import parse_stations
@@ -21,7 +22,7 @@ from engine.store.stations import StationStore
 from protocols.dc09_frame import encode_frame
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
 from tests.engine.test_ingest_e2e import running_engine, settings_for
-from tests.support.dc09_module import Dc09TcpModule
+from tests.support.dc09_module import Dc09TcpModule, Dc09UdpModule
 
 
 def with_dc09(database_url: str, **dc09: object) -> Settings:
@@ -71,6 +72,71 @@ class TestLimits:
         assert None in replies
         stored = await db_pool.fetchval("SELECT count(*) FROM signals")
         assert stored == sum(r is not None for r in replies)
+
+    async def test_udp_rate_limit_is_per_source(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A UDP source over the rate gets no ACK for the excess; another source on the same port
+        is not held back by it. Before, UDP had no limit at all: a source could send as fast as
+        it liked, rejected frames included, and take the engine's time from every module."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234"), Account(account="5678")])
+        shed = _shed("udp")
+        async with running_engine(with_dc09(database_url, port=0, rate_limit_per_s=1.0)) as engine:
+            assert engine.dc09 is not None
+            flooding = Dc09UdpModule("127.0.0.1", engine.dc09.port, account="1234")
+            quiet = Dc09UdpModule("127.0.0.1", engine.dc09.port, account="5678")
+            await flooding.connect()
+            await quiet.connect()
+            try:
+                replies = [
+                    await flooding.send("ADM-CID", f"#1234|1130 01 {z:03d}", timeout=0.5)
+                    for z in range(1, 7)
+                ]
+                other = await quiet.send("ADM-CID", "#5678|1130 01 001")
+            finally:
+                flooding.close()
+                quiet.close()
+        assert replies[0] is not None and b'"ACK"' in replies[0]
+        assert None in replies
+        assert other is not None and b'"ACK"' in other
+        assert _shed("udp") - shed == replies.count(None)
+        stored = await db_pool.fetchval("SELECT count(*) FROM signals WHERE account = '1234'")
+        assert stored == sum(r is not None for r in replies)
+
+    async def test_ipv6_wildcard_takes_ipv4_on_tcp_and_udp(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """dc09.host = "::" listens on every address, IPv4 included, on both transports. Before,
+        TCP took only IPv6 (asyncio sets IPV6_V6ONLY) while UDP took both: a module on IPv4
+        reached the engine over UDP but was refused over TCP."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234")])
+        async with running_engine(with_dc09(database_url, port=0, host="::")) as engine:
+            assert engine.dc09 is not None
+            port = engine.dc09.port
+            acks = []
+            for zone, host in enumerate(("127.0.0.1", "::1")):
+                module = Dc09TcpModule(host, port, account="1234")
+                await module.connect()
+                acks.append(await module.send("ADM-CID", f"#1234|1130 01 1{zone:02d}"))
+                await module.close()
+                udp = Dc09UdpModule(host, port, account="1234")
+                await udp.connect()
+                try:
+                    acks.append(await udp.send("ADM-CID", f"#1234|1130 01 2{zone:02d}"))
+                finally:
+                    udp.close()
+        assert all(a is not None and b'"ACK"' in a for a in acks), acks
+        peers = await db_pool.fetch("SELECT transport, peer FROM signals ORDER BY id")
+        hosts = sorted((r["transport"], r["peer"].rsplit(":", 1)[0]) for r in peers)
+        # An IPv4 module keeps its IPv4 address in the history, not ::ffff:127.0.0.1.
+        assert hosts == [("tcp", "127.0.0.1"), ("tcp", "::1"), ("udp", "127.0.0.1"), ("udp", "::1")]
+
+
+def _shed(transport: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "alarmrelay_signals_shed_total", {"transport": transport, "reason": "rate_limited"}
+    )
+    return value or 0.0
 
 
 class TestPhoneLineFailureEndToEnd:

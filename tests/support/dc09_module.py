@@ -84,3 +84,40 @@ async def send_udp(host: str, port: int, raw: bytes, *, timeout: float = 2.0) ->
         return None
     finally:
         transport.close()
+
+
+class Dc09UdpModule:
+    """A module on DC-09 UDP keeping one socket (one source address and port) for its frames."""
+
+    def __init__(self, host: str, port: int, *, account: str) -> None:
+        self.host, self.port, self.account = host, port, account
+        self._seq = 0
+        self._replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def connect(self) -> None:
+        replies = self._replies
+
+        class _Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:  # type: ignore[override]
+                replies.put_nowait(data)
+
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            _Proto, remote_addr=(self.host, self.port)
+        )
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def send(self, token: str, data: str, *, timeout: float = 2.0) -> bytes | None:
+        """Send one frame (the next seq) and wait for one reply; None when none came."""
+        assert self._transport is not None, "connect() first"
+        self._seq = self._seq % 9999 + 1
+        raw = encode_frame(token=token, seq=f"{self._seq:04d}", account=self.account, data=data)
+        self._transport.sendto(raw)
+        try:
+            return await asyncio.wait_for(self._replies.get(), timeout)
+        except TimeoutError:
+            return None
