@@ -17,6 +17,7 @@ from litestar import Litestar, MediaType, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.errors import UserFacingError
+from engine.listen_sockets import is_ipv6_wildcard
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -97,7 +98,10 @@ class HttpServer:
             )
             families = [info[0] for info in found]
             family = socket.AF_INET if socket.AF_INET in families else families[0]
-            sock = socket.create_server((self.host, self.port), family=family)
+            # "::" is every address, IPv4 included, as for dc09.host (a Prometheus on IPv4 must
+            # not find /metrics refused because the host was widened to IPv6).
+            dual = is_ipv6_wildcard(self.host) and socket.has_dualstack_ipv6()
+            sock = socket.create_server((self.host, self.port), family=family, dualstack_ipv6=dual)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise UserFacingError(

@@ -28,6 +28,18 @@ class TestHttpBind:
         finally:
             await server.stop()
 
+    async def test_the_ipv6_wildcard_serves_ipv4_too(self) -> None:
+        """http.host = "::" is every address, IPv4 included, as dc09.host is: before, only IPv6
+        clients reached /metrics and the admin API."""
+        server = HttpServer(build_app(_ready), host="::", port=0)
+        await server.start()
+        try:
+            async with httpx.AsyncClient() as client:
+                answer = await client.get(f"http://127.0.0.1:{server.port}/healthz")
+            assert answer.status_code == 200
+        finally:
+            await server.stop()
+
     async def test_a_host_that_does_not_resolve_is_named(self) -> None:
         server = HttpServer(build_app(_ready), host="no-such-host.invalid", port=0)
         with pytest.raises(UserFacingError) as info:
