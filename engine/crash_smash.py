@@ -6,7 +6,9 @@ any alarm from that partition closes it (the entry is only logged). When it runs
 commits a server-generated Crash & Smash alarm: a burglary alarm (Contact ID 130) on the entry
 zone with the text "Crash & Smash", category Crash & Smash, through the normal policy and delivery.
 Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, persisted state); a
-fired entry names the alarm it raised (``fired_signal_id``, migration 0440).
+fired entry names the alarm it raised (``fired_signal_id``, migration 0440). An entry received
+when its partition's pending one is already due does not move that deadline: it waits behind it
+(``next_*``, migration 0540) and takes its place when the first fires or is closed before it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ CLOSED = Counter(
     ["reason"],
 )
 FIRED = Counter("alarmrelay_crash_smash_fired_total", "Crash & Smash alarms raised.")
+HELD = Counter(
+    "alarmrelay_crash_smash_held_total",
+    "Entry delays that came while their partition's entry was past its deadline, not yet fired: "
+    "they wait until it fires or closes, and it keeps its deadline.",
+)
 PENDING = Gauge("alarmrelay_crash_smash_pending", "Crash & Smash timers waiting.")
 
 # A disarm closes the timer: Contact ID 4xx openings (Q=1) and SIA opening codes.
@@ -181,6 +188,7 @@ class CrashSmashStage:
                     d=signal.received_at + extra,
                     s=sent,
                     u=_until(sent, extra),
+                    r=signal.received_at,
                 )
             for event in signal.events:
                 if self._entry_codes and self._entry_from_event(event):
@@ -194,6 +202,7 @@ class CrashSmashStage:
                         d=signal.received_at + extra,
                         s=sent,
                         u=_until(sent, extra),
+                        r=signal.received_at,
                     )
                     continue
                 reason = closes_entry(event)
@@ -221,10 +230,15 @@ class CrashSmashStage:
         opened: Sequence[tuple[str, int]],
         closed: Sequence[tuple[str, int, str]],
         stale: Sequence[tuple[str, int]] = (),
+        held: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Count and log what the batch's write opened and closed."""
         if opened:
             OPENED.inc(len(opened))
+        for account, partition in held:
+            # the partition's pending entry was already due: it keeps its deadline
+            HELD.inc()
+            log.info("crash_smash_entry_held", account=account, partition=partition)
         for account, partition, reason in closed:
             CLOSED.labels(reason).inc()
             log.info("crash_smash_closed", account=account, partition=partition, reason=reason)
@@ -318,9 +332,21 @@ class CrashSmashTimer(DeadlineTimer):
             stored = await insert_signals_returning(
                 conn, signals, duplicate_window_s=self._duplicate_window_s
             )
+            # An entry that came while this one was due (migration 0540) takes the row's place.
             await conn.execute(
                 """
-                UPDATE pending_entries e SET state = 'fired', closed_at = $3, fired_signal_id = t.s
+                UPDATE pending_entries e SET
+                    state = CASE WHEN e.next_deadline IS NULL THEN 'fired' ELSE 'pending' END,
+                    closed_at = CASE WHEN e.next_deadline IS NULL THEN $3::timestamptz END,
+                    fired_signal_id = t.s,
+                    zone = CASE WHEN e.next_deadline IS NULL THEN e.zone ELSE e.next_zone END,
+                    deadline = coalesce(e.next_deadline, e.deadline),
+                    opened_sent_at = CASE WHEN e.next_deadline IS NULL THEN e.opened_sent_at
+                                          ELSE e.next_sent_at END,
+                    received_at = CASE WHEN e.next_deadline IS NULL THEN e.received_at
+                                       ELSE e.next_received_at END,
+                    next_zone = NULL, next_deadline = NULL, next_sent_at = NULL,
+                    next_received_at = NULL
                 FROM unnest($1::text[], $2::int[], $4::bigint[]) AS t(a, p, s)
                 WHERE e.account = t.a AND e.partition = t.p
                 """,

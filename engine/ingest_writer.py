@@ -95,7 +95,7 @@ class IngestWriter:
                 self._on_uncertain(lanes)
             raise
         if self._crash_smash is not None:
-            self._crash_smash.record(done.opened, done.closed, done.stale)
+            self._crash_smash.record(done.opened, done.closed, done.stale, done.held)
         self._hand_over(handover, done)
         if done.restores:
             try:

@@ -39,6 +39,9 @@ class EntryOpen(msgspec.Struct, frozen=True):
     # s + entry delay + dialer delay + grace: a disarm the module sent in [s, u) closes the
     # entry even when it was committed first (migration 0520)
     u: datetime | None = None
+    # when the signal was received: a pending entry already due then keeps its deadline, and
+    # this one waits behind it (migration 0540)
+    r: datetime | None = None
 
 
 class EntryClose(msgspec.Struct, frozen=True):
@@ -115,6 +118,8 @@ class BatchDone(msgspec.Struct, kw_only=True):
     deliveries: list[Delivered]
     # entries not opened: the module had already disarmed the partition after them
     stale: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    # entries waiting behind one of their partition already due (it fires or closes first)
+    held: list[tuple[str, int]] = msgspec.field(default_factory=list)
 
 
 def _doc(rows: Sequence[msgspec.Struct]) -> str | None:
@@ -148,6 +153,7 @@ async def write_batch(
     opened: list[tuple[str, int]] = []
     closed: list[tuple[str, int, str]] = []
     stale: list[tuple[str, int]] = []
+    held: list[tuple[str, int]] = []
     deliveries: list[Delivered] = []
     for r in records:
         kind = r["kind"]
@@ -165,6 +171,8 @@ async def write_batch(
             closed.append((r["account"], r["part"], r["reason"]))
         elif kind == "stale":
             stale.append((r["account"], r["part"]))
+        elif kind == "held":
+            held.append((r["account"], r["part"]))
     return BatchDone(
         stored=rows.results(kept, originals) if rows is not None else [],
         kept=kept,
@@ -173,4 +181,5 @@ async def write_batch(
         closed=closed,
         deliveries=deliveries,
         stale=stale,
+        held=held,
     )

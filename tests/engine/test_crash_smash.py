@@ -727,3 +727,89 @@ class TestSettling:
             assert timer.fired == 0
             assert [r.events[0].code for r in sim.received] == ["401"]
             assert await db_pool.fetchval("SELECT closed_reason FROM pending_entries") == "disarm"
+
+
+class TestOverdueEntry:
+    """An entry past its deadline but not fired yet (the timer settling after a start, or not yet
+    run) keeps its deadline when the partition's next entry arrives; that one waits behind it."""
+
+    def held(self) -> float:
+        return REGISTRY.get_sample_value("alarmrelay_crash_smash_held_total") or 0.0
+
+    async def test_a_second_entry_in_the_settle_window_does_not_delay_the_first(
+        self, world: World
+    ) -> None:
+        """Entry at T0 (due T0+80 s) expired while no engine ran; 5 s after the start the panel
+        sends a new entry (zone 4): Crash & Smash for the first entry at the end of the settle
+        window, the second its own at its deadline. (The new entry's deadline replaced the
+        first one's: the first Crash & Smash came a whole entry period late.)"""
+        before = self.held()
+        await world.writer([entry()])
+        start = T0 + timedelta(minutes=10)
+        timer = CrashSmashTimer(world.pool, world.forwarding, duplicate_window_s=600, settle_s=30)
+        assert await timer.fire_due(start) == 0
+        again = start + timedelta(seconds=5)
+        await world.writer([entry(zone=4, at=again)])
+        assert await timer.fire_due(start + timedelta(seconds=30)) == 1
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+        assert self.held() == before + 1
+        assert await world.entries() == [(1, "pending", None, again + timedelta(seconds=80))]
+        assert await timer.fire_due(again + timedelta(seconds=79)) == 0
+        assert await timer.fire_due(again + timedelta(seconds=80)) == 1
+        assert await world.alarms() == [
+            ("130", 3, 1, "Crash & Smash"),
+            ("130", 4, 1, "Crash & Smash"),
+        ]
+        assert [e[1] for e in await world.entries()] == ["fired"]
+
+    async def test_an_entry_after_the_deadline_before_the_timer_ran(self, world: World) -> None:
+        """Entry at T0 (due T0+80 s); the next entry is received at T0+80 s, before the timer's
+        round: the first still fires at T0+80 s on its own zone."""
+        await world.writer([entry()])
+        await world.writer([entry(zone=4, at=T0 + timedelta(seconds=80))])
+        assert await world.timer().fire_due(T0 + timedelta(seconds=80)) == 1
+        assert await world.alarms() == [("130", 3, 1, "Crash & Smash")]
+
+    async def test_an_entry_before_the_deadline_still_replaces_it(self, world: World) -> None:
+        """An entry received before the pending one's deadline replaces it, as before (nothing
+        was due yet)."""
+        before = self.held()
+        await world.writer([entry()])
+        await world.writer([entry(zone=4, at=T0 + timedelta(seconds=79))])
+        assert await world.entries() == [(1, "pending", None, T0 + timedelta(seconds=159))]
+        assert self.held() == before
+
+    async def test_a_disarm_sent_between_the_entries_closes_only_the_first(
+        self, world: World
+    ) -> None:
+        """Entries sent at T0 and T0+10 min (the first overdue); a disarm the panel sent between
+        them arrives after both: the first is closed, the second stays pending on its own
+        deadline and zone."""
+        await world.writer([sent(entry(), T0)])
+        again = T0 + timedelta(minutes=10)
+        await world.writer([sent(entry(zone=4, at=again), again)])
+        disarm_at = T0 + timedelta(seconds=15)
+        await world.writer([sent(cid("1401 01 002", at=again + timedelta(seconds=2)), disarm_at)])
+        assert await world.entries() == [(1, "pending", None, again + timedelta(seconds=80))]
+        assert await world.timer().fire_due(again + timedelta(seconds=80)) == 1
+        assert await world.alarms() == [("130", 4, 1, "Crash & Smash")]
+
+    async def test_a_disarm_after_both_entries_closes_both(self, world: World) -> None:
+        """A disarm sent after the second entry (or one without the module's time) ends both:
+        nothing fires."""
+        await world.writer([sent(entry(), T0)])
+        again = T0 + timedelta(minutes=10)
+        await world.writer([sent(entry(zone=4, at=again), again)])
+        await world.writer([cid("1401 01 002", at=again + timedelta(seconds=2))])
+        assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
+    async def test_an_older_copy_of_an_entry_moves_nothing(self, world: World) -> None:
+        """The overdue entry sent at T0+10 s; a copy of an entry the module sent before it arrives
+        late: neither the deadline nor the waiting entry changes."""
+        await world.writer([sent(entry(), T0 + timedelta(seconds=10))])
+        await world.writer([sent(entry(zone=4, at=T0 + timedelta(minutes=10)), T0)])
+        assert await world.entries() == [(1, "pending", None, T0 + timedelta(seconds=80))]
+        assert await world.timer().fire_due(T0 + timedelta(minutes=10)) == 1
+        assert await world.entries() == [(1, "fired", None, T0 + timedelta(seconds=80))]
