@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -152,26 +154,43 @@ class TestKillNineWithSlowStation:
         assert_ordered_once(lanes(station.received), expected, max_repeats=1)
 
 
+@asynccontextmanager
+async def two_engines_on_one_database(
+    pool: asyncpg.Pool, database_url: str, tmp_path: Path, *, station_delay_ms: int
+) -> AsyncIterator[tuple[StationSimulator, list[EngineProcess]]]:
+    """A station answering after ``station_delay_ms``, the accounts' lanes forwarded to it, and
+    two engine processes (DC-09 only, a config and data directory each) on the one database;
+    on the way out every engine still running is stopped (SIGTERM), then the station."""
+    station = StationSimulator(delay_ms=station_delay_ms)
+    await station.start()
+    engines: list[EngineProcess] = []
+    try:
+        await provision(pool, station.port)
+        for n in range(2):
+            config = write_config(
+                tmp_path / f"e{n}.toml",
+                database_url=database_url,
+                data_dir=tmp_path / f"v{n}",
+                extra="[mqtt]\nenabled = false\n",
+            )
+            engine = EngineProcess(config)
+            await asyncio.to_thread(engine.start)
+            engines.append(engine)
+        yield station, engines
+    finally:
+        for engine in engines:
+            engine.terminate()
+        await station.stop()
+
+
 class TestTwoEngines:
     async def test_deliver_once_in_order(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
         """Two engine processes on one database: every signal delivered exactly once, in order per lane."""
-        station = StationSimulator(delay_ms=5)
-        await station.start()
-        engines: list[EngineProcess] = []
-        try:
-            await provision(db_pool, station.port)
-            for n in range(2):
-                config = write_config(
-                    tmp_path / f"e{n}.toml",
-                    database_url=database_url,
-                    data_dir=tmp_path / f"v{n}",
-                    extra="[mqtt]\nenabled = false\n",
-                )
-                engine = EngineProcess(config)
-                await asyncio.to_thread(engine.start)
-                engines.append(engine)
+        async with two_engines_on_one_database(
+            db_pool, database_url, tmp_path, station_delay_ms=5
+        ) as (station, engines):
             acked: dict[str, list[int]] = {a: [] for a in ACCOUNTS}
             # Each account talks to one engine; both engines' dispatchers compete for every lane.
             await asyncio.gather(
@@ -182,10 +201,6 @@ class TestTwoEngines:
             )
             await station.wait_for(sum(len(v) for v in acked.values()), timeout_s=60)
             await asyncio.sleep(1.0)  # nothing more may arrive
-        finally:
-            for engine in engines:
-                engine.terminate()
-            await station.stop()
         expected = {f"77{i}": acked[a] for i, a in enumerate(ACCOUNTS)}
         assert sum(len(v) for v in acked.values()) == 90
         assert len(station.received) == 90
@@ -243,21 +258,9 @@ class TestTakeover:
         leased to the dead one once their leases lapse, and every ACKed signal reaches the
         station in order per lane, stored once (the frames the dead engine left unanswered
         are sent again to the survivor and recognised as duplicates when committed)."""
-        station = StationSimulator(delay_ms=50)
-        await station.start()
-        engines: list[EngineProcess] = []
-        try:
-            await provision(db_pool, station.port)
-            for n in range(2):
-                config = write_config(
-                    tmp_path / f"e{n}.toml",
-                    database_url=database_url,
-                    data_dir=tmp_path / f"v{n}",
-                    extra="[mqtt]\nenabled = false\n",
-                )
-                engine = EngineProcess(config)
-                await asyncio.to_thread(engine.start)
-                engines.append(engine)
+        async with two_engines_on_one_database(
+            db_pool, database_url, tmp_path, station_delay_ms=50
+        ) as (station, engines):
             acked: dict[str, list[int]] = {a: [] for a in ACCOUNTS}
             # The first ten signals of each lane go to the engine about to die: committed on
             # clear lanes, they are leased to it and wait in its memory behind a slow station.
@@ -292,11 +295,6 @@ class TestTakeover:
                     break
                 await asyncio.sleep(0.1)
             assert pending == 0
-        finally:
-            engines[0].kill9()
-            for engine in engines[1:]:
-                engine.terminate()
-            await station.stop()
         assert await db_pool.fetchval("SELECT count(*) FROM signals") == total
         expected = {f"77{i}": acked[a] for i, a in enumerate(ACCOUNTS)}
         # At most the one delivery per lane on the wire when the engine died is repeated.
