@@ -50,6 +50,35 @@ async def provision(
     )
 
 
+async def provision_primary_and_backup(
+    pool: asyncpg.Pool, *, primary_port: int, backup_port: int
+) -> None:
+    """One station with receivers rx-primary and rx-backup, the accounts forwarded to the
+    primary with the backup behind it."""
+    await StationStore(pool).upsert(
+        [
+            Station(
+                name="central",
+                receivers=(
+                    receiver("rx-primary", primary_port),
+                    receiver("rx-backup", backup_port),
+                ),
+            )
+        ]
+    )
+    await provision(pool, backup="rx-backup")
+
+
+def primary_deliveries(outcome: str) -> float:
+    """How many deliveries to rx-primary ended with ``outcome`` so far (0 before the first)."""
+    return (
+        REGISTRY.get_sample_value(
+            "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": outcome}
+        )
+        or 0.0
+    )
+
+
 @pytest.fixture
 async def station() -> AsyncIterator[StationSimulator]:
     sim = StationSimulator()
@@ -197,24 +226,10 @@ class TestFailures:
     ) -> None:
         """Primary down: after N failures the backup receives the signals."""
         dead_port = await dead_receiver_port()
-        await StationStore(db_pool).upsert(
-            [
-                Station(
-                    name="central",
-                    receivers=(
-                        receiver("rx-primary", dead_port),
-                        receiver("rx-backup", station.port),
-                    ),
-                )
-            ]
+        await provision_primary_and_backup(
+            db_pool, primary_port=dead_port, backup_port=station.port
         )
-        await provision(db_pool, backup="rx-backup")
-        failed = (
-            REGISTRY.get_sample_value(
-                "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "failed"}
-            )
-            or 0.0
-        )
+        failed = primary_deliveries("failed")
         async with running_engine(settings_for(database_url)) as engine:
             assert engine.dc09 is not None
             module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
@@ -224,10 +239,7 @@ class TestFailures:
             [got] = await station.wait_for(1, timeout_s=30)
         assert got.events[0].zone == 9
         # Three failures on the primary (the third fails the group over in the same delivery)
-        after = REGISTRY.get_sample_value(
-            "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "failed"}
-        )
-        assert after == failed + 3
+        assert primary_deliveries("failed") == failed + 3
         assert await db_pool.fetchval("SELECT receiver_used FROM deliveries") == "rx-backup"
 
     async def test_a_signal_the_primary_refuses_is_delivered_by_the_backup(
@@ -239,24 +251,10 @@ class TestFailures:
         await refusing.start()
         refusing.set_mode("duh")
         try:
-            await StationStore(db_pool).upsert(
-                [
-                    Station(
-                        name="central",
-                        receivers=(
-                            receiver("rx-primary", refusing.port),
-                            receiver("rx-backup", station.port),
-                        ),
-                    )
-                ]
+            await provision_primary_and_backup(
+                db_pool, primary_port=refusing.port, backup_port=station.port
             )
-            await provision(db_pool, backup="rx-backup")
-            refused = (
-                REGISTRY.get_sample_value(
-                    "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "duh"}
-                )
-                or 0.0
-            )
+            refused = primary_deliveries("duh")
             async with running_engine(settings_for(database_url)) as engine:
                 assert engine.dc09 is not None
                 module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
@@ -272,12 +270,7 @@ class TestFailures:
         row = await db_pool.fetchrow("SELECT receiver_used, failed_attempts FROM deliveries")
         assert row is not None and row["receiver_used"] == "rx-backup"
         assert "rx-primary" in str(row["failed_attempts"]) and "DUH" in str(row["failed_attempts"])
-        assert (
-            REGISTRY.get_sample_value(
-                "alarmrelay_deliveries_total", {"receiver": "rx-primary", "outcome": "duh"}
-            )
-            == refused + 1
-        )
+        assert primary_deliveries("duh") == refused + 1
 
     @pytest.mark.parametrize(
         ("primary", "backup"), [("rx-primary", "central-2"), ("central-1", "rx-primary")]
