@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.service import Engine
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
@@ -85,6 +86,17 @@ async def station() -> AsyncIterator[StationSimulator]:
     await sim.start()
     yield sim
     await sim.stop()
+
+
+async def burglary_alarms(engine: Engine, zones: Iterable[int]) -> None:
+    """Account 1234's module sends the engine a burglary alarm (CID 130) per zone, each one
+    answered, then hangs up."""
+    assert engine.dc09 is not None
+    module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
+    await module.connect()
+    for zone in zones:
+        assert await module.send("ADM-CID", f"#1234|1130 01 {zone:03d}") is not None
+    await module.close()
 
 
 async def dead_receiver_port() -> int:
@@ -202,12 +214,7 @@ class TestFailures:
         )
         await provision(db_pool)
         async with running_engine(settings_for(database_url)) as engine:
-            assert engine.dc09 is not None
-            module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
-            await module.connect()
-            for zone in range(1, 6):
-                assert await module.send("ADM-CID", f"#1234|1130 01 {zone:03d}") is not None
-            await module.close()
+            await burglary_alarms(engine, range(1, 6))
             await wait_state(
                 db_pool,
                 "SELECT count(*) FROM deliveries WHERE state = 'pending' AND attempts > 0",
@@ -231,11 +238,7 @@ class TestFailures:
         )
         failed = primary_deliveries("failed")
         async with running_engine(settings_for(database_url)) as engine:
-            assert engine.dc09 is not None
-            module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
-            await module.connect()
-            assert await module.send("ADM-CID", "#1234|1130 01 009") is not None
-            await module.close()
+            await burglary_alarms(engine, [9])
             [got] = await station.wait_for(1, timeout_s=30)
         assert got.events[0].zone == 9
         # Three failures on the primary (the third fails the group over in the same delivery)
@@ -256,11 +259,7 @@ class TestFailures:
             )
             refused = primary_deliveries("duh")
             async with running_engine(settings_for(database_url)) as engine:
-                assert engine.dc09 is not None
-                module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
-                await module.connect()
-                assert await module.send("ADM-CID", "#1234|1130 01 014") is not None
-                await module.close()
+                await burglary_alarms(engine, [14])
                 [got] = await station.wait_for(1, timeout_s=30)
                 await wait_state(db_pool, "SELECT state FROM deliveries", "delivered")
         finally:
@@ -290,12 +289,7 @@ class TestFailures:
         )
         await provision(db_pool, primary=primary, backup=backup)
         async with running_engine(settings_for(database_url)) as engine:
-            assert engine.dc09 is not None
-            module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
-            await module.connect()
-            for zone in (1, 2):
-                assert await module.send("ADM-CID", f"#1234|1130 01 00{zone}") is not None
-            await module.close()
+            await burglary_alarms(engine, [1, 2])
             received = await station.wait_for(2, timeout_s=10)
         assert [r.events[0].zone for r in received] == [1, 2]
         rows = await db_pool.fetch("SELECT state, receiver_used FROM deliveries ORDER BY id")
@@ -313,11 +307,7 @@ class TestFailures:
             )
             await provision(db_pool)
             async with running_engine(settings_for(database_url)) as engine:
-                assert engine.dc09 is not None
-                module = Dc09TcpModule("127.0.0.1", engine.dc09.port, account="1234")
-                await module.connect()
-                assert await module.send("ADM-CID", "#1234|1130 01 011") is not None
-                await module.close()
+                await burglary_alarms(engine, [11])
                 [got] = await sim.wait_for(1, timeout_s=20)
         finally:
             await sim.stop()
