@@ -39,6 +39,7 @@ from protocols.contact_id import parse_cid_block
 from protocols.sia_dc03 import parse_sia_block
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
 from tests.engine.test_ingest_e2e import running_engine, settings_for
+from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.fake_clock import FakeClock
 
@@ -680,30 +681,21 @@ class TestSettling:
     ) -> None:
         """The timer's connection is cut: an entry that expired meanwhile waits 30 s after the
         database answers again."""
-        out_of_reach = False
-
-        async def connect(conn: asyncpg.Connection) -> None:
-            if out_of_reach:
-                raise ConnectionRefusedError("test: the database is out of reach")
-
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=connect)
-        try:
-            timer = CrashSmashTimer(pool, world.forwarding, duplicate_window_s=600, settle_s=30)
+        async with DatabaseOutage(database_url) as outage:
+            timer = CrashSmashTimer(
+                outage.pool, world.forwarding, duplicate_window_s=600, settle_s=30
+            )
             assert await timer.fire_due(T0) == 0  # settling from the start
             assert await timer.fire_due(T0 + timedelta(seconds=30)) == 0  # settled, nothing due
             await world.writer([entry(at=T0 + timedelta(seconds=30))])  # due at T0 + 110 s
-            pid = await pool.fetchval("SELECT pg_backend_pid()")
-            out_of_reach = True
-            await world.pool.execute("SELECT pg_terminate_backend($1)", pid)
+            await outage.cut(world.pool)
             with pytest.raises(Exception) as lost:
                 await timer.fire_due(T0 + timedelta(seconds=60))
             assert is_database_unreachable(lost.value), lost.value
-            out_of_reach = False
+            outage.restore()
             back = T0 + timedelta(seconds=200)
             assert await timer.fire_due(back) == 0
             assert await timer.fire_due(back + timedelta(seconds=30)) == 1
-        finally:
-            await pool.close()
 
     async def test_an_engine_started_after_the_deadline_takes_the_disarm_first(
         self, db_pool: asyncpg.Pool, database_url: str, mqtt_broker: tuple[str, int]

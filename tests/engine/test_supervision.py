@@ -34,6 +34,7 @@ from engine.store.stations import StationStore
 from engine.supervision import SupervisionStage, SupervisionTimer
 from protocols.contact_id import parse_cid_block
 from tests.engine.test_ingest_e2e import running_engine, settings_for
+from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.engine_process import EngineProcess, write_config
 from tests.support.fake_clock import FakeClock
@@ -437,32 +438,21 @@ class TestSettling:
         """The timer's connection is cut (no contact could be committed either): deadlines that
         passed meanwhile wait 120 s after the database answers again."""
         await world.writer([contact("200", T0)])
-        out_of_reach = False
-
-        async def connect(conn: asyncpg.Connection) -> None:
-            # While "out of reach", a new connection fails as a refused one does: the pool cannot
-            # quietly replace the cut connection (whether it noticed the cut first is a race).
-            if out_of_reach:
-                raise ConnectionRefusedError("test: the database is out of reach")
-
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=connect)
-        try:
-            timer = SupervisionTimer(pool, world.forwarding, duplicate_window_s=600, settle_s=120)
+        async with DatabaseOutage(database_url) as outage:
+            timer = SupervisionTimer(
+                outage.pool, world.forwarding, duplicate_window_s=600, settle_s=120
+            )
             assert await timer.fire_due(T0) == 0  # settling from the start
             assert await timer.fire_due(T0 + timedelta(seconds=120)) == 0  # settled, nothing due
-            pid = await pool.fetchval("SELECT pg_backend_pid()")
-            out_of_reach = True
-            await world.pool.execute("SELECT pg_terminate_backend($1)", pid)
+            await outage.cut(world.pool)
             away = T0 + timedelta(seconds=150)
             with pytest.raises(Exception) as lost:  # whichever asyncpg raises for a lost backend
                 await timer.fire_due(away)
             assert is_database_unreachable(lost.value), lost.value
-            out_of_reach = False
+            outage.restore()
             back = T0 + timedelta(seconds=300)  # the deadline (T0 + 200 s) passed meanwhile
             assert await timer.fire_due(back) == 0
             assert await timer.fire_due(back + timedelta(seconds=120)) == 1
-        finally:
-            await pool.close()
 
 
 def sample(name: str, **labels: str) -> float:

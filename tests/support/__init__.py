@@ -1,1 +1,1 @@
-"""Test support: engine subprocess harness, a cuttable TCP proxy, DC-09 test modules."""
+"""Test support: engine subprocess harness, a cuttable TCP proxy, a database outage, DC-09 test modules."""
