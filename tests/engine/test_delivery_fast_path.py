@@ -270,6 +270,25 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def terminate_the_commit_waiting_for_a_lock(pool: asyncpg.Pool) -> None:
+    """Once the ingest writer's commit statement waits for a lock the test holds, end its
+    connection while the statement runs."""
+
+    async def waiting() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+            )
+        )
+
+    await wait_until(waiting)
+    await pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
+    )
+
+
 class TestDispatcherHoldsLanes:
     async def test_adopted_rows_go_out_in_lane_order_without_a_claim(
         self, db_pool: asyncpg.Pool
@@ -498,20 +517,7 @@ class TestUncertainCommit:
             # The commit updates the account's last contact: it waits for this row lock.
             await holder.execute("SELECT 1 FROM accounts WHERE account = 'A1' FOR UPDATE")
             write = asyncio.create_task(writer([signal("A1", 1)]))
-
-            async def waiting_pid() -> bool:
-                return bool(
-                    await db_pool.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
-                    )
-                )
-
-            await wait_until(waiting_pid)
-            await db_pool.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
-            )
+            await terminate_the_commit_waiting_for_a_lock(db_pool)
             with pytest.raises(Exception) as caught:
                 await asyncio.wait_for(write, 10)
             await tx.rollback()
@@ -550,20 +556,7 @@ class TestUncertainCommit:
             write = asyncio.create_task(
                 writer([msgspec.structs.replace(link_test, received_at=datetime.now(UTC))])
             )
-
-            async def restore_waiting() -> bool:
-                return bool(
-                    await db_pool.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
-                    )
-                )
-
-            await wait_until(restore_waiting)
-            await db_pool.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE '%ingest_batch%'"
-            )
+            await terminate_the_commit_waiting_for_a_lock(db_pool)
             await asyncio.wait_for(write, 10)  # the contact itself is committed
             await tx.rollback()
         assert uncertain == [{"9001@rx"}]
