@@ -270,6 +270,24 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def writer_noting_uncertain_lanes(
+    pool: asyncpg.Pool, *, supervised: bool = False
+) -> tuple[IngestWriter, list[set[str]]]:
+    """An ingest writer of engine-x for account A1 (lane 9001@rx), with the module supervised
+    or not, and the list each set of lanes it reports uncertain is appended to."""
+    directory = await directory_with(pool, forwarding_account("A1", "9001"))
+    uncertain: list[set[str]] = []
+    writer = IngestWriter(
+        pool,
+        duplicate_window_s=WINDOW_S,
+        forwarding=ForwardingStage(directory, owner="engine-x", lease_s=6.0),
+        supervision=SupervisionStage(directory, grace_s=0) if supervised else None,
+        on_leased=lambda rows: None,
+        on_uncertain=lambda lanes: uncertain.append(set(lanes)),
+    )
+    return writer, uncertain
+
+
 async def terminate_the_commit_waiting_for_a_lock(pool: asyncpg.Pool) -> None:
     """Once the ingest writer's commit statement waits for a lock the test holds, end its
     connection while the statement runs."""
@@ -501,16 +519,7 @@ class TestUncertainCommit:
     ) -> None:
         """The connection of a commit is terminated while the statement runs: the batch fails
         as not committed, and the writer names the lanes it would have leased rows on."""
-        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
-        stage = ForwardingStage(directory, owner="engine-x", lease_s=6.0)
-        uncertain: list[set[str]] = []
-        writer = IngestWriter(
-            db_pool,
-            duplicate_window_s=WINDOW_S,
-            forwarding=stage,
-            on_leased=lambda rows: None,
-            on_uncertain=lambda lanes: uncertain.append(set(lanes)),
-        )
+        writer, uncertain = await writer_noting_uncertain_lanes(db_pool)
         async with db_pool.acquire() as holder:
             tx = holder.transaction()
             await tx.start()
@@ -532,17 +541,7 @@ class TestUncertainCommit:
         goes during the restore, the row may be committed, leased to us and never handed over:
         the writer names its lane as for the batch itself, or the account's next signal would
         be leased to us and reach the station before the restore."""
-        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
-        stage = ForwardingStage(directory, owner="engine-x", lease_s=6.0)
-        uncertain: list[set[str]] = []
-        writer = IngestWriter(
-            db_pool,
-            duplicate_window_s=WINDOW_S,
-            forwarding=stage,
-            supervision=SupervisionStage(directory, grace_s=0),
-            on_leased=lambda rows: None,
-            on_uncertain=lambda lanes: uncertain.append(set(lanes)),
-        )
+        writer, uncertain = await writer_noting_uncertain_lanes(db_pool, supervised=True)
         link_test = msgspec.structs.replace(
             signal("A1", 1), kind=SignalKind.LINK_TEST, events=(), dedupe_key=None
         )
