@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -19,9 +18,13 @@ from engine.store.accounts import AccountStore
 from engine.store.delivery_requeue import requeue_deliveries
 from engine.store.stations import StationStore
 from tests.engine.test_accounts_cli import cli
-from tests.engine.test_forwarding_e2e import dead_receiver_port, receiver, wait_state
+from tests.engine.test_forwarding_e2e import (
+    burglary_alarms,
+    dead_receiver_port,
+    receiver,
+    wait_state,
+)
 from tests.engine.test_ingest_e2e import running_engine, settings_for
-from tests.support.dc09_module import Dc09TcpModule
 
 
 def forwarding(primary: str, station_account: str = "9876") -> ForwardingSettings:
@@ -32,21 +35,6 @@ def forwarding(primary: str, station_account: str = "9876") -> ForwardingSetting
 
 async def provision(pool: asyncpg.Pool, settings: ForwardingSettings) -> None:
     await AccountStore(pool).upsert_many([Account(account="1234", forwarding=settings)])
-
-
-async def send_alarm(port: int, zone: int) -> None:
-    module = Dc09TcpModule("127.0.0.1", port, account="1234")
-    await module.connect()
-    assert await module.send("ADM-CID", f"#1234|1130 01 {zone:03d}") is not None
-    await module.close()
-
-
-@pytest.fixture
-async def station() -> AsyncIterator[StationSimulator]:
-    sim = StationSimulator()
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 class TestRequeue:
@@ -63,7 +51,7 @@ class TestRequeue:
         await provision(db_pool, forwarding("rx-primary"))
         async with running_engine(settings_for(database_url)) as engine:
             assert engine.dc09 is not None
-            await send_alarm(engine.dc09.port, 21)
+            await burglary_alarms(engine, [21])
             await wait_state(db_pool, "SELECT state FROM deliveries", "dead")
             station.set_mode("ack")
             report = await requeue_deliveries(db_pool, states=("dead",))
@@ -95,7 +83,7 @@ class TestRequeue:
         async with running_engine(settings_for(database_url)) as engine:
             assert engine.dc09 is not None
             for zone in (31, 32):
-                await send_alarm(engine.dc09.port, zone)
+                await burglary_alarms(engine, [zone])
             await wait_state(
                 db_pool, "SELECT count(*) FROM deliveries WHERE last_error IS NOT NULL", 1
             )

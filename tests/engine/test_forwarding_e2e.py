@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -78,14 +78,6 @@ def primary_deliveries(outcome: str) -> float:
         )
         or 0.0
     )
-
-
-@pytest.fixture
-async def station() -> AsyncIterator[StationSimulator]:
-    sim = StationSimulator()
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 async def burglary_alarms(engine: Engine, zones: Iterable[int]) -> None:
