@@ -6,7 +6,7 @@ on trying the receiver and station account it was decided with. Once the cause i
 account created at the station, the key or the account's receivers corrected), the operator
 sends them again: each selected row becomes pending, due now, routed by its account's
 forwarding settings as they are now (station account, primary and backup receiver), and an
-engine's claim loop sends it within its poll (``delivery.poll_s``), with its own DC-09 seq.
+engine's claim loop sends it within its poll (a second), with its own DC-09 seq.
 
 What is not touched: rows an engine is sending right now (leased), delivered rows, and the
 forwarding decision (the policy is not applied again: the row was meant for the station). A
