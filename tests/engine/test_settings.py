@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -497,3 +498,23 @@ class TestExampleAndReference:
         for key in all_keys():
             assert f"`{key}`" in text, key
             assert env_name(key) in text, key
+
+    def test_reference_rows_match_the_settings(self) -> None:
+        """Each key row of docs/configuration.md (key | type | default | environment | meaning)
+        names a real key, once, with its default and its environment variable."""
+        rows = re.findall(
+            r"^\| `([a-z0-9_.]+)` \| [^|]+ \| ([^|]+) \| ([^|]+) \|",
+            REFERENCE.read_text(encoding="utf-8"),
+            re.MULTILINE,
+        )
+        assert sorted(key for key, _, _ in rows) == sorted(all_keys())
+        for key, default, environment in rows:
+            value: object = Settings()
+            for part in key.split("."):
+                value = getattr(value, part)
+            if isinstance(value, tuple):
+                value = list(value)
+            text = default.strip()
+            documented = None if text == "unset" else json.loads(text.strip("`"))
+            assert documented == value, (key, text, value)
+            assert env_name(key) in environment, (key, environment)
