@@ -36,6 +36,10 @@ def exported() -> set[str]:
     return {n for n in names if n.startswith("alarmrelay_")}
 
 
+# Series names a family adds to its own: counters' _total is kept (documented names carry it).
+_SERIES_SUFFIXES = ("_created", "_bucket", "_sum", "_count")
+
+
 def referenced(text: str) -> set[str]:
     return set(re.findall(r"alarmrelay_[a-z0-9_]+", text))
 
@@ -61,6 +65,25 @@ class TestObservabilityConfig:
         names |= {n[: -len("_bucket")] for n in exported() if n.endswith("_bucket")}
         assert names <= documented, names - documented
         assert documented <= names, documented - names
+
+    def test_documented_labels_are_the_metrics_labels(self) -> None:
+        """The metrics table of docs/operations.md gives each metric with exactly its labels
+        (`name{a,b}`, or the bare name for none), in the order the code declares them."""
+        table = [
+            line.split("|")[1]
+            for line in (ROOT / "docs" / "operations.md").read_text().splitlines()
+            if line.startswith("| `alarmrelay_")
+        ]
+        documented = {
+            name: tuple(labels.split(",")) if labels else ()
+            for cell in table
+            for name, labels in re.findall(r"`(alarmrelay_[a-z0-9_]+)(?:\{([a-z_,]*)\})?`", cell)
+        }
+        actual = {}
+        for name, collector in REGISTRY._names_to_collectors.items():
+            if name.startswith("alarmrelay_") and not name.endswith(_SERIES_SUFFIXES):
+                actual[name] = tuple(getattr(collector, "_labelnames", ()))
+        assert documented == {n: actual[n] for n in documented}, documented
 
 
 # -- what the alert expressions select ---------------------------------------------------------
