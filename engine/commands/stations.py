@@ -119,7 +119,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     count = asyncio.run(main())
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"alarmrelay: warning: {warning}", file=sys.stderr)
     print(f"imported {count} stations")
     return 0
 

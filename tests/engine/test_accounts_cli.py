@@ -225,7 +225,9 @@ class TestImportExportCommands:
         """Past the first 5,000 accounts (one batch), a serial the database refuses still
         leaves every account as it was: the import is one transaction, as documented."""
         await AccountStore(db_pool).upsert_many([Account(account="777", module_serial="SER-777")])
-        accounts = [Account(account=f"{n:X}", module_serial=f"SER-{n:X}") for n in range(4096, 9097)]
+        accounts = [
+            Account(account=f"{n:X}", module_serial=f"SER-{n:X}") for n in range(4096, 9097)
+        ]
         accounts[-1] = Account(account="FFFF", module_serial="SER-777")
         status, out, err = await cli(
             database_url, "accounts", "import", "-", stdin=msgspec.json.encode(accounts)
@@ -459,6 +461,19 @@ class TestStationsCommands:
         assert msgspec.json.decode(out, type=list[Station]) == stations
         assert "Traceback" not in err
 
+    async def test_a_phone_receiver_warning_is_prefixed_like_every_other(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        """The phone-receiver warning of ``stations import`` said "warning: …" where every other
+        line on stderr says "alarmrelay: warning: …" (a script grepping for it missed it)."""
+        phone = ReceiverConfig(name="ph", kind="phone", phone_number="+15550100")
+        source = tmp_path / "stations.json"
+        source.write_bytes(msgspec.json.encode([Station(name="C", receivers=(phone,))]))
+        status, _, err = await cli(database_url, "stations", "import", str(source))
+        assert status == 0, err
+        warned = [line for line in err.splitlines() if "telephony gateway" in line]
+        assert len(warned) == 1 and warned[0].startswith("alarmrelay: warning: "), err
+
     async def test_a_receiver_of_another_station_is_not_moved_silently(
         self, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
     ) -> None:
@@ -484,7 +499,10 @@ class TestStationsCommands:
         ("document", "problem"),
         [
             ([{"name": "  "}], "station name '  ': must be 1-100 characters, not blank"),
-            ([{"name": "C" * 101}], f"station name {'C' * 101!r}: must be 1-100 characters, not blank"),
+            (
+                [{"name": "C" * 101}],
+                f"station name {'C' * 101!r}: must be 1-100 characters, not blank",
+            ),
             (
                 [{"name": "C", "receivers": [{"name": "", "host": "127.0.0.1", "port": 9}]}],
                 "station 'C', receiver name '': must be 1-100 characters, not blank",
