@@ -244,7 +244,12 @@ async def _summary(engine: Any, station: Any, sent: dict[str, int]) -> Any:
     for col in ("account", "R", "L", "seq", "event"):
         latest.add_column(col)
     for r in station.received[-6:]:
-        ev = r.events[0] if r.events else None
-        text = f"{ev.family} {ev.qualifier or ''}{ev.code} zone {ev.zone}" if ev else "-"
+        text = _event_text(r.events[0]) if r.events else "-"
         latest.add_row(r.account or "", r.receiver or "", r.line or "", r.seq, text)
     return Group(inbound, decided, latest)
+
+
+def _event_text(event: Any) -> str:
+    """An event of a station frame, as the summary shows it: "cid 1130 zone 4", "sia BA"."""
+    text = f"{event.family} {event.qualifier or ''}{event.code}"
+    return text if event.zone is None else f"{text} zone {event.zone}"

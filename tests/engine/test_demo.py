@@ -66,3 +66,29 @@ class TestDemo:
         )  # fmt: skip
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1] == f"alarmrelay demo: error: {problem}"
+
+
+class TestSummaryEventText:
+    def test_an_event_without_a_zone_names_none(self) -> None:
+        """The summary's last-frames table printed "cid 1401 zone None" for an opening by a
+        user (no zone); it names a zone only when the event has one."""
+        from engine.commands.demo import _event_text
+        from protocols.categories import classify
+        from protocols.signal import Event
+
+        opening = Event(
+            family="cid",
+            code="401",
+            qualifier="1",
+            user=3,
+            classification=classify("cid", "401", "1"),
+        )
+        assert _event_text(opening) == "cid 1401"
+        alarm = Event(
+            family="cid",
+            code="130",
+            qualifier="1",
+            zone=4,
+            classification=classify("cid", "130", "1"),
+        )
+        assert _event_text(alarm) == "cid 1130 zone 4"
