@@ -1,11 +1,12 @@
 """Plots for bench/RESULTS.md: throughput vs connections, and the ACK-latency CDF.
 
-Run: ``python -m bench.plots`` (writes bench/throughput_vs_connections.png and
+Run: ``python -m bench.plots [--duration 5]`` (writes bench/throughput_vs_connections.png and
 bench/latency_cdf.png; needs matplotlib from the test extras).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import uvloop
@@ -37,14 +38,29 @@ def _peer(cmd: list[str], modules: int, duration: float) -> Result:
         return uvloop.run(run_tcp("127.0.0.1", port, modules, duration))
 
 
-def main() -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plots",
+        description="Measure alarmrelay, pysiaalarm and the minimal receiver at 10, 25, 50, 100"
+        " and 200 stop-and-wait modules and write bench/throughput_vs_connections.png and"
+        " bench/latency_cdf.png.",
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per point (default 5)")
+    args = parser.parse_args(argv)
+    if not args.duration > 0:
+        parser.error("--duration must be more than 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     counts = [10, 25, 50, 100, 200]
-    duration = 5.0
+    duration: float = args.duration
     series: dict[str, list[float]] = {
         "alarmrelay (durable ACK)": [],
         "pysiaalarm": [],

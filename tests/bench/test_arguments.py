@@ -1,4 +1,4 @@
-"""bench.run and bench.end_to_end refuse settings that give no run with one usage line."""
+"""bench.run, bench.end_to_end and bench.plots refuse settings that give no run with one usage line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import bench.end_to_end
+import bench.plots
 import bench.run
 
 
@@ -23,6 +24,7 @@ import bench.run
             ["--scenario", "accounts", "--sizes", "1000,abc"],
             "--sizes: whole numbers",
         ),
+        (bench.plots.main, ["--duration", "0"], "--duration must be more than 0"),
     ],
 )
 def test_no_run_is_a_usage_error_not_a_traceback_or_an_empty_table(
@@ -37,3 +39,15 @@ def test_no_run_is_a_usage_error_not_a_traceback_or_an_empty_table(
         main()
     assert stopped.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_plots_help_is_help_not_a_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m bench.plots --help`` ignored --help and started a full plot run (several
+    minutes of benchmarks); it prints its usage and stops."""
+    monkeypatch.setattr(sys, "argv", ["bench.plots", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        bench.plots.main()
+    assert stopped.value.code == 0
+    assert "--duration" in capsys.readouterr().out
