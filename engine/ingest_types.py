@@ -79,6 +79,16 @@ class IngestRefused(IngestUnavailable):
     would fail the same way. Not ACKed; the module is told so (DC-09 DUH, MQTT ``rejected``)."""
 
 
+class AccountsHeld(Exception):
+    """A batch waited past the lock timeout for a row another transaction holds; ``accounts``
+    are the batch's accounts found holding one then (empty: none was, e.g. the lock was on
+    something else or is gone). Nothing of the batch was committed."""
+
+    def __init__(self, accounts: frozenset[str]) -> None:
+        super().__init__(f"rows of {len(accounts)} account(s) held by another transaction")
+        self.accounts = accounts
+
+
 class IngestSink(Protocol):
     """Where listeners hand signals; ``submit`` returns only after the commit."""
 

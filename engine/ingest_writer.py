@@ -15,6 +15,10 @@ Two follow-ups take a transaction of their own, both rare:
   miss with (STYLE.md #2: the runtime owns the clock, tests pass a fake one).
 
 Rows leased to this engine go to its dispatcher right after the commit (``on_leased``).
+
+No lock is waited for longer than ``INGEST_LOCK_TIMEOUT``: past it the batch is not committed
+and raises :class:`AccountsHeld` with the accounts whose rows another transaction holds, which
+the pipeline commits apart from the others (engine/pipeline.py).
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from engine.crash_smash import CrashSmashStage
 from engine.deadline_timer import Clock, utc_now
 from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery
-from engine.ingest_types import InboundSignal, IngestResult, SignalKind
-from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
+from engine.ingest_types import AccountsHeld, InboundSignal, IngestResult, SignalKind
+from engine.store.held_rows import held_accounts
+from engine.store.ingest_batch import INGEST_LOCK_TIMEOUT, BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 
 log = structlog.get_logger("engine.ingest")
+
+_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{INGEST_LOCK_TIMEOUT}'"
 
 
 class IngestWriter:
@@ -88,6 +95,12 @@ class IngestWriter:
                     )
                     if plan is not None and forwarding is not None:
                         forwarding.finish(plan, done, handover)
+        except asyncpg.LockNotAvailableError as exc:
+            # A row of one of the batch's accounts was held past INGEST_LOCK_TIMEOUT (nothing
+            # committed): name the accounts holding one now, for the pipeline to set aside.
+            async with self._pool.acquire() as conn:
+                held = await held_accounts(conn, (s.account for s in signals))
+            raise AccountsHeld(held) from exc
         except Exception as exc:
             if lanes and self._on_uncertain is not None and is_database_unreachable(exc):
                 # The connection went during the call: the commit may have happened, leasing
@@ -133,6 +146,8 @@ class IngestWriter:
         forwarding = self._forwarding
         assert forwarding is not None
         async with conn.transaction():
+            # The state rows are locked before the call: they wait no longer than it does.
+            await conn.execute(_LOCK_TIMEOUT)
             states = await forwarding.lock_states(conn, accounts)
             done = await write_batch(conn, base, duplicate_window_s=self._duplicate_window_s)
             kept = done.kept
@@ -162,6 +177,9 @@ class IngestWriter:
         fplan = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                # Awaited before the batch's ACKs: a supervision row held elsewhere must not
+                # keep them waiting (the restore then fails, the next contact restores).
+                await conn.execute(_LOCK_TIMEOUT)
                 restores = await self._supervision.restore(conn, accounts, self._clock())
                 if not restores:
                     return  # another engine restored them first

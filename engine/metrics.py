@@ -69,6 +69,16 @@ COMMIT_ISOLATIONS = Counter(
     "Failed group commits split in halves and committed apart, so a signal whose own data fails "
     "the statement fails alone.",
 )
+INGEST_ACCOUNT_LOCKED = Counter(
+    "alarmrelay_ingest_account_locked_total",
+    "Signals not committed (no ACK; the module resends) because a row of their account was held "
+    "by another transaction: set aside from the group commits and tried apart for 5 s, in vain.",
+)
+INGEST_ACCOUNTS_HELD = Gauge(
+    "alarmrelay_ingest_accounts_held",
+    "Accounts whose signals are committed apart from the group commits because a row of theirs "
+    "was found held by another transaction (until one of their commits succeeds).",
+)
 SIGNALS_SHED = Counter(
     "alarmrelay_signals_shed_total",
     "Signals not accepted because of load or an unavailable database (no ACK sent).",

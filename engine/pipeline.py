@@ -7,6 +7,13 @@ and the cost of a commit is shared; when idle a signal waits at most ``window``.
 sharded to writers by account, so one account's signals are committed in arrival order while
 several transactions (and their WAL flushes) overlap.
 
+An account whose rows another transaction holds (a commit waited past the writer's lock
+timeout: :class:`engine.ingest_types.AccountsHeld`) is set aside: the batch's other signals are
+committed at once, and the held account's signals, from then on, are committed apart, one account
+at a time, by a task of their own, tried again while the row is held; those still not committed
+after ``held_wait_s`` fail (not ACKed, the module resends). The account rejoins the batches once
+its signals are committed.
+
 Nothing is unbounded: past ``max_pending`` new signals are shed (counted, not acknowledged, the
 module retries). When the database is unreachable every waiter gets :class:`IngestUnavailable`
 and new submissions fail fast until a probe sees the database again.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +35,13 @@ import structlog
 
 from engine import metrics
 from engine.errors import is_database_unreachable, refuses_writes
-from engine.ingest_types import InboundSignal, IngestRefused, IngestResult, IngestUnavailable
+from engine.ingest_types import (
+    AccountsHeld,
+    InboundSignal,
+    IngestRefused,
+    IngestResult,
+    IngestUnavailable,
+)
 
 log = structlog.get_logger("engine.pipeline")
 
@@ -47,7 +61,9 @@ CommittedHook = Callable[[Sequence[InboundSignal], Sequence[IngestResult]], Awai
 
 
 class _Pending:
-    __slots__ = ("future", "signal")
+    __slots__ = ("aside_at", "future", "signal")
+
+    aside_at: float  # set when its account is found held (monotonic seconds)
 
     def __init__(self, signal: InboundSignal, future: asyncio.Future[IngestResult]) -> None:
         self.signal = signal
@@ -67,6 +83,7 @@ class IngestPipeline:
         probe: Callable[[], Awaitable[Any]] | None = None,
         probe_interval_s: float = 1.0,
         writers: int = 1,
+        held_wait_s: float = 5.0,
     ) -> None:
         self._writer = writer
         self._batch_max = batch_max
@@ -86,6 +103,10 @@ class IngestPipeline:
         self._probe_task: asyncio.Task[None] | None = None
         self._resume_callbacks: set[Callable[[], None]] = set()
         self._was_saturated = False
+        # Accounts set aside (their rows held elsewhere): their signals waiting, in order.
+        self._held: dict[str, deque[_Pending]] = {}
+        self._held_wakeup = asyncio.Event()
+        self._held_wait_s = held_wait_s
         self.committed = 0
 
     # -- IngestSink ---------------------------------------------------------------------------
@@ -147,12 +168,14 @@ class IngestPipeline:
             asyncio.create_task(self._run(shard), name=f"ingest-writer-{shard}")
             for shard in range(len(self._queues))
         ]
+        self._tasks.append(asyncio.create_task(self._run_held(), name="ingest-writer-held"))
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new signals, commit what is queued (up to ``timeout_s``), stop the writer."""
         self._closing = True
         for wakeup in self._wakeups:
             wakeup.set()
+        self._held_wakeup.set()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -186,10 +209,57 @@ class IngestPipeline:
                 continue
             self._pending -= len(batch)
             metrics.PENDING_COMMITS.set(self._pending)
+            if self._held:
+                batch = self._set_aside(batch)
+                if not batch:
+                    self._maybe_resume()
+                    continue
             await self._commit(batch)
             self._maybe_resume()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    def _set_aside(self, batch: list[_Pending]) -> list[_Pending]:
+        """Queue the signals of held accounts behind their earlier ones; return the others."""
+        held = self._held
+        rest = []
+        now = time.monotonic()
+        for pending in batch:
+            waiting = held.get(pending.signal.account)
+            if waiting is None:
+                rest.append(pending)
+            else:
+                pending.aside_at = now
+                waiting.append(pending)
+                self._held_wakeup.set()
+        return rest
+
+    async def _run_held(self) -> None:
+        """Commit the held accounts' signals, one account at a time (its signals in order)."""
+        held = self._held
+        while True:
+            account = next((a for a, waiting in held.items() if waiting), None)
+            if account is None:
+                if self._closing:
+                    return
+                self._held_wakeup.clear()
+                await self._held_wakeup.wait()
+                continue
+            waiting = held.pop(account)  # to the back of the turn, behind the other accounts
+            held[account] = deque()
+            committed = await self._commit(list(waiting), apart=True)
+            if committed and not held.get(account, True):
+                # Committed, and nothing of it came meanwhile: back into the batches (its
+                # signals arriving from now on are ordered behind these, committed).
+                del held[account]
+                metrics.INGEST_ACCOUNTS_HELD.set(len(held))
+                log.info("ingest_account_released", account=account)
+
+    async def _commit(
+        self, batch: list[_Pending], *, apart: bool = False, retried: bool = False
+    ) -> bool:
+        """Commit ``batch`` and answer its waiters; whether it was committed as a whole.
+
+        ``apart``: the signals of one held account, committed apart from the batches.
+        """
         signals = [p.signal for p in batch]
         started = time.perf_counter()
         try:
@@ -197,10 +267,24 @@ class IngestPipeline:
         except _UNAVAILABLE_ERRORS as exc:
             if isinstance(exc, TimeoutError) and await self._answers():
                 self._timed_out(batch)
-                return
+                return False
             self._mark_unavailable(exc)
             self._fail(batch, IngestUnavailable(f"database unavailable: {exc}"))
-            return
+            return False
+        except AccountsHeld as exc:
+            if not exc.accounts and retried and not apart:
+                self._timed_out(batch)
+                return False
+            metrics.COMMIT_FAILURES.inc()
+            if not exc.accounts and not retried:
+                # No row of these accounts is held now: the lock was released meanwhile, or
+                # was on something else (a table). One more try, then as a timeout.
+                return await self._commit(batch, apart=apart, retried=True)
+            if apart:
+                self._held_again(batch)
+            else:
+                await self._hold(batch, exc.accounts)
+            return False
         except Exception as exc:
             # asyncpg raises its own connection errors (not OSError subclasses) when the server
             # goes away mid-transaction; treat every failure as "not committed": no ACK, retry.
@@ -218,11 +302,11 @@ class IngestPipeline:
                 self._fail(batch, IngestUnavailable(f"commit failed: {exc.__class__.__name__}"))
             elif len(batch) > 1:
                 metrics.COMMIT_FAILURES.inc()
-                await self._isolate(batch, exc)
+                await self._isolate(batch, exc, apart=apart)
             else:
                 metrics.COMMIT_FAILURES.inc()
                 self._fail_one(batch[0], exc)
-            return
+            return False
         metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(batch))
         metrics.DATABASE_UP.set(1)
@@ -233,16 +317,71 @@ class IngestPipeline:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+        return True
 
-    async def _isolate(self, batch: list[_Pending], exc: Exception) -> None:
+    async def _hold(self, batch: list[_Pending], accounts: frozenset[str]) -> None:
+        """The rows of ``accounts`` are held by another transaction: their signals go aside,
+        behind any of theirs already there, and the rest of the batch is committed now."""
+        held = self._held
+        rest = []
+        aside: dict[str, int] = {}
+        now = time.monotonic()
+        for pending in batch:
+            account = pending.signal.account
+            if account in accounts:
+                pending.aside_at = now
+                held.setdefault(account, deque()).append(pending)
+                aside[account] = aside.get(account, 0) + 1
+            else:
+                rest.append(pending)
+        metrics.INGEST_ACCOUNTS_HELD.set(len(held))
+        for account, n in sorted(aside.items()):
+            log.warning(
+                "ingest_account_locked",
+                account=account,
+                signals=n,
+                batch=len(batch),
+                reason="a row of the account is held by another transaction: its signals are "
+                "committed apart, the others of the batch now",
+            )
+        self._held_wakeup.set()
+        if rest:
+            await self._commit(rest)
+
+    def _held_again(self, batch: list[_Pending]) -> None:
+        """A held account's signals waited once more past the lock timeout. Those set aside
+        ``held_wait_s`` ago or more are not committed, not ACKed (the module resends: a module
+        that got no answer so long resends anyway); the others are tried again on the
+        account's next turn. The account stays aside until a try succeeds."""
+        # (shutting down: no more tries)
+        now = math.inf if self._closing else time.monotonic()
+        expired = [p for p in batch if now - p.aside_at >= self._held_wait_s]
+        for pending in reversed(batch):
+            if now - pending.aside_at < self._held_wait_s:
+                self._held.setdefault(pending.signal.account, deque()).appendleft(pending)
+        if not expired:
+            return
+        metrics.INGEST_ACCOUNT_LOCKED.inc(len(expired))
+        for account in sorted({p.signal.account for p in expired}):
+            log.warning(
+                "ingest_account_locked",
+                account=account,
+                signals=sum(1 for p in expired if p.signal.account == account),
+                waited_s=self._held_wait_s,
+                reason="a row of the account is still held by another transaction: not "
+                "committed, the module resends",
+            )
+        self._fail(expired, IngestUnavailable("the account's rows are held by another transaction"))
+
+    async def _isolate(self, batch: list[_Pending], exc: Exception, *, apart: bool) -> None:
         """Commit the halves of a failed batch apart, so a signal whose own data fails the
         statement fails alone and the others are acknowledged (in their order)."""
         log.warning("commit_failed_isolating", error=repr(exc), batch=len(batch))
         metrics.COMMIT_ISOLATIONS.inc()
         half = len(batch) // 2
-        await self._commit(batch[:half])
+        await self._commit(batch[:half], apart=apart)
         if self._available:
-            await self._commit(batch[half:])
+            await self._commit(batch[half:], apart=apart)
         else:
             self._fail(batch[half:], IngestUnavailable("database unavailable"))
 
@@ -297,6 +436,9 @@ class IngestPipeline:
         batch = [pending for queue in self._queues for pending in queue]
         for queue in self._queues:
             queue.clear()
+        for waiting in self._held.values():
+            batch.extend(waiting)
+            waiting.clear()  # the accounts stay aside: their rows may still be held
         self._pending = 0
         metrics.PENDING_COMMITS.set(0)
         self._fail(batch, error)

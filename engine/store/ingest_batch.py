@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 
 _encoder = msgspec.json.Encoder()
 
+# How long a call waits for a lock: the function's own setting (migration 0545, which a test
+# checks against this). Past it the call fails with lock_not_available and the pipeline sets the
+# held accounts' signals aside (engine/pipeline.py). Transactions of the ingest writer that lock
+# rows before the call (the phone-line state, the restores) set it too.
+INGEST_LOCK_TIMEOUT = "500ms"
+
 _CALL = "SELECT * FROM ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 
 
