@@ -123,6 +123,12 @@ RETENTION_DELETED = Counter(
     "Rows deleted because their signal is past retention (decisions, finished deliveries).",
     ["table"],
 )
+LOG_LINES_DROPPED = Counter(
+    "alarmrelay_log_lines_dropped_total",
+    "Log lines not written, by reason: queue_full (stdout's reader fell behind; the engine does "
+    "not wait for it), unwritable (the reader is gone, the stream closed or the disk full).",
+    ["reason"],
+)
 
 # -- forwarding and delivery ---------------------------------------------------------------------
 DECISIONS = Counter(
@@ -209,6 +215,8 @@ for _result in (
     VOICE_SESSIONS.labels(_result)
 for _result in ("sent", "failed"):
     VOICE_COMMANDS.labels(_result)
+for _reason in ("queue_full", "unwritable"):
+    LOG_LINES_DROPPED.labels(_reason)
 
 
 def export_receiver_counters(name: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvloop
 
-from engine.logging_setup import configure_logging
+from engine.logging_setup import queued_logging
 
 
 def register(subparsers: Any) -> None:
@@ -29,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from engine.settings import load_settings  # noqa: PLC0415 - keeps `alarmrelay --help` fast
 
     settings = load_settings(args.config, os.environ)
-    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
-    uvloop.run(_serve(settings))
+    # Lines through a writer thread: a stdout whose reader is slow or stalled never blocks the
+    # event loop. Leaving the block, however (a signal's orderly stop, a startup error), writes
+    # what is queued first.
+    with queued_logging(level=settings.logging.level, fmt=settings.logging.format):
+        uvloop.run(_serve(settings))
     return 0
 
 

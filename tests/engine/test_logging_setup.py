@@ -155,3 +155,62 @@ def test_a_log_line_nobody_reads_is_dropped_not_raised() -> None:
     _, err = proc.communicate(timeout=60)
     assert "the caller went on" in err, err
     assert "Traceback" not in err.split("the caller went on")[0], err
+
+
+QUEUED_SCRIPT = """
+import logging, sys
+import structlog
+from engine.logging_setup import queued_logging
+with queued_logging(level="info", fmt=sys.argv[1]):
+    log = structlog.get_logger("engine")
+    for n in range(2000):
+        log.info("own_event", n=n)
+        if n % 500 == 0:
+            logging.getLogger("asyncpg.pool").warning("library_event %d", n)
+    structlog.get_logger("engine").debug("below the level: not shown")
+"""
+
+
+class TestQueuedLogging:
+    """``serve``'s lines go through the writer thread; what people and shippers see is the same."""
+
+    def test_json_lines_in_order_all_written_at_exit(self) -> None:
+        """Our events and the libraries' records, in the order logged, every one written when
+        the block is left (the process ends right after)."""
+        done = _python("-c", QUEUED_SCRIPT, "json")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(records) == 2004
+        assert [r.get("n") for r in records if r["event"] == "own_event"] == list(range(2000))
+        library = [i for i, r in enumerate(records) if r.get("logger") == "asyncpg.pool"]
+        assert [records[i]["event"] for i in library] == [
+            f"library_event {n}" for n in (0, 500, 1000, 1500)
+        ]
+        assert [records[i + 1]["n"] for i in library] == [1, 501, 1001, 1501]
+
+    def test_console_lines_on_stderr(self) -> None:
+        done = _python("-c", QUEUED_SCRIPT, "console")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2004
+        assert "own_event" in lines[0] and "library_event 0" in lines[1]
+        assert "n=1999" in lines[-1]
+        assert "\x1b[" not in done.stderr
+
+    def test_a_reader_gone_drops_lines_quietly(self) -> None:
+        """The existing rule holds with the writer thread: an unwritable line is dropped, no
+        traceback, the process goes on and ends normally."""
+        script = (
+            "import time; time.sleep(0.5)\n" + QUEUED_SCRIPT + "\nprint('end', file=sys.stderr)"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, "json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert err == "end\n"

@@ -72,3 +72,6 @@ class TestPortInUse:
             .startswith(f"alarmrelay: error: cannot listen for HTTP on 127.0.0.1:{held_port}:")
         )
         assert "Traceback" not in done.stderr
+        # What it logged on the way down is written before it exits (serve's lines go through
+        # a writer thread, flushed however serve ends).
+        assert '"event":"engine_stopping"' in done.stdout

@@ -51,6 +51,8 @@ class EngineProcess:
         self.raw_lines: list[str] = []
         self.ready: dict[str, Any] | None = None
         self._ready_event = threading.Event()
+        self._reading = threading.Event()
+        self._reading.set()
 
     def start(self, timeout: float = 60.0) -> dict[str, Any]:
         self.proc = subprocess.Popen(
@@ -69,6 +71,7 @@ class EngineProcess:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
+            self._reading.wait()
             line = raw.decode("utf-8", "replace").rstrip()
             self.raw_lines.append(line)
             try:
@@ -81,6 +84,14 @@ class EngineProcess:
                     self.ready = record
                     self._ready_event.set()
         self._ready_event.set()
+
+    def pause_reading(self) -> None:
+        """Stop reading the engine's output (a log shipper that stalled): once the pipe and our
+        read buffer are full, the engine's writes to stdout block."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     @property
     def dc09_port(self) -> int:
