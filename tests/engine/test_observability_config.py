@@ -246,6 +246,13 @@ def _seconds(window: str) -> float:
 
 
 class TestDashboard:
+    def test_an_alert_covers_log_lines_dropped(self) -> None:
+        """Log lines dropped because stdout's reader fell behind (or is gone) leave holes in
+        the record of what happened to alarms: an alert says so, by reason."""
+        rules = [r for r in alert_rules() if "alarmrelay_log_lines_dropped_total" in r["expr"]]
+        assert rules
+        assert all("reason" in r["expr"] for r in rules)
+
     def test_rate_windows_hold_several_scrapes(self) -> None:
         """A rate over [1m] is empty at Prometheus's default 1 m scrape interval (it needs two
         samples in the window): every panel's window is Grafana's $__rate_interval or at
