@@ -8,11 +8,9 @@ import asyncpg
 from engine.station_model import ReceiverConfig, Station
 from engine.station_sim import StationSimulator
 from engine.store.stations import StationStore
-from tests.engine.test_forwarding_e2e import provision, station, wait_state
+from tests.engine.test_forwarding_e2e import provision, wait_state
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
-
-__all__ = ["station"]  # the fixture
 
 
 def receiver(port: int, line_prefix: str) -> ReceiverConfig:
