@@ -425,8 +425,6 @@ def validation_problem(error: msgspec.ValidationError) -> tuple[str, str]:
     return path, text
 
 
-
-
 def _describe(error: msgspec.ValidationError, source: str, origin: Mapping[str, str]) -> str:
     path, text = validation_problem(error)
     where = origin.get(re.sub(r"(\[\d+\])+$", "", path), source)  # a list item: its key's

@@ -51,7 +51,9 @@ def parse_stations(data: bytes, source: str) -> tuple[list[Station], list[str]]:
             where = f"station {index.group(1)}" + (f": {rest}" if rest else "")
         else:
             where = path
-        raise UserFacingError(f"{source}: {where}: {text}" if where else f"{source}: {text}") from None
+        raise UserFacingError(
+            f"{source}: {where}: {text}" if where else f"{source}: {text}"
+        ) from None
     except msgspec.DecodeError as exc:
         raise UserFacingError(f"{source}: invalid JSON: {exc}") from None
     warnings: list[str] = []

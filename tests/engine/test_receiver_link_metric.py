@@ -67,9 +67,7 @@ class TestReceiverMetrics:
             for name in ("rx-gone", "rx-kept"):
                 assert _sample("alarmrelay_receiver_failovers_total", primary=name) == 0
                 assert _sample("alarmrelay_deliveries_dead_lettered_total", receiver=name) == 0
-                assert (
-                    _sample("alarmrelay_deliveries_total", receiver=name, outcome="duh") == 0
-                )
+                assert _sample("alarmrelay_deliveries_total", receiver=name, outcome="duh") == 0
             async with db_pool.acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM receivers WHERE name = 'rx-gone'")
                 await conn.execute("UPDATE receivers SET line_prefix = '9' WHERE name = 'rx-kept'")
