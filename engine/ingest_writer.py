@@ -98,9 +98,7 @@ class IngestWriter:
         except asyncpg.LockNotAvailableError as exc:
             # A row of one of the batch's accounts was held past INGEST_LOCK_TIMEOUT (nothing
             # committed): name the accounts holding one now, for the pipeline to set aside.
-            async with self._pool.acquire() as conn:
-                held = await held_accounts(conn, (s.account for s in signals))
-            raise AccountsHeld(held) from exc
+            raise AccountsHeld(await self.held_accounts([s.account for s in signals])) from exc
         except Exception as exc:
             if lanes and self._on_uncertain is not None and is_database_unreachable(exc):
                 # The connection went during the call: the commit may have happened, leasing
@@ -124,6 +122,12 @@ class IngestWriter:
                     exc_info=not isinstance(exc, asyncpg.PostgresError | OSError),
                 )
         return [s.result for s in done.stored]
+
+    async def held_accounts(self, accounts: Sequence[str]) -> frozenset[str]:
+        """Those of ``accounts`` a row of which another transaction holds now (not waited for):
+        the pipeline asks it of the accounts it set aside before trying them again."""
+        async with self._pool.acquire() as conn:
+            return await held_accounts(conn, accounts)
 
     def _base_plan(self, signals: Sequence[InboundSignal], rows: SignalRows) -> BatchWrite:
         plan = BatchWrite(signals=rows)

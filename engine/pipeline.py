@@ -10,9 +10,11 @@ several transactions (and their WAL flushes) overlap.
 An account whose rows another transaction holds (a commit waited past the writer's lock
 timeout: :class:`engine.ingest_types.AccountsHeld`) is set aside: the batch's other signals are
 committed at once, and the held account's signals, from then on, are committed apart, one account
-at a time, by a task of their own, tried again while the row is held; those still not committed
-after ``held_wait_s`` fail (not ACKed, the module resends). The account rejoins the batches once
-its signals are committed.
+at a time, by a task of their own. That task looks at every held account's rows together without
+waiting for them (``held_check``, every ``_HELD_LOOK_S``) and tries only the accounts found free, so
+no connection sits in a lock queue meanwhile and a freed account does not wait for the others'
+lock timeouts; those still not committed after ``held_wait_s`` fail (not ACKed, the module
+resends). The account rejoins the batches once its signals are committed.
 
 Nothing is unbounded: past ``max_pending`` new signals are shed (counted, not acknowledged, the
 module retries). When the database is unreachable every waiter gets :class:`IngestUnavailable`
@@ -49,6 +51,8 @@ log = structlog.get_logger("engine.pipeline")
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
 # After a statement timeout, how long the probe may take to show the database is there.
 _ANSWER_TIMEOUT_S = 2.0
+# How often the held accounts' rows are looked at while every one of them is still held.
+_HELD_LOOK_S = 0.1
 
 
 class BatchWriter(Protocol):
@@ -56,6 +60,9 @@ class BatchWriter(Protocol):
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]: ...
 
+
+# Which of these accounts have a row another transaction holds now (asked without waiting).
+HeldCheck = Callable[[Sequence[str]], Awaitable[frozenset[str]]]
 
 CommittedHook = Callable[[Sequence[InboundSignal], Sequence[IngestResult]], Awaitable[None] | None]
 
@@ -84,6 +91,7 @@ class IngestPipeline:
         probe_interval_s: float = 1.0,
         writers: int = 1,
         held_wait_s: float = 5.0,
+        held_check: HeldCheck | None = None,
     ) -> None:
         self._writer = writer
         self._batch_max = batch_max
@@ -107,6 +115,7 @@ class IngestPipeline:
         self._held: dict[str, deque[_Pending]] = {}
         self._held_wakeup = asyncio.Event()
         self._held_wait_s = held_wait_s
+        self._held_check = held_check
         self.committed = 0
 
     # -- IngestSink ---------------------------------------------------------------------------
@@ -236,22 +245,43 @@ class IngestPipeline:
         """Commit the held accounts' signals, one account at a time (its signals in order)."""
         held = self._held
         while True:
-            account = next((a for a, waiting in held.items() if waiting), None)
-            if account is None:
+            self._expire_held()
+            accounts = [a for a, waiting in held.items() if waiting]
+            if not accounts:
                 if self._closing:
                     return
                 self._held_wakeup.clear()
                 await self._held_wakeup.wait()
                 continue
-            waiting = held.pop(account)  # to the back of the turn, behind the other accounts
-            held[account] = deque()
-            committed = await self._commit(list(waiting), apart=True)
-            if committed and not held.get(account, True):
-                # Committed, and nothing of it came meanwhile: back into the batches (its
-                # signals arriving from now on are ordered behind these, committed).
-                del held[account]
-                metrics.INGEST_ACCOUNTS_HELD.set(len(held))
-                log.info("ingest_account_released", account=account)
+            free = await self._free_of(accounts)
+            if not free:
+                if self._closing:  # no more tries: what is still held is not committed
+                    self._expire_held(everything=True)
+                else:
+                    await asyncio.sleep(_HELD_LOOK_S)
+                continue
+            for account in free:
+                waiting = held.pop(account)  # to the back of the turn, behind the others
+                held[account] = deque()
+                committed = await self._commit(list(waiting), apart=True)
+                if committed and not held.get(account, True):
+                    # Committed, and nothing of it came meanwhile: back into the batches (its
+                    # signals arriving from now on are ordered behind these, committed).
+                    del held[account]
+                    metrics.INGEST_ACCOUNTS_HELD.set(len(held))
+                    log.info("ingest_account_released", account=account)
+
+    async def _free_of(self, accounts: list[str]) -> list[str]:
+        """Those of ``accounts`` none of whose rows is held now, asked without waiting for a
+        lock (all of them without a check, or when the check fails: their commit finds out)."""
+        if self._held_check is None:
+            return accounts
+        try:
+            still = await self._held_check(accounts)
+        except Exception as exc:
+            log.debug("ingest_held_check_failed", error=repr(exc))
+            return accounts
+        return [a for a in accounts if a not in still]
 
     async def _commit(
         self, batch: list[_Pending], *, apart: bool = False, retried: bool = False
@@ -349,16 +379,24 @@ class IngestPipeline:
             await self._commit(rest)
 
     def _held_again(self, batch: list[_Pending]) -> None:
-        """A held account's signals waited once more past the lock timeout. Those set aside
-        ``held_wait_s`` ago or more are not committed, not ACKed (the module resends: a module
-        that got no answer so long resends anyway); the others are tried again on the
-        account's next turn. The account stays aside until a try succeeds."""
-        # (shutting down: no more tries)
-        now = math.inf if self._closing else time.monotonic()
-        expired = [p for p in batch if now - p.aside_at >= self._held_wait_s]
+        """A held account's signals waited once more past the lock timeout: back to the front
+        of the account's turn, tried again unless they expire first (:meth:`_expire_held`).
+        The account stays aside until a try succeeds."""
         for pending in reversed(batch):
-            if now - pending.aside_at < self._held_wait_s:
+            if not pending.future.done():
                 self._held.setdefault(pending.signal.account, deque()).appendleft(pending)
+        if self._closing:  # shutting down: no more tries
+            self._expire_held(everything=True)
+
+    def _expire_held(self, *, everything: bool = False) -> None:
+        """The held signals set aside ``held_wait_s`` ago or more (``everything``: all of them)
+        are not committed, not ACKed: the module resends (a module that got no answer so long
+        resends anyway)."""
+        now = math.inf if everything else time.monotonic()
+        expired: list[_Pending] = []
+        for waiting in self._held.values():
+            while waiting and now - waiting[0].aside_at >= self._held_wait_s:
+                expired.append(waiting.popleft())
         if not expired:
             return
         metrics.INGEST_ACCOUNT_LOCKED.inc(len(expired))

@@ -158,6 +158,7 @@ class Engine:
                     max_pending=settings.dc09.max_pending_commits,
                     probe=lambda: pool.fetchval("SELECT 1"),
                     writers=settings.database.commit_writers,
+                    held_check=writer.held_accounts,
                 )
                 self.pipeline.start()
                 self.dispatcher.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -97,9 +97,16 @@ async def engine_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def _pipeline(
-    db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool, mode: ForwardingMode
+    db_pool: asyncpg.Pool,
+    engine_pool: asyncpg.Pool,
+    mode: ForwardingMode,
+    *,
+    more: Sequence[str] = (),
+    held_wait_s: float = HELD_WAIT_S,
 ) -> IngestPipeline:
-    accounts = [_account(LOCKED, mode)] + [_account(a, ForwardingMode.ALWAYS) for a in OTHERS]
+    accounts = [_account(LOCKED, mode)] + [
+        _account(a, ForwardingMode.ALWAYS) for a in [*OTHERS, *more]
+    ]
     await AccountStore(db_pool).upsert_many(accounts)
     directory = AccountDirectory()
     directory.load(accounts)
@@ -113,11 +120,12 @@ async def _pipeline(
         writer,
         window_s=0,
         probe=lambda: engine_pool.fetchval("SELECT 1"),
-        held_wait_s=HELD_WAIT_S,
+        held_wait_s=held_wait_s,
+        held_check=writer.held_accounts,
     )
     pipeline.start()
     # Every account's rows exist (supervision, phone-line state), as after a first contact.
-    first = [pipeline.enqueue(_signal(a)) for a in [LOCKED, *OTHERS]]
+    first = [pipeline.enqueue(_signal(a)) for a in [LOCKED, *OTHERS, *more]]
     assert await asyncio.gather(*first) == [IngestResult.ACCEPTED] * len(first)
     return pipeline
 
@@ -232,6 +240,97 @@ class TestAnAccountRowLockedElsewhere:
         finally:
             await pipeline.close()
         assert not [e for e in logs if e["event"] == "ingest_account_locked"]
+
+
+HELD = [f"H00{n}" for n in range(1, 9)]
+
+
+async def _hold_supervision(conn: asyncpg.Connection, accounts: Sequence[str]) -> None:
+    await conn.execute(
+        "SELECT 1 FROM supervision WHERE account = ANY($1::text[]) FOR UPDATE", list(accounts)
+    )
+
+
+async def _waiting_for_locks(db_pool: asyncpg.Pool) -> int:
+    return int(
+        await db_pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+class TestSeveralAccountsHeld:
+    async def test_their_signals_are_answered_within_the_held_wait(
+        self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
+    ) -> None:
+        """With the rows of eight accounts held, each of their signals set aside is answered
+        (not ACKed) once it has waited held_wait_s, not after a turn of every held account:
+        the accounts were tried one after the other, each try waiting out the lock timeout, so
+        a signal waited about 0.5 s per held account before even its first try."""
+        pipeline = await _pipeline(db_pool, engine_pool, ForwardingMode.ALWAYS, more=HELD)
+        try:
+            async with db_pool.acquire() as holder, holder.transaction():
+                await _hold_supervision(holder, HELD)
+                waiting = [pipeline.enqueue(_signal(a)) for a in HELD]
+                started = time.monotonic()
+                results = await asyncio.wait_for(
+                    asyncio.gather(*waiting, return_exceptions=True), 3.0
+                )
+                assert all(isinstance(r, IngestUnavailable) for r in results), results
+                # the lock timeout, the held wait, and a look at the rows
+                assert time.monotonic() - started < 0.5 + HELD_WAIT_S + 0.5
+        finally:
+            await pipeline.close()
+
+    async def test_an_account_whose_row_is_freed_is_committed_at_once(
+        self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
+    ) -> None:
+        """Of eight held accounts, the one whose row is freed first has its signal committed
+        (ACKed) at once, not once the seven others' rows were each waited for in turn."""
+        pipeline = await _pipeline(
+            db_pool, engine_pool, ForwardingMode.ALWAYS, more=HELD, held_wait_s=30.0
+        )
+        try:
+            async with db_pool.acquire() as holder, holder.transaction():
+                await _hold_supervision(holder, HELD[:-1])
+                async with db_pool.acquire() as brief:
+                    transaction = brief.transaction()
+                    await transaction.start()
+                    await _hold_supervision(brief, HELD[-1:])
+                    waiting = [pipeline.enqueue(_signal(a)) for a in HELD]
+                    await asyncio.sleep(1.0)  # set aside, each tried
+                    await transaction.rollback()
+                freed = waiting[-1]
+                await asyncio.wait_for(asyncio.shield(freed), 1.0)
+                assert freed.result() is IngestResult.ACCEPTED
+                assert not any(w.done() for w in waiting[:-1])
+        finally:
+            await pipeline.close()
+
+    async def test_no_connection_waits_on_the_held_rows_meanwhile(
+        self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
+    ) -> None:
+        """While a held account's signals wait aside, the engine looks at its rows without
+        waiting for them: no connection of the pool sits in the row's lock queue (each try
+        took one for the lock timeout, back to back, from a pool sized for the commit writers,
+        delivery and the timers)."""
+        pipeline = await _pipeline(
+            db_pool, engine_pool, ForwardingMode.ALWAYS, more=HELD, held_wait_s=30.0
+        )
+        try:
+            async with db_pool.acquire() as holder, holder.transaction():
+                await _hold_supervision(holder, HELD)
+                waiting = [pipeline.enqueue(_signal(a)) for a in HELD]
+                await asyncio.sleep(1.5)  # the batch met the lock, and set them aside
+                samples = []
+                for _ in range(10):
+                    samples.append(await _waiting_for_locks(db_pool))
+                    await asyncio.sleep(0.05)
+                assert samples == [0] * 10
+                assert not any(w.done() for w in waiting)
+        finally:
+            await pipeline.close()
 
 
 class TestOverDc09:
