@@ -417,11 +417,29 @@ class IngestPipeline:
         log.warning("commit_failed_isolating", error=repr(exc), batch=len(batch))
         metrics.COMMIT_ISOLATIONS.inc()
         half = len(batch) // 2
-        await self._commit(batch[:half], apart=apart)
-        if self._available:
-            await self._commit(batch[half:], apart=apart)
-        else:
-            self._fail(batch[half:], IngestUnavailable("database unavailable"))
+        first, second = batch[:half], batch[half:]
+        await self._commit(first, apart=apart)
+        if not self._available:
+            self._fail(second, IngestUnavailable("database unavailable"))
+            return
+        if apart:
+            back = sum(1 for p in first if not p.future.done())
+            if back:
+                # The account's row was found held again: its first half went back to wait;
+                # the second waits behind it, untried (committed now, it would come first).
+                waiting = self._held.setdefault(second[0].signal.account, deque())
+                for n, pending in enumerate(second):
+                    waiting.insert(back + n, pending)
+                if self._closing:
+                    self._expire_held(everything=True)
+                return
+        elif self._held:
+            # An account of the first half found held: its signals of the second half go aside
+            # behind the first half's, not committed ahead of them.
+            second = self._set_aside(second)
+            if not second:
+                return
+        await self._commit(second, apart=apart)
 
     def _fail_one(self, pending: _Pending, exc: Exception) -> None:
         """A signal that fails on its own: refused when its data is what the database refuses

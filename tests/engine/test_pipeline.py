@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from engine.account_model import Account
 from engine.ingest_types import (
+    AccountsHeld,
     InboundSignal,
     IngestResult,
     IngestUnavailable,
@@ -388,3 +389,76 @@ def _sample(name: str) -> float:
     value = REGISTRY.get_sample_value(name)
     assert value is not None, name
     return value
+
+
+def _seq_signal(account: str, seq: int) -> InboundSignal:
+    return InboundSignal(
+        account=account,
+        transport=Transport.TCP,
+        kind=SignalKind.EVENT,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        seq=f"{seq:04d}",
+    )
+
+
+class LockedOnCallsWithPoison:
+    """Raises AccountsHeld for ``account`` on the calls numbered in ``locked`` (1 is the
+    first), rejects the batches holding the signal of seq ``poison`` as bad data (alone, it is
+    refused), and commits the others, recording the (account, seq) committed in order."""
+
+    def __init__(self, account: str, *, locked: set[int], poison: str) -> None:
+        self.account = account
+        self.locked = locked
+        self.poison = poison
+        self.calls = 0
+        self.committed: list[tuple[str, int]] = []
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        self.calls += 1
+        if self.calls in self.locked and any(s.account == self.account for s in signals):
+            raise AccountsHeld(frozenset({self.account}))
+        if any(s.seq == self.poison for s in signals):
+            raise ValueError("date out of range")
+        self.committed.extend((s.account, int(s.seq)) for s in signals)
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestAHeldAccountAndAPoisonSignal:
+    async def test_the_held_accounts_signals_are_committed_in_order(self) -> None:
+        """A held account's signals, split in halves around a signal the database refuses while
+        its row is held again: the later half is not committed (nor put back) ahead of the
+        earlier one (it was put in front of it, or committed while it waited)."""
+        writer = LockedOnCallsWithPoison("X", locked={1, 3}, poison="0002")
+        pipeline = IngestPipeline(writer, window_s=0, held_wait_s=30.0)
+        signals = [_seq_signal("X", n) for n in range(1, 5)]
+        futures = [pipeline.enqueue(s) for s in signals]
+        pipeline.start()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2.0)
+        finally:
+            await pipeline.close()
+        assert [r for i, r in enumerate(results) if i != 1] == [IngestResult.ACCEPTED] * 3
+        assert writer.committed == [("X", 1), ("X", 3), ("X", 4)]
+
+    async def test_a_batch_split_around_a_poison_signal_keeps_each_accounts_order(
+        self,
+    ) -> None:
+        """A batch split in halves around a signal the database refuses, the first half meeting
+        a row held of account X: X's signals in the second half are set aside behind X's
+        earlier ones, not committed ahead of them."""
+        writer = LockedOnCallsWithPoison("X", locked={2}, poison="0099")
+        pipeline = IngestPipeline(writer, window_s=0, held_wait_s=30.0)
+        batch = [
+            _seq_signal("X", 1),
+            _seq_signal("Y", 99),
+            _seq_signal("X", 2),
+            _seq_signal("Y", 3),
+        ]
+        futures = [pipeline.enqueue(s) for s in batch]
+        pipeline.start()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2.0)
+        finally:
+            await pipeline.close()
+        assert [results[0], results[2], results[3]] == [IngestResult.ACCEPTED] * 3
+        assert [seq for account, seq in writer.committed if account == "X"] == [1, 2]
