@@ -116,6 +116,7 @@ class IngestPipeline:
         self._held_wakeup = asyncio.Event()
         self._held_wait_s = held_wait_s
         self._held_check = held_check
+        self._writers_running = 0  # the held task stops after them: they may set signals aside
         self.committed = 0
 
     # -- IngestSink ---------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class IngestPipeline:
 
     def start(self) -> None:
         """Start the writer tasks."""
+        self._writers_running = len(self._queues)
         self._tasks = [
             asyncio.create_task(self._run(shard), name=f"ingest-writer-{shard}")
             for shard in range(len(self._queues))
@@ -200,6 +202,13 @@ class IngestPipeline:
     # -- the writer ---------------------------------------------------------------------------
 
     async def _run(self, shard: int) -> None:
+        try:
+            await self._drain(shard)
+        finally:
+            self._writers_running -= 1
+            self._held_wakeup.set()
+
+    async def _drain(self, shard: int) -> None:
         queue, wakeup = self._queues[shard], self._wakeups[shard]
         while True:
             if not queue:
@@ -248,8 +257,8 @@ class IngestPipeline:
             self._expire_held()
             accounts = [a for a, waiting in held.items() if waiting]
             if not accounts:
-                if self._closing:
-                    return
+                if self._closing and not self._writers_running:
+                    return  # (a writer still draining may set signals aside)
                 self._held_wakeup.clear()
                 await self._held_wakeup.wait()
                 continue

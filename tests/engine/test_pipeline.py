@@ -462,3 +462,52 @@ class TestAHeldAccountAndAPoisonSignal:
             await pipeline.close()
         assert [results[0], results[2], results[3]] == [IngestResult.ACCEPTED] * 3
         assert [seq for account, seq in writer.committed if account == "X"] == [1, 2]
+
+
+class HeldUntilFreed:
+    """Raises AccountsHeld for ``account`` while ``held`` is set (after a short wait, as the
+    lock timeout), holds the other batches until ``gate`` is set, and commits the rest."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.held = True
+        self.gate = asyncio.Event()
+        self.committed: list[str] = []
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        accounts = {s.account for s in signals}
+        if self.account in accounts and self.held:
+            await asyncio.sleep(0.01)
+            raise AccountsHeld(frozenset({self.account}))
+        if self.account not in accounts:
+            await self.gate.wait()
+        self.committed.extend(s.account for s in signals)
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestClosingWithAnAccountHeld:
+    async def test_a_held_accounts_signal_set_aside_while_closing_is_tried(self) -> None:
+        """Closing while a writer still drains its queue: a signal of an account set aside
+        earlier, taken from the queue after the held accounts' task had found nothing to do,
+        is tried (and committed, its row being free now) before the pipeline stops; it was
+        failed unseen (no ACK for a signal that could be committed)."""
+        writer = HeldUntilFreed("X")
+        pipeline = IngestPipeline(writer, window_s=0, batch_max=1, held_wait_s=0.1)
+        pipeline.start()
+        try:
+            first = pipeline.enqueue(_seq_signal("X", 1))
+            with pytest.raises(IngestUnavailable):
+                await asyncio.wait_for(first, 2.0)  # set aside, in vain: X stays aside
+            other = pipeline.enqueue(_seq_signal("Y", 1))  # its commit waits for the gate
+            later = pipeline.enqueue(_seq_signal("X", 2))  # queued behind it
+            await asyncio.sleep(0.05)
+            writer.held = False
+            closing = asyncio.ensure_future(pipeline.close())
+            await asyncio.sleep(0.1)  # the held accounts' task finds nothing waiting
+            writer.gate.set()
+            await asyncio.wait_for(closing, 3.0)
+        finally:
+            await pipeline.close()
+        assert other.result() is IngestResult.ACCEPTED
+        assert later.result() is IngestResult.ACCEPTED
+        assert writer.committed == ["Y", "X"]
