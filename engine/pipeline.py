@@ -270,6 +270,10 @@ class IngestPipeline:
                     await asyncio.sleep(_HELD_LOOK_S)
                 continue
             for account in free:
+                if not held.get(account):
+                    # Failed meanwhile (the database went, or refuses writes): an empty batch
+                    # would commit even on a full disk and say writes are accepted again.
+                    continue
                 waiting = held.pop(account)  # to the back of the turn, behind the others
                 held[account] = deque()
                 committed = await self._commit(list(waiting), apart=True)

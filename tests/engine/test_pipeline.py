@@ -511,3 +511,46 @@ class TestClosingWithAnAccountHeld:
         assert other.result() is IngestResult.ACCEPTED
         assert later.result() is IngestResult.ACCEPTED
         assert writer.committed == ["Y", "X"]
+
+
+class HeldThenDiskFull:
+    """The first batch meets the rows of its accounts held; then every batch holding
+    ``full`` is refused as on a full disk; records every batch it is given."""
+
+    def __init__(self, full: str) -> None:
+        self.full = full
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        accounts = [s.account for s in signals]
+        self.batches.append(accounts)
+        if len(self.batches) == 1:
+            raise AccountsHeld(frozenset(accounts))
+        if self.full in accounts:
+            raise asyncpg.DiskFullError("could not extend file: No space left on device")
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+class TestHeldAccountsAndADatabaseRefusingWrites:
+    async def test_no_empty_batch_is_committed_for_a_held_account_failed_meanwhile(
+        self,
+    ) -> None:
+        """Two held accounts found free: the first's commit meets a full disk, which fails every
+        waiting signal, the second's too. Its turn commits nothing: an empty batch would succeed
+        on a full disk and report writes accepted again (healthy, database_up 1)."""
+
+        async def nothing_held(accounts: Sequence[str]) -> frozenset[str]:
+            return frozenset()
+
+        writer = HeldThenDiskFull("A")
+        pipeline = IngestPipeline(writer, window_s=0, held_wait_s=30.0, held_check=nothing_held)
+        futures = [pipeline.enqueue(_seq_signal(a, 1)) for a in ("A", "B")]
+        pipeline.start()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 2.0)
+            await asyncio.sleep(0.05)
+            assert all(isinstance(r, IngestUnavailable) for r in results), results
+            assert [] not in writer.batches
+            assert not pipeline.healthy
+        finally:
+            await pipeline.close()
