@@ -8,6 +8,7 @@ sockets are made here, dual-stack whatever the host's default.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -23,7 +24,17 @@ def is_ipv6_wildcard(host: str) -> bool:
 
 
 def dual_stack_tcp(host: str, port: int, *, backlog: int) -> socket.socket:
-    """A listening TCP socket taking IPv4 and IPv6 connections (SO_REUSEADDR set)."""
+    """A listening TCP socket taking IPv4 and IPv6 connections (SO_REUSEADDR set).
+
+    Raises OSError, as any failed bind, where the host has no such sockets (no IPv6 in the
+    kernel): the listener reports it as a bind error (socket.create_server raises ValueError).
+    """
+    if not socket.has_dualstack_ipv6():
+        raise OSError(
+            errno.EAFNOSUPPORT,
+            "this host has no sockets taking both IPv4 and IPv6 (is IPv6 disabled?); "
+            "listen on 0.0.0.0 for IPv4",
+        )
     return socket.create_server(
         (host, port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
     )
