@@ -77,7 +77,8 @@ INGEST_ACCOUNT_LOCKED = Counter(
 INGEST_ACCOUNTS_HELD = Gauge(
     "alarmrelay_ingest_accounts_held",
     "Accounts whose signals are committed apart from the group commits because a row of theirs "
-    "was found held by another transaction (until one of their commits succeeds).",
+    "was found held by another transaction (until one of their commits succeeds or, with "
+    "nothing waiting, their rows are found free).",
 )
 SIGNALS_SHED = Counter(
     "alarmrelay_signals_shed_total",

@@ -53,6 +53,8 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.Timeout
 _ANSWER_TIMEOUT_S = 2.0
 # How often the held accounts' rows are looked at while every one of them is still held.
 _HELD_LOOK_S = 0.1
+# How often accounts aside with nothing waiting are looked at, to be released once free.
+_HELD_IDLE_LOOK_S = 1.0
 
 
 class BatchWriter(Protocol):
@@ -260,7 +262,12 @@ class IngestPipeline:
                 if self._closing and not self._writers_running:
                     return  # (a writer still draining may set signals aside)
                 self._held_wakeup.clear()
-                await self._held_wakeup.wait()
+                if not held or self._held_check is None:
+                    await self._held_wakeup.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._held_wakeup.wait(), _HELD_IDLE_LOOK_S)
+                await self._release_idle()
                 continue
             free = await self._free_of(accounts)
             if not free:
@@ -284,16 +291,32 @@ class IngestPipeline:
                     metrics.INGEST_ACCOUNTS_HELD.set(len(held))
                     log.info("ingest_account_released", account=account)
 
-    async def _free_of(self, accounts: list[str]) -> list[str]:
+    async def _release_idle(self) -> None:
+        """Release the accounts aside with nothing waiting whose rows are free now (their
+        signals failed, held too long, or with the database): else they stayed counted held,
+        and apart, until their module's next signal, maybe hours later."""
+        held = self._held
+        idle = [a for a, waiting in held.items() if not waiting]
+        if not idle:
+            return
+        free = await self._free_of(idle, fallback=False)
+        for account in free:
+            if account in held and not held[account]:  # (nothing came meanwhile)
+                del held[account]
+                log.info("ingest_account_released", account=account)
+        metrics.INGEST_ACCOUNTS_HELD.set(len(held))
+
+    async def _free_of(self, accounts: list[str], *, fallback: bool = True) -> list[str]:
         """Those of ``accounts`` none of whose rows is held now, asked without waiting for a
-        lock (all of them without a check, or when the check fails: their commit finds out)."""
+        lock (without a check, or when the check fails: all of them, their commit finds out;
+        none without ``fallback``)."""
         if self._held_check is None:
-            return accounts
+            return accounts if fallback else []
         try:
             still = await self._held_check(accounts)
         except Exception as exc:
             log.debug("ingest_held_check_failed", error=repr(exc))
-            return accounts
+            return accounts if fallback else []
         return [a for a in accounts if a not in still]
 
     async def _commit(

@@ -333,6 +333,34 @@ class TestSeveralAccountsHeld:
             await pipeline.close()
 
 
+class TestARowFreedAfterItsSignalsFailed:
+    async def test_the_account_is_no_longer_counted_held(
+        self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
+    ) -> None:
+        """An account whose set-aside signals all failed (held too long) and whose module sends
+        nothing more (it resent to another engine, or waits for its next test report) is
+        released once its row is free: it stayed counted in alarmrelay_ingest_accounts_held,
+        with no ingest_account_released, until it next sent a signal, hours later maybe."""
+        pipeline = await _pipeline(db_pool, engine_pool, ForwardingMode.ALWAYS, held_wait_s=0.3)
+        try:
+            with capture_logs() as logs:
+                async with db_pool.acquire() as holder, holder.transaction():
+                    await _hold_supervision(holder, [LOCKED])
+                    with pytest.raises(IngestUnavailable):
+                        await asyncio.wait_for(pipeline.enqueue(_signal(LOCKED)), 3.0)
+                    assert REGISTRY.get_sample_value("alarmrelay_ingest_accounts_held") == 1
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline and not any(
+                    e["event"] == "ingest_account_released" for e in logs
+                ):
+                    await asyncio.sleep(0.05)
+            released = [e for e in logs if e["event"] == "ingest_account_released"]
+            assert [e["account"] for e in released] == [LOCKED]
+            assert REGISTRY.get_sample_value("alarmrelay_ingest_accounts_held") == 0
+        finally:
+            await pipeline.close()
+
+
 class TestOverDc09:
     async def test_the_other_modules_get_their_acks_and_the_held_one_its_own_later(
         self, db_pool: asyncpg.Pool, database_url: str
