@@ -14,7 +14,8 @@ at a time, by a task of their own. That task looks at every held account's rows 
 waiting for them (``held_check``, every ``_HELD_LOOK_S``) and tries only the accounts found free, so
 no connection sits in a lock queue meanwhile and a freed account does not wait for the others'
 lock timeouts; those still not committed after ``held_wait_s`` fail (not ACKed, the module
-resends). The account rejoins the batches once its signals are committed.
+resends). The account rejoins the batches once its signals are committed or, with nothing of it
+waiting, once its rows are found free (every ``_HELD_IDLE_LOOK_S``).
 
 Nothing is unbounded: past ``max_pending`` new signals are shed (counted, not acknowledged, the
 module retries). When the database is unreachable every waiter gets :class:`IngestUnavailable`

@@ -1,7 +1,8 @@
 """Which accounts' rows another transaction holds now: asked without waiting (``SKIP LOCKED``).
 
 A group commit that ran into the lock timeout (``INGEST_LOCK_TIMEOUT``) asks this about its
-accounts, so that the pipeline commits the others at once and retries the held ones apart. The
+accounts, so that the pipeline commits the others at once and retries the held ones apart; the
+pipeline asks it again of the accounts set aside, and tries only those found free. The
 rows are those a batch writes per account, each probed in the mode the batch takes: the account
 (its first and last contact), its supervision deadline, its phone-line state (``FOR UPDATE``, as
 :meth:`engine.forwarding_stage.ForwardingStage.lock_states`) and its Crash & Smash entries. A row
