@@ -159,7 +159,8 @@ class CrashSmashStage:
 
         The batch's write applies only those of signals it stores (a duplicate changes nothing).
         Within the batch a later disarm or alarm of a partition supersedes its entry, unless the
-        module's own times say the close came first (a late copy of an old disarm).
+        module's own times say the close came first (a late copy of an old disarm); of a
+        partition's closes, the one the module sent last is written.
         """
         opens: dict[tuple[str, int], EntryOpen] = {}
         closes: dict[tuple[str, int | None], EntryClose] = {}
@@ -207,9 +208,15 @@ class CrashSmashStage:
                     continue
                 reason = closes_entry(event)
                 if reason is not None:
-                    closes[(account, event.partition)] = EntryClose(
-                        o=o, a=account, p=event.partition, r=reason, s=sent
-                    )
+                    # Of a partition's closes in the batch the one the module sent last is
+                    # written (one without a module time closes whatever it finds: it stays);
+                    # a late copy of an older one would close less, or nothing, in its place.
+                    key = (account, event.partition)
+                    kept = closes.get(key)
+                    if kept is None or (kept.s is not None and not _sent_before(sent, kept.s)):
+                        closes[key] = EntryClose(
+                            o=o, a=account, p=event.partition, r=reason, s=sent
+                        )
                     # an event after the entry in the same batch supersedes it, unless the
                     # module sent it before the entry
                     for key in [

@@ -398,6 +398,24 @@ class TestModuleOrder:
         )
         assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "pending")]
 
+    async def test_a_late_copy_of_an_old_disarm_does_not_hide_a_new_one_in_its_batch(
+        self, world: World
+    ) -> None:
+        """A pending entry (sent T0); one batch holds a disarm sent after it (T0+10) and then a
+        late copy of a disarm sent before it (T0-60): the entry is closed and nothing fires.
+        The batch kept only the partition's last close in batch order, the old one, which closes
+        nothing: the panel's real disarm was lost and a Crash & Smash alarm went out."""
+        await world.writer([sent(entry(at=T0), T0)])
+        await world.writer(
+            [
+                sent(cid("1401 01 002", at=T0 + timedelta(seconds=11)), T0 + timedelta(seconds=10)),
+                sent(cid("1401 01 002", at=T0 + timedelta(seconds=12)), T0 - timedelta(seconds=60)),
+            ]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "closed")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
     async def test_a_disarm_long_after_the_entry_by_the_panel_clock_does_not_cancel_it(
         self, world: World
     ) -> None:
@@ -794,6 +812,26 @@ class TestOverdueEntry:
         await world.writer([sent(entry(zone=4, at=again), again)])
         await world.writer([cid("1401 01 002", at=again + timedelta(seconds=2))])
         assert [(p, s, r) for p, s, r, _ in await world.entries()] == [(1, "closed", "disarm")]
+        assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
+        assert await world.alarms() == []
+
+    async def test_a_disarm_after_both_entries_ends_both_with_an_older_one_in_its_batch(
+        self, world: World
+    ) -> None:
+        """The overdue entry (T0) and one waiting behind it (T0+10 min); one batch holds a disarm
+        sent after both and then a late copy of a disarm sent between them: both end, nothing
+        fires (the batch kept the older one, which ended only the first)."""
+        await world.writer([sent(entry(), T0)])
+        again = T0 + timedelta(minutes=10)
+        await world.writer([sent(entry(zone=4, at=again), again)])
+        late = again + timedelta(seconds=2)
+        await world.writer(
+            [
+                sent(cid("1401 01 002", at=late), again + timedelta(seconds=1)),
+                sent(cid("1401 01 002", at=late), T0 + timedelta(seconds=15)),
+            ]
+        )
+        assert [(p, s) for p, s, _, _ in await world.entries()] == [(1, "closed")]
         assert await world.timer().fire_due(T0 + timedelta(hours=1)) == 0
         assert await world.alarms() == []
 
