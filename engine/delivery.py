@@ -244,11 +244,18 @@ class Dispatcher:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
             hold = self._lease_holds.get(row.lane)
-            if hold is not None:
-                if not claimed and row.id > hold[0] and time.monotonic() < hold[1]:
+            if hold is not None and not claimed:
+                # Only time ends the wait: a claimed row of the lane (the claim loop sends the
+                # lane in order) does not tell that no other row of it is still leased to us
+                # unknown (a second lost commit, a release that failed), and a commit's row
+                # would overtake that one.
+                if time.monotonic() >= hold[1]:
+                    del self._lease_holds[row.lane]
+                elif row.id > hold[0]:
                     behind_held.append(row.id)  # back to the outbox, behind the held row
+                    if row.lane in self._lanes:  # claim it once the lane here is done
+                        self._blocked.add(row.lane)
                     continue
-                del self._lease_holds[row.lane]  # the lane claimed again: in order from here
             self._held.add(row.id)
             lane = self._lanes.get(row.lane)
             if lane is None:

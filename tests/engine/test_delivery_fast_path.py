@@ -559,3 +559,43 @@ class TestUncertainCommit:
             await asyncio.wait_for(write, 10)  # the contact itself is committed
             await tx.rollback()
         assert uncertain == [{"9001@rx"}]
+
+    async def test_two_lost_commits_on_a_lane_keep_the_lane_waiting_for_both(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Two commits of one lane each leased us a row and lost their reply (a flapping
+        connection): the dispatcher knows neither row. The first one's lease ends first and the
+        claim loop sends it; the lane must still wait for the second one (its lease runs on),
+        so a row the next commit leases us goes back to the outbox instead of overtaking it."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=3.0)
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        dispatcher.start()
+        try:
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)])  # its handover is lost
+                dispatcher.uncertain({"9001@rx"})
+                await asyncio.sleep(1.5)
+                second = await commit(conn, stage, [signal("A1", 2)])  # lost too
+                assert second.deliveries[0].leased
+                dispatcher.uncertain({"9001@rx"})
+            # the first unknown row's lease ends: the claim loop sends it
+            await wait_until(lambda: _done(station.received == [("9001", 1)]), timeout=10)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 3)], handover)
+            # leased to us: the lane's last pending row (the second unknown one) is ours
+            assert [r.event.zone for r in handover.leased] == [3]
+            dispatcher.adopt(handover.leased)
+
+            async def all_delivered() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                )
+                return bool(n == 3)
+
+            await wait_until(all_delivered, timeout=15)
+        finally:
+            await dispatcher.stop()
+        assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
