@@ -201,6 +201,7 @@ class Dispatcher:
         # goes down fails every delivery in flight to it at once, and those transactions must
         # not take every connection of the pool the group commits also need.
         self._failure_writes = asyncio.Semaphore(2)
+        self._claiming = asyncio.Lock()  # a claim and a release of rows to the outbox
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -361,9 +362,12 @@ class Dispatcher:
             claimed: list[Any] = []
             if room > 0:
                 try:
-                    claimed = await self._pool.fetch(
-                        CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
-                    )
+                    # Nothing awaits from the claim's reply to adopt() below: once this lock is
+                    # let go, the claimed rows are held (see _release).
+                    async with self._claiming:
+                        claimed = await self._pool.fetch(
+                            CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
+                        )
                 except DATABASE_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
                     await asyncio.sleep(self._poll_s)
@@ -447,7 +451,23 @@ class Dispatcher:
         task.add_done_callback(self._in_flight.discard)
 
     async def _release(self, ids: list[int]) -> None:
-        await self._write(_RELEASE_SQL, ids, self.owner)
+        # Recording it must survive a short database blip; if it cannot, the leases expire.
+        for attempt in range(5):
+            try:
+                async with self._failure_writes, self._claiming:
+                    # Not the rows our claim loop took again meanwhile (this release waited for
+                    # a slot longer than their lease, or its first try's reply was lost after
+                    # the commit): it would end that new lease while we send them, and another
+                    # engine would claim and send them too. (Under the claim's lock: a claim
+                    # whose reply is on its way has not marked its rows held yet.)
+                    ids = [i for i in ids if i not in self._held]
+                    if ids:
+                        await self._pool.execute(_RELEASE_SQL, ids, self.owner)
+            except DATABASE_ERRORS as exc:
+                log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(0.2 * (attempt + 1))
+            else:
+                break
         self._wake.set()  # free now: the claim loop may take them (in lane order)
 
     async def _renew_leases(self) -> None:
@@ -632,19 +652,6 @@ class Dispatcher:
         self._released_order.extend(ids)
         while len(self._released_order) > 100_000:
             self._released.discard(self._released_order.popleft())
-
-    async def _write(self, sql: str, *args: Any) -> None:
-        # Recording an outcome must survive a short database blip; if it cannot, the lease expires
-        # and the row is sent again with the same seq (the receiver dedupes).
-        for attempt in range(5):
-            try:
-                async with self._failure_writes:
-                    await self._pool.execute(sql, *args)
-            except DATABASE_ERRORS as exc:
-                log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
-                await asyncio.sleep(0.2 * (attempt + 1))
-            else:
-                return
 
     async def _outbox_gauges(self) -> None:
         while True:

@@ -10,6 +10,7 @@ then sends the lane in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -261,6 +262,10 @@ class FakeRegistry:
 
 async def _done(value: bool) -> bool:
     return value
+
+
+async def _done_async(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -599,3 +604,119 @@ class TestUncertainCommit:
         finally:
             await dispatcher.stop()
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
+
+
+class StallingStation(FakeStation):
+    """Holds the first delivery of ``zone`` until ``gate`` is set (a station slow to answer)."""
+
+    def __init__(self, zone: int, *, fail_zones: set[int] | None = None) -> None:
+        super().__init__(fail_zones=fail_zones)
+        self.zone = zone
+        self.stalled = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def receive(self, account: str, event: Event) -> Attempt:
+        if event.zone == self.zone and not self.stalled.is_set():
+            self.stalled.set()
+            await self.gate.wait()
+        return await super().receive(account, event)
+
+
+async def waiting_on(pool: asyncpg.Pool, statement: str) -> int:
+    """How many statements containing ``statement`` wait for a lock."""
+    n = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+        statement,
+    )
+    return int(n)
+
+
+class TestLateRelease:
+    async def test_a_release_that_comes_after_the_row_was_claimed_again_leaves_its_lease(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A row is handed back to the outbox (here: leased by a commit while its lane waits
+        for a lost commit's row), but its release waits behind failure writes (two heads that
+        failed, each waiting for its lane's lock) longer than its lease. The claim loop takes
+        the row again and sends it; the late release must not end that new lease, or another
+        engine claims the row and the station gets it twice."""
+        directory = await directory_with(
+            db_pool,
+            forwarding_account("A1", "9001"),
+            forwarding_account("A2", "9002"),
+            forwarding_account("A3", "9003"),
+            forwarding_account("A4", "9004"),
+        )
+        station = StallingStation(1, fail_zones={20, 30})
+        settings: dict[str, Any] = {"poll_s": 0.05, "lease_s": 1.0, "retry_base_s": 30.0}
+        pool_a = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        pool_b = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        engine_a = Dispatcher(pool_a, lambda: FakeRegistry(station), **settings)
+        engine_b = Dispatcher(pool_b, lambda: FakeRegistry(station), **settings)
+        stage = ForwardingStage(directory, owner=engine_a.owner, lease_s=engine_a.lease_s)
+        heads = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A2", 20), signal("A3", 30)], heads)
+        engine_a.start()
+        lane_locks = await asyncpg.connect(database_url)
+        row_lock = await asyncpg.connect(database_url)
+        lane_tx, row_tx = lane_locks.transaction(), row_lock.transaction()
+        try:
+            await lane_tx.start()
+            for lane in ("9002@rx", "9003@rx"):
+                await lane_locks.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", lane
+                )
+            engine_a.adopt(heads.leased)  # both fail: both failure-write slots wait
+            await wait_until(lambda: _done_async(waiting_on(db_pool, "pg_advisory_xact_lock"), 2))
+            engine_a.uncertain({"9001@rx"})
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)
+            assert [r.event.zone for r in handover.leased] == [1]
+            engine_a.adopt(handover.leased)  # handed back: its release waits for a slot
+            await asyncio.wait_for(station.stalled.wait(), 10)  # claimed again, being sent
+            # Engine A's next claim waits on a row lock for a while (a lane whose second row
+            # is locked), so that engine B's claim loop is the first to see the row released.
+            async with db_pool.acquire() as conn:
+                await commit(conn, ForwardingStage(directory), [signal("A4", 40), signal("A4", 41)])
+            await row_tx.start()
+            await row_lock.execute(
+                "SELECT 1 FROM deliveries WHERE station_account = '9004' "
+                "ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            )
+            await wait_until(lambda: _done_async(waiting_on(db_pool, "WITH heads AS"), 1))
+            engine_b.start()
+            await lane_tx.rollback()  # the failures are written, then the queued release
+
+            async def failures_recorded() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE last_error IS NOT NULL"
+                )
+                return bool(n == 2)
+
+            await wait_until(failures_recorded)
+            await asyncio.sleep(1.0)  # engine B's claim loop polls meanwhile
+            station.gate.set()
+
+            async def delivered() -> bool:
+                return bool(
+                    await db_pool.fetchval(
+                        "SELECT state = 'delivered' FROM deliveries WHERE station_account = '9001'"
+                    )
+                )
+
+            await wait_until(delivered)
+        finally:
+            station.gate.set()
+            for tx in (lane_tx, row_tx):
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    await tx.rollback()
+            await lane_locks.close()
+            await row_lock.close()
+            await engine_a.stop()
+            await engine_b.stop()
+            await pool_a.close()
+            await pool_b.close()
+        assert [zone for account, zone in station.received if account == "9001"] == [1]
