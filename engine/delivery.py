@@ -202,6 +202,7 @@ class Dispatcher:
         # not take every connection of the pool the group commits also need.
         self._failure_writes = asyncio.Semaphore(2)
         self._claiming = asyncio.Lock()  # a claim and a release of rows to the outbox
+        self._releasing: Counter[str] = Counter()  # lanes with rows being handed back
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -241,6 +242,7 @@ class Dispatcher:
         ``claimed``: the claim loop's rows (lane heads and the runs behind them, in order);
         otherwise rows a commit leased to us."""
         behind_held: list[int] = []
+        held_lanes: set[str] = set()
         for row in rows:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
@@ -250,10 +252,13 @@ class Dispatcher:
                 # lane in order) does not tell that no other row of it is still leased to us
                 # unknown (a second lost commit, a release that failed), and a commit's row
                 # would overtake that one.
-                if time.monotonic() >= hold[1]:
+                # Nor while a row of the lane handed back is not released yet: it is still
+                # leased to us (the lane looks ours to a commit), and would go after this one.
+                if time.monotonic() >= hold[1] and not self._releasing[row.lane]:
                     del self._lease_holds[row.lane]
                 elif row.id > hold[0]:
                     behind_held.append(row.id)  # back to the outbox, behind the held row
+                    held_lanes.add(row.lane)
                     if row.lane in self._lanes:  # claim it once the lane here is done
                         self._blocked.add(row.lane)
                     continue
@@ -272,7 +277,7 @@ class Dispatcher:
                 lane.insert(at, row)
         if behind_held:
             self._forget(behind_held)
-            self._release_in_background(behind_held)
+            self._release_in_background(behind_held, held_lanes)
         self._pump()
 
     def uncertain(self, lanes: Iterable[str]) -> None:
@@ -439,19 +444,37 @@ class Dispatcher:
             # them again and clear those leases (another engine would then send them too).
             unreleased = [i for i in ids if i not in self._released]
             if unreleased:
-                self._release_in_background(unreleased)
+                self._release_in_background(unreleased, {row.lane})
         if row.lane in self._blocked or lane:
             self._blocked.discard(row.lane)
             self._wake.set()
 
-    def _release_in_background(self, ids: list[int]) -> None:
-        """Hand ``ids`` back to the outbox without waiting (tracked, so stop() waits for it)."""
-        task = asyncio.create_task(self._release(ids), name="outbox-release")
+    def _release_in_background(self, ids: list[int], lanes: set[str]) -> None:
+        """Hand ``ids`` (rows of ``lanes``) back to the outbox without waiting (tracked, so
+        stop() waits for it). Until they are released, those lanes' waits last (adopt)."""
+        self._releasing.update(lanes)
+        task = asyncio.create_task(self._release(ids, lanes), name="outbox-release")
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _release(self, ids: list[int]) -> None:
-        # Recording it must survive a short database blip; if it cannot, the leases expire.
+    async def _release(self, ids: list[int], lanes: set[str]) -> None:
+        try:
+            released = await self._release_rows(ids)
+        finally:
+            self._releasing.subtract(lanes)
+            for lane in lanes:
+                if self._releasing[lane] <= 0:
+                    del self._releasing[lane]
+        if not released:
+            # Still leased to us, maybe: until their leases have surely ended, a commit's row
+            # on these lanes would go before them (see adopt).
+            for lane in lanes:
+                self._hold_lane(lane, 0)
+            log.error("outbox_release_failed", rows=len(ids), lanes=sorted(lanes)[:20])
+        self._wake.set()  # free now: the claim loop may take them (in lane order)
+
+    async def _release_rows(self, ids: list[int]) -> bool:
+        """Whether ``ids`` are released: retried through a short database blip."""
         for attempt in range(5):
             try:
                 async with self._failure_writes, self._claiming:
@@ -467,8 +490,8 @@ class Dispatcher:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
             else:
-                break
-        self._wake.set()  # free now: the claim loop may take them (in lane order)
+                return True
+        return False
 
     async def _renew_leases(self) -> None:
         """Keep leases of held rows alive, so a short lease only lapses for a dead engine.

@@ -32,6 +32,7 @@ from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 from protocols.signal import Category, Classification, Event, Family
+from tests.support.tcp_proxy import proxied_database
 
 WINDOW_S = 600
 
@@ -720,3 +721,111 @@ class TestLateRelease:
             await pool_a.close()
             await pool_b.close()
         assert [zone for account, zone in station.received if account == "9001"] == [1]
+
+    async def test_a_row_handed_back_keeps_its_lane_waiting_until_it_is_released(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A commit leased us a row on a lane waiting for a lost commit's row, and the row went
+        back to the outbox; its release waits behind failure writes while the lane's wait runs
+        out. The row is still leased to us, so the lane looks ours to the next commit, whose
+        row must not go before it."""
+        directory = await directory_with(
+            db_pool,
+            forwarding_account("A1", "9001"),
+            forwarding_account("A2", "9002"),
+            forwarding_account("A3", "9003"),
+        )
+        station = FakeStation(fail_zones={20, 30})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        dispatcher = Dispatcher(
+            pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=2.0, retry_base_s=30.0
+        )
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        heads = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A2", 20), signal("A3", 30)], heads)
+        dispatcher.start()
+        lane_locks = await asyncpg.connect(database_url)
+        lane_tx = lane_locks.transaction()
+        try:
+            await lane_tx.start()
+            for lane in ("9002@rx", "9003@rx"):
+                await lane_locks.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", lane
+                )
+            dispatcher.adopt(heads.leased)  # both fail: both failure-write slots wait
+            await wait_until(lambda: _done_async(waiting_on(db_pool, "pg_advisory_xact_lock"), 2))
+            dispatcher.uncertain({"9001@rx"})
+            waits_until = asyncio.get_running_loop().time() + dispatcher.lease_s
+            await asyncio.sleep(1.2)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)
+            assert [r.event.zone for r in handover.leased] == [1]
+            dispatcher.adopt(handover.leased)  # handed back: its release waits for a slot
+            await asyncio.sleep(waits_until + 0.2 - asyncio.get_running_loop().time())
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 2)], handover)
+            assert [r.event.zone for r in handover.leased] == [2]  # zone 1's lease runs on
+            dispatcher.adopt(handover.leased)
+            await asyncio.sleep(0.3)
+            await lane_tx.rollback()  # the failures are written, then the queued releases
+
+            async def both_delivered() -> bool:
+                n = await db_pool.fetchval(
+                    "SELECT count(*) FROM deliveries "
+                    "WHERE station_account = '9001' AND state = 'delivered'"
+                )
+                return bool(n == 2)
+
+            await wait_until(both_delivered)
+        finally:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                await lane_tx.rollback()
+            await lane_locks.close()
+            await dispatcher.stop()
+            await pool.close()
+        assert [zone for account, zone in station.received if account == "9001"] == [1, 2]
+
+    async def test_a_row_that_could_not_be_handed_back_keeps_its_lane_waiting_for_its_lease(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """As above, but the release fails (the dispatcher's database connections cut, five
+        tries): the row stays leased to us until its lease ends, so the lane waits that long,
+        and the next commit's row, leased to us meanwhile, goes back to the outbox too."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=5.0)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            dispatcher.start()
+            try:
+                dispatcher.uncertain({"9001@rx"})
+                await asyncio.sleep(3.0)
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 1)], handover)
+                assert [r.event.zone for r in handover.leased] == [1]
+                proxy.cut()
+                dispatcher.adopt(handover.leased)  # handed back: the release fails
+                await asyncio.sleep(3.5)  # five tries; the lane's first wait is over
+                proxy.restore()
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 2)], handover)
+                assert [r.event.zone for r in handover.leased] == [2]  # zone 1's lease runs on
+                dispatcher.adopt(handover.leased)
+
+                async def both_delivered() -> bool:
+                    n = await db_pool.fetchval(
+                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                    )
+                    return bool(n == 2)
+
+                await wait_until(both_delivered, timeout=20)
+            finally:
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1), ("9001", 2)]
