@@ -104,6 +104,14 @@ WHERE id = $1
   AND state NOT IN ('delivered', 'dead') AND (lease_owner IS NULL OR lease_owner = $9)
 """
 
+# A retry of the failure's transaction after an error that may have come after its commit (the
+# reply lost): only while the row is still leased to us. The first try, if it committed, left the
+# row unleased, and recording the failure again would show two failed attempts for one and start
+# the retry wait over.
+_FAILED_AGAIN_SQL = _FAILED_SQL.replace(
+    "(lease_owner IS NULL OR lease_owner = $9)", "lease_owner = $9"
+)
+
 # Every row of the lane this engine holds, behind a failed head: back to the outbox, unsent.
 _RELEASE_LANE_SQL = """
 UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
@@ -645,7 +653,7 @@ class Dispatcher:
                 ):
                     await conn.execute(_LOCK_LANE_SQL, row.lane)
                     await conn.execute(
-                        _FAILED_SQL,
+                        _FAILED_AGAIN_SQL if attempt else _FAILED_SQL,
                         row.id,
                         error[:500],
                         receiver,

@@ -829,3 +829,44 @@ class TestLateRelease:
                 await dispatcher.stop()
                 await pool.close()
         assert station.received == [("9001", 1), ("9001", 2)]
+
+
+class TestFailureReplyLost:
+    async def test_a_failure_whose_commit_reply_was_lost_is_recorded_once(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The head failed; the transaction recording it committed, but the connection went
+        before its reply. The retry must not record the failure a second time (the history
+        would show two failed attempts for one, and the retry wait would start over)."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation(fail_zones={1})
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(
+                pool, lambda: FakeRegistry(station), poll_s=0.05, retry_base_s=30.0
+            )
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)
+            dispatcher.start()
+            try:
+                proxy.lose_reply_after(b"COMMIT")  # only the failure's transaction commits so
+                dispatcher.adopt(handover.leased)
+
+                async def failure_recorded() -> bool:
+                    return bool(
+                        await db_pool.fetchval("SELECT last_error IS NOT NULL FROM deliveries")
+                    )
+
+                await wait_until(failure_recorded)
+                await asyncio.sleep(1.0)  # the failure's retry
+            finally:
+                await dispatcher.stop()
+                await pool.close()
+        row = await db_pool.fetchrow(
+            "SELECT jsonb_array_length(failed_attempts) AS n, lease_owner, "
+            "next_attempt_at > now() + interval '20 seconds' AS waits FROM deliveries"
+        )
+        assert row is not None
+        assert (row["n"], row["lease_owner"], row["waits"]) == (1, None, True)

@@ -23,6 +23,14 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()  # the proxied side of each connection
         self._up = True
+        self._lose_after: bytes | None = None  # see lose_reply_after
+        self._losing: set[asyncio.StreamWriter] = set()  # client sides whose replies are lost
+
+    def lose_reply_after(self, marker: bytes) -> None:
+        """Once: the next connection whose client sends ``marker`` (e.g. b"COMMIT") gets no
+        reply to it and is cut a moment later: the server did the work, the client never hears
+        (a connection lost after COMMIT)."""
+        self._lose_after = marker
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -75,8 +83,16 @@ class TcpProxy:
             try:
                 with contextlib.suppress(ConnectionError, OSError):
                     while data := await src.read(65536):
+                        if dst is writer and writer in self._losing:
+                            continue  # the reply is lost
                         dst.write(data)
                         await dst.drain()
+                        if dst is up_writer and self._lose_after and self._lose_after in data:
+                            self._lose_after = None
+                            self._losing.add(writer)
+                            await asyncio.sleep(0.2)  # the server answers meanwhile
+                            writer.transport.abort()
+                            break
             finally:
                 dst.transport.abort()
 
@@ -84,6 +100,7 @@ class TcpProxy:
         self._writers.discard(writer)
         self._writers.discard(up_writer)
         self._clients.discard(writer)
+        self._losing.discard(writer)
 
 
 @contextlib.asynccontextmanager
