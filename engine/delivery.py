@@ -211,6 +211,9 @@ class Dispatcher:
         self._failure_writes = asyncio.Semaphore(2)
         self._claiming = asyncio.Lock()  # a claim and a release of rows to the outbox
         self._releasing: Counter[str] = Counter()  # lanes with rows being handed back
+        # While a claim is in flight: rows commits leased us meanwhile, adopted after its rows
+        # (see adopt). None when no claim is in flight.
+        self._deferred: list[OwnedDelivery] | None = None
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -249,6 +252,12 @@ class Dispatcher:
 
         ``claimed``: the claim loop's rows (lane heads and the runs behind them, in order);
         otherwise rows a commit leased to us."""
+        if not claimed and self._deferred is not None:
+            # A claim's reply is on its way: it may bring a row of these lanes it leased us
+            # before this commit saw the lane ours (its last pending row leased to us), and
+            # that older row must go first. Taken over right after the claim's rows.
+            self._deferred.extend(rows)
+            return
         behind_held: list[int] = []
         held_lanes: set[str] = set()
         for row in rows:
@@ -287,6 +296,12 @@ class Dispatcher:
             self._forget(behind_held)
             self._release_in_background(behind_held, held_lanes)
         self._pump()
+
+    def _adopt_deferred(self) -> None:
+        """The claim is answered (or failed): the rows commits leased us meanwhile, in order."""
+        rows, self._deferred = self._deferred, None
+        if rows:
+            self.adopt(rows)
 
     def uncertain(self, lanes: Iterable[str]) -> None:
         """A commit failed without telling whether it happened (the connection went during it):
@@ -360,7 +375,7 @@ class Dispatcher:
         for task in list(self._in_flight):
             task.cancel()
         await self.voice.stop()
-        waiting = sorted(self._held)
+        waiting = sorted(self._held.union(r.id for r in self._deferred or ()))
         if waiting:  # otherwise their leases expire and another engine sends them a bit later
             with contextlib.suppress(*DATABASE_ERRORS):
                 await self._pool.execute(_RELEASE_SQL, waiting, self.owner)
@@ -374,6 +389,8 @@ class Dispatcher:
             room = self._max_in_flight - len(self._in_flight)
             claimed: list[Any] = []
             if room > 0:
+                if self._deferred is None:
+                    self._deferred = []
                 try:
                     # Nothing awaits from the claim's reply to adopt() below: once this lock is
                     # let go, the claimed rows are held (see _release).
@@ -383,6 +400,7 @@ class Dispatcher:
                         )
                 except DATABASE_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
+                    self._adopt_deferred()
                     await asyncio.sleep(self._poll_s)
                     continue
             # In id order: each lane's head before the rows behind it (adopt keeps a lane's
@@ -392,6 +410,7 @@ class Dispatcher:
                 self._empty_claim_at = None if owned else time.monotonic()
             self._released.difference_update(r.id for r in owned)  # leased to us again: ours
             self.adopt(owned, claimed=True)
+            self._adopt_deferred()
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
             # (a finished lane wakes this loop) rather than at the next poll. Likewise a lane
             # that came with a full run behind its head may have more rows behind those.

@@ -870,3 +870,50 @@ class TestFailureReplyLost:
         )
         assert row is not None
         assert (row["n"], row["lease_owner"], row["waits"]) == (1, None, True)
+
+
+class TestClaimRacingACommit:
+    async def test_a_commits_row_waits_for_a_claim_whose_reply_is_on_its_way(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The claim loop leased us a lane's head (a retry, or a row committed unleased), but
+        its reply is slow to come back. Meanwhile a commit sees the lane ours (its last pending
+        row is leased to us) and leases us the lane's next row. That row must not go before the
+        claimed one, which the dispatcher does not know yet."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            async with db_pool.acquire() as conn:
+                await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
+            go = proxy.hold_reply_after(b"WITH heads AS")
+            dispatcher.start()
+            try:
+
+                async def claimed() -> bool:
+                    owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
+                    return bool(owner == dispatcher.owner)
+
+                await wait_until(claimed)  # the claim is committed; its reply is held
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 2)], handover)
+                assert [r.event.zone for r in handover.leased] == [2]  # the lane looked ours
+                dispatcher.adopt(handover.leased)
+                await asyncio.sleep(0.3)
+                go.set()
+
+                async def both_delivered() -> bool:
+                    n = await db_pool.fetchval(
+                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                    )
+                    return bool(n == 2)
+
+                await wait_until(both_delivered)
+            finally:
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1), ("9001", 2)]

@@ -25,12 +25,23 @@ class TcpProxy:
         self._up = True
         self._lose_after: bytes | None = None  # see lose_reply_after
         self._losing: set[asyncio.StreamWriter] = set()  # client sides whose replies are lost
+        self._hold_after: tuple[bytes, asyncio.Event] | None = None  # see hold_reply_after
+        self._holding: dict[asyncio.StreamWriter, asyncio.Event] = {}
+        self._arming: dict[asyncio.StreamWriter, asyncio.Event] = {}  # prepared, not yet run
 
     def lose_reply_after(self, marker: bytes) -> None:
         """Once: the next connection whose client sends ``marker`` (e.g. b"COMMIT") gets no
         reply to it and is cut a moment later: the server did the work, the client never hears
         (a connection lost after COMMIT)."""
         self._lose_after = marker
+
+    def hold_reply_after(self, marker: bytes) -> asyncio.Event:
+        """Once: the server's answer to the next statement whose text holds ``marker`` (and all
+        that follows on that connection) waits until the returned event is set (a slow network
+        path). The statement is prepared first, as asyncpg does: held from its execution on."""
+        go = asyncio.Event()
+        self._hold_after = (marker, go)
+        return go
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -85,6 +96,13 @@ class TcpProxy:
                     while data := await src.read(65536):
                         if dst is writer and writer in self._losing:
                             continue  # the reply is lost
+                        if dst is writer and writer in self._holding:
+                            await self._holding[writer].wait()
+                        if dst is up_writer and writer in self._arming:
+                            self._holding[writer] = self._arming.pop(writer)
+                        if dst is up_writer and self._hold_after and self._hold_after[0] in data:
+                            self._arming[writer] = self._hold_after[1]
+                            self._hold_after = None
                         dst.write(data)
                         await dst.drain()
                         if dst is up_writer and self._lose_after and self._lose_after in data:
@@ -101,6 +119,8 @@ class TcpProxy:
         self._writers.discard(up_writer)
         self._clients.discard(writer)
         self._losing.discard(writer)
+        self._holding.pop(writer, None)
+        self._arming.pop(writer, None)
 
 
 @contextlib.asynccontextmanager
