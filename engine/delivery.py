@@ -403,6 +403,9 @@ class Dispatcher:
                     self._adopt_deferred()
                     await asyncio.sleep(self._poll_s)
                     continue
+                except BaseException:
+                    self._adopt_deferred()  # not left waiting for a claim that may not come
+                    raise
             # In id order: each lane's head before the rows behind it (adopt keeps a lane's
             # first row where it is, as it may be in flight).
             owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
@@ -528,7 +531,8 @@ class Dispatcher:
         half = self._lease / 2
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            ids = sorted(self._held)  # id order, like the outcome batches
+            # id order, like the outcome batches (and the rows waiting for a claim's reply)
+            ids = sorted(self._held.union(r.id for r in self._deferred or ()))
             if not ids:
                 continue
             with contextlib.suppress(*DATABASE_ERRORS):
