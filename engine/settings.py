@@ -487,14 +487,28 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     return settings
 
 
+def _url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a PostgreSQL URL the driver can use; None when nothing."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed "[" of an IPv6 host, …: its message may hold the password
+        return "is not a valid URL (check the host: an IPv6 address is written [::1])"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a postgresql:// URL"
+    if "," in parts.netloc:  # several hosts (h1:5432,h2:5433): the driver reads each one
+        return None
+    try:
+        parts.port  # noqa: B018 - reading it is the check (99999999 or "abc" raise)
+    except ValueError:  # it reached the driver, and failed as a bug, not a config error
+        return "has a port that is not 0-65535"
+    return None
+
+
 def _check_database_url(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
     url = settings.database.url
-    try:
-        if url is None or urlsplit(url).scheme in ("postgresql", "postgres"):
-            return
-        problem = "must be a postgresql:// URL"
-    except ValueError:  # an unclosed "[" of an IPv6 host, …: its message may hold the password
-        problem = "is not a valid URL (check the host: an IPv6 address is written [::1])"
+    problem = None if url is None else _url_problem(url)
+    if problem is None:
+        return
     where = origin.get("database.url")
     where = f"environment variable {where}" if where else source
     # The value is not repeated: a URL without its scheme still holds a password.

@@ -162,6 +162,22 @@ class TestEnvironment:
         assert message.startswith("environment variable ALARMRELAY_DATABASE_URL: database.url")
         assert "pw" not in message and url not in message
 
+    def test_database_url_with_a_bad_port_is_a_config_error(self, tmp_path: Path) -> None:
+        """A port beyond 65535 or not a number is refused at load, naming the file or variable
+        (it reached the driver and then failed as "unexpected ValueError … a bug", exit 1)."""
+        for port in ("99999999", "65536", "abc"):
+            url = f"postgresql://u:pw@127.0.0.1:{port}/db"
+            path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+            message = error_of(path)
+            assert message.startswith(f"{path}: database.url has a port that is not 0-65535"), (
+                message
+            )
+            message = error_of(None, {"ALARMRELAY_DATABASE_URL": url})
+            assert message.startswith("environment variable ALARMRELAY_DATABASE_URL: database.url")
+            assert "pw" not in message
+        several = "postgresql://u@h1:5432,h2:5433/db"  # asyncpg's several hosts: not refused
+        assert load_settings(None, {"ALARMRELAY_DATABASE_URL": several}).database.url == several
+
     def test_both_database_url_variables_must_agree(self) -> None:
         """ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL name one key: differing, refused."""
         one, other = "postgresql://u@h:5432/db", "postgresql://u@h:5433/db"
