@@ -484,6 +484,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     _check_bounds(settings, source, origin)
     _check_pool(settings, source, origin)
     _check_database_url(settings, source, origin)
+    _check_hosts(settings, source, origin)
     return settings
 
 
@@ -516,6 +517,31 @@ def _check_database_url(settings: Settings, source: str, origin: Mapping[str, st
         f"{where}: database.url {problem}, "
         "e.g. postgresql://alarmrelay@db.example:5432/alarmrelay (or unset: the embedded server)"
     )
+
+
+# Host names the engine resolves or binds: socket calls encode them with the IDNA codec, which
+# refuses an empty label or one beyond 63 characters ("a..b", a pasted 64-character word). Left to
+# that point, the error came as a bug at start (DC-09, HTTP), killed the MQTT client silently (the
+# engine ran without MQTT ingest, reporting nothing), or failed a welcome letter's send with a 500.
+_HOSTS = ("dc09.host", "http.host", "mqtt.host", "api.smtp_host")
+
+
+def _check_hosts(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
+    for path in _HOSTS:
+        section, key = path.split(".")
+        host = getattr(getattr(settings, section), key)
+        if host is None:
+            continue
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            where = origin.get(path)
+            where = f"environment variable {where}" if where else source
+            shown = host if len(host) <= 80 else host[:79] + "…"
+            raise UserFacingError(
+                f"{where}: {path}: {shown!r} is not a host name or address (each label between "
+                "dots is 1-63 characters)"
+            ) from None
 
 
 # (lower, upper): keys that bound a range together; the lower may not exceed the upper.

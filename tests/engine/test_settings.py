@@ -178,6 +178,29 @@ class TestEnvironment:
         several = "postgresql://u@h1:5432,h2:5433/db"  # asyncpg's several hosts: not refused
         assert load_settings(None, {"ALARMRELAY_DATABASE_URL": several}).database.url == several
 
+    def test_host_no_resolver_takes_is_a_config_error(self, tmp_path: Path) -> None:
+        """A host with an empty label or one beyond 63 characters is refused at load, naming the
+        file or variable and the key (serve failed with "unexpected UnicodeError … a bug", and
+        for mqtt.host ran on with its MQTT client dead and nothing logged)."""
+        for bad in ("a..b", "a" * 64, "x." + "b" * 70 + ".example"):
+            for path_key in ("dc09.host", "http.host", "mqtt.host", "api.smtp_host"):
+                section, key = path_key.split(".")
+                path = write(tmp_path, f'[{section}]\n{key} = "{bad}"\n')
+                message = error_of(path)
+                assert message.startswith(f"{path}: {path_key}: "), message
+                assert "is not a host name or address" in message
+                message = error_of(None, {env_name(path_key): bad})
+                assert message.startswith(f"environment variable {env_name(path_key)}: {path_key}")
+        for good in (
+            "0.0.0.0",
+            "::",
+            "fe80::1%eth0",
+            "broker.example.",
+            "a" * 63,
+            "bücher.example",
+        ):
+            assert load_settings(None, {"ALARMRELAY_MQTT__HOST": good}).mqtt.host == good
+
     def test_both_database_url_variables_must_agree(self) -> None:
         """ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL name one key: differing, refused."""
         one, other = "postgresql://u@h:5432/db", "postgresql://u@h:5433/db"
