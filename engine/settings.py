@@ -485,6 +485,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     _check_pool(settings, source, origin)
     _check_database_url(settings, source, origin)
     _check_hosts(settings, source, origin)
+    _check_mqtt_strings(settings, source, origin)
     return settings
 
 
@@ -542,6 +543,41 @@ def _check_hosts(settings: Settings, source: str, origin: Mapping[str, str]) -> 
                 f"{where}: {path}: {shown!r} is not a host name or address (each label between "
                 "dots is 1-63 characters)"
             ) from None
+
+
+def _mqtt_string_problem(text: str) -> str | None:
+    """Why ``text`` cannot go in an MQTT UTF-8 string (MQTT 5 §1.5.4); None when it can."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # os.environ holds a non-UTF-8 byte as a lone surrogate
+        return "is not UTF-8 text"
+    if "\x00" in text:
+        return "contains U+0000, which MQTT does not allow"
+    if size > 65_535:
+        return f"makes an MQTT string of {size} bytes (at most 65535)"
+    return None
+
+
+def _check_mqtt_strings(settings: Settings, source: str, origin: Mapping[str, str]) -> None:
+    """The MQTT strings built from the settings, as the CONNECT and SUBSCRIBE carry them. One the
+    codec refused ended the MQTT client at start with nothing logged: no MQTT ingest at all."""
+    mqtt = settings.mqtt
+    last = f"-{mqtt.connections - 1}" if mqtt.connections > 1 else ""  # client_id-1, …
+    share = f"$share/{mqtt.shared_group}/" if mqtt.shared_group else ""
+    subscription = f"{share}{mqtt.topic_prefix}/modules/+/checkin"
+    strings = {
+        "mqtt.client_id": mqtt.client_id + last,
+        "mqtt.username": mqtt.username,
+        "mqtt.password": mqtt.password,
+        "mqtt.shared_group": mqtt.shared_group,
+        "mqtt.topic_prefix": subscription,  # with the group: the longest topic filter we send
+    }
+    for path, text in strings.items():
+        problem = None if text is None else _mqtt_string_problem(text)
+        if problem is not None:
+            where = origin.get(path)
+            where = f"environment variable {where}" if where else source
+            raise UserFacingError(f"{where}: {path} {problem}")  # never the value: a password
 
 
 # (lower, upper): keys that bound a range together; the lower may not exceed the upper.

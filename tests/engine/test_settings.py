@@ -201,6 +201,29 @@ class TestEnvironment:
         ):
             assert load_settings(None, {"ALARMRELAY_MQTT__HOST": good}).mqtt.host == good
 
+    def test_mqtt_strings_the_codec_refuses_are_a_config_error(self, tmp_path: Path) -> None:
+        """An MQTT client id, user, password, prefix or group MQTT cannot carry (U+0000, over
+        65,535 bytes, a non-UTF-8 byte of a variable) is refused at load, naming the key and
+        never the value (the MQTT client died at start with nothing logged)."""
+        path = write(tmp_path, '[mqtt]\nclient_id = "a\\u0000b"\n')
+        assert (
+            error_of(path) == f"{path}: mqtt.client_id contains U+0000, which MQTT does not allow"
+        )
+        cases = {
+            "ALARMRELAY_MQTT__CLIENT_ID": "x" * 70_000,
+            "ALARMRELAY_MQTT__USERNAME": "user\udcff",  # the byte 0xFF, as os.environ holds it
+            "ALARMRELAY_MQTT__PASSWORD": "s3cr3t\x00",
+            "ALARMRELAY_MQTT__TOPIC_PREFIX": "p" * 65_530,
+            "ALARMRELAY_MQTT__SHARED_GROUP": "g\udcff",
+        }
+        for name, value in cases.items():
+            message = error_of(None, {name: value})
+            key = name.removeprefix("ALARMRELAY_").replace("__", ".").lower()
+            assert message.startswith(f"environment variable {name}: {key} "), message
+            assert "s3cr3t" not in message and "xxxx" not in message
+        several = {"ALARMRELAY_MQTT__CLIENT_ID": "c" * 65_534, "ALARMRELAY_MQTT__CONNECTIONS": "2"}
+        assert "mqtt.client_id" in error_of(None, several)  # its second session: c…c-1
+
     def test_both_database_url_variables_must_agree(self) -> None:
         """ALARMRELAY_DATABASE_URL and ALARMRELAY_DATABASE__URL name one key: differing, refused."""
         one, other = "postgresql://u@h:5432/db", "postgresql://u@h:5433/db"
