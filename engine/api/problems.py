@@ -177,9 +177,13 @@ def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]
     """Any other litestar HTTP error (404 route, 405, 401, …) as a problem document."""
     if type(exc) is ClientException and exc.status_code == 400:
         return _bad_body("json", str(exc.detail))  # the body is not JSON (truncated, malformed)
-    return _response(
+    response = _response(
         Problem(title=_title(exc.status_code), status=exc.status_code, detail=str(exc.detail))
     )
+    # litestar's own headers belong to the answer: a 405's Allow (RFC 9110 §15.5.6 requires it).
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 def _bad_body(rule: str, message: str) -> Response[Any]:

@@ -66,6 +66,21 @@ class TestUndecodableBodies:
         assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [("zip", "required")]
 
 
+class TestWrongMethod:
+    async def test_a_405_names_the_methods_the_resource_takes(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """RFC 9110 §15.5.6: a 405 carries Allow; the problem document kept litestar's status and
+        dropped its header, so a client could not learn which methods to use."""
+        response = await admin.put("/v1/audit")
+        assert response.status_code == 405
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert "GET" in {m.strip() for m in response.headers["allow"].split(",")}
+        response = await admin.delete("/v1/stations")
+        assert response.status_code == 405
+        assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
 class TestUnknownQueryParameters:
     async def test_a_mistyped_filter_is_a_400_not_an_unfiltered_answer(
         self, admin: httpx.AsyncClient
