@@ -158,7 +158,7 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _MISSING_PARAMETER = re.compile(r"Missing required query parameter '([^']+)'")
-_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")  # "" is a name a body can use
 
 
 def decode_error(key: str, message: str) -> FieldError:
@@ -167,7 +167,10 @@ def decode_error(key: str, message: str) -> FieldError:
     for pattern, rule in ((_MISSING, "required"), (_UNKNOWN, "unknown")):
         match = pattern.fullmatch(message)
         if match:
-            field = match.group(1) if key in {"body", ""} else f"{key}.{match.group(1)}"
+            name = match.group(1)
+            field = name if key in {"body", ""} else f"{key}.{name}"
+            if not name:  # {"": …}: the object holding it is what a client can find
+                field = key or "body"
             return FieldError(field=field, rule=rule, message=message)
     rule = "enum" if message.startswith("Invalid enum value") else "type"
     return FieldError(field=key, rule=rule, message=message)

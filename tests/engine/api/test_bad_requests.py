@@ -49,6 +49,30 @@ class TestUndecodableBodies:
             assert response.status_code == 400, (path, body, response.text)
             assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == expected
 
+    async def test_a_field_with_an_empty_name_is_unknown_not_a_type_error(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """{"": …} is a field the body does not take: rule unknown like any other (it was rule
+        type, and on the body itself, since the name between the backticks was empty)."""
+        cases = [
+            ("/v1/dealers", {"": None, "name": "x"}, [("body", "unknown")]),
+            (
+                "/v1/stations",
+                {"name": "s", "receivers": [{"name": "r", "": 1}]},
+                [("receivers[0]", "unknown")],
+            ),
+        ]
+        for path, body, expected in cases:
+            response = await admin.post(path, json=body)
+            assert response.status_code == 400, (path, body, response.text)
+            assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == expected
+        body = {"account_type": "video_access", "customer": {"": 1}}  # a creation step
+        response = await admin.post("/v1/customers/validate", json=body)
+        assert response.status_code == 400, response.text
+        assert ("customer", "unknown") in {
+            (e["field"], e["rule"]) for e in response.json()["errors"]
+        }
+
     async def test_a_missing_body_or_query_parameter_is_named_required(
         self, admin: httpx.AsyncClient
     ) -> None:
