@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge
 
+from engine.background_task import restart_on_failure
 from engine.events_signal import mqtt_dedupe_key, signal_from_events
 from engine.ingest_types import (
     InboundSignal,
@@ -397,8 +398,17 @@ class MqttListener:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run every session until :meth:`stop` (each reconnects on failure by itself)."""
-        await asyncio.gather(*(session.run() for session in self._sessions))
+        """Run every session until :meth:`stop` (each reconnects on failure by itself).
+
+        A session that ends on an error nobody foresaw (not an MqttError) is logged, counted
+        (``mqtt-session``) and started again: left alone it ended MQTT ingest for good, silently.
+        """
+        await asyncio.gather(
+            *(
+                restart_on_failure("mqtt-session", session.run, pause_s=self._reconnect_max_s)
+                for session in self._sessions
+            )
+        )
 
     @property
     def connected(self) -> bool:

@@ -518,3 +518,35 @@ class TestRedeliveryWait:
             "start_voice_session",
             "accepted",
         }
+
+
+class TestUnforeseenSessionError:
+    async def test_a_session_that_fails_unexpectedly_is_logged_counted_and_retried(
+        self, mqtt_broker: tuple[str, int]
+    ) -> None:
+        """An error other than MqttError in a session (here a client id MQTT cannot carry,
+        refused by the codec) ended MQTT ingest for good with nothing logged, the engine still
+        up; the session is now restarted, each failure counted as a background task failure."""
+        listener = MqttListener(
+            sink=FlakySink(failures=0),
+            resolver=lambda serial: None,
+            host=mqtt_broker[0],
+            port=mqtt_broker[1],
+            client_id="engine-\x00",  # MQTT strings cannot hold U+0000: ValueError
+            topic_prefix=f"unforeseen-{secrets.token_hex(3)}/v1",
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.05,
+        )
+        labels = {"task": "mqtt-session"}
+        before = REGISTRY.get_sample_value("alarmrelay_background_task_failures_total", labels)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.sleep(0.5)
+            assert not task.done(), task
+            after = REGISTRY.get_sample_value("alarmrelay_background_task_failures_total", labels)
+            assert (after or 0) - (before or 0) >= 2
+        finally:
+            await listener.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ValueError):
+                await task
