@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import Parameter
 
@@ -93,6 +93,28 @@ def _out_of_range(name: str, message: str) -> ProblemError:
     )
 
 
+def _refuse_numbers(request: Request[Any, Any, Any], *names: str) -> None:
+    """400 for a time filter written as a number. The decoder reads ``2026`` as a Unix time
+    (2026 s after 1970): ?until=2026, meant as a year, answered an empty page that reads as
+    "no signals until then". The filters are ISO 8601 date and time only, as documented."""
+    for name in names:
+        raw = request.query_params.get(name)
+        if raw is None:
+            continue
+        try:
+            float(raw)
+        except ValueError:
+            continue
+        message = "expected an ISO 8601 date and time (2026-01-01T00:00:00Z), not a number"
+        raise ProblemError(
+            400,
+            "Bad Request",
+            f"query parameter {name}: {message}",
+            errors=[FieldError(field=name, rule="type", message=message)],
+            type_="urn:alarmrelay:problem:bad-request",
+        )
+
+
 def _utc(name: str, value: datetime | None) -> datetime | None:
     """A time filter in UTC. Without an offset it is UTC already (the database driver would read
     it in the engine host's local zone); 400 when UTC is beyond the calendar (year 1-9999)."""
@@ -107,6 +129,7 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
 
 @get("/customers/{customer_id:int}/signals", summary="Signal history of a customer's account")
 async def signal_history(
+    request: Request[Any, Any, Any],
     state: State,
     caller: Caller,
     customer_id: int,
@@ -122,6 +145,7 @@ async def signal_history(
     ),
 ) -> Page[SignalEntry]:
     """Newest first (by signal id), filtered by time range, category and forwarded or not."""
+    _refuse_numbers(request, "since", "until")
     since, until = _utc("since", since), _utc("until", until)
     if since is not None and until is not None and until < since:
         # swapped by mistake: an empty page would read as "no signals in that time"

@@ -88,6 +88,22 @@ class TestTimeFilters:
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert [(e["field"], e["rule"]) for e in answer.json()["errors"]] == [(name, "range")]
 
+    async def test_a_number_is_not_taken_for_a_time(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """?until=2026 (a year) was read as 2026 seconds after 1970 and answered an empty page,
+        read as "no signals until then"; a number is a 400 (rule type) like any other value
+        that is not an ISO 8601 date and time."""
+        customer = await _customer_with_signals_at(api, admin, "2026-01-01T02:00:00Z")
+        url = f"/v1/customers/{customer}/signals"
+        for name, value in (("until", "2026"), ("since", "1767225600"), ("until", "0.5")):
+            answer = await admin.get(url, params={name: value})
+            assert answer.status_code == 400, (name, value, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert [(e["field"], e["rule"]) for e in answer.json()["errors"]] == [(name, "type")]
+        answer = await admin.get(url, params={"since": "2026-01-01T01:00:00Z"})
+        assert [s["seq"] for s in answer.json()["items"]] == ["0000"]
+
     async def test_until_before_since_is_a_400(self, api: Api, admin: httpx.AsyncClient) -> None:
         """since and until swapped answered an empty page, read as "no signals in that time"
         although the customer had one: now a 400 on until (rule range)."""
