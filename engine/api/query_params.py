@@ -1,8 +1,10 @@
-"""Query parameters an endpoint does not take are refused (400, rule ``unknown``).
+"""Query parameters an endpoint does not take are refused (400, rule ``unknown``), and so are
+parameters of one value given more than once (rule ``repeated``).
 
 Unknown body fields already are. A mistyped filter (``?categroy=alarms``, ``?dealer=5`` on a
 list that has no such filter) was ignored, so the answer looked filtered and was not: while
-investigating an alarm that reads as "these are all of them".
+investigating an alarm that reads as "these are all of them". A filter given twice
+(``?category=alarms&category=panics``) was answered with one of the two, which reads as both.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ _PATH_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 # handlers, and an id freed with an app is soon another handler's (tests and tools build several
 # apps), which then answered with that one's parameters.
 _taken: dict[tuple[Any, frozenset[str]], frozenset[str]] = {}
+_lists: dict[tuple[Any, frozenset[str]], frozenset[str]] = {}
+
+
+def list_parameters(handler: Any) -> frozenset[str]:
+    """The query parameters of ``handler`` that take several values (a list type)."""
+    key = (handler.fn, frozenset(handler.paths))
+    names = _lists.get(key)
+    if names is None:
+        taken = query_parameters(handler)
+        names = _lists[key] = frozenset(
+            name
+            for name, parameter in handler.parsed_fn_signature.parameters.items()
+            if name in taken and parameter.is_non_string_sequence
+        )
+    return names
 
 
 def query_parameters(handler: Any) -> frozenset[str]:
@@ -58,6 +75,7 @@ async def refuse_unknown_query_parameters(request: Request[Any, Any, Any]) -> No
     taken = query_parameters(request.route_handler)
     unknown = sorted(set(request.query_params) - taken)
     if not unknown:
+        _refuse_repeated(request)
         return
     accepted = ", ".join(sorted(taken)) or "none"
     raise ProblemError(
@@ -73,5 +91,25 @@ async def refuse_unknown_query_parameters(request: Request[Any, Any, Any]) -> No
             )
             for name in unknown[:20]
         ],
+        type_="urn:alarmrelay:problem:bad-request",
+    )
+
+
+def _refuse_repeated(request: Request[Any, Any, Any]) -> None:
+    """400 for a parameter of one value given more than once (litestar would take one)."""
+    several = list_parameters(request.route_handler)
+    repeated = sorted(
+        name
+        for name in set(request.query_params)
+        if name not in several and len(request.query_params.getall(name)) > 1
+    )
+    if not repeated:
+        return
+    message = "given more than once; this parameter takes one value"
+    raise ProblemError(
+        400,
+        "Bad Request",
+        f"query parameter{'s' * (len(repeated) > 1)} {', '.join(repeated)}: {message}",
+        errors=[FieldError(field=name, rule="repeated", message=message) for name in repeated],
         type_="urn:alarmrelay:problem:bad-request",
     )

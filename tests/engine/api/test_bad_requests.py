@@ -123,6 +123,24 @@ class TestUnknownQueryParameters:
         assert listed.status_code == 400
         assert [e["field"] for e in listed.json()["errors"]] == ["dealer"]
 
+    async def test_a_filter_given_twice_is_a_400_not_one_of_them(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """?category=alarms&category=panics answered the alarms only, which reads as both; a
+        parameter that takes one value and is given more than once is a 400 (rule repeated)."""
+        response = await admin.get(
+            "/v1/customers/1/signals", params=[("category", "alarms"), ("category", "panics")]
+        )
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [
+            ("category", "repeated")
+        ]
+        listed = await admin.get("/v1/dealers", params=[("limit", "1"), ("limit", "2")])
+        assert listed.status_code == 400
+        assert [(e["field"], e["rule"]) for e in listed.json()["errors"]] == [("limit", "repeated")]
+        assert (await admin.get("/v1/dealers", params={"limit": "1"})).status_code == 200
+
     async def test_a_request_without_a_key_is_a_401_first(self, api: Api) -> None:
         """No key and a mistyped parameter: the missing key is what the caller must hear."""
         response = await api.client(None).get("/v1/customers", params={"dealer": "5"})
