@@ -324,6 +324,11 @@ def run_encode(args: argparse.Namespace) -> int:
             timestamp=timestamp,
             key=key,
         )
+    except UnicodeEncodeError as exc:  # a ValueError whose codec wording tells a user nothing
+        raise UserFacingError(
+            f"--data/--xdata: characters outside Windows-1252, the charset of DC-09 text "
+            f"(§1.8): {exc.object[exc.start : exc.end]!r}"
+        ) from None
     except ValueError as exc:
         raise UserFacingError(str(exc)) from None
     if args.raw:

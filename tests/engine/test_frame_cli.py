@@ -399,3 +399,25 @@ class TestEncode:
         raw = b'\n\x12\x340016"NULL"0000L0#1[]\\\x00\x80\r'
         assert unescape(escape(raw)) == raw[1:-1]
         assert unescape("caf\u00e9\u20ac") == b"caf\xe9\x80"  # Windows-1252
+
+
+class TestEncodeText:
+    def test_a_character_outside_windows_1252_is_named(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Text DC-09 cannot carry (an emoji, a byte the shell passed that is not UTF-8) was
+        "'charmap' codec can't encode character '\\udcff' in position 21: …": now the error
+        says what is wrong and how to write it, as frame decode does."""
+        for data, xdata in (
+            ("\U0001f600", "M1"),
+            ("\udcff", "M1"),
+            ("#1234|Nri1/BA01", "M\U0001f600"),
+        ):
+            code, _, err = run(
+                capsys, "frame", "encode", "--account", "1234", "--data", data, "--xdata", xdata
+            )
+            assert code == 2
+            assert err.startswith("alarmrelay: error: --data/--xdata: characters outside "), err
+            assert "codec" not in err and len(err.splitlines()) == 1
+        code, _, _ = run(capsys, "frame", "encode", "--account", "1234", "--data", "€ä")
+        assert code == 0
