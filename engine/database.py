@@ -50,6 +50,9 @@ class Database:
 def describe_server(url: str) -> str:
     """``host:port`` (or the socket directory) of a PostgreSQL URL, never the password."""
     parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]  # without user and password
+    if "," in hosts:  # several hosts, each with its port or not: as written
+        return hosts
     if parts.hostname:
         return f"{parts.hostname}:{parts.port or 5432}"
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)

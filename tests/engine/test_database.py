@@ -232,6 +232,14 @@ class TestOpenDatabase:
         assert describe_server("postgresql://u:pw@db.example/x") == "db.example:5432"
         assert describe_server("postgresql://postgres:@/ar?host=/run/pg") == "/run/pg"
 
+    def test_describe_server_takes_several_hosts(self) -> None:
+        """A URL of several hosts, the last without its port (which the driver takes), made
+        ``migrate`` and ``serve`` fail as "unexpected ValueError … a bug" even with the database
+        up: the description (logged at start) read the port of "h1:5432,h2". Never raises."""
+        url = "postgresql://u:pw@h1.example:5432,h2.example/x"
+        assert describe_server(url) == "h1.example:5432,h2.example"
+        assert describe_server("postgresql://u:pw@h1,h2:5433/x") == "h1,h2:5433"
+
 
 class TestPartitions:
     async def test_partitions_exist_around_today(self, db_pool: asyncpg.Pool) -> None:
