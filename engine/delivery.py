@@ -389,13 +389,15 @@ class Dispatcher:
             room = self._max_in_flight - len(self._in_flight)
             claimed: list[Any] = []
             if room > 0:
-                if self._deferred is None:
-                    self._deferred = []
                 try:
                     # Nothing awaits from the claim's reply to adopt() below: once this lock is
                     # let go, the claimed rows are held (see _release).
-                    async with self._claiming:
-                        claimed = await self._pool.fetch(
+                    async with self._claiming, self._pool.acquire() as conn:
+                        # Commits' rows wait for the claim from here only: waiting for the lock
+                        # (a release in flight) or for a connection, it has leased us nothing.
+                        if self._deferred is None:
+                            self._deferred = []
+                        claimed = await conn.fetch(
                             CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
                         )
                 except DATABASE_ERRORS as exc:

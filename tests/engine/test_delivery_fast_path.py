@@ -917,3 +917,40 @@ class TestClaimRacingACommit:
                 await dispatcher.stop()
                 await pool.close()
         assert station.received == [("9001", 1), ("9001", 2)]
+
+    async def test_a_commits_row_is_not_kept_waiting_by_a_release_in_flight(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A hand-back of rows to the outbox is slow to be answered, and the claim loop waits
+        for it before claiming. No claim is in flight meanwhile: a row a commit leases us on
+        another lane goes at once (the fast path), not after the hand-back's reply."""
+        directory = await directory_with(
+            db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
+        )
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            dispatcher.start()
+            go = proxy.hold_reply_after(b"attempts = greatest(attempts - 1, 0)\nWHERE id = ANY")
+            try:
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 1)], handover)
+                dispatcher.uncertain({r.lane for r in handover.leased})
+                dispatcher.adopt(handover.leased)  # handed back: its release's reply is held
+
+                # The release's reply is held (that of its statement's preparation or of its
+                # run, as the packets fall): it holds the claim's lock; the claim loop waits.
+                await asyncio.sleep(0.3)
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A2", 1)], handover)
+                assert [r.event.zone for r in handover.leased] == [1]
+                dispatcher.adopt(handover.leased)
+                await wait_until(lambda: _done(("9002", 1) in station.received), timeout=1)
+            finally:
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
