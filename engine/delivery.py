@@ -42,7 +42,7 @@ import structlog
 
 from engine import metrics
 from engine.background_task import restart_on_failure
-from engine.errors import DATABASE_ERRORS
+from engine.errors import DATABASE_ERRORS, is_database_unreachable
 from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
 from engine.voice_session import VoiceCommand, VoiceCommandProblem, VoiceReceiver, VoiceSessions
@@ -236,6 +236,9 @@ class Dispatcher:
         # its lease surely ended). Until then a row a commit leases us on the lane must not go
         # before it (see _hold_lane and adopt).
         self._lease_holds: dict[str, tuple[int, float]] = {}
+        # Monotonic time until which every lane is held so (0.0: none): a claim's connection
+        # went before its reply, and it may have leased us lane heads we never got.
+        self._claim_lost_until = 0.0
         self._released_order: deque[int] = deque()
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -264,6 +267,11 @@ class Dispatcher:
             if row.id in self._held or row.id in self._released:
                 continue  # already queued here, or handed back with its lane after a failure
             hold = self._lease_holds.get(row.lane)
+            if hold is None and not claimed and self._claim_lost_until:
+                if time.monotonic() < self._claim_lost_until:
+                    hold = self._lease_holds[row.lane] = (0, self._claim_lost_until)
+                else:
+                    self._claim_lost_until = 0.0
             if hold is not None and not claimed:
                 # Only time ends the wait: a claimed row of the lane (the claim loop sends the
                 # lane in order) does not tell that no other row of it is still leased to us
@@ -389,6 +397,7 @@ class Dispatcher:
             room = self._max_in_flight - len(self._in_flight)
             claimed: list[Any] = []
             if room > 0:
+                sent = False
                 try:
                     # Nothing awaits from the claim's reply to adopt() below: once this lock is
                     # let go, the claimed rows are held (see _release).
@@ -397,11 +406,19 @@ class Dispatcher:
                         # (a release in flight) or for a connection, it has leased us nothing.
                         if self._deferred is None:
                             self._deferred = []
+                        sent = True
                         claimed = await conn.fetch(
                             CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
                         )
                 except DATABASE_ERRORS as exc:
                     log.warning("outbox_claim_failed", error=repr(exc))
+                    if sent and is_database_unreachable(exc):
+                        # The connection went during the claim: it may have committed, leasing
+                        # us lane heads we never got. Until those leases have surely ended,
+                        # rows commits lease us go back to the outbox (adopt), so the claim
+                        # loop sends every lane in order, those heads first.
+                        self._claim_lost_until = time.monotonic() + self.lease_s
+                        log.error("outbox_claim_reply_lost", hold_s=self.lease_s)
                     self._adopt_deferred()
                     await asyncio.sleep(self._poll_s)
                     continue

@@ -918,6 +918,56 @@ class TestClaimRacingACommit:
                 await pool.close()
         assert station.received == [("9001", 1), ("9001", 2)]
 
+    async def test_a_claim_whose_reply_is_lost_keeps_a_commits_row_behind_the_claimed_one(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """As above, but the claim's connection goes before its reply comes: the claim may have
+        leased us the lane's head all the same (here it did). The commit's row, and a row the
+        next commit leases us on the lane, must not go before it: the lane waits until the
+        claimed row's lease has ended and the claim loop sends the lane in order."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=2)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            async with db_pool.acquire() as conn:
+                await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
+            go = proxy.hold_reply_after(b"WITH heads AS")
+            dispatcher.start()
+            try:
+
+                async def claimed() -> bool:
+                    owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
+                    return bool(owner == dispatcher.owner)
+
+                await wait_until(claimed)  # the claim is committed; its reply is held
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 2)], handover)
+                assert [r.event.zone for r in handover.leased] == [2]  # the lane looked ours
+                dispatcher.adopt(handover.leased)
+                proxy.cut()  # the claim's reply never comes
+                proxy.restore()
+                await asyncio.sleep(0.2)
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 3)], handover)
+                dispatcher.adopt(handover.leased)
+
+                async def all_delivered() -> bool:
+                    n = await db_pool.fetchval(
+                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+                    )
+                    return bool(n == 3)
+
+                await wait_until(all_delivered)
+            finally:
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
+
     async def test_a_commits_row_is_not_kept_waiting_by_a_release_in_flight(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:
