@@ -425,14 +425,18 @@ class Dispatcher:
                 except BaseException:
                     self._adopt_deferred()  # not left waiting for a claim that may not come
                     raise
-            # In id order: each lane's head before the rows behind it (adopt keeps a lane's
-            # first row where it is, as it may be in flight).
-            owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
-            if room > 0:  # a claim ran: remember whether it found nothing
-                self._empty_claim_at = None if owned else time.monotonic()
-            self._released.difference_update(r.id for r in owned)  # leased to us again: ours
-            self.adopt(owned, claimed=True)
-            self._adopt_deferred()
+            try:
+                # In id order: each lane's head before the rows behind it (adopt keeps a lane's
+                # first row where it is, as it may be in flight).
+                owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
+                if room > 0:  # a claim ran: remember whether it found nothing
+                    self._empty_claim_at = None if owned else time.monotonic()
+                self._released.difference_update(r.id for r in owned)  # leased to us again
+                self.adopt(owned, claimed=True)
+            finally:
+                # Also when a claimed row cannot be read (this loop starts again a poll later):
+                # the rows commits handed over meanwhile do not wait for the next claim.
+                self._adopt_deferred()
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
             # (a finished lane wakes this loop) rather than at the next poll. Likewise a lane
             # that came with a full run behind its head may have more rows behind those.

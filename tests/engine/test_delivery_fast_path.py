@@ -1004,3 +1004,36 @@ class TestClaimRacingACommit:
                 go.set()
                 await dispatcher.stop()
                 await pool.close()
+
+    async def test_a_claim_whose_rows_cannot_be_read_does_not_hold_up_the_fast_path(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A claimed row the engine cannot read (here an event it cannot decode) fails the claim
+        loop's round, which starts again a poll later. Rows commits hand over meanwhile are
+        sent at once, as outside a claim, not after the next claim."""
+        directory = await directory_with(
+            db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
+        )
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=1.0)
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        async with db_pool.acquire() as conn:
+            await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
+        await db_pool.execute("""UPDATE deliveries SET event = '{"family": "no such family"}'""")
+        dispatcher.start()
+        try:
+
+            async def claimed() -> bool:
+                owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
+                return bool(owner == dispatcher.owner)
+
+            await wait_until(claimed)
+            await asyncio.sleep(0.1)  # the claim loop failed on the row and pauses for a poll
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A2", 1)], handover)
+            assert [r.event.zone for r in handover.leased] == [1]
+            dispatcher.adopt(handover.leased)
+            await wait_until(lambda: _done(station.received == [("9002", 1)]), timeout=0.5)
+        finally:
+            await dispatcher.stop()
