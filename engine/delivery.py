@@ -126,6 +126,13 @@ WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
 """
 
 
+# Stopping: every row this engine still holds a lease on, back to the outbox unsent.
+_RELEASE_OWNED_SQL = """
+UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE lease_owner = $1 AND state = 'pending'
+"""
+
+
 def _bound(row: OwnedDelivery) -> Any:
     """The delivery's logger (bound only where something is logged: not per success)."""
     return log.bind(
@@ -383,10 +390,12 @@ class Dispatcher:
         for task in list(self._in_flight):
             task.cancel()
         await self.voice.stop()
-        waiting = sorted(self._held.union(r.id for r in self._deferred or ()))
-        if waiting:  # otherwise their leases expire and another engine sends them a bit later
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await self._pool.execute(_RELEASE_SQL, waiting, self.owner)
+        # Every row still leased to us, not only those held here: also the rows a commit or a
+        # claim whose reply was lost leased us, and those of a hand-back cut short. Otherwise
+        # their leases expire and another engine sends them only then (their lanes in order
+        # either way: the claim loop takes lane heads).
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await self._pool.execute(_RELEASE_OWNED_SQL, self.owner)
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -443,6 +443,27 @@ class TestDispatcherHoldsLanes:
         assert rows[-1]["lease_owner"] is None
         assert all(r["lease_owner"] is None for r in rows if r["state"] == "pending")
 
+    async def test_stop_hands_back_rows_leased_to_it_it_never_got(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A commit whose reply was lost leased the engine a row it never got (the lane waits
+        for that lease). Stopping, the engine hands it back too: another engine sends it at once,
+        not once its lease has run out."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=3600)
+        stage = ForwardingStage(directory, owner=dispatcher.owner)
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", 1)], handover)  # its reply "lost"
+        dispatcher.uncertain({r.lane for r in handover.leased})
+        dispatcher.start()
+        await dispatcher.stop()
+        row = await db_pool.fetchrow("SELECT state, lease_owner, attempts FROM deliveries")
+        assert row is not None
+        assert (row["state"], row["lease_owner"], row["attempts"]) == ("pending", None, 0)
+        assert station.received == []
+
 
 class TestFailureUnderTheLaneLock:
     async def test_a_row_leased_while_the_head_fails_is_handed_back_not_sent(
