@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +63,26 @@ class Drained:
         return self.rows / self.seconds
 
 
+class _CountingConnection:
+    """A connection of :class:`CountingPool`, counting the claim queries it runs."""
+
+    def __init__(self, conn: Any, counter: CountingPool) -> None:
+        self._conn = conn
+        self._counter = counter
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        if query is CLAIM_SQL:
+            self._counter.claims += 1
+        rows: list[Any] = await self._conn.fetch(query, *args)
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
 class CountingPool:
-    """The dispatcher's pool, counting the claim queries that go through it."""
+    """The dispatcher's pool, counting the claim queries that go through it (on the pool or
+    on a connection acquired from it)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -73,6 +93,11 @@ class CountingPool:
             self.claims += 1
         rows: list[Any] = await self._pool.fetch(query, *args)
         return rows
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, **kwargs: Any) -> AsyncIterator[_CountingConnection]:
+        async with self._pool.acquire(**kwargs) as conn:
+            yield _CountingConnection(conn, self)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)

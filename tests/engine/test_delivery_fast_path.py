@@ -276,6 +276,16 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def wait_until_delivered(pool: asyncpg.Pool, n: int, timeout: float = 10.0) -> None:
+    """Wait until ``n`` deliveries are recorded delivered."""
+
+    async def delivered() -> bool:
+        found = await pool.fetchval("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
+        return bool(found == n)
+
+    await wait_until(delivered, timeout)
+
+
 async def writer_noting_uncertain_lanes(
     pool: asyncpg.Pool, *, supervised: bool = False
 ) -> tuple[IngestWriter, list[set[str]]]:
@@ -338,13 +348,7 @@ class TestDispatcherHoldsLanes:
             await asyncio.sleep(0.05)
             dispatcher.adopt(handover.leased)
 
-            async def all_delivered() -> bool:
-                n = await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                )
-                return bool(n == 4)
-
-            await wait_until(all_delivered)
+            await wait_until_delivered(db_pool, 4)
         finally:
             await dispatcher.stop()
         assert [z for a, z in station.received if a == "9001"] == [1, 2, 3]
@@ -411,13 +415,7 @@ class TestDispatcherHoldsLanes:
             await wait_until(behind_released)
             assert station.received == []  # nothing overtook the failed head
 
-            async def all_delivered() -> bool:
-                n = await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                )
-                return bool(n == 3)
-
-            await wait_until(all_delivered)
+            await wait_until_delivered(db_pool, 3)
         finally:
             await dispatcher.stop()
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
@@ -530,13 +528,7 @@ class TestUncertainCommit:
             assert [r.lane for r in handover.leased] == ["9001@rx"]  # leased: the lane looked ours
             dispatcher.adopt(handover.leased)
 
-            async def both_delivered() -> bool:
-                n = await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                )
-                return bool(n == 2)
-
-            await wait_until(both_delivered)
+            await wait_until_delivered(db_pool, 2)
         finally:
             await dispatcher.stop()
         assert station.received == [("9001", 1), ("9001", 2)]
@@ -616,13 +608,7 @@ class TestUncertainCommit:
             assert [r.event.zone for r in handover.leased] == [3]
             dispatcher.adopt(handover.leased)
 
-            async def all_delivered() -> bool:
-                n = await db_pool.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                )
-                return bool(n == 3)
-
-            await wait_until(all_delivered, timeout=15)
+            await wait_until_delivered(db_pool, 3, timeout=15)
         finally:
             await dispatcher.stop()
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
@@ -839,13 +825,7 @@ class TestLateRelease:
                 assert [r.event.zone for r in handover.leased] == [2]  # zone 1's lease runs on
                 dispatcher.adopt(handover.leased)
 
-                async def both_delivered() -> bool:
-                    n = await db_pool.fetchval(
-                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                    )
-                    return bool(n == 2)
-
-                await wait_until(both_delivered, timeout=20)
+                await wait_until_delivered(db_pool, 2, timeout=20)
             finally:
                 await dispatcher.stop()
                 await pool.close()
@@ -926,13 +906,7 @@ class TestClaimRacingACommit:
                 await asyncio.sleep(0.3)
                 go.set()
 
-                async def both_delivered() -> bool:
-                    n = await db_pool.fetchval(
-                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                    )
-                    return bool(n == 2)
-
-                await wait_until(both_delivered)
+                await wait_until_delivered(db_pool, 2)
             finally:
                 go.set()
                 await dispatcher.stop()
