@@ -950,13 +950,7 @@ class TestClaimRacingACommit:
                     await commit(conn, stage, [signal("A1", 3)], handover)
                 dispatcher.adopt(handover.leased)
 
-                async def all_delivered() -> bool:
-                    n = await db_pool.fetchval(
-                        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
-                    )
-                    return bool(n == 3)
-
-                await wait_until(all_delivered)
+                await wait_until_delivered(db_pool, 3)
             finally:
                 go.set()
                 await dispatcher.stop()
