@@ -286,6 +286,15 @@ async def wait_until_delivered(pool: asyncpg.Pool, n: int, timeout: float = 10.0
     await wait_until(delivered, timeout)
 
 
+async def wait_until_leased_to(pool: asyncpg.Pool, owner: str) -> None:
+    """Wait until the (one) delivery is leased to ``owner``: its claim is committed."""
+
+    async def leased() -> bool:
+        return bool(await pool.fetchval("SELECT lease_owner FROM deliveries") == owner)
+
+    await wait_until(leased)
+
+
 async def writer_noting_uncertain_lanes(
     pool: asyncpg.Pool, *, supervised: bool = False
 ) -> tuple[IngestWriter, list[set[str]]]:
@@ -892,12 +901,9 @@ class TestClaimRacingACommit:
             go = proxy.hold_reply_after(b"WITH heads AS")
             dispatcher.start()
             try:
-
-                async def claimed() -> bool:
-                    owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
-                    return bool(owner == dispatcher.owner)
-
-                await wait_until(claimed)  # the claim is committed; its reply is held
+                await wait_until_leased_to(
+                    db_pool, dispatcher.owner
+                )  # the claim is committed; its reply is held
                 handover = Handover()
                 async with db_pool.acquire() as conn:
                     await commit(conn, stage, [signal("A1", 2)], handover)
@@ -931,12 +937,9 @@ class TestClaimRacingACommit:
             go = proxy.hold_reply_after(b"WITH heads AS")
             dispatcher.start()
             try:
-
-                async def claimed() -> bool:
-                    owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
-                    return bool(owner == dispatcher.owner)
-
-                await wait_until(claimed)  # the claim is committed; its reply is held
+                await wait_until_leased_to(
+                    db_pool, dispatcher.owner
+                )  # the claim is committed; its reply is held
                 handover = Handover()
                 async with db_pool.acquire() as conn:
                     await commit(conn, stage, [signal("A1", 2)], handover)
@@ -1011,12 +1014,7 @@ class TestClaimRacingACommit:
         await db_pool.execute("""UPDATE deliveries SET event = '{"family": "no such family"}'""")
         dispatcher.start()
         try:
-
-            async def claimed() -> bool:
-                owner = await db_pool.fetchval("SELECT lease_owner FROM deliveries")
-                return bool(owner == dispatcher.owner)
-
-            await wait_until(claimed)
+            await wait_until_leased_to(db_pool, dispatcher.owner)
             await asyncio.sleep(0.1)  # the claim loop failed on the row and pauses for a poll
             handover = Handover()
             async with db_pool.acquire() as conn:
