@@ -18,7 +18,7 @@ from litestar.params import Parameter
 from engine.api.auth import Caller
 from engine.api.customer_store import fetch_customer
 from engine.api.pagination import Page, clamp_limit
-from engine.api.problems import FieldError, ProblemError
+from engine.api.problems import ProblemError, bad_query_parameter
 from protocols.signal import Category
 
 
@@ -84,13 +84,7 @@ class SignalEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _out_of_range(name: str, message: str) -> ProblemError:
-    return ProblemError(
-        400,
-        "Bad Request",
-        f"query parameter {name}: {message}",
-        errors=[FieldError(field=name, rule="range", message=message)],
-        type_="urn:alarmrelay:problem:bad-request",
-    )
+    return bad_query_parameter(name, "range", message)
 
 
 def _refuse_numbers(request: Request[Any, Any, Any], *names: str) -> None:
@@ -105,13 +99,8 @@ def _refuse_numbers(request: Request[Any, Any, Any], *names: str) -> None:
             float(raw)
         except ValueError:
             continue
-        message = "expected an ISO 8601 date and time (2026-01-01T00:00:00Z), not a number"
-        raise ProblemError(
-            400,
-            "Bad Request",
-            f"query parameter {name}: {message}",
-            errors=[FieldError(field=name, rule="type", message=message)],
-            type_="urn:alarmrelay:problem:bad-request",
+        raise bad_query_parameter(
+            name, "type", "expected an ISO 8601 date and time (2026-01-01T00:00:00Z), not a number"
         )
 
 

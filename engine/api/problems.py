@@ -97,6 +97,17 @@ def conflict(field: str, rule: str, message: str) -> ProblemError:
     )
 
 
+def bad_query_parameter(name: str, rule: str, message: str) -> ProblemError:
+    """400 for one query parameter that broke ``rule``."""
+    return ProblemError(
+        400,
+        "Bad Request",
+        f"query parameter {name}: {message}",
+        errors=[FieldError(field=name, rule=rule, message=message)],
+        type_="urn:alarmrelay:problem:bad-request",
+    )
+
+
 _CHALLENGE = 'Bearer realm="alarmrelay"'
 
 
