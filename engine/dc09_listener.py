@@ -438,6 +438,10 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
         peer = peer_text(addr)
         clock = time.monotonic()
         bucket = self._limits.bucket(addr, clock)
+        if bucket.empty(clock):
+            # Dropped unread: a flooding source costs no parsing or AES decryption.
+            self._rate_limited(bucket, None, peer)
+            return
         for event in self._conn.receive_datagram(data, now=now):
             # Every frame, rejected ones too, is charged, as on TCP: a source flooding the port
             # (or one whose frames all get NAK) must not take the engine's time from the others.
@@ -463,12 +467,19 @@ class Dc09DatagramProtocol(asyncio.DatagramProtocol):
             self._server.track(future)
 
     def _rate_limited(
-        self, bucket: TokenBucket, event: FrameReceived | FrameRejected, peer: str
+        self, bucket: TokenBucket, event: FrameReceived | FrameRejected | None, peer: str
     ) -> None:
-        """Dropped (no reply: the module resends); logged once per run of dropped frames."""
+        """Dropped (no reply: the module resends); logged once per run of dropped frames.
+        ``event`` is None for a datagram dropped before it was read."""
         metrics.SIGNALS_SHED.labels("udp", "rate_limited").inc()
         if not bucket.shed:
-            frame = event.frame if isinstance(event, FrameReceived) else event.header
+            frame = (
+                None
+                if event is None
+                else event.frame
+                if isinstance(event, FrameReceived)
+                else event.header
+            )
             log.warning(
                 "rate_limited",
                 peer=peer,

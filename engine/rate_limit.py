@@ -35,6 +35,13 @@ class TokenBucket:
             return True
         return False
 
+    def empty(self, now: float) -> bool:
+        """Whether the next frame would be refused (nothing taken): a datagram can be dropped
+        before it is parsed or decrypted."""
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        return self._tokens < 1.0
+
 
 class SourceRateLimit:
     """The buckets of the sources heard from most recently, at most ``max_sources``."""

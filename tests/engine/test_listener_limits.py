@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,7 @@ from engine.station_sim import StationSimulator
 from engine.store.accounts import AccountStore
 from engine.store.stations import StationStore
 from protocols.dc09_frame import encode_frame
+from protocols.dc09_receiver import ReceiverEvent
 from protocols.signal import DEFAULT_FORWARDED_CATEGORIES, Category
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule, Dc09UdpModule
@@ -102,6 +104,39 @@ class TestLimits:
         assert _shed("udp") - shed == replies.count(None)
         stored = await db_pool.fetchval("SELECT count(*) FROM signals WHERE account = '1234'")
         assert stored == sum(r is not None for r in replies)
+
+    async def test_a_udp_datagram_over_the_limit_is_dropped_unread(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A source over its rate costs the engine no parsing and no AES decryption: only the
+        datagrams within the limit are read. Before, every datagram was parsed (and decrypted)
+        first and charged after, so a flood still took the engine's time frame by frame."""
+        await AccountStore(db_pool).upsert_many([Account(account="1234")])
+        async with running_engine(with_dc09(database_url, port=0, rate_limit_per_s=1.0)) as engine:
+            assert engine.dc09 is not None
+            protocol = engine.dc09._udp_protocol
+            assert protocol is not None
+            conn = protocol._conn
+            read: list[bytes] = []
+            receive = conn.receive_datagram
+
+            def counting(data: bytes, *, now: datetime) -> list[ReceiverEvent]:
+                read.append(data)
+                return receive(data, now=now)
+
+            conn.receive_datagram = counting  # type: ignore[method-assign]
+            flooding = Dc09UdpModule("127.0.0.1", engine.dc09.port, account="1234")
+            await flooding.connect()
+            try:
+                replies = [
+                    await flooding.send("ADM-CID", f"#1234|1130 01 {z:03d}", timeout=0.3)
+                    for z in range(1, 7)
+                ]
+            finally:
+                flooding.close()
+        answered = sum(r is not None for r in replies)
+        assert 0 < answered < len(replies)
+        assert len(read) == answered
 
     async def test_ipv6_wildcard_takes_ipv4_on_tcp_and_udp(
         self, db_pool: asyncpg.Pool, database_url: str

@@ -32,3 +32,14 @@ class TestSourceRateLimit:
         assert limits.bucket(("192.0.2.1", 2), 0.0).take(0.0)
         assert len(limits) == 2
         assert not limits.bucket(("192.0.2.1", 3), 0.0).take(0.0)
+
+
+class TestEmpty:
+    def test_says_whether_the_next_frame_would_be_refused_without_taking_a_token(self) -> None:
+        bucket = TokenBucket(rate=1.0, burst=1.0, now=0.0)
+        assert not bucket.empty(0.0)
+        assert not bucket.empty(0.0)  # asking takes nothing
+        assert bucket.take(0.0)
+        assert bucket.empty(0.5)
+        assert not bucket.empty(1.0)  # refilled at its rate
+        assert bucket.take(1.0)
