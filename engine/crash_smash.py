@@ -160,7 +160,10 @@ class CrashSmashStage:
         The batch's write applies only those of signals it stores (a duplicate changes nothing).
         Within the batch a later disarm or alarm of a partition supersedes its entry, unless the
         module's own times say the close came first (a late copy of an old disarm); of a
-        partition's closes, the one the module sent last is written.
+        partition's closes, the one the module sent last is written. A close without a partition
+        is kept beside them (it closes every partition): of it and a partition's own, the write
+        applies to that partition's entry the one sent last, by the same order (migration 0550;
+        each close carries its event's place in the signal for a tie of module times).
         """
         opens: dict[tuple[str, int], EntryOpen] = {}
         closes: dict[tuple[str, int | None], EntryClose] = {}
@@ -191,7 +194,7 @@ class CrashSmashStage:
                     u=_until(sent, extra),
                     r=signal.received_at,
                 )
-            for event in signal.events:
+            for i, event in enumerate(signal.events):
                 if self._entry_codes and self._entry_from_event(event):
                     partition = event.partition or 1
                     extra = self._code_entry + self._extra_for(account)
@@ -215,7 +218,7 @@ class CrashSmashStage:
                     kept = closes.get(key)
                     if kept is None or (kept.s is not None and not _sent_before(sent, kept.s)):
                         closes[key] = EntryClose(
-                            o=o, a=account, p=event.partition, r=reason, s=sent
+                            o=o, a=account, p=event.partition, r=reason, s=sent, i=i
                         )
                     # an event after the entry in the same batch supersedes it, unless the
                     # module sent it before the entry

@@ -58,6 +58,9 @@ class EntryClose(msgspec.Struct, frozen=True):
     p: int | None
     r: str  # reason
     s: datetime | None = None  # the module's time of the close, when it gave one
+    # the event's place in its signal: of two closes matching one entry with the same module
+    # time, in the same signal, the later event counts (migration 0550)
+    i: int = 0
 
 
 class DecisionRow(msgspec.Struct, frozen=True):
