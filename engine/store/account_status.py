@@ -2,7 +2,8 @@
 
 Each fact is read from the one table that records it: the phone line from ``account_state``
 (written with the decisions that change it), Panel Not Responding from ``supervision.missed``
-(written with the miss and with its restore), entries from ``pending_entries``.
+(written with the miss and with its restore), entries from ``pending_entries`` (with the entry
+waiting behind an overdue one, its ``next_*`` columns).
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import asyncpg
 import msgspec
 
 
+class WaitingEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry received when its partition's pending one was already past its deadline: it is
+    timed from ``deadline`` once that one fires, or is closed by a close sent between the two."""
+
+    zone: int | None
+    deadline: datetime
+
+
 class PendingEntry(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
     zone: int | None
@@ -20,6 +29,7 @@ class PendingEntry(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     closed_reason: str | None
     fired_signal_id: int | None = None  # the Crash & Smash alarm raised (state "fired")
+    waiting: WaitingEntry | None = None  # the entry waiting behind this one (migration 0540)
 
 
 class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,7 +77,8 @@ async def account_status(
         return None
     entries = await pool.fetch(
         "SELECT partition, zone, deadline, state, closed_reason, "
-        "CASE WHEN state = 'fired' THEN fired_signal_id END AS fired_signal_id "
+        "CASE WHEN state = 'fired' THEN fired_signal_id END AS fired_signal_id, "
+        "next_zone, next_deadline "
         "FROM pending_entries WHERE account = $1 ORDER BY partition",
         account,
     )
@@ -79,7 +90,25 @@ async def account_status(
         supervision_deadline=row["supervision_deadline"],
         panel_not_responding=row["missed"],
         panel_not_responding_since=row["missed_at"] if row["missed"] else None,
-        entries=tuple(PendingEntry(**dict(e)) for e in entries),
+        entries=tuple(_entry(e) for e in entries),
         deliveries_pending=row["pending"],
         deliveries_dead=row["dead"],
+    )
+
+
+def _entry(row: asyncpg.Record) -> PendingEntry:
+    """A ``pending_entries`` row, with the entry waiting behind it when there is one."""
+    waiting = (
+        WaitingEntry(zone=row["next_zone"], deadline=row["next_deadline"])
+        if row["next_deadline"] is not None
+        else None
+    )
+    return PendingEntry(
+        partition=row["partition"],
+        zone=row["zone"],
+        deadline=row["deadline"],
+        state=row["state"],
+        closed_reason=row["closed_reason"],
+        fired_signal_id=row["fired_signal_id"],
+        waiting=waiting,
     )

@@ -843,3 +843,26 @@ class TestOverdueEntry:
         assert await world.entries() == [(1, "pending", None, T0 + timedelta(seconds=80))]
         assert await world.timer().fire_due(T0 + timedelta(minutes=10)) == 1
         assert await world.entries() == [(1, "fired", None, T0 + timedelta(seconds=80))]
+
+    async def test_the_account_state_shows_the_waiting_entry(self, world: World) -> None:
+        """The live state (API, ``alarmrelay state``) shows the entry waiting behind the overdue
+        one, with its zone and deadline, until it takes the row's place."""
+        await world.writer([entry()])
+        again = T0 + timedelta(minutes=10)
+        await world.writer([entry(zone=4, at=again)])
+        status = await account_status(world.pool, "7777")
+        assert status is not None
+        [shown] = status.entries
+        assert (shown.zone, shown.deadline, shown.state) == (
+            3,
+            T0 + timedelta(seconds=80),
+            "pending",
+        )
+        assert shown.waiting is not None
+        assert (shown.waiting.zone, shown.waiting.deadline) == (4, again + timedelta(seconds=80))
+        assert await world.timer().fire_due(again) == 1
+        status = await account_status(world.pool, "7777")
+        assert status is not None
+        assert [(e.zone, e.deadline, e.waiting) for e in status.entries] == [
+            (4, again + timedelta(seconds=80), None)
+        ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 
 from tests.engine.api.catalog_setup import create_packages, imei, security_request
@@ -66,3 +68,39 @@ class TestReusedAccountNumber:
             "SELECT line_faults FROM account_state WHERE account = $1", account
         )
         assert not faults
+
+
+class TestEntryWaitingBehindAnOverdueOne:
+    async def test_the_waiting_entry_is_shown_with_its_zone_and_deadline(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """Partition 1's entry is past its deadline, not fired yet, and a second entry (zone 4)
+        waits behind it; partition 2's has none waiting. The state showed only the first: an
+        operator could not see that a second Crash & Smash was still to come."""
+        await create_packages(admin)
+        acme = await api.dealer("Acme")
+        created = await admin.post("/v1/customers", json=security_request(acme, SERIAL))
+        assert created.status_code == 201, created.text
+        customer = created.json()["customer"]
+        overdue = datetime(2026, 3, 2, 22, 1, 20, tzinfo=UTC)
+        waiting = overdue + timedelta(minutes=10)
+        await api.pool.execute(
+            "INSERT INTO pending_entries (account, partition, zone, deadline, state, "
+            "next_zone, next_deadline, next_sent_at, next_received_at) VALUES "
+            "($1, 1, 3, $2, 'pending', 4, $3, $4, $4), ($1, 2, 7, $3, 'pending', NULL, NULL, NULL, NULL)",
+            customer["account"],
+            overdue,
+            waiting,
+            waiting - timedelta(seconds=80),
+        )
+        state = await admin.get(f"/v1/customers/{customer['id']}/state")
+        assert state.status_code == 200, state.text
+        entries = state.json()["entries"]
+        assert [(e["partition"], e["zone"], e["state"]) for e in entries] == [
+            (1, 3, "pending"),
+            (2, 7, "pending"),
+        ]
+        shown = entries[0]["waiting"]
+        assert shown is not None
+        assert (shown["zone"], datetime.fromisoformat(shown["deadline"])) == (4, waiting)
+        assert entries[1]["waiting"] is None
