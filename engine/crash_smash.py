@@ -8,7 +8,8 @@ zone with the text "Crash & Smash", category Crash & Smash, through the normal p
 Pending timers live in PostgreSQL and fire once (``FOR UPDATE SKIP LOCKED``, persisted state); a
 fired entry names the alarm it raised (``fired_signal_id``, migration 0440). An entry received
 when its partition's pending one is already due does not move that deadline: it waits behind it
-(``next_*``, migration 0540) and takes its place when the first fires or is closed before it.
+(``next_*``, migration 0540) and takes its place when the first fires or is closed before it;
+entries line up behind it the same way (``later_entries``, migration 0551).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each fact is read from the one table that records it: the phone line from ``account_state``
 (written with the decisions that change it), Panel Not Responding from ``supervision.missed``
-(written with the miss and with its restore), entries from ``pending_entries`` (with the entry
-waiting behind an overdue one, its ``next_*`` columns).
+(written with the miss and with its restore), entries from ``pending_entries`` (with the entries
+waiting behind an overdue one: ``next_*``, then ``later_entries``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import msgspec
 
 
 class WaitingEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """An entry received when its partition's pending one was already past its deadline: it is
-    timed from ``deadline`` once that one fires, or is closed by a close sent between the two."""
+    """An entry received when the one before it in its partition's line was already past its
+    deadline: it takes the row's place, timed to ``deadline``, once those before it fired or were
+    closed by a close sent before it."""
 
     zone: int | None
     deadline: datetime
@@ -29,7 +30,8 @@ class PendingEntry(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     closed_reason: str | None
     fired_signal_id: int | None = None  # the Crash & Smash alarm raised (state "fired")
-    waiting: WaitingEntry | None = None  # the entry waiting behind this one (migration 0540)
+    # the entries waiting behind this one, in order (migrations 0540, 0551)
+    waiting: tuple[WaitingEntry, ...] = ()
 
 
 class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +80,7 @@ async def account_status(
     entries = await pool.fetch(
         "SELECT partition, zone, deadline, state, closed_reason, "
         "CASE WHEN state = 'fired' THEN fired_signal_id END AS fired_signal_id, "
-        "next_zone, next_deadline "
+        "next_zone, next_deadline, later_entries "
         "FROM pending_entries WHERE account = $1 ORDER BY partition",
         account,
     )
@@ -97,12 +99,14 @@ async def account_status(
 
 
 def _entry(row: asyncpg.Record) -> PendingEntry:
-    """A ``pending_entries`` row, with the entry waiting behind it when there is one."""
-    waiting = (
-        WaitingEntry(zone=row["next_zone"], deadline=row["next_deadline"])
-        if row["next_deadline"] is not None
-        else None
-    )
+    """A ``pending_entries`` row, with the entries waiting behind it (``next_*``, then
+    ``later_entries``)."""
+    waiting: list[WaitingEntry] = []
+    if row["next_deadline"] is not None:
+        waiting.append(WaitingEntry(zone=row["next_zone"], deadline=row["next_deadline"]))
+        waiting += [
+            WaitingEntry(zone=w["zone"], deadline=w["deadline"]) for w in row["later_entries"]
+        ]
     return PendingEntry(
         partition=row["partition"],
         zone=row["zone"],
@@ -110,5 +114,5 @@ def _entry(row: asyncpg.Record) -> PendingEntry:
         state=row["state"],
         closed_reason=row["closed_reason"],
         fired_signal_id=row["fired_signal_id"],
-        waiting=waiting,
+        waiting=tuple(waiting),
     )

@@ -858,11 +858,10 @@ class TestOverdueEntry:
             T0 + timedelta(seconds=80),
             "pending",
         )
-        assert shown.waiting is not None
-        assert (shown.waiting.zone, shown.waiting.deadline) == (4, again + timedelta(seconds=80))
+        assert [(w.zone, w.deadline) for w in shown.waiting] == [(4, again + timedelta(seconds=80))]
         assert await world.timer().fire_due(again) == 1
         status = await account_status(world.pool, "7777")
         assert status is not None
         assert [(e.zone, e.deadline, e.waiting) for e in status.entries] == [
-            (4, again + timedelta(seconds=80), None)
+            (4, again + timedelta(seconds=80), ())
         ]

@@ -100,7 +100,6 @@ class TestEntryWaitingBehindAnOverdueOne:
             (1, 3, "pending"),
             (2, 7, "pending"),
         ]
-        shown = entries[0]["waiting"]
-        assert shown is not None
+        [shown] = entries[0]["waiting"]
         assert (shown["zone"], datetime.fromisoformat(shown["deadline"])) == (4, waiting)
-        assert entries[1]["waiting"] is None
+        assert entries[1]["waiting"] == []
