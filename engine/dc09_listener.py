@@ -244,6 +244,7 @@ class Dc09StreamProtocol(asyncio.Protocol):
         self._paused = False  # reading paused: the commit queue is saturated
         self._write_blocked = False  # reading paused: the module does not read its replies
         self._eof = False  # the module half-closed: close once every reply owed is written
+        self._closing_idle = False  # closed by the idle sweep (closed once, logged once)
         self._shed = 0  # frames dropped by the rate limit since the last one it let through
         self._remove_resume: Callable[[], None] | None = None
         self.last_activity = time.monotonic()  # the last complete frame (not any byte)
@@ -397,10 +398,27 @@ class Dc09StreamProtocol(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def close_idle(self) -> None:
-        """Close this connection because it was idle too long."""
+        """Close this connection because it was idle too long.
+
+        Replies it has not read are dropped (abort): a close would wait for them to be written,
+        which a module that does not read never allows, and its connection slot would be held
+        for good."""
+        transport = self._transport
+        if transport is None or self._closing_idle:
+            return
+        self._closing_idle = True
         metrics.CONNECTIONS_CLOSED.labels("idle").inc()
-        if self._transport is not None:
-            self._transport.close()
+        unread = transport.get_write_buffer_size()
+        log.info(
+            "connection_idle_closed",
+            peer=self._peer,
+            idle_timeout_s=self._server.idle_timeout_s,
+            unread_reply_bytes=unread,
+        )
+        if unread:
+            transport.abort()
+        else:
+            transport.close()
 
     def close(self) -> None:
         """Close at shutdown."""
@@ -621,7 +639,6 @@ class Dc09Server:
             await asyncio.sleep(interval)
             cutoff = time.monotonic() - self.idle_timeout_s
             for conn in [c for c in self._connections if c.last_activity < cutoff]:
-                log.info("connection_idle_closed", idle_timeout_s=self.idle_timeout_s)
                 conn.close_idle()
 
     async def stop_accepting(self) -> None:

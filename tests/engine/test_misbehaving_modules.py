@@ -4,6 +4,7 @@ the engine's time or memory from the others."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import subprocess
@@ -205,3 +206,51 @@ async def test_a_module_gone_before_its_commit_is_not_counted_as_acked(
                 await asyncio.sleep(0.02)
         assert acks() == acks_before
     assert await db_pool.fetchval("SELECT count(*) FROM signals") == 1
+
+
+async def test_an_idle_module_that_never_reads_gives_its_connection_back(
+    db_pool: asyncpg.Pool, database_url: str
+) -> None:
+    """A module that sends frames and never reads their replies, then goes quiet: the idle
+    timeout frees its connection slot. Before, the idle close waited for its unread replies to
+    be written, which never happened: the slot was held for good (dc09.max_connections of them
+    and no module could connect), and the sweep logged the same close every few seconds."""
+    await db_pool.execute("INSERT INTO accounts (account) VALUES ('1234')")
+    settings = with_dc09(
+        database_url, port=0, max_connections=1, idle_timeout_s=1.0, rate_limit_per_s=1_000_000.0
+    )
+    async with running_engine(settings) as engine:
+        assert engine.dc09 is not None
+        port = engine.dc09.port
+        pauses = REGISTRY.get_sample_value("alarmrelay_read_pauses_total")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        stuck.connect(("127.0.0.1", port))
+        stuck.setblocking(False)
+        async with asyncio.timeout(5):
+            while not engine.dc09._connections:
+                await asyncio.sleep(0.01)
+        # The engine's side kept small too: the replies fill the socket buffers in a moment.
+        (accepted,) = engine.dc09._connections
+        accepted._transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        chunk = b"".join(_stale(i) for i in range(100))
+        async with asyncio.timeout(20):  # until its unread NAKs make the engine stop reading it
+            while REGISTRY.get_sample_value("alarmrelay_read_pauses_total") == pauses:
+                with contextlib.suppress(BlockingIOError):
+                    stuck.send(chunk)
+                await asyncio.sleep(0.001)
+        null = encode_frame(token="NULL", seq="0001", account="1234", data="")
+        reply = b""
+        try:
+            async with asyncio.timeout(10):  # the idle timeout (1 s) and a sweep or two
+                while b'"ACK"' not in reply:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(null)
+                    with contextlib.suppress(TimeoutError, ConnectionError):
+                        reply = await asyncio.wait_for(reader.read(200), 0.5)
+                    writer.close()
+        finally:
+            stuck.close()
+    assert b'"ACK"0001' in reply
