@@ -18,8 +18,9 @@ resends). The account rejoins the batches once its signals are committed or, wit
 waiting, once its rows are found free (every ``_HELD_IDLE_LOOK_S``).
 
 Nothing is unbounded: past ``max_pending`` new signals are shed (counted, not acknowledged, the
-module retries). When the database is unreachable every waiter gets :class:`IngestUnavailable`
-and new submissions fail fast until a probe sees the database again.
+module retries), and so are the signals of held accounts past ``max_pending`` waiting aside.
+When the database is unreachable every waiter gets :class:`IngestUnavailable` and new
+submissions fail fast until a probe sees the database again.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class IngestPipeline:
         self._held_wakeup = asyncio.Event()
         self._held_wait_s = held_wait_s
         self._held_check = held_check
+        self._aside_full = False  # signals of held accounts were shed: logged until room again
         self._writers_running = 0  # the held task stops after them: they may set signals aside
         self.committed = 0
 
@@ -243,15 +245,47 @@ class IngestPipeline:
         held = self._held
         rest = []
         now = time.monotonic()
+        room = self._room_aside()
+        over: list[_Pending] = []
         for pending in batch:
             waiting = held.get(pending.signal.account)
             if waiting is None:
                 rest.append(pending)
+            elif room <= 0:
+                over.append(pending)
             else:
+                room -= 1
                 pending.aside_at = now
                 waiting.append(pending)
                 self._held_wakeup.set()
+        self._shed_aside(over, room)
         return rest
+
+    def _room_aside(self) -> int:
+        """How many more signals may wait aside: as many as the queue takes (``max_pending``).
+        Once out of the queue they count there no more, so without this bound a held
+        account's module had every signal it sent taken and kept for ``held_wait_s``."""
+        return self._max_pending - sum(len(waiting) for waiting in self._held.values())
+
+    def _shed_aside(self, over: list[_Pending], room: int) -> None:
+        """Fail (no ACK, the module resends) the signals of held accounts past the bound;
+        logged once per run of them (``room`` left after the others were set aside)."""
+        if not over:
+            if room > 0:
+                self._aside_full = False
+            return
+        for pending in over:
+            metrics.SIGNALS_SHED.labels(pending.signal.transport.value, "account_held").inc()
+        if not self._aside_full:
+            self._aside_full = True
+            log.warning(
+                "ingest_held_signals_shed",
+                accounts=sorted({p.signal.account for p in over})[:20],
+                waiting=self._max_pending,
+                reason="as many signals of held accounts wait as the queue takes "
+                "(dc09.max_pending_commits): not taken, the module resends",
+            )
+        self._fail(over, IngestUnavailable("too many signals of held accounts waiting"))
 
     async def _run_held(self) -> None:
         """Commit the held accounts' signals, one account at a time (its signals in order)."""
@@ -393,14 +427,20 @@ class IngestPipeline:
         rest = []
         aside: dict[str, int] = {}
         now = time.monotonic()
+        room = self._room_aside()
+        over: list[_Pending] = []
         for pending in batch:
             account = pending.signal.account
-            if account in accounts:
+            if account not in accounts:
+                rest.append(pending)
+            elif room <= 0:
+                over.append(pending)
+            else:
+                room -= 1
                 pending.aside_at = now
                 held.setdefault(account, deque()).append(pending)
                 aside[account] = aside.get(account, 0) + 1
-            else:
-                rest.append(pending)
+        self._shed_aside(over, room)
         metrics.INGEST_ACCOUNTS_HELD.set(len(held))
         for account, n in sorted(aside.items()):
             log.warning(

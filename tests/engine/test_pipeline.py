@@ -7,6 +7,7 @@ test_ingest_e2e.py against the real server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -554,3 +555,55 @@ class TestHeldAccountsAndADatabaseRefusingWrites:
             assert not pipeline.healthy
         finally:
             await pipeline.close()
+
+
+class AlwaysHeld:
+    """Every batch holding ``account`` meets a row of it held (AccountsHeld); the others commit."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+
+    async def __call__(self, signals: Sequence[InboundSignal]) -> list[IngestResult]:
+        if any(s.account == self.account for s in signals):
+            raise AccountsHeld(frozenset({self.account}))
+        return [IngestResult.ACCEPTED] * len(signals)
+
+
+def _shed_account_held() -> float:
+    value = REGISTRY.get_sample_value(
+        "alarmrelay_signals_shed_total", {"transport": "tcp", "reason": "account_held"}
+    )
+    return value or 0.0
+
+
+class TestTheSignalsOfAHeldAccountAreBounded:
+    async def test_no_more_than_max_pending_wait_aside(self) -> None:
+        """An account whose rows stay held: its signals set aside no longer count in the queue,
+        so its module's signals were all taken and kept in memory for held_wait_s, however
+        many came (max_pending bounded nothing). Past max_pending waiting aside, a held
+        account's signal is now not taken (no ACK, counted), and the other accounts' signals
+        are committed all the same."""
+
+        async def still_held(accounts: Sequence[str]) -> frozenset[str]:
+            return frozenset(accounts)
+
+        pipeline = IngestPipeline(
+            AlwaysHeld("X"), window_s=0, max_pending=10, held_wait_s=30.0, held_check=still_held
+        )
+        pipeline.start()
+        shed_before = _shed_account_held()
+        futures: list[asyncio.Future[IngestResult]] = []
+        try:
+            async with asyncio.timeout(5):
+                while len(futures) < 100:
+                    with contextlib.suppress(IngestUnavailable):  # the queue itself is full
+                        futures.append(pipeline.enqueue(_seq_signal("X", len(futures))))
+                    await asyncio.sleep(0.001)  # the writer sets them aside meanwhile
+                while sum(not f.done() for f in futures) > 10:
+                    await asyncio.sleep(0.01)
+            assert await pipeline.submit(_seq_signal("Y", 1)) is IngestResult.ACCEPTED
+        finally:
+            await pipeline.close()
+        failed = [f for f in futures if isinstance(f.exception(), IngestUnavailable)]
+        assert len(failed) == 100  # the 10 aside failed at close, the others when set aside
+        assert _shed_account_held() - shed_before == 90
