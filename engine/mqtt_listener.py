@@ -58,6 +58,10 @@ from protocols.mqtt_payloads import (
 )
 
 REJECTED_RAW_KEPT = 1024  # bytes of an oversized payload stored with its rejection
+# Parsed topics and ack topics remembered, of known modules only (one per module and kind):
+# bounded all the same, a module swapped for another leaves its entries behind.
+_TOPICS_KEPT = 200_000
+_ACK_TOPICS_KEPT = 100_000
 
 log = structlog.get_logger("engine.mqtt")
 
@@ -468,6 +472,7 @@ class MqttListener:
         if self._inflight == 1:
             self._drained.clear()
         parsed = self._topics.get(packet.topic)
+        cached = parsed is not None
         if parsed is None:
             try:
                 parsed = parse_topic(packet.topic, self._prefix)
@@ -475,19 +480,21 @@ class MqttListener:
                 log.warning("mqtt_bad_topic", topic=packet.topic, error=str(exc))
                 self._finish(message, puback=True)
                 return
-            if len(self._topics) < 200_000:  # one per module and kind; bounded all the same
-                self._topics[packet.topic] = parsed
         serial, kind = parsed
         account = self._resolver(serial)
         if account is None:
-            # Unknown module: nothing to store it under; told so, and counted.
+            # Unknown module: nothing to store it under; told so, and counted. Its topic is not
+            # remembered: a serial is whatever a client puts in the topic (up to 64 KiB).
             _count(kind.value, "unknown_module")
             self._reply(
                 message,
                 serial,
                 AckV1(msg_id=None, status=AckStatus.REJECTED, reason="unknown module"),
+                known=False,
             )
             return
+        if not cached and len(self._topics) < _TOPICS_KEPT:
+            self._topics[packet.topic] = parsed  # one per known module and kind
         signal, msg_id = self._signal(serial, account, kind, packet.payload)
         try:
             future = self._enqueue(signal)
@@ -542,8 +549,10 @@ class MqttListener:
         log.warning("mqtt_not_committed", serial=serial, reason=str(exc))
         self._finish(message, puback=False)
 
-    def _reply(self, message: _Message, serial: str, ack: AckV1) -> None:
-        """Publish the ack; PUBACK the module's message once the broker has the ack."""
+    def _reply(self, message: _Message, serial: str, ack: AckV1, *, known: bool = True) -> None:
+        """Publish the ack; PUBACK the module's message once the broker has the ack.
+
+        ``known``: the serial is a module's (its ack topic is remembered)."""
         connection = message.connection
         if not connection.is_open:
             self._finish(message, puback=False)  # redelivered after the reconnect
@@ -551,7 +560,7 @@ class MqttListener:
         ack_topic = self._ack_topics.get(serial)
         if ack_topic is None:
             ack_topic = topic(self._prefix, serial, TopicKind.ACK)
-            if len(self._ack_topics) < 100_000:
+            if known and len(self._ack_topics) < _ACK_TOPICS_KEPT:
                 self._ack_topics[serial] = ack_topic
 
         def acked(code: int) -> None:

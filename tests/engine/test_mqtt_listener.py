@@ -233,6 +233,24 @@ class TestAcks:
         assert len(big) > REJECTED_RAW_KEPT
         assert sink.committed[0].raw == big.encode()[:REJECTED_RAW_KEPT]
 
+    async def test_unknown_serials_are_not_remembered(self, mqtt_broker: tuple[str, int]) -> None:
+        """Messages from serials no account has, each under a topic of its own (a serial is any
+        topic level, up to 64 KiB): answered `unknown module`, and forgotten. Their topics and
+        ack topics were kept in the listener's caches, up to 300,000 of them whatever their
+        length (gigabytes from a client publishing under made-up serials); only the topics of
+        known modules are kept now."""
+        prefix = f"unk-{secrets.token_hex(3)}/v1"
+        listener = _listener(FlakySink(failures=0), mqtt_broker, prefix)
+        async with _module_of(listener, mqtt_broker, prefix) as module:
+            for n in range(20):
+                serial = f"X{n:02d}" + "x" * 2000
+                await module.publish(f"{prefix}/modules/{serial}/events", _events(f"u{n}"), qos=1)
+            await module.publish(f"{prefix}/modules/S1/events", _events("known"), qos=1)
+            acks = await _acks(module, 21)
+        assert [a["reason"] for a in acks].count("unknown module") == 20
+        assert list(listener._topics) == [f"{prefix}/modules/S1/events"]
+        assert list(listener._ack_topics) == ["S1"]
+
     async def test_pubacks_leave_in_arrival_order(
         self, mqtt_broker: tuple[str, int], monkeypatch: pytest.MonkeyPatch
     ) -> None:
