@@ -37,11 +37,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
-import msgspec
 import structlog
 
 from engine import metrics
 from engine.background_task import restart_on_failure
+from engine.claimed_rows import Unreadable, read_claimed
 from engine.errors import DATABASE_ERRORS, is_database_unreachable
 from engine.forwarding_stage import OwnedDelivery
 from engine.outcome_writer import Outcome, OutcomeWriter
@@ -49,9 +49,6 @@ from engine.voice_session import VoiceCommand, VoiceCommandProblem, VoiceReceive
 from protocols.signal import Event
 
 log = structlog.get_logger("engine.delivery")
-
-_event_decoder = msgspec.json.Decoder(Event)
-
 
 CLAIM_SQL = """
 WITH heads AS (
@@ -137,25 +134,6 @@ def _bound(row: OwnedDelivery) -> Any:
     """The delivery's logger (bound only where something is logged: not per success)."""
     return log.bind(
         delivery=row.id, account=row.account, station_account=row.station_account, seq=row.seq
-    )
-
-
-def owned_from_record(row: Any) -> OwnedDelivery:
-    """A claimed outbox row as the dispatcher holds it."""
-    return OwnedDelivery(
-        id=row["id"],
-        signal_id=row["signal_id"],
-        account=row["account"],
-        lane=row["lane"],
-        station_account=row["station_account"],
-        priority=row["priority"],
-        event=_event_decoder.decode(row["event"]),
-        primary_receiver=row["primary_receiver"],
-        backup_receiver=row["backup_receiver"],
-        seq=row["seq"],
-        attempts=row["attempts"],
-        received_at=row["received_at"],
-        two_way_voice=row["two_way_voice"],
     )
 
 
@@ -437,20 +415,26 @@ class Dispatcher:
             try:
                 # In id order: each lane's head before the rows behind it (adopt keeps a lane's
                 # first row where it is, as it may be in flight).
-                owned = sorted((owned_from_record(row) for row in claimed), key=lambda r: r.id)
+                rows = read_claimed(claimed)
+                owned = rows.readable
                 if room > 0:  # a claim ran: remember whether it found nothing
-                    self._empty_claim_at = None if owned else time.monotonic()
+                    self._empty_claim_at = None if claimed else time.monotonic()
+                for unreadable in rows.unreadable:
+                    # Before the rows commits leased us meanwhile are taken over (below): on
+                    # this lane they go back to the outbox, behind the row set aside.
+                    self._hold_lane(unreadable.lane, 0)
+                    self._set_aside_in_background(unreadable)
                 self._released.difference_update(r.id for r in owned)  # leased to us again
                 self.adopt(owned, claimed=True)
             finally:
-                # Also when a claimed row cannot be read (this loop starts again a poll later):
-                # the rows commits handed over meanwhile do not wait for the next claim.
+                # However this round ends, the rows commits handed over meanwhile do not wait
+                # for the next claim.
                 self._adopt_deferred()
             # Every slot taken: more lanes may be ready. Claim again as soon as slots are free
             # (a finished lane wakes this loop) rather than at the next poll. Likewise a lane
             # that came with a full run behind its head may have more rows behind those.
             per_lane = Counter(r.lane for r in owned)
-            self._more_ready = bool(claimed) and len(per_lane) == room
+            self._more_ready = bool(claimed) and len(per_lane) + len(rows.unreadable) == room
             self._lanes_with_more.update(
                 lane for lane, n in per_lane.items() if n > self._claim_behind
             )
@@ -692,13 +676,71 @@ class Dispatcher:
         before: Any = None,
     ) -> None:
         """The head waits for a retry: record why, and hand every row of its lane this engine
-        holds back to the outbox, in one transaction under the lane's lock.
+        holds back to the outbox (:meth:`_record_failure`)."""
+        if not await self._record_failure(
+            row.id,
+            row.lane,
+            row.attempts,
+            error,
+            receiver=receiver,
+            sent_at=sent_at,
+            before=before,
+        ):
+            # Could not record it: the leases expire and the lane is claimed again, in order.
+            # Until the head's has, rows a commit leases us behind it go back to the outbox
+            # (adopt).
+            self._hold_lane(row.lane, row.id)
+            _bound(row).error("delivery_failure_not_recorded", error=error)
+
+    def _set_aside_in_background(self, row: Unreadable) -> None:
+        """A claimed row this engine cannot read: counted, logged, and handed back with its
+        lane without waiting (tracked, so stop() waits for it)."""
+        metrics.DELIVERIES_UNREADABLE.inc()
+        log.error(
+            "delivery_unreadable",
+            delivery=row.id,
+            lane=row.lane,
+            attempts=row.attempts,
+            error=row.error,
+        )
+        task = asyncio.create_task(self._set_aside(row), name="outbox-set-aside")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _set_aside(self, row: Unreadable) -> None:
+        """Recorded as a failed attempt, visible in the delivery's history: the row waits for a
+        retry with the usual backoff (up to ``retry_max_s``), unleased, so that any engine may
+        take it then (one that can read it: a newer version); the rest of its lane waits
+        behind it, in order, as behind a receiver that does not answer. Never dropped: an alarm
+        must not vanish because one engine cannot read it."""
+        error = f"this engine ({self.owner}) cannot read the delivery: {row.error}"
+        if not await self._record_failure(
+            row.id, row.lane, row.attempts, error, receiver=row.primary_receiver
+        ):
+            self._hold_lane(row.lane, 0)  # its lease, and those behind it, run out
+            log.error("delivery_failure_not_recorded", delivery=row.id, error=error)
+        self._wake.set()  # the rows before it in its lane, handed back, go again at once
+
+    async def _record_failure(
+        self,
+        delivery: int,
+        lane: str,
+        attempts: int,
+        error: str,
+        *,
+        receiver: str,
+        sent_at: datetime | None = None,
+        before: Any = None,
+    ) -> bool:
+        """Record that ``delivery`` (the head of ``lane``) waits for a retry, and hand every row
+        of its lane this engine holds back to the outbox, in one transaction under the lane's
+        lock; whether it was written.
 
         The lock waits for any commit that saw the lane clear and leased a row to it; that row is
         released here too (and :meth:`adopt` skips it when it arrives), so no row of the lane is
         sent before the head's retry, and the fast path's clear-lane test (the lane's last
         pending row is ours) stays true."""
-        delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(row.attempts - 1, 10))
+        delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(attempts - 1, 10))
         for attempt in range(5):
             try:
                 async with (
@@ -706,10 +748,10 @@ class Dispatcher:
                     self._pool.acquire() as conn,
                     conn.transaction(),
                 ):
-                    await conn.execute(_LOCK_LANE_SQL, row.lane)
+                    await conn.execute(_LOCK_LANE_SQL, lane)
                     await conn.execute(
                         _FAILED_AGAIN_SQL if attempt else _FAILED_SQL,
-                        row.id,
+                        delivery,
                         error[:500],
                         receiver,
                         timedelta(seconds=delay),
@@ -720,17 +762,14 @@ class Dispatcher:
                         None if before is None else str(before.error or "no answer")[:500],
                         self.owner,
                     )
-                    released = await conn.fetch(_RELEASE_LANE_SQL, row.lane, self.owner, row.id)
+                    released = await conn.fetch(_RELEASE_LANE_SQL, lane, self.owner, delivery)
             except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             self._forget([r["id"] for r in released])
-            return
-        # Could not record it: the leases expire and the lane is claimed again, in order. Until
-        # the head's has, rows a commit leases us behind it go back to the outbox (adopt).
-        self._hold_lane(row.lane, row.id)
-        _bound(row).error("delivery_failure_not_recorded", error=error)
+            return True
+        return False
 
     def _forget(self, ids: list[int]) -> None:
         """Rows handed back to the outbox: never send them from memory (a late :meth:`adopt`)."""

@@ -169,6 +169,11 @@ DELIVERY_LATENCY = Histogram(
         300.0,
     ),
 )
+DELIVERIES_UNREADABLE = Counter(
+    "alarmrelay_deliveries_unreadable_total",
+    "Claimed deliveries this engine could not read (e.g. an event written by another version): "
+    "each recorded as a failed attempt and retried with backoff, its lane waiting behind it.",
+)
 BACKGROUND_TASK_FAILURES = Counter(
     "alarmrelay_background_task_failures_total",
     "Unexpected errors that ended a background loop (restarted after a pause), by task.",

@@ -13,7 +13,8 @@ import asyncpg
 
 from bench.outbox_drain import CountingPool
 from engine import delivery
-from engine.delivery import CLAIM_SQL, Dispatcher, owned_from_record
+from engine.claimed_rows import owned_from_record
+from engine.delivery import CLAIM_SQL, Dispatcher
 from engine.station_model import ReceiverConfig
 from engine.station_sim import StationSimulator
 from receivers.registry import ReceiverRegistry

@@ -19,6 +19,8 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
@@ -1000,9 +1002,9 @@ class TestClaimRacingACommit:
     async def test_a_claim_whose_rows_cannot_be_read_does_not_hold_up_the_fast_path(
         self, db_pool: asyncpg.Pool
     ) -> None:
-        """A claimed row the engine cannot read (here an event it cannot decode) fails the claim
-        loop's round, which starts again a poll later. Rows commits hand over meanwhile are
-        sent at once, as outside a claim, not after the next claim."""
+        """A claimed row the engine cannot read (here an event it cannot decode) is set aside
+        (see TestUnreadableRow). Rows commits hand over afterwards are sent at once, as outside
+        a claim, not after the next claim (here a poll, 1 s, later)."""
         directory = await directory_with(
             db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
         )
@@ -1014,8 +1016,11 @@ class TestClaimRacingACommit:
         await db_pool.execute("""UPDATE deliveries SET event = '{"family": "no such family"}'""")
         dispatcher.start()
         try:
-            await wait_until_leased_to(db_pool, dispatcher.owner)
-            await asyncio.sleep(0.1)  # the claim loop failed on the row and pauses for a poll
+
+            async def set_aside() -> bool:
+                return bool(await db_pool.fetchval("SELECT last_error IS NOT NULL FROM deliveries"))
+
+            await wait_until(set_aside)
             handover = Handover()
             async with db_pool.acquire() as conn:
                 await commit(conn, stage, [signal("A2", 1)], handover)
@@ -1024,3 +1029,68 @@ class TestClaimRacingACommit:
             await wait_until(lambda: _done(station.received == [("9002", 1)]), timeout=0.5)
         finally:
             await dispatcher.stop()
+
+
+class TestUnreadableRow:
+    async def test_a_claimed_row_that_cannot_be_read_is_set_aside_and_the_rest_delivered(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A claim brings a row this engine cannot read (an event it cannot decode) with rows
+        of other lanes: those are sent at once (not after their lease, here 30 s); the row is
+        recorded as a failed attempt with the reason in its history and waits for a retry,
+        unleased, and the row queued behind it in its lane waits behind it."""
+        directory = await directory_with(
+            db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
+        )
+        station = FakeStation()
+        dispatcher = Dispatcher(
+            db_pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=30.0, retry_base_s=30.0
+        )
+        async with db_pool.acquire() as conn:
+            await commit(  # unleased: for the claim loop
+                conn, ForwardingStage(directory), [signal("A1", 1), signal("A1", 2)]
+            )
+            await commit(conn, ForwardingStage(directory), [signal("A2", 1)])
+        unreadable = await db_pool.fetchval(
+            """UPDATE deliveries SET event = '{"family": "no such family"}'
+               WHERE id = (SELECT min(id) FROM deliveries WHERE station_account = '9001')
+               RETURNING id"""
+        )
+        counted = REGISTRY.get_sample_value("alarmrelay_deliveries_unreadable_total") or 0.0
+        dispatcher.start()
+        try:
+            with capture_logs() as logs:
+
+                async def set_aside() -> bool:
+                    return bool(
+                        await db_pool.fetchval(
+                            "SELECT last_error IS NOT NULL FROM deliveries WHERE id = $1",
+                            unreadable,
+                        )
+                    )
+
+                await wait_until_delivered(db_pool, 1, timeout=5)
+                await wait_until(set_aside, timeout=5)
+        finally:
+            await dispatcher.stop()
+        assert station.received == [("9002", 1)]
+        rows = await db_pool.fetch(
+            "SELECT id, state, lease_owner, attempts, last_error, failed_attempts, "
+            "next_attempt_at > now() + interval '20 seconds' AS waits "
+            "FROM deliveries WHERE station_account = '9001' ORDER BY id"
+        )
+        bad, behind = rows
+        assert (bad["id"], bad["state"], bad["lease_owner"], bad["attempts"], bad["waits"]) == (
+            unreadable,
+            "pending",
+            None,
+            1,
+            True,
+        )
+        assert "cannot read the delivery" in bad["last_error"]
+        [entry] = msgspec.json.decode(bad["failed_attempts"])
+        assert entry["receiver"] == "rx" and "cannot read the delivery" in entry["error"]
+        assert (behind["state"], behind["lease_owner"], behind["attempts"]) == ("pending", None, 0)
+        assert REGISTRY.get_sample_value("alarmrelay_deliveries_unreadable_total") == counted + 1
+        [event] = [e for e in logs if e["event"] == "delivery_unreadable"]
+        assert event["delivery"] == unreadable

@@ -21,8 +21,8 @@ from structlog.testing import CapturingLogger
 
 import engine.delivery
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.claimed_rows import owned_from_record
 from engine.commands.accounts import parse_accounts
-from engine.delivery import owned_from_record
 from engine.errors import UserFacingError
 from engine.service import Engine
 from engine.settings import Settings, SupervisionSettings
