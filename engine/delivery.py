@@ -178,6 +178,7 @@ class Dispatcher:
         voice_command_problem: VoiceCommandProblem | None = None,
         voice_retry_s: float = 60.0,
         outcome_pool: asyncpg.Pool | None = None,
+        release_timeout_s: float = 2.0,
     ) -> None:
         self._pool = pool
         # Outcomes and lease renewals: a PostgreSQL crash that loses one only means a resend with
@@ -196,6 +197,9 @@ class Dispatcher:
         self._failure_writes = asyncio.Semaphore(2)
         self._claiming = asyncio.Lock()  # a claim and a release of rows to the outbox
         self._releasing: Counter[str] = Counter()  # lanes with rows being handed back
+        # One try of a hand-back, the connection's return to the pool included: it holds the
+        # claim loop's lock, and a connection gone half-open answers nothing, ever.
+        self._release_timeout_s = release_timeout_s
         # While a claim is in flight: rows commits leased us meanwhile, adopted after its rows
         # (see adopt). None when no claim is in flight.
         self._deferred: list[OwnedDelivery] | None = None
@@ -531,7 +535,13 @@ class Dispatcher:
                     # whose reply is on its way has not marked its rows held yet.)
                     ids = [i for i in ids if i not in self._held]
                     if ids:
-                        await self._pool.execute(_RELEASE_SQL, ids, self.owner)
+                        # A try that takes longer fails (TimeoutError) and the next takes another
+                        # connection. The acquire's timeout also bounds the connection's return
+                        # to the pool, which waits for the timed-out statement's cancel.
+                        async with self._pool.acquire(timeout=self._release_timeout_s) as conn:
+                            await conn.execute(
+                                _RELEASE_SQL, ids, self.owner, timeout=self._release_timeout_s
+                            )
             except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))

@@ -399,16 +399,38 @@ async def _leased(db_pool: asyncpg.Pool, owner: str, lane: str, seq: str, signal
 
 
 class ReleaseCounting(CountingPool):
-    """The dispatcher's pool, also counting the statements that hand rows back to the outbox."""
+    """The dispatcher's pool, also counting the statements that hand rows back to the outbox
+    (run on a connection it lends, or on the pool)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self.releases = 0
 
-    async def execute(self, query: str, *args: Any) -> str:
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         if query is delivery._RELEASE_SQL:
             self.releases += 1
-        return str(await self._pool.execute(query, *args))
+        return str(await self._pool.execute(query, *args, **kwargs))
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, **kwargs: Any) -> AsyncIterator[Any]:
+        async with super().acquire(**kwargs) as conn:
+            yield _ReleaseCountingConnection(conn, self)
+
+
+class _ReleaseCountingConnection:
+    """A connection of :class:`ReleaseCounting`, counting the hand-backs it runs."""
+
+    def __init__(self, conn: Any, counter: ReleaseCounting) -> None:
+        self._conn = conn
+        self._counter = counter
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        if query is delivery._RELEASE_SQL:
+            self._counter.releases += 1
+        return str(await self._conn.execute(query, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 async def _until_none_pending(db_pool: asyncpg.Pool, timeout_s: float = 20.0) -> None:

@@ -843,6 +843,37 @@ class TestLateRelease:
         assert station.received == [("9001", 1), ("9001", 2)]
 
 
+class TestHungRelease:
+    async def test_a_hand_back_that_is_never_answered_does_not_stop_the_claim_loop(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Rows handed back to the outbox (here a row a commit leased us on a lane waiting for
+        a lost commit's row) get no answer, ever (a half-open connection). The hand-back holds
+        the claim loop's lock: bounded (2 s a try), that try fails, the next one, on another
+        connection, releases the row, and the claim loop sends it (it waited forever)."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            dispatcher.start()
+            go = proxy.hold_reply_after(b"attempts = greatest(attempts - 1, 0)\nWHERE id = ANY")
+            try:
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 1)], handover)
+                dispatcher.uncertain({r.lane for r in handover.leased})
+                dispatcher.adopt(handover.leased)  # handed back: its reply never comes
+
+                await wait_until_delivered(db_pool, 1, timeout=15)
+            finally:
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1)]
+
+
 class TestFailureReplyLost:
     async def test_a_failure_whose_commit_reply_was_lost_is_recorded_once(
         self, db_pool: asyncpg.Pool, database_url: str
