@@ -388,7 +388,7 @@ class Dispatcher:
             room = self._max_in_flight - len(self._in_flight)
             claimed: list[Any] = []
             if room > 0:
-                sent = False
+                sent = answered = False
                 try:
                     # Nothing awaits from the claim's reply to adopt() below: once this lock is
                     # let go, the claimed rows are held (see _release).
@@ -401,18 +401,27 @@ class Dispatcher:
                         claimed = await conn.fetch(
                             CLAIM_SQL, room, self.owner, self._lease, self._claim_behind
                         )
+                        answered = True
                 except DATABASE_ERRORS as exc:
-                    log.warning("outbox_claim_failed", error=repr(exc))
-                    if sent and is_database_unreachable(exc):
-                        # The connection went during the claim: it may have committed, leasing
-                        # us lane heads we never got. Until those leases have surely ended,
-                        # rows commits lease us go back to the outbox (adopt), so the claim
-                        # loop sends every lane in order, those heads first.
-                        self._claim_lost_until = time.monotonic() + self.lease_s
-                        log.error("outbox_claim_reply_lost", hold_s=self.lease_s)
-                    self._adopt_deferred()
-                    await asyncio.sleep(self._poll_s)
-                    continue
+                    if answered:
+                        # The reply came; the connection broke after it, as it went back to the
+                        # pool (its reset failed). The claimed rows are leased to us and in hand:
+                        # taken over below like any claim's, not left to their lease.
+                        log.warning(
+                            "outbox_claim_connection_lost", error=repr(exc), rows=len(claimed)
+                        )
+                    else:
+                        log.warning("outbox_claim_failed", error=repr(exc))
+                        if sent and is_database_unreachable(exc):
+                            # The connection went during the claim: it may have committed,
+                            # leasing us lane heads we never got. Until those leases have surely
+                            # ended, rows commits lease us go back to the outbox (adopt), so the
+                            # claim loop sends every lane in order, those heads first.
+                            self._claim_lost_until = time.monotonic() + self.lease_s
+                            log.error("outbox_claim_reply_lost", hold_s=self.lease_s)
+                        self._adopt_deferred()
+                        await asyncio.sleep(self._poll_s)
+                        continue
                 except BaseException:
                     self._adopt_deferred()  # not left waiting for a claim that may not come
                     raise

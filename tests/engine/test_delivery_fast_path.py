@@ -993,6 +993,32 @@ class TestClaimRacingACommit:
                 await pool.close()
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
 
+    async def test_rows_of_a_claim_whose_connection_broke_after_its_reply_are_sent(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The claim's reply came, then its connection broke as it went back to the pool (the
+        pool's reset failed). The claimed rows are leased to us and in hand: they are sent at
+        once, not left to their lease (here 30 s) as if the claim had failed."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=30)
+            async with db_pool.acquire() as conn:
+                await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
+            proxy.cut_after_reply(b"WITH heads AS", before=b"RESET ALL")
+            try:
+                with capture_logs() as logs:
+                    dispatcher.start()
+                    await wait_until_delivered(db_pool, 1, timeout=5)
+            finally:
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1)]
+        assert [e["event"] for e in logs if e["event"].startswith("outbox_claim")] == [
+            "outbox_claim_connection_lost"
+        ]
+
     async def test_a_commits_row_is_not_kept_waiting_by_a_release_in_flight(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:

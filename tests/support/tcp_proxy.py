@@ -28,6 +28,8 @@ class TcpProxy:
         self._hold_after: tuple[bytes, asyncio.Event] | None = None  # see hold_reply_after
         self._holding: dict[asyncio.StreamWriter, asyncio.Event] = {}
         self._arming: dict[asyncio.StreamWriter, asyncio.Event] = {}  # prepared, not yet run
+        self._cut_after: tuple[bytes, bytes] | None = None  # see cut_after_reply
+        self._cut_at: dict[asyncio.StreamWriter, bytes] = {}  # client side → what cuts it
 
     def lose_reply_after(self, marker: bytes) -> None:
         """Once: the next connection whose client sends ``marker`` (e.g. b"COMMIT") gets no
@@ -42,6 +44,12 @@ class TcpProxy:
         go = asyncio.Event()
         self._hold_after = (marker, go)
         return go
+
+    def cut_after_reply(self, marker: bytes, *, before: bytes) -> None:
+        """Once: the next connection whose client sends ``marker`` gets that statement's reply,
+        and is cut when its client next sends ``before`` (e.g. b"RESET ALL", the pool's reset
+        as the connection is handed back): a connection that broke right after a reply."""
+        self._cut_after = (marker, before)
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -98,6 +106,12 @@ class TcpProxy:
                             continue  # the reply is lost
                         if dst is writer and writer in self._holding:
                             await self._holding[writer].wait()
+                        cut_at = self._cut_at.get(writer) if dst is up_writer else None
+                        if cut_at is not None and cut_at in data:
+                            break  # the connection goes (finally: both ends aborted)
+                        if dst is up_writer and self._cut_after and self._cut_after[0] in data:
+                            self._cut_at[writer] = self._cut_after[1]
+                            self._cut_after = None
                         if dst is up_writer and writer in self._arming:
                             self._holding[writer] = self._arming.pop(writer)
                         if dst is up_writer and self._hold_after and self._hold_after[0] in data:
@@ -121,6 +135,7 @@ class TcpProxy:
         self._losing.discard(writer)
         self._holding.pop(writer, None)
         self._arming.pop(writer, None)
+        self._cut_at.pop(writer, None)
 
 
 @contextlib.asynccontextmanager
