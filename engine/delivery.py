@@ -95,19 +95,18 @@ UPDATE deliveries SET last_error = $2, receiver_used = $3, next_attempt_at = now
              ELSE failed_attempts_append(failed_attempts, $6::timestamptz, $7::text, $8::text) END,
         now(), $3::text, $2::text)
 WHERE id = $1
-  -- only while this engine holds it (see outcome_writer._UPDATE): a late write must not end
-  -- another engine's lease on the row, nor touch a row that is finished (written so that it
-  -- does not match the partial index on pending rows: the primary key finds the row)
-  AND state NOT IN ('delivered', 'dead') AND (lease_owner IS NULL OR lease_owner = $9)
+  -- Only while the row is still leased to this engine under the lease this attempt was made
+  -- under ($10: the attempts the claim or commit leased it with; a claim adds one, a hand-back
+  -- takes it off again, so the owner must match too). A late write (this engine's lease lapsed,
+  -- stalled or cut off from the database) must not end another engine's lease, touch a row that
+  -- is finished, nor add a second failure to the history of a row another engine claimed and
+  -- handed back or failed meanwhile, or that this engine claimed again since. Also a retry of
+  -- this transaction whose first try committed (its reply lost) finds the row unleased: the
+  -- failure is not recorded twice. (Written so that it does not match the partial index on
+  -- pending rows: the primary key finds the row.)
+  AND state NOT IN ('delivered', 'dead') AND lease_owner = $9 AND attempts = $10
+RETURNING id
 """
-
-# A retry of the failure's transaction after an error that may have come after its commit (the
-# reply lost): only while the row is still leased to us. The first try, if it committed, left the
-# row unleased, and recording the failure again would show two failed attempts for one and start
-# the retry wait over.
-_FAILED_AGAIN_SQL = _FAILED_SQL.replace(
-    "(lease_owner IS NULL OR lease_owner = $9)", "lease_owner = $9"
-)
 
 # Every row of the lane this engine holds, behind a failed head: back to the outbox, unsent.
 _RELEASE_LANE_SQL = """
@@ -768,8 +767,8 @@ class Dispatcher:
                     conn.transaction(),
                 ):
                     await conn.execute(_LOCK_LANE_SQL, lane)
-                    await conn.execute(
-                        _FAILED_AGAIN_SQL if attempt else _FAILED_SQL,
+                    written = await conn.fetchval(
+                        _FAILED_SQL,
                         delivery,
                         error[:500],
                         receiver,
@@ -780,12 +779,20 @@ class Dispatcher:
                         None if before is None else str(before.receiver),
                         None if before is None else str(before.error or "no answer")[:500],
                         self.owner,
+                        attempts,
                     )
                     released = await conn.fetch(_RELEASE_LANE_SQL, lane, self.owner, delivery)
             except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
+            if written is None and not attempt:  # (a retry: most likely the first try's commit)
+                log.warning(
+                    "delivery_failure_superseded",
+                    delivery=delivery,
+                    attempts=attempts,
+                    reason="no longer leased to this engine under this attempt",
+                )
             self._forget([r["id"] for r in released])
             return True
         return False

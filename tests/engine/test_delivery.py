@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from structlog.testing import capture_logs
 
 from bench.outbox_drain import CountingPool
 from engine import delivery
@@ -378,6 +379,47 @@ class TestLateFailureWrite:
             taken.id: ("pending", "other", None),
             finished.id: ("delivered", None, None),
         }
+
+    async def test_a_late_failure_leaves_a_row_that_changed_hands_meanwhile_alone(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """This engine's lease lapsed while it waited for the receiver. Meanwhile another engine
+        claimed one row and handed it back unsent, and this engine claimed the other again. The
+        late failure adds nothing to their history, nor moves their retry or the new lease; it
+        is logged."""
+        registry = ReceiverRegistry([])
+        dispatcher = Dispatcher(db_pool, lambda: registry, poll_s=30.0)
+        lease = timedelta(seconds=6)
+        expire = "UPDATE deliveries SET lease_until = now() - interval '1 second' WHERE id = $1"
+        try:
+            handed_back = owned_from_record(await _leased(db_pool, dispatcher.owner, "L1", "1", 1))
+            claimed_again = owned_from_record(
+                await _leased(db_pool, dispatcher.owner, "L2", "2", 2)
+            )
+            await db_pool.execute(expire, claimed_again.id)
+            [again] = await db_pool.fetch(CLAIM_SQL, 10, dispatcher.owner, lease, 32)
+            await db_pool.execute(expire, handed_back.id)
+            [taken] = await db_pool.fetch(CLAIM_SQL, 10, "engine-b", lease, 32)
+            await db_pool.execute(delivery._RELEASE_SQL, [taken["id"]], "engine-b")
+            assert (taken["id"], again["id"]) == (handed_back.id, claimed_again.id)
+            with capture_logs() as logs:
+                for row in (handed_back, claimed_again):
+                    await dispatcher._failed(row, "no answer within the ACK timeout", receiver="rx")
+            rows = {
+                r["id"]: (r["lease_owner"], r["last_error"], r["history"], r["due"])
+                for r in await db_pool.fetch(
+                    "SELECT id, lease_owner, last_error, failed_attempts IS NOT NULL AS history, "
+                    "next_attempt_at <= now() AS due FROM deliveries"
+                )
+            }
+        finally:
+            await registry.close()
+        assert rows == {
+            handed_back.id: (None, None, False, True),
+            claimed_again.id: (dispatcher.owner, None, False, True),
+        }
+        superseded = [e["delivery"] for e in logs if e["event"] == "delivery_failure_superseded"]
+        assert superseded == [handed_back.id, claimed_again.id]
 
 
 async def _leased(db_pool: asyncpg.Pool, owner: str, lane: str, seq: str, signal: int) -> Any:

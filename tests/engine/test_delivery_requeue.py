@@ -248,7 +248,7 @@ class TestConcurrency:
                 await _until_a_lane_lock_is_awaited(db_pool)
                 await engine.execute(
                     _FAILED_SQL, head, "no answer", "rx", timedelta(seconds=1), None,
-                    None, None, None, "engine-1",
+                    None, None, None, "engine-1", 1,
                 )  # fmt: skip
                 await engine.fetch(_RELEASE_LANE_SQL, "9876@rx", "engine-1", head)
             report = await asyncio.wait_for(requeue, 10)

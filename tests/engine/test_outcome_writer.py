@@ -249,7 +249,7 @@ class TestPlans:
             r[0]
             for r in await db_pool.fetch(
                 "EXPLAIN " + delivery._FAILED_SQL,
-                19_000, "no answer", "rx", timedelta(seconds=1), now, None, None, None, "me",
+                19_000, "no answer", "rx", timedelta(seconds=1), now, None, None, None, "me", 1,
             )
         )  # fmt: skip
         for plan in (outcome_plan, failure_plan):
