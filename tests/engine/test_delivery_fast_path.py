@@ -33,6 +33,7 @@ from engine.store.accounts import AccountStore
 from engine.store.ingest_batch import BatchDone, BatchWrite, write_batch
 from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
+from engine.voice_session import VoiceReceiver
 from protocols.signal import Category, Classification, Event, Family
 from tests.support.tcp_proxy import proxied_database
 
@@ -261,6 +262,9 @@ class FakeRegistry:
 
     def group(self, primary: str, backup: str | None) -> FakeGroup:
         return self._group
+
+    def client(self, name: str) -> VoiceReceiver:
+        raise KeyError(name)  # no two-way voice here
 
 
 async def _done(value: bool) -> bool:
