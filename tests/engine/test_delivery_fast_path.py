@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -35,7 +35,7 @@ from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 from engine.voice_session import VoiceReceiver
 from protocols.signal import Category, Classification, Event, Family
-from tests.support.tcp_proxy import proxied_database
+from tests.support.tcp_proxy import TcpProxy, proxied_database
 
 WINDOW_S = 600
 
@@ -919,6 +919,46 @@ class TestFailureReplyLost:
         assert (row["n"], row["lease_owner"], row["waits"]) == (1, None, True)
 
 
+class ClaimRace(NamedTuple):
+    proxy: TcpProxy
+    dispatcher: Dispatcher
+    stage: ForwardingStage
+    go: asyncio.Event  # lets the held claim reply through
+
+
+@contextlib.asynccontextmanager
+async def a_commit_racing_a_held_claim(
+    db_pool: asyncpg.Pool, database_url: str, station: FakeStation, **dispatcher_options: Any
+) -> AsyncIterator[ClaimRace]:
+    """Lane A1's row 1 is committed unleased; the claim loop leases it to the dispatcher, but
+    the claim's reply is held at the proxy. Meanwhile a commit sees the lane ours (its last
+    pending row is leased to us), leases us row 2, and the dispatcher adopts it."""
+    directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+    async with proxied_database(database_url) as (proxy, proxied_url):
+        pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+        dispatcher = Dispatcher(
+            pool, lambda: FakeRegistry(station), poll_s=0.05, **dispatcher_options
+        )
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        async with db_pool.acquire() as conn:
+            await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
+        go = proxy.hold_reply_after(b"WITH heads AS")
+        dispatcher.start()
+        try:
+            # the claim is committed; its reply is held
+            await wait_until_leased_to(db_pool, dispatcher.owner)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 2)], handover)
+            assert [r.event.zone for r in handover.leased] == [2]  # the lane looked ours
+            dispatcher.adopt(handover.leased)
+            yield ClaimRace(proxy, dispatcher, stage, go)
+        finally:
+            go.set()
+            await dispatcher.stop()
+            await pool.close()
+
+
 class TestClaimRacingACommit:
     async def test_a_commits_row_waits_for_a_claim_whose_reply_is_on_its_way(
         self, db_pool: asyncpg.Pool, database_url: str
@@ -927,33 +967,12 @@ class TestClaimRacingACommit:
         its reply is slow to come back. Meanwhile a commit sees the lane ours (its last pending
         row is leased to us) and leases us the lane's next row. That row must not go before the
         claimed one, which the dispatcher does not know yet."""
-        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
         station = FakeStation()
-        async with proxied_database(database_url) as (proxy, proxied_url):
-            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
-            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
-            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
-            async with db_pool.acquire() as conn:
-                await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
-            go = proxy.hold_reply_after(b"WITH heads AS")
-            dispatcher.start()
-            try:
-                await wait_until_leased_to(
-                    db_pool, dispatcher.owner
-                )  # the claim is committed; its reply is held
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A1", 2)], handover)
-                assert [r.event.zone for r in handover.leased] == [2]  # the lane looked ours
-                dispatcher.adopt(handover.leased)
-                await asyncio.sleep(0.3)
-                go.set()
+        async with a_commit_racing_a_held_claim(db_pool, database_url, station) as race:
+            await asyncio.sleep(0.3)
+            race.go.set()
 
-                await wait_until_delivered(db_pool, 2)
-            finally:
-                go.set()
-                await dispatcher.stop()
-                await pool.close()
+            await wait_until_delivered(db_pool, 2)
         assert station.received == [("9001", 1), ("9001", 2)]
 
     async def test_a_claim_whose_reply_is_lost_keeps_a_commits_row_behind_the_claimed_one(
@@ -963,38 +982,17 @@ class TestClaimRacingACommit:
         leased us the lane's head all the same (here it did). The commit's row, and a row the
         next commit leases us on the lane, must not go before it: the lane waits until the
         claimed row's lease has ended and the claim loop sends the lane in order."""
-        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
         station = FakeStation()
-        async with proxied_database(database_url) as (proxy, proxied_url):
-            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
-            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=2)
-            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        async with a_commit_racing_a_held_claim(db_pool, database_url, station, lease_s=2) as race:
+            race.proxy.cut()  # the claim's reply never comes
+            race.proxy.restore()
+            await asyncio.sleep(0.2)
+            handover = Handover()
             async with db_pool.acquire() as conn:
-                await commit(conn, ForwardingStage(directory), [signal("A1", 1)])  # unleased
-            go = proxy.hold_reply_after(b"WITH heads AS")
-            dispatcher.start()
-            try:
-                await wait_until_leased_to(
-                    db_pool, dispatcher.owner
-                )  # the claim is committed; its reply is held
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A1", 2)], handover)
-                assert [r.event.zone for r in handover.leased] == [2]  # the lane looked ours
-                dispatcher.adopt(handover.leased)
-                proxy.cut()  # the claim's reply never comes
-                proxy.restore()
-                await asyncio.sleep(0.2)
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A1", 3)], handover)
-                dispatcher.adopt(handover.leased)
+                await commit(conn, race.stage, [signal("A1", 3)], handover)
+            race.dispatcher.adopt(handover.leased)
 
-                await wait_until_delivered(db_pool, 3)
-            finally:
-                go.set()
-                await dispatcher.stop()
-                await pool.close()
+            await wait_until_delivered(db_pool, 3)
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
 
     async def test_rows_of_a_claim_whose_connection_broke_after_its_reply_are_sent(
