@@ -28,6 +28,7 @@ from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.ingest_batch import EntryClose, EntryOpen
 from engine.store.signals import insert_signals_returning
+from engine.timer_rows_held import HeldTimerRows
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.crash_smash")
@@ -47,6 +48,30 @@ HELD = Counter(
     "they wait until it fires or closes, and it keeps its deadline.",
 )
 PENDING = Gauge("alarmrelay_crash_smash_pending", "Crash & Smash timers waiting.")
+
+# A round: the due entries it can lock now, and (only when it got them all) the due entries it
+# could not, held by another transaction, read in the same statement (engine/timer_rows_held.py).
+DUE_SQL = """
+WITH free AS MATERIALIZED (
+    SELECT account, partition, zone, deadline FROM pending_entries
+    WHERE state = 'pending' AND deadline <= $2
+    ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+SELECT account, partition, zone, deadline, false AS held FROM free
+UNION ALL
+(SELECT e.account, e.partition, e.zone, e.deadline, true FROM pending_entries e
+ WHERE e.state = 'pending' AND e.deadline <= $2 AND (SELECT count(*) FROM free) < $1
+   AND (e.account, e.partition) NOT IN (SELECT account, partition FROM free)
+ ORDER BY e.deadline LIMIT $1)
+"""
+# The next deadline to wake for and the pending count; $1: the round's instant when that round
+# found entries held (those are looked at again every max_sleep_s, not woken for: their
+# deadlines have passed), else NULL.
+NEXT_SQL = """
+SELECT min(deadline) FILTER (WHERE $1::timestamptz IS NULL OR deadline > $1) AS next,
+       count(*) AS n
+FROM pending_entries WHERE state = 'pending'
+"""
 
 # A disarm closes the timer: Contact ID 4xx openings (Q=1) and SIA opening codes.
 _SIA_OPENINGS = frozenset({"OP", "OA", "OG", "OQ", "OS", "OK", "OJ", "OR"})
@@ -282,27 +307,27 @@ class CrashSmashTimer(DeadlineTimer):
         self._duplicate_window_s = duplicate_window_s
         self._on_enqueued = on_enqueued
         self._batch = batch
+        self._held = HeldTimerRows("crash_smash")
 
     async def seconds_to_next(self, now: datetime) -> float:
         settling = self._settling_s(now)
+        held = bool(self._held)
         # The partial index ``pending_entries_due`` holds only pending timers (a handful), so the
         # count for the gauge costs as little as the minimum.
         with self._on_database():
-            row = await self._pool.fetchrow(
-                "SELECT min(deadline) AS next, count(*) AS n FROM pending_entries "
-                "WHERE state = 'pending'"
-            )
+            row = await self._pool.fetchrow(NEXT_SQL, now if held else None)
+        PENDING.set(0 if row is None else row["n"])
         if row is None or row["next"] is None:
-            PENDING.set(0)
             return max(settling, self._max_sleep_s)
-        PENDING.set(row["n"])
-        return max(settling, float((row["next"] - now).total_seconds()))
+        wait = float((row["next"] - now).total_seconds())
+        return max(settling, min(wait, self._max_sleep_s) if held else wait)
 
     async def fire_due(self, now: datetime) -> int:
         """Raise a Crash & Smash alarm for every entry timer due at ``now``, unless the engine is
         still settling (``crash_smash.grace_s`` after it started or its database came back: a
         disarm sent meanwhile could not be committed, and the module gets that long to send it
-        again)."""
+        again). An entry held by another transaction is left to a later round; the others fire
+        now."""
         if self._settling_s(now) > 0:
             return 0
         with self._on_database():
@@ -310,15 +335,19 @@ class CrashSmashTimer(DeadlineTimer):
 
     async def _fire(self, now: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(
-                """
-                SELECT account, partition, zone, deadline FROM pending_entries
-                WHERE state = 'pending' AND deadline <= $2
-                ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
-                """,
-                self._batch,
-                now,
-            )
+            rows = await conn.fetch(DUE_SQL, self._batch, now)
+            due = [r for r in rows if not r["held"]]
+            if len(due) < self._batch:  # else the held rows were not read: a later round will
+                self._held.found(
+                    {
+                        (r["account"], r["partition"]): (
+                            {"account": r["account"], "partition": r["partition"]},
+                            r["deadline"],
+                        )
+                        for r in rows
+                        if r["held"]
+                    }
+                )
             if not due:
                 return 0
             # An entry committed between a customer's termination and the engines learning of it

@@ -43,11 +43,18 @@ TIMERS_FIRED = Counter(
     "Durable timers fired (a Panel Not Responding or a Crash & Smash alarm committed).",
     ["timer"],
 )
+TIMER_ROWS_HELD = Counter(
+    "alarmrelay_timer_rows_held_total",
+    "Due timer rows found held by another transaction (counted once per hold): not fired in that "
+    "round, the others fired on time; fired once free.",
+    ["timer"],
+)
 # At 0 from the start (see engine.metrics): the lag observed in one burst after an outage is
 # what AlarmrelayTimerLag is for, and rate() would not see it in a series it created.
 for _timer in ("supervision", "crash_smash"):
     TIMER_LAG.labels(_timer)
     TIMERS_FIRED.labels(_timer)
+    TIMER_ROWS_HELD.labels(_timer)
 
 
 def utc_now() -> datetime:

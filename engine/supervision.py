@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -36,6 +36,7 @@ from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer,
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.signals import insert_signals_returning
+from engine.timer_rows_held import HeldTimerRows
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.supervision")
@@ -52,6 +53,26 @@ SUPERVISED = Gauge(
 )
 
 PNR_CODE = "356"
+
+# A round: the due rows it can lock now, and (only when it got them all) the due rows it could
+# not, held by another transaction, read in the same statement (engine/timer_rows_held.py).
+DUE_SQL = """
+WITH free AS MATERIALIZED (
+    SELECT account, deadline FROM supervision
+    WHERE NOT missed AND deadline <= $2
+    ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+SELECT account, deadline, false AS held FROM free
+UNION ALL
+(SELECT s.account, s.deadline, true FROM supervision s
+ WHERE NOT s.missed AND s.deadline <= $2 AND (SELECT count(*) FROM free) < $1
+   AND s.account NOT IN (SELECT account FROM free)
+ ORDER BY s.deadline LIMIT $1)
+"""
+# The next deadline to wake for; $1: after the round's instant, when that round found rows held
+# (those are looked at again every max_sleep_s, not woken for: their deadlines have passed).
+NEXT_SQL = "SELECT min(deadline) FROM supervision WHERE NOT missed AND deadline > $1"
+_EVER = datetime.min.replace(tzinfo=UTC)  # $1 when no row was held: every pending deadline
 
 
 def panel_not_responding(account: str, now: datetime, *, restore: bool) -> InboundSignal:
@@ -146,15 +167,16 @@ class SupervisionTimer(DeadlineTimer):
         self._batch = batch
         self._count_every_s = supervised_count_s
         self._counted_at = float("-inf")
+        self._held = HeldTimerRows("supervision")
 
     async def seconds_to_next(self, now: datetime) -> float:
         """The earliest pending deadline (one probe of the ``supervision_due`` index), or the end
-        of the settling time when that is later."""
+        of the settling time when that is later. Rows the last round found held are looked at
+        again after ``max_sleep_s``."""
         settling = self._settling_s(now)
+        held = bool(self._held)
         with self._on_database():
-            nearest = await self._pool.fetchval(
-                "SELECT min(deadline) FROM supervision WHERE NOT missed"
-            )
+            nearest = await self._pool.fetchval(NEXT_SQL, now if held else _EVER)
             if time.monotonic() - self._counted_at >= self._count_every_s:
                 # Counting a million rows is not free: the gauge is refreshed once a minute, never per tick.
                 SUPERVISED.set(
@@ -163,11 +185,13 @@ class SupervisionTimer(DeadlineTimer):
                 self._counted_at = time.monotonic()
         if nearest is None:
             return max(settling, self._max_sleep_s)
-        return max(settling, float((nearest - now).total_seconds()))
+        wait = float((nearest - now).total_seconds())
+        return max(settling, min(wait, self._max_sleep_s) if held else wait)
 
     async def fire_due(self, now: datetime) -> int:
         """Raise Panel Not Responding for every deadline due at ``now`` (one transaction per batch),
-        unless the engine is still settling (:meth:`_settling_s`)."""
+        unless the engine is still settling (:meth:`_settling_s`). A row held by another
+        transaction is left to a later round; the others fire now."""
         if self._settling_s(now) > 0:
             return 0
         with self._on_database():
@@ -175,15 +199,16 @@ class SupervisionTimer(DeadlineTimer):
 
     async def _fire(self, now: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(
-                """
-                SELECT account, deadline FROM supervision
-                WHERE NOT missed AND deadline <= $2
-                ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED
-                """,
-                self._batch,
-                now,
-            )
+            rows = await conn.fetch(DUE_SQL, self._batch, now)
+            due = [r for r in rows if not r["held"]]
+            if len(due) < self._batch:  # else the held rows were not read: a later round will
+                self._held.found(
+                    {
+                        r["account"]: ({"account": r["account"]}, r["deadline"])
+                        for r in rows
+                        if r["held"]
+                    }
+                )
             if not due:
                 return 0
             # A contact committed between a customer's termination and the engines learning of

@@ -16,7 +16,9 @@ import httpx
 import msgspec
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
+from engine import supervision
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.deadline_timer import Clock, utc_now
@@ -38,6 +40,7 @@ from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.engine_process import EngineProcess, write_config
 from tests.support.fake_clock import FakeClock
+from tests.support.row_holder import holding
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="4444", primary_receiver="rx"
@@ -405,6 +408,56 @@ class TestTimer:
         assert await db_pool.fetchval("SELECT count(*) FROM supervision WHERE missed") == 60
 
 
+class TestHeldRows:
+    """An account's supervision row held by another transaction (an operator's transaction left
+    open in psql, a stuck admin call) holds back neither the other accounts' Panel Not
+    Responding nor the timer: it is fired once free, once."""
+
+    HELD_SQL = "SELECT 1 FROM supervision WHERE account = $1 FOR UPDATE"
+
+    @pytest.fixture
+    async def two(self, db_pool: asyncpg.Pool) -> World:
+        accounts = [
+            Account(account=a, supervision_interval_s=200, forwarding=FORWARD)
+            for a in ("201", "202")
+        ]
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([contact("201", T0), contact("202", T0)])
+        return world
+
+    async def test_the_others_fire_in_the_round_and_the_held_one_once_free(
+        self, two: World
+    ) -> None:
+        timer = two.timer()
+        due = T0 + timedelta(seconds=200)
+        async with holding(two.pool, self.HELD_SQL, "201"):
+            assert await timer.fire_due(due) == 1
+            assert await two.server_signals() == [("202", "356", "1")]
+            # the held row's passed deadline is not woken for (the loop would spin): it is
+            # looked at again after max_sleep_s
+            assert await timer.seconds_to_next(due) == 5.0
+            assert await timer.fire_due(due + timedelta(seconds=5)) == 0
+        assert await timer.fire_due(due + timedelta(seconds=10)) == 1
+        assert await timer.fire_due(due + timedelta(seconds=15)) == 0
+        assert sorted(await two.server_signals()) == [("201", "356", "1"), ("202", "356", "1")]
+
+    async def test_a_hold_is_logged_and_counted_once(self, two: World) -> None:
+        """Reported when a second round finds it still held (a row locked for a moment, by
+        another engine's timer firing it, is not), released when found free."""
+        timer = two.timer()
+        due = T0 + timedelta(seconds=200)
+        before = sample("alarmrelay_timer_rows_held_total", timer="supervision")
+        with capture_logs() as logs:
+            async with holding(two.pool, self.HELD_SQL, "201"):
+                for n in range(3):
+                    await timer.fire_due(due + timedelta(seconds=5 * n))
+            await timer.fire_due(due + timedelta(seconds=15))
+        events = [(e["event"], e.get("account")) for e in logs if "_row_" in e["event"]]
+        assert events == [("supervision_row_held", "201"), ("supervision_row_released", "201")]
+        assert sample("alarmrelay_timer_rows_held_total", timer="supervision") == before + 1
+
+
 class TestSettling:
     """A deadline that passed while the engine could not hear the modules (it was not running, or
     its database was out of reach) is the engine's silence: modules get supervision.grace_s to
@@ -492,13 +545,11 @@ class TestNoScans:
         )
         await db_pool.execute("ANALYZE supervision")
         plans = []
+        now = datetime.now(UTC)
         for sql, args in (
-            ("SELECT min(deadline) FROM supervision WHERE NOT missed", ()),
-            (
-                "SELECT account, deadline FROM supervision WHERE NOT missed AND deadline <= $2 "
-                "ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
-                (500, datetime.now(UTC)),
-            ),
+            (supervision.NEXT_SQL, (now,)),
+            (supervision.NEXT_SQL, (datetime.min.replace(tzinfo=UTC),)),
+            (supervision.DUE_SQL, (500, now)),
         ):
             rows = await db_pool.fetch(f"EXPLAIN {sql}", *args)
             plans.append("\n".join(r[0] for r in rows))
