@@ -14,7 +14,7 @@ entries line up behind it the same way (``later_entries``, migration 0551).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.ingest_batch import EntryClose, EntryOpen
 from engine.store.signals import insert_signals_returning
-from engine.timer_rows_held import HeldTimerRows
+from engine.timer_rows_held import HeldTimerRows, on_held_lanes
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.crash_smash")
@@ -334,68 +334,34 @@ class CrashSmashTimer(DeadlineTimer):
             return await self._fire(now)
 
     async def _fire(self, now: datetime) -> int:
+        try:
+            return await self._round(now, lanes=False)
+        except asyncpg.LockNotAvailableError:
+            # The commit waited past its lock timeout, for a delivery lane another transaction
+            # holds (a dispatcher recording a failure while it waits for a row): once more,
+            # without the entries whose lane is held now, so the others are not held back.
+            return await self._round(now, lanes=True)
+
+    async def _round(self, now: datetime, *, lanes: bool) -> int:
+        """One transaction: the due entries fired, those held left (``lanes``: those whose lane
+        another transaction holds too)."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(DUE_SQL, self._batch, now)
-            due = [r for r in rows if not r["held"]]
-            if len(due) < self._batch:  # else the held rows were not read: a later round will
-                self._held.found(
-                    {
-                        (r["account"], r["partition"]): (
-                            {"account": r["account"], "partition": r["partition"]},
-                            r["deadline"],
-                        )
-                        for r in rows
-                        if r["held"]
-                    }
+            free = [r for r in rows if not r["held"]]
+            held: dict[Hashable, tuple[Mapping[str, object], datetime]] = {
+                (r["account"], r["partition"]): (
+                    {"account": r["account"], "partition": r["partition"], "lock": "row"},
+                    r["deadline"],
                 )
-            if not due:
-                return 0
-            # An entry committed between a customer's termination and the engines learning of it
-            # belongs to an account that no longer exists: closed, not raised.
-            gone = {
-                r["account"]
-                for r in await conn.fetch(
-                    "UPDATE pending_entries e SET state = 'closed', closed_reason = 'terminated', "
-                    "closed_at = $2 WHERE e.account = ANY($1::text[]) AND e.state = 'pending' "
-                    "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account) "
-                    "RETURNING e.account",
-                    sorted({r["account"] for r in due}),
-                    now,
-                )
+                for r in rows
+                if r["held"]
             }
-            if gone:
-                log.info("crash_smash_dropped_unknown_accounts", accounts=sorted(gone)[:20])
-                due = [r for r in due if r["account"] not in gone]
-                if not due:
-                    return 0
-            signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
-            stored = await insert_signals_returning(
-                conn, signals, duplicate_window_s=self._duplicate_window_s
-            )
-            # An entry that came while this one was due (migration 0540) takes the row's place.
-            await conn.execute(
-                """
-                UPDATE pending_entries e SET
-                    state = CASE WHEN e.next_deadline IS NULL THEN 'fired' ELSE 'pending' END,
-                    closed_at = CASE WHEN e.next_deadline IS NULL THEN $3::timestamptz END,
-                    fired_signal_id = t.s,
-                    zone = CASE WHEN e.next_deadline IS NULL THEN e.zone ELSE e.next_zone END,
-                    deadline = coalesce(e.next_deadline, e.deadline),
-                    opened_sent_at = CASE WHEN e.next_deadline IS NULL THEN e.opened_sent_at
-                                          ELSE e.next_sent_at END,
-                    received_at = CASE WHEN e.next_deadline IS NULL THEN e.received_at
-                                       ELSE e.next_received_at END,
-                    next_zone = NULL, next_deadline = NULL, next_sent_at = NULL,
-                    next_received_at = NULL
-                FROM unnest($1::text[], $2::int[], $4::bigint[]) AS t(a, p, s)
-                WHERE e.account = t.a AND e.partition = t.p
-                """,
-                [r["account"] for r in due],
-                [r["partition"] for r in due],
-                now,
-                [row.signal_id for row in stored],
-            )
-            enqueued = await self._forwarding(conn, signals, stored)
+            due = await self._fireable(conn, free, held, now, lanes=lanes) if free else []
+            enqueued = await self._commit_alarms(conn, due, now) if due else 0
+        if len(free) < self._batch:  # else the held rows were not read: a later round will
+            self._held.found(held)
+        if not due:
+            return 0
         for r in due:
             TIMER_LAG.labels("crash_smash").observe(max(0.0, (now - r["deadline"]).total_seconds()))
             log.warning(
@@ -407,3 +373,82 @@ class CrashSmashTimer(DeadlineTimer):
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()
         return len(due)
+
+    async def _fireable(
+        self,
+        conn: asyncpg.Connection,
+        due: list[asyncpg.Record],
+        held: dict[Hashable, tuple[Mapping[str, object], datetime]],
+        now: datetime,
+        *,
+        lanes: bool,
+    ) -> list[asyncpg.Record]:
+        """The locked due entries to fire now: not those of terminated accounts (closed), nor,
+        with ``lanes``, those whose alarm's delivery lane another transaction holds (added to
+        ``held``, left pending)."""
+        # An entry committed between a customer's termination and the engines learning of it
+        # belongs to an account that no longer exists: closed, not raised.
+        gone = {
+            r["account"]
+            for r in await conn.fetch(
+                "UPDATE pending_entries e SET state = 'closed', closed_reason = 'terminated', "
+                "closed_at = $2 WHERE e.account = ANY($1::text[]) AND e.state = 'pending' "
+                "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account) "
+                "RETURNING e.account",
+                sorted({r["account"] for r in due}),
+                now,
+            )
+        }
+        if gone:
+            log.info("crash_smash_dropped_unknown_accounts", accounts=sorted(gone)[:20])
+            due = [r for r in due if r["account"] not in gone]
+        if not lanes:
+            return due
+        signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
+        on_lanes = await on_held_lanes(conn, self._forwarding, signals)
+        for i, lane in on_lanes.items():
+            r = due[i]
+            held[(r["account"], r["partition"])] = (
+                {
+                    "account": r["account"],
+                    "partition": r["partition"],
+                    "lock": "lane",
+                    "lane": lane,
+                },
+                r["deadline"],
+            )
+        return [r for i, r in enumerate(due) if i not in on_lanes]
+
+    async def _commit_alarms(
+        self, conn: asyncpg.Connection, due: list[asyncpg.Record], now: datetime
+    ) -> int:
+        """Store the Crash & Smash alarms of ``due`` with decisions and outbox rows and mark the
+        entries fired (in the caller's transaction); returns how many deliveries were enqueued."""
+        signals = [crash_smash_alarm(r["account"], r["partition"], r["zone"], now) for r in due]
+        stored = await insert_signals_returning(
+            conn, signals, duplicate_window_s=self._duplicate_window_s
+        )
+        # An entry that came while this one was due (migration 0540) takes the row's place.
+        await conn.execute(
+            """
+            UPDATE pending_entries e SET
+                state = CASE WHEN e.next_deadline IS NULL THEN 'fired' ELSE 'pending' END,
+                closed_at = CASE WHEN e.next_deadline IS NULL THEN $3::timestamptz END,
+                fired_signal_id = t.s,
+                zone = CASE WHEN e.next_deadline IS NULL THEN e.zone ELSE e.next_zone END,
+                deadline = coalesce(e.next_deadline, e.deadline),
+                opened_sent_at = CASE WHEN e.next_deadline IS NULL THEN e.opened_sent_at
+                                      ELSE e.next_sent_at END,
+                received_at = CASE WHEN e.next_deadline IS NULL THEN e.received_at
+                                   ELSE e.next_received_at END,
+                next_zone = NULL, next_deadline = NULL, next_sent_at = NULL,
+                next_received_at = NULL
+            FROM unnest($1::text[], $2::int[], $4::bigint[]) AS t(a, p, s)
+            WHERE e.account = t.a AND e.partition = t.p
+            """,
+            [r["account"] for r in due],
+            [r["partition"] for r in due],
+            now,
+            [row.signal_id for row in stored],
+        )
+        return await self._forwarding(conn, signals, stored)

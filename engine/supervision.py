@@ -24,7 +24,7 @@ and is not re-classified.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -36,7 +36,7 @@ from engine.deadline_timer import TIMER_LAG, TIMERS_FIRED, Clock, DeadlineTimer,
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.signals import insert_signals_returning
-from engine.timer_rows_held import HeldTimerRows
+from engine.timer_rows_held import HeldTimerRows, on_held_lanes
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.supervision")
@@ -198,47 +198,31 @@ class SupervisionTimer(DeadlineTimer):
             return await self._fire(now)
 
     async def _fire(self, now: datetime) -> int:
+        try:
+            return await self._round(now, lanes=False)
+        except asyncpg.LockNotAvailableError:
+            # The commit waited past its lock timeout, for a delivery lane another transaction
+            # holds (a dispatcher recording a failure while it waits for a row): once more,
+            # without the rows whose lane is held now, so the others are not held back with them.
+            return await self._round(now, lanes=True)
+
+    async def _round(self, now: datetime, *, lanes: bool) -> int:
+        """One transaction: the due rows fired, those held left (``lanes``: those whose lane
+        another transaction holds too)."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(DUE_SQL, self._batch, now)
-            due = [r for r in rows if not r["held"]]
-            if len(due) < self._batch:  # else the held rows were not read: a later round will
-                self._held.found(
-                    {
-                        r["account"]: ({"account": r["account"]}, r["deadline"])
-                        for r in rows
-                        if r["held"]
-                    }
-                )
-            if not due:
-                return 0
-            # A contact committed between a customer's termination and the engines learning of
-            # it writes a deadline for an account that no longer exists: dropped, not raised (its
-            # miss would reach a new customer given the number, as a restore with no miss).
-            gone = {
-                r["account"]
-                for r in await conn.fetch(
-                    "DELETE FROM supervision s WHERE s.account = ANY($1::text[]) "
-                    "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = s.account) "
-                    "RETURNING s.account",
-                    [r["account"] for r in due],
-                )
+            free = [r for r in rows if not r["held"]]
+            held: dict[Hashable, tuple[Mapping[str, object], datetime]] = {
+                r["account"]: ({"account": r["account"], "lock": "row"}, r["deadline"])
+                for r in rows
+                if r["held"]
             }
-            if gone:
-                log.info("supervision_dropped_unknown_accounts", accounts=sorted(gone)[:20])
-                due = [r for r in due if r["account"] not in gone]
-                if not due:
-                    return 0
-            accounts = [r["account"] for r in due]
-            await conn.execute(
-                "UPDATE supervision SET missed = true, missed_at = $2, updated_at = now() WHERE account = ANY($1::text[])",
-                accounts,
-                now,
-            )
-            signals = [panel_not_responding(a, now, restore=False) for a in accounts]
-            stored = await insert_signals_returning(
-                conn, signals, duplicate_window_s=self._duplicate_window_s
-            )
-            enqueued = await self._forwarding(conn, signals, stored)
+            due = await self._fireable(conn, free, held, now, lanes=lanes) if free else []
+            enqueued = await self._commit_misses(conn, due, now) if due else 0
+        if len(free) < self._batch:  # else the held rows were not read: a later round will
+            self._held.found(held)
+        if not due:
+            return 0
         for row in due:
             TIMER_LAG.labels("supervision").observe(
                 max(0.0, (now - row["deadline"]).total_seconds())
@@ -252,3 +236,56 @@ class SupervisionTimer(DeadlineTimer):
         if enqueued and self._on_enqueued is not None:
             self._on_enqueued()
         return len(due)
+
+    async def _fireable(
+        self,
+        conn: asyncpg.Connection,
+        due: list[asyncpg.Record],
+        held: dict[Hashable, tuple[Mapping[str, object], datetime]],
+        now: datetime,
+        *,
+        lanes: bool,
+    ) -> list[asyncpg.Record]:
+        """The locked due rows to fire now: not those of terminated accounts (dropped), nor, with
+        ``lanes``, those whose delivery lane another transaction holds (added to ``held``, left
+        pending)."""
+        # A contact committed between a customer's termination and the engines learning of
+        # it writes a deadline for an account that no longer exists: dropped, not raised (its
+        # miss would reach a new customer given the number, as a restore with no miss).
+        gone = {
+            r["account"]
+            for r in await conn.fetch(
+                "DELETE FROM supervision s WHERE s.account = ANY($1::text[]) "
+                "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = s.account) "
+                "RETURNING s.account",
+                [r["account"] for r in due],
+            )
+        }
+        if gone:
+            log.info("supervision_dropped_unknown_accounts", accounts=sorted(gone)[:20])
+            due = [r for r in due if r["account"] not in gone]
+        if not lanes:
+            return due
+        signals = [panel_not_responding(r["account"], now, restore=False) for r in due]
+        on_lanes = await on_held_lanes(conn, self._forwarding, signals)
+        for i, lane in on_lanes.items():
+            account = due[i]["account"]
+            held[account] = ({"account": account, "lock": "lane", "lane": lane}, due[i]["deadline"])
+        return [r for i, r in enumerate(due) if i not in on_lanes]
+
+    async def _commit_misses(
+        self, conn: asyncpg.Connection, due: list[asyncpg.Record], now: datetime
+    ) -> int:
+        """Mark ``due`` missed and store their Panel Not Responding with decisions and outbox
+        rows (in the caller's transaction); returns how many deliveries were enqueued."""
+        accounts = [r["account"] for r in due]
+        await conn.execute(
+            "UPDATE supervision SET missed = true, missed_at = $2, updated_at = now() WHERE account = ANY($1::text[])",
+            accounts,
+            now,
+        )
+        signals = [panel_not_responding(a, now, restore=False) for a in accounts]
+        stored = await insert_signals_returning(
+            conn, signals, duplicate_window_s=self._duplicate_window_s
+        )
+        return await self._forwarding(conn, signals, stored)

@@ -8,16 +8,25 @@ is logged once (``<timer>_row_held``, warning) and counted once
 (``alarmrelay_timer_rows_held_total{timer}``) when a second round finds it still held, and its
 end is logged when the row is no longer found held (``<timer>_row_released``, info). While rows are held the timer looks again every
 ``max_sleep_s`` instead of waking for their passed deadlines (which would spin).
+
+A due row whose alarm goes to a delivery lane another transaction holds (the lane's advisory lock:
+a dispatcher recording a failure while it waits for a row) is left pending and reported the same
+way (``lock="lane"``): the round's commit would wait for that lock, and past the lock timeout
+fail, with every other row of the round (:func:`on_held_lanes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
 
+import asyncpg
 import structlog
 
 from engine.deadline_timer import TIMER_ROWS_HELD
+from engine.forwarding_stage import ForwardingStage
+from engine.ingest_types import InboundSignal
+from engine.store.held_rows import held_lanes
 
 log = structlog.get_logger("engine.timers")
 
@@ -57,3 +66,14 @@ class HeldTimerRows:
                 "time, this one once it is free",
             )
         self._seen = set(held)
+
+
+async def on_held_lanes(
+    conn: asyncpg.Connection, forwarding: ForwardingStage, signals: Sequence[InboundSignal]
+) -> dict[int, str]:
+    """Positions of ``signals`` (server-generated) whose delivery goes to a lane another
+    transaction holds now, each with that lane. The other lanes' locks are taken until the
+    caller's transaction ends, so its commit of their rows waits for none of them."""
+    outbox = forwarding.plan(signals, range(len(signals))).outbox
+    held = await held_lanes(conn, {row.lane for row in outbox})
+    return {row.o: row.lane for row in outbox if row.lane in held and row.o is not None}

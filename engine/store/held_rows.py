@@ -7,6 +7,10 @@ rows are those a batch writes per account, each probed in the mode the batch tak
 (its first and last contact), its supervision deadline, its phone-line state (``FOR UPDATE``, as
 :meth:`engine.forwarding_stage.ForwardingStage.lock_states`) and its Crash & Smash entries. A row
 is held when it exists and cannot be locked now. The probe's own locks last one statement.
+
+:func:`held_lanes` asks the same of delivery lanes, whose lock is an advisory lock (a commit takes
+it for each lane it writes an outbox row to, after its row locks): a lane held elsewhere (a
+dispatcher recording a failure while it waits for a row) keeps every commit to it waiting.
 """
 
 from __future__ import annotations
@@ -42,6 +46,22 @@ SELECT e.account FROM pending_entries e
 WHERE e.account = ANY ($1::text[])
   AND (e.account, e.partition) NOT IN (SELECT account, partition FROM free_entries)
 """
+
+
+_LANES_HELD = """
+SELECT l.lane FROM (SELECT DISTINCT unnest($1::text[]) AS lane) l
+WHERE NOT pg_try_advisory_xact_lock(hashtextextended(l.lane, 0))
+"""
+
+
+async def held_lanes(conn: asyncpg.Connection, lanes: Iterable[str]) -> frozenset[str]:
+    """Those of ``lanes`` whose lock another transaction holds right now (not waited for). The
+    others' locks are taken: until the end of the caller's transaction (a commit of their rows
+    then does not wait for them), or of this statement outside one."""
+    names = sorted(set(lanes))
+    if not names:
+        return frozenset()
+    return frozenset(r["lane"] for r in await conn.fetch(_LANES_HELD, names))
 
 
 async def held_accounts(conn: asyncpg.Connection, accounts: Iterable[str]) -> frozenset[str]:

@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.crash_smash import CrashSmashStage, CrashSmashTimer
+from engine.delivery_lane import lane_for
 from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import EntryDelay, InboundSignal, SignalKind, Transport
@@ -43,7 +44,7 @@ from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.fake_clock import FakeClock
-from tests.support.row_holder import holding
+from tests.support.row_holder import HOLD_LANE_SQL, holding
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="3333", primary_receiver="rx"
@@ -527,6 +528,40 @@ class TestHeldRows:
         assert await timer.fire_due(due + timedelta(seconds=2)) == 1
         assert await timer.fire_due(due + timedelta(seconds=3)) == 0
         assert await self.raised(two) == ["7777", "8888"]
+
+    async def test_an_alarm_whose_delivery_lane_is_held_does_not_hold_back_the_others(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A lane's lock held elsewhere (a dispatcher recording a failure while it waits for a
+        row): the round's commit fails past its lock timeout; the round is tried again without
+        the alarm going to that lane, which is raised once the lane is free."""
+        other = ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account="3334", primary_receiver="rx"
+        )
+        accounts = [
+            Account(account="7777", forwarding=FORWARD),
+            Account(account="8888", forwarding=other),
+        ]
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([entry(), msgspec.structs.replace(entry(), account="8888")])
+        timer = world.timer()
+        due = T0 + timedelta(seconds=80)
+        lane = lane_for("3333", "rx")
+        with capture_logs() as logs:
+            async with holding(db_pool, HOLD_LANE_SQL, lane):
+                assert await timer.fire_due(due) == 1
+                assert await self.raised(world) == ["8888"]
+                assert await timer.seconds_to_next(due) == 1.0
+                assert await timer.fire_due(due + timedelta(seconds=1)) == 0
+            assert await timer.fire_due(due + timedelta(seconds=2)) == 1
+        assert await self.raised(world) == ["7777", "8888"]
+        held = [e for e in logs if e["event"] == "crash_smash_row_held"]
+        assert [(e["account"], e["partition"], e["lock"], e["lane"]) for e in held] == [
+            ("7777", 1, "lane", lane)
+        ]
+        lanes = await db_pool.fetch("SELECT lane FROM deliveries ORDER BY lane")
+        assert [r["lane"] for r in lanes] == [lane, lane_for("3334", "rx")]
 
     async def test_a_hold_is_logged_and_counted_once(self, two: World) -> None:
         """Reported when a second round finds it still held (an entry locked for a moment, by

@@ -22,6 +22,7 @@ from engine import supervision
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
 from engine.deadline_timer import Clock, utc_now
+from engine.delivery_lane import lane_for
 from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, IngestResult, SignalKind, Transport
@@ -40,7 +41,7 @@ from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.engine_process import EngineProcess, write_config
 from tests.support.fake_clock import FakeClock
-from tests.support.row_holder import holding
+from tests.support.row_holder import HOLD_LANE_SQL, holding
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="4444", primary_receiver="rx"
@@ -441,6 +442,38 @@ class TestHeldRows:
         assert await timer.fire_due(due + timedelta(seconds=10)) == 1
         assert await timer.fire_due(due + timedelta(seconds=15)) == 0
         assert sorted(await two.server_signals()) == [("201", "356", "1"), ("202", "356", "1")]
+
+    async def test_a_miss_whose_delivery_lane_is_held_does_not_hold_back_the_others(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """A lane's lock held elsewhere (a dispatcher recording a failure while it waits for a
+        row): the round's commit fails past its lock timeout; the round is tried again without
+        the miss going to that lane, which fires once the lane is free."""
+        other = ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account="4445", primary_receiver="rx"
+        )
+        accounts = [
+            Account(account="201", supervision_interval_s=200, forwarding=FORWARD),
+            Account(account="202", supervision_interval_s=200, forwarding=other),
+        ]
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([contact("201", T0), contact("202", T0)])
+        timer = world.timer()
+        due = T0 + timedelta(seconds=200)
+        lane = lane_for("4444", "rx")
+        with capture_logs() as logs:
+            async with holding(db_pool, HOLD_LANE_SQL, lane):
+                assert await timer.fire_due(due) == 1
+                assert await world.server_signals() == [("202", "356", "1")]
+                assert await timer.seconds_to_next(due) == 5.0
+                assert await timer.fire_due(due + timedelta(seconds=5)) == 0
+            assert await timer.fire_due(due + timedelta(seconds=10)) == 1
+        assert sorted(await world.server_signals()) == [("201", "356", "1"), ("202", "356", "1")]
+        held = [e for e in logs if e["event"] == "supervision_row_held"]
+        assert [(e["account"], e["lock"], e["lane"]) for e in held] == [("201", "lane", lane)]
+        lanes = await db_pool.fetch("SELECT lane FROM deliveries ORDER BY lane")
+        assert [r["lane"] for r in lanes] == [lane, lane_for("4445", "rx")]
 
     async def test_a_hold_is_logged_and_counted_once(self, two: World) -> None:
         """Reported when a second round finds it still held (a row locked for a moment, by
