@@ -17,13 +17,14 @@ Two follow-ups take a transaction of their own, both rare:
 Rows leased to this engine go to its dispatcher right after the commit (``on_leased``).
 
 No lock is waited for longer than ``INGEST_LOCK_TIMEOUT``: past it the batch is not committed
-and raises :class:`AccountsHeld` with the accounts whose rows another transaction holds, which
-the pipeline commits apart from the others (engine/pipeline.py).
+and raises :class:`AccountsHeld` with the accounts whose rows, or the lanes of whose outbox rows
+(their advisory lock), another transaction holds, which the pipeline commits apart from the
+others (engine/pipeline.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 
 import asyncpg
 import structlog
@@ -33,14 +34,26 @@ from engine.deadline_timer import Clock, utc_now
 from engine.errors import is_database_unreachable
 from engine.forwarding_stage import ForwardingStage, Handover, OwnedDelivery
 from engine.ingest_types import AccountsHeld, InboundSignal, IngestResult, SignalKind
-from engine.store.held_rows import held_accounts
-from engine.store.ingest_batch import INGEST_LOCK_TIMEOUT, BatchDone, BatchWrite, write_batch
+from engine.store.held_rows import held_accounts, held_lanes
+from engine.store.ingest_batch import (
+    INGEST_LOCK_TIMEOUT,
+    BatchDone,
+    BatchWrite,
+    OutboxRow,
+    write_batch,
+)
 from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 
 log = structlog.get_logger("engine.ingest")
 
 _LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{INGEST_LOCK_TIMEOUT}'"
+
+
+def _add_lanes(lanes: dict[str, set[str]], outbox: Iterable[OutboxRow]) -> None:
+    """Record the lane of each outbox row with the row's account."""
+    for row in outbox:
+        lanes.setdefault(row.lane, set()).add(row.a)
 
 
 class IngestWriter:
@@ -70,6 +83,9 @@ class IngestWriter:
         self._on_leased = on_leased
         self._on_blocked = on_blocked
         self._on_uncertain = on_uncertain
+        # lanes found held by another transaction (their lock), each with the accounts of the
+        # outbox rows that waited for it: looked at again with those accounts' rows
+        self._held_lanes: dict[str, set[str]] = {}
 
     async def __call__(self, signals: Sequence[InboundSignal]) -> Sequence[IngestResult]:
         rows = SignalRows(signals)
@@ -77,7 +93,9 @@ class IngestWriter:
         base = self._base_plan(signals, rows)
         handover = Handover() if self._on_leased is not None else None
         careful = forwarding.state_accounts(signals) if forwarding is not None else []
-        lanes: set[str] = set()  # of the outbox rows the commit would lease to us
+        # the lanes of the outbox rows the commit writes (and may lease to us), each with the
+        # accounts of its rows
+        lanes: dict[str, set[str]] = {}
         try:
             async with self._pool.acquire() as conn:
                 if careful:
@@ -89,16 +107,19 @@ class IngestWriter:
                         plan = forwarding.plan(signals, events)
                         base.decisions, base.outbox = plan.decisions, plan.outbox
                         base.owner, base.lease_s = forwarding.owner, forwarding.lease_s
-                        lanes.update(row.lane for row in plan.outbox)
+                        _add_lanes(lanes, plan.outbox)
                     done = await write_batch(
                         conn, base, duplicate_window_s=self._duplicate_window_s
                     )
                     if plan is not None and forwarding is not None:
                         forwarding.finish(plan, done, handover)
         except asyncpg.LockNotAvailableError as exc:
-            # A row of one of the batch's accounts was held past INGEST_LOCK_TIMEOUT (nothing
-            # committed): name the accounts holding one now, for the pipeline to set aside.
-            raise AccountsHeld(await self.held_accounts([s.account for s in signals])) from exc
+            # A row of one of the batch's accounts, or a lane of its outbox rows, was held past
+            # INGEST_LOCK_TIMEOUT (nothing committed): name the accounts one of whose rows or
+            # lanes another transaction holds now, for the pipeline to set aside.
+            raise AccountsHeld(
+                await self.held_accounts([s.account for s in signals], lanes)
+            ) from exc
         except Exception as exc:
             if lanes and self._on_uncertain is not None and is_database_unreachable(exc):
                 # The connection went during the call: the commit may have happened, leasing
@@ -123,11 +144,25 @@ class IngestWriter:
                 )
         return [s.result for s in done.stored]
 
-    async def held_accounts(self, accounts: Sequence[str]) -> frozenset[str]:
-        """Those of ``accounts`` a row of which another transaction holds now (not waited for):
-        the pipeline asks it of the accounts it set aside before trying them again."""
+    async def held_accounts(
+        self, accounts: Sequence[str], lanes: Mapping[str, Set[str]] | None = None
+    ) -> frozenset[str]:
+        """Those of ``accounts`` a row of which, or a lane of whose outbox rows, another
+        transaction holds now (not waited for). ``lanes``: the outbox lanes of a commit that
+        failed past its lock timeout, each with its rows' accounts; without (the pipeline asks
+        of the accounts it set aside before trying them again), the lanes found held earlier."""
+        wanted = set(accounts)
+        if lanes is None:
+            lanes = {lane: owners for lane, owners in self._held_lanes.items() if owners & wanted}
         async with self._pool.acquire() as conn:
-            return await held_accounts(conn, accounts)
+            held = await held_accounts(conn, accounts)
+            busy = await held_lanes(conn, lanes)
+        for lane, owners in lanes.items():
+            if lane in busy:
+                self._held_lanes[lane] = set(owners)
+            else:
+                self._held_lanes.pop(lane, None)
+        return held | {a for lane in busy for a in lanes[lane] if a in wanted}
 
     def _base_plan(self, signals: Sequence[InboundSignal], rows: SignalRows) -> BatchWrite:
         plan = BatchWrite(signals=rows)
@@ -144,7 +179,7 @@ class IngestWriter:
         base: BatchWrite,
         accounts: list[str],
         handover: Handover | None,
-        lanes: set[str],
+        lanes: dict[str, set[str]],
     ) -> BatchDone:
         """Lock the state rows, store, decide on what was stored, save the state: one transaction."""
         forwarding = self._forwarding
@@ -157,7 +192,7 @@ class IngestWriter:
             kept = done.kept
             events = [o for o in sorted(kept) if signals[o].kind is SignalKind.EVENT]
             plan = forwarding.plan(signals, events, ids=kept, states=states)
-            lanes.update(row.lane for row in plan.outbox)
+            _add_lanes(lanes, plan.outbox)
             enqueued = await write_batch(
                 conn,
                 BatchWrite(

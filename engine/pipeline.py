@@ -7,8 +7,8 @@ and the cost of a commit is shared; when idle a signal waits at most ``window``.
 sharded to writers by account, so one account's signals are committed in arrival order while
 several transactions (and their WAL flushes) overlap.
 
-An account whose rows another transaction holds (a commit waited past the writer's lock
-timeout: :class:`engine.ingest_types.AccountsHeld`) is set aside: the batch's other signals are
+An account whose rows, or the lane of whose outbox rows, another transaction holds (a commit
+waited past the writer's lock timeout: :class:`engine.ingest_types.AccountsHeld`) is set aside: the batch's other signals are
 committed at once, and the held account's signals, from then on, are committed apart, one account
 at a time, by a task of their own. That task looks at every held account's rows together without
 waiting for them (``held_check``, every ``_HELD_LOOK_S``) and tries only the accounts found free, so

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from engine.account_directory import AccountDirectory
 from engine.account_model import Account, ForwardingMode, ForwardingSettings
+from engine.delivery_lane import lane_for
 from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import (
     InboundSignal,
@@ -36,6 +37,7 @@ from engine.supervision import SupervisionStage
 from protocols.signal import Category, Classification, Event, Family
 from tests.engine.test_ingest_e2e import running_engine, settings_for
 from tests.support.dc09_module import Dc09TcpModule
+from tests.support.row_holder import HOLD_LANE_SQL, holding
 
 LOCKED = "L0001"
 OTHERS = [f"A000{n}" for n in range(1, 6)]
@@ -186,6 +188,34 @@ class TestAnAccountRowLockedElsewhere:
         assert named
         assert {e["account"] for e in named} == {LOCKED}
         assert pipeline.available and pipeline.healthy
+
+    async def test_an_account_whose_delivery_lane_is_held_does_not_hold_back_the_others(
+        self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
+    ) -> None:
+        """The lane of one account's alarms held elsewhere (its advisory lock: a dispatcher
+        recording a failure while it waits for a row held in psql): the other accounts' signals
+        in the same batches are committed and ACKed (the batch was tried twice and then not
+        ACKed at all, batch after batch, the held rows probe seeing no row held); the account
+        is set aside, its signals not ACKed while the lane is held and committed once free."""
+        pipeline = await _pipeline(db_pool, engine_pool, ForwardingMode.ALWAYS)
+        try:
+            with capture_logs() as logs:
+                async with holding(db_pool, HOLD_LANE_SQL, lane_for("9" + LOCKED, "rx")):
+                    for _ in range(2):  # the first batch to meet the lock, and a later one
+                        held = pipeline.enqueue(_signal(LOCKED))
+                        others = [pipeline.enqueue(_signal(a)) for a in OTHERS]
+                        results = await asyncio.wait_for(asyncio.gather(*others), 3.0)
+                        assert results == [IngestResult.ACCEPTED] * len(OTHERS)
+                        with pytest.raises(IngestUnavailable):
+                            await asyncio.wait_for(held, 3.0)
+                assert await pipeline.submit(_signal(LOCKED)) is IngestResult.ACCEPTED
+        finally:
+            await pipeline.close()
+        counts = dict(await db_pool.fetch("SELECT account, count(*) FROM signals GROUP BY account"))
+        assert counts == {LOCKED: 2} | dict.fromkeys(OTHERS, 3)
+        named = [e for e in logs if e["event"] == "ingest_account_locked"]
+        assert named
+        assert {e["account"] for e in named} == {LOCKED}
 
     async def test_its_signals_are_committed_in_order_once_the_row_is_free(
         self, db_pool: asyncpg.Pool, engine_pool: asyncpg.Pool
