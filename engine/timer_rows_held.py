@@ -6,8 +6,9 @@ commit of that account in progress). Those are not fired in that round and not w
 other rows fire on time. :class:`HeldTimerRows` remembers them from round to round, so each hold
 is logged once (``<timer>_row_held``, warning) and counted once
 (``alarmrelay_timer_rows_held_total{timer}``) when a second round finds it still held, and its
-end is logged when the row is no longer found held (``<timer>_row_released``, info). While rows are held the timer looks again every
-``max_sleep_s`` instead of waking for their passed deadlines (which would spin).
+end is logged when the row is no longer found held (``<timer>_row_released``, info). While rows
+are held the timer looks again every ``max_sleep_s`` instead of waking for their passed
+deadlines (which would spin).
 
 A due row whose alarm goes to a delivery lane another transaction holds (the lane's advisory lock:
 a dispatcher recording a failure while it waits for a row) is left pending and reported the same
@@ -62,8 +63,8 @@ class HeldTimerRows:
                 f"{self._timer}_row_held",
                 **fields,
                 deadline=deadline.isoformat(),
-                reason="the row is held by another transaction: the other due rows fire on "
-                "time, this one once it is free",
+                reason="the row (lock=row) or its alarm's delivery lane (lock=lane) is held by "
+                "another transaction: the other due rows fire on time, this one once it is free",
             )
         self._seen = set(held)
 
