@@ -35,7 +35,7 @@ from engine.api.history import HISTORY_HANDLERS
 from engine.api.live_state import LIVE_STATE_HANDLERS
 from engine.api.packages import PACKAGE_HANDLERS
 from engine.api.problems import EXCEPTION_HANDLERS, document_problems
-from engine.api.query_params import refuse_unknown_query_parameters
+from engine.api.request_checks import check_request
 from engine.api.stations import STATION_HANDLERS
 from engine.api.virtual_signals import VIRTUAL_SIGNAL_HANDLERS
 from engine.api.welcome_letter import WELCOME_LETTER_HANDLERS, document_letter_responses
@@ -93,7 +93,7 @@ def create_app(
         path="/v1",
         route_handlers=v1_handlers(),
         dependencies={"caller": Provide(provide_caller)},
-        before_request=refuse_unknown_query_parameters,
+        before_request=check_request,
         security=[{"bearer": []}, {"apiKey": []}],
     )
     openapi = OpenAPIConfig(

@@ -141,6 +141,19 @@ class TestUnknownQueryParameters:
         assert [(e["field"], e["rule"]) for e in listed.json()["errors"]] == [("limit", "repeated")]
         assert (await admin.get("/v1/dealers", params={"limit": "1"})).status_code == 200
 
+    async def test_the_creation_routes_refuse_unknown_parameters_too(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """The creation routes have a before_request hook of their own, which litestar runs
+        instead of the router's: ?dry_run=1 on POST /v1/customers was ignored, so a valid body
+        created the customer the client meant to try; every /v1 route refuses such a parameter."""
+        for path in ("/v1/customers", "/v1/customers/validate", "/v1/commitments"):
+            response = await admin.post(path, params={"dry_run": "1"}, json={})
+            assert response.status_code == 400, (path, response.text)
+            assert [(e["field"], e["rule"]) for e in response.json()["errors"]] == [
+                ("dry_run", "unknown")
+            ], path
+
     async def test_a_request_without_a_key_is_a_401_first(self, api: Api) -> None:
         """No key and a mistyped parameter: the missing key is what the caller must hear."""
         response = await api.client(None).get("/v1/customers", params={"dealer": "5"})
