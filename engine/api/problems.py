@@ -108,6 +108,19 @@ def bad_query_parameter(name: str, rule: str, message: str) -> ProblemError:
     )
 
 
+def unsupported_media_type(given: str, expected: str) -> ProblemError:
+    """415 for a request body of a type (``given``, the header as sent) other than ``expected``."""
+    shown = given.strip()[:100] or "none"
+    message = f"the body must be sent as Content-Type: {expected} (this one: {shown})"
+    return ProblemError(
+        415,
+        "Unsupported Media Type",
+        message,
+        errors=[FieldError(field="Content-Type", rule="media_type", message=message)],
+        type_="urn:alarmrelay:problem:unsupported-media-type",
+    )
+
+
 _CHALLENGE = 'Bearer realm="alarmrelay"'
 
 
@@ -344,4 +357,9 @@ def document_problems(openapi: Any) -> None:
             responses = operation.responses if operation.responses is not None else {}
             for status, description in _PROBLEM_STATUSES.items():
                 responses[status] = OpenAPIResponse(description=description, content=content)
+            if operation.request_body is not None:
+                responses["415"] = OpenAPIResponse(
+                    description="The body is not sent as Content-Type: application/json",
+                    content=content,
+                )
             operation.responses = responses

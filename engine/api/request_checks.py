@@ -12,9 +12,12 @@ from typing import Any
 
 from litestar import Request
 
+from engine.api.media_type import refuse_other_media_types
 from engine.api.query_params import refuse_unknown_query_parameters
 
 
 async def check_request(request: Request[Any, Any, Any]) -> None:
-    """Refuse what the handler would misread: unknown or repeated query parameters."""
+    """Refuse what the handler would misread: unknown or repeated query parameters, a body that
+    is not said to be JSON."""
     await refuse_unknown_query_parameters(request)
+    await refuse_other_media_types(request)
