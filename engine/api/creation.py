@@ -126,10 +126,9 @@ def _decode_steps(
     errors: list[FieldError],
     *,
     required: frozenset[str],
-    strict: bool = True,
 ) -> dict[str, Any]:
     """Each known step decoded on its own; unknown keys and structural errors become field errors.
-    ``strict=False`` converts like litestar does for a request body ("3" for 3, …)."""
+    A value of another JSON type than its field's is one ("3" for 3, 1 for true)."""
     steps: dict[str, Any] = {}
     for key in document:
         if key not in STEP_TYPES:
@@ -142,7 +141,7 @@ def _decode_steps(
                 )
             continue
         try:
-            steps[name] = msgspec.convert(document[name], step_type, strict=strict)
+            steps[name] = msgspec.convert(document[name], step_type)
         except msgspec.ValidationError as exc:
             path = str(exc).rsplit(" - at `$", 1)
             where = name + (path[1].rstrip("`") if len(path) == 2 else "")
@@ -154,7 +153,7 @@ def decode_errors(document: dict[str, Any]) -> list[FieldError]:
     """Every step's decoding error of a creation request (each step decoded on its own, so one
     broken step does not hide another's)."""
     errors: list[FieldError] = []
-    _decode_steps(document, errors, required=REQUIRED_STEPS, strict=False)
+    _decode_steps(document, errors, required=REQUIRED_STEPS)
     return errors
 
 

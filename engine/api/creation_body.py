@@ -4,8 +4,10 @@ litestar decodes a request body into its struct before the handler runs and stop
 error, so a request with a wrong type in two steps would need two round trips. This hook runs
 before that decoding on the creation routes (customers, their dry run, commitments): it decodes
 each step on its own and answers one 400 problem listing every field that does not decode. A body
-that decodes is left to litestar and the handler as before. The ``/v1`` router's own checks
-(:func:`engine.api.request_checks.check_request`) run first, since litestar runs one hook only.
+that decodes is left to litestar and the handler as before. Each step is decoded strictly (a
+value of another JSON type than its field's is an error), as the router's hook decodes the other
+bodies. The router's checks that come before decoding
+(:func:`engine.api.request_checks.check_before_decoding`) run first: litestar runs one hook only.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from litestar.exceptions import SerializationException
 from engine.api.auth import provide_caller
 from engine.api.creation import decode_errors
 from engine.api.problems import ProblemError
-from engine.api.request_checks import check_request
+from engine.api.request_checks import check_before_decoding
 
 
 async def report_decode_errors(request: Request[Any, Any, Any]) -> None:
     """before_request hook: the router's checks (this hook replaces its), then a 400 naming each
     undecodable field of every step (401 first)."""
-    await check_request(request)
+    await check_before_decoding(request)
     try:
         document = await request.json()
     except SerializationException:

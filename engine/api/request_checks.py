@@ -3,7 +3,7 @@
 
 litestar runs the nearest layer's ``before_request`` only: a route with its own hook (the
 creation routes' :func:`engine.api.creation_body.report_decode_errors`) calls
-:func:`check_request` first, so no route skips the checks the router's others get.
+:func:`check_before_decoding` first, so no route skips the checks the router's others get.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from litestar import Request
 
 from engine.api.media_type import refuse_other_media_types
 from engine.api.query_params import refuse_unknown_query_parameters
+from engine.api.strict_body import refuse_lax_values
 
 
-async def check_request(request: Request[Any, Any, Any]) -> None:
+async def check_before_decoding(request: Request[Any, Any, Any]) -> None:
     """Refuse what the handler would misread: unknown or repeated query parameters, a body that
     is not said to be JSON."""
     await refuse_unknown_query_parameters(request)
     await refuse_other_media_types(request)
+
+
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """:func:`check_before_decoding`, then a body value of another type than its field's."""
+    await check_before_decoding(request)
+    await refuse_lax_values(request)

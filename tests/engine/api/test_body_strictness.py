@@ -1,11 +1,12 @@
 """A request body is taken as the client meant it or refused: sent as JSON (415 otherwise), of
-the types its fields declare (no 1 for true), each key once (real app on uvicorn, real
+the types its fields declare (no 1 for true) (real app on uvicorn, real
 PostgreSQL)."""
 
 from __future__ import annotations
 
 import httpx
 
+from tests.engine.api.catalog_setup import imei, security_request
 from tests.engine.api.conftest import Api, problem_rules
 
 PROBLEM = "application/problem+json"
@@ -76,3 +77,79 @@ class TestContentType:
         document = (await admin.get("/schema/openapi.json")).json()
         assert "415" in document["paths"]["/v1/dealers"]["post"]["responses"]
         assert "415" not in document["paths"]["/v1/dealers"]["get"]["responses"]
+
+
+def _rules(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(e["field"], e["rule"]) for e in response.json()["errors"]]
+
+
+class TestStrictTypes:
+    async def test_a_value_of_another_json_type_is_a_type_error(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """litestar's lax conversion took 1 and "true" for true, "2999" and 2999.0 for 2999:
+        each is a 400 naming the field (rule type), as {"name": 5} is."""
+        package = {"code": "p", "name": "P", "kind": "base", "account_types": ["automation"]}
+        for field, value in (
+            ("commercial", 1),
+            ("commercial", "true"),
+            ("active", 0),
+            ("monthly_price_cents", "2999"),
+            ("monthly_price_cents", 2999.0),
+        ):
+            response = await admin.post("/v1/packages", json={**package, field: value})
+            assert response.status_code == 400, (field, value, response.text)
+            assert response.headers["content-type"].startswith(PROBLEM)
+            assert _rules(response) == [(field, "type")], (field, value)
+        station = {"name": "s", "receivers": [{"name": "r", "host": "127.0.0.1", "port": "9100"}]}
+        response = await admin.post("/v1/stations", json=station)
+        assert response.status_code == 400, response.text
+        assert _rules(response) == [("receivers[0].port", "type")]
+        response = await admin.put("/v1/stations/Central", json={"own": "false"})
+        assert response.status_code == 400, response.text
+        assert _rules(response) == [("own", "type")]
+        listed = await admin.get("/v1/packages")
+        assert listed.json()["items"] == []
+
+    async def test_a_body_that_is_not_json_is_still_named_so(
+        self, admin: httpx.AsyncClient
+    ) -> None:
+        """An array where an object belongs that is cut short: not JSON (rule json), not the
+        type error its first character would give."""
+        response = await admin.post(
+            "/v1/dealers", content=b"[1, 2", headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert _rules(response) == [("body", "json")]
+
+    async def test_values_of_their_own_type_are_taken(self, admin: httpx.AsyncClient) -> None:
+        package = {"code": "p", "name": "P", "kind": "base", "account_types": ["automation"]}
+        created = await admin.post(
+            "/v1/packages", json={**package, "commercial": True, "monthly_price_cents": 2999}
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["commercial"] is True
+
+    async def test_the_creation_steps_are_strict_too(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The creation routes decode each step on their own: a lax value there is listed with
+        the other steps' errors."""
+        dealer = await api.dealer("Acme")
+        request = security_request(
+            dealer,
+            imei("49015420323751"),
+            virtual=1,
+            operations={"contract_length_months": "36"},
+        )
+        for path in ("/v1/customers/validate", "/v1/customers"):
+            response = await admin.post(path, json=request)
+            assert response.status_code == 400, (path, response.text)
+            assert sorted(_rules(response)) == [
+                ("operations.contract_length_months", "type"),
+                ("virtual", "type"),
+            ], path
+
+    async def test_a_caller_without_a_valid_key_hears_401_first(self, api: Api) -> None:
+        response = await api.client("not-a-key").post("/v1/dealers", json={"name": 5})
+        assert response.status_code == 401, response.text

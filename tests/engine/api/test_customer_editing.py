@@ -143,11 +143,16 @@ class TestDecodeErrors:
         assert (await api.client(None).post("/v1/customers", json=request)).status_code == 401
         assert await api.pool.fetchval("SELECT count(*) FROM customers") == 0
 
-    async def test_lax_numbers_still_accepted(self, api: Api, admin: httpx.AsyncClient) -> None:
-        """A number sent as a string decodes as litestar decodes it (no new refusals)."""
+    async def test_a_number_sent_as_a_string_is_a_type_error(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A number sent as a string was taken as litestar's lax conversion takes it; a value of
+        another JSON type than its field's is a type error like any other (nothing created)."""
         await create_packages(admin)
         dealer = await api.dealer("Acme")
         request = security_request(dealer, imei("49015420323751"))
         request["dealer"]["dealer_id"] = str(dealer)
         response = await admin.post("/v1/customers", json=request)
-        assert response.status_code == 201, response.text
+        assert response.status_code == 400, response.text
+        assert problem_rules(response.json()) == {("dealer.dealer_id", "type")}
+        assert await api.pool.fetchval("SELECT count(*) FROM customers") == 0
