@@ -12,6 +12,7 @@ from typing import Any
 
 from litestar import Request
 
+from engine.api.duplicate_keys import refuse_repeated_keys
 from engine.api.media_type import refuse_other_media_types
 from engine.api.query_params import refuse_unknown_query_parameters
 from engine.api.strict_body import refuse_lax_values
@@ -19,9 +20,10 @@ from engine.api.strict_body import refuse_lax_values
 
 async def check_before_decoding(request: Request[Any, Any, Any]) -> None:
     """Refuse what the handler would misread: unknown or repeated query parameters, a body that
-    is not said to be JSON."""
+    is not said to be JSON, a key given twice in one of its objects."""
     await refuse_unknown_query_parameters(request)
     await refuse_other_media_types(request)
+    await refuse_repeated_keys(request)
 
 
 async def check_request(request: Request[Any, Any, Any]) -> None:

@@ -1,8 +1,10 @@
 """A request body is taken as the client meant it or refused: sent as JSON (415 otherwise), of
-the types its fields declare (no 1 for true) (real app on uvicorn, real
+the types its fields declare (no 1 for true), each key once (real app on uvicorn, real
 PostgreSQL)."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 
@@ -153,3 +155,56 @@ class TestStrictTypes:
     async def test_a_caller_without_a_valid_key_hears_401_first(self, api: Api) -> None:
         response = await api.client("not-a-key").post("/v1/dealers", json={"name": 5})
         assert response.status_code == 401, response.text
+
+
+class TestDuplicateKeys:
+    async def test_a_key_given_twice_is_a_400_naming_it(self, admin: httpx.AsyncClient) -> None:
+        """{"name": "a", "name": "b"} created dealer "b" (the last one won, silently); a key
+        given twice in one object is a 400 naming it by its path (rule duplicate)."""
+        cases = [
+            ("/v1/dealers", b'{"name": "Acme", "name": "Other"}', [("name", "duplicate")]),
+            (
+                "/v1/stations",
+                b'{"name": "s", "receivers": [{"name": "r", "host": "127.0.0.1", "port": 9100,'
+                b' "port": 9101, "name": "q"}]}',
+                [("receivers[0].name", "duplicate"), ("receivers[0].port", "duplicate")],
+            ),
+            ("/v1/dealers", b'{"name": "Acme", "": 1, "": 2}', [("body", "duplicate")]),
+        ]
+        for path, body, expected in cases:
+            response = await admin.post(
+                path, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 400, (path, body, response.text)
+            assert response.headers["content-type"].startswith(PROBLEM)
+            assert _rules(response) == expected, body
+        assert (await admin.get("/v1/dealers")).json()["items"] == []
+        assert (await admin.get("/v1/stations")).json()["items"] == []
+
+    async def test_a_forwarding_mode_given_twice_is_not_guessed(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """The creation routes decode their steps themselves; a step's key given twice is
+        refused there too, before any step is looked at."""
+        dealer = await api.dealer("Acme")
+        text = json.dumps(security_request(dealer, imei("49015420323751")))
+        assert '"forwarding": {"mode": "never"}' in text
+        body = text.replace(
+            '"forwarding": {"mode": "never"}', '"forwarding": {"mode": "never", "mode": "always"}'
+        )
+        for path in ("/v1/customers/validate", "/v1/customers"):
+            response = await admin.post(
+                path, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 400, (path, response.text)
+            assert _rules(response) == [("forwarding.mode", "duplicate")], path
+
+    async def test_the_same_key_in_two_objects_is_taken(self, admin: httpx.AsyncClient) -> None:
+        body = (
+            b'{"name": "s", "receivers": [{"name": "r1", "host": "127.0.0.1", "port": 9100},'
+            b' {"name": "r2", "host": "127.0.0.1", "port": 9101}]}'
+        )
+        response = await admin.post(
+            "/v1/stations", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 201, response.text
