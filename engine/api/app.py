@@ -26,6 +26,7 @@ from engine.api.app_settings import ApiSettings, SmtpSettings, api_settings
 from engine.api.audit import AUDIT_HANDLERS
 from engine.api.auth import Caller, provide_caller
 from engine.api.catalog import CATALOG_HANDLERS
+from engine.api.closed_schemas import ClosedStructSchemaPlugin
 from engine.api.commitments import COMMITMENT_HANDLERS
 from engine.api.customer_changes import CUSTOMER_CHANGE_HANDLERS
 from engine.api.customers import CUSTOMER_HANDLERS
@@ -134,6 +135,7 @@ def create_app(
             ),
             exception_handlers=EXCEPTION_HANDLERS,
             openapi_config=openapi,
+            plugins=[ClosedStructSchemaPlugin()],
             # Litestar's default config would replace the root handler: every library record
             # (asyncpg's, uvicorn's) would come out as a plain line and a bare traceback.
             logging_config=None,
