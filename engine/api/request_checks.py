@@ -1,5 +1,5 @@
 """The checks every ``/v1`` request passes before its handler runs (the router's
-``before_request``).
+``before_request``), and the answer to ``OPTIONS``.
 
 litestar runs the nearest layer's ``before_request`` only: a route with its own hook (the
 creation routes' :func:`engine.api.creation_body.report_decode_errors`) calls
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import Request, Response
 
+from engine.api.allowed_methods import answer_options
 from engine.api.duplicate_keys import refuse_repeated_keys
 from engine.api.media_type import refuse_other_media_types
 from engine.api.query_params import refuse_unknown_query_parameters
@@ -26,7 +27,12 @@ async def check_before_decoding(request: Request[Any, Any, Any]) -> None:
     await refuse_repeated_keys(request)
 
 
-async def check_request(request: Request[Any, Any, Any]) -> None:
-    """:func:`check_before_decoding`, then a body value of another type than its field's."""
+async def check_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """:func:`check_before_decoding`, then a body value of another type than its field's. An
+    ``OPTIONS`` request is answered here (litestar's own answer lists some methods only)."""
+    options = answer_options(request)
+    if options is not None:
+        return options
     await check_before_decoding(request)
     await refuse_lax_values(request)
+    return None

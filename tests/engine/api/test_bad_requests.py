@@ -104,6 +104,27 @@ class TestWrongMethod:
         assert response.status_code == 405
         assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
 
+    async def test_options_lists_every_method_as_the_405_does(self, api: Api) -> None:
+        """OPTIONS /v1/stations answered Allow: OPTIONS, POST (litestar's answer kept the first
+        group of handlers of a path, GET came from another); it lists what the 405 lists, with
+        or without a key."""
+        expected = {
+            "/v1/stations": {"GET", "POST", "OPTIONS"},
+            "/v1/drafts/1": {"GET", "PATCH", "DELETE", "OPTIONS"},
+            "/v1/dealers/1": {"GET", "PATCH", "OPTIONS"},
+            "/v1/customers/1": {"GET", "PATCH", "OPTIONS"},
+            "/v1/me": {"GET", "OPTIONS"},
+        }
+        for client in (api.client(api.admin_key), api.client(None)):
+            for path, methods in expected.items():
+                options = await client.options(path)
+                assert options.status_code == 204, (path, options.text)
+                wrong = await client.request("PROPFIND", path)
+                assert wrong.status_code == 405, (path, wrong.text)
+                allowed = {m.strip() for m in options.headers["allow"].split(",")}
+                assert allowed == {m.strip() for m in wrong.headers["allow"].split(",")}, path
+                assert allowed == methods, path
+
 
 class TestUnknownQueryParameters:
     async def test_a_mistyped_filter_is_a_400_not_an_unfiltered_answer(
