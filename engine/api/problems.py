@@ -20,6 +20,7 @@ from litestar.exceptions import (
 )
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
 
+from engine.api.decode_messages import plain_message
 from engine.errors import is_database_unreachable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -186,8 +187,9 @@ _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")  # "" is a nam
 
 
 def decode_error(key: str, message: str) -> FieldError:
-    """A decoding error as field + rule. msgspec names a missing or unknown field in its message
-    with the enclosing object as the path; the field itself is appended so the error points at it."""
+    """A decoding error (msgspec's ``message``) as field + rule, in plain words. msgspec names a
+    missing or unknown field in its message with the enclosing object as the path; the field
+    itself is appended so the error points at it."""
     for pattern, rule in ((_MISSING, "required"), (_UNKNOWN, "unknown")):
         match = pattern.fullmatch(message)
         if match:
@@ -195,9 +197,9 @@ def decode_error(key: str, message: str) -> FieldError:
             field = name if key in {"body", ""} else f"{key}.{name}"
             if not name:  # {"": …}: the object holding it is what a client can find
                 field = key or "body"
-            return FieldError(field=field, rule=rule, message=message)
+            return FieldError(field=field, rule=rule, message=plain_message(message))
     rule = "enum" if message.startswith("Invalid enum value") else "type"
-    return FieldError(field=key, rule=rule, message=message)
+    return FieldError(field=key, rule=rule, message=plain_message(message))
 
 
 def http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -150,6 +150,32 @@ class TestDrafts:
             "message": "the two email addresses do not match",
         } in draft["errors"]
 
+    async def test_decoding_errors_read_like_the_others(
+        self, api: Api, admin: httpx.AsyncClient
+    ) -> None:
+        """A draft step of the wrong types listed msgspec's words ("Expected `int | null`, got
+        `str`", "Object missing required field `zip`"); they read as the API's other messages."""
+        dealer = await _setup(api, admin)
+        full = security_request(dealer, imei("49015420323751"))
+        del full["customer"]["address"]["zip"]
+        document = {
+            "account_type": "security_system",
+            "dealer": {**full["dealer"], "property_type": "castle"},
+            "customer": full["customer"],
+            "operations": {"contract_length_months": "36"},
+        }
+        draft = (await admin.post("/v1/drafts", json={"document": document})).json()
+        messages = {(e["field"], e["rule"]): e["message"] for e in draft["errors"]}
+        expected = {
+            ("dealer.property_type", "enum"): "'castle' is not one of the allowed values",
+            ("customer.address.zip", "required"): "this field is required",
+            ("operations.contract_length_months", "type"): (
+                "expected an integer or null, got a string"
+            ),
+        }
+        assert expected.items() <= messages.items()
+        assert not [m for m in messages.values() if "`" in m or "Expected" in m]
+
     async def test_other_dealer_cannot_resume(self, api: Api, admin: httpx.AsyncClient) -> None:
         """Another dealer's draft is a 404."""
         dealer = await _setup(api, admin)
