@@ -575,8 +575,16 @@ class IngestPipeline:
         self._pending = 0
         metrics.PENDING_COMMITS.set(0)
         self._fail(batch, error)
+        # Emptied, maybe by the held accounts' task (its commit met the outage) while every
+        # writer waited: no writer's commit would follow to resume the paused readers.
+        self._maybe_resume()
 
     def _maybe_resume(self) -> None:
+        """Tell the paused readers to read again once the queue is at the low-water mark.
+
+        Run wherever the queue shrinks: by a writer once the batch it took is committed (or
+        failed), and by :meth:`_fail_all` as it empties the queue. A reader resumed while the
+        database is away has its signals refused at once (no ACK, the module resends)."""
         if self._was_saturated and self._pending <= self._low_water:
             self._was_saturated = False
             for callback in list(self._resume_callbacks):

@@ -47,15 +47,24 @@ class Dc09TcpModule:
             key=self.key,
         )
 
-    async def send_raw(self, raw: bytes, *, timeout: float = 2.0) -> bytes | None:
-        """Send bytes; return the reply frame (LF..CR) or None when nothing came within timeout."""
-        assert self._writer is not None and self._reader is not None
+    async def write(self, raw: bytes) -> None:
+        """Send bytes without waiting for a reply (several frames in one write: a burst)."""
+        assert self._writer is not None
         self._writer.write(raw)
         await self._writer.drain()
+
+    async def reply(self, *, timeout: float = 2.0) -> bytes | None:
+        """The next reply frame (LF..CR), or None when nothing came within timeout."""
+        assert self._reader is not None
         try:
             return await asyncio.wait_for(self._reader.readuntil(b"\r"), timeout)
         except TimeoutError:
             return None
+
+    async def send_raw(self, raw: bytes, *, timeout: float = 2.0) -> bytes | None:
+        """Send bytes; return the reply frame (LF..CR) or None when nothing came within timeout."""
+        await self.write(raw)
+        return await self.reply(timeout=timeout)
 
     async def send(
         self, token: str, data: str, *, seq: str | None = None, timeout: float = 2.0
