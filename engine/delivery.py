@@ -41,6 +41,7 @@ import structlog
 
 from engine import metrics
 from engine.background_task import restart_on_failure
+from engine.bounded_connection import bounded_connection
 from engine.claimed_rows import Unreadable, read_claimed
 from engine.errors import DATABASE_ERRORS, is_database_unreachable
 from engine.forwarding_stage import OwnedDelivery
@@ -196,8 +197,10 @@ class Dispatcher:
         self._failure_writes = asyncio.Semaphore(2)
         self._claiming = asyncio.Lock()  # a claim and a release of rows to the outbox
         self._releasing: Counter[str] = Counter()  # lanes with rows being handed back
-        # One try of a hand-back, the connection's return to the pool included: it holds the
-        # claim loop's lock, and a connection gone half-open answers nothing, ever.
+        # One try of a hand-back or of a failure record (which hands its lane back), the
+        # connection's return to the pool included: a hand-back holds the claim loop's lock, a
+        # failure record one of the two failure-write slots and its lane, and a connection gone
+        # half-open answers nothing, ever (see bounded_connection).
         self._release_timeout_s = release_timeout_s
         # While a claim is in flight: rows commits leased us meanwhile, adopted after its rows
         # (see adopt). None when no claim is in flight.
@@ -544,12 +547,11 @@ class Dispatcher:
                     ids = [i for i in ids if i not in self._held]
                     if ids:
                         # A try that takes longer fails (TimeoutError) and the next takes another
-                        # connection. The acquire's timeout also bounds the connection's return
-                        # to the pool, which waits for the timed-out statement's cancel.
-                        async with self._pool.acquire(timeout=self._release_timeout_s) as conn:
-                            await conn.execute(
-                                _RELEASE_SQL, ids, self.owner, timeout=self._release_timeout_s
-                            )
+                        # connection.
+                        async with bounded_connection(
+                            self._pool, self._release_timeout_s, work="hand_back"
+                        ) as conn:
+                            await conn.execute(_RELEASE_SQL, ids, self.owner)
             except DATABASE_ERRORS as exc:
                 log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -761,9 +763,15 @@ class Dispatcher:
         delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(attempts - 1, 10))
         for attempt in range(5):
             try:
+                # Bounded like a hand-back: a try never answered would hold its failure-write
+                # slot (two in all: hand-backs and the other failures wait for them) and its
+                # lane for good. One that timed out may have committed, like one whose reply
+                # was lost: the retry then finds the row no longer leased under this attempt.
                 async with (
                     self._failure_writes,
-                    self._pool.acquire() as conn,
+                    bounded_connection(
+                        self._pool, self._release_timeout_s, work="failure_record"
+                    ) as conn,
                     conn.transaction(),
                 ):
                     await conn.execute(_LOCK_LANE_SQL, lane)

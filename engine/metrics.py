@@ -174,6 +174,13 @@ DELIVERIES_UNREADABLE = Counter(
     "Claimed deliveries this engine could not read (e.g. an event written by another version): "
     "each recorded as a failed attempt and retried with backoff, its lane waiting behind it.",
 )
+DELIVERY_DATABASE_TIMEOUTS = Counter(
+    "alarmrelay_delivery_database_timeouts_total",
+    "Tries of the delivery dispatcher's database work not over in time (no answer: a half-open "
+    "connection, a stalled server), failed and retried or given up like a database error, by "
+    "work (claim, lease_renewal, hand_back, failure_record, stop_hand_back).",
+    ["work"],
+)
 BACKGROUND_TASK_FAILURES = Counter(
     "alarmrelay_background_task_failures_total",
     "Unexpected errors that ended a background loop (restarted after a pause), by task.",

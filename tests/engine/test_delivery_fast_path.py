@@ -878,6 +878,48 @@ class TestHungRelease:
         assert station.received == [("9001", 1)]
 
 
+class TestHungFailureRecord:
+    async def test_a_failure_record_that_is_never_answered_does_not_hold_its_lane(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """The head failed; the transaction recording its retry gets no answer, ever (a
+        half-open connection). It held the lane (its row leased and renewed, never retried)
+        and one of the two failure-write slots for good. Bounded (2 s a try), that try fails,
+        the next one, on another connection, records the failure once, and the retry goes."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation(fail_zones={1})
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            dispatcher.start()
+            go = proxy.hold_reply_after(b"SET last_error = $2, receiver_used = $3")
+            timeouts = _timeouts("failure_record")
+            try:
+                handover = Handover()
+                async with db_pool.acquire() as conn:
+                    await commit(conn, stage, [signal("A1", 1)], handover)
+                dispatcher.adopt(handover.leased)  # fails; its failure record is never answered
+
+                await wait_until_delivered(db_pool, 1, timeout=15)
+            finally:
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1)]
+        failures = await db_pool.fetchval(
+            "SELECT jsonb_array_length(failed_attempts) FROM deliveries"
+        )
+        assert failures == 1  # the try cut short did not commit; the next one recorded it
+        assert _timeouts("failure_record") == timeouts + 1
+
+
+def _timeouts(work: str) -> float:
+    """``alarmrelay_delivery_database_timeouts_total{work}`` so far."""
+    value = REGISTRY.get_sample_value("alarmrelay_delivery_database_timeouts_total", {"work": work})
+    return value or 0.0
+
+
 class TestFailureReplyLost:
     async def test_a_failure_whose_commit_reply_was_lost_is_recorded_once(
         self, db_pool: asyncpg.Pool, database_url: str
