@@ -200,7 +200,7 @@ class Dispatcher:
         # One try of a hand-back or of a failure record (which hands its lane back), the
         # connection's return to the pool included: a hand-back holds the claim loop's lock, a
         # failure record one of the two failure-write slots and its lane, and a connection gone
-        # half-open answers nothing, ever (see bounded_connection).
+        # half-open answers nothing, ever (see bounded_connection). Also the hand-back at stop.
         self._release_timeout_s = release_timeout_s
         # While a claim is in flight: rows commits leased us meanwhile, adopted after its rows
         # (see adopt). None when no claim is in flight.
@@ -377,9 +377,20 @@ class Dispatcher:
         # Every row still leased to us, not only those held here: also the rows a commit or a
         # claim whose reply was lost leased us, and those of a hand-back cut short. Otherwise
         # their leases expire and another engine sends them only then (their lanes in order
-        # either way: the claim loop takes lane heads).
-        with contextlib.suppress(*DATABASE_ERRORS):
-            await self._pool.execute(_RELEASE_OWNED_SQL, self.owner)
+        # either way: the claim loop takes lane heads). Bounded like a hand-back, and tried
+        # again once on another connection: one never answered (a half-open connection) held
+        # the engine's shutdown for good.
+        for attempt in range(2):
+            try:
+                async with bounded_connection(
+                    self._pool, self._release_timeout_s, work="stop_hand_back"
+                ) as conn:
+                    await conn.execute(_RELEASE_OWNED_SQL, self.owner)
+            except DATABASE_ERRORS as exc:
+                log.warning("delivery_record_failed", error=repr(exc), attempt=attempt)
+            else:
+                return
+        log.error("outbox_stop_release_failed", lease_s=self.lease_s)
 
     async def _run(self) -> None:
         while not self._stopping:

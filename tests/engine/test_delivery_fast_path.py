@@ -914,6 +914,40 @@ class TestHungFailureRecord:
         assert _timeouts("failure_record") == timeouts + 1
 
 
+class TestHungStop:
+    async def test_a_stop_whose_hand_back_is_never_answered_still_ends(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """Stopping, the engine hands every row still leased to it back to the outbox (here one
+        a lost commit leased it); that statement's reply never comes (a half-open connection).
+        The stop waited for it for good; bounded (2 s a try), it ends, a second try, on another
+        connection, answered."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = FakeStation()
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=3600)
+            stage = ForwardingStage(directory, owner=dispatcher.owner)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)  # its reply "lost"
+            dispatcher.uncertain({r.lane for r in handover.leased})
+            go = proxy.hold_reply_after(b"WHERE lease_owner = $1 AND state = 'pending'")
+            timeouts = _timeouts("stop_hand_back")
+            stopping = asyncio.create_task(dispatcher.stop())
+            try:
+                stopped, _ = await asyncio.wait({stopping}, timeout=15)
+            finally:
+                go.set()
+                await stopping
+                await pool.close()
+        assert stopped, "the stop still waited for its hand-back's reply"
+        row = await db_pool.fetchrow("SELECT state, lease_owner, attempts FROM deliveries")
+        assert row is not None
+        assert (row["state"], row["lease_owner"], row["attempts"]) == ("pending", None, 0)
+        assert _timeouts("stop_hand_back") == timeouts + 1
+
+
 def _timeouts(work: str) -> float:
     """``alarmrelay_delivery_database_timeouts_total{work}`` so far."""
     value = REGISTRY.get_sample_value("alarmrelay_delivery_database_timeouts_total", {"work": work})
