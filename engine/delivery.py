@@ -205,6 +205,9 @@ class Dispatcher:
         # While a claim is in flight: rows commits leased us meanwhile, adopted after its rows
         # (see adopt). None when no claim is in flight.
         self._deferred: list[OwnedDelivery] | None = None
+        # One try of a claim, the connection's return to the pool included: half a lease. The
+        # claim runs in milliseconds; by then its rows' leases would be half gone before sent.
+        self._claim_timeout_s = lease_s / 2
         self._lease = timedelta(seconds=lease_s)
         self.lease_s = lease_s
         self._poll_s = poll_s
@@ -405,7 +408,14 @@ class Dispatcher:
                 try:
                     # Nothing awaits from the claim's reply to adopt() below: once this lock is
                     # let go, the claimed rows are held (see _release).
-                    async with self._claiming, self._pool.acquire() as conn:
+                    # Bounded (see _claim_timeout_s): a claim never answered (a half-open
+                    # connection) held this loop, and every row a commit hands over meanwhile
+                    # (adopt defers them), for good. One that timed out may have committed
+                    # (sent, the reply never came): handled below as a reply lost.
+                    async with (
+                        self._claiming,
+                        bounded_connection(self._pool, self._claim_timeout_s, work="claim") as conn,
+                    ):
                         # Commits' rows wait for the claim from here only: waiting for the lock
                         # (a release in flight) or for a connection, it has leased us nothing.
                         if self._deferred is None:

@@ -1071,6 +1071,24 @@ class TestClaimRacingACommit:
             await wait_until_delivered(db_pool, 3)
         assert station.received == [("9001", 1), ("9001", 2), ("9001", 3)]
 
+    async def test_a_claim_never_answered_does_not_hold_the_lane_for_good(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """As above, but the claim's reply never comes and its connection is not cut either (a
+        half-open connection): the claim loop, and the commit's row waiting for the claim,
+        waited for good. Bounded (half a lease), the claim fails as one whose reply was lost:
+        the lane waits until the claimed row's lease has ended, then goes in order."""
+        station = FakeStation()
+        timeouts = _timeouts("claim")
+        with capture_logs() as logs:
+            async with a_commit_racing_a_held_claim(
+                db_pool, database_url, station, lease_s=2
+            ):  # the claim's reply is never let through
+                await wait_until_delivered(db_pool, 2, timeout=15)
+        assert station.received == [("9001", 1), ("9001", 2)]
+        assert _timeouts("claim") == timeouts + 1
+        assert "outbox_claim_reply_lost" in [e["event"] for e in logs]
+
     async def test_rows_of_a_claim_whose_connection_broke_after_its_reply_are_sent(
         self, db_pool: asyncpg.Pool, database_url: str
     ) -> None:
