@@ -584,24 +584,40 @@ class Dispatcher:
         """Keep leases of held rows alive, so a short lease only lapses for a dead engine.
 
         Every third of a lease, the held rows whose lease has less than half of it left get a
-        new one (a row is renewed about once per half lease, not at every round)."""
+        new one (a row is renewed about once per half lease, not at every round). A round not
+        answered within a twelfth of a lease is given up and tried again at once, on another
+        connection."""
         half = self._lease / 2
+        pause = self.lease_s / 3
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            await asyncio.sleep(pause)
+            pause = self.lease_s / 3
             # id order, like the outcome batches (and the rows waiting for a claim's reply)
             ids = sorted(self._held.union(r.id for r in self._deferred or ()))
             if not ids:
                 continue
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await self._relaxed.execute(
-                    "UPDATE deliveries SET lease_until = now() + $3::interval "
-                    "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' "
-                    "AND lease_until < now() + $4::interval",
-                    ids,
-                    self.owner,
-                    self._lease,
-                    half,
-                )
+            # Bounded: a round never answered (a half-open connection) held this loop for good,
+            # and every held row's lease, still being sent, lapsed. A row is renewed with a
+            # sixth of its lease left at least, and a round cut short takes twice its bound at
+            # most (the statement, then the connection's return to the pool): a twelfth of a
+            # lease each, so that the next try, at once, still comes before the lease ends.
+            try:
+                async with bounded_connection(
+                    self._relaxed, self.lease_s / 12, work="lease_renewal"
+                ) as conn:
+                    await conn.execute(
+                        "UPDATE deliveries SET lease_until = now() + $3::interval "
+                        "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 "
+                        "AND state = 'pending' AND lease_until < now() + $4::interval",
+                        ids,
+                        self.owner,
+                        self._lease,
+                        half,
+                    )
+            except DATABASE_ERRORS as exc:  # the next round renews them
+                log.warning("outbox_lease_renewal_failed", error=repr(exc), rows=len(ids))
+                if isinstance(exc, TimeoutError):
+                    pause = 0.0  # it has waited its round already: again at once, elsewhere
 
     async def _deliver_one(self, row: OwnedDelivery) -> bool:
         """Send one row and record its outcome; True when the lane may move on."""

@@ -948,6 +948,57 @@ class TestHungStop:
         assert _timeouts("stop_hand_back") == timeouts + 1
 
 
+class TestHungLeaseRenewal:
+    async def test_a_lease_renewal_never_answered_does_not_end_the_renewals(
+        self, db_pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        """A row is being sent (its station slow to answer) and its lease renewed; a renewal's
+        reply never comes (a half-open connection). The renewals stopped for good, and the
+        lease lapsed while the row was still being sent (another engine would have sent it
+        too). Bounded (a twelfth of a lease), that round is given up and tried again at once,
+        before the lease ends: renewed, not claimed again."""
+        directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
+        station = StallingStation(1)
+        async with proxied_database(database_url) as (proxy, proxied_url):
+            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=2.0)
+            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)
+            go = proxy.hold_reply_after(b"SET lease_until = now() + $3::interval")
+            timeouts = _timeouts("lease_renewal")
+            dispatcher.start()
+            try:
+                dispatcher.adopt(handover.leased)
+                await asyncio.wait_for(station.stalled.wait(), 10)
+                started = await db_pool.fetchval("SELECT now()")
+
+                async def renewed_for_three_leases() -> bool:
+                    return bool(
+                        await db_pool.fetchval(
+                            "SELECT lease_until > $1::timestamptz + interval '6 seconds' "
+                            "AND lease_owner = $2 FROM deliveries",
+                            started,
+                            dispatcher.owner,
+                        )
+                    )
+
+                await wait_until(renewed_for_three_leases, timeout=15)
+                # Renewed, not claimed again once lapsed (a claim counts an attempt).
+                attempts = await db_pool.fetchval("SELECT attempts FROM deliveries")
+                assert attempts == 1, "the lease lapsed while the row was being sent"
+                station.gate.set()
+                await wait_until_delivered(db_pool, 1)
+            finally:
+                station.gate.set()
+                go.set()
+                await dispatcher.stop()
+                await pool.close()
+        assert station.received == [("9001", 1)]
+        assert _timeouts("lease_renewal") == timeouts + 1
+
+
 def _timeouts(work: str) -> float:
     """``alarmrelay_delivery_database_timeouts_total{work}`` so far."""
     value = REGISTRY.get_sample_value("alarmrelay_delivery_database_timeouts_total", {"work": work})
