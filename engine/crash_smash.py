@@ -307,7 +307,7 @@ class CrashSmashTimer(DeadlineTimer):
         self._duplicate_window_s = duplicate_window_s
         self._on_enqueued = on_enqueued
         self._batch = batch
-        self._held = HeldTimerRows("crash_smash")
+        self._held = HeldTimerRows("crash_smash", report_after_s=max_sleep_s)
 
     async def seconds_to_next(self, now: datetime) -> float:
         settling = self._settling_s(now)
@@ -359,7 +359,7 @@ class CrashSmashTimer(DeadlineTimer):
             due = await self._fireable(conn, free, held, now, lanes=lanes) if free else []
             enqueued = await self._commit_alarms(conn, due, now) if due else 0
         if len(free) < self._batch:  # else the held rows were not read: a later round will
-            self._held.found(held)
+            self._held.found(held, now)
         if not due:
             return 0
         for r in due:

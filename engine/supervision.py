@@ -167,7 +167,7 @@ class SupervisionTimer(DeadlineTimer):
         self._batch = batch
         self._count_every_s = supervised_count_s
         self._counted_at = float("-inf")
-        self._held = HeldTimerRows("supervision")
+        self._held = HeldTimerRows("supervision", report_after_s=max_sleep_s)
 
     async def seconds_to_next(self, now: datetime) -> float:
         """The earliest pending deadline (one probe of the ``supervision_due`` index), or the end
@@ -220,7 +220,7 @@ class SupervisionTimer(DeadlineTimer):
             due = await self._fireable(conn, free, held, now, lanes=lanes) if free else []
             enqueued = await self._commit_misses(conn, due, now) if due else 0
         if len(free) < self._batch:  # else the held rows were not read: a later round will
-            self._held.found(held)
+            self._held.found(held, now)
         if not due:
             return 0
         for row in due:

@@ -5,10 +5,10 @@ due rows it could not lock (an operator's transaction left open in psql, a stuck
 commit of that account in progress). Those are not fired in that round and not waited for: the
 other rows fire on time. :class:`HeldTimerRows` remembers them from round to round, so each hold
 is logged once (``<timer>_row_held``, warning) and counted once
-(``alarmrelay_timer_rows_held_total{timer}``) when a second round finds it still held, and its
-end is logged when the row is no longer found held (``<timer>_row_released``, info). While rows
-are held the timer looks again every ``max_sleep_s`` instead of waking for their passed
-deadlines (which would spin).
+(``alarmrelay_timer_rows_held_total{timer}``) when a round ``max_sleep_s`` or more after the
+first that found it held finds it still held, and its end is logged when the row is no longer
+found held (``<timer>_row_released``, info). While rows are held the timer looks again every
+``max_sleep_s`` instead of waking for their passed deadlines (which would spin).
 
 A due row whose alarm goes to a delivery lane another transaction holds (the lane's advisory lock:
 a dispatcher recording a failure while it waits for a row) is left pending and reported the same
@@ -19,7 +19,7 @@ fail, with every other row of the round (:func:`on_held_lanes`).
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
@@ -35,27 +35,37 @@ log = structlog.get_logger("engine.timers")
 class HeldTimerRows:
     """The due rows of one timer found held in its latest rounds, by key (account, partition).
 
-    A row is reported held when two rounds in a row found it so: the rounds are at least
-    ``max_sleep_s`` apart while rows are held, and a row locked only for a moment (another
-    engine's timer firing it, a commit of its account) is fired or free by the second one.
+    A row is reported held when the rounds found it so for ``report_after_s`` (the timer's
+    ``max_sleep_s``: while rows are held it looks again that often) or more. A round that fired
+    something is followed at once by another: a row locked only for a moment (another engine's
+    timer firing it, a commit of its account) may be found held by both, and is fired or free
+    by the time a round that much later looks.
     """
 
-    def __init__(self, timer: str) -> None:
+    def __init__(self, timer: str, *, report_after_s: float) -> None:
         self._timer = timer
-        self._seen: set[Hashable] = set()  # found held by the latest round
+        self._report_after = timedelta(seconds=report_after_s)
+        # found held by the latest round: key → (its fields, the first round's instant, of the
+        # rounds in a row that found it)
+        self._seen: dict[Hashable, tuple[Mapping[str, object], datetime]] = {}
         self._reported: dict[Hashable, Mapping[str, object]] = {}
 
     def __bool__(self) -> bool:
         """Whether the latest round found due rows it could not lock."""
         return bool(self._seen)
 
-    def found(self, held: Mapping[Hashable, tuple[Mapping[str, object], datetime]]) -> None:
-        """The latest round found ``held``: key → (the fields that name the row in the log, never
-        a secret; its deadline)."""
+    def found(
+        self, held: Mapping[Hashable, tuple[Mapping[str, object], datetime]], now: datetime
+    ) -> None:
+        """The latest round, at ``now``, found ``held``: key → (the fields that name the row in
+        the log, never a secret; its deadline)."""
         for key in [k for k in self._reported if k not in held]:
             log.info(f"{self._timer}_row_released", **self._reported.pop(key))
+        seen: dict[Hashable, tuple[Mapping[str, object], datetime]] = {}
         for key, (fields, deadline) in held.items():
-            if key not in self._seen or key in self._reported:
+            first = self._seen[key][1] if key in self._seen else now
+            seen[key] = (fields, min(first, now))  # (the clock set back: from now)
+            if key in self._reported or now - first < self._report_after:
                 continue
             self._reported[key] = fields
             TIMER_ROWS_HELD.labels(self._timer).inc()
@@ -66,7 +76,7 @@ class HeldTimerRows:
                 reason="the row (lock=row) or its alarm's delivery lane (lock=lane) is held by "
                 "another transaction: the other due rows fire on time, this one once it is free",
             )
-        self._seen = set(held)
+        self._seen = seen
 
 
 async def on_held_lanes(

@@ -590,6 +590,28 @@ class TestHeldRows:
         )
         assert after == (before or 0.0) + 1
 
+    async def test_a_row_held_for_a_moment_is_not_reported(self, two: World) -> None:
+        """A round that fired something is followed at once by another (the timer's loop): an
+        entry locked for a moment (another engine's timer firing it, a commit of its account)
+        is still locked then. Found held by two rounds a few milliseconds apart, it was logged
+        and counted as held; a hold is reported only once it lasted ``max_sleep_s``."""
+        timer = two.timer()
+        due = T0 + timedelta(seconds=80)
+        before = REGISTRY.get_sample_value(
+            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
+        )
+        with capture_logs() as logs:
+            async with holding(two.pool, self.HELD_SQL, "7777"):
+                assert await timer.fire_due(due) == 1
+                assert await timer.fire_due(due + timedelta(milliseconds=10)) == 0
+            assert await timer.fire_due(due + timedelta(seconds=1)) == 1
+        assert [e["event"] for e in logs if "_row_" in e["event"]] == []
+        after = REGISTRY.get_sample_value(
+            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
+        )
+        assert after == before
+        assert await self.raised(two) == ["7777", "8888"]
+
 
 class TestSingleFire:
     async def test_a_restarted_engine_fires_a_passed_deadline_once(
