@@ -28,7 +28,7 @@ from engine.forwarding_stage import ForwardingStage
 from engine.ingest_types import InboundSignal, SignalKind, Transport
 from engine.store.ingest_batch import EntryClose, EntryOpen
 from engine.store.signals import insert_signals_returning
-from engine.timer_rows_held import HeldTimerRows, on_held_lanes
+from engine.timer_rows_held import HeldTimerRows, fire_round, on_held_lanes
 from protocols.signal import Category, Classification, Event, Family
 
 log = structlog.get_logger("engine.crash_smash")
@@ -334,13 +334,7 @@ class CrashSmashTimer(DeadlineTimer):
             return await self._fire(now)
 
     async def _fire(self, now: datetime) -> int:
-        try:
-            return await self._round(now, lanes=False)
-        except asyncpg.LockNotAvailableError:
-            # The commit waited past its lock timeout, for a delivery lane another transaction
-            # holds (a dispatcher recording a failure while it waits for a row): once more,
-            # without the entries whose lane is held now, so the others are not held back.
-            return await self._round(now, lanes=True)
+        return await fire_round(lambda lanes: self._round(now, lanes=lanes), self._held)
 
     async def _round(self, now: datetime, *, lanes: bool) -> int:
         """One transaction: the due entries fired, those held left (``lanes``: those whose lane

@@ -13,12 +13,13 @@ found held (``<timer>_row_released``, info). While rows are held the timer looks
 A due row whose alarm goes to a delivery lane another transaction holds (the lane's advisory lock:
 a dispatcher recording a failure while it waits for a row) is left pending and reported the same
 way (``lock="lane"``): the round's commit would wait for that lock, and past the lock timeout
-fail, with every other row of the round (:func:`on_held_lanes`).
+fail, with every other row of the round (:func:`on_held_lanes`); :func:`fire_round` tries the
+round again without them, and while lanes are found held goes without them at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -54,6 +55,11 @@ class HeldTimerRows:
         """Whether the latest round found due rows it could not lock."""
         return bool(self._seen)
 
+    @property
+    def on_lanes(self) -> bool:
+        """Whether the latest round found due rows whose delivery lane was held."""
+        return any(fields.get("lock") == "lane" for fields, _ in self._seen.values())
+
     def found(
         self, held: Mapping[Hashable, tuple[Mapping[str, object], datetime]], now: datetime
     ) -> None:
@@ -77,6 +83,21 @@ class HeldTimerRows:
                 "another transaction: the other due rows fire on time, this one once it is free",
             )
         self._seen = seen
+
+
+async def fire_round(round_: Callable[[bool], Awaitable[int]], held: HeldTimerRows) -> int:
+    """Run a timer's round, ``round_(lanes)``: one transaction firing the due rows it locked,
+    leaving those held; with ``lanes`` also those whose delivery lane another transaction holds
+    (:func:`on_held_lanes`). Its commit waits for no lane it was told of: a round is tried
+    without ``lanes`` first (nothing more to look at), and once more with them when its commit
+    waited past its lock timeout for a lane; while the latest round found lanes held, with them
+    at once (else every round would wait that timeout again, the due rows locked meanwhile)."""
+    if held.on_lanes:
+        return await round_(True)
+    try:
+        return await round_(False)
+    except asyncpg.LockNotAvailableError:
+        return await round_(True)
 
 
 async def on_held_lanes(

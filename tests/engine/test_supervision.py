@@ -41,7 +41,7 @@ from tests.support.database_outage import DatabaseOutage
 from tests.support.dc09_module import Dc09TcpModule
 from tests.support.engine_process import EngineProcess, write_config
 from tests.support.fake_clock import FakeClock
-from tests.support.row_holder import HOLD_LANE_SQL, holding
+from tests.support.row_holder import HOLD_LANE_SQL, holding, lane_lock_waited_for
 
 FORWARD = ForwardingSettings(
     mode=ForwardingMode.ALWAYS, station_account="4444", primary_receiver="rx"
@@ -474,6 +474,40 @@ class TestHeldRows:
         assert [(e["account"], e["lock"], e["lane"]) for e in held] == [("201", "lane", lane)]
         lanes = await db_pool.fetch("SELECT lane FROM deliveries ORDER BY lane")
         assert [r["lane"] for r in lanes] == [lane, lane_for("4445", "rx")]
+
+    async def test_a_lane_found_held_is_not_waited_for_again_by_the_next_rounds(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Once a round found a due miss's lane held, the next rounds look at the lanes without
+        waiting. Each round first tried its commit as usual: it waited the lock timeout (500 ms)
+        for the held lane, every max_sleep_s (and after every round that fired) for as long as
+        the lane was held, with every due row of the round locked meanwhile (a contact of one
+        of those modules, and the group commit holding it, waited with it); the miss falling due
+        meanwhile (203) waited too."""
+        other = ForwardingSettings(
+            mode=ForwardingMode.ALWAYS, station_account="4445", primary_receiver="rx"
+        )
+        accounts = [
+            Account(account="201", supervision_interval_s=200, forwarding=FORWARD),
+            Account(account="202", supervision_interval_s=200, forwarding=other),
+            Account(account="203", supervision_interval_s=205, forwarding=other),
+        ]
+        await AccountStore(db_pool).upsert_many(accounts)
+        world = World(db_pool, accounts)
+        await world.writer([contact(a.account, T0) for a in accounts])
+        timer = world.timer()
+        due = T0 + timedelta(seconds=200)
+        async with holding(db_pool, HOLD_LANE_SQL, lane_for("4444", "rx")):
+            assert await timer.fire_due(due) == 1  # the round that finds the lane held
+            later = asyncio.create_task(timer.fire_due(due + timedelta(seconds=5)))
+            assert not await lane_lock_waited_for(db_pool, later)
+            assert await later == 1
+            assert sorted(await world.server_signals()) == [
+                ("202", "356", "1"),
+                ("203", "356", "1"),
+            ]
+        assert await timer.fire_due(due + timedelta(seconds=10)) == 1
+        assert await timer.fire_due(due + timedelta(seconds=15)) == 0
 
     async def test_a_hold_is_logged_and_counted_once(self, two: World) -> None:
         """Reported when a second round finds it still held (a row locked for a moment, by

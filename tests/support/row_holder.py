@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -23,3 +25,21 @@ async def holding(pool: asyncpg.Pool, sql: str, *args: object) -> AsyncIterator[
             yield
         finally:
             await transaction.rollback()
+
+
+_LANE_LOCK_WAITS = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND NOT granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def lane_lock_waited_for(pool: asyncpg.Pool, task: asyncio.Future[Any]) -> bool:
+    """Whether a transaction of this database waited for an advisory lock (a delivery lane's)
+    while ``task`` ran, looked at until it is done: such a wait lasts the lock timeout (500 ms),
+    many times the look's period."""
+    while not task.done():
+        if await pool.fetchval(_LANE_LOCK_WAITS):
+            return True
+        await asyncio.sleep(0.005)
+    return False
