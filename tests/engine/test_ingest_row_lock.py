@@ -132,6 +132,18 @@ async def _pipeline(
     return pipeline
 
 
+async def _the_others_are_committed_the_held_one_not(pipeline: IngestPipeline) -> None:
+    """Two batches, the first to meet the lock and a later one, each with a signal of the held
+    account and one of every other: the others are committed and ACKed, the held one not."""
+    for _ in range(2):
+        held = pipeline.enqueue(_signal(LOCKED))
+        others = [pipeline.enqueue(_signal(a)) for a in OTHERS]
+        results = await asyncio.wait_for(asyncio.gather(*others), 3.0)
+        assert results == [IngestResult.ACCEPTED] * len(OTHERS)
+        with pytest.raises(IngestUnavailable):
+            await asyncio.wait_for(held, 3.0)
+
+
 class TestAnAccountRowLockedElsewhere:
     @pytest.mark.parametrize(
         ("table", "mode"),
@@ -163,13 +175,7 @@ class TestAnAccountRowLockedElsewhere:
                         f"SELECT 1 FROM {table} WHERE account = $1 FOR UPDATE",
                         LOCKED,
                     )
-                    for _ in range(2):  # the first batch to meet the lock, and a later one
-                        held = pipeline.enqueue(_signal(LOCKED))
-                        others = [pipeline.enqueue(_signal(a)) for a in OTHERS]
-                        results = await asyncio.wait_for(asyncio.gather(*others), 3.0)
-                        assert results == [IngestResult.ACCEPTED] * len(OTHERS)
-                        with pytest.raises(IngestUnavailable):
-                            await asyncio.wait_for(held, 3.0)
+                    await _the_others_are_committed_the_held_one_not(pipeline)
                     # Once the account is known held, its signals no longer delay the others.
                     held = pipeline.enqueue(_signal(LOCKED))
                     others = [pipeline.enqueue(_signal(a)) for a in OTHERS]
@@ -201,13 +207,7 @@ class TestAnAccountRowLockedElsewhere:
         try:
             with capture_logs() as logs:
                 async with holding(db_pool, HOLD_LANE_SQL, lane_for("9" + LOCKED, "rx")):
-                    for _ in range(2):  # the first batch to meet the lock, and a later one
-                        held = pipeline.enqueue(_signal(LOCKED))
-                        others = [pipeline.enqueue(_signal(a)) for a in OTHERS]
-                        results = await asyncio.wait_for(asyncio.gather(*others), 3.0)
-                        assert results == [IngestResult.ACCEPTED] * len(OTHERS)
-                        with pytest.raises(IngestUnavailable):
-                            await asyncio.wait_for(held, 3.0)
+                    await _the_others_are_committed_the_held_one_not(pipeline)
                 assert await pipeline.submit(_signal(LOCKED)) is IngestResult.ACCEPTED
         finally:
             await pipeline.close()
