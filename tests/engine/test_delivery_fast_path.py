@@ -847,6 +847,33 @@ class TestLateRelease:
         assert station.received == [("9001", 1), ("9001", 2)]
 
 
+@contextlib.asynccontextmanager
+async def a_hand_back_held(
+    db_pool: asyncpg.Pool, database_url: str, directory: AccountDirectory, station: FakeStation
+) -> AsyncIterator[tuple[Dispatcher, ForwardingStage]]:
+    """A row a commit leased the dispatcher (lane A1, zone 1) on a lane it is unsure of (a lost
+    commit's): handed back to the outbox, and the hand-back's reply held at the proxy (that of
+    its statement's preparation or of its run, as the packets fall) until the block ends.
+    Yields the dispatcher and its forwarding stage."""
+    async with proxied_database(database_url) as (proxy, proxied_url):
+        pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
+        dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        dispatcher.start()
+        go = proxy.hold_reply_after(b"attempts = greatest(attempts - 1, 0)\nWHERE id = ANY")
+        try:
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A1", 1)], handover)
+            dispatcher.uncertain({r.lane for r in handover.leased})
+            dispatcher.adopt(handover.leased)  # handed back: its reply is held
+            yield dispatcher, stage
+        finally:
+            go.set()
+            await dispatcher.stop()
+            await pool.close()
+
+
 class TestHungRelease:
     async def test_a_hand_back_that_is_never_answered_does_not_stop_the_claim_loop(
         self, db_pool: asyncpg.Pool, database_url: str
@@ -857,24 +884,9 @@ class TestHungRelease:
         connection, releases the row, and the claim loop sends it (it waited forever)."""
         directory = await directory_with(db_pool, forwarding_account("A1", "9001"))
         station = FakeStation()
-        async with proxied_database(database_url) as (proxy, proxied_url):
-            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
-            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
-            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
-            dispatcher.start()
-            go = proxy.hold_reply_after(b"attempts = greatest(attempts - 1, 0)\nWHERE id = ANY")
-            try:
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A1", 1)], handover)
-                dispatcher.uncertain({r.lane for r in handover.leased})
-                dispatcher.adopt(handover.leased)  # handed back: its reply never comes
-
-                await wait_until_delivered(db_pool, 1, timeout=15)
-            finally:
-                go.set()
-                await dispatcher.stop()
-                await pool.close()
+        async with a_hand_back_held(db_pool, database_url, directory, station):
+            # its reply never comes
+            await wait_until_delivered(db_pool, 1, timeout=15)
         assert station.received == [("9001", 1)]
 
 
@@ -1176,32 +1188,18 @@ class TestClaimRacingACommit:
             db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
         )
         station = FakeStation()
-        async with proxied_database(database_url) as (proxy, proxied_url):
-            pool = await asyncpg.create_pool(proxied_url, min_size=1, max_size=10)
-            dispatcher = Dispatcher(pool, lambda: FakeRegistry(station), poll_s=0.05)
-            stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
-            dispatcher.start()
-            go = proxy.hold_reply_after(b"attempts = greatest(attempts - 1, 0)\nWHERE id = ANY")
-            try:
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A1", 1)], handover)
-                dispatcher.uncertain({r.lane for r in handover.leased})
-                dispatcher.adopt(handover.leased)  # handed back: its release's reply is held
-
-                # The release's reply is held (that of its statement's preparation or of its
-                # run, as the packets fall): it holds the claim's lock; the claim loop waits.
-                await asyncio.sleep(0.3)
-                handover = Handover()
-                async with db_pool.acquire() as conn:
-                    await commit(conn, stage, [signal("A2", 1)], handover)
-                assert [r.event.zone for r in handover.leased] == [1]
-                dispatcher.adopt(handover.leased)
-                await wait_until(lambda: _done(("9002", 1) in station.received), timeout=1)
-            finally:
-                go.set()
-                await dispatcher.stop()
-                await pool.close()
+        async with a_hand_back_held(db_pool, database_url, directory, station) as (
+            dispatcher,
+            stage,
+        ):
+            # The release's reply is held: it holds the claim's lock; the claim loop waits.
+            await asyncio.sleep(0.3)
+            handover = Handover()
+            async with db_pool.acquire() as conn:
+                await commit(conn, stage, [signal("A2", 1)], handover)
+            assert [r.event.zone for r in handover.leased] == [1]
+            dispatcher.adopt(handover.leased)
+            await wait_until(lambda: _done(("9002", 1) in station.received), timeout=1)
 
     async def test_a_claim_whose_rows_cannot_be_read_does_not_hold_up_the_fast_path(
         self, db_pool: asyncpg.Pool
