@@ -490,6 +490,14 @@ class TestMetrics:
         assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 1, 1, 2.0]
 
 
+def _rows_held() -> float:
+    """alarmrelay_timer_rows_held_total of the Crash & Smash timer."""
+    return (
+        REGISTRY.get_sample_value("alarmrelay_timer_rows_held_total", {"timer": "crash_smash"})
+        or 0.0
+    )
+
+
 class TestHeldRows:
     """An account's pending entry held by another transaction (an operator's transaction left
     open in psql, a stuck admin call) holds back neither the other accounts' Crash & Smash nor
@@ -568,9 +576,7 @@ class TestHeldRows:
         another engine's timer firing it, is not), released when found free."""
         timer = two.timer()
         due = T0 + timedelta(seconds=80)
-        before = REGISTRY.get_sample_value(
-            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
-        )
+        before = _rows_held()
         with capture_logs() as logs:
             async with holding(two.pool, self.HELD_SQL, "7777"):
                 for n in range(3):
@@ -585,10 +591,8 @@ class TestHeldRows:
             ("crash_smash_row_held", "7777", 1),
             ("crash_smash_row_released", "7777", 1),
         ]
-        after = REGISTRY.get_sample_value(
-            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
-        )
-        assert after == (before or 0.0) + 1
+        after = _rows_held()
+        assert after == before + 1
 
     async def test_a_row_held_for_a_moment_is_not_reported(self, two: World) -> None:
         """A round that fired something is followed at once by another (the timer's loop): an
@@ -597,18 +601,14 @@ class TestHeldRows:
         and counted as held; a hold is reported only once it lasted ``max_sleep_s``."""
         timer = two.timer()
         due = T0 + timedelta(seconds=80)
-        before = REGISTRY.get_sample_value(
-            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
-        )
+        before = _rows_held()
         with capture_logs() as logs:
             async with holding(two.pool, self.HELD_SQL, "7777"):
                 assert await timer.fire_due(due) == 1
                 assert await timer.fire_due(due + timedelta(milliseconds=10)) == 0
             assert await timer.fire_due(due + timedelta(seconds=1)) == 1
         assert [e["event"] for e in logs if "_row_" in e["event"]] == []
-        after = REGISTRY.get_sample_value(
-            "alarmrelay_timer_rows_held_total", {"timer": "crash_smash"}
-        )
+        after = _rows_held()
         assert after == before
         assert await self.raised(two) == ["7777", "8888"]
 
