@@ -444,11 +444,15 @@ class _UdpSocket(asyncio.DatagramProtocol):
 
 
 async def run_cli(sim: StationSimulator, control_port: int | None) -> None:
-    """Run until cancelled or SIGTERM, announcing the ports on stderr; ``control_port`` (0: any
-    free one) enables the line-based control interface. SIGTERM (``kill``, ``timeout``, a service
-    manager) stops it as Ctrl-C does: every JSON line written, status 0."""
+    """Run until cancelled, SIGINT or SIGTERM, announcing the ports on stderr; ``control_port``
+    (0: any free one) enables the line-based control interface. SIGINT (Ctrl-C) and SIGTERM
+    (``kill``, ``timeout``, a service manager) stop it alike: every JSON line written, status 0.
+    Both are handled here, as ``serve`` does: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and would not stop on it otherwise."""
     stopped = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
     port = await sim.start()
     print(
         msgspec.json.encode({"event": "station_sim_ready", "port": port}).decode(),

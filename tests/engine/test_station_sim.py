@@ -415,6 +415,38 @@ class TestCommand:
             ("0022", "ack", True),
         ]
 
+    async def test_cli_stops_on_sigint_when_started_with_it_ignored(self) -> None:
+        """A process started in the background by a non-interactive shell (`station-sim &` in a
+        script, a CI job) inherits SIGINT ignored. `kill -INT` stopped it only through Python's
+        KeyboardInterrupt, which Python does not arm when SIGINT is ignored at start: it ran on
+        for good. It stops, status 0, as on SIGTERM."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine",
+            "station-sim",
+            "--port",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        assert proc.stderr is not None
+        try:
+            async with asyncio.timeout(WAIT_S * 3):
+                while True:
+                    line = await proc.stderr.readline()
+                    assert line, "station-sim exited before announcing its port"
+                    if line.startswith(b'{"event":"station_sim_ready"'):
+                        break
+                proc.send_signal(signal.SIGINT)
+                await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0
+
     async def test_cli_bad_key_is_a_user_error(self) -> None:
         """A malformed key is refused with a message, not a traceback."""
         proc = await asyncio.create_subprocess_exec(
