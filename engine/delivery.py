@@ -129,6 +129,20 @@ UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, attempts = greates
 WHERE lease_owner = $1 AND state = 'pending'
 """
 
+# Held rows whose lease has less than $4 left: a new lease. Not the rows another transaction has
+# locked (this engine's failure record or outcome of that row, an operator in psql): the round
+# would wait for that lock, and every other held row's lease with it (cut at its bound and tried
+# again, it waited again); such a row is renewed by a later round, once free.
+_RENEW_SQL = """
+UPDATE deliveries SET lease_until = now() + $3::interval
+WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
+      AND lease_until < now() + $4::interval
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+"""
+
 
 def _bound(row: OwnedDelivery) -> Any:
     """The delivery's logger (bound only where something is logged: not per success)."""
@@ -605,15 +619,7 @@ class Dispatcher:
                 async with bounded_connection(
                     self._relaxed, self.lease_s / 12, work="lease_renewal"
                 ) as conn:
-                    await conn.execute(
-                        "UPDATE deliveries SET lease_until = now() + $3::interval "
-                        "WHERE id = ANY($1::bigint[]) AND lease_owner = $2 "
-                        "AND state = 'pending' AND lease_until < now() + $4::interval",
-                        ids,
-                        self.owner,
-                        self._lease,
-                        half,
-                    )
+                    await conn.execute(_RENEW_SQL, ids, self.owner, self._lease, half)
             except DATABASE_ERRORS as exc:  # the next round renews them
                 log.warning("outbox_lease_renewal_failed", error=repr(exc), rows=len(ids))
                 if isinstance(exc, TimeoutError):

@@ -35,6 +35,7 @@ from engine.store.signals import SignalRows
 from engine.supervision import SupervisionStage
 from engine.voice_session import VoiceReceiver
 from protocols.signal import Category, Classification, Event, Family
+from tests.support.row_holder import holding
 from tests.support.tcp_proxy import TcpProxy, proxied_database
 
 WINDOW_S = 600
@@ -1009,6 +1010,72 @@ class TestHungLeaseRenewal:
                 await pool.close()
         assert station.received == [("9001", 1)]
         assert _timeouts("lease_renewal") == timeouts + 1
+
+
+class StallingEveryDelivery(FakeStation):
+    """Holds every delivery until ``gate`` is set (a station slow to answer them all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = 0
+        self.gate = asyncio.Event()
+
+    async def receive(self, account: str, event: Event) -> Attempt:
+        self.stalled += 1
+        await self.gate.wait()
+        return await super().receive(account, event)
+
+
+class TestLeaseRenewalBesideALockedRow:
+    async def test_a_held_row_locked_elsewhere_does_not_stop_the_other_rows_renewals(
+        self, db_pool: asyncpg.Pool
+    ) -> None:
+        """Two rows of two lanes are being sent; one of them is locked by another transaction
+        (a failure record or an outcome of it under a loaded server, an operator in psql). The
+        renewal round, one statement for every held row, waited for that lock: cut at its
+        bound, tried again at once, waiting again, so the other row's lease was never renewed
+        and lapsed while it was still being sent (another engine would have sent it too). The
+        round renews the rows it can lock now; the locked one waits for a later round."""
+        directory = await directory_with(
+            db_pool, forwarding_account("A1", "9001"), forwarding_account("A2", "9002")
+        )
+        station = StallingEveryDelivery()
+        dispatcher = Dispatcher(db_pool, lambda: FakeRegistry(station), poll_s=0.05, lease_s=2.0)
+        stage = ForwardingStage(directory, owner=dispatcher.owner, lease_s=dispatcher.lease_s)
+        handover = Handover()
+        async with db_pool.acquire() as conn:
+            await commit(conn, stage, [signal("A1", 1), signal("A2", 2)], handover)
+        ids = {row.account: row.id for row in handover.leased}
+        dispatcher.start()
+        try:
+            dispatcher.adopt(handover.leased)
+            await wait_until(lambda: _done(station.stalled == 2))
+            lock = "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE"
+            async with holding(db_pool, lock, ids["A2"]):
+                started = await db_pool.fetchval("SELECT now()")
+
+                async def renewed_for_three_leases() -> bool:
+                    return bool(
+                        await db_pool.fetchval(
+                            "SELECT lease_until > $1::timestamptz + interval '6 seconds' "
+                            "AND lease_owner = $2 FROM deliveries WHERE id = $3",
+                            started,
+                            dispatcher.owner,
+                            ids["A1"],
+                        )
+                    )
+
+                await wait_until(renewed_for_three_leases, timeout=15)
+                attempts = await db_pool.fetchval(
+                    "SELECT attempts FROM deliveries WHERE id = $1", ids["A1"]
+                )
+                assert attempts == 1, "the lease lapsed while the row was being sent"
+            station.gate.set()
+            await wait_until_delivered(db_pool, 2)
+        finally:
+            station.gate.set()
+            await dispatcher.stop()
+        assert sorted(station.received) == [("9001", 1), ("9002", 2)]
 
 
 def _timeouts(work: str) -> float:
