@@ -597,33 +597,39 @@ class Dispatcher:
     async def _renew_leases(self) -> None:
         """Keep leases of held rows alive, so a short lease only lapses for a dead engine.
 
-        Every third of a lease, the held rows whose lease has less than half of it left get a
-        new one (a row is renewed about once per half lease, not at every round). A round not
-        answered within a twelfth of a lease is given up and tried again at once, on another
-        connection."""
-        half = self._lease / 2
-        pause = self.lease_s / 3
+        Every sixth of a lease, the held rows whose lease has less than two thirds of it left
+        get a new one (a row is renewed about once per third of a lease, not at every round). A
+        round not answered within a sixth of a lease is given up and tried again at once, on
+        another connection."""
+        due = self._lease * 2 / 3
+        every = self.lease_s / 6
+        loop = asyncio.get_running_loop()
+        pause = every
         while True:
             await asyncio.sleep(pause)
-            pause = self.lease_s / 3
+            began = loop.time()
+            pause = every
             # id order, like the outcome batches (and the rows waiting for a claim's reply)
             ids = sorted(self._held.union(r.id for r in self._deferred or ()))
             if not ids:
                 continue
             # Bounded: a round never answered (a half-open connection) held this loop for good,
-            # and every held row's lease, still being sent, lapsed. A row is renewed with a
-            # sixth of its lease left at least, and a round cut short takes twice its bound at
-            # most (the statement, then the connection's return to the pool): a twelfth of a
-            # lease each, so that the next try, at once, still comes before the lease ends.
+            # and every held row's lease, still being sent, lapsed. A row is renewed with half
+            # of its lease left at least (rounds start a sixth of a lease apart, their own time
+            # included); a round cut short takes twice its bound at most (the statement, then
+            # the connection's return to the pool), so that the next try, at once, still comes
+            # a sixth of a lease before the lease ends. The bound is a sixth, not less: on a
+            # loaded server a renewal taking half a second is no fault, and one cut then and
+            # tried again, as slow, never went through (the lease lapsed mid-send).
             try:
-                async with bounded_connection(
-                    self._relaxed, self.lease_s / 12, work="lease_renewal"
-                ) as conn:
-                    await conn.execute(_RENEW_SQL, ids, self.owner, self._lease, half)
+                async with bounded_connection(self._relaxed, every, work="lease_renewal") as conn:
+                    await conn.execute(_RENEW_SQL, ids, self.owner, self._lease, due)
             except DATABASE_ERRORS as exc:  # the next round renews them
                 log.warning("outbox_lease_renewal_failed", error=repr(exc), rows=len(ids))
                 if isinstance(exc, TimeoutError):
                     pause = 0.0  # it has waited its round already: again at once, elsewhere
+                    continue
+            pause = max(0.0, every - (loop.time() - began))
 
     async def _deliver_one(self, row: OwnedDelivery) -> bool:
         """Send one row and record its outcome; True when the lane may move on."""
