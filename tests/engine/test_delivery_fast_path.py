@@ -302,6 +302,33 @@ async def wait_until_leased_to(pool: asyncpg.Pool, owner: str) -> None:
     await wait_until(leased)
 
 
+async def wait_until_renewed_past(
+    pool: asyncpg.Pool,
+    owner: str,
+    since: datetime,
+    seconds: int,
+    *,
+    row_id: int | None = None,
+    timeout: float = 15,
+) -> None:
+    """Wait until the delivery (the one, or ``row_id``) is leased to ``owner`` until more than
+    ``seconds`` after ``since`` (a database time): its lease was renewed that far."""
+
+    async def renewed() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT lease_until > $1::timestamptz + make_interval(secs => $2) "
+                "AND lease_owner = $3 FROM deliveries WHERE $4::bigint IS NULL OR id = $4",
+                since,
+                seconds,
+                owner,
+                row_id,
+            )
+        )
+
+    await wait_until(renewed, timeout=timeout)
+
+
 async def writer_noting_uncertain_lanes(
     pool: asyncpg.Pool, *, supervised: bool = False
 ) -> tuple[IngestWriter, list[set[str]]]:
@@ -987,17 +1014,7 @@ class TestHungLeaseRenewal:
                 await asyncio.wait_for(station.stalled.wait(), 10)
                 started = await db_pool.fetchval("SELECT now()")
 
-                async def renewed_for_three_leases() -> bool:
-                    return bool(
-                        await db_pool.fetchval(
-                            "SELECT lease_until > $1::timestamptz + interval '6 seconds' "
-                            "AND lease_owner = $2 FROM deliveries",
-                            started,
-                            dispatcher.owner,
-                        )
-                    )
-
-                await wait_until(renewed_for_three_leases, timeout=15)
+                await wait_until_renewed_past(db_pool, dispatcher.owner, started, 6)
                 # Renewed, not claimed again once lapsed (a claim counts an attempt).
                 attempts = await db_pool.fetchval("SELECT attempts FROM deliveries")
                 assert attempts == 1, "the lease lapsed while the row was being sent"
@@ -1054,18 +1071,9 @@ class TestLeaseRenewalBesideALockedRow:
             async with holding(db_pool, lock, ids["A2"]):
                 started = await db_pool.fetchval("SELECT now()")
 
-                async def renewed_for_three_leases() -> bool:
-                    return bool(
-                        await db_pool.fetchval(
-                            "SELECT lease_until > $1::timestamptz + interval '6 seconds' "
-                            "AND lease_owner = $2 FROM deliveries WHERE id = $3",
-                            started,
-                            dispatcher.owner,
-                            ids["A1"],
-                        )
-                    )
-
-                await wait_until(renewed_for_three_leases, timeout=15)
+                await wait_until_renewed_past(
+                    db_pool, dispatcher.owner, started, 6, row_id=ids["A1"]
+                )
                 attempts = await db_pool.fetchval(
                     "SELECT attempts FROM deliveries WHERE id = $1", ids["A1"]
                 )
@@ -1114,17 +1122,7 @@ class TestSlowLeaseRenewal:
             await asyncio.wait_for(station.stalled.wait(), 10)
             started = await db_pool.fetchval("SELECT now()")
 
-            async def renewed_past_one_and_a_half_leases() -> bool:
-                return bool(
-                    await db_pool.fetchval(
-                        "SELECT lease_until > $1::timestamptz + interval '9 seconds' "
-                        "AND lease_owner = $2 FROM deliveries",
-                        started,
-                        dispatcher.owner,
-                    )
-                )
-
-            await wait_until(renewed_past_one_and_a_half_leases, timeout=20)
+            await wait_until_renewed_past(db_pool, dispatcher.owner, started, 9, timeout=20)
             attempts = await db_pool.fetchval("SELECT attempts FROM deliveries")
             assert attempts == 1, "the lease lapsed while the row was being sent"
             assert _timeouts("lease_renewal") == timeouts
